@@ -1,0 +1,5 @@
+"""python -m dagrun"""
+
+from .cli import main
+
+raise SystemExit(main())

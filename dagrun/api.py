@@ -1,0 +1,137 @@
+"""The Python API: build a graph in code, or load a dagrun.toml, then build it.
+
+    import dagrun
+    g = dagrun.Graph(jobs=4)
+    a = g.add_task("gen", cmd="python gen.py", outputs=["t.h"])
+    b = g.add_task("cc", cmd="cc -c main.c", inputs=["t.h", "main.c"], deps=[a])
+    result = g.build(targets=["cc"])          # result.failed, result.order, ...
+
+The CLI is a thin layer over this module: anything a manifest can say,
+``add_task`` and the Graph settings can say too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .errors import ManifestError
+from .manifest import Manifest, build_manifest
+from .scheduler import BuildResult, Reporter
+from .session import Prepared, Session
+
+
+class TaskRef(str):
+    """A task's name, returned by ``add_task`` so it can be passed in ``deps``."""
+
+    __slots__ = ()
+
+
+class Graph:
+    """Tasks and settings; ``build`` runs them with state kept in ``root/.dagrun``."""
+
+    def __init__(
+        self,
+        *,
+        jobs: int | None = None,
+        root: str | os.PathLike[str] = ".",
+        env: Mapping[str, str] | None = None,
+        failures_allowed: int = 1,
+        default: Iterable[str] = (),
+        key_env: Iterable[str] = (),
+        resources: Mapping[str, int] | None = None,
+        executors: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.root = os.path.abspath(root)
+        self.settings: dict[str, Any] = {"failures_allowed": failures_allowed}
+        if jobs is not None:
+            self.settings["jobs"] = jobs
+        if default:
+            self.settings["default"] = list(default)
+        if key_env:
+            self.settings["key_env"] = list(key_env)
+        if resources:
+            self.settings["resources"] = dict(resources)
+        self.env = dict(env or {})
+        self.executors = {k: dict(v) for k, v in (executors or {}).items()}
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self._path: str | None = None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Graph:
+        from .manifest import load as load_manifest
+
+        m = load_manifest(path)  # validates now, so errors surface at load time
+        g = cls(root=m.root)
+        g._path = os.path.abspath(path)
+        g._loaded = m
+        return g
+
+    def add_task(
+        self,
+        name: str,
+        cmd: str,
+        *,
+        inputs: Iterable[str] = (),
+        outputs: Iterable[str] = (),
+        deps: Iterable[str] = (),
+        **options: Any,
+    ) -> TaskRef:
+        """Add a task; ``options`` are the manifest's task keys (display, env, cwd, threads, ...)."""
+        if self._path is not None:
+            raise ManifestError("tasks cannot be added to a graph loaded from a file", source=self._path)
+        if name in self.tasks:
+            raise ManifestError("two tasks have this name", source="<api>", task=name)
+        body: dict[str, Any] = {"cmd": cmd}
+        for key, value in (("inputs", inputs), ("outputs", outputs), ("deps", deps)):
+            if value:
+                body[key] = [str(v) for v in value]
+        for key, value in options.items():
+            if value is not None:
+                body[key] = list(value) if isinstance(value, tuple) else value
+        self.tasks[name] = body
+        return TaskRef(name)
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._path is not None:
+            return self._loaded
+        return build_manifest("<api>", self.root, self.settings, self.env, self.tasks, self.executors)
+
+    def session(self, **kwargs: Any) -> Session:
+        if self._path is not None:
+            return Session(manifest_path=self._path, **kwargs)
+        return Session(manifest=self.manifest, **kwargs)
+
+    def build(
+        self,
+        targets: Iterable[str] | None = None,
+        *,
+        jobs: int | None = None,
+        keep_going: bool = False,
+        failures_allowed: int | None = None,
+        explain: bool = False,
+        reporter: Reporter | None = None,
+        **session_options: Any,
+    ) -> BuildResult:
+        """Build ``targets`` (default: the default targets) and what they depend on."""
+        if reporter is None:
+            from .report import make_reporter
+
+            reporter = make_reporter("auto", explain=explain)
+        if keep_going:
+            failures_allowed = 0
+        return self.session(**session_options).build(
+            targets, reporter=reporter, jobs=jobs, failures_allowed=failures_allowed,
+            explain=explain,
+        )
+
+    def plan(self, targets: Iterable[str] | None = None, **session_options: Any) -> Prepared:
+        """What would run and why, without running anything."""
+        return self.session(**session_options).plan(targets)
+
+
+def load(path: str | os.PathLike[str] = "dagrun.toml") -> Graph:
+    """A Graph from a manifest file."""
+    return Graph.from_file(path)

@@ -1,0 +1,233 @@
+"""The command line: parse arguments, call the API, print, exit.  The only sys.exit.
+
+Exit status: 0 every selected task succeeded or was up to date; 1 a task
+failed; 2 a usage or manifest error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .errors import DagrunError, Interrupted
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # usage errors exit 2 with our prefix
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"dagrun: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dagrun", description="A declarative build tool: dagrun.toml -> tasks run when their inputs change.")
+    p.add_argument("--version", action="version", version=f"dagrun {__version__}")
+    p.add_argument("-C", dest="directory", default=".", metavar="DIR", help="change to DIR first")
+    p.add_argument("-f", dest="file", metavar="FILE", help="manifest file (default: dagrun.toml)")
+    p.add_argument(
+        "--progress", choices=("auto", "rich", "plain"), default="auto",
+        help="console output: a live display on a terminal (auto), or plain lines",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    b = sub.add_parser("build", help="build targets (default: the default targets)")
+    b.add_argument("targets", nargs="*", metavar="TARGET")
+    b.add_argument("-j", "--jobs", type=_positive, metavar="N", help="run N tasks at once")
+    b.add_argument("-k", "--keep-going", action="store_true", help="do not stop after failures")
+    b.add_argument("--failures-allowed", type=_count, metavar="N", help="stop starting tasks after N failures (0: never)")
+    b.add_argument("-n", "--dry-run", action="store_true", help="print what would run and why; run nothing")
+    b.add_argument("--explain", action="store_true", help="print why each task runs")
+
+    g = sub.add_parser("graph", help="print the dependency graph")
+    g.add_argument("targets", nargs="*", metavar="TARGET")
+    fmt = g.add_mutually_exclusive_group()
+    fmt.add_argument("--dot", action="store_const", dest="format", const="dot", help="Graphviz DOT (default)")
+    fmt.add_argument("--json", action="store_const", dest="format", const="json", help="JSON")
+
+    sub.add_parser("list", help="list tasks and whether they are up to date")
+
+    c = sub.add_parser("clean", help="remove declared outputs and forget their keys")
+    c.add_argument("targets", nargs="*", metavar="TARGET")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.directory != ".":
+            try:
+                os.chdir(args.directory)
+            except OSError as exc:
+                raise DagrunError(f"cannot change to {args.directory}: {exc.strerror}") from None
+        return _COMMANDS[args.command](args)
+    except Interrupted:
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        sys.stderr.write("dagrun: interrupted\n")
+        return EXIT_INTERRUPTED
+    except DagrunError as exc:
+        sys.stderr.write(f"dagrun: error: {exc}\n")
+        return exc.exit_code
+    except BrokenPipeError:  # e.g. `dagrun graph | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _session(args: argparse.Namespace) -> Any:
+    from .session import Session, find_manifest
+
+    path = find_manifest(".", args.file)
+    return Session(manifest_path=path, on_wait=lambda msg: sys.stderr.write(f"dagrun: {msg}\n"))
+
+
+def _warn(session: Any) -> None:
+    for w in session.warnings:
+        sys.stderr.write(f"dagrun: warning: {w}\n")
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    session = _session(args)
+    if args.dry_run:
+        prep = session.plan(args.targets, explain=True)
+        _warn(session)
+        print_plan(prep)
+        return EXIT_OK
+    from .report import make_reporter
+
+    reporter = make_reporter(args.progress, explain=args.explain)
+    failures = 0 if args.keep_going else args.failures_allowed
+    try:
+        result = session.build(
+            args.targets, reporter=reporter, jobs=args.jobs, failures_allowed=failures,
+            explain=args.explain,
+        )
+    finally:
+        _warn(session)
+    return int(result.exit_code)
+
+
+def print_plan(prep: Any) -> None:
+    g, plan = prep.graph, prep.plan
+    out = sys.stdout
+    for i in plan.to_run:
+        spec = g.specs[i]
+        label = f"{spec.name}" + (f"  ({spec.display})" if spec.display else "")
+        out.write(f"would run: {label}\n")
+        for reason in plan.reasons.get(i, ()):
+            out.write(f"    {reason}\n")
+    out.write(f"dagrun: {len(plan.to_run)} would run, {len(plan.up_to_date)} up to date\n")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    session = _session(args)
+    prep = session.plan(None, explain=True)
+    _warn(session)
+    g, plan = prep.graph, prep.plan
+    fresh = set(plan.up_to_date)
+    width = max((len(s.name) for s in g.specs), default=4)
+    for i in g.order:
+        spec = g.specs[i]
+        if i in fresh:
+            state = "up to date"
+        elif i in plan.reasons:
+            state = "will run: " + "; ".join(plan.reasons[i])
+        else:
+            state = "not selected"
+        shown = f"  [{spec.display}]" if spec.display else ""
+        sys.stdout.write(f"{spec.name:<{width}}  {state}{shown}\n")
+    return EXIT_OK
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    session = _session(args)
+    prep = session.plan(args.targets or None, explain=False)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(graph_json(prep), indent=2) + "\n")
+    else:
+        sys.stdout.write(graph_dot(prep))
+    return EXIT_OK
+
+
+def graph_json(prep: Any) -> dict[str, Any]:
+    g, plan = prep.graph, prep.plan
+    fresh = set(plan.up_to_date)
+    tasks = []
+    for i in plan.selected:
+        s = g.specs[i]
+        tasks.append({
+            "name": s.name,
+            "display": s.display or None,
+            "cmd": s.cmd,
+            "inputs": list(s.inputs),
+            "outputs": list(s.outputs),
+            "deps": [g.specs[d].name for d in g.deps[i]],
+            "up_to_date": i in fresh,
+            "key": prep.keys.keys[i],
+        })
+    edges = [[g.specs[d].name, g.specs[i].name] for i in plan.selected for d in g.deps[i]]
+    return {"tasks": tasks, "edges": edges}
+
+
+def graph_dot(prep: Any) -> str:
+    g, plan = prep.graph, prep.plan
+    fresh = set(plan.up_to_date)
+    lines = ["digraph dagrun {", "  rankdir=LR;", "  node [shape=box, fontname=\"monospace\"];"]
+    for i in plan.selected:
+        s = g.specs[i]
+        style = 'style=filled, fillcolor="#d9f2d9", color="#5a9a5a"' if i in fresh else 'style=bold, color="#b03030"'
+        tip = "up to date" if i in fresh else "will run"
+        lines.append(f"  {_q(s.name)} [label={_q(s.label)}, tooltip={_q(tip)}, {style}];")
+    for i in plan.selected:
+        for d in g.deps[i]:
+            lines.append(f"  {_q(g.specs[d].name)} -> {_q(g.specs[i].name)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    session = _session(args)
+    removed = session.clean(args.targets or None)
+    _warn(session)
+    sys.stdout.write(f"dagrun: removed {len(removed)} output(s)\n")
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "build": cmd_build,
+    "graph": cmd_graph,
+    "list": cmd_list,
+    "clean": cmd_clean,
+}

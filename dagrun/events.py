@@ -1,0 +1,66 @@
+"""Small frozen records the scheduler emits and reporters render."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Status(enum.Enum):
+    SUCCEEDED = "succeeded"
+    UP_TO_DATE = "up to date"
+    FAILED = "failed"
+    NOT_RUN = "not run"  # a dependency failed, or the build stopped first
+
+
+@dataclass(frozen=True, slots=True)
+class BuildStarted:
+    total: int  # tasks to run
+    up_to_date: int
+    jobs: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted:
+    task: str
+    label: str
+    attempt: int
+    cores: tuple[int, ...] = ()
+    reasons: tuple[str, ...] = ()  # filled when --explain is on
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished:
+    task: str
+    label: str
+    cmd: str
+    ok: bool
+    exit_code: int | None  # negative: killed by that signal; None: never started
+    duration: float
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    error: str | None = None  # dagrun's own reason it could not run the command
+    will_retry: bool = False
+    done: int = 0  # finished so far, counting this one
+    total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSkipped:
+    task: str
+    label: str
+    why: str  # "dependency failed: x" or "build stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class BuildFinished:
+    succeeded: int
+    up_to_date: int
+    failed: int
+    not_run: int
+    elapsed: float
+    interrupted: bool = False
+
+
+Event = BuildStarted | TaskStarted | TaskFinished | TaskSkipped | BuildFinished

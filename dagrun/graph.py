@@ -1,0 +1,282 @@
+"""Manifest -> BuildGraph: dependencies resolved, cycles refused, a topological order.
+
+A BuildGraph is plain data indexed by task number, so it can be cached on disk
+and reloaded without parsing TOML (the no-op build's fast path).  networkx is
+used only where its cost does not matter: naming a cycle and `dagrun graph`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import globs
+from .errors import CycleError, ManifestError, UnknownTargetError
+from .manifest import ExecutorSpec, Manifest, TaskSpec
+
+GRAPH_FORMAT = 3
+
+
+@dataclass
+class BuildGraph:
+    """The compiled graph.  ``deps[i]`` are task numbers; ``order`` is topological."""
+
+    manifest: Manifest
+    specs: tuple[TaskSpec, ...]
+    index: dict[str, int]
+    deps: list[tuple[int, ...]]
+    order: list[int]
+    groups: dict[str, list[int]]
+    producers: dict[str, int]
+    sources: list[tuple[str, ...]]  # per task: hashed source inputs (globs expanded)
+    scanned: dict[str, int] = field(default_factory=dict)  # folders read by globs -> mtime_ns
+    _dependents: list[list[int]] | None = None
+
+    @property
+    def root(self) -> str:
+        return self.manifest.root
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    @property
+    def dependents(self) -> list[list[int]]:
+        if self._dependents is None:
+            out: list[list[int]] = [[] for _ in self.specs]
+            for i, ds in enumerate(self.deps):
+                for d in ds:
+                    out[d].append(i)
+            self._dependents = out
+        return self._dependents
+
+    # -- targets
+
+    def resolve(self, targets: Iterable[str]) -> list[int]:
+        """Task numbers named by targets: names, groups, globs over names, or output paths."""
+        found: dict[int, None] = {}
+        for target in targets:
+            hits = self._resolve_one(target)
+            if not hits:
+                raise UnknownTargetError(self._unknown_message(target))
+            found.update(dict.fromkeys(hits))
+        return list(found)
+
+    def _resolve_one(self, target: str) -> list[int]:
+        if target in self.index:
+            return [self.index[target]]
+        if target in self.groups:
+            return list(self.groups[target])
+        path = os.path.normpath(target)
+        if path in self.producers:
+            return [self.producers[path]]
+        if globs.has_magic(target):
+            return [i for i, s in enumerate(self.specs) if fnmatch.fnmatchcase(s.name, target)]
+        return []
+
+    def _unknown_message(self, target: str) -> str:
+        names = list(self.index) + list(self.groups)
+        close = difflib.get_close_matches(target, names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{self.manifest.source}: unknown target '{target}'{hint}"
+
+    def closure(self, roots: Iterable[int]) -> list[int]:
+        """``roots`` and everything they depend on, in topological order."""
+        seen = bytearray(len(self.specs))
+        stack = list(roots)
+        while stack:
+            i = stack.pop()
+            if seen[i]:
+                continue
+            seen[i] = 1
+            stack.extend(self.deps[i])
+        return [i for i in self.order if seen[i]]
+
+    def default_targets(self) -> list[int]:
+        if self.manifest.default:
+            return self.resolve(self.manifest.default)
+        return list(range(len(self.specs)))
+
+    def select(self, targets: Iterable[str] | None) -> list[int]:
+        targets = list(targets or ())
+        roots = self.resolve(targets) if targets else self.default_targets()
+        return self.closure(roots)
+
+    # -- export
+
+    def to_networkx(self) -> Any:
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for s in self.specs:
+            g.add_node(s.name)
+        for i, ds in enumerate(self.deps):
+            for d in ds:
+                g.add_edge(self.specs[d].name, self.specs[i].name)
+        return g
+
+    # -- cache
+
+    def to_cache(self) -> tuple[Any, ...]:
+        m = self.manifest
+        executors = {k: (v.type, dict(v.options)) for k, v in m.executors.items()}
+        settings = (
+            m.source, m.root, m.jobs, m.failures_allowed, m.default, m.env, m.key_env,
+            m.resources, executors, m.watch_debounce_ms,
+        )
+        return (
+            GRAPH_FORMAT,
+            settings,
+            [tuple(s) for s in self.specs],
+            self.deps,
+            self.order,
+            self.groups,
+            self.sources,
+            self.scanned,
+        )
+
+    @classmethod
+    def from_cache(cls, data: tuple[Any, ...]) -> BuildGraph | None:
+        if not data or data[0] != GRAPH_FORMAT:
+            return None
+        _, settings, specs, deps, order, groups, sources, scanned = data
+        (source, root, jobs, failures_allowed, default, env, key_env, resources, executors,
+         debounce) = settings
+        task_specs = tuple(TaskSpec._make(s) for s in specs)
+        manifest = Manifest(
+            source=source, root=root, tasks=task_specs, jobs=jobs,
+            failures_allowed=failures_allowed, default=tuple(default), env=tuple(env),
+            key_env=tuple(key_env), resources=tuple(resources),
+            executors={k: ExecutorSpec(k, t, o) for k, (t, o) in executors.items()},
+            watch_debounce_ms=debounce, scanned={},
+        )
+        producers = {p: i for i, s in enumerate(task_specs) for p in s.outputs}
+        return cls(
+            manifest=manifest,
+            specs=task_specs,
+            index={s.name: i for i, s in enumerate(task_specs)},
+            deps=[tuple(d) for d in deps],
+            order=list(order),
+            groups={k: list(v) for k, v in groups.items()},
+            producers=producers,
+            sources=[tuple(s) for s in sources],
+            scanned=dict(scanned),
+        )
+
+
+def compile(manifest: Manifest) -> BuildGraph:
+    """Resolve every dependency, expand input globs and order the tasks."""
+    specs = manifest.tasks
+    index = {s.name: i for i, s in enumerate(specs)}
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(specs):
+        if s.group:
+            groups.setdefault(s.group, []).append(i)
+    producers = {p: i for i, s in enumerate(specs) for p in s.outputs}
+    scanned: dict[str, int] = dict(manifest.scanned)
+    deps: list[tuple[int, ...]] = []
+    sources: list[tuple[str, ...]] = []
+    output_list = list(producers)
+    for i, s in enumerate(specs):
+        found: dict[int, None] = {}
+        for name in s.deps:
+            for d in _resolve_dep(manifest, index, groups, s, name):
+                if d != i:
+                    found[d] = None
+                else:
+                    raise CycleError([s.name, s.name], manifest.source)
+        srcs: dict[str, None] = {}
+        for pattern in s.inputs:
+            if globs.has_magic(pattern):
+                rx = globs.translate(pattern)
+                for out in output_list:
+                    if rx.match(out) and producers[out] != i:
+                        found[producers[out]] = None
+                for path in globs.expand(pattern, manifest.root, scanned):
+                    if path not in producers:
+                        srcs[path] = None
+            elif pattern in producers:
+                p = producers[pattern]
+                if p == i:
+                    raise ManifestError(
+                        f"'{pattern}' is both an input and an output of this task",
+                        source=manifest.source, task=s.name, key="inputs", line=s.line,
+                    )
+                found[p] = None
+            else:
+                srcs[pattern] = None
+        deps.append(tuple(found))
+        sources.append(tuple(sorted(srcs)))
+    order = _toposort(specs, deps, manifest.source)
+    return BuildGraph(
+        manifest=manifest,
+        specs=specs,
+        index=index,
+        deps=deps,
+        order=order,
+        groups=groups,
+        producers=producers,
+        sources=sources,
+        scanned=scanned,
+    )
+
+
+def _resolve_dep(
+    manifest: Manifest,
+    index: Mapping[str, int],
+    groups: Mapping[str, list[int]],
+    spec: TaskSpec,
+    name: str,
+) -> list[int]:
+    if name in index:
+        return [index[name]]
+    if name in groups:
+        return groups[name]
+    if globs.has_magic(name):
+        hits = [i for n, i in index.items() if fnmatch.fnmatchcase(n, name)]
+        if hits:
+            return hits
+    close = difflib.get_close_matches(name, list(index) + list(groups), n=1)
+    raise ManifestError(
+        f"unknown dependency '{name}'",
+        source=manifest.source, task=spec.name, key="deps", line=spec.line,
+        hint=f"did you mean '{close[0]}'?" if close else None,
+    )
+
+
+def _toposort(specs: tuple[TaskSpec, ...], deps: list[tuple[int, ...]], source: str) -> list[int]:
+    """Kahn's algorithm, stable in manifest order; a cycle raises CycleError naming it."""
+    n = len(specs)
+    waiting = [len(d) for d in deps]
+    dependents: list[list[int]] = [[] for _ in range(n)]
+    for i, ds in enumerate(deps):
+        for d in ds:
+            dependents[d].append(i)
+    order = [i for i in range(n) if waiting[i] == 0]
+    pos = 0
+    while pos < len(order):
+        for j in dependents[order[pos]]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                order.append(j)
+        pos += 1
+    if len(order) != n:
+        raise CycleError(_find_cycle(specs, deps, waiting), source)
+    return order
+
+
+def _find_cycle(specs: tuple[TaskSpec, ...], deps: list[tuple[int, ...]], waiting: list[int]) -> list[str]:
+    import networkx as nx
+
+    g = nx.DiGraph()
+    for i, ds in enumerate(deps):
+        if waiting[i]:
+            for d in ds:
+                if waiting[d]:
+                    g.add_edge(specs[d].name, specs[i].name)
+    edges = nx.find_cycle(g)
+    names = [a for a, _ in edges]
+    return names + [names[0]]

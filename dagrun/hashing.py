@@ -1,0 +1,229 @@
+"""blake3 file digests behind a stat cache, and task keys.
+
+A task's key is blake3 over a format version, its command, declared env, the
+values of its ``key_env`` variables, its cwd, its declared outputs, the digest
+of each source input (sorted by path) and the key of each task it depends on.
+Keys are computed in topological order before anything runs.
+
+The stat cache maps a path to (mtime_ns, ctime_ns, size, inode, digest): an
+unchanged stat means an unchanged file, so the file is not read again.  A file
+modified within RACY_NS of being hashed could change again without its stat
+changing (timestamps are coarse), so such entries are re-hashed next time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from .errors import ManifestError
+from .fs import FileSystem
+from .graph import BuildGraph
+
+KEY_FORMAT = "dagrun-key/1"
+RACY_NS = 50_000_000
+DIGEST_BYTES = 16
+
+_blake3: Any = None
+
+
+def _hasher() -> Any:
+    global _blake3
+    if _blake3 is None:
+        from blake3 import blake3
+
+        _blake3 = blake3
+    return _blake3()
+
+
+def digest_bytes(*chunks: bytes) -> str:
+    h = _hasher()
+    for c in chunks:
+        h.update(c)
+    return str(h.hexdigest(length=DIGEST_BYTES))
+
+
+# path -> (mtime_ns, ctime_ns, size, ino, digest, trusted)
+StatEntry = tuple[int, int, int, int, str, bool]
+
+
+class StatCache:
+    """File digests that are recomputed only when a file's stat changes."""
+
+    def __init__(self, fs: FileSystem, entries: dict[str, StatEntry] | None = None) -> None:
+        self.fs = fs
+        self.entries: dict[str, StatEntry] = entries if entries is not None else {}
+        self.changed: set[str] = set()  # paths whose digest differs from the cached one
+        self.hashed = 0
+        self.dirty = False
+
+    def digest(self, path: str) -> str | None:
+        """The file's digest, or None when it does not exist."""
+        st = self.fs.stat(path)
+        if st is None:
+            if path in self.entries:
+                del self.entries[path]
+                self.changed.add(path)
+                self.dirty = True
+            return None
+        e = self.entries.get(path)
+        if (
+            e is not None
+            and e[5]
+            and e[0] == st.mtime_ns
+            and e[1] == st.ctime_ns
+            and e[2] == st.size
+            and e[3] == st.ino
+        ):
+            return e[4]
+        chunks = self.fs.read_chunks(path)
+        if chunks is None:
+            return None
+        digest = digest_bytes(*chunks)
+        self.hashed += 1
+        trusted = self.fs.now_ns() - st.mtime_ns > RACY_NS
+        self.entries[path] = (st.mtime_ns, st.ctime_ns, st.size, st.ino, digest, trusted)
+        self.dirty = True
+        if e is None or e[4] != digest:
+            self.changed.add(path)
+        return digest
+
+
+class KeyParts(NamedTuple):
+    """What a key is made from; kept in the log so --explain can name what changed."""
+
+    cmd: str
+    env: tuple[tuple[str, str], ...]
+    key_env: tuple[tuple[str, str | None], ...]
+    cwd: str
+    outputs: tuple[str, ...]
+    inputs: tuple[tuple[str, str], ...]
+    upstream: tuple[tuple[str, str], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cmd": self.cmd,
+            "env": dict(self.env),
+            "key_env": dict(self.key_env),
+            "cwd": self.cwd,
+            "outputs": list(self.outputs),
+            "inputs": dict(self.inputs),
+            "upstream": dict(self.upstream),
+        }
+
+
+def key_of(parts: KeyParts) -> str:
+    buf = [KEY_FORMAT, "cmd", parts.cmd, "cwd", parts.cwd]
+    for k, v in parts.env:
+        buf += ("env", k, v)
+    for k, ov in parts.key_env:
+        buf += ("kenv", k, "\x01unset" if ov is None else ov)
+    for p in parts.outputs:
+        buf += ("out", p)
+    for p, d in parts.inputs:
+        buf += ("in", p, d)
+    for t, k in parts.upstream:
+        buf += ("up", t, k)
+    return digest_bytes("\x00".join(buf).encode("utf-8", "surrogateescape"))
+
+
+def merged_env(graph: BuildGraph, i: int) -> tuple[tuple[str, str], ...]:
+    """The task's declared environment: manifest [env] overridden by the task's env."""
+    spec = graph.specs[i]
+    if not spec.env:
+        return graph.manifest.env
+    env = dict(graph.manifest.env)
+    env.update(spec.env)
+    return tuple(sorted(env.items()))
+
+
+def key_env_names(graph: BuildGraph) -> list[str]:
+    names = dict.fromkeys(graph.manifest.key_env)
+    for s in graph.specs:
+        names.update(dict.fromkeys(s.key_env))
+    return sorted(names)
+
+
+class Keys:
+    """Computes every selected task's key, reusing the previous run's keys where nothing changed.
+
+    ``previous`` (task name -> key) must come from the same compiled graph and
+    the same key_env values; a task is re-keyed when one of its source digests
+    changed or the key of one of its dependencies changed.
+    """
+
+    def __init__(
+        self,
+        graph: BuildGraph,
+        stats: StatCache,
+        environ: Mapping[str, str],
+        previous: Mapping[str, str] | None = None,
+    ) -> None:
+        self.graph = graph
+        self.stats = stats
+        self.environ = environ
+        self.previous = previous or {}
+        self.keys: list[str | None] = [None] * len(graph.specs)
+        self.changed: list[bool] = [True] * len(graph.specs)
+        self.recomputed = 0
+
+    def compute(self, selected: list[int]) -> list[str | None]:
+        """Keys of ``selected`` (a closure in topological order); raises for a missing input."""
+        g = self.graph
+        specs, sources, deps = g.specs, g.sources, g.deps
+        stats, changed_paths, prev = self.stats, self.stats.changed, self.previous
+        keys, changed = self.keys, self.changed
+        for i in selected:
+            spec = specs[i]
+            old = prev.get(spec.name)
+            dirty = old is None
+            for p in sources[i]:
+                if stats.digest(p) is None:
+                    raise self._missing(i, p)
+                if p in changed_paths:
+                    dirty = True
+            if not dirty:
+                for d in deps[i]:
+                    if changed[d]:
+                        dirty = True
+                        break
+            if dirty:
+                key = key_of(self.parts(i))
+                self.recomputed += 1
+                keys[i] = key
+                changed[i] = key != old
+            else:
+                keys[i] = old
+                changed[i] = False
+        return keys
+
+    def parts(self, i: int) -> KeyParts:
+        g = self.graph
+        spec = g.specs[i]
+        digests = self.stats.entries
+        inputs = tuple((p, digests[p][4]) for p in g.sources[i])
+        upstream = tuple(sorted((g.specs[d].name, self._key(d)) for d in g.deps[i]))
+        kenv = tuple(
+            (n, self.environ.get(n)) for n in sorted({*g.manifest.key_env, *spec.key_env})
+        )
+        return KeyParts(
+            cmd=spec.cmd,
+            env=merged_env(g, i),
+            key_env=kenv,
+            cwd=spec.cwd,
+            outputs=spec.outputs,
+            inputs=inputs,
+            upstream=upstream,
+        )
+
+    def _key(self, i: int) -> str:
+        key = self.keys[i]
+        assert key is not None, "dependencies are keyed first"
+        return key
+
+    def _missing(self, i: int, path: str) -> ManifestError:
+        spec = self.graph.specs[i]
+        return ManifestError(
+            f"input '{path}' does not exist and no task produces it",
+            source=self.graph.manifest.source, task=spec.name, key="inputs", line=spec.line,
+        )

@@ -1,0 +1,389 @@
+"""One manifest's build state on disk, and the build, plan, clean and status operations.
+
+Data flow of a build (see STYLE.md):
+
+    manifest (or the cached compiled graph) -> BuildGraph
+    BuildGraph + StatCache -> keys          (hashing.Keys, only what changed)
+    keys + CompletionLog + files -> Plan    (plan.make)
+    Plan -> Scheduler(executor).run()      -> BuildResult; log records on success
+
+Everything lives in ``.dagrun/`` beside the manifest: ``log`` (the completion
+log), ``cache`` (compiled graph, stat cache, keys and log index, marshal;
+deleting it only costs time), ``runs/`` and ``lock``.  The cache is what makes
+a no-op build fast: no TOML, no networkx, no re-hashing of unchanged files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import marshal
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from . import globs
+from .clock import Clock, MonotonicClock
+from .completion_log import CompletionLog, LogIndex
+from .errors import DagrunError, ExecutorError, LogError, ManifestError
+from .executors import Executor
+from .fs import FileSystem, LocalFileSystem
+from .graph import BuildGraph, compile
+from .hashing import Keys, StatCache, digest_bytes, key_env_names
+from .manifest import Manifest
+from .plan import Plan, make
+from .scheduler import BuildResult, Reporter, Scheduler
+
+STATE_DIR = ".dagrun"
+CACHE_VERSION = 4
+
+
+@dataclass
+class Prepared:
+    """A graph with keys and a plan, ready to run (or to show)."""
+
+    graph: BuildGraph
+    keys: Keys
+    log: CompletionLog
+    plan: Plan
+
+
+class Session:
+    """Builds one manifest.  Give ``manifest_path`` (a dagrun.toml) or a ``manifest`` object."""
+
+    def __init__(
+        self,
+        *,
+        manifest_path: str | None = None,
+        manifest: Manifest | None = None,
+        environ: Mapping[str, str] | None = None,
+        fs: FileSystem | None = None,
+        clock: Clock | None = None,
+        executor_factory: Callable[[BuildGraph], Executor] | None = None,
+        wait_for_lock: bool = True,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> None:
+        if (manifest_path is None) == (manifest is None):
+            raise ValueError("give exactly one of manifest_path and manifest")
+        self.manifest_path = os.path.abspath(manifest_path) if manifest_path else None
+        self._manifest = manifest
+        self.root = os.path.dirname(self.manifest_path) if self.manifest_path else manifest.root  # type: ignore[union-attr]
+        self.environ = environ if environ is not None else os.environ
+        self.fs = fs if fs is not None else LocalFileSystem(self.root)
+        self.clock = clock or MonotonicClock()
+        self.executor_factory = executor_factory
+        self.state_dir = os.path.join(self.root, STATE_DIR)
+        self.wait_for_lock = wait_for_lock
+        self.on_wait = on_wait
+        self.warnings: list[str] = []
+        self._cache: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------ public operations
+
+    def build(
+        self,
+        targets: Iterable[str] | None = None,
+        *,
+        reporter: Reporter,
+        jobs: int | None = None,
+        failures_allowed: int | None = None,
+        explain: bool = False,
+    ) -> BuildResult:
+        with self.lock():
+            prep = self._prepare(targets, explain=explain)
+            try:
+                return self._run(prep, reporter, jobs, failures_allowed, explain)
+            finally:
+                self._save(prep)
+                prep.log.close()
+
+    def plan(self, targets: Iterable[str] | None = None, *, explain: bool = True) -> Prepared:
+        """The plan without running anything (``-n``, ``list``, ``graph``)."""
+        with self.lock():
+            prep = self._prepare(targets, explain=explain)
+            self._save(prep)
+            prep.log.close()
+            return prep
+
+    def clean(self, targets: Iterable[str] | None = None) -> list[str]:
+        """Remove the declared outputs of the named tasks (all without targets); forget their keys."""
+        with self.lock():
+            cache = self._load_cache()
+            graph, _ = self._graph(cache)
+            chosen = graph.resolve(targets) if targets else list(range(len(graph.specs)))
+            log = self._open_log(cache)
+            removed = []
+            try:
+                for i in chosen:
+                    spec = graph.specs[i]
+                    for out in spec.outputs:
+                        if self.fs.remove(out):
+                            removed.append(out)
+                    log.forget(spec.name)
+            finally:
+                if cache is not None:
+                    cache["log"] = log.index.to_cache()
+                    self._write_cache(cache)
+                log.close()
+            return removed
+
+    def load_graph(self) -> BuildGraph:
+        return self._graph(self._load_cache())[0]
+
+    # ------------------------------------------------------------ locking
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock on the state folder, so two builds never run the same task."""
+        try:
+            os.makedirs(self.state_dir, exist_ok=True)
+            fd = os.open(os.path.join(self.state_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise LogError(f"cannot use {self.state_dir}: {exc.strerror}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                msg = f"another dagrun (pid {holder}) is running in {self.root}"
+                if not self.wait_for_lock:
+                    raise LogError(msg) from None
+                if self.on_wait is not None:
+                    self.on_wait(msg + "; waiting for it to finish")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    # ------------------------------------------------------------ preparing
+
+    def _prepare(self, targets: Iterable[str] | None, *, explain: bool) -> Prepared:
+        cache = self._load_cache()
+        graph, reused = self._graph(cache)
+        selected = graph.select(targets)
+        stats = StatCache(self.fs, cache.get("stats") if cache else None)
+        kenv = {n: self.environ.get(n) for n in key_env_names(graph)}
+        previous = None
+        if reused and cache is not None and cache.get("kenv") == kenv:
+            previous = cache.get("keys")
+        keys = Keys(graph, stats, self.environ, previous)
+        keys.compute(selected)
+        others = [i for i in graph.order if keys.keys[i] is None]
+        if others:  # keep every key current, so the cache never holds a stale one
+            self._compute_quietly(keys, others)
+        log = self._open_log(cache)
+        plan = make(
+            graph, keys.keys, log, self.fs.exists, selected,
+            parts=keys.parts if explain else None,
+        )
+        self._state = (cache, reused, kenv)
+        return Prepared(graph, keys, log, plan)
+
+    def _compute_quietly(self, keys: Keys, tasks: list[int]) -> None:
+        """Key tasks outside the selection; one with a missing input stays unkeyed."""
+        for i in tasks:
+            if any(keys.keys[d] is None for d in keys.graph.deps[i]):
+                continue
+            try:
+                keys.compute([i])
+            except ManifestError:
+                keys.keys[i] = None
+
+    def _graph(self, cache: dict[str, Any] | None) -> tuple[BuildGraph, bool]:
+        source_id = self._source_id()
+        if cache is not None and cache.get("source") == source_id:
+            graph = BuildGraph.from_cache(cache["graph"])
+            if graph is not None and globs.folders_unchanged(graph.scanned):
+                return graph, True
+        manifest = self._load_manifest()
+        return compile(manifest), False
+
+    def _load_manifest(self) -> Manifest:
+        if self._manifest is not None:
+            return self._manifest
+        from .manifest import load
+
+        assert self.manifest_path is not None
+        return load(self.manifest_path)
+
+    def _source_id(self) -> tuple[Any, ...]:
+        if self._manifest is not None:
+            return ("api", self.root, digest_bytes(repr(self._manifest).encode()))
+        assert self.manifest_path is not None
+        try:
+            with open(self.manifest_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise ManifestError("no such manifest file", source=self.manifest_path) from None
+        return ("file", self.manifest_path, digest_bytes(data))
+
+    def _open_log(self, cache: dict[str, Any] | None) -> CompletionLog:
+        index = None
+        if cache is not None and "log" in cache:
+            index = LogIndex.from_cache(cache["log"])
+        try:
+            log = CompletionLog(os.path.join(self.state_dir, "log"), index)
+        except OSError as exc:
+            raise LogError(f"cannot open the completion log: {exc}") from None
+        self.warnings.extend(log.warnings)
+        return log
+
+    # ------------------------------------------------------------ running
+
+    def _run(
+        self,
+        prep: Prepared,
+        reporter: Reporter,
+        jobs: int | None,
+        failures_allowed: int | None,
+        explain: bool,
+    ) -> BuildResult:
+        graph, keys, log = prep.graph, prep.keys, prep.log
+        m = graph.manifest
+        jobs = jobs or m.jobs or default_jobs()
+        if failures_allowed is None:
+            failures_allowed = m.failures_allowed
+        specs = graph.specs
+
+        def on_success(i: int, outcome: Any) -> None:
+            key = keys.keys[i]
+            if key is None:
+                return
+            log.append(
+                specs[i].name, key, keys.parts(i).to_json(), outcome.duration, outcome.maxrss_kb,
+                self.clock.wall(),
+            )
+
+        executor = self._executor(graph, prep.plan)
+        base_env = dict(self.environ)
+        base_env.update(m.env)
+        scheduler = Scheduler(
+            graph, prep.plan, keys.keys, executor,
+            jobs=jobs,
+            failures_allowed=failures_allowed,
+            clock=self.clock,
+            reporter=reporter,
+            base_env=base_env,
+            runs_dir=os.path.join(self.state_dir, "runs"),
+            on_success=on_success,
+            durations=log.index.durations,
+            resources=dict(m.resources),
+            explain=explain,
+        )
+        try:
+            with _sigterm_as_interrupt():
+                return scheduler.run()
+        finally:
+            executor.close()
+
+    def _executor(self, graph: BuildGraph, plan: Plan) -> Executor:
+        for i in plan.to_run:
+            name = graph.specs[i].executor
+            spec = graph.manifest.executors.get(name)
+            if spec is not None and spec.type != "local":
+                raise ExecutorError(
+                    f"task '{graph.specs[i].name}' uses executor '{name}' of type '{spec.type}', "
+                    "which this version of dagrun cannot run yet"
+                )
+        if self.executor_factory is not None:
+            return self.executor_factory(graph)
+        from .executors.local import LocalExecutor
+
+        opts = graph.manifest.executors["local"].options
+        return LocalExecutor(grace=float(opts.get("grace_period", 3.0)))
+
+    # ------------------------------------------------------------ the state cache
+
+    def _load_cache(self) -> dict[str, Any] | None:
+        if self._cache is not None:
+            return self._cache
+        try:
+            with open(os.path.join(self.state_dir, "cache"), "rb") as f:
+                data = marshal.loads(f.read())
+        except (OSError, EOFError, ValueError, TypeError):
+            return None
+        if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+            return None
+        self._cache = data
+        return data
+
+    def _save(self, prep: Prepared) -> None:
+        cache, reused, kenv = self._state
+        keys = prep.keys
+        unchanged = (
+            reused
+            and cache is not None
+            and not keys.stats.dirty
+            and keys.recomputed == 0
+            and cache.get("kenv") == kenv
+            and tuple(cache.get("log", ())) == prep.log.index.to_cache()
+        )
+        if unchanged:
+            return
+        g = prep.graph
+        data = {
+            "version": CACHE_VERSION,
+            "source": self._source_id(),
+            "graph": g.to_cache(),
+            "stats": keys.stats.entries,
+            "keys": {g.specs[i].name: k for i, k in enumerate(keys.keys) if k is not None},
+            "kenv": kenv,
+            "log": prep.log.index.to_cache(),
+        }
+        if not globs.folders_unchanged(g.scanned):
+            data["source"] = None  # a glob's folder changed under us: recompile next time
+        self._write_cache(data)
+        if prep.log.compact_if_needed():
+            data["log"] = prep.log.index.to_cache()
+            self._write_cache(data)
+
+    def _write_cache(self, data: dict[str, Any]) -> None:
+        path = os.path.join(self.state_dir, "cache")
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                marshal.dump(data, f)
+            os.replace(tmp, path)
+        except (OSError, ValueError) as exc:
+            self.warnings.append(f"could not write the state cache: {exc}")
+        self._cache = data
+
+
+def default_jobs() -> int:
+    return (os.cpu_count() or 1) + 2
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While building, SIGTERM stops the build like Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def find_manifest(directory: str, file: str | None) -> str:
+    """The manifest path for ``-C DIR`` and ``-f FILE``."""
+    path = os.path.join(directory, file) if file else os.path.join(directory, "dagrun.toml")
+    if not os.path.isfile(path):
+        if file:
+            raise DagrunError(f"no such manifest: {path}")
+        raise DagrunError(
+            f"no dagrun.toml in {os.path.abspath(directory)} (use -C DIR or -f FILE)"
+        )
+    return path
+
+
