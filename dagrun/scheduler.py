@@ -256,7 +256,8 @@ class Scheduler:
             self.free_resources[name] += count
         if lease is not None and self.leases is not None:
             self.leases.release(lease)
-        ok = outcome.ok
+        # an end seen after Ctrl-C may be a task's trap exiting 0 half-way: never log it as done
+        ok = outcome.ok and not interrupted
         retry = False
         if ok:
             if self.on_success is not None:

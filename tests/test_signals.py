@@ -1,0 +1,195 @@
+"""Ctrl-C, SIGTERM and timeouts on the real CLI: every task's process group dies, the log stays true.
+
+Tasks have background children, which a non-interactive ``sh`` starts with
+SIGINT ignored (PLATFORM.md section 7), so a SIGINT alone would leave them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from realproc import (  # noqa: F401  (dagrun_proc is a fixture)
+    DagrunProcs,
+    assert_groups_gone,
+    dagrun_proc,
+    logged_tasks,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+# A task that records its pid (its process group) once its background child exists.
+BUSY = "sleep 30 & echo $$ > pids/{name}; sleep 30"
+
+PIPELINE = f"""
+    [tasks.first]
+    cmd = "echo first > first.txt"
+    outputs = ["first.txt"]
+
+    [tasks.a]
+    cmd = "{BUSY.format(name="a")}"
+    deps = ["first"]
+
+    [tasks.b]
+    cmd = "{BUSY.format(name="b")}"
+    deps = ["first"]
+
+    [tasks.after]
+    cmd = "echo after"
+    deps = ["a"]
+"""
+
+
+@pytest.mark.parametrize(
+    "how", ["SIGINT to the group (Ctrl-C)", "SIGTERM to dagrun"], ids=["sigint", "sigterm"]
+)
+def test_interrupt_kills_every_task_group_and_logs_only_what_finished(
+    dagrun_proc: DagrunProcs, how: str
+) -> None:
+    dagrun_proc.manifest(PIPELINE)
+    p = dagrun_proc.start("build", "-j4")
+    groups = {dagrun_proc.task_pid("a"), dagrun_proc.task_pid("b")}
+
+    sent = time.monotonic()
+    if how.startswith("SIGINT"):
+        os.killpg(p.pid, signal.SIGINT)
+    else:
+        os.kill(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=10)
+
+    assert p.returncode == 130, (out, err)
+    assert time.monotonic() - sent < 3.0
+    assert "Traceback" not in err
+    assert_groups_gone(groups)
+    assert logged_tasks(dagrun_proc.root) == ["first"]
+    assert "FAILED: [interrupted] a" in out
+    assert "dagrun: interrupted: 1 succeeded" in out
+
+    code, out, _ = dagrun_proc.run("build", "-n")
+    assert code == 0
+    assert sorted(line for line in out.splitlines() if line.startswith("would run")) == [
+        "would run: a", "would run: after", "would run: b",
+    ]
+
+
+def test_a_task_that_exits_0_on_ctrl_c_is_not_recorded_as_complete(
+    dagrun_proc: DagrunProcs,
+) -> None:
+    dagrun_proc.manifest(
+        """
+        [tasks.polite]
+        cmd = "trap 'echo stopped early; exit 0' INT TERM; echo $$ > pids/polite; sleep 30 & wait"
+        """
+    )
+    p = dagrun_proc.start("build")
+    groups = {dagrun_proc.task_pid("polite")}
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=10)
+
+    assert p.returncode == 130, (out, err)
+    assert "stopped early" in out
+    assert_groups_gone(groups)
+    assert logged_tasks(dagrun_proc.root) == []
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_second_signal_during_the_grace_period_kills_at_once(
+    dagrun_proc: DagrunProcs, second: signal.Signals
+) -> None:
+    dagrun_proc.manifest(
+        """
+        [executors.local]
+        grace_period = 20
+
+        [tasks.stubborn]
+        cmd = "trap 'echo int >> got' INT; trap 'echo term >> got' TERM; echo $$ > pids/stubborn; while :; do sleep 0.1; done"
+        """
+    )
+    p = dagrun_proc.start("build")
+    groups = {dagrun_proc.task_pid("stubborn")}
+    os.killpg(p.pid, signal.SIGINT)
+    got = dagrun_proc.root / "got"
+    wait_for(lambda: got.exists() and "term" in got.read_text(), "the task to get SIGTERM")
+    assert p.poll() is None  # still in its 20 s grace period
+
+    sent = time.monotonic()
+    if second == signal.SIGINT:
+        os.killpg(p.pid, signal.SIGINT)
+    else:
+        os.kill(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=10)
+
+    assert p.returncode == 130, (out, err)
+    assert time.monotonic() - sent < 3.0
+    assert "Traceback" not in err
+    assert_groups_gone(groups)
+    assert logged_tasks(dagrun_proc.root) == []
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        "sleep 30 & echo $$ > pids/slow; sleep 30",
+        # the background child ignores SIGINT and SIGTERM: only SIGKILL ends it
+        "(trap '' INT TERM; exec sleep 30) & echo $$ > pids/slow; sleep 30",
+        # the shell itself shrugs SIGTERM off and keeps going until SIGKILL
+        "trap '' INT TERM; sleep 30 & echo $$ > pids/slow; while :; do sleep 0.1; done",
+    ],
+    ids=["plain", "child-ignores-term", "shell-ignores-term"],
+)
+def test_timeout_kills_the_whole_group_and_fails_the_build(
+    dagrun_proc: DagrunProcs, cmd: str
+) -> None:
+    dagrun_proc.manifest(
+        f"""
+        [executors.local]
+        grace_period = 0.3
+
+        [tasks.slow]
+        cmd = "{cmd}"
+        timeout = 0.5
+
+        [tasks.next]
+        cmd = "echo next"
+        deps = ["slow"]
+        """
+    )
+    started = time.monotonic()
+    p = dagrun_proc.start("build")
+    groups = {dagrun_proc.task_pid("slow")}
+    out, err = p.communicate(timeout=10)
+
+    assert p.returncode == 1, (out, err)
+    assert time.monotonic() - started < 5.0
+    assert "FAILED: [timeout] slow" in out
+    assert "dagrun: slow timed out after" in out
+    assert "not run: next (dependency failed: slow)" in out
+    assert_groups_gone(groups)
+    assert logged_tasks(dagrun_proc.root) == []
+
+
+def test_retries_make_a_flaky_task_succeed(dagrun_proc: DagrunProcs) -> None:
+    flaky = "if [ -e marker ]; then echo second try; else touch marker; echo first try; exit 3; fi"
+    dagrun_proc.manifest(
+        f"""
+        [tasks.flaky]
+        cmd = "{flaky}"
+        retries = 1
+
+        [tasks.once]
+        cmd = "{flaky.replace("marker", "marker2")}"
+        """
+    )
+    code, out, err = dagrun_proc.run("build", "-k", "flaky")
+    assert code == 0, (out, err)
+    assert "RETRY: [code=3] flaky" in out
+    assert "second try" in out
+    assert logged_tasks(dagrun_proc.root) == ["flaky"]
+
+    code, out, err = dagrun_proc.run("build", "-k", "once")
+    assert code == 1, (out, err)
+    assert "FAILED: [code=3] once" in out
+    assert logged_tasks(dagrun_proc.root) == ["flaky"]
