@@ -133,5 +133,4 @@ class MemoryFileSystem:
         return self.files.pop(path, None) is not None
 
     def now_ns(self) -> int:
-        self.clock_ns += 1_000_000_000
         return self.clock_ns

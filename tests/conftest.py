@@ -1,0 +1,80 @@
+"""Shared fixtures: fakes for every seam, and a helper to run the real CLI in a folder."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dagrun.clock import FakeClock
+from dagrun.executors.fake import FakeExecutor
+from dagrun.fs import MemoryFileSystem
+from dagrun.report import RecordingReporter
+
+# tests must not depend on the developer's terminal or byte-code settings
+os.environ.pop("FORCE_COLOR", None)
+
+
+@pytest.fixture
+def mem_fs() -> MemoryFileSystem:
+    return MemoryFileSystem()
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def fake_executor(fake_clock: FakeClock) -> FakeExecutor:
+    return FakeExecutor(clock=fake_clock)
+
+
+@pytest.fixture
+def recorder() -> RecordingReporter:
+    return RecordingReporter()
+
+
+@dataclass
+class CliRun:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """A folder with a manifest; ``project.run("build", ...)`` runs the CLI in-process there."""
+
+    class Project:
+        root = tmp_path
+
+        def write(self, path: str, text: str) -> Path:
+            p = tmp_path / path
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(textwrap.dedent(text))
+            return p
+
+        def manifest(self, text: str) -> Path:
+            return self.write("dagrun.toml", text)
+
+        def read(self, path: str) -> str:
+            return (tmp_path / path).read_text()
+
+        def run(self, *args: str) -> CliRun:
+            from dagrun.cli import main
+
+            monkeypatch.chdir(tmp_path)
+            capsys.readouterr()
+            code = main(["--progress", "plain", *args])
+            captured = capsys.readouterr()
+            return CliRun(code, captured.out, captured.err)
+
+    return Project()
+
+
+Runner = Callable[..., CliRun]
