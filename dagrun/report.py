@@ -185,6 +185,7 @@ class RichReporter:
 
     def __rich__(self) -> Any:
         from rich.table import Table
+        from rich.text import Text
 
         now = time.monotonic()
         grid = Table.grid(padding=(0, 1))
@@ -193,14 +194,16 @@ class RichReporter:
         bar = "#" * filled + "-" * (bar_width - filled)
         failed = f"  {self.failed} failed" if self.failed else ""
         grid.add_row(
-            f"[{self.done}/{self.total}] [{bar}] {now - self.started_at:5.1f}s  "
-            f"{len(self.running)} running{failed}"
+            Text(
+                f"[{self.done}/{self.total}] [{bar}] {now - self.started_at:5.1f}s  "
+                f"{len(self.running)} running{failed}"
+            )
         )
         items = sorted(self.running.items(), key=lambda kv: kv[1])[: self.max_running]
         for task, since in items:
-            grid.add_row(f"  {task}  ({now - since:.1f}s)")
+            grid.add_row(Text(f"  {task}  ({now - since:.1f}s)"))
         if len(self.running) > len(items):
-            grid.add_row(f"  ... {len(self.running) - len(items)} more")
+            grid.add_row(Text(f"  ... {len(self.running) - len(items)} more"))
         return grid
 
 
