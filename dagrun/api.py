@@ -57,6 +57,7 @@ class Graph:
         self.executors = {k: dict(v) for k, v in (executors or {}).items()}
         self.tasks: dict[str, dict[str, Any]] = {}
         self._path: str | None = None
+        self._loaded: Manifest | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Graph:
@@ -95,7 +96,7 @@ class Graph:
 
     @property
     def manifest(self) -> Manifest:
-        if self._path is not None:
+        if self._loaded is not None:
             return self._loaded
         return build_manifest("<api>", self.root, self.settings, self.env, self.tasks, self.executors)
 

@@ -76,6 +76,9 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("clean", help="remove declared outputs and forget their keys")
     c.add_argument("targets", nargs="*", metavar="TARGET")
+
+    st = sub.add_parser("status", help="show each executor's pool (cores, free cores, running jobs)")
+    st.add_argument("--executors", action="store_true", help="each executor's pool (the default)")
     return p
 
 
@@ -106,7 +109,12 @@ def _session(args: argparse.Namespace) -> Any:
     from .session import Session, find_manifest
 
     path = find_manifest(".", args.file)
-    return Session(manifest_path=path, on_wait=lambda msg: sys.stderr.write(f"dagrun: {msg}\n"))
+
+    def on_wait(message: str) -> None:
+        sys.stderr.write(f"dagrun: {message}\n")
+        sys.stderr.flush()
+
+    return Session(manifest_path=path, on_wait=on_wait)
 
 
 def _warn(session: Any) -> None:
@@ -144,6 +152,11 @@ def print_plan(prep: Any) -> None:
         out.write(f"would run: {label}\n")
         for reason in plan.reasons.get(i, ()):
             out.write(f"    {reason}\n")
+        if prep.pool is not None:
+            from .numa import describe_placement, uses_core_pool
+
+            if uses_core_pool(g.manifest, spec):
+                out.write(f"    leases {describe_placement(spec, prep.pool)}\n")
     out.write(f"dagrun: {len(plan.to_run)} would run, {len(plan.up_to_date)} up to date\n")
 
 
@@ -225,9 +238,47 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    session = _session(args)
+    pools = session.executor_pools()
+    _warn(session)
+    sys.stdout.write("".join(executor_pool_text(p) for p in pools))
+    return EXIT_OK
+
+
+def executor_pool_text(p: Any) -> str:
+    """One executor's pool as ``dagrun status --executors`` prints it."""
+    from .numa import format_cpulist
+
+    def cores(c: tuple[int, ...]) -> str:
+        return f"{format_cpulist(c) or '-'} ({len(c)})"
+
+    rows = []
+    if p.type == "local":
+        rows.append(("logical cores", str(p.logical_cores)))
+        if p.configured is None:
+            rows.append(("configured cores", "none (no core_pool: tasks are not pinned)"))
+        else:
+            rows.append(("configured cores", cores(p.configured)))
+            rows.append(("free cores", cores(p.free)))
+    running = str(len(p.running))
+    if p.slots is not None:
+        running += f" of {p.slots} slots"
+    running += f" (build pid {p.build_pid})" if p.build_pid else " (no build running)"
+    rows.append(("running jobs", running))
+    for u in p.nodes:
+        rows.append((f"node {u.node}", f"cores {format_cpulist(u.cores)}, free {format_cpulist(u.free) or '-'}"))
+    for j in p.running:
+        rows.append((f"  {j.task}", f"cores {format_cpulist(j.cores)}" if j.cores else "not pinned"))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{p.name} ({p.type})"] + [f"  {k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines) + "\n"
+
+
 _COMMANDS = {
     "build": cmd_build,
     "graph": cmd_graph,
     "list": cmd_list,
     "clean": cmd_clean,
+    "status": cmd_status,
 }

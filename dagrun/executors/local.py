@@ -89,8 +89,8 @@ class LocalExecutor:
 
     def submit(self, job: Job) -> None:
         os.makedirs(job.run_dir, exist_ok=True)
-        for out in job.outputs:  # like Ninja and Snakemake: output folders exist
-            parent = os.path.dirname(out)
+        for path in job.outputs:  # like Ninja and Snakemake: output folders exist
+            parent = os.path.dirname(path)
             if parent not in self._made:
                 os.makedirs(parent, exist_ok=True)
                 self._made.add(parent)
