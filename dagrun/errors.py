@@ -52,8 +52,8 @@ class ManifestError(DagrunError):
             parts.append(f"task '{self.task}'")
         if self.key is not None:
             parts.append(f"key '{self.key}'")
-        ctx = (" " + ", ".join(parts)) if parts else ""
-        text = f"{where}:{ctx} {self.message}" if ctx else f"{where}: {self.message}"
+        pieces = [where, ", ".join(parts), self.message] if parts else [where, self.message]
+        text = ": ".join(pieces)
         if self.hint:
             text += f" ({self.hint})"
         return text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,11 +188,11 @@ def compile(manifest: Manifest) -> BuildGraph:
                 if d != i:
                     found[d] = None
                 else:
-                    raise CycleError([s.name, s.name], manifest.source)
+                    raise CycleError([s.name, s.name], manifest.source)  # a task needs itself
         srcs: dict[str, None] = {}
         for pattern in s.inputs:
             if globs.has_magic(pattern):
-                rx = globs.translate(pattern)
+                rx = _glob_regex(manifest, s, pattern)
                 for out in output_list:
                     if rx.match(out) and producers[out] != i:
                         found[producers[out]] = None
@@ -203,7 +204,8 @@ def compile(manifest: Manifest) -> BuildGraph:
                 if p == i:
                     raise ManifestError(
                         f"'{pattern}' is both an input and an output of this task",
-                        source=manifest.source, task=s.name, key="inputs", line=s.line,
+                        source=manifest.source, task=s.name, key="inputs",
+                        line=manifest.line_of(s, "inputs"),
                     )
                 found[p] = None
             else:
@@ -211,7 +213,7 @@ def compile(manifest: Manifest) -> BuildGraph:
         deps.append(tuple(found))
         sources.append(tuple(sorted(srcs)))
     order = _toposort(specs, deps, manifest.source)
-    return BuildGraph(
+    graph = BuildGraph(
         manifest=manifest,
         specs=specs,
         index=index,
@@ -222,6 +224,32 @@ def compile(manifest: Manifest) -> BuildGraph:
         sources=sources,
         scanned=scanned,
     )
+    _check_default(graph)
+    return graph
+
+
+def _glob_regex(manifest: Manifest, spec: TaskSpec, pattern: str) -> re.Pattern[str]:
+    try:
+        return globs.translate(pattern)
+    except re.error as exc:
+        raise ManifestError(
+            f"input '{pattern}' is not a valid glob ({exc.msg})",
+            source=manifest.source, task=spec.name, key="inputs",
+            line=manifest.line_of(spec, "inputs"),
+        ) from None
+
+
+def _check_default(graph: BuildGraph) -> None:
+    """``[dagrun] default`` names only known targets (checked now, not at the first bare build)."""
+    m = graph.manifest
+    for target in m.default:
+        if not graph._resolve_one(target):
+            close = difflib.get_close_matches(target, list(graph.index) + list(graph.groups), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "no task, group or output matches"
+            raise ManifestError(
+                f"unknown target '{target}'", source=m.source, key="default",
+                line=m.settings_line("default"), hint=hint,
+            )
 
 
 def _resolve_dep(
@@ -242,8 +270,8 @@ def _resolve_dep(
     close = difflib.get_close_matches(name, list(index) + list(groups), n=1)
     raise ManifestError(
         f"unknown dependency '{name}'",
-        source=manifest.source, task=spec.name, key="deps", line=spec.line,
-        hint=f"did you mean '{close[0]}'?" if close else None,
+        source=manifest.source, task=spec.name, key="deps", line=manifest.line_of(spec, "deps"),
+        hint=f"did you mean '{close[0]}'?" if close else "no task or matrix group has this name",
     )
 
 
@@ -268,15 +296,21 @@ def _toposort(specs: tuple[TaskSpec, ...], deps: list[tuple[int, ...]], source: 
     return order
 
 
-def _find_cycle(specs: tuple[TaskSpec, ...], deps: list[tuple[int, ...]], waiting: list[int]) -> list[str]:
+def _find_cycle(
+    specs: tuple[TaskSpec, ...], deps: list[tuple[int, ...]], waiting: list[int]
+) -> list[str]:
+    """A cycle among the tasks Kahn's algorithm could not order, as names.
+
+    Read ``a -> b`` as "a depends on b"; the path starts at the cycle's task
+    that comes first in the manifest, so the message is the same every time.
+    """
     import networkx as nx
 
     g = nx.DiGraph()
     for i, ds in enumerate(deps):
         if waiting[i]:
-            for d in ds:
-                if waiting[d]:
-                    g.add_edge(specs[d].name, specs[i].name)
-    edges = nx.find_cycle(g)
-    names = [a for a, _ in edges]
-    return names + [names[0]]
+            g.add_edges_from((i, d) for d in ds if waiting[d])
+    cycle = [a for a, _ in nx.find_cycle(g)]
+    first = cycle.index(min(cycle))
+    cycle = cycle[first:] + cycle[:first]
+    return [specs[i].name for i in cycle + cycle[:1]]

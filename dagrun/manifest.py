@@ -8,8 +8,10 @@ TaskSpec are relative to the manifest's folder (or absolute); a task's
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import itertools
+import math
 import os
 import re
 import sys
@@ -29,7 +31,7 @@ MANIFEST_NAME = "dagrun.toml"
 
 
 class TaskSpec(NamedTuple):
-    """One task after matrix expansion.  A NamedTuple: immutable, and cheap to rebuild from cache."""
+    """One task after matrix expansion; a NamedTuple, so cheap to rebuild from the cache."""
 
     name: str
     cmd: str
@@ -87,6 +89,18 @@ class Manifest:
     watch_debounce_ms: int = 200
     # folders read by matrix globs -> mtime_ns, so a cached expansion can be checked
     scanned: Mapping[str, int] = field(default_factory=dict)
+    # where keys are in the text, for errors found later (graph.compile); None without text
+    line_index: _LineIndex | None = field(default=None, repr=False, compare=False)
+
+    def line_of(self, spec: TaskSpec, key: str) -> int | None:
+        """The line of ``key`` in ``spec``'s table, else of the table itself."""
+        if self.line_index is None:
+            return spec.line
+        return self.line_index.find(("tasks", spec.group or spec.name), key) or spec.line
+
+    def settings_line(self, key: str) -> int | None:
+        """The line of ``key`` in [dagrun], where known."""
+        return self.line_index.find(("dagrun",), key) if self.line_index is not None else None
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -112,18 +126,27 @@ def _int(minimum: int) -> Check:
 def _number_positive(v: Any) -> str | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return f"must be a number of seconds, not {_tname(v)}"
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
+        return "must be a finite number of seconds"
     if v <= 0:
         return f"must be positive, not {v}"
     return None
 
 
 def _str(v: Any) -> str | None:
-    return None if isinstance(v, str) else f"must be a string, not {_tname(v)}"
+    if not isinstance(v, str):
+        return f"must be a string, not {_tname(v)}"
+    return "must not contain a NUL character" if "\0" in v else None
 
 
 def _nonempty_str(v: Any) -> str | None:
-    if not isinstance(v, str):
-        return f"must be a string, not {_tname(v)}"
+    problem = _str(v)
+    if problem:
+        return problem
     return None if v.strip() else "must not be empty"
 
 
@@ -139,16 +162,26 @@ def _str_list(v: Any) -> str | None:
             return f"must be a list of strings, but has {_tname(item)} {item!r}"
         if not item:
             return "must not contain an empty string"
+        if "\0" in item:
+            return "must not contain a NUL character"
     return None
 
 
-def _str_table(v: Any) -> str | None:
+def _env_table(v: Any) -> str | None:
     if not isinstance(v, dict):
         return f"must be a table of strings, not {_tname(v)}"
     for k, item in v.items():
-        if not isinstance(item, str):
-            return f"value of '{k}' must be a string, not {_tname(item)}"
+        problem = _env_entry(k, item)
+        if problem:
+            return f"'{k}' {problem}"
     return None
+
+
+def _env_entry(name: str, value: Any) -> str | None:
+    """What is wrong with one environment variable, or None."""
+    if not name or "=" in name or "\0" in name:
+        return "is not a valid variable name (it must be non-empty, without '=')"
+    return _str(value)
 
 
 def _count_table(v: Any) -> str | None:
@@ -196,11 +229,14 @@ def _matrix(v: Any) -> str | None:
                 if not isinstance(x, (str, int, float, bool)):
                     return f"variable '{var}' has a value of type {_tname(x)}"
         else:
-            return f"variable '{var}' must be a list or {{ glob = \"pattern\" }}, not {_tname(values)}"
+            kind = _tname(values)
+            return f"variable '{var}' must be a list or {{ glob = \"pattern\" }}, not {kind}"
     return None
 
 
 def _tname(v: Any) -> str:
+    if isinstance(v, (datetime.date, datetime.time)):
+        return "a date/time"
     return {
         bool: "a boolean",
         int: "an integer",
@@ -226,7 +262,7 @@ TASK_KEYS: dict[str, Check] = {
     "outputs": _str_list,
     "deps": _str_list,
     "display": _str,
-    "env": _str_table,
+    "env": _env_table,
     "cwd": _nonempty_str,
     "threads": _int(1),
     "numa_node": _int(0),
@@ -294,7 +330,8 @@ def load(path: str | os.PathLike[str]) -> Manifest:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=path) from None
+        problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise ManifestError(problem, source=path) from None
     return parse(text, source=path, root=os.path.dirname(os.path.abspath(path)))
 
 
@@ -304,14 +341,31 @@ def parse(text: str, *, source: str = MANIFEST_NAME, root: str | None = None) ->
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        msg = str(exc)
-        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
-        line = int(m.group(1)) if m else None
-        short = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
-        if m:
-            short += f" (column {m.group(2)})"
-        raise ManifestError(f"invalid TOML: {short}", source=source, line=line) from None
+        raise _toml_error(str(exc), text, source) from None
+    except RecursionError:
+        problem = "invalid TOML: arrays or tables nested too deeply"
+        raise ManifestError(problem, source=source) from None
     return _Builder(text, source, root).build(doc)
+
+
+def _toml_error(msg: str, text: str, source: str) -> ManifestError:
+    """A TOML parser message made readable: 'file:LINE: invalid TOML: what (column N)'."""
+    m = re.search(r"\s*\(at line (\d+), column (\d+)\)", msg)
+    at_end = not m and "(at end of document)" in msg
+    lines = text.splitlines()
+    line = int(m.group(1)) if m else (len(lines) or 1) if at_end else None
+    what = msg[: m.start()] if m else msg.replace(" (at end of document)", "")
+    declared = re.fullmatch(r"Cannot declare \((.*)\) twice", what)
+    if declared:
+        parts = re.findall(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"", declared.group(1))
+        what = "table [" + ".".join(a or b for a, b in parts) + "] is declared twice"
+    elif what == "Cannot overwrite a value" and line is not None:
+        km = _LineIndex._KEY.match(lines[line - 1]) if line <= len(lines) else None
+        what = f"key '{_unquote(km.group(1))}' is set twice" if km else "a key is set twice"
+    else:
+        what = what[:1].lower() + what[1:]
+    where = f" (column {m.group(2)})" if m else " (at the end of the file)" if at_end else ""
+    return ManifestError(f"invalid TOML: {what}{where}", source=source, line=line)
 
 
 def build_manifest(
@@ -333,11 +387,13 @@ def build_manifest(
 
 
 class _Builder:
+    """Validates a parsed document and expands it into a Manifest."""
+
     def __init__(self, text: str, source: str, root: str) -> None:
         self.text = text
         self.source = source
         self.root = root
-        self._lines: _LineIndex | None = None
+        self.lines = _LineIndex(text) if text else None
         self.scanned: dict[str, int] = {}
 
     # -- errors
@@ -351,9 +407,8 @@ class _Builder:
         table: tuple[str, ...] | None = None,
         hint: str | None = None,
     ) -> ManifestError:
-        if self._lines is None:
-            self._lines = _LineIndex(self.text)
-        line = self._lines.find(table, key) if table is not None else None
+        """A ManifestError with the line of ``key`` in ``table`` (or of the table) when known."""
+        line = self.lines.find(table, key) if self.lines is not None and table is not None else None
         return ManifestError(message, source=self.source, task=task, key=key, line=line, hint=hint)
 
     def check_keys(
@@ -367,9 +422,11 @@ class _Builder:
             check = allowed.get(key)
             if check is None:
                 close = difflib.get_close_matches(key, list(allowed), n=1)
-                hint = f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(allowed)
-                where = "[" + ".".join(path) + "]"
-                raise self.error(f"unknown key in {where}", task=task, key=key, table=path, hint=hint)
+                hint = _did_you_mean(close) or "known keys: " + ", ".join(allowed)
+                where = _table_name(path)
+                raise self.error(
+                    f"unknown key in {where}", task=task, key=key, table=path, hint=hint
+                )
             problem = check(value)
             if problem:
                 raise self.error(problem, task=task, key=key, table=path)
@@ -384,18 +441,14 @@ class _Builder:
                     "unknown top-level table",
                     key=key,
                     table=(),
-                    hint=f"did you mean '{close[0]}'?" if close else "known: " + ", ".join(TOP_KEYS),
+                    hint=_did_you_mean(close) or "known: " + ", ".join(TOP_KEYS),
                 )
         settings = self.table(doc, "dagrun")
         self.check_keys(settings, DAGRUN_KEYS, ("dagrun",))
-        env = self.table(doc, "env")
-        problem = _str_table(env)
-        if problem:
-            raise self.error(problem, key="env", table=("env",))
+        env = self.env(self.table(doc, "env"))
         executors = self.executors(self.table(doc, "executors"))
-        tasks_doc = self.table(doc, "tasks")
         tasks: list[TaskSpec] = []
-        for name, body in tasks_doc.items():
+        for name, body in self.table(doc, "tasks").items():
             tasks.extend(self.task(name, body))
         self.check_unique(tasks, executors)
         return Manifest(
@@ -405,76 +458,89 @@ class _Builder:
             jobs=settings.get("jobs"),
             failures_allowed=settings.get("failures_allowed", 1),
             default=tuple(settings.get("default", ())),
-            env=tuple(sorted(env.items())),
+            env=env,
             key_env=tuple(settings.get("key_env", ())),
             resources=tuple(sorted(settings.get("resources", {}).items())),
             executors=executors,
             watch_debounce_ms=settings.get("watch_debounce_ms", 200),
             scanned=self.scanned,
+            line_index=self.lines,
         )
 
     def table(self, doc: Mapping[str, Any], key: str) -> dict[str, Any]:
         value = doc.get(key, {})
         if not isinstance(value, dict):
-            raise self.error(f"must be a table, not {_tname(value)}", key=key, table=())
+            problem = f"must be a table such as [{key}], not {_tname(value)}"
+            raise self.error(problem, key=key, table=())
         return value
+
+    def env(self, table: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+        for name, value in table.items():
+            problem = _env_entry(name, value)
+            if problem:
+                raise self.error(f"[env] entry {problem}", key=name, table=("env",))
+        return tuple(sorted(table.items()))
 
     def executors(self, doc: dict[str, Any]) -> dict[str, ExecutorSpec]:
         out = {"local": ExecutorSpec("local", "local", {})}
         for name, body in doc.items():
-            path = ("executors", name)
-            if not isinstance(body, dict):
-                raise self.error(f"must be a table, not {_tname(body)}", key=name, table=("executors",))
-            kind = body.get("type", "local" if name == "local" else None)
-            if kind is None:
-                raise self.error(
-                    "executor has no 'type'", key=name, table=path, hint="one of: local, ssh, http, dask"
-                )
-            if kind not in EXECUTOR_KEYS:
-                raise self.error(
-                    f"unknown executor type '{kind}'", key="type", table=path,
-                    hint="one of: " + ", ".join(EXECUTOR_KEYS),
-                )
-            if name == "local" and kind != "local":
-                raise self.error("the executor named 'local' must have type 'local'", key="type", table=path)
-            self.check_keys(body, EXECUTOR_KEYS[kind], path)
-            if kind == "ssh" and "host" not in body:
-                raise self.error("ssh executor needs 'host'", key=name, table=path)
-            out[name] = ExecutorSpec(name, kind, dict(body))
+            out[name] = self.executor(name, body)
         return out
+
+    def executor(self, name: str, body: Any) -> ExecutorSpec:
+        path = ("executors", name)
+        where = _table_name(path)
+        if not isinstance(body, dict):
+            problem = f"must be a table such as {where}, not {_tname(body)}"
+            raise self.error(problem, key=name, table=path)
+        kinds = "one of: " + ", ".join(EXECUTOR_KEYS)
+        kind = body.get("type", "local" if name == "local" else None)
+        if kind is None:
+            raise self.error(f"{where} has no 'type'", table=path, hint=kinds)
+        if kind not in EXECUTOR_KEYS:
+            raise self.error(
+                f"unknown executor type {kind!r} in {where}", key="type", table=path, hint=kinds
+            )
+        if name == "local" and kind != "local":
+            problem = "the executor named 'local' must have type 'local'"
+            raise self.error(problem, key="type", table=path)
+        self.check_keys(body, EXECUTOR_KEYS[kind], path)
+        if kind == "ssh" and "host" not in body:
+            raise self.error(f"{where} has no 'host' (the machine to run tasks on)", table=path)
+        return ExecutorSpec(name, kind, dict(body))
 
     def task(self, name: str, body: Any) -> list[TaskSpec]:
         path = ("tasks", name)
         if not isinstance(body, dict):
-            raise self.error(f"must be a table, not {_tname(body)}", task=name, table=("tasks",), key=name)
-        if not re.fullmatch(r"[A-Za-z0-9_.+-][A-Za-z0-9_.+@:-]*", name):
             raise self.error(
-                "task names may use letters, digits and _ . + - @ : only",
+                f"must be a table such as {_table_name(path)} with a 'cmd', not {_tname(body)}",
                 task=name, table=path,
             )
+        if not _TASK_NAME.fullmatch(name):
+            problem = "task names may use letters, digits and _ . + - @ : only"
+            raise self.error(problem, task=name, table=path)
         self.check_keys(body, TASK_KEYS, path, task=name)
         if "cmd" not in body:
-            raise self.error("task has no 'cmd'", task=name, table=path)
-        line = self._line_of(path)
-        matrix = body.get("matrix")
-        if matrix is None:
+            raise self.error("missing 'cmd' (the shell command to run)", task=name, table=path)
+        line = self.lines.find(path, None) if self.lines is not None else None
+        if "matrix" not in body:
             return [self.spec(name, body, {}, None, line)]
-        return [self.spec(n, body, values, name, line) for n, values in self.combinations(name, body)]
-
-    def _line_of(self, path: tuple[str, ...]) -> int | None:
-        if not self.text:
-            return None
-        if self._lines is None:
-            self._lines = _LineIndex(self.text)
-        return self._lines.find(path, None)
+        combos = self.combinations(name, body)
+        return [self.spec(n, body, values, name, line) for n, values in combos]
 
     def combinations(self, name: str, body: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
+        """One (task name, {variable: value}) per combination of the matrix values."""
         cwd = body.get("cwd", ".")
         axes: list[list[tuple[str, str]]] = []
         for var, values in body["matrix"].items():
             if isinstance(values, dict):
-                base = os.path.join(self.root, cwd)
+                base = os.path.normpath(os.path.join(self.root, cwd))
                 found = globs.expand(values["glob"], base, self.scanned)
+                if not found:
+                    raise self.error(
+                        f"variable '{var}': glob '{values['glob']}' matches no files",
+                        task=name, key="matrix", table=("tasks", name),
+                    )
                 axes.append([(var, p) for p in found])
             else:
                 axes.append([(var, _scalar(v)) for v in values])
@@ -485,15 +551,21 @@ class _Builder:
         return out
 
     def spec(
-        self, name: str, body: dict[str, Any], values: dict[str, str], group: str | None, line: int | None
+        self,
+        name: str,
+        body: dict[str, Any],
+        values: dict[str, str],
+        group: str | None,
+        line: int | None,
     ) -> TaskSpec:
         sub = _Substituter(values)
         path = ("tasks", group or name)
         cwd = _norm(sub(body.get("cwd", ".")), ".")
-        if cwd.startswith("/") or cwd.startswith(".."):
-            raise self.error("cwd must be a folder inside the manifest's folder", task=name, key="cwd", table=path)
-        env = tuple(sorted((k, sub(v)) for k, v in body.get("env", {}).items()))
-        threads = body.get("threads", 1)
+        if cwd.startswith("/") or cwd == ".." or cwd.startswith("../"):
+            raise self.error(
+                f"cwd '{cwd}' is outside the manifest's folder; it must be a folder inside it",
+                task=name, key="cwd", table=path,
+            )
         return TaskSpec(
             name=name,
             cmd=sub(body["cmd"]),
@@ -501,9 +573,9 @@ class _Builder:
             outputs=tuple(dict.fromkeys(_norm(sub(p), cwd) for p in body.get("outputs", ()))),
             deps=tuple(dict.fromkeys(sub(d) for d in body.get("deps", ()))),
             display=sub(body.get("display", "")),
-            env=env,
+            env=tuple(sorted((k, sub(v)) for k, v in body.get("env", {}).items())),
             cwd=cwd,
-            threads=threads,
+            threads=body.get("threads", 1),
             numa_node=body.get("numa_node"),
             timeout=float(body["timeout"]) if "timeout" in body else None,
             retries=body.get("retries", 0),
@@ -516,19 +588,23 @@ class _Builder:
         )
 
     def check_unique(self, tasks: list[TaskSpec], executors: Mapping[str, ExecutorSpec]) -> None:
+        """Task names and outputs are unique; executors exist; outputs are exact paths."""
         names: set[str] = set()
         producers: dict[str, str] = {}
-        groups = {t.group for t in tasks if t.group}
         for t in tasks:
             table = ("tasks", t.group or t.name)
             if t.name in names:
+                if t.group:
+                    raise self.error(
+                        f"the matrix gives two tasks the name '{t.name}'",
+                        task=t.group, key="matrix", table=table, hint="are two values the same?",
+                    )
                 raise self.error("two tasks have this name", task=t.name, table=table)
             names.add(t.name)
             if t.executor not in executors:
-                known = ", ".join(sorted(executors))
                 raise self.error(
                     f"unknown executor '{t.executor}'", task=t.name, key="executor", table=table,
-                    hint=f"defined: {known}",
+                    hint=_executor_hint(t.executor, executors),
                 )
             for out in t.outputs:
                 if globs.has_magic(out):
@@ -543,10 +619,25 @@ class _Builder:
                         task=t.name, key="outputs", table=table,
                     )
                 producers[out] = t.name
-        clash = names & groups
-        if clash:
-            n = sorted(clash)[0]
-            raise self.error("a task and a matrix group share this name", task=n, table=("tasks", n))
+
+
+_TASK_NAME = re.compile(r"[A-Za-z0-9_.+-][A-Za-z0-9_.+@:-]*")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _table_name(path: tuple[str, ...]) -> str:
+    """``("tasks", "a.b")`` -> ``[tasks."a.b"]``, as the user would write the header."""
+    return "[" + ".".join(p if _BARE_KEY.fullmatch(p) else '"' + p + '"' for p in path) + "]"
+
+
+def _did_you_mean(close: list[str]) -> str | None:
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def _executor_hint(name: str, executors: Mapping[str, ExecutorSpec]) -> str:
+    close = difflib.get_close_matches(name, list(executors), n=1)
+    defined = ", ".join(sorted(executors))
+    return _did_you_mean(close) or f"defined: {defined}; add an [executors.{name}] table"
 
 
 def _scalar(v: Any) -> str:
@@ -598,36 +689,58 @@ class _Substituter:
 class _LineIndex:
     """Finds the line of a table header, or of a key inside a table, in TOML text.
 
-    One pass over the text on first use; every later lookup is a dict access.
+    One pass over the text when built; every later lookup is a dict access.
+    Lines inside multi-line strings are skipped.  A key in a table that has no
+    header of its own (``[tasks.a.env]`` without ``[tasks.a]``, or the table
+    ``task`` of ``[task.a]``) is found at the first header below it.
     """
 
     _HEADER = re.compile(r"^\s*\[(?!\[)(.+?)\]\s*(?:#.*)?$")
     _KEY = re.compile(r'^\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[A-Za-z0-9_-]+)\s*[.=]')
 
     def __init__(self, text: str) -> None:
-        self.headers: dict[tuple[str, ...], int] = {}
+        self.headers: dict[tuple[str, ...], int] = {}  # explicit headers and inline tables
+        self.below: dict[tuple[str, ...], int] = {}  # first header at or below a table path
         self.keys: dict[tuple[tuple[str, ...], str], int] = {}
         current: tuple[str, ...] = ()
+        quote = ""  # the delimiter of the multi-line string we are in, if any
         for n, line in enumerate(text.splitlines(), 1):
-            if "[" in line:
-                m = self._HEADER.match(line)
-                if m:
-                    current = _split_dotted(m.group(1))
-                    self.headers.setdefault(current, n)
-                    continue
+            if quote:
+                if quote in line:
+                    quote = ""
+                continue
+            m = self._HEADER.match(line) if "[" in line else None
+            if m:
+                current = _split_dotted(m.group(1))
+                self.headers.setdefault(current, n)
+                for i in range(1, len(current) + 1):
+                    self.below.setdefault(current[:i], n)
+                continue
             km = self._KEY.match(line)
             if km:
                 key = _unquote(km.group(1))
                 self.keys.setdefault((current, key), n)
                 # an inline table such as `name = { cmd = "..." }` stands for [current.name]
                 self.headers.setdefault(current + (key,), n)
+            quote = _opens_multiline(line)
 
     def find(self, table: tuple[str, ...] | None, key: str | None) -> int | None:
         if table is None:
             return None
-        if key is not None and (table, key) in self.keys:
-            return self.keys[(table, key)]
-        return self.headers.get(table)
+        if key is not None:
+            line = self.keys.get((table, key))
+            line = line or self.headers.get(table + (key,)) or self.below.get(table + (key,))
+            if line:
+                return line
+        return self.headers.get(table) or self.below.get(table)
+
+
+def _opens_multiline(line: str) -> str:
+    """The delimiter of a multi-line string left open at the end of ``line``, or ''."""
+    for delim in ('"""', "'''"):
+        if line.count(delim) % 2 == 1:
+            return delim
+    return ""
 
 
 def _split_dotted(s: str) -> tuple[str, ...]:
