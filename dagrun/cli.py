@@ -77,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("clean", help="remove declared outputs and forget their keys")
     c.add_argument("targets", nargs="*", metavar="TARGET")
 
-    st = sub.add_parser("status", help="show each executor's pool (cores, free cores, running jobs)")
+    st = sub.add_parser("status", help="each executor's pool: cores, free cores, running jobs")
     st.add_argument("--executors", action="store_true", help="each executor's pool (the default)")
     return p
 
@@ -267,9 +267,11 @@ def executor_pool_text(p: Any) -> str:
     running += f" (build pid {p.build_pid})" if p.build_pid else " (no build running)"
     rows.append(("running jobs", running))
     for u in p.nodes:
-        rows.append((f"node {u.node}", f"cores {format_cpulist(u.cores)}, free {format_cpulist(u.free) or '-'}"))
+        free = format_cpulist(u.free) or "-"
+        rows.append((f"node {u.node}", f"cores {format_cpulist(u.cores)}, free {free}"))
     for j in p.running:
-        rows.append((f"  {j.task}", f"cores {format_cpulist(j.cores)}" if j.cores else "not pinned"))
+        pinned = f"cores {format_cpulist(j.cores)}" if j.cores else "not pinned"
+        rows.append((f"  {j.task}", pinned))
     width = max(len(k) for k, _ in rows)
     lines = [f"{p.name} ({p.type})"] + [f"  {k:<{width}}  {v}" for k, v in rows]
     return "\n".join(lines) + "\n"

@@ -55,7 +55,10 @@ class _TextReport:
 
     def started(self, ev: TaskStarted) -> str | None:
         if self.explain and ev.reasons:
-            return f"explain {ev.task}: " + "; ".join(ev.reasons)
+            text = f"explain {ev.task}: " + "; ".join(ev.reasons)
+            if ev.cores:
+                text += " [cores " + ",".join(map(str, ev.cores)) + "]"
+            return text
         return None
 
     def finished(self, ev: TaskFinished) -> str:

@@ -29,8 +29,11 @@ class Reporter(Protocol):
 
 
 class Lease(Protocol):
-    cores: tuple[int, ...]
-    node: int | None
+    @property
+    def cores(self) -> tuple[int, ...]: ...
+
+    @property
+    def node(self) -> int | None: ...  # read-only, so frozen records (numa.Lease) fit
 
 
 class Leases(Protocol):

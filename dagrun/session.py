@@ -34,6 +34,7 @@ from .fs import FileSystem, LocalFileSystem
 from .graph import BuildGraph, compile
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
 from .manifest import Manifest
+from .numa import CorePool, Topology
 from .plan import Plan, make
 from .scheduler import BuildResult, Reporter, Scheduler
 
@@ -49,6 +50,7 @@ class Prepared:
     keys: Keys
     log: CompletionLog
     plan: Plan
+    pool: CorePool | None = None  # the local executor's core pool, when one is configured
 
 
 class Session:
@@ -65,6 +67,7 @@ class Session:
         executor_factory: Callable[[BuildGraph], Executor] | None = None,
         wait_for_lock: bool = True,
         on_wait: Callable[[str], None] | None = None,
+        topology: Topology | None = None,
     ) -> None:
         if (manifest_path is None) == (manifest is None):
             raise ValueError("give exactly one of manifest_path and manifest")
@@ -80,6 +83,7 @@ class Session:
         self.on_wait = on_wait
         self.warnings: list[str] = []
         self._cache: dict[str, Any] | None = None
+        self._topology = topology  # None: read this machine's when a core_pool needs it
 
     # ------------------------------------------------------------ public operations
 
@@ -176,13 +180,39 @@ class Session:
         others = [i for i in graph.order if keys.keys[i] is None]
         if others:  # keep every key current, so the cache never holds a stale one
             self._compute_quietly(keys, others)
+        pool = self._core_pool(graph)
         log = self._open_log(cache)
         plan = make(
             graph, keys.keys, log, self.fs.exists, selected,
             parts=keys.parts if explain else None,
         )
         self._state = (cache, reused, kenv)
-        return Prepared(graph, keys, log, plan)
+        return Prepared(graph, keys, log, plan, pool)
+
+    def _core_pool(self, graph: BuildGraph) -> CorePool | None:
+        """The checked core pool (ManifestError if a task can never fit), or None."""
+        from . import numa
+
+        m = graph.manifest
+        pool = None
+        if "core_pool" in m.executors["local"].options:
+            pool = numa.core_pool(m, self.topology)
+        numa.check_fits(m, pool)
+        if pool is None:
+            pinned = [s.name for s in graph.specs if s.numa_node is not None]
+            if pinned:
+                more = f" (and {len(pinned) - 1} more)" if len(pinned) > 1 else ""
+                self.warnings.append(
+                    f"task '{pinned[0]}'{more} sets numa_node, but [executors.local] has no "
+                    "core_pool: it is not pinned"
+                )
+        return pool
+
+    @property
+    def topology(self) -> Topology:
+        if self._topology is None:
+            self._topology = Topology.machine()
+        return self._topology
 
     def _compute_quietly(self, keys: Keys, tasks: list[int]) -> None:
         """Key tasks outside the selection; one with a missing input stays unkeyed."""
@@ -259,7 +289,19 @@ class Session:
                 self.clock.wall(),
             )
 
-        executor = self._executor(graph, prep.plan)
+        leases = None
+        if prep.pool is not None:
+            from .numa import CoreLeases
+
+            leases = CoreLeases(prep.pool)
+            jobs = min(jobs, len(prep.pool.cores))  # no more tasks than cores: none waits in vain
+        executor = self._executor(graph, prep.plan, prep.pool)
+        from .pool_status import SNAPSHOT, SnapshotExecutor
+
+        executor = SnapshotExecutor(
+            executor, os.path.join(self.state_dir, SNAPSHOT), leases, jobs,
+            {s.name: s.executor for s in specs},
+        )
         base_env = dict(self.environ)
         base_env.update(m.env)
         scheduler = Scheduler(
@@ -272,6 +314,7 @@ class Session:
             runs_dir=os.path.join(self.state_dir, "runs"),
             on_success=on_success,
             durations=log.index.durations,
+            leases=leases,
             resources=dict(m.resources),
             explain=explain,
         )
@@ -281,7 +324,7 @@ class Session:
         finally:
             executor.close()
 
-    def _executor(self, graph: BuildGraph, plan: Plan) -> Executor:
+    def _executor(self, graph: BuildGraph, plan: Plan, pool: CorePool | None = None) -> Executor:
         for i in plan.to_run:
             name = graph.specs[i].executor
             spec = graph.manifest.executors.get(name)
@@ -292,10 +335,20 @@ class Session:
                 )
         if self.executor_factory is not None:
             return self.executor_factory(graph)
-        from .executors.local import LocalExecutor
+        from .executors.local import LocalExecutor, find_numactl
 
         opts = graph.manifest.executors["local"].options
-        return LocalExecutor(grace=float(opts.get("grace_period", 3.0)))
+        numactl = find_numactl() if pool is not None else None  # else sched_setaffinity pins
+        return LocalExecutor(grace=float(opts.get("grace_period", 3.0)), numactl=numactl)
+
+    def executor_pools(self) -> list[Any]:
+        """Each executor's pool (``dagrun status --executors``), live while a build runs."""
+        from .pool_status import SNAPSHOT, executor_pools, read_snapshot
+
+        graph = self.load_graph()
+        pool = self._core_pool(graph)
+        snapshot = read_snapshot(os.path.join(self.state_dir, SNAPSHOT))
+        return executor_pools(graph.manifest, pool, self.topology.logical, snapshot)
 
     # ------------------------------------------------------------ the state cache
 
