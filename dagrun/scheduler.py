@@ -103,6 +103,7 @@ class Scheduler:
         leases: Leases | None = None,
         resources: Mapping[str, int] | None = None,
         explain: bool = False,
+        schedule: str = "critical-path",
     ) -> None:
         self.graph = graph
         self.plan = plan
@@ -119,6 +120,7 @@ class Scheduler:
         self.leases = leases
         self.free_resources = dict(resources or {})
         self.explain = explain
+        self.schedule = schedule  # "critical-path", or "unweighted" / "fifo" for comparisons
 
     # -- the loop
 
@@ -166,18 +168,22 @@ class Scheduler:
         return self._result(self.clock.now() - started, interrupted)
 
     def _priorities(self) -> list[float]:
+        """Critical path by recorded durations; ``unweighted`` counts tasks (Ninja); ``fifo``: none."""
         g = self.graph
-        known = [self.durations[g.specs[i].name] for i in self.plan.to_run
-                 if g.specs[i].name in self.durations]
-        default = sum(known) / len(known) if known else 1.0
         prio = [0.0] * len(g.specs)
+        if self.schedule == "fifo":  # ready tasks start in topological (manifest) order
+            return prio
+        durations = {} if self.schedule == "unweighted" else self.durations
+        known = [durations[g.specs[i].name] for i in self.plan.to_run
+                 if g.specs[i].name in durations]
+        default = sum(known) / len(known) if known else 1.0
         dependents = g.dependents
         for i in reversed(self.plan.to_run):
             below = 0.0
             for j in dependents[i]:
                 if self.in_plan[j] and prio[j] > below:
                     below = prio[j]
-            prio[i] = self.durations.get(g.specs[i].name, default) + below
+            prio[i] = durations.get(g.specs[i].name, default) + below
         return prio
 
     def _start_ready(self) -> None:

@@ -317,6 +317,7 @@ class Session:
             leases=leases,
             resources=dict(m.resources),
             explain=explain,
+            schedule=self.environ.get("DAGRUN_SCHEDULE", "critical-path"),  # see bench/RESULTS.md
         )
         try:
             with _sigterm_as_interrupt():

@@ -1,0 +1,625 @@
+#!/usr/bin/env python3
+"""The dagrun benchmark: dagrun against ninja, make, doit, snakemake and the physical limit.
+
+    python bench/run.py --setup            # venvs: bench/.venv/peers (doit, snakemake), bench/.venv/dagrun
+    python bench/run.py                    # the full run (~30 min); writes bench/RESULTS.md tables
+    python bench/run.py --smoke            # N=50, one repetition: keeps the benchmark working (CI)
+
+For each shape and size it generates one equivalent build per tool (bench/gen.py)
+and times, tools alternating A B A B within each repetition:
+
+- cold: outputs and the tool's state removed, then a full build;
+- no-op: a build right after a build;
+- incremental: the last task's input gets new content (it has no dependents,
+  so exactly one task must rerun), then a build;
+- peak RSS: ru_maxrss of the largest process in the tool's process tree (wait4).
+
+``spawn`` and ``spawn-sh`` are the physical limit (bench/spawn.py: the same
+commands, the same -j2, no build logic; exec'd directly / through ``sh -c``).
+A peer whose build passes the cap (120 s) is killed and skipped at that size
+and above.  Then, for dagrun alone: the 1k -> 10k -> 100k series (cold plan,
+no-op, cold build) and the scheduling demo (critical path vs FIFO, selected with
+the DAGRUN_SCHEDULE variable, see README).
+
+dagrun runs from bench/.venv/dagrun, a regular (non-editable) install of this
+working tree made at the start of the run, the way users install it; the
+interpreter's own start-up is measured and reported next to the figures.
+PYTHONDONTWRITEBYTECODE is removed from every tool's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import gen  # noqa: E402  (bench/gen.py, beside this file)
+
+PEER_VENV = os.path.join(HERE, ".venv", "peers")
+DAGRUN_VENV = os.path.join(HERE, ".venv", "dagrun")
+CAP_S = 120.0
+JOBS = 2
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+# ---------------------------------------------------------------- tools
+
+
+@dataclass
+class Tool:
+    """How to run one build tool in a generated folder, and what state it keeps there."""
+
+    name: str
+    argv: list[str]
+    state: tuple[str, ...] = ()  # files/folders removed before a cold build
+    incremental: bool = True  # False: cold only (the spawners have no up-to-date check)
+    version: str = ""
+
+
+def base_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # users have it unset; it would recompile every start
+    env["LC_ALL"] = "C"
+    return env
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=base_env())
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
+
+
+def dagrun_argv(smoke: bool) -> tuple[list[str], str]:
+    exe = os.path.join(DAGRUN_VENV, "bin", "dagrun")
+    if not smoke and os.path.exists(exe):
+        return [exe], f"{DAGRUN_VENV} (regular install of this tree)"
+    return [sys.executable, "-m", "dagrun"], f"{sys.executable} -m dagrun (current interpreter)"
+
+
+def find_tools(names: Sequence[str], smoke: bool) -> tuple[list[Tool], dict[str, str]]:
+    """The tools asked for that are installed; the others with the reason they are skipped."""
+    tools: list[Tool] = []
+    skipped: dict[str, str] = {}
+    py = sys.executable
+    for name in names:
+        if name == "dagrun":
+            argv, where = dagrun_argv(smoke)
+            t = Tool("dagrun", argv + ["build", f"-j{JOBS}"], (".dagrun",))
+            t.version = _version(argv + ["--version"]) + f"; {where}"
+        elif name in ("ninja", "make"):
+            exe = shutil.which(name)
+            if exe is None:
+                skipped[name] = "not installed"
+                continue
+            if name == "ninja":
+                t = Tool("ninja", [exe, f"-j{JOBS}"], (".ninja_log", ".ninja_deps"))
+            else:
+                t = Tool("make", [exe, "-r", f"-j{JOBS}"])
+            t.version = _version([exe, "--version"])
+        elif name in ("doit", "snakemake"):
+            exe = os.path.join(PEER_VENV, "bin", name)
+            if not os.path.exists(exe):
+                exe = shutil.which(name) or ""
+            if not exe:
+                skipped[name] = "not installed (python bench/run.py --setup)"
+                continue
+            if name == "doit":
+                t = Tool("doit", [exe, "-n", str(JOBS)],
+                         (".doit.db", ".doit.db.bak", ".doit.db.dat", ".doit.db.dir"))
+            else:
+                t = Tool("snakemake", [exe, "--cores", str(JOBS), "--quiet"], (".snakemake",))
+            t.version = f"{name} " + _version([exe, "--version"])
+        elif name == "spawn":
+            t = Tool("spawn", [py, "-S", os.path.join(HERE, "spawn.py"), f"-j{JOBS}"], incremental=False)
+            t.version = "bench/spawn.py (posix_spawn, argv exec'd directly)"
+        elif name == "spawn-sh":
+            t = Tool("spawn-sh", [py, "-S", os.path.join(HERE, "spawn.py"), f"-j{JOBS}", "--shell"],
+                     incremental=False)
+            t.version = "bench/spawn.py --shell (sh -c per command)"
+        else:
+            raise SystemExit(f"unknown tool {name!r}")
+        tools.append(t)
+    return tools, skipped
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass
+class Run:
+    wall: float  # seconds
+    rss_kb: int
+    code: int
+    timed_out: bool = False
+
+
+TIME = "/usr/bin/time"  # GNU time: its %M is the peak RSS of the tool's process tree
+
+
+def timed(argv: list[str], cwd: str, env: dict[str, str] | None = None, cap: float = CAP_S,
+          log: str | None = None) -> Run:
+    """Run argv in cwd; wall time and the peak RSS of its process tree.
+
+    The RSS comes from GNU time's wait4, not ours: a child forked from this
+    (big) Python process starts with our RSS as its ru_maxrss, a child of the
+    small ``time`` process does not.  Without GNU time the RSS is 0.
+    """
+    out = open(log or os.devnull, "wb")
+    rss_file = None
+    if os.path.exists(TIME):
+        fd, rss_file = tempfile.mkstemp(prefix="bench-rss-")
+        os.close(fd)
+        argv = [TIME, "-f", "%M", "-o", rss_file, "--"] + argv
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, env=env or base_env(), stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        deadline = t0 + cap
+        while True:
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                wall = time.perf_counter() - t0
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                return Run(wall, _read_rss(rss_file), proc.returncode)
+            if time.perf_counter() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                os.wait4(proc.pid, 0)
+                return Run(time.perf_counter() - t0, 0, -9, timed_out=True)
+            _sleep_until_exit(proc.pid, deadline)
+    finally:
+        out.close()
+        if rss_file:
+            os.unlink(rss_file)
+
+
+def _read_rss(path: str | None) -> int:
+    if path is None:
+        return 0
+    with open(path) as f:
+        words = f.read().split()
+    return int(words[-1]) if words and words[-1].isdigit() else 0
+
+
+def _sleep_until_exit(pid: int, deadline: float) -> None:
+    """Block until the process ends or the deadline passes (a pidfd, no polling)."""
+    import select
+
+    fd = os.pidfd_open(pid)
+    try:
+        select.select([fd], [], [], max(0.0, deadline - time.perf_counter()))
+    finally:
+        os.close(fd)
+
+
+def clean_state(folder: str, tool: Tool) -> None:
+    out = os.path.join(folder, "out")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    for name in tool.state:
+        p = os.path.join(folder, name)
+        if os.path.isdir(p):
+            shutil.rmtree(p, ignore_errors=True)
+        elif os.path.exists(p):
+            os.unlink(p)
+
+
+def count_outputs(folder: str) -> int:
+    return len(os.listdir(os.path.join(folder, "out")))
+
+
+@dataclass
+class Series:
+    """Samples of one figure for one tool."""
+
+    samples: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)  # to ninja, per pair (same repetition)
+
+    def summary(self) -> dict[str, Any]:
+        s = sorted(self.samples)
+        out: dict[str, Any] = {"n": len(s)}
+        if s:
+            out.update(median=statistics.median(s), min=s[0], max=s[-1])
+        if self.ratios:
+            out["ratio_to_ninja"] = statistics.median(self.ratios)
+        return out
+
+
+@dataclass
+class Case:
+    """One shape at one size: every tool's samples."""
+
+    shape: str
+    n: int
+    figures: dict[str, dict[str, Series]] = field(default_factory=dict)  # tool -> figure -> series
+    skipped: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, tool: str, figure: str, value: float) -> None:
+        self.figures.setdefault(tool, {}).setdefault(figure, Series()).samples.append(value)
+
+
+def measure_case(shape: str, n: int, tools: list[Tool], reps: int, noops: int, work: str,
+                 skip: dict[str, str], say: Callable[[str], None]) -> Case:
+    case = Case(shape, n)
+    folders: dict[str, str] = {}
+    for t in tools:
+        folders[t.name] = os.path.join(work, f"{shape}-{n}-{t.name}")
+        shutil.rmtree(folders[t.name], ignore_errors=True)
+        gen.gen(n, shape, folders[t.name])
+    last = gen.names(n)[-1]
+    active = [t for t in tools if t.name not in skip]
+    for t in tools:
+        if t.name in skip:
+            case.skipped[t.name] = skip[t.name]
+    for rep in range(reps):
+        per_rep: dict[str, dict[str, list[float]]] = {}
+        for t in list(active):
+            folder = folders[t.name]
+            clean_state(folder, t)
+            r = timed(t.argv, folder, log=os.path.join(folder, "cold.log"))
+            if r.timed_out:
+                why = f"cold build passed the {CAP_S:.0f} s cap at N={n} ({shape})"
+                say(f"  {t.name}: {why}; skipped from here on")
+                skip[t.name] = why
+                case.skipped[t.name] = why
+                active.remove(t)
+                continue
+            if r.code != 0 or count_outputs(folder) != n:
+                case.errors.append(f"{t.name} cold: exit {r.code}, {count_outputs(folder)}/{n} outputs")
+            case.add(t.name, "cold", r.wall)
+            case.add(t.name, "rss_kb", r.rss_kb)
+            per_rep.setdefault(t.name, {})["cold"] = [r.wall]
+            if not t.incremental:
+                continue
+            for _ in range(noops):
+                r = timed(t.argv, folder)
+                case.add(t.name, "noop", r.wall)
+                case.add(t.name, "noop_rss_kb", r.rss_kb)
+                per_rep[t.name].setdefault("noop", []).append(r.wall)
+            text = f"changed {rep} {time.time_ns()}\n"
+            with open(os.path.join(folder, "src", f"{last}.txt"), "w") as f:
+                f.write(text)
+            r = timed(t.argv, folder)
+            with open(os.path.join(folder, "out", last)) as f:
+                if f.read() != text:
+                    case.errors.append(f"{t.name} incremental: out/{last} was not rebuilt")
+            case.add(t.name, "incremental", r.wall)
+            per_rep[t.name]["incremental"] = [r.wall]
+        _pair_ratios(case, per_rep)
+        say(f"  rep {rep + 1}/{reps}: " + ", ".join(
+            f"{k} {v['cold'][0]:.2f}s" for k, v in per_rep.items()))
+    return case
+
+
+def _pair_ratios(case: Case, per_rep: dict[str, dict[str, list[float]]]) -> None:
+    ref = per_rep.get("ninja")
+    if not ref:
+        return
+    for tool, figs in per_rep.items():
+        for fig, values in figs.items():
+            if fig in ref and ref[fig]:
+                r = statistics.median(values) / statistics.median(ref[fig])
+                case.figures[tool][fig].ratios.append(r)
+
+
+# ---------------------------------------------------------------- dagrun alone
+
+
+def measure_series(sizes: Sequence[int], dagrun: list[str], work: str, reps: int, cold: bool,
+                   say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Cold plan, no-op and (optionally) cold build for growing sizes: does cost grow linearly?"""
+    rows = []
+    for n in sizes:
+        folder = os.path.join(work, f"series-{n}")
+        shutil.rmtree(folder, ignore_errors=True)
+        gen.gen(n, "wide", folder, peers=False)
+        tool = Tool("dagrun", dagrun, (".dagrun",))
+        plan, noop, build, rss = Series(), Series(), Series(), Series()
+        for _ in range(reps):
+            clean_state(folder, tool)
+            plan.samples.append(timed(dagrun + ["-n"], folder, cap=3600).wall)
+        for _ in range(reps if cold else 1):  # a no-op needs one real build first
+            clean_state(folder, tool)
+            r = timed(dagrun, folder, cap=3600)
+            build.samples.append(r.wall)
+            rss.samples.append(r.rss_kb)
+        for _ in range(max(3, reps)):
+            noop.samples.append(timed(dagrun, folder, cap=3600).wall)
+        row = {"n": n, "plan": plan.summary(), "noop": noop.summary(), "cold": build.summary(),
+               "rss_kb": rss.summary()}
+        say(f"  series N={n}: plan {row['plan']['median']:.3f}s, no-op {row['noop']['median']:.3f}s, "
+            f"cold {row['cold']['median']:.2f}s")
+        rows.append(row)
+        shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
+def sched_manifest(chain: int, chain_s: float, shorts: int, short_s: float, big_s: float) -> str:
+    """One long chain and one long lone task, declared after many short tasks (FIFO's worst case)."""
+    lines = ["# generated by bench/run.py: the scheduling demo", ""]
+    for i in range(shorts):
+        lines += [f"[tasks.short{i:03d}]", f'cmd = "sleep {short_s}"', "always = true", ""]
+    lines += ["[tasks.big]", f'cmd = "sleep {big_s}"', "always = true", ""]
+    for i in range(chain):
+        lines += [f"[tasks.chain{i}]", f'cmd = "sleep {chain_s}"', "always = true"]
+        if i:
+            lines.append(f'deps = ["chain{i - 1}"]')
+        lines.append("")
+    return "\n".join(lines)
+
+
+SCHEDULES = ("fifo", "unweighted", "critical-path")
+
+
+def measure_sched(dagrun: list[str], work: str, reps: int, smoke: bool,
+                  say: Callable[[str], None]) -> dict[str, Any]:
+    if smoke:
+        shape = dict(chain=3, chain_s=0.05, shorts=10, short_s=0.01, big_s=0.05)
+    else:
+        shape = dict(chain=4, chain_s=0.5, shorts=100, short_s=0.02, big_s=1.0)
+    folder = os.path.join(work, "sched")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    with open(os.path.join(folder, "dagrun.toml"), "w") as f:
+        f.write(sched_manifest(**shape))  # type: ignore[arg-type]
+    timed(dagrun, folder)  # records every task's duration in the log
+    series = {m: Series() for m in SCHEDULES}
+    for _ in range(reps):
+        for mode in SCHEDULES:
+            env = base_env()
+            env["DAGRUN_SCHEDULE"] = mode
+            series[mode].samples.append(timed(dagrun, folder, env=env).wall)
+    work_s = shape["chain"] * shape["chain_s"] + shape["shorts"] * shape["short_s"] + shape["big_s"]
+    bound = max(shape["chain"] * shape["chain_s"], work_s / JOBS)
+    result = {"shape": shape, "lower_bound_s": bound,
+              "modes": {m: s.summary() for m, s in series.items()}}
+    say("  sched: " + ", ".join(f"{m} {s.summary()['median']:.2f}s" for m, s in series.items())
+        + f" (lower bound {bound:.2f}s)")
+    return result
+
+
+def interpreter_floor(dagrun: list[str]) -> dict[str, float]:
+    """Start-up of the interpreter dagrun runs on, with and without site (median of 11)."""
+    py = dagrun[0]
+    if py.endswith("/dagrun"):
+        py = os.path.join(os.path.dirname(py), "python")
+    out = {}
+    for label, argv in (("python -c pass", [py, "-c", "pass"]),
+                        ("python -S -c pass", [py, "-S", "-c", "pass"]),
+                        ("dagrun --version", dagrun + ["--version"])):
+        s = sorted(timed(argv, ROOT).wall for _ in range(11))
+        out[label] = s[5]
+    return out
+
+
+# ---------------------------------------------------------------- setup
+
+
+def setup(say: Callable[[str], None]) -> None:
+    """Create bench/.venv/peers with doit and snakemake, and install this tree into bench/.venv/dagrun."""
+    if not os.path.exists(os.path.join(PEER_VENV, "bin", "python")):
+        subprocess.run([sys.executable, "-m", "venv", PEER_VENV], check=True)
+    subprocess.run([os.path.join(PEER_VENV, "bin", "pip"), "install", "-q", "doit", "snakemake"],
+                   check=True)
+    install_dagrun(say)
+
+
+def install_dagrun(say: Callable[[str], None]) -> None:
+    """(Re)install the working tree, not editable, into bench/.venv/dagrun."""
+    if not os.path.exists(os.path.join(DAGRUN_VENV, "bin", "python")):
+        subprocess.run([sys.executable, "-m", "venv", DAGRUN_VENV], check=True)
+    with tempfile.TemporaryDirectory() as tmp:  # build from a copy: no build/ in the tree
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(os.path.join(ROOT, name), tmp)
+        shutil.copytree(os.path.join(ROOT, "dagrun"), os.path.join(tmp, "dagrun"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run([os.path.join(DAGRUN_VENV, "bin", "pip"), "install", "-q",
+                        "--force-reinstall", "--no-deps", tmp], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([os.path.join(DAGRUN_VENV, "bin", "pip"), "install", "-q", tmp], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    say(f"installed this tree into {DAGRUN_VENV}")
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "commit": commit, "load_before": os.getloadavg(),
+    }
+
+
+def fmt_s(summary: dict[str, Any], key: str = "median") -> str:
+    if not summary or "median" not in summary:
+        return "—"
+    m, lo, hi = summary["median"], summary["min"], summary["max"]
+    if m < 1:
+        return f"{m * 1000:.0f} ms ({lo * 1000:.0f}–{hi * 1000:.0f})"
+    return f"{m:.2f} s ({lo:.2f}–{hi:.2f})"
+
+
+def fmt_ratio(summary: dict[str, Any]) -> str:
+    r = summary.get("ratio_to_ninja") if summary else None
+    return "—" if r is None else f"{r:.2f}×"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    out = [f"Measured {results['machine']['date']} at commit {results['machine']['commit']}: "
+           f"{results['machine']['cpu']}, {results['machine']['cores']} cores, "
+           f"kernel {results['machine']['kernel']}, -j{JOBS}; load average before "
+           f"{', '.join(f'{x:.2f}' for x in results['machine']['load_before'])}, after "
+           f"{', '.join(f'{x:.2f}' for x in results['machine']['load_after'])}.",
+           f"Command: `{results['command']}` ({results['elapsed_s'] / 60:.0f} min).", "",
+           "Tools:", ""]
+    out += [f"- {k}: {v}" for k, v in results["versions"].items()]
+    out += [f"- {k}: skipped, {v}" for k, v in results["skipped"].items()]
+    out += ["", "Interpreter start-up (median of 11): " + ", ".join(
+        f"`{k}` {v * 1000:.1f} ms" for k, v in results["floor"].items()) + ".", ""]
+    for case in results["cases"]:
+        out += [f"### {case['shape']}, N = {case['n']:,} "
+                f"({case['reps']} repetitions, medians with min–max; ratio = median of per-pair ratios)",
+                "", "| tool | cold | ×ninja | no-op | ×ninja | incremental | ×ninja | peak RSS (cold) |",
+                "|---|---|---|---|---|---|---|---|"]
+        for tool, figs in case["figures"].items():
+            rss = figs.get("rss_kb", {})
+            rss_s = f"{rss['median'] / 1024:.1f} MB" if rss else "—"
+            out.append(
+                f"| {tool} | {fmt_s(figs.get('cold', {}))} | {fmt_ratio(figs.get('cold', {}))} "
+                f"| {fmt_s(figs.get('noop', {}))} | {fmt_ratio(figs.get('noop', {}))} "
+                f"| {fmt_s(figs.get('incremental', {}))} | {fmt_ratio(figs.get('incremental', {}))} "
+                f"| {rss_s} |")
+        for tool, why in case["skipped"].items():
+            out.append(f"| {tool} | skipped: {why} | | | | | | |")
+        if case["errors"]:
+            out += ["", "Errors: " + "; ".join(case["errors"])]
+        out.append("")
+    if results.get("series"):
+        out += ["### dagrun alone: growth (wide)", "",
+                "| N | cold plan (`build -n`, no state) | no-op | cold build | peak RSS (cold) | "
+                "no-op per task |", "|---|---|---|---|---|---|"]
+        for row in results["series"]:
+            per = row["noop"]["median"] / row["n"] * 1e6
+            rss = row["rss_kb"].get("median")
+            out.append(f"| {row['n']:,} | {fmt_s(row['plan'])} | {fmt_s(row['noop'])} | "
+                       f"{fmt_s(row['cold'])} | {'—' if rss is None else f'{rss / 1024:.0f} MB'} | "
+                       f"{per:.1f} µs |")
+        out.append("")
+    if results.get("sched"):
+        s = results["sched"]
+        sh = s["shape"]
+        out += ["### Scheduling quality (dagrun alone)", "",
+                f"{sh['shorts']} tasks of {sh['short_s']} s, one lone task of {sh['big_s']} s and a "
+                f"chain of {sh['chain']} × {sh['chain_s']} s, declared in that order, all "
+                f"`always = true`, -j{JOBS}; durations recorded by a first build. Lower bound "
+                f"max(chain, work / {JOBS}) = {s['lower_bound_s']:.2f} s.", "",
+                "| DAGRUN_SCHEDULE | wall | vs critical-path |", "|---|---|---|"]
+        best = s["modes"]["critical-path"]["median"]
+        for mode, summ in s["modes"].items():
+            out.append(f"| {mode} | {fmt_s(summ)} | {summ['median'] / best:.2f}× |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_results_md(path: str, text: str) -> None:
+    old = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        new = head + BEGIN + "\n" + text + "\n" + END + tail
+    else:
+        new = old + f"\n{BEGIN}\n{text}\n{END}\n"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(new)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="N=50, one repetition, no 100k series")
+    ap.add_argument("--setup", action="store_true", help="create the venvs, then exit")
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--shapes", default="wide,diamond-layers")
+    ap.add_argument("--tools", default="dagrun,ninja,make,doit,snakemake,spawn,spawn-sh")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--noops", type=int, default=3, help="no-op builds per repetition")
+    ap.add_argument("--series", default="1000,10000,100000", help="sizes for dagrun alone ('' = none)")
+    ap.add_argument("--series-cold", action="store_true", help="also a cold build at every series size")
+    ap.add_argument("--no-sched", action="store_true")
+    ap.add_argument("--no-install", action="store_true", help="use bench/.venv/dagrun as it is")
+    ap.add_argument("--work", default=os.path.join(HERE, "work"), help="where builds are generated")
+    ap.add_argument("--json", help="write the results as JSON here")
+    ap.add_argument("--results-md", help="replace the generated part of this markdown file")
+    a = ap.parse_args(argv)
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+
+    if a.setup:
+        setup(say)
+        return 0
+    if a.smoke:
+        a.sizes, a.reps, a.noops, a.series = "50", 1, 1, "50,100"
+    elif not a.no_install:
+        install_dagrun(say)
+    started = time.perf_counter()
+    os.makedirs(a.work, exist_ok=True)
+    tools, skipped = find_tools(a.tools.split(","), a.smoke)
+    for name, why in skipped.items():
+        say(f"{name}: skipped, {why}")
+    dagrun = next(t.argv[:-2] for t in tools if t.name == "dagrun")
+    results: dict[str, Any] = {
+        "command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(), "versions": {t.name: t.version for t in tools},
+        "skipped": skipped, "floor": interpreter_floor(dagrun), "cases": [],
+    }
+    errors = 0
+    cap_skips: dict[str, str] = {}
+    for n in [int(x) for x in a.sizes.split(",") if x]:
+        for shape in a.shapes.split(","):
+            say(f"{shape} N={n}")
+            case = measure_case(shape, n, tools, a.reps, a.noops, a.work, cap_skips, say)
+            errors += len(case.errors)
+            for e in case.errors:
+                say(f"  ERROR {e}")
+            results["cases"].append({
+                "shape": shape, "n": n, "reps": a.reps, "skipped": case.skipped, "errors": case.errors,
+                "figures": {t: {f: s.summary() for f, s in figs.items()}
+                            for t, figs in case.figures.items()},
+            })
+    series = [int(x) for x in a.series.split(",") if x]
+    if series:
+        say("dagrun alone: growth")
+        results["series"] = measure_series(series, dagrun + ["build", f"-j{JOBS}"], a.work,
+                                           1 if a.smoke else 3, a.series_cold or a.smoke, say)
+    if not a.no_sched:
+        say("scheduling demo")
+        results["sched"] = measure_sched(dagrun + ["build", f"-j{JOBS}"], a.work,
+                                         1 if a.smoke else 3, a.smoke, say)
+    results["machine"]["load_after"] = os.getloadavg()
+    results["elapsed_s"] = time.perf_counter() - started
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+    text = markdown(results)
+    if a.results_md:
+        write_results_md(a.results_md, text)
+    say(text)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
