@@ -77,6 +77,17 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("clean", help="remove declared outputs and forget their keys")
     c.add_argument("targets", nargs="*", metavar="TARGET")
 
+    w = sub.add_parser("watch", help="build, then rebuild what changed whenever inputs change")
+    w.add_argument("targets", nargs="*", metavar="TARGET")
+    w.add_argument("-j", "--jobs", type=_positive, metavar="N", help="run N tasks at once")
+    w.add_argument(
+        "--restart", action="store_true", help="a change cancels the running build and restarts it"
+    )
+    w.add_argument(
+        "--debounce", type=_count, metavar="MS",
+        help="rebuild once changes stop for MS ms (default: [dagrun] watch_debounce_ms, 200)",
+    )
+
     st = sub.add_parser("status", help="each executor's pool: cores, free cores, running jobs")
     st.add_argument("--executors", action="store_true", help="each executor's pool (the default)")
     return p
@@ -277,8 +288,20 @@ def executor_pool_text(p: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .session import find_manifest
+    from .watch import Watcher
+
+    watcher = Watcher(
+        find_manifest(".", args.file), args.targets, jobs=args.jobs, restart=args.restart,
+        debounce_ms=args.debounce, progress=args.progress,
+    )
+    return watcher.run()
+
+
 _COMMANDS = {
     "build": cmd_build,
+    "watch": cmd_watch,
     "graph": cmd_graph,
     "list": cmd_list,
     "clean": cmd_clean,

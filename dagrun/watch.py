@@ -1,0 +1,618 @@
+"""``dagrun watch``: change sets -> rebuilds; ignores dagrun's own outputs; stops on an Event.
+
+The loop, stated once:
+
+    build; then forever: wait for a relevant change, let the burst settle
+    (no new change for ``debounce`` ms), print a header, rebuild what is out of date.
+
+What is watched (never the whole tree): the folder of every source input of
+the selected tasks, every folder a glob read (so a new file that matches a
+glob counts), and the manifest's folder -- each one non-recursively.  A change
+is relevant when it touches the manifest, a source file, or adds or removes a
+visible file in a folder a glob read.  Declared outputs and ``.dagrun/`` never
+are, so a build cannot trigger itself.
+
+Seams: file changes come from ``watch_fn(folders, stop) -> iterable of change
+sets`` (``watch_folders`` on watchfiles for real; a list and an Event in unit
+tests).  An empty change set is a tick that says "watching now".  Watchers run
+in threads and feed a queue; builds run in the caller's thread, so Ctrl-C
+reaches the scheduler, which kills every running task's process group.  With
+``restart``, a relevant change during a build cancels it (the executor's
+``wait`` gives up as Ctrl-C would) and the next round starts at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import queue
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence, Set
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+
+from . import globs
+from .errors import DagrunError, Interrupted
+from .executors import Executor, Job, Outcome
+from .graph import BuildGraph
+from .plan import Plan
+from .scheduler import BuildResult, Reporter
+from .session import STATE_DIR, Session
+
+ChangeSet = Set[tuple[int, str]]  # (Change value, absolute path), as watchfiles yields them
+WatchFn = Callable[[Sequence[str], threading.Event], Iterable[ChangeSet]]
+
+EXIT_IDLE, EXIT_INTERRUPTED = 0, 130
+_TICK_MS = 100  # the watcher yields an empty set this often; the first one means "ready"
+_POLL = 0.05  # how often a waiting build or idle loop looks at the stop/restart events
+_SHOWN = 5  # names listed in a round header before "and N more"
+# names that editors and tools write beside real files (watchfiles' DefaultFilter, plus vim's probe)
+_SCRATCH = re.compile(r"^\.|~$|\.sw.$|\.tmp$|^4913$|^#.*#$|\.py[cod]$|^flycheck_|\.___jb_...___$")
+
+
+class Change(enum.IntEnum):
+    """The kinds of change watchfiles reports (same values as ``watchfiles.Change``)."""
+
+    ADDED = 1
+    MODIFIED = 2
+    DELETED = 3
+
+
+class Kind(enum.Enum):
+    """Why a change is relevant."""
+
+    MANIFEST = "manifest"
+    INPUT = "input"
+    LISTING = "listing"  # a file appeared in or left a folder a glob reads
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSet:
+    """What one graph makes worth watching, and the test of whether a change matters."""
+
+    root: str
+    manifest: str
+    files: frozenset[str]  # absolute source inputs of the selected tasks
+    listed: frozenset[str]  # absolute folders whose listing a glob depends on
+    missing: frozenset[str]  # folders that would matter but do not exist (yet)
+    outputs: frozenset[str]  # absolute declared outputs: never a trigger
+    folders: tuple[str, ...]  # what to watch, non-recursively; all exist
+    globs: tuple[re.Pattern[str], ...] = ()  # absolute-path regexes of the glob patterns
+    glob_dirs: tuple[re.Pattern[str], ...] = ()  # ... and of the folders those globs read
+
+    def classify(self, change: int, path: str) -> Kind | None:
+        path = os.path.normpath(path)
+        if path == self.manifest:
+            return Kind.MANIFEST
+        state = os.path.join(self.root, STATE_DIR)
+        if path == state or path.startswith(state + os.sep) or path in self.outputs:
+            return None
+        if path in self.files:
+            return Kind.INPUT
+        if change == Change.MODIFIED:
+            return None
+        if path in self.listed or any(m == path or m.startswith(path + os.sep)
+                                      for m in self.missing):
+            return Kind.LISTING  # a folder a glob reads, or one on the way to it, came or went
+        folder, name = os.path.split(path)
+        if folder not in self.listed or _SCRATCH.search(name):
+            return None
+        if any(g.match(path) for g in self.globs):
+            return Kind.LISTING  # a file that a glob matches came or went
+        if change == Change.ADDED and os.path.isdir(path):
+            if any(d.match(path) for d in self.glob_dirs):
+                return Kind.LISTING  # a new folder that a ** glob will read
+        return None
+
+    def describe(self) -> str:
+        return f"{len(self.files)} input file(s) in {len(self.folders)} folder(s)"
+
+
+def watch_set(
+    graph: BuildGraph, selected: Iterable[int], manifest: str, extra_globs: Iterable[str] = ()
+) -> WatchSet:
+    """The WatchSet of the selected tasks (and the manifest) of ``graph``.
+
+    ``extra_globs`` are more root-relative patterns whose matches matter
+    (the manifest's matrix globs: a new match is a new task).
+    """
+    root = os.path.normpath(graph.root)
+    selected = list(selected)
+    files = {os.path.normpath(os.path.join(root, p)) for i in selected for p in graph.sources[i]}
+    listed = {os.path.normpath(p) for p in graph.scanned}
+    outputs = {os.path.normpath(os.path.join(root, p)) for p in graph.producers}
+    patterns = [p for i in selected for p in graph.specs[i].inputs if globs.has_magic(p)]
+    patterns += list(extra_globs)
+    ws = _make_set(root, os.path.normpath(manifest), files, listed, outputs)
+    absolute = sorted({os.path.normpath(os.path.join(root, p)) for p in patterns})
+    return dataclasses.replace(
+        ws,
+        globs=tuple(globs.translate(p) for p in absolute),
+        glob_dirs=tuple(globs.translate(os.path.dirname(p)) for p in absolute),
+    )
+
+
+def matrix_globs(manifest: str) -> list[str]:
+    """The manifest's matrix ``{ glob = ... }`` patterns, relative to its folder, or []."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        with open(manifest, "rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, ValueError):
+        return []
+    tasks = doc.get("tasks")
+    found = []
+    for body in tasks.values() if isinstance(tasks, dict) else ():
+        matrix = body.get("matrix") if isinstance(body, dict) else None
+        cwd = body.get("cwd", ".") if isinstance(body, dict) else "."
+        for values in matrix.values() if isinstance(matrix, dict) else ():
+            if isinstance(values, dict) and isinstance(values.get("glob"), str):
+                found.append(os.path.join(cwd if isinstance(cwd, str) else ".", values["glob"]))
+    return found
+
+
+def manifest_set(manifest: str) -> WatchSet:
+    """Only the manifest: what is left to watch while it cannot be loaded at all."""
+    manifest = os.path.normpath(os.path.abspath(manifest))
+    return _make_set(os.path.dirname(manifest), manifest, set(), set(), set())
+
+
+def _make_set(
+    root: str, manifest: str, files: set[str], listed: set[str], outputs: set[str]
+) -> WatchSet:
+    wanted = {os.path.dirname(manifest)} | {os.path.dirname(f) for f in files} | listed
+    missing = {f for f in wanted if not os.path.isdir(f)}
+    folders = sorted({_existing(f) for f in wanted})
+    return WatchSet(
+        root, manifest, frozenset(files), frozenset(listed), frozenset(missing),
+        frozenset(outputs), tuple(folders),
+    )
+
+
+def _existing(folder: str) -> str:
+    """``folder`` or its nearest ancestor that exists."""
+    while not os.path.isdir(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return folder
+
+
+def watch_folders(
+    folders: Sequence[str], stop: threading.Event, *, step_ms: int = 50, debounce_ms: int = 1600
+) -> Iterator[ChangeSet]:
+    """Change sets from watchfiles (inotify) in ``folders``, non-recursive, until ``stop`` is set.
+
+    Yields an empty set every ``_TICK_MS`` ms without changes: the first one
+    tells the caller the watches are in place.
+    """
+    import watchfiles
+
+    for changes in watchfiles.watch(
+        *folders, watch_filter=None, debounce=debounce_ms, step=step_ms, stop_event=stop,
+        rust_timeout=_TICK_MS, yield_on_timeout=True, recursive=False, raise_interrupt=False,
+    ):
+        yield {(int(c), p) for c, p in changes}
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One build of the watch loop, as the caller (or a test) sees it."""
+
+    number: int
+    changed: tuple[str, ...]  # paths relative to the manifest folder; () for the first build
+    to_run: tuple[str, ...]  # what the plan said would run
+    result: BuildResult | None  # None when the build could not start or was interrupted
+    error: str | None = None  # the manifest (or other dagrun) error that stopped it
+    restarted: bool = False  # cancelled by a change (--restart)
+
+
+class _Feed:
+    """One watcher thread: pumps change sets from ``watch_fn`` into ``sink``."""
+
+    def __init__(self, watch_fn: WatchFn, ws: WatchSet, sink: Callable[[ChangeSet], None]) -> None:
+        self.ws = ws
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.failed: str | None = None
+        self.inodes = _inodes(ws.folders)
+        self._watch_fn = watch_fn
+        self._sink = sink
+        self.thread = threading.Thread(target=self._pump, name="dagrun-watch", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        try:
+            for changes in self._watch_fn(self.ws.folders, self.stop):
+                self.ready.set()
+                if changes:
+                    self._sink(changes)
+        except Exception as exc:  # a folder vanished under the watcher, inotify limits, ...
+            self.failed = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.ready.set()
+
+    @property
+    def broken(self) -> bool:
+        return self.failed is not None or (not self.thread.is_alive() and not self.stop.is_set())
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=2.0)
+
+
+def _inodes(folders: Sequence[str]) -> tuple[int, ...]:
+    out = []
+    for f in folders:
+        try:
+            out.append(os.stat(f).st_ino)
+        except OSError:
+            out.append(-1)
+    return tuple(out)
+
+
+class _Interruptible:
+    """An Executor whose ``wait`` gives up, as Ctrl-C would, once ``should_stop()`` says so."""
+
+    def __init__(self, inner: Executor, should_stop: Callable[[], bool]) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.should_stop = should_stop
+        self.fired = False
+
+    def submit(self, job: Job) -> None:
+        self.inner.submit(job)
+
+    def wait(self, timeout: float | None = None) -> list[Outcome]:
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.should_stop():
+                self.fired = True
+                raise KeyboardInterrupt  # the scheduler cancels every job and raises Interrupted
+            step = _POLL if end is None else max(0.0, min(_POLL, end - time.monotonic()))
+            done = self.inner.wait(timeout=step)
+            if done or (end is not None and time.monotonic() >= end):
+                return done
+
+    def cancel(self, *, force: bool = False) -> list[Outcome]:
+        return self.inner.cancel(force=force)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _WatchSession(Session):
+    """A Session that shows each plan before it runs and can be cancelled from another thread."""
+
+    def __init__(
+        self,
+        *,
+        on_plan: Callable[[BuildGraph, Plan], None],
+        should_stop: Callable[[], bool],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.on_plan = on_plan
+        self.should_stop = should_stop
+        self.last_executor: _Interruptible | None = None
+
+    def _executor(self, graph: BuildGraph, plan: Plan, *args: Any, **kwargs: Any) -> Executor:
+        inner = super()._executor(graph, plan, *args, **kwargs)
+        self.on_plan(graph, plan)
+        self.last_executor = _Interruptible(inner, self.should_stop)
+        return self.last_executor
+
+
+class Watcher:
+    """Builds ``targets`` of one manifest, then rebuilds as their inputs change.
+
+    ``run(stop)`` returns 0 once ``stop`` is set (or Ctrl-C comes) while idle,
+    130 when that happens during a build.  ``on_round`` is told of each round.
+    """
+
+    def __init__(
+        self,
+        manifest_path: str,
+        targets: Sequence[str] = (),
+        *,
+        jobs: int | None = None,
+        restart: bool = False,
+        debounce_ms: int | None = None,
+        progress: str = "auto",
+        out: IO[str] | None = None,
+        err: IO[str] | None = None,
+        watch_fn: WatchFn | None = None,
+        reporter_factory: Callable[[], Reporter] | None = None,
+        on_round: Callable[[Round], None] | None = None,
+    ) -> None:
+        self.targets = list(targets)
+        self.jobs = jobs
+        self.restart = restart
+        self.debounce_ms = debounce_ms
+        self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
+        self.on_round = on_round
+        self.rounds = 0
+        self._watch_fn = watch_fn
+        self._reporter_factory = reporter_factory or self._console_reporter(progress)
+        self.session = _WatchSession(
+            manifest_path=manifest_path, on_wait=self._say,
+            on_plan=self._on_plan, should_stop=self._should_cancel,
+        )
+        self._ws = manifest_set(manifest_path)
+        self._graph: BuildGraph | None = None
+        self._feeds: list[_Feed] = []
+        self._queue: queue.Queue[list[tuple[Kind, int, str]]] = queue.Queue()
+        self._stop = threading.Event()
+        self._cancel = threading.Event()
+        self._building = False
+        self._planned: tuple[str, ...] | None = None
+        self._changed: tuple[str, ...] = ()
+        self._matrix: tuple[tuple[int, ...], list[str]] = ((), [])
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self, stop: threading.Event | None = None) -> int:
+        self._stop = stop if stop is not None else threading.Event()
+        with _sigterm_as_interrupt():
+            try:
+                return self._loop()
+            except KeyboardInterrupt:
+                self._say("stopped")
+                return EXIT_INTERRUPTED if self._building else EXIT_IDLE
+            finally:
+                for feed in self._feeds:
+                    feed.close()
+                self._feeds = []
+
+    def _loop(self) -> int:
+        self._refresh(None)
+        changed: dict[str, tuple[Kind, int]] | None = {}
+        while changed is not None:
+            if self._round(changed) is not None:
+                return EXIT_INTERRUPTED
+            self._refresh(self._graph if self._planned is not None else None)
+            self._say(f"watching {self._ws.describe()}; Ctrl-C to stop")
+            changed = self._next_batch()
+        return EXIT_IDLE
+
+    def _round(self, changed: dict[str, tuple[Kind, int]]) -> int | None:
+        """One build.  Returns 130 if it was interrupted (not restarted), else None."""
+        self.rounds += 1
+        self._cancel.clear()
+        self._planned = None
+        self._changed = tuple(_describe(path, kind, ch) for path, (kind, ch) in changed.items())
+        self.session.last_executor = None
+        if self.rounds > 1:
+            self.out.write("\n")
+        error, restarted, result = None, False, None
+        self._building = True
+        try:
+            reporter = self._reporter_factory()
+            result = self.session.build(self.targets, reporter=reporter, jobs=self.jobs)
+        except KeyboardInterrupt:  # Ctrl-C before any task started
+            return EXIT_INTERRUPTED
+        except Interrupted:
+            ex = self.session.last_executor
+            if ex is None or not ex.fired or self._stop.is_set():
+                return EXIT_INTERRUPTED
+            restarted = True
+            self._say("restarting: inputs changed during the build")
+        except DagrunError as exc:
+            error = str(exc)
+            if self._planned is None:
+                self._header()
+            self.err.write(f"dagrun: error: {error}\n")
+            self.err.flush()
+            self._say("still watching; the next change retries")
+        finally:
+            self._building = False
+            self._warn()
+        self.out.flush()
+        if self.on_round is not None:
+            planned = self._planned or ()
+            self.on_round(Round(self.rounds, tuple(changed), planned, result, error, restarted))
+        return None
+
+    # ------------------------------------------------------------ waiting for changes
+
+    def _next_batch(self) -> dict[str, tuple[Kind, int]] | None:
+        """The next burst of relevant changes once it settles; None when told to stop."""
+        batch: dict[str, tuple[Kind, int]] = {}
+        while not batch:
+            item = self._get(None)
+            if item is None:
+                return None
+            if not item:  # a watcher died (its folder went away, ...): watch again
+                self._refresh(None)
+                self._stop.wait(0.5)  # do not spin if it keeps failing
+            self._add(batch, item)
+        debounce = self._debounce()
+        quiet = max(0, debounce - _step_ms(debounce)) / 1000.0  # the watcher already waited a step
+        hard_end = time.monotonic() + max(1.0, 10 * quiet)  # a file that never stops changing
+        quiet_end = time.monotonic() + quiet
+        while (now := time.monotonic()) < min(quiet_end, hard_end):
+            item = self._get(min(quiet_end, hard_end) - now)
+            if item is None:
+                return None
+            if item:
+                self._add(batch, item)
+                quiet_end = time.monotonic() + quiet
+        return batch
+
+    def _get(self, timeout: float | None) -> list[tuple[Kind, int, str]] | None:
+        """Queued changes; [] on timeout or a broken watcher; None once ``stop`` is set."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self._stop.is_set():
+            if any(f.broken for f in self._feeds):
+                return []
+            step = _POLL if end is None else min(_POLL, end - time.monotonic())
+            if step <= 0:
+                return []
+            try:
+                return self._queue.get(timeout=step)
+            except queue.Empty:
+                continue
+        return None
+
+    def _add(self, batch: dict[str, tuple[Kind, int]], item: list[tuple[Kind, int, str]]) -> None:
+        for kind, change, path in item:
+            rel = os.path.relpath(path, self._ws.root)
+            batch.pop(rel, None)  # keep the latest change last
+            batch[rel] = (kind, change)
+
+    def _sink(self, changes: ChangeSet) -> None:
+        """Runs in a watcher thread: keep the relevant changes; with --restart, cancel the build."""
+        ws = self._ws
+        hits = []
+        for change, path in sorted(changes, key=lambda c: c[1]):
+            kind = ws.classify(change, path)
+            if kind is not None:
+                hits.append((kind, change, os.path.normpath(path)))
+        if hits:
+            self._queue.put(hits)
+            if self.restart and self._building:
+                self._cancel.set()
+
+    def _should_cancel(self) -> bool:
+        return self._cancel.is_set() or self._stop.is_set()
+
+    def _debounce(self) -> int:
+        if self.debounce_ms is not None:
+            return self.debounce_ms
+        return self._graph.manifest.watch_debounce_ms if self._graph is not None else 200
+
+    # ------------------------------------------------------------ what to watch
+
+    def _refresh(self, graph: BuildGraph | None) -> None:
+        """Recompute what to watch from ``graph`` (None: load it); move the watchers if needed."""
+        try:
+            if graph is None:
+                graph = self.session.load_graph()
+            manifest = self._ws.manifest
+            ws = watch_set(graph, graph.select(self.targets), manifest, self._matrix_globs())
+            self._graph = graph
+        except DagrunError:  # keep watching what we watched (at least the manifest)
+            ws = self._ws
+        self._ws = ws
+        feed = self._feeds[0] if self._feeds else None
+        if feed is not None and not feed.broken and feed.ws.folders == ws.folders \
+                and feed.inodes == _inodes(ws.folders):
+            feed.ws = ws
+            return
+        self._start_feed(ws)
+
+    def _matrix_globs(self) -> list[str]:
+        """matrix_globs() of the manifest, read again only when the file changed."""
+        try:
+            st = os.stat(self._ws.manifest)
+        except OSError:
+            return []
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if self._matrix[0] != stamp:
+            self._matrix = (stamp, matrix_globs(self._ws.manifest))
+        return self._matrix[1]
+
+    def _start_feed(self, ws: WatchSet) -> None:
+        new = _Feed(self._make_watch_fn(), ws, self._sink)
+        if not new.ready.wait(timeout=5.0):
+            self._say("warning: the file watcher is slow to start")
+        if new.failed:
+            self._say(f"warning: cannot watch {len(ws.folders)} folder(s): {new.failed}")
+        for old in self._feeds:  # stopped only once the new one watches: nothing falls between
+            old.close()
+        self._feeds = [new]
+
+    def _make_watch_fn(self) -> WatchFn:
+        if self._watch_fn is not None:
+            return self._watch_fn
+        debounce = self._debounce()
+        step = _step_ms(debounce)
+
+        def real(folders: Sequence[str], stop: threading.Event) -> Iterator[ChangeSet]:
+            return watch_folders(folders, stop, step_ms=step, debounce_ms=max(step, debounce))
+
+        return real
+
+    # ------------------------------------------------------------ what the user sees
+
+    def _on_plan(self, graph: BuildGraph, plan: Plan) -> None:
+        self._graph = graph
+        self._planned = tuple(graph.specs[i].name for i in plan.to_run)
+        self._header(len(plan.up_to_date))
+
+    def _header(self, up_to_date: int = 0) -> None:
+        when = time.strftime("%H:%M:%S")
+        what = f"changed: {_names(self._changed)}" if self.rounds > 1 else "first build"
+        names = self._planned
+        if names is None:
+            todo = "cannot build"
+        elif names:
+            todo = f"running {len(names)}: {_names(names)}"
+        else:
+            todo = f"nothing to run ({up_to_date} up to date)"
+        self.out.write(f"[{when}] {what} -> {todo}\n")
+        self.out.flush()
+
+    def _say(self, text: str) -> None:
+        self.out.write(f"dagrun: {text}\n")
+        self.out.flush()
+
+    def _warn(self) -> None:
+        for w in self.session.warnings:
+            self.err.write(f"dagrun: warning: {w}\n")
+        self.session.warnings.clear()
+
+    def _console_reporter(self, progress: str) -> Callable[[], Reporter]:
+        def make() -> Reporter:
+            from .report import make_reporter
+
+            reporter: Reporter = make_reporter(progress, stream=self.out)
+            return reporter
+
+        return make
+
+
+def _step_ms(debounce_ms: int) -> int:
+    """How long watchfiles waits for a quiet moment before it yields a change set."""
+    return min(20, max(5, debounce_ms // 4))
+
+
+def _describe(path: str, kind: Kind, change: int) -> str:
+    if kind is Kind.LISTING:
+        return f"{path} (new)" if change == Change.ADDED else f"{path} (removed)"
+    return f"{path} (deleted)" if change == Change.DELETED else path
+
+
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    if len(names) > _SHOWN:
+        shown += f" and {len(names) - _SHOWN} more"
+    return shown
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While watching, SIGTERM stops like Ctrl-C does (idle or not)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
