@@ -37,16 +37,20 @@ class DagrunProcs:
     def manifest(self, text: str) -> None:
         (self.root / "dagrun.toml").write_text(textwrap.dedent(text))
 
-    def start(self, *args: str) -> subprocess.Popen[str]:
+    def start(self, *args: str, stderr: Path | None = None) -> subprocess.Popen[str]:
+        """Start the CLI; its stderr goes to a pipe, or to the file ``stderr`` (readable meanwhile)."""
+        err = stderr.open("w") if stderr is not None else subprocess.PIPE
         p = subprocess.Popen(
             [sys.executable, "-m", "dagrun", "--progress", "plain", *args],
             cwd=self.root,
             start_new_session=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=err,
             text=True,
         )
+        if stderr is not None:
+            err.close()  # type: ignore[union-attr]
         self.started.append(p)
         return p
 
