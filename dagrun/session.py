@@ -18,14 +18,12 @@ from __future__ import annotations
 import fcntl
 import marshal
 import os
-import signal
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from . import globs
+from . import globs, interrupts
 from .clock import Clock, MonotonicClock
 from .completion_log import CompletionLog, LogIndex
 from .errors import DagrunError, ExecutorError, LogError, ManifestError
@@ -320,7 +318,7 @@ class Session:
             schedule=self.environ.get("DAGRUN_SCHEDULE", "critical-path"),  # see bench/RESULTS.md
         )
         try:
-            with _sigterm_as_interrupt():
+            with interrupts.raised():  # SIGTERM stops the build like Ctrl-C does
                 return scheduler.run()
         finally:
             executor.close()
@@ -410,23 +408,6 @@ class Session:
 
 def default_jobs() -> int:
     return (os.cpu_count() or 1) + 2
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """While building, SIGTERM stops the build like Ctrl-C does."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def find_manifest(directory: str, file: str | None) -> str:

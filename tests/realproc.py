@@ -3,7 +3,7 @@
 Each CLI process is started in its own session (``start_new_session=True``),
 so a signal sent to its group reaches it the way a terminal's Ctrl-C reaches a
 foreground job; the tasks it starts lead sessions of their own.  The
-``dagrun_proc`` fixture kills, at teardown, whatever a failing test left
+``dagrun_proc`` fixture (built on ``dagrun_procs``) kills, at teardown, whatever a failing test left
 behind: the CLI's group and every group recorded with ``watch_group``.
 """
 
@@ -38,7 +38,7 @@ class DagrunProcs:
         (self.root / "dagrun.toml").write_text(textwrap.dedent(text))
 
     def start(self, *args: str, stderr: Path | None = None) -> subprocess.Popen[str]:
-        """Start the CLI; its stderr goes to a pipe, or to the file ``stderr`` (readable meanwhile)."""
+        """Start the CLI; stderr goes to a pipe, or to the file ``stderr`` (readable meanwhile)."""
         err = stderr.open("w") if stderr is not None else subprocess.PIPE
         p = subprocess.Popen(
             [sys.executable, "-m", "dagrun", "--progress", "plain", *args],
@@ -78,14 +78,20 @@ class DagrunProcs:
             _killpg(pgid)
 
 
-@pytest.fixture
-def dagrun_proc(tmp_path: Path) -> Iterator[DagrunProcs]:
+def dagrun_procs(tmp_path: Path) -> Iterator[DagrunProcs]:
+    """The body of each test module's ``dagrun_proc`` fixture."""
     procs = DagrunProcs(tmp_path)
     (tmp_path / "pids").mkdir()
     try:
         yield procs
     finally:
         procs.cleanup()
+
+
+@pytest.fixture
+def dagrun_proc(tmp_path: Path) -> Iterator[DagrunProcs]:
+    """Importable as a fixture; or define one in the module with ``yield from dagrun_procs``."""
+    yield from dagrun_procs(tmp_path)
 
 
 def _killpg(pgid: int) -> None:
@@ -115,6 +121,15 @@ def live_in_groups(pgids: set[int]) -> list[str]:
                 found.append(f"{proc.pid} {' '.join(proc.info['cmdline'] or [])}")
         except (ProcessLookupError, psutil.Error):
             continue
+    return found
+
+
+def live_in_folder(root: Path) -> list[str]:
+    """Processes (zombies excepted) whose working folder is ``root``: a build's leftovers."""
+    found = []
+    for proc in psutil.process_iter(["pid", "status", "cwd", "cmdline"]):
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and proc.info["cwd"] == str(root):
+            found.append(f"{proc.pid} {' '.join(proc.info['cmdline'] or [])}")
     return found
 
 

@@ -1,16 +1,16 @@
-"""``kill -9`` of dagrun mid-build and a torn completion log: the next run continues, nothing twice more."""
+"""``kill -9`` mid-build and a torn completion log: the next run goes on, nothing twice more."""
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from realproc import (  # noqa: F401  (dagrun_proc is a fixture)
+from realproc import (
     DagrunProcs,
-    assert_groups_gone,
-    dagrun_proc,
+    dagrun_procs,
     logged_tasks,
     tally,
     wait_for,
@@ -18,12 +18,17 @@ from realproc import (  # noqa: F401  (dagrun_proc is a fixture)
 
 pytestmark = pytest.mark.slow
 
+
+@pytest.fixture
+def dagrun_proc(tmp_path: Path) -> Iterator[DagrunProcs]:
+    yield from dagrun_procs(tmp_path)
+
 TASKS = 30
 JOBS = 2
 
 
 def chain_manifest(n: int) -> str:
-    """Short tasks that append their name to ``tally``; every third one depends on the one before."""
+    """Short tasks appending their name to ``tally``; two in three depend on the one before."""
     parts = []
     for i in range(n):
         deps = f'deps = ["t{i - 1}"]' if i % 3 else ""
@@ -37,7 +42,7 @@ def test_kill_9_mid_build_then_rebuild_runs_each_task_at_most_once_more(
     root = dagrun_proc.root
     dagrun_proc.manifest(chain_manifest(TASKS))
     p = dagrun_proc.start("build", "-j", str(JOBS))
-    wait_for(lambda: sum(tally(root / "tally").values()) >= TASKS // 3, "a third of the tasks to run")
+    wait_for(lambda: sum(tally(root / "tally").values()) >= TASKS // 3, "a third of the tasks")
     os.kill(p.pid, signal.SIGKILL)
     p.communicate(timeout=10)
     assert p.returncode == -signal.SIGKILL
@@ -71,7 +76,9 @@ def _cut_last_record(log: Path) -> str:
 
 
 @pytest.mark.parametrize("damage", ["cut", "garbage"])
-def test_a_torn_last_record_is_ignored_with_a_warning(dagrun_proc: DagrunProcs, damage: str) -> None:
+def test_a_torn_last_record_is_ignored_with_a_warning(
+    dagrun_proc: DagrunProcs, damage: str
+) -> None:
     root = dagrun_proc.root
     dagrun_proc.manifest(
         """

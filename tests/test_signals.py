@@ -1,4 +1,4 @@
-"""Ctrl-C, SIGTERM and timeouts on the real CLI: every task's process group dies, the log stays true.
+"""Ctrl-C, SIGTERM and timeouts on the real CLI: each task's process group dies, the log stays true.
 
 Tasks have background children, which a non-interactive ``sh`` starts with
 SIGINT ignored (PLATFORM.md section 7), so a SIGINT alone would leave them.
@@ -9,17 +9,26 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
-from realproc import (  # noqa: F401  (dagrun_proc is a fixture)
+from realproc import (
     DagrunProcs,
     assert_groups_gone,
-    dagrun_proc,
+    dagrun_procs,
+    live_in_folder,
     logged_tasks,
     wait_for,
 )
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def dagrun_proc(tmp_path: Path) -> Iterator[DagrunProcs]:
+    yield from dagrun_procs(tmp_path)
 
 # A task that records its pid (its process group) once its background child exists.
 BUSY = "sleep 30 & echo $$ > pids/{name}; sleep 30"
@@ -99,13 +108,17 @@ def test_a_task_that_exits_0_on_ctrl_c_is_not_recorded_as_complete(
 def test_a_second_signal_during_the_grace_period_kills_at_once(
     dagrun_proc: DagrunProcs, second: signal.Signals
 ) -> None:
+    stubborn = (
+        "trap 'echo int >> got' INT; trap 'echo term >> got' TERM; "
+        "echo $$ > pids/stubborn; while :; do sleep 0.1; done"
+    )
     dagrun_proc.manifest(
-        """
+        f"""
         [executors.local]
         grace_period = 20
 
         [tasks.stubborn]
-        cmd = "trap 'echo int >> got' INT; trap 'echo term >> got' TERM; echo $$ > pids/stubborn; while :; do sleep 0.1; done"
+        cmd = "{stubborn}"
         """
     )
     p = dagrun_proc.start("build")
@@ -193,3 +206,22 @@ def test_retries_make_a_flaky_task_succeed(dagrun_proc: DagrunProcs) -> None:
     assert code == 1, (out, err)
     assert "FAILED: [code=3] once" in out
     assert logged_tasks(dagrun_proc.root) == ["flaky"]
+
+
+def test_ctrl_c_while_tasks_are_being_started_loses_no_process(dagrun_proc: DagrunProcs) -> None:
+    """Most of a busy loop's time is in posix_spawn: a Ctrl-C there must not orphan the child."""
+    dagrun_proc.manifest(
+        "\n".join(f'[tasks.t{i}]\ncmd = "sleep 30"\n' for i in range(60))
+    )
+    for trial in range(8):  # without the guard, about half the trials leaked a task
+        p = dagrun_proc.start("build", "-j60")
+        parent = psutil.Process(p.pid)
+        wait_for(lambda: len(parent.children()) >= 3, "the first tasks to start")  # noqa: B023
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=10)
+        assert p.returncode == 130, (out, err)
+        assert "Traceback" not in err
+        left = live_in_folder(dagrun_proc.root)
+        for line in left:
+            dagrun_proc.watch_group(int(line.split()[0]))
+        assert left == [], f"trial {trial}: tasks left running: {left}"

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import ExecutorError
+from ..interrupts import HOLD
 from . import Job, Outcome
 
 _SIMPLE = re.compile(r"[A-Za-z0-9_./+-][A-Za-z0-9_./:,+@%=-]*(?: +[A-Za-z0-9_./:,+@%=-]+)*")
@@ -100,20 +101,21 @@ class LocalExecutor:
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         out = os.open(os.path.join(job.run_dir, "stdout.txt"), flags, 0o644)
         err = os.open(os.path.join(job.run_dir, "stderr.txt"), flags, 0o644)
-        started = time.monotonic()
-        try:
-            pid = self._spawn(job, argv, out, err)
-        except OSError as exc:
-            os.close(out)
-            os.close(err)
-            self._done.append(
-                Outcome(job.id, None, 0.0, error=f"cannot start: {exc.strerror or exc}")
-            )
-            return
-        pidfd = os.pidfd_open(pid)
-        deadline = started + job.timeout if job.timeout else None
-        self._procs[pidfd] = _Proc(job, pid, pidfd, out, err, started, deadline)
-        self._epoll.register(pidfd, select.EPOLLIN)
+        with HOLD:  # a Ctrl-C landing between spawn and record would lose the process
+            started = time.monotonic()
+            try:
+                pid = self._spawn(job, argv, out, err)
+            except OSError as exc:
+                os.close(out)
+                os.close(err)
+                self._done.append(
+                    Outcome(job.id, None, 0.0, error=f"cannot start: {exc.strerror or exc}")
+                )
+                return
+            pidfd = os.pidfd_open(pid)
+            deadline = started + job.timeout if job.timeout else None
+            self._procs[pidfd] = _Proc(job, pid, pidfd, out, err, started, deadline)
+            self._epoll.register(pidfd, select.EPOLLIN)
 
     def _argv(self, job: Job) -> list[str]:
         argv = None
@@ -188,8 +190,9 @@ class LocalExecutor:
             if not self._procs:
                 return []
             events = self._epoll.poll(-1 if wake is None else max(0.0, wake - now))
-            for fd, _ in events:
-                self._reap(fd)
+            with HOLD:  # nor lose an end already reaped
+                for fd, _ in events:
+                    self._reap(fd)
             self._enforce_deadlines(time.monotonic())
             if self._done or (end is not None and time.monotonic() >= end):
                 done, self._done = self._done, []
