@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM during a build, as KeyboardInterrupt, but never where it would lose a process.
+"""Ctrl-C, SIGTERM and SIGHUP during a build: KeyboardInterrupt, but never where it loses a process.
 
 Python raises KeyboardInterrupt at whatever bytecode runs when the signal
 lands.  Most of a busy build's time is spent inside ``posix_spawn``, so the
@@ -8,7 +8,7 @@ begun runs under ``HOLD``; a signal arriving meanwhile is raised as soon as
 the block ends.  (Blocking the signal with ``pthread_sigmask`` would not do:
 another thread, such as rich's refresh thread, would take it instead.)
 
-    with interrupts.raised():     # while building: SIGINT and SIGTERM raise
+    with interrupts.raised():     # while building: SIGINT, SIGTERM, SIGHUP raise
         ...
         with interrupts.HOLD:     # but not in here
             pid = spawn(); record(pid)
@@ -55,21 +55,36 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _default(sig: int, handler: object) -> bool:
+    """Whether dagrun may take ``sig`` over from ``handler`` (not ignored, nobody else's)."""
+    if handler is None:  # installed outside Python: cannot be restored from here
+        return False
+    if sig == signal.SIGINT:
+        return handler is signal.default_int_handler
+    if sig == signal.SIGTERM:
+        return handler is not signal.SIG_IGN  # as before: SIGTERM always stops a build
+    return handler == signal.SIG_DFL  # SIGHUP under nohup stays ignored
+
+
 @contextmanager
 def raised() -> Iterator[None]:
-    """SIGTERM, and SIGINT unless someone set their own handler, raise KeyboardInterrupt (held)."""
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt (held), unless ignored or taken.
+
+    SIGHUP matters: tasks lead sessions of their own, so a closed terminal
+    reaches only dagrun, which by default would die and leave them running.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield  # signals are only ever handled on the main thread
         return
-    old_term = signal.signal(signal.SIGTERM, _handler)
-    old_int = signal.getsignal(signal.SIGINT)
-    mine = old_int is signal.default_int_handler
-    if mine:
-        signal.signal(signal.SIGINT, _handler)
+    taken = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        old = signal.getsignal(sig)
+        if _default(sig, old):
+            signal.signal(sig, _handler)
+            taken[sig] = old
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old_term)
-        if mine:
-            signal.signal(signal.SIGINT, old_int)
+        for sig, old in taken.items():
+            signal.signal(sig, old)
         HOLD.pending = False

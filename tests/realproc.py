@@ -37,11 +37,16 @@ class DagrunProcs:
     def manifest(self, text: str) -> None:
         (self.root / "dagrun.toml").write_text(textwrap.dedent(text))
 
-    def start(self, *args: str, stderr: Path | None = None) -> subprocess.Popen[str]:
-        """Start the CLI; stderr goes to a pipe, or to the file ``stderr`` (readable meanwhile)."""
+    def start(
+        self, *args: str, stderr: Path | None = None, nohup: bool = False
+    ) -> subprocess.Popen[str]:
+        """Start the CLI; stderr goes to a pipe, or to the file ``stderr`` (readable meanwhile).
+
+        ``nohup``: start it with SIGHUP ignored, as ``nohup`` does.
+        """
         err = stderr.open("w") if stderr is not None else subprocess.PIPE
         p = subprocess.Popen(
-            [sys.executable, "-m", "dagrun", "--progress", "plain", *args],
+            ["nohup"] * nohup + [sys.executable, "-m", "dagrun", "--progress", "plain", *args],
             cwd=self.root,
             start_new_session=True,
             stdin=subprocess.DEVNULL,

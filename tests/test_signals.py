@@ -53,7 +53,9 @@ PIPELINE = f"""
 
 
 @pytest.mark.parametrize(
-    "how", ["SIGINT to the group (Ctrl-C)", "SIGTERM to dagrun"], ids=["sigint", "sigterm"]
+    "how",
+    ["SIGINT to the group (Ctrl-C)", "SIGTERM to dagrun", "SIGHUP to the group (terminal closed)"],
+    ids=["sigint", "sigterm", "sighup"],
 )
 def test_interrupt_kills_every_task_group_and_logs_only_what_finished(
     dagrun_proc: DagrunProcs, how: str
@@ -65,6 +67,8 @@ def test_interrupt_kills_every_task_group_and_logs_only_what_finished(
     sent = time.monotonic()
     if how.startswith("SIGINT"):
         os.killpg(p.pid, signal.SIGINT)
+    elif how.startswith("SIGHUP"):
+        os.killpg(p.pid, signal.SIGHUP)
     else:
         os.kill(p.pid, signal.SIGTERM)
     out, err = p.communicate(timeout=10)
@@ -82,6 +86,22 @@ def test_interrupt_kills_every_task_group_and_logs_only_what_finished(
     assert sorted(line for line in out.splitlines() if line.startswith("would run")) == [
         "would run: a", "would run: after", "would run: b",
     ]
+
+
+def test_under_nohup_a_hangup_does_not_stop_the_build(dagrun_proc: DagrunProcs) -> None:
+    dagrun_proc.manifest(
+        """
+        [tasks.a]
+        cmd = "echo $$ > pids/a; sleep 0.3; echo done > a.txt"
+        outputs = ["a.txt"]
+        """
+    )
+    p = dagrun_proc.start("build", nohup=True)
+    dagrun_proc.task_pid("a")
+    os.killpg(p.pid, signal.SIGHUP)
+    out, err = p.communicate(timeout=10)
+    assert p.returncode == 0, (out, err)
+    assert logged_tasks(dagrun_proc.root) == ["a"]
 
 
 def test_a_task_that_exits_0_on_ctrl_c_is_not_recorded_as_complete(
