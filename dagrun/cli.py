@@ -133,7 +133,32 @@ def _warn(session: Any) -> None:
         sys.stderr.write(f"dagrun: warning: {w}\n")
 
 
+# build options that cannot change whether anything needs doing: any other one that is set
+# (-n, --explain, or an option added later) turns the no-op fast path off
+_NOOP_NEUTRAL = frozenset(
+    {"command", "directory", "file", "progress", "targets", "jobs", "keep_going", "failures_allowed"}
+)
+
+
+def _nothing_to_do(args: argparse.Namespace) -> bool:
+    """The no-op fast path (dagrun/fresh.py): True when it proved, and said, that nothing needs doing."""
+    if any(value for name, value in vars(args).items() if name not in _NOOP_NEUTRAL):
+        return False
+    path = os.path.join(".", args.file) if args.file else "dagrun.toml"
+    if not os.path.isfile(path):
+        return False
+    from .fresh import check, no_work_line
+
+    count = check(path, args.targets, os.environ)
+    if count is None:
+        return False
+    sys.stdout.write(no_work_line(count) + "\n")
+    return True
+
+
 def cmd_build(args: argparse.Namespace) -> int:
+    if _nothing_to_do(args):
+        return EXIT_OK
     session = _session(args)
     if args.dry_run:
         prep = session.plan(args.targets, explain=True)

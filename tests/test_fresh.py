@@ -1,0 +1,171 @@
+"""The no-op fast path (dagrun/fresh.py): fast when nothing changed, never trusted when something did."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dagrun import fresh
+from dagrun.events import BuildFinished
+from dagrun.report import summary_line
+
+MANIFEST = """
+[dagrun]
+key_env = ["FLAVOUR"]
+
+[tasks.a]
+cmd = "cp src/a.txt out/a"
+inputs = ["src/a.txt"]
+outputs = ["out/a"]
+
+[tasks.b]
+cmd = "cat out/a src/b/*.txt > out/b"
+inputs = ["out/a", "src/b/*.txt"]
+outputs = ["out/b"]
+"""
+
+
+def _age(path: Path) -> None:
+    """Set the mtime in the past, so the stat cache trusts the digest (not racily clean)."""
+    os.utime(path, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+
+
+@pytest.fixture
+def built(project, monkeypatch):
+    monkeypatch.delenv("FLAVOUR", raising=False)
+    project.manifest(MANIFEST)
+    for name, text in (("src/a.txt", "a\n"), ("src/b/1.txt", "one\n"), ("src/b/2.txt", "two\n")):
+        _age(project.write(name, text))
+    first = project.run("build")
+    assert first.code == 0, first.err
+    assert (project.root / ".dagrun" / "fresh").exists()
+    return project
+
+
+def fast(project) -> int | None:
+    return fresh.check(str(project.root / "dagrun.toml"), [], os.environ)
+
+
+def test_an_unchanged_build_is_proved_up_to_date(built):
+    assert fast(built) == 2
+    run = built.run("build")
+    assert (run.code, run.out) == (0, "dagrun: no work to do (2 up to date)\n")
+
+
+def test_the_line_is_the_reporters_line():
+    assert fresh.no_work_line(7) == summary_line(BuildFinished(0, 7, 0, 0, 0.0))
+
+
+@pytest.mark.slow
+def test_the_cli_no_op_imports_neither_the_session_nor_toml(built):
+    code = (
+        "import sys; from dagrun.cli import main; rc = main(['build']); "
+        "print(sorted(m for m in ('dagrun.session', 'dagrun.graph', 'tomllib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=built.root, capture_output=True, text=True,
+                         check=True).stdout
+    assert out == "dagrun: no work to do (2 up to date)\n[]\n"
+
+
+def test_a_changed_source_is_not_trusted(built):
+    built.write("src/a.txt", "A\n")
+    assert fast(built) is None
+    run = built.run("build")
+    assert "2 succeeded" in run.out
+    assert built.read("out/b") == "A\none\ntwo\n"
+
+
+def test_a_removed_source_is_not_trusted(built):
+    (built.root / "src/b/2.txt").unlink()
+    assert fast(built) is None
+
+
+def test_a_new_file_in_a_glob_folder_is_not_trusted(built):
+    built.write("src/b/3.txt", "three\n")
+    assert fast(built) is None
+    assert "1 succeeded" in built.run("build").out
+
+
+def test_a_missing_output_is_not_trusted(built):
+    (built.root / "out/a").unlink()
+    assert fast(built) is None
+
+
+def test_many_outputs_in_one_folder_are_listed_once(project):
+    n = fresh.LIST_AT + 2
+    body = "".join(
+        f'[tasks.t{i}]\ncmd = "touch out/t{i}"\noutputs = ["out/t{i}"]\n' for i in range(n)
+    )
+    project.manifest(body)
+    assert project.run("build").code == 0
+    assert fast(project) == n
+    (project.root / "out/t3").unlink()
+    assert fast(project) is None
+
+
+def test_a_changed_manifest_is_not_trusted(built):
+    built.manifest(MANIFEST + "\n# a comment changes nothing, but the digest\n")
+    assert fast(built) is None
+
+
+def test_a_changed_key_env_value_is_not_trusted(built, monkeypatch):
+    monkeypatch.setenv("FLAVOUR", "sour")
+    assert fast(built) is None
+    assert "2 succeeded" in built.run("build").out
+
+
+def test_a_changed_log_is_not_trusted(built):
+    with open(built.root / ".dagrun" / "log", "a") as f:
+        f.write('{"forget":"a"}\n')
+    assert fast(built) is None
+
+
+def test_other_targets_are_not_trusted(built):
+    assert fresh.check(str(built.root / "dagrun.toml"), ["a"], os.environ) is None
+
+
+def test_a_build_in_progress_is_waited_for_by_the_full_path(built):
+    fd = os.open(built.root / ".dagrun" / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert fast(built) is None
+    finally:
+        os.close(fd)
+
+
+def test_options_that_matter_skip_the_fast_path(built):
+    run = built.run("build", "--explain")
+    assert run.code == 0 and run.out.startswith("dagrun: no work to do")
+    dry = built.run("build", "-n")
+    assert "would run" in dry.out  # the plan printer, not the fast path
+
+
+def test_no_proof_after_a_failure(project):
+    project.manifest('[tasks.bad]\ncmd = "exit 3"\n')
+    assert project.run("build").code == 1
+    assert not (project.root / ".dagrun" / "fresh").exists()
+
+
+def test_no_proof_with_racily_clean_inputs(project):
+    project.manifest('[tasks.a]\ncmd = "cp a.txt b.txt"\ninputs = ["a.txt"]\noutputs = ["b.txt"]\n')
+    project.write("a.txt", "new\n")  # written just now: its digest is re-checked next time
+    assert project.run("build").code == 0
+    assert not (project.root / ".dagrun" / "fresh").exists()
+
+
+def test_no_proof_for_always_tasks(project):
+    project.manifest('[tasks.a]\ncmd = "true"\nalways = true\n')
+    assert project.run("build").code == 0
+    assert not (project.root / ".dagrun" / "fresh").exists()
+
+
+def test_a_damaged_proof_is_ignored(built):
+    (built.root / ".dagrun" / "fresh").write_bytes(b"\x00garbage")
+    assert fast(built) is None
+    assert built.run("build").out == "dagrun: no work to do (2 up to date)\n"
+    assert fast(built) == 2  # rewritten by the full path
