@@ -61,12 +61,13 @@ class BuildGraph:
         found: dict[int, None] = {}
         for target in targets:
             hits = self._resolve_one(target)
-            if not hits:
+            if hits is None:
                 raise UnknownTargetError(self._unknown_message(target))
             found.update(dict.fromkeys(hits))
         return list(found)
 
-    def _resolve_one(self, target: str) -> list[int]:
+    def _resolve_one(self, target: str) -> list[int] | None:
+        """The tasks ``target`` names ([] for an empty matrix group); None if it names nothing."""
         if target in self.index:
             return [self.index[target]]
         if target in self.groups:
@@ -75,8 +76,9 @@ class BuildGraph:
         if path in self.producers:
             return [self.producers[path]]
         if globs.has_magic(target):
-            return [i for i, s in enumerate(self.specs) if fnmatch.fnmatchcase(s.name, target)]
-        return []
+            hits = [i for i, s in enumerate(self.specs) if fnmatch.fnmatchcase(s.name, target)]
+            return hits or None
+        return None
 
     def _unknown_message(self, target: str) -> str:
         names = list(self.index) + list(self.groups)
@@ -172,7 +174,7 @@ def compile(manifest: Manifest) -> BuildGraph:
     """Resolve every dependency, expand input globs and order the tasks."""
     specs = manifest.tasks
     index = {s.name: i for i, s in enumerate(specs)}
-    groups: dict[str, list[int]] = {}
+    groups: dict[str, list[int]] = {g: [] for g in manifest.groups}
     for i, s in enumerate(specs):
         if s.group:
             groups.setdefault(s.group, []).append(i)
@@ -243,7 +245,7 @@ def _check_default(graph: BuildGraph) -> None:
     """``[dagrun] default`` names only known targets (checked now, not at the first bare build)."""
     m = graph.manifest
     for target in m.default:
-        if not graph._resolve_one(target):
+        if graph._resolve_one(target) is None:
             close = difflib.get_close_matches(target, list(graph.index) + list(graph.groups), n=1)
             hint = f"did you mean '{close[0]}'?" if close else "no task, group or output matches"
             raise ManifestError(

@@ -89,6 +89,8 @@ class Manifest:
     watch_debounce_ms: int = 200
     # folders read by matrix globs -> mtime_ns, so a cached expansion can be checked
     scanned: Mapping[str, int] = field(default_factory=dict)
+    # every matrix group's name, also of one whose glob matched no file (and so has no task)
+    groups: tuple[str, ...] = ()
     # where keys are in the text, for errors found later (graph.compile); None without text
     line_index: _LineIndex | None = field(default=None, repr=False, compare=False)
 
@@ -395,6 +397,7 @@ class _Builder:
         self.root = root
         self.lines = _LineIndex(text) if text else None
         self.scanned: dict[str, int] = {}
+        self.groups: list[str] = []
 
     # -- errors
 
@@ -464,6 +467,7 @@ class _Builder:
             executors=executors,
             watch_debounce_ms=settings.get("watch_debounce_ms", 200),
             scanned=self.scanned,
+            groups=tuple(self.groups),
             line_index=self.lines,
         )
 
@@ -497,6 +501,9 @@ class _Builder:
         kind = body.get("type", "local" if name == "local" else None)
         if kind is None:
             raise self.error(f"{where} has no 'type'", table=path, hint=kinds)
+        if not isinstance(kind, str):
+            problem = f"must be a string, not {_tname(kind)}"
+            raise self.error(problem, key="type", table=path, hint=kinds)
         if kind not in EXECUTOR_KEYS:
             raise self.error(
                 f"unknown executor type {kind!r} in {where}", key="type", table=path, hint=kinds
@@ -525,6 +532,7 @@ class _Builder:
         line = self.lines.find(path, None) if self.lines is not None else None
         if "matrix" not in body:
             return [self.spec(name, body, {}, None, line)]
+        self.groups.append(name)
         combos = self.combinations(name, body)
         return [self.spec(n, body, values, name, line) for n, values in combos]
 
@@ -536,12 +544,7 @@ class _Builder:
             if isinstance(values, dict):
                 base = os.path.normpath(os.path.join(self.root, cwd))
                 found = globs.expand(values["glob"], base, self.scanned)
-                if not found:
-                    raise self.error(
-                        f"variable '{var}': glob '{values['glob']}' matches no files",
-                        task=name, key="matrix", table=("tasks", name),
-                    )
-                axes.append([(var, p) for p in found])
+                axes.append([(var, p) for p in found])  # none: the group stays, empty
             else:
                 axes.append([(var, _scalar(v)) for v in values])
         out = []

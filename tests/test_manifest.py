@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dagrun.errors import ManifestError
+from dagrun.errors import ManifestError, UnknownTargetError
 from dagrun.graph import compile
 from dagrun.manifest import Manifest, TaskSpec, build_manifest, load, parse
 
@@ -101,12 +101,17 @@ def test_glob_matrix_records_the_folders_it_read(tmp_path: Path) -> None:
     assert str(tmp_path / "d") in m.scanned
 
 
-def test_glob_matrix_that_matches_nothing_is_an_error(tmp_path: Path) -> None:
-    e = error('[tasks.t]\nmatrix = { f = { glob = "none/*.txt" } }\ncmd = "x"\n', tmp_path)
-    assert (
-        str(e)
-        == "m.toml:2: task 't', key 'matrix': variable 'f': glob 'none/*.txt' matches no files"
+def test_glob_matrix_that_matches_nothing_is_an_empty_group(tmp_path: Path) -> None:
+    m = parse(
+        '[tasks.t]\nmatrix = { f = { glob = "none/*.txt" } }\ncmd = "x"\n'
+        '[tasks.after]\ncmd = "y"\ndeps = ["t"]\n[dagrun]\ndefault = ["t"]\n',
+        root=str(tmp_path),
     )
+    assert ([t.name for t in m.tasks], m.groups) == (["after"], ("t",))
+    g = compile(m)
+    assert g.deps == [()] and g.resolve(["t"]) == [] and g.select(None) == []
+    with pytest.raises(UnknownTargetError):
+        g.resolve(["u"])
 
 
 def test_group_name_is_a_dependency_and_a_target() -> None:
