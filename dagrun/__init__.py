@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # not `from typing import ...`: typing costs ~7 ms of a no-op's ~40
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 """python -m dagrun"""
 
-from .cli import main
+from .entry import main
 
 raise SystemExit(main())

@@ -93,8 +93,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, noop_checked: bool = False) -> int:
+    """``noop_checked``: dagrun.entry already asked the no-op fast path; do not ask twice."""
     args = parser().parse_args(argv)
+    args.noop_checked = noop_checked
     try:
         if args.directory != ".":
             try:
@@ -142,7 +144,9 @@ _NOOP_NEUTRAL = frozenset(
 
 def _nothing_to_do(args: argparse.Namespace) -> bool:
     """The no-op fast path (dagrun/fresh.py): True when it proved, and said, that nothing needs doing."""
-    if any(value for name, value in vars(args).items() if name not in _NOOP_NEUTRAL):
+    if args.noop_checked:
+        return False
+    if any(v for name, v in vars(args).items() if name not in _NOOP_NEUTRAL | {"noop_checked"}):
         return False
     path = os.path.join(".", args.file) if args.file else "dagrun.toml"
     if not os.path.isfile(path):

@@ -28,8 +28,10 @@ from __future__ import annotations
 import fcntl
 import marshal
 import os
-from collections.abc import Iterable, Mapping
-from typing import Any
+TYPE_CHECKING = False  # typing and collections.abc stay out of a no-op's imports
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import Any
 
 FORMAT = 1
 FILE = "fresh"

@@ -1,0 +1,83 @@
+"""dagrun.entry: the words it hands to the no-op fast path mean to it what they mean to argparse."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dagrun.cli import parser
+from dagrun.entry import main, plain_build
+
+ACCEPTED = [
+    ["build"],
+    ["build", "-j2"],
+    ["build", "-j", "2", "lib", "app"],
+    ["build", "lib", "app", "-k"],
+    ["build", "--jobs=3", "--failures-allowed", "0", "x"],
+    ["build", "--failures-allowed=2", "--keep-going"],
+    ["-C", "sub", "-f", "other.toml", "--progress", "plain", "build", "t"],
+    ["-f", "/abs/m.toml", "-C", "sub", "build"],
+    ["build", "build"],  # a target named build
+]
+
+REFUSED = [
+    [],
+    ["list"],
+    ["build", "-n"],
+    ["build", "--explain"],
+    ["build", "--dry-run"],
+    ["build", "-j0"],
+    ["build", "-j", "x"],
+    ["build", "-j", "-1"],
+    ["build", "--jobs", "+2"],
+    ["build", "a", "-k", "b"],  # argparse: "unrecognized arguments: b"
+    ["build", "--", "a"],
+    ["build", "--keep"],  # an abbreviation argparse would accept: leave it to argparse
+    ["--progress", "fancy", "build"],
+    ["--progress=plain", "build"],
+    ["-C", "", "build"],
+    ["-C", "-f", "build"],
+    ["--version"],
+    ["build", "-h"],
+]
+
+
+@pytest.mark.parametrize("argv", ACCEPTED, ids=" ".join)
+def test_accepted_words_mean_what_argparse_says(argv):
+    args = parser().parse_args(argv)
+    path, targets = plain_build(argv)  # type: ignore[misc]
+    expected = os.path.join(args.directory, args.file or "dagrun.toml")
+    assert (path, targets) == (expected, args.targets)
+    assert not args.dry_run and not args.explain
+
+
+@pytest.mark.parametrize("argv", REFUSED, ids=lambda a: " ".join(a) or "(none)")
+def test_anything_else_goes_to_argparse(argv):
+    assert plain_build(argv) is None
+
+
+def test_a_usage_error_is_still_argparses(project, capsys, monkeypatch):
+    project.manifest('[tasks.a]\ncmd = "true"\n')
+    monkeypatch.chdir(project.root)
+    with pytest.raises(SystemExit) as exc:
+        main(["build", "a", "-k", "b"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: b" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_python_m_dagrun_answers_a_no_op_through_the_fast_path(tmp_path):
+    (tmp_path / "dagrun.toml").write_text('[tasks.a]\ncmd = "touch out.txt"\noutputs = ["out.txt"]\n')
+    env = dict(os.environ)
+    first = subprocess.run([sys.executable, "-m", "dagrun", "build"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    code = ("import sys, runpy; sys.argv = ['dagrun', 'build']\n"
+            "try:\n    runpy.run_module('dagrun', run_name='__main__')\n"
+            "except SystemExit as e:\n    print(e.code, 'dagrun.cli' in sys.modules)")
+    again = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                           capture_output=True, text=True)
+    assert again.stdout == "dagrun: no work to do (1 up to date)\n0 False\n", again.stderr
