@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 def dagrun_proc(tmp_path: Path) -> Iterator[DagrunProcs]:
     yield from dagrun_procs(tmp_path)
 
+
 TASKS = 30
 JOBS = 2
 

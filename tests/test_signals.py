@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 def dagrun_proc(tmp_path: Path) -> Iterator[DagrunProcs]:
     yield from dagrun_procs(tmp_path)
 
+
 # A task that records its pid (its process group) once its background child exists.
 BUSY = "sleep 30 & echo $$ > pids/{name}; sleep 30"
 
