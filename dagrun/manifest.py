@@ -698,7 +698,7 @@ class _LineIndex:
     ``task`` of ``[task.a]``) is found at the first header below it.
     """
 
-    _HEADER = re.compile(r"^\s*\[(?!\[)(.+?)\]\s*(?:#.*)?$")
+    _HEADER = re.compile(r"^\s*\[\[?\s*([^\[\]].*?)\s*\]\]?\s*(?:#.*)?$")  # [t] or [[t]]
     _KEY = re.compile(r'^\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[A-Za-z0-9_-]+)\s*[.=]')
 
     def __init__(self, text: str) -> None:

@@ -213,7 +213,7 @@ def test_token_soup(root: str, text: str) -> None:
 
 
 @FUZZ
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200))
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=200))
 def test_random_text(root: str, text: str) -> None:
     assume(safe(text))
     parse_and_compile(text, root)
@@ -326,7 +326,7 @@ def to_toml(v: Any) -> str:
             + ", ".join(f"{json.dumps(k, ensure_ascii=False)} = {to_toml(x)}" for k, x in v.items())
             + " }"
         )
-    return v.isoformat()  # a date
+    return str(v.isoformat())  # a date
 
 
 toml_values = py_values.map(to_toml)

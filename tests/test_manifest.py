@@ -274,6 +274,11 @@ def test_task_value_checks(body: str, message: str) -> None:
     assert f"task 'a', {message}" in str(error(f"[tasks.a]\n{body}\n"))
 
 
+def test_an_array_of_tables_is_refused_at_its_line() -> None:
+    e = error('# tasks as in other tools\n[[tasks]]\nname = "a"\ncmd = "x"\n')
+    assert str(e) == "m.toml:2: key 'tasks': must be a table such as [tasks], not an array"
+
+
 def test_top_level_tables_must_be_tables() -> None:
     assert (
         str(error("tasks = 3\n"))
@@ -319,7 +324,7 @@ def test_build_manifest_errors_have_no_line() -> None:
     with pytest.raises(
         ManifestError, match=r"^<api>: key 'lab': must be a table such as \[executors.lab\]"
     ):
-        build_manifest("<api>", "/p", {}, {}, {}, {"lab": "ssh"})
+        build_manifest("<api>", "/p", {}, {}, {}, {"lab": "ssh"})  # type: ignore[dict-item]
 
 
 def test_load_reads_a_file_relative_to_its_folder(tmp_path: Path) -> None:

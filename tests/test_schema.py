@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 
 from dagrun import manifest
+from dagrun.errors import ManifestError
 from dagrun.graph import compile
 
 if sys.version_info >= (3, 11):
@@ -163,7 +164,7 @@ def test_schema_rejects(
 ) -> None:
     found = errors(validator, doc)
     assert any(fragment in e for e in found), found
-    with pytest.raises(manifest.ManifestError):  # and so does dagrun
+    with pytest.raises(ManifestError):  # and so does dagrun
         manifest.build_manifest(
             "<test>",
             "/nonexistent",
@@ -178,7 +179,7 @@ def test_schema_rejects_an_unknown_table(validator: jsonschema.Draft7Validator) 
     assert errors(validator, {"target": {}}) == [
         "Additional properties are not allowed ('target' was unexpected)"
     ]
-    with pytest.raises(manifest.ManifestError, match=r"key 'target': unknown top-level table"):
+    with pytest.raises(ManifestError, match=r"key 'target': unknown top-level table"):
         manifest.parse("[target]\n")
 
 
