@@ -11,6 +11,7 @@ import difflib
 import fnmatch
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -231,11 +232,15 @@ def compile(manifest: Manifest) -> BuildGraph:
 
 
 def _glob_regex(manifest: Manifest, spec: TaskSpec, pattern: str) -> re.Pattern[str]:
+    """An input glob's regex; a glob ``re`` refuses (or warns about: ``[[``, ``&&``) is an error."""
     try:
-        return globs.translate(pattern)
-    except re.error as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            return globs.translate(pattern)
+    except (re.error, FutureWarning) as exc:
+        why = exc.msg if isinstance(exc, re.error) else str(exc)
         raise ManifestError(
-            f"input '{pattern}' is not a valid glob ({exc.msg})",
+            f"input '{pattern}' is not a valid glob ({why[:1].lower() + why[1:]})",
             source=manifest.source, task=spec.name, key="inputs",
             line=manifest.line_of(spec, "inputs"),
         ) from None

@@ -226,6 +226,24 @@ def test_error_lines_for_graph_errors_point_at_the_key() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "glob, why",
+    [
+        ("[z-a].c", "bad character range z-a"),
+        ("[[a].c", "possible nested set at position 1"),
+        ("[a&&b]", "possible set intersection at position 2"),
+    ],
+)
+def test_an_input_glob_that_is_not_a_glob(glob: str, why: str) -> None:
+    for _ in range(2):  # the same both times (a failed pattern is not cached by re)
+        with pytest.raises(ManifestError) as info:
+            text = f'[tasks.a]\ncmd = "x"\ninputs = ["{glob}"]\n'
+            compile(parse(text, source="m.toml", root="/p"))
+        assert str(info.value) == (
+            f"m.toml:3: task 'a', key 'inputs': input '{glob}' is not a valid glob ({why})"
+        )
+
+
 def test_task_specs_carry_their_header_line() -> None:
     t = tasks('[tasks.a]\ncmd = "x"\n\n[tasks.s]\nmatrix = { n = [1, 2] }\ncmd = "y"\n')
     assert [s.line for s in t.values()] == [1, 4, 4]
