@@ -4,7 +4,7 @@ Four sources of input, each fed to manifest.parse and graph.compile:
 TOML-ish token soup, mutations of valid manifests, random documents built
 from manifest.py's own key tables (also through build_manifest, the API's
 path, which must agree with the file's), and a subset through the real CLI
-(`dagrun -n build`, in-process), which must exit 0 or 2 with one error line.
+(`dagrun build -n`, in-process), which must exit 0, 1 or 2, an error in one line.
 
 Strings that start with "/" or contain ".." are left out: a glob such as
 "/**" is legal and would walk the whole machine's file system.
