@@ -112,10 +112,10 @@ def main(argv: Sequence[str] | None = None, *, noop_checked: bool = False) -> in
     except DagrunError as exc:
         sys.stderr.write(f"dagrun: error: {exc}\n")
         return exc.exit_code
-    except BrokenPipeError:  # e.g. `dagrun graph | head`
+    except BrokenPipeError:  # e.g. `dagrun graph | head`: fine; a build cut short is not
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
+        return EXIT_FAILED if args.command == "build" else EXIT_OK
 
 
 def _session(args: argparse.Namespace) -> Any:

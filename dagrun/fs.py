@@ -23,10 +23,10 @@ class FileSystem(Protocol):
     root: str
 
     def stat(self, path: str) -> Stat | None:
-        """The file's Stat, or None when it does not exist."""
+        """The file's Stat, or None when it does not exist; OSError when it cannot be looked at."""
 
     def read_chunks(self, path: str) -> "list[bytes] | None":
-        """The file's content in chunks, or None when it cannot be read."""
+        """The file's content in chunks, or None when it is gone; OSError when it cannot be read."""
 
     def exists(self, path: str) -> bool: ...
 
@@ -65,7 +65,7 @@ class LocalFileSystem:
                 return chunks
         except IsADirectoryError:
             return [b"<directory>"]
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def exists(self, path: str) -> bool:

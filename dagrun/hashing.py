@@ -178,7 +178,11 @@ class Keys:
             old = prev.get(spec.name)
             dirty = old is None
             for p in sources[i]:
-                if stats.digest(p) is None:
+                try:
+                    found = stats.digest(p)
+                except OSError as exc:
+                    raise self._missing(i, p, exc.strerror or str(exc)) from None
+                if found is None:
                     raise self._missing(i, p)
                 if p in changed_paths:
                     dirty = True
@@ -221,9 +225,13 @@ class Keys:
         assert key is not None, "dependencies are keyed first"
         return key
 
-    def _missing(self, i: int, path: str) -> ManifestError:
+    def _missing(self, i: int, path: str, why: str | None = None) -> ManifestError:
         spec = self.graph.specs[i]
+        m = self.graph.manifest
+        message = (
+            f"input '{path}' cannot be read: {why}" if why
+            else f"input '{path}' does not exist and no task produces it"
+        )
         return ManifestError(
-            f"input '{path}' does not exist and no task produces it",
-            source=self.graph.manifest.source, task=spec.name, key="inputs", line=spec.line,
+            message, source=m.source, task=spec.name, key="inputs", line=m.line_of(spec, "inputs"),
         )

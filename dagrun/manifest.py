@@ -319,8 +319,8 @@ TOP_KEYS = ("dagrun", "env", "tasks", "executors")
 # ---------------------------------------------------------------- entry points
 
 
-def load(path: str | os.PathLike[str]) -> Manifest:
-    """Read and parse a manifest file."""
+def load(path: str | os.PathLike[str], *, source: str | None = None) -> Manifest:
+    """Read and parse a manifest file; ``source`` is how messages name it (default: ``path``)."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -334,7 +334,7 @@ def load(path: str | os.PathLike[str]) -> Manifest:
     except UnicodeDecodeError as exc:
         problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
         raise ManifestError(problem, source=path) from None
-    return parse(text, source=path, root=os.path.dirname(os.path.abspath(path)))
+    return parse(text, source=source or path, root=os.path.dirname(os.path.abspath(path)))
 
 
 def parse(text: str, *, source: str = MANIFEST_NAME, root: str | None = None) -> Manifest:

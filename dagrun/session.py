@@ -70,6 +70,8 @@ class Session:
         if (manifest_path is None) == (manifest is None):
             raise ValueError("give exactly one of manifest_path and manifest")
         self.manifest_path = os.path.abspath(manifest_path) if manifest_path else None
+        # messages name the manifest as the user did (dagrun.toml:4: ...), not by absolute path
+        self.manifest_name = os.path.normpath(manifest_path) if manifest_path else None
         self._manifest = manifest
         self.root = os.path.dirname(self.manifest_path) if self.manifest_path else manifest.root  # type: ignore[union-attr]
         self.environ = environ if environ is not None else os.environ
@@ -266,8 +268,9 @@ class Session:
             return self._manifest
         from .manifest import load
 
-        assert self.manifest_path is not None
-        return load(self.manifest_path)
+        assert self.manifest_path is not None and self.manifest_name is not None
+        relative = not os.path.isabs(self.manifest_name)
+        return load(self.manifest_path, source=self.manifest_name if relative else None)
 
     def _source_id(self) -> tuple[Any, ...]:
         if self._manifest is not None:

@@ -438,3 +438,38 @@ def test_corrupt_cache_is_ignored(chain):
     r = chain.run("build")
     assert r.code == 0 and "no work to do" in r.out
     assert ran(chain) == []
+
+
+def test_missing_input_names_the_inputs_line(project):
+    project.manifest('[tasks.a]\ncmd = "true"\n\ninputs = ["nope.txt"]\n')
+    r = project.run("build")
+    assert r.code == 2
+    assert r.err == (
+        "dagrun: error: dagrun.toml:4: task 'a', key 'inputs': "
+        "input 'nope.txt' does not exist and no task produces it\n"
+    )
+
+
+def test_unreadable_input_is_a_clear_error(project):
+    name = "x" * 300
+    project.manifest(f'[tasks.a]\ncmd = "true"\ninputs = ["{name}"]\n')
+    r = project.run("build")
+    assert r.code == 2
+    assert f"input '{name}' cannot be read: File name too long" in r.err
+    assert "Traceback" not in r.err
+
+
+def test_build_output_into_a_closed_pipe_is_not_success(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "dagrun.toml").write_text(
+        "".join(f'[tasks.t{i}]\ncmd = "echo line {i}"\n' for i in range(50))
+    )
+    p = subprocess.run(
+        f"{sys.executable} -m dagrun build -j1 | head -1; echo rc=${{PIPESTATUS[0]}}",
+        shell=True, executable="/bin/bash", cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert p.stdout.splitlines()[0] == "[1/50] t0"
+    assert p.stdout.splitlines()[-1] == "rc=1"
+    assert "Traceback" not in p.stderr
