@@ -89,18 +89,18 @@ class LocalExecutor:
     # -- starting
 
     def submit(self, job: Job) -> None:
-        os.makedirs(job.run_dir, exist_ok=True)
+        _make_dir(job.run_dir)
         for path in job.outputs:  # like Ninja and Snakemake: output folders exist
             parent = os.path.dirname(path)
             if parent not in self._made:
                 os.makedirs(parent, exist_ok=True)
                 self._made.add(parent)
         argv = self._argv(job)
-        with open(os.path.join(job.run_dir, "command.txt"), "w", encoding="utf-8") as f:
-            f.write(self._describe(job, argv))
+        run = job.run_dir + "/"  # plain concatenation and os.open: this runs once per task
+        _write_text(run + "command.txt", self._describe(job, argv))
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        out = os.open(os.path.join(job.run_dir, "stdout.txt"), flags, 0o644)
-        err = os.open(os.path.join(job.run_dir, "stderr.txt"), flags, 0o644)
+        out = os.open(run + "stdout.txt", flags, 0o644)
+        err = os.open(run + "stderr.txt", flags, 0o644)
         with HOLD:  # a Ctrl-C landing between spawn and record would lose the process
             started = time.monotonic()
             try:
@@ -269,6 +269,27 @@ class LocalExecutor:
         if self._procs:
             self.cancel(force=True)
         self._epoll.close()
+
+
+def _make_dir(path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)`` in one system call when the parent exists."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)
+
+
+def _write_text(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        data = text.encode("utf-8")
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
 
 
 def _read_back(fd: int) -> str:
