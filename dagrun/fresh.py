@@ -28,12 +28,13 @@ from __future__ import annotations
 import fcntl
 import marshal
 import os
+
 TYPE_CHECKING = False  # typing and collections.abc stay out of a no-op's imports
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from typing import Any
 
-FORMAT = 1
+FORMAT = 2
 FILE = "fresh"
 LIST_AT = 16  # outputs in one folder from which listing the folder beats one lstat each
 
@@ -61,15 +62,12 @@ def record(
     outputs: Iterable[str],
     count: int,
 ) -> None:
-    """Write the proof for the state right now (call it under the build lock, after the log closed)."""
+    """Write the proof for the state now (under the build lock, after the log is closed)."""
     root = os.path.dirname(os.path.abspath(manifest_path))
     with open(manifest_path, "rb") as f:
         manifest_digest = digest(f.read())
     log = os.stat(os.path.join(state_dir, "log"))
-    folders: dict[str, list[str]] = {}
-    for out in outputs:
-        parent, name = os.path.split(out)
-        folders.setdefault(parent, []).append(name)
+    folders = group(outputs)
     data = (
         FORMAT,
         os.path.abspath(manifest_path),
@@ -79,7 +77,7 @@ def record(
         dict(scanned),
         (log.st_ino, log.st_size),
         [(p, *st) for p, st in sources.items()],
-        [(parent or ".", names) for parent, names in folders.items()],
+        list(folders.items()),
         count,
         root,
     )
@@ -157,7 +155,7 @@ def _sources_unchanged(fd: int, sources: list[tuple[str, int, int, int, int]]) -
     stat = os.stat
     for p, mtime, ctime, size, ino in sources:
         st = stat(p, dir_fd=fd)  # FileNotFoundError: the caller answers None
-        if st.st_mtime_ns != mtime or st.st_ctime_ns != ctime or st.st_size != size or st.st_ino != ino:
+        if (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino) != (mtime, ctime, size, ino):
             return False
     return True
 
@@ -166,14 +164,57 @@ def _outputs_exist(fd: int, folders: list[tuple[str, list[str]]]) -> bool:
     lstat = os.lstat
     for folder, names in folders:
         if len(names) >= LIST_AT:
-            sub = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
-            try:
-                present = set(os.listdir(sub))
-            finally:
-                os.close(sub)
-            if not present.issuperset(names):
+            if not _listing(fd, folder).issuperset(names):
                 return False
             continue
         for name in names:
             lstat(f"{folder}/{name}", dir_fd=fd)  # FileNotFoundError: the caller answers None
     return True
+
+
+def _listing(fd: int, folder: str) -> set[str]:
+    try:
+        sub = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    except OSError:  # as os.path.lexists: cannot look = not there
+        return set()
+    try:
+        return set(os.listdir(sub))
+    finally:
+        os.close(sub)
+
+
+def group(paths: Iterable[str]) -> dict[str, list[str]]:
+    """Paths by parent folder ('.' for the root): folder -> names."""
+    folders: dict[str, list[str]] = {}
+    for p in paths:
+        parent, _, name = p.rpartition("/")
+        if parent or not p.startswith("/"):
+            folders.setdefault(parent or ".", []).append(name)
+        else:  # /name
+            folders.setdefault("/", []).append(name)
+    return folders
+
+
+def existing(root: str, paths: Iterable[str]) -> set[str]:
+    """Which of ``paths`` (relative to root, or absolute) exist, as os.path.lexists says.
+
+    A folder with many of them is listed once instead of one lstat each.
+    """
+    found: set[str] = set()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for folder, names in group(paths).items():
+            prefix = "" if folder == "." else "/" if folder == "/" else folder + "/"
+            if len(names) >= LIST_AT:
+                present = _listing(fd, folder)
+                found.update(prefix + n for n in names if n in present)
+                continue
+            for n in names:
+                try:
+                    os.lstat(prefix + n, dir_fd=fd)
+                except OSError:
+                    continue
+                found.add(prefix + n)
+    finally:
+        os.close(fd)
+    return found

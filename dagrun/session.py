@@ -107,7 +107,9 @@ class Session:
             self._record_fresh(prep, targets, result)
             return result
 
-    def _record_fresh(self, prep: Prepared, targets: Iterable[str] | None, result: BuildResult) -> None:
+    def _record_fresh(
+        self, prep: Prepared, targets: Iterable[str] | None, result: BuildResult
+    ) -> None:
         """After a build that left every selected task up to date: the no-op proof (fresh.py)."""
         if self.manifest_path is None or not result.ok or self.warnings:
             return
@@ -212,8 +214,13 @@ class Session:
             self._compute_quietly(keys, others)
         pool = self._core_pool(graph)
         log = self._open_log(cache)
+        exists = self.fs.exists
+        if isinstance(self.fs, LocalFileSystem):  # one listing per output folder, not an lstat each
+            outputs = [o for i in selected for o in graph.specs[i].outputs]
+            present = fresh.existing(self.fs.root, outputs)
+            exists = present.__contains__
         plan = make(
-            graph, keys.keys, log, self.fs.exists, selected,
+            graph, keys.keys, log, exists, selected,
             parts=keys.parts if explain else None,
         )
         self._state = (cache, reused, kenv)
