@@ -69,7 +69,11 @@ class Kind(enum.Enum):
 
     MANIFEST = "manifest"
     INPUT = "input"
-    LISTING = "listing"  # a file appeared in or left a folder a glob reads
+    LISTING = "listing"  # a file that a glob matches appeared or went away
+    FOLDER = "folder"  # a folder that is watched, or would be, appeared or went away
+
+
+_RESTARTING = frozenset({Kind.MANIFEST, Kind.INPUT, Kind.LISTING})  # a folder alone never restarts
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,15 +103,15 @@ class WatchSet:
             return None
         if path in self.listed or any(m == path or m.startswith(path + os.sep)
                                       for m in self.missing):
-            return Kind.LISTING  # a folder a glob reads, or one on the way to it, came or went
+            return Kind.FOLDER  # a folder a glob reads, or one on the way to it
         folder, name = os.path.split(path)
         if folder not in self.listed or _SCRATCH.search(name):
             return None
         if any(g.match(path) for g in self.globs):
-            return Kind.LISTING  # a file that a glob matches came or went
+            return Kind.LISTING
         if change == Change.ADDED and os.path.isdir(path):
             if any(d.match(path) for d in self.glob_dirs):
-                return Kind.LISTING  # a new folder that a ** glob will read
+                return Kind.FOLDER  # a new folder that a ** glob will read
         return None
 
     def describe(self) -> str:
@@ -352,7 +356,7 @@ class Watcher:
         self._ws = manifest_set(manifest_path)
         self._graph: BuildGraph | None = None
         self._feeds: list[_Feed] = []
-        self._queue: queue.Queue[list[tuple[Kind, int, str]]] = queue.Queue()
+        self._queue: queue.Queue[ChangeSet] = queue.Queue()
         self._stop = threading.Event()
         self._cancel = threading.Event()
         self._building = False
@@ -430,58 +434,77 @@ class Watcher:
         """The next burst of relevant changes once it settles; None when told to stop."""
         batch: dict[str, tuple[Kind, int]] = {}
         while not batch:
-            item = self._get(None)
-            if item is None:
+            changes = self._get(None)
+            if changes is None:
                 return None
-            if not item:  # a watcher died (its folder went away, ...): watch again
+            if not changes:  # a watcher died (its folder went away, ...): watch again
                 self._refresh(None)
                 self._stop.wait(0.5)  # do not spin if it keeps failing
-            self._add(batch, item)
+            self._add(batch, changes)
         debounce = self._debounce()
         quiet = max(0, debounce - _step_ms(debounce)) / 1000.0  # the watcher already waited a step
-        hard_end = time.monotonic() + max(1.0, 10 * quiet)  # a file that never stops changing
+        hard_end = time.monotonic() + max(1.0, debounce / 100)  # a file that never stops changing
         quiet_end = time.monotonic() + quiet
         while (now := time.monotonic()) < min(quiet_end, hard_end):
-            item = self._get(min(quiet_end, hard_end) - now)
-            if item is None:
+            changes = self._get(min(quiet_end, hard_end) - now)
+            if changes is None:
                 return None
-            if item:
-                self._add(batch, item)
+            if self._add(batch, changes):
                 quiet_end = time.monotonic() + quiet
         return batch
 
-    def _get(self, timeout: float | None) -> list[tuple[Kind, int, str]] | None:
-        """Queued changes; [] on timeout or a broken watcher; None once ``stop`` is set."""
+    def _get(self, timeout: float | None) -> ChangeSet | None:
+        """Queued changes; empty on timeout or a broken watcher; None once ``stop`` is set."""
         end = None if timeout is None else time.monotonic() + timeout
         while not self._stop.is_set():
             if any(f.broken for f in self._feeds):
-                return []
+                return set()
             step = _POLL if end is None else min(_POLL, end - time.monotonic())
             if step <= 0:
-                return []
+                return set()
             try:
                 return self._queue.get(timeout=step)
             except queue.Empty:
                 continue
         return None
 
-    def _add(self, batch: dict[str, tuple[Kind, int]], item: list[tuple[Kind, int, str]]) -> None:
-        for kind, change, path in item:
-            rel = os.path.relpath(path, self._ws.root)
-            batch.pop(rel, None)  # keep the latest change last
-            batch[rel] = (kind, change)
-
-    def _sink(self, changes: ChangeSet) -> None:
-        """Runs in a watcher thread: keep the relevant changes; with --restart, cancel the build."""
+    def _add(self, batch: dict[str, tuple[Kind, int]], changes: ChangeSet) -> bool:
+        """Put the relevant ``changes`` in ``batch`` (by path, latest last); True if any was."""
         ws = self._ws
-        hits = []
+        hits: list[tuple[str, Kind, int]] = []
+        folders: list[tuple[str, int]] = []
         for change, path in sorted(changes, key=lambda c: c[1]):
             kind = ws.classify(change, path)
-            if kind is not None:
-                hits.append((kind, change, os.path.normpath(path)))
-        if hits:
-            self._queue.put(hits)
-            if self.restart and self._building:
+            if kind is Kind.FOLDER:
+                folders.append((os.path.normpath(path), change))
+            elif kind is not None:
+                hits.append((os.path.normpath(path), kind, change))
+        if folders and self._folders_matter([p for p, _ in folders]):
+            hits += [(p, Kind.FOLDER, c) for p, c in folders]
+        for path, kind, change in hits:
+            rel = os.path.relpath(path, ws.root)
+            batch.pop(rel, None)
+            batch[rel] = (kind, change)
+        return bool(hits)
+
+    def _folders_matter(self, paths: list[str]) -> bool:
+        """Watch again after folders came or went; do they change what the tasks read?
+
+        Builds create their outputs' folders: those only move the watches.
+        """
+        old = self._ws
+        self._refresh(None)
+        new = self._ws
+        if new.files != old.files or new.outputs != old.outputs:
+            return True
+        return any(f.startswith(p + os.sep) for p in paths for f in new.files)
+
+    def _sink(self, changes: ChangeSet) -> None:
+        """Runs in a watcher thread: queue the changes; with --restart, cancel the build."""
+        self._queue.put(changes)
+        if self.restart and self._building and not self._cancel.is_set():
+            ws = self._ws
+            if any(ws.classify(c, p) in _RESTARTING for c, p in changes):
                 self._cancel.set()
 
     def _should_cancel(self) -> bool:
@@ -548,6 +571,8 @@ class Watcher:
 
     def _on_plan(self, graph: BuildGraph, plan: Plan) -> None:
         self._graph = graph
+        # judge changes made during the build by what it builds (its new outputs never count)
+        self._ws = watch_set(graph, plan.selected, self._ws.manifest, self._matrix_globs())
         self._planned = tuple(graph.specs[i].name for i in plan.to_run)
         self._header(len(plan.up_to_date))
 
@@ -589,6 +614,8 @@ def _step_ms(debounce_ms: int) -> int:
 
 
 def _describe(path: str, kind: Kind, change: int) -> str:
+    if kind is Kind.FOLDER:
+        return f"{path}/ (new)" if change == Change.ADDED else f"{path}/ (removed)"
     if kind is Kind.LISTING:
         return f"{path} (new)" if change == Change.ADDED else f"{path} (removed)"
     return f"{path} (deleted)" if change == Change.DELETED else path

@@ -21,12 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from realproc import (  # noqa: F401  (dagrun_proc is a fixture)
-    DagrunProcs,
-    assert_groups_gone,
-    dagrun_proc,
-    wait_for,
-)
+from realproc import DagrunProcs, assert_groups_gone, dagrun_procs, wait_for
 
 from dagrun.session import Session
 from dagrun.watch import (
@@ -111,7 +106,8 @@ class Watching:
         try:
             return self.rounds.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"no round within {timeout}s; output:\n{self.out.getvalue()}") from None
+            output = self.out.getvalue()
+            raise AssertionError(f"no round within {timeout}s; output:\n{output}") from None
 
     def close(self) -> int | None:
         self.stop.set()
@@ -132,6 +128,11 @@ def start(started: list[Watching], manifest: Path, **kw: object) -> Watching:
     w = Watching(manifest, **kw)  # type: ignore[arg-type]
     started.append(w)
     return w
+
+
+@pytest.fixture
+def dagrun_proc(tmp_path: Path) -> Iterator[DagrunProcs]:
+    yield from dagrun_procs(tmp_path)
 
 
 def tally(root: Path) -> list[str]:
@@ -192,7 +193,7 @@ def test_a_glob_over_a_missing_folder_watches_its_nearest_ancestor(tmp_path: Pat
     graph = Session(manifest_path=str(manifest)).load_graph()
     ws = watch_set(graph, graph.select(None), str(manifest))
     assert ws.folders == (str(tmp_path),)
-    assert ws.classify(Change.ADDED, f"{tmp_path}/in") is Kind.LISTING
+    assert ws.classify(Change.ADDED, f"{tmp_path}/in") is Kind.FOLDER
     assert ws.classify(Change.ADDED, f"{tmp_path}/other") is None
 
 
@@ -285,6 +286,47 @@ def test_files_written_by_tasks_trigger_nothing(tmp_path: Path, watching: list[W
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("restart", [False, True], ids=["queue", "restart"])
+def test_outputs_and_their_folders_made_by_the_build_trigger_nothing(
+    tmp_path: Path, watching: list[Watching], restart: bool
+) -> None:
+    # sum's glob reads build/, which does not exist until the first build makes it for n's outputs
+    manifest = make_project(
+        tmp_path,
+        """
+        [tasks.n]
+        matrix = { f = { glob = "data/*.csv" } }
+        cmd = "wc -l < {f} > build/{f.stem}.n"
+        inputs = ["{f}"]
+        outputs = ["build/{f.stem}.n"]
+
+        [tasks.sum]
+        cmd = "sleep 0.2 && cat build/*.n > total"  # long enough for build/y.n's event
+        inputs = ["build/*.n"]
+        outputs = ["total"]
+
+        [tasks.b]
+        cmd = "cp b.txt out/b"
+        inputs = ["b.txt"]
+        outputs = ["out/b"]
+        """,
+        {"data/x.csv": "1\n", "b.txt": "b"},
+    )
+    w = start(watching, manifest, restart=restart)
+    w.next_round()
+    (tmp_path / "b.txt").write_text("b2")  # sentinel
+    assert w.next_round().changed == ("b.txt",)
+
+    (tmp_path / "data/y.csv").write_text("1\n2\n")  # a new task, whose new output lands in build/
+    r = w.next_round()
+    assert r.changed == ("data/y.csv",)
+    assert not r.restarted  # with --restart, by build/y.n
+    assert r.result is not None and r.result.succeeded == ("n[f=data/y.csv]", "sum")
+    (tmp_path / "b.txt").write_text("b3")  # sentinel
+    assert w.next_round().changed == ("b.txt",)
+
+
+@pytest.mark.slow
 def test_a_burst_of_writes_makes_one_round(tmp_path: Path, watching: list[Watching]) -> None:
     manifest = make_project(tmp_path, ABC, {"a.txt": "a", "b.txt": "b"})
     w = start(watching, manifest, debounce=200)
@@ -306,7 +348,8 @@ def test_a_burst_of_writes_makes_one_round(tmp_path: Path, watching: list[Watchi
 
 @pytest.mark.slow
 def test_a_new_file_matching_a_glob_rebuilds(tmp_path: Path, watching: list[Watching]) -> None:
-    manifest = make_project(tmp_path, GLOBS, {"src/a.txt": "a\n", "data/x.csv": "1\n", "b.txt": "b"})
+    files = {"src/a.txt": "a\n", "data/x.csv": "1\n", "b.txt": "b"}
+    manifest = make_project(tmp_path, GLOBS, files)
     w = start(watching, manifest)
     w.next_round()
 
@@ -339,7 +382,8 @@ def test_a_broken_manifest_is_reported_and_fixing_it_rebuilds(
     assert broken.error is not None and broken.error.startswith(f"{manifest}:1:")
     assert f"dagrun: error: {manifest}:1:" in w.out.getvalue()
 
-    manifest.write_text(textwrap.dedent(ABC).replace("cat b.txt > out/b", "cat b.txt b.txt > out/b"))
+    fixed_text = textwrap.dedent(ABC).replace("cat b.txt > out/b", "cat b.txt b.txt > out/b")
+    manifest.write_text(fixed_text)
     fixed = w.next_round()
     assert fixed.error is None
     assert fixed.result is not None and fixed.result.succeeded == ("b",)
@@ -355,16 +399,20 @@ def test_a_manifest_broken_from_the_start_is_watched_until_fixed(
     first = w.next_round()
     assert first.error is not None and "task 't'" in first.error
 
-    manifest.write_text('[tasks.t]\ncmd = "cp a.txt t.out"\ninputs = ["a.txt"]\noutputs = ["t.out"]\n')
+    manifest.write_text(
+        '[tasks.t]\ncmd = "cp a.txt t.out"\ninputs = ["a.txt"]\noutputs = ["t.out"]\n'
+    )
     assert w.next_round().result is not None
     (tmp_path / "a.txt").write_text("a2")  # and its inputs are watched from then on
     r = w.next_round()
     assert r.changed == ("a.txt",) and (tmp_path / "t.out").read_text() == "a2"
 
 
+# w waits for the file "go" while in.txt says "wait"
 WAITER = """
     [tasks.w]
-    cmd = "echo $$ > pids/w; if grep -q wait in.txt; then touch started; while [ ! -e go ]; do sleep 0.01; done; fi; cp in.txt out.txt"
+    cmd = '''echo $$ > pids/w; if grep -q wait in.txt; then touch started;
+      while [ ! -e go ]; do sleep 0.01; done; fi; cp in.txt out.txt'''
     inputs = ["in.txt"]
     outputs = ["out.txt"]
 """
