@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from realproc import DagrunProcs, dagrun_procs
 
 from dagrun.clock import FakeClock
 from dagrun.executors.fake import FakeExecutor
@@ -37,6 +38,12 @@ def fake_executor(fake_clock: FakeClock) -> FakeExecutor:
 @pytest.fixture
 def recorder() -> RecordingReporter:
     return RecordingReporter()
+
+
+@pytest.fixture
+def dagrun_proc(tmp_path: Path) -> Iterator[DagrunProcs]:
+    """Runs the real CLI as subprocesses; kills whatever a failing test left behind."""
+    yield from dagrun_procs(tmp_path)
 
 
 @dataclass

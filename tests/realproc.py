@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
-import pytest
 
 DEADLINE = 15.0  # seconds any single wait in these tests may take before it fails
 
@@ -84,19 +83,13 @@ class DagrunProcs:
 
 
 def dagrun_procs(tmp_path: Path) -> Iterator[DagrunProcs]:
-    """The body of each test module's ``dagrun_proc`` fixture."""
+    """The body of the ``dagrun_proc`` fixture (tests/conftest.py)."""
     procs = DagrunProcs(tmp_path)
     (tmp_path / "pids").mkdir()
     try:
         yield procs
     finally:
         procs.cleanup()
-
-
-@pytest.fixture
-def dagrun_proc(tmp_path: Path) -> Iterator[DagrunProcs]:
-    """Importable as a fixture; or define one in the module with ``yield from dagrun_procs``."""
-    yield from dagrun_procs(tmp_path)
 
 
 def _killpg(pgid: int) -> None:

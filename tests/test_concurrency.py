@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from realproc import (
     DagrunProcs,
-    dagrun_procs,
     logged_tasks,
     tally,
     wait_for,
@@ -17,10 +14,6 @@ from realproc import (
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def dagrun_proc(tmp_path: Path) -> Iterator[DagrunProcs]:
-    yield from dagrun_procs(tmp_path)
 
 
 def test_a_second_build_waits_for_the_first_and_runs_nothing_twice(

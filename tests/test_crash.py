@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from realproc import (
     DagrunProcs,
-    dagrun_procs,
     logged_tasks,
     tally,
     wait_for,
@@ -18,10 +16,6 @@ from realproc import (
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def dagrun_proc(tmp_path: Path) -> Iterator[DagrunProcs]:
-    yield from dagrun_procs(tmp_path)
 
 
 TASKS = 30

@@ -9,15 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
 from realproc import (
     DagrunProcs,
     assert_groups_gone,
-    dagrun_procs,
     live_in_folder,
     logged_tasks,
     wait_for,
@@ -25,10 +22,6 @@ from realproc import (
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def dagrun_proc(tmp_path: Path) -> Iterator[DagrunProcs]:
-    yield from dagrun_procs(tmp_path)
 
 
 # A task that records its pid (its process group) once its background child exists.

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from realproc import DagrunProcs, assert_groups_gone, dagrun_procs, wait_for
+from realproc import DagrunProcs, assert_groups_gone, wait_for
 
 from dagrun.session import Session
 from dagrun.watch import (
@@ -129,10 +129,6 @@ def start(started: list[Watching], manifest: Path, **kw: object) -> Watching:
     started.append(w)
     return w
 
-
-@pytest.fixture
-def dagrun_proc(tmp_path: Path) -> Iterator[DagrunProcs]:
-    yield from dagrun_procs(tmp_path)
 
 
 def tally(root: Path) -> list[str]:
