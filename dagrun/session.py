@@ -37,7 +37,7 @@ from .plan import Plan, make
 from .scheduler import BuildResult, Reporter, Scheduler
 
 STATE_DIR = ".dagrun"
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 
 
 @dataclass
@@ -83,6 +83,7 @@ class Session:
         self.on_wait = on_wait
         self.warnings: list[str] = []
         self._cache: dict[str, Any] | None = None
+        self._graph_blob: GraphBlob | None = None  # the cache file's graph part, as read
         self._topology = topology  # None: read this machine's when a core_pool needs it
 
     # ------------------------------------------------------------ public operations
@@ -396,7 +397,7 @@ class Session:
             return self._cache
         try:
             with open(os.path.join(self.state_dir, "cache"), "rb") as f:
-                data = marshal.loads(f.read())
+                data, self._graph_blob = _cache_loads(f.read())
         except (OSError, EOFError, ValueError, TypeError):
             return None
         if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
@@ -421,7 +422,7 @@ class Session:
         data = {
             "version": CACHE_VERSION,
             "source": self._source_id(),
-            "graph": g.to_cache(),
+            "graph": cache["graph"] if reused and cache is not None else g.to_cache(),
             "stats": keys.stats.entries,
             "keys": {g.specs[i].name: k for i, k in enumerate(keys.keys) if k is not None},
             "kenv": kenv,
@@ -439,11 +440,60 @@ class Session:
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
             with open(tmp, "wb") as f:
-                marshal.dump(data, f)
+                _cache_dump(data, f, self._graph_blob)
             os.replace(tmp, path)
         except (OSError, ValueError) as exc:
             self.warnings.append(f"could not write the state cache: {exc}")
         self._cache = data
+
+
+# The cache file is a few marshal blobs: one marshal.dumps of everything needs ~3x the file's size
+# in transient memory (most of a cold build's peak RSS), each big part dumped alone far less; and
+# the graph's blob is written back as it was read when the graph did not change.
+_MAGIC = b"dagrun-cache\n"
+_PARTS = ("graph", "stats", "keys")  # the big parts; everything else is one more blob
+GraphBlob = tuple[Any, bytes]  # (the graph part as loaded, its blob)
+
+
+def _cache_dump(data: dict[str, Any], f: Any, known: GraphBlob | None) -> None:
+    """MAGIC, one blob per part (each written as soon as it is made), the sizes, their length."""
+    f.write(_MAGIC)
+    sizes = []
+    for name in (*_PARTS, None):
+        if name is None:
+            blob = marshal.dumps({k: v for k, v in data.items() if k not in _PARTS})
+        elif name == "graph" and known is not None and known[0] is data[name]:
+            blob = known[1]
+        else:
+            blob = marshal.dumps(data[name])
+        f.write(blob)
+        sizes.append(len(blob))
+        del blob
+    tail = marshal.dumps(sizes)
+    f.write(tail + len(tail).to_bytes(4, "little"))
+
+
+def _cache_loads(raw: bytes) -> tuple[dict[str, Any] | None, GraphBlob | None]:
+    if not raw.startswith(_MAGIC) or len(raw) < len(_MAGIC) + 4:
+        return None, None
+    view = memoryview(raw)
+    tail = int.from_bytes(view[-4:], "little")
+    sizes = marshal.loads(view[len(view) - 4 - tail : -4])
+    if not isinstance(sizes, list) or len(sizes) != len(_PARTS) + 1:
+        return None, None
+    if len(_MAGIC) + sum(sizes) + tail + 4 != len(raw):
+        return None, None
+    blobs = []
+    pos = len(_MAGIC)
+    for size in sizes:
+        blobs.append(view[pos : pos + size])
+        pos += size
+    data = marshal.loads(blobs[-1])
+    if not isinstance(data, dict):
+        return None, None
+    for name, blob in zip(_PARTS, blobs[:-1], strict=True):
+        data[name] = marshal.loads(blob)
+    return data, (data["graph"], bytes(blobs[0]))
 
 
 def default_jobs() -> int:
