@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, required=True)
     ap.add_argument("--shape", choices=SHAPES, required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--dagrun-only", action="store_true", help="write only dagrun.toml and commands.txt")
+    ap.add_argument("--dagrun-only", action="store_true",
+                    help="write only dagrun.toml and commands.txt")
     a = ap.parse_args(argv)
     if a.tasks < 1:
         ap.error("--tasks must be at least 1")

@@ -1,4 +1,4 @@
-"""The benchmark's smoke run (N=50): keeps bench/run.py working.  Peers not installed are skipped."""
+"""The benchmark's smoke run (N=50) keeps bench/run.py working; peers not installed are skipped."""
 
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ def test_smoke_benchmark_runs_every_tool_it_finds(tmp_path: Path) -> None:
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--work", str(tmp_path / "work"),
-         "--json", str(out)],
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke",
+         "--work", str(tmp_path / "work"), "--json", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=110,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert [(c["shape"], c["n"]) for c in results["cases"]] == [("wide", 50), ("diamond-layers", 50)]
+    cases = [(c["shape"], c["n"]) for c in results["cases"]]
+    assert cases == [("wide", 50), ("diamond-layers", 50)]
     for case in results["cases"]:
         assert case["errors"] == []
         figures = case["figures"]

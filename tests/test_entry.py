@@ -70,7 +70,8 @@ def test_a_usage_error_is_still_argparses(project, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_python_m_dagrun_answers_a_no_op_through_the_fast_path(tmp_path):
-    (tmp_path / "dagrun.toml").write_text('[tasks.a]\ncmd = "touch out.txt"\noutputs = ["out.txt"]\n')
+    manifest = '[tasks.a]\ncmd = "touch out.txt"\noutputs = ["out.txt"]\n'
+    (tmp_path / "dagrun.toml").write_text(manifest)
     env = dict(os.environ)
     first = subprocess.run([sys.executable, "-m", "dagrun", "build"], cwd=tmp_path, env=env,
                            capture_output=True, text=True)

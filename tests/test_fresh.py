@@ -1,4 +1,4 @@
-"""The no-op fast path (dagrun/fresh.py): fast when nothing changed, never trusted when something did."""
+"""The no-op fast path (dagrun/fresh.py): quick when nothing changed, never trusted otherwise."""
 
 from __future__ import annotations
 
@@ -65,10 +65,11 @@ def test_the_line_is_the_reporters_line():
 def test_the_cli_no_op_imports_neither_the_session_nor_toml(built):
     code = (
         "import sys; from dagrun.cli import main; rc = main(['build']); "
-        "print(sorted(m for m in ('dagrun.session', 'dagrun.graph', 'tomllib') if m in sys.modules))"
+        "print(sorted(m for m in ('dagrun.session', 'dagrun.graph', 'tomllib') "
+        "if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=built.root, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], cwd=built.root, capture_output=True,
+                         text=True, check=True).stdout
     assert out == "dagrun: no work to do (2 up to date)\n[]\n"
 
 

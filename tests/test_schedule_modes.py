@@ -1,4 +1,4 @@
-"""DAGRUN_SCHEDULE: critical path by recorded durations beats FIFO (the benchmark's scheduling demo)."""
+"""DAGRUN_SCHEDULE: the critical path by recorded durations beats FIFO (the scheduling demo)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ DEMO = "".join(f'[tasks.s{i}]\ncmd = "s"\n' for i in range(4)) + (
     '[tasks.c1]\ncmd = "c"\ndeps = ["c0"]\n'
     '[tasks.c2]\ncmd = "c"\ndeps = ["c1"]\n'
 )
-DURATIONS = {"s0": 1.0, "s1": 1.0, "s2": 1.0, "s3": 1.0, "big": 4.0, "c0": 2.0, "c1": 2.0, "c2": 2.0}
+DURATIONS = {
+    "s0": 1.0, "s1": 1.0, "s2": 1.0, "s3": 1.0, "big": 4.0, "c0": 2.0, "c1": 2.0, "c2": 2.0,
+}
 
 
 def makespan(schedule: str) -> tuple[float, list[str]]:
@@ -37,7 +39,7 @@ def makespan(schedule: str) -> tuple[float, list[str]]:
 def test_critical_path_starts_the_long_chain_and_the_long_task_first() -> None:
     span, started = makespan("critical-path")
     assert started[:2] == ["c0", "big"]
-    assert span == 7.0  # the chain (6) on one slot, big + 3 shorts, then the last short: no idle slot
+    assert span == 7.0  # the chain on one slot, big and the shorts on the other: no idle slot
 
 
 def test_fifo_starts_in_manifest_order_and_takes_longer() -> None:
