@@ -63,6 +63,7 @@ class Session:
         fs: FileSystem | None = None,
         clock: Clock | None = None,
         executor_factory: Callable[[BuildGraph], Executor] | None = None,
+        wrap_executor: Callable[[Executor, BuildGraph, Plan], Executor] | None = None,
         wait_for_lock: bool = True,
         on_wait: Callable[[str], None] | None = None,
         topology: Topology | None = None,
@@ -78,6 +79,7 @@ class Session:
         self.fs = fs if fs is not None else LocalFileSystem(self.root)
         self.clock = clock or MonotonicClock()
         self.executor_factory = executor_factory
+        self.wrap_executor = wrap_executor  # sees each plan before it runs (watch)
         self.state_dir = os.path.join(self.root, STATE_DIR)
         self.wait_for_lock = wait_for_lock
         self.on_wait = on_wait
@@ -335,6 +337,8 @@ class Session:
             leases = CoreLeases(prep.pool)
             jobs = min(jobs, len(prep.pool.cores))  # no more tasks than cores: none waits in vain
         executor = self._executor(graph, prep.plan, prep.pool)
+        if self.wrap_executor is not None:
+            executor = self.wrap_executor(executor, graph, prep.plan)
         from .pool_status import SNAPSHOT, SnapshotExecutor
 
         executor = SnapshotExecutor(

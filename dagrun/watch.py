@@ -295,28 +295,6 @@ class _Interruptible:
         self.inner.close()
 
 
-class _WatchSession(Session):
-    """A Session that shows each plan before it runs and can be cancelled from another thread."""
-
-    def __init__(
-        self,
-        *,
-        on_plan: Callable[[BuildGraph, Plan], None],
-        should_stop: Callable[[], bool],
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.on_plan = on_plan
-        self.should_stop = should_stop
-        self.last_executor: _Interruptible | None = None
-
-    def _executor(self, graph: BuildGraph, plan: Plan, *args: Any, **kwargs: Any) -> Executor:
-        inner = super()._executor(graph, plan, *args, **kwargs)
-        self.on_plan(graph, plan)
-        self.last_executor = _Interruptible(inner, self.should_stop)
-        return self.last_executor
-
-
 class Watcher:
     """Builds ``targets`` of one manifest, then rebuilds as their inputs change.
 
@@ -349,10 +327,10 @@ class Watcher:
         self.rounds = 0
         self._watch_fn = watch_fn
         self._reporter_factory = reporter_factory or self._console_reporter(progress)
-        self.session = _WatchSession(
-            manifest_path=manifest_path, on_wait=self._say,
-            on_plan=self._on_plan, should_stop=self._should_cancel,
+        self.session = Session(
+            manifest_path=manifest_path, on_wait=self._say, wrap_executor=self._wrap_executor,
         )
+        self._executor: _Interruptible | None = None
         self._ws = manifest_set(manifest_path)
         self._graph: BuildGraph | None = None
         self._feeds: list[_Feed] = []
@@ -396,7 +374,7 @@ class Watcher:
         self._cancel.clear()
         self._planned = None
         self._changed = tuple(_describe(path, kind, ch) for path, (kind, ch) in changed.items())
-        self.session.last_executor = None
+        self._executor = None
         if self.rounds > 1:
             self.out.write("\n")
         error, restarted, result = None, False, None
@@ -407,7 +385,7 @@ class Watcher:
         except KeyboardInterrupt:  # Ctrl-C before any task started
             return EXIT_INTERRUPTED
         except Interrupted:
-            ex = self.session.last_executor
+            ex = self._executor
             if ex is None or not ex.fired or self._stop.is_set():
                 return EXIT_INTERRUPTED
             restarted = True
@@ -568,6 +546,12 @@ class Watcher:
         return real
 
     # ------------------------------------------------------------ what the user sees
+
+    def _wrap_executor(self, inner: Executor, graph: BuildGraph, plan: Plan) -> Executor:
+        """Shows the round's plan, and lets a change (--restart) or a stop cancel the build."""
+        self._on_plan(graph, plan)
+        self._executor = _Interruptible(inner, self._should_cancel)
+        return self._executor
 
     def _on_plan(self, graph: BuildGraph, plan: Plan) -> None:
         self._graph = graph
