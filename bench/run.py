@@ -623,8 +623,6 @@ def main(argv: list[str] | None = None) -> int:
                                          1 if a.smoke else 3, a.smoke, say)
     results["machine"]["load_after"] = os.getloadavg()
     results["elapsed_s"] = time.perf_counter() - started
-    if not a.keep_work:
-        shutil.rmtree(a.work, ignore_errors=True)  # only now: see measure_case
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
@@ -632,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.results_md:
         write_results_md(a.results_md, text)
     say(text)
+    if not a.keep_work:
+        say(f"removing {a.work} ...")
+        shutil.rmtree(a.work, ignore_errors=True)  # only now: see measure_case
     return 1 if errors else 0
 
 
