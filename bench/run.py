@@ -347,11 +347,10 @@ def measure_series(sizes: Sequence[int], dagrun: list[str], work: str, reps: int
             rss.samples.append(r.rss_kb)
         for _ in range(max(3, reps)):
             noop.samples.append(timed(dagrun, folder, cap=3600).wall)
-        row = {"n": n, "plan": plan.summary(), "noop": noop.summary(), "cold": build.summary(),
-               "rss_kb": rss.summary()}
-        say(f"  series N={n}: plan {row['plan']['median']:.3f}s, "
-            f"no-op {row['noop']['median']:.3f}s, "
-            f"cold {row['cold']['median']:.2f}s")
+        row: dict[str, Any] = {"n": n, "plan": plan.summary(), "noop": noop.summary(),
+                               "cold": build.summary(), "rss_kb": rss.summary()}
+        say(f"  series N={n}: plan {plan.summary()['median']:.3f}s, "
+            f"no-op {noop.summary()['median']:.3f}s, cold {build.summary()['median']:.2f}s")
         rows.append(row)
     return rows
 
@@ -536,6 +535,88 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _fig(results: dict[str, Any], shape: str, n: int, tool: str, figure: str) -> dict[str, Any]:
+    for case in results["cases"]:
+        if case["shape"] == shape and case["n"] == n:
+            return dict(case["figures"].get(tool, {}).get(figure, {}))
+    return {}
+
+
+def _verdict(ok: bool | None) -> str:
+    return "—" if ok is None else "met" if ok else "**not met**"
+
+
+def targets(results: dict[str, Any]) -> str:
+    """Issue 5's targets against the figures of this run (ratios: medians of per-pair ratios)."""
+    rows = ["| figure | target | measured | |", "|---|---|---|---|"]
+
+    def ratio(shape: str, n: int, tool: str, figure: str) -> float | None:
+        r = _fig(results, shape, n, tool, figure).get("ratio_to_ninja")
+        return None if r is None else float(r)
+
+    def add(figure: str, target: str, value: float | None, limit: float, text: str = "") -> None:
+        shown = text or ("—" if value is None else f"{value:.2f}× ninja")
+        rows.append(f"| {figure} | {target} | {shown} | "
+                    f"{_verdict(None if value is None else value <= limit)} |")
+
+    for n in (1000, 10000):
+        for shape in ("wide", "diamond-layers"):
+            add(f"cold, {shape}, {n:,}", "≤ 1.2× ninja", ratio(shape, n, "dagrun", "cold"), 1.2)
+            mk = ratio(shape, n, "make", "cold")
+            me = ratio(shape, n, "dagrun", "cold")
+            if mk is not None and me is not None:
+                rows.append(f"| (stretch) cold, {shape}, {n:,} | ≤ make ({mk:.2f}× ninja) "
+                            f"| {me:.2f}× ninja | {_verdict(me <= mk)} |")
+    for n, limit in ((10000, 1.2), (1000, 2.0)):
+        for shape in ("wide", "diamond-layers"):
+            add(f"no-op, {shape}, {n:,}", f"≤ {limit}× ninja",
+                ratio(shape, n, "dagrun", "noop"), limit)
+    for shape in ("wide", "diamond-layers"):
+        add(f"incremental, {shape}, 10,000", "≤ 1.3× ninja",
+            ratio(shape, 10000, "dagrun", "incremental"), 1.3)
+    for peer, cold_x, noop_x in (("doit", 2.0, 10.0), ("snakemake", 10.0, 10.0)):
+        for n in (1000, 10000):
+            for shape in ("wide", "diamond-layers"):
+                for figure, want in (("cold", cold_x), ("noop", noop_x)):
+                    mine = _fig(results, shape, n, "dagrun", figure).get("median")
+                    theirs = _fig(results, shape, n, peer, figure).get("median")
+                    if mine is None or theirs is None:
+                        continue
+                    x = theirs / mine
+                    rows.append(f"| vs {peer}, {figure}, {shape}, {n:,} | ≥ {want:.0f}× faster "
+                                f"| {x:.1f}× faster | {_verdict(x >= want)} |")
+    for shape in ("wide", "diamond-layers"):
+        mine = _fig(results, shape, 10000, "dagrun", "rss_kb").get("median")
+        ninja = _fig(results, shape, 10000, "ninja", "rss_kb").get("median")
+        if mine and ninja:
+            x = mine / ninja
+            rows.append(f"| peak RSS (cold), {shape}, 10,000 | ≤ 4× ninja "
+                        f"| {mine / 1024:.1f} MB = {x:.1f}× ninja ({ninja / 1024:.1f} MB) "
+                        f"| {_verdict(x <= 4)} |")
+    series = results.get("series") or []
+    if len(series) >= 2:
+        per = ", ".join(f"{r['noop']['median'] / r['n'] * 1e6:.1f}" for r in series)
+        plan = ", ".join(f"{r['plan']['median'] / r['n'] * 1e6:.0f}" for r in series)
+        first, last = series[0], series[-1]
+        grow_noop = last["noop"]["median"] / first["noop"]["median"]
+        grow_plan = last["plan"]["median"] / first["plan"]["median"]
+        size = last["n"] / first["n"]
+        sizes = " → ".join(f"{r['n']:,}" for r in series)
+        rows.append(f"| no-op, {sizes} | linear "
+                    f"| µs per task: {per} (×{grow_noop:.0f} for ×{size:.0f} tasks) "
+                    f"| {_verdict(grow_noop <= size * 1.2)} |")
+        rows.append(f"| plan (`-n`, cold), same sizes | linear | µs per task: {plan} "
+                    f"(×{grow_plan:.0f}) | {_verdict(grow_plan <= size * 1.2)} |")
+    sched = results.get("sched")
+    if sched:
+        m = sched["modes"]
+        gain = m["fifo"]["median"] / m["critical-path"]["median"]
+        rows.append(f"| scheduling demo | critical path beats FIFO | {gain:.2f}× faster than FIFO, "
+                    f"{m['unweighted']['median'] / m['critical-path']['median']:.2f}× than "
+                    f"unweighted | {_verdict(gain > 1)} |")
+    return "\n".join(rows) + "\n"
+
+
 def write_results_md(path: str, text: str) -> None:
     old = ""
     if os.path.exists(path):
@@ -571,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-install", action="store_true", help="use bench/.venv/dagrun as it is")
     ap.add_argument("--work", default=os.path.join(HERE, "work"), help="where builds are generated")
     ap.add_argument("--keep-work", action="store_true", help="keep the generated builds")
+    ap.add_argument("--report-only", metavar="JSON", help="only print (and --results-md) a report")
     ap.add_argument("--json", help="write the results as JSON here")
     ap.add_argument("--results-md", help="replace the generated part of this markdown file")
     a = ap.parse_args(argv)
@@ -580,6 +662,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.setup:
         setup(say)
+        return 0
+    if a.report_only:
+        with open(a.report_only) as f:
+            loaded: dict[str, Any] = json.load(f)
+        text = markdown(loaded) + "\n### Targets (this run)\n\n" + targets(loaded)
+        if a.results_md:
+            write_results_md(a.results_md, text)
+        say(text)
         return 0
     if a.smoke:
         a.sizes, a.reps, a.noops, a.series = "50", 1, 1, "50,100"
@@ -626,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
-    text = markdown(results)
+    text = markdown(results) + "\n### Targets (this run)\n\n" + targets(results)
     if a.results_md:
         write_results_md(a.results_md, text)
     say(text)

@@ -217,7 +217,7 @@ class Session:
             self._compute_quietly(keys, others)
         pool = self._core_pool(graph)
         log = self._open_log(cache)
-        exists = self.fs.exists
+        exists: Callable[[str], bool] = self.fs.exists
         if isinstance(self.fs, LocalFileSystem):  # one listing per output folder, not an lstat each
             outputs = [o for i in selected for o in graph.specs[i].outputs]
             present = fresh.existing(self.fs.root, outputs)
