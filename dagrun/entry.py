@@ -30,11 +30,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             count = check(path, targets, os.environ)
             if count is not None:
-                sys.stdout.write(no_work_line(count) + "\n")
-                return 0
+                return _say(no_work_line(count) + "\n")
     from .cli import main as cli_main
 
     return cli_main(args, noop_checked=plain is not None)
+
+
+def _say(line: str) -> int:
+    try:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+    except BrokenPipeError:  # as cli.main: a build whose report is cut short exits 1
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return 0
 
 
 def plain_build(argv: Sequence[str]) -> tuple[str, list[str]] | None:

@@ -82,3 +82,20 @@ def test_python_m_dagrun_answers_a_no_op_through_the_fast_path(tmp_path):
     again = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                            capture_output=True, text=True)
     assert again.stdout == "dagrun: no work to do (1 up to date)\n0 False\n", again.stderr
+
+
+@pytest.mark.slow
+def test_a_closed_stdout_is_exit_1_without_a_traceback(tmp_path):
+    (tmp_path / "dagrun.toml").write_text('[tasks.a]\ncmd = "touch o"\noutputs = ["o"]\n')
+    first = subprocess.run([sys.executable, "-m", "dagrun", "build"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / ".dagrun" / "fresh").exists()
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        again = subprocess.run([sys.executable, "-m", "dagrun", "build"], cwd=tmp_path,
+                               stdout=write, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write)
+    assert (again.returncode, again.stderr) == (1, "")
