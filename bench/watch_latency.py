@@ -43,7 +43,8 @@ def measure(debounce: int, samples: int) -> list[float]:
         (root / "dagrun.toml").write_text(MANIFEST)
         (root / "src.txt").write_text("0")
         p = subprocess.Popen(
-            [sys.executable, "-m", "dagrun", "--progress", "plain", "watch", "--debounce", str(debounce)],
+            [sys.executable, "-m", "dagrun", "--progress", "plain", "watch",
+             "--debounce", str(debounce)],
             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         lines: list[str] = []
@@ -63,9 +64,9 @@ def measure(debounce: int, samples: int) -> list[float]:
             before = count()
             t0 = time.time()
             (root / "src.txt").write_text(str(n))
-            wait_until(lambda: count() > before)
+            wait_until(lambda before=before: count() > before)
             out.append(float(starts.read_text().split()[-1]) - t0)
-            wait_until(lambda: rounds() >= n + 1)
+            wait_until(lambda n=n: rounds() >= n + 1)
         p.send_signal(2)
         p.wait(timeout=10)
         return out

@@ -79,9 +79,11 @@ class Graph:
         deps: Iterable[str] = (),
         **options: Any,
     ) -> TaskRef:
-        """Add a task; ``options`` are the manifest's task keys (display, env, cwd, threads, ...)."""
+        """Add a task; ``options`` are the manifest's other task keys (display, env, cwd, ...)."""
         if self._path is not None:
-            raise ManifestError("tasks cannot be added to a graph loaded from a file", source=self._path)
+            raise ManifestError(
+                "tasks cannot be added to a graph loaded from a file", source=self._path
+            )
         if name in self.tasks:
             raise ManifestError("two tasks have this name", source="<api>", task=name)
         body: dict[str, Any] = {"cmd": cmd}
@@ -98,7 +100,9 @@ class Graph:
     def manifest(self) -> Manifest:
         if self._loaded is not None:
             return self._loaded
-        return build_manifest("<api>", self.root, self.settings, self.env, self.tasks, self.executors)
+        return build_manifest(
+            "<api>", self.root, self.settings, self.env, self.tasks, self.executors
+        )
 
     def session(self, **kwargs: Any) -> Session:
         if self._path is not None:
@@ -124,7 +128,10 @@ class Graph:
         if keep_going:
             failures_allowed = 0
         return self.session(**session_options).build(
-            targets, reporter=reporter, jobs=jobs, failures_allowed=failures_allowed,
+            targets,
+            reporter=reporter,
+            jobs=jobs,
+            failures_allowed=failures_allowed,
             explain=explain,
         )
 

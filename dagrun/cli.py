@@ -47,12 +47,17 @@ def _count(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="dagrun", description="A declarative build tool: dagrun.toml -> tasks run when their inputs change.")
+    p = _Parser(
+        prog="dagrun",
+        description="A declarative build tool: dagrun.toml -> tasks run when their inputs change.",
+    )
     p.add_argument("--version", action="version", version=f"dagrun {__version__}")
     p.add_argument("-C", dest="directory", default=".", metavar="DIR", help="change to DIR first")
     p.add_argument("-f", dest="file", metavar="FILE", help="manifest file (default: dagrun.toml)")
     p.add_argument(
-        "--progress", choices=("auto", "rich", "plain"), default="auto",
+        "--progress",
+        choices=("auto", "rich", "plain"),
+        default="auto",
         help="console output: a live display on a terminal (auto), or plain lines",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -62,14 +67,23 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("targets", nargs="*", metavar="TARGET")
     b.add_argument("-j", "--jobs", type=_positive, metavar="N", help="run N tasks at once")
     b.add_argument("-k", "--keep-going", action="store_true", help="do not stop after failures")
-    b.add_argument("--failures-allowed", type=_count, metavar="N", help="stop starting tasks after N failures (0: never)")
-    b.add_argument("-n", "--dry-run", action="store_true", help="print what would run and why; run nothing")
+    b.add_argument(
+        "--failures-allowed",
+        type=_count,
+        metavar="N",
+        help="stop starting tasks after N failures (0: never)",
+    )
+    b.add_argument(
+        "-n", "--dry-run", action="store_true", help="print what would run and why; run nothing"
+    )
     b.add_argument("--explain", action="store_true", help="print why each task runs")
 
     g = sub.add_parser("graph", help="print the dependency graph")
     g.add_argument("targets", nargs="*", metavar="TARGET")
     fmt = g.add_mutually_exclusive_group()
-    fmt.add_argument("--dot", action="store_const", dest="format", const="dot", help="Graphviz DOT (default)")
+    fmt.add_argument(
+        "--dot", action="store_const", dest="format", const="dot", help="Graphviz DOT (default)"
+    )
     fmt.add_argument("--json", action="store_const", dest="format", const="json", help="JSON")
 
     sub.add_parser("list", help="list tasks and whether they are up to date")
@@ -84,7 +98,9 @@ def parser() -> argparse.ArgumentParser:
         "--restart", action="store_true", help="a change cancels the running build and restarts it"
     )
     w.add_argument(
-        "--debounce", type=_count, metavar="MS",
+        "--debounce",
+        type=_count,
+        metavar="MS",
         help="rebuild once changes stop for MS ms (default: [dagrun] watch_debounce_ms, 200)",
     )
 
@@ -138,12 +154,21 @@ def _warn(session: Any) -> None:
 # build options that cannot change whether anything needs doing: any other one that is set
 # (-n, --explain, or an option added later) turns the no-op fast path off
 _NOOP_NEUTRAL = frozenset(
-    {"command", "directory", "file", "progress", "targets", "jobs", "keep_going", "failures_allowed"}
+    {
+        "command",
+        "directory",
+        "file",
+        "progress",
+        "targets",
+        "jobs",
+        "keep_going",
+        "failures_allowed",
+    }
 )
 
 
 def _nothing_to_do(args: argparse.Namespace) -> bool:
-    """The no-op fast path (dagrun/fresh.py): True when it proved, and said, that nothing needs doing."""
+    """The no-op fast path (dagrun/fresh.py): True when it proved, and said, that nothing runs."""
     if args.noop_checked:
         return False
     if any(v for name, v in vars(args).items() if name not in _NOOP_NEUTRAL | {"noop_checked"}):
@@ -175,7 +200,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     failures = 0 if args.keep_going else args.failures_allowed
     try:
         result = session.build(
-            args.targets, reporter=reporter, jobs=args.jobs, failures_allowed=failures,
+            args.targets,
+            reporter=reporter,
+            jobs=args.jobs,
+            failures_allowed=failures,
             explain=args.explain,
         )
     finally:
@@ -236,16 +264,18 @@ def graph_json(prep: Any) -> dict[str, Any]:
     tasks = []
     for i in plan.selected:
         s = g.specs[i]
-        tasks.append({
-            "name": s.name,
-            "display": s.display or None,
-            "cmd": s.cmd,
-            "inputs": list(s.inputs),
-            "outputs": list(s.outputs),
-            "deps": [g.specs[d].name for d in g.deps[i]],
-            "up_to_date": i in fresh,
-            "key": prep.keys.keys[i],
-        })
+        tasks.append(
+            {
+                "name": s.name,
+                "display": s.display or None,
+                "cmd": s.cmd,
+                "inputs": list(s.inputs),
+                "outputs": list(s.outputs),
+                "deps": [g.specs[d].name for d in g.deps[i]],
+                "up_to_date": i in fresh,
+                "key": prep.keys.keys[i],
+            }
+        )
     edges = [[g.specs[d].name, g.specs[i].name] for i in plan.selected for d in g.deps[i]]
     return {"tasks": tasks, "edges": edges}
 
@@ -253,10 +283,14 @@ def graph_json(prep: Any) -> dict[str, Any]:
 def graph_dot(prep: Any) -> str:
     g, plan = prep.graph, prep.plan
     fresh = set(plan.up_to_date)
-    lines = ["digraph dagrun {", "  rankdir=LR;", "  node [shape=box, fontname=\"monospace\"];"]
+    lines = ["digraph dagrun {", "  rankdir=LR;", '  node [shape=box, fontname="monospace"];']
     for i in plan.selected:
         s = g.specs[i]
-        style = 'style=filled, fillcolor="#d9f2d9", color="#5a9a5a"' if i in fresh else 'style=bold, color="#b03030"'
+        style = (
+            'style=filled, fillcolor="#d9f2d9", color="#5a9a5a"'
+            if i in fresh
+            else 'style=bold, color="#b03030"'
+        )
         tip = "up to date" if i in fresh else "will run"
         lines.append(f"  {_q(s.name)} [label={_q(s.label)}, tooltip={_q(tip)}, {style}];")
     for i in plan.selected:
@@ -322,8 +356,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from .watch import Watcher
 
     watcher = Watcher(
-        find_manifest(".", args.file), args.targets, jobs=args.jobs, restart=args.restart,
-        debounce_ms=args.debounce, progress=args.progress,
+        find_manifest(".", args.file),
+        args.targets,
+        jobs=args.jobs,
+        restart=args.restart,
+        debounce_ms=args.debounce,
+        progress=args.progress,
     )
     return watcher.run()
 

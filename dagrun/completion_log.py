@@ -169,7 +169,11 @@ class CompletionLog:
             self.index = LogIndex(ino=st.st_ino, size=len(HEADER))
         elif cached is not None and cached.ino == st.st_ino and cached.size == st.st_size:
             self.index = cached  # nothing appended since the cache was written
-        elif cached is not None and cached.ino == st.st_ino and len(HEADER) <= cached.size < st.st_size:
+        elif (
+            cached is not None
+            and cached.ino == st.st_ino
+            and len(HEADER) <= cached.size < st.st_size
+        ):
             self.index = cached
             self._load(fd, cached.size, st.st_size)
         else:

@@ -161,8 +161,12 @@ class RichReporter:
                     from rich.live import Live
 
                     self.live = Live(
-                        self, console=self.console, refresh_per_second=8, transient=True,
-                        redirect_stdout=False, redirect_stderr=False,
+                        self,
+                        console=self.console,
+                        refresh_per_second=8,
+                        transient=True,
+                        redirect_stdout=False,
+                        redirect_stderr=False,
                     )
                     self.live.start()
             case TaskStarted():
@@ -210,7 +214,9 @@ class RichReporter:
         return grid
 
 
-def make_reporter(mode: str = "auto", *, explain: bool = False, stream: IO[str] | None = None) -> Any:
+def make_reporter(
+    mode: str = "auto", *, explain: bool = False, stream: IO[str] | None = None
+) -> Any:
     """``auto``: rich only on a real terminal (not when FORCE_COLOR fakes one); else plain."""
     stream = stream if stream is not None else sys.stdout
     if mode == "plain":

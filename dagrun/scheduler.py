@@ -141,7 +141,9 @@ class Scheduler:
         heapq.heapify(self.ready)
         self.pos = {i: pos for pos, i in enumerate(plan.to_run)}
         self.free = self.jobs
-        self.running: dict[int, tuple[int, int, Lease | None]] = {}  # job id -> (task, slots, lease)
+        self.running: dict[
+            int, tuple[int, int, Lease | None]
+        ] = {}  # job id -> (task, slots, lease)
         self.attempts = [0] * n
         self.status: dict[int, str] = {}
         self.blocked_by: dict[int, str] = {}
@@ -168,14 +170,15 @@ class Scheduler:
         return self._result(self.clock.now() - started, interrupted)
 
     def _priorities(self) -> list[float]:
-        """Critical path by recorded durations; ``unweighted`` counts tasks (Ninja); ``fifo``: none."""
+        """Critical path by recorded durations; ``unweighted`` counts tasks; ``fifo``: none."""
         g = self.graph
         prio = [0.0] * len(g.specs)
         if self.schedule == "fifo":  # ready tasks start in topological (manifest) order
             return prio
         durations = {} if self.schedule == "unweighted" else self.durations
-        known = [durations[g.specs[i].name] for i in self.plan.to_run
-                 if g.specs[i].name in durations]
+        known = [
+            durations[g.specs[i].name] for i in self.plan.to_run if g.specs[i].name in durations
+        ]
         default = sum(known) / len(known) if known else 1.0
         dependents = g.dependents
         for i in reversed(self.plan.to_run):
@@ -219,7 +222,10 @@ class Scheduler:
         self.order.append(spec.name)
         self.reporter.handle(
             TaskStarted(
-                spec.name, spec.label, self.attempts[i], lease.cores if lease else (),
+                spec.name,
+                spec.label,
+                self.attempts[i],
+                lease.cores if lease else (),
                 self.plan.reasons.get(i, ()) if self.explain else (),
             )
         )
@@ -328,11 +334,19 @@ class Scheduler:
             if i in self.status:
                 continue
             not_run.append(specs[i].name)
-            why = f"dependency failed: {self.blocked_by[i]}" if i in self.blocked_by else "build stopped"
+            why = (
+                f"dependency failed: {self.blocked_by[i]}"
+                if i in self.blocked_by
+                else "build stopped"
+            )
             self.reporter.handle(TaskSkipped(specs[i].name, specs[i].label, why))
         self.reporter.handle(
             BuildFinished(
-                len(succeeded), len(self.plan.up_to_date), len(failed), len(not_run), elapsed,
+                len(succeeded),
+                len(self.plan.up_to_date),
+                len(failed),
+                len(not_run),
+                elapsed,
                 interrupted,
             )
         )

@@ -15,8 +15,18 @@ def test_exported_members():
     for name in dagrun.__all__:
         assert getattr(dagrun, name) is not None, name
     assert set(dagrun.__all__) == {
-        "BuildResult", "CycleError", "DagrunError", "ExecutorError", "Graph", "GraphError",
-        "Interrupted", "LogError", "ManifestError", "UnknownTargetError", "__version__", "load",
+        "BuildResult",
+        "CycleError",
+        "DagrunError",
+        "ExecutorError",
+        "Graph",
+        "GraphError",
+        "Interrupted",
+        "LogError",
+        "ManifestError",
+        "UnknownTargetError",
+        "__version__",
+        "load",
     }
     with pytest.raises(AttributeError):
         dagrun.no_such_thing  # noqa: B018
@@ -25,7 +35,8 @@ def test_exported_members():
 def test_import_is_lazy():
     code = (
         "import sys, dagrun\n"
-        "heavy = [m for m in ('networkx', 'rich', 'blake3', 'tomllib', 'asyncio', 'watchfiles') if m in sys.modules]\n"
+        "heavy = ('networkx', 'rich', 'blake3', 'tomllib', 'asyncio', 'watchfiles')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
         "print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -36,7 +47,9 @@ def test_graph_build(tmp_path):
     (tmp_path / "main.c").write_text("int main;\n")
     g = dagrun.Graph(jobs=2, root=tmp_path)
     a = g.add_task("gen", cmd="echo '#define N 1' > t.h", outputs=["t.h"])
-    g.add_task("cc", cmd="cat t.h main.c > main.o", inputs=["t.h", "main.c"], outputs=["main.o"], deps=[a])
+    g.add_task(
+        "cc", cmd="cat t.h main.c > main.o", inputs=["t.h", "main.c"], outputs=["main.o"], deps=[a]
+    )
     g.add_task("unrelated", cmd="touch u")
     rec = RecordingReporter()
     result = g.build(targets=["cc"], reporter=rec)
@@ -83,7 +96,7 @@ def test_load_and_plan(tmp_path):
 
 
 def test_load_reports_manifest_errors(tmp_path):
-    (tmp_path / "dagrun.toml").write_text('[tasks.a]\ncmd = 3\n')
+    (tmp_path / "dagrun.toml").write_text("[tasks.a]\ncmd = 3\n")
     with pytest.raises(dagrun.ManifestError, match=r"dagrun.toml:2"):
         dagrun.load(tmp_path / "dagrun.toml")
 

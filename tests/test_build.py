@@ -468,7 +468,12 @@ def test_build_output_into_a_closed_pipe_is_not_success(tmp_path):
     )
     p = subprocess.run(
         f"{sys.executable} -m dagrun build -j1 | head -1; echo rc=${{PIPESTATUS[0]}}",
-        shell=True, executable="/bin/bash", cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        shell=True,
+        executable="/bin/bash",
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert p.stdout.splitlines()[0] == "[1/50] t0"
     assert p.stdout.splitlines()[-1] == "rc=1"

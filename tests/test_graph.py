@@ -44,8 +44,10 @@ def test_matrix_group_as_dependency_and_target():
 
 def test_cycle_is_named_as_a_path():
     with pytest.raises(CycleError) as info:
-        g('[tasks.a]\ncmd="a"\ndeps=["c"]\n[tasks.b]\ncmd="b"\ndeps=["a"]\n[tasks.c]\ncmd="c"\ndeps=["b"]\n'
-          '[tasks.free]\ncmd="f"\n')
+        g(
+            '[tasks.a]\ncmd="a"\ndeps=["c"]\n[tasks.b]\ncmd="b"\ndeps=["a"]\n[tasks.c]\ncmd="c"\ndeps=["b"]\n'
+            '[tasks.free]\ncmd="f"\n'
+        )
     cycle = info.value.cycle
     assert cycle[0] == cycle[-1] and sorted(cycle[:-1]) == ["a", "b", "c"]
     assert str(info.value).startswith("m.toml: dependency cycle: ")
@@ -81,8 +83,10 @@ def test_select_closure_and_unknown_target():
 
 
 def test_cache_round_trip():
-    graph = g('[dagrun]\njobs=3\n[tasks.a]\ncmd="a"\noutputs=["x"]\n[tasks.b]\ncmd="b"\ninputs=["x"]\n'
-              '[executors.local]\nmax_jobs=2\n')
+    graph = g(
+        '[dagrun]\njobs=3\n[tasks.a]\ncmd="a"\noutputs=["x"]\n[tasks.b]\ncmd="b"\ninputs=["x"]\n'
+        "[executors.local]\nmax_jobs=2\n"
+    )
     back = BuildGraph.from_cache(graph.to_cache())
     assert back is not None
     assert back.specs == graph.specs and back.deps == graph.deps and back.order == graph.order

@@ -36,8 +36,13 @@ def graph(tmp_path):
 
 
 def fs_for(**extra: str) -> MemoryFileSystem:
-    files = {"gen.py": "print()", "data/a.csv": "a", "data/b.csv": "b", "main.c": "int main;",
-             "other.c": "x"}
+    files = {
+        "gen.py": "print()",
+        "data/a.csv": "a",
+        "data/b.csv": "b",
+        "main.c": "int main;",
+        "other.c": "x",
+    }
     files.update(extra)
     fs = MemoryFileSystem({k: v.encode() for k, v in files.items()})
     fs.clock_ns += 10 * RACY_NS  # every file is old enough to trust its stat
@@ -139,7 +144,9 @@ def test_previous_keys_are_reused_and_only_changed_tasks_rekeyed(graph):
 def test_missing_source_input_is_a_manifest_error(graph):
     fs = fs_for()
     fs.remove("main.c")
-    with pytest.raises(ManifestError, match=r"task 'cc'.*input 'main.c' does not exist and no task produces it"):
+    with pytest.raises(
+        ManifestError, match=r"task 'cc'.*input 'main.c' does not exist and no task produces it"
+    ):
         keyed(graph, fs)
 
 

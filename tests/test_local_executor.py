@@ -22,8 +22,15 @@ def ex():
 def job(tmp_path, cmd: str, n: int = 1, **kw) -> Job:
     env = dict(os.environ)
     env.update(kw.pop("env", {}))
-    return Job(id=n, task=f"t{n}", cmd=cmd, cwd=str(kw.pop("cwd", tmp_path)), env=env,
-               run_dir=str(tmp_path / "runs" / f"t{n}"), **kw)
+    return Job(
+        id=n,
+        task=f"t{n}",
+        cmd=cmd,
+        cwd=str(kw.pop("cwd", tmp_path)),
+        env=env,
+        run_dir=str(tmp_path / "runs" / f"t{n}"),
+        **kw,
+    )
 
 
 def wait_all(ex: LocalExecutor, count: int, limit: float = 20.0):
@@ -37,8 +44,21 @@ def wait_all(ex: LocalExecutor, count: int, limit: float = 20.0):
 def test_direct_argv_only_for_plain_commands():
     assert direct_argv("cp src/a.txt out/a") == ["cp", "src/a.txt", "out/a"]
     assert direct_argv("cc -O2 -c x.c -o x.o") == ["cc", "-O2", "-c", "x.c", "-o", "x.o"]
-    for cmd in ("echo hi", "cd x", "a > b", "a | b", "a; b", "x=1 y", "ls *.c", "echo $HOME",
-                "a && b", "cat 'q q'", "ls ~", "a\nb", "exit 3"):
+    for cmd in (
+        "echo hi",
+        "cd x",
+        "a > b",
+        "a | b",
+        "a; b",
+        "x=1 y",
+        "ls *.c",
+        "echo $HOME",
+        "a && b",
+        "cat 'q q'",
+        "ls ~",
+        "a\nb",
+        "exit 3",
+    ):
         assert direct_argv(cmd) is None, cmd
 
 
@@ -50,7 +70,11 @@ def test_exit_codes_and_output(ex, tmp_path):
     assert outs[1].stdout == "out\n" and outs[1].stderr == "err\n"
     assert outs[2].ok and outs[2].stdout == "" and outs[2].maxrss_kb > 0
     assert (tmp_path / "runs/t1/stdout.txt").read_text() == "out\n"
-    assert (tmp_path / "runs/t1/command.txt").read_text().startswith("echo out; echo err >&2; exit 3\n")
+    assert (
+        (tmp_path / "runs/t1/command.txt")
+        .read_text()
+        .startswith("echo out; echo err >&2; exit 3\n")
+    )
 
 
 def test_direct_exec_and_cwd(ex, tmp_path):
@@ -124,7 +148,9 @@ def test_cancel_kills_every_group(ex, tmp_path):
     for n in (1, 2):
         ex.submit(job(tmp_path, f"sleep 30 & echo $$ > pg{n}; sleep 30", n))
     deadline = time.monotonic() + 5
-    while not all((tmp_path / f"pg{n}").exists() and (tmp_path / f"pg{n}").read_text() for n in (1, 2)):
+    while not all(
+        (tmp_path / f"pg{n}").exists() and (tmp_path / f"pg{n}").read_text() for n in (1, 2)
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     groups = [int((tmp_path / f"pg{n}").read_text()) for n in (1, 2)]

@@ -67,8 +67,15 @@ def test_selected_subset_only():
 
 
 def parts(**kw):
-    base = dict(cmd="cc", env=(("A", "1"),), key_env=(("CC", "gcc"),), cwd=".",
-                outputs=("o",), inputs=(("x.c", "d1"), ("y.c", "d2")), upstream=(("gen", "k1"),))
+    base = dict(
+        cmd="cc",
+        env=(("A", "1"),),
+        key_env=(("CC", "gcc"),),
+        cwd=".",
+        outputs=("o",),
+        inputs=(("x.c", "d1"), ("y.c", "d2")),
+        upstream=(("gen", "k1"),),
+    )
     base.update(kw)
     return KeyParts(**base)
 
@@ -97,7 +104,9 @@ def test_explain_names_each_changed_part():
 
 def test_make_with_parts_explains():
     g, keys = setup()
-    old = {"a": record(parts(cmd="a", env=(), key_env=(), outputs=("a.out",), inputs=(), upstream=()))}
+    old = {
+        "a": record(parts(cmd="a", env=(), key_env=(), outputs=("a.out",), inputs=(), upstream=()))
+    }
     new = parts(cmd="a2", env=(), key_env=(), outputs=("a.out",), inputs=(), upstream=())
     plan = make(g, keys, Log(records=old), lambda p: True, [0], parts=lambda i: new)
     assert plan.reasons[0] == ("command changed",)

@@ -157,7 +157,11 @@ class LocalExecutor:
         try:
             try:
                 return os.posix_spawnp(
-                    argv[0], argv, job.env, file_actions=actions, setsid=True,
+                    argv[0],
+                    argv,
+                    job.env,
+                    file_actions=actions,
+                    setsid=True,
                     setsigdef=_DEFAULT_SIGNALS,
                 )
             except FileNotFoundError:
@@ -166,7 +170,12 @@ class LocalExecutor:
                 # let the shell report "not found" (exit 127) exactly as it would have
                 sh = ["/bin/sh", "-c", job.cmd]
                 return os.posix_spawn(
-                    sh[0], sh, job.env, file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS
+                    sh[0],
+                    sh,
+                    job.env,
+                    file_actions=actions,
+                    setsid=True,
+                    setsigdef=_DEFAULT_SIGNALS,
                 )
         finally:
             if pinned and self._all_cores is not None:
@@ -240,7 +249,13 @@ class LocalExecutor:
         os.close(p.err)
         self._done.append(
             Outcome(
-                p.job.id, code, duration, stdout, stderr, p.timed_out, int(usage.ru_maxrss),
+                p.job.id,
+                code,
+                duration,
+                stdout,
+                stderr,
+                p.timed_out,
+                int(usage.ru_maxrss),
             )
         )
 
@@ -286,7 +301,7 @@ def _write_text(path: str, text: str) -> None:
     try:
         data = text.encode("utf-8")
         while data:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
     finally:
         os.close(fd)
 
@@ -298,7 +313,9 @@ def _read_back(fd: int) -> str:
     data = os.pread(fd, min(size, MAX_SHOWN), 0)
     text = data.decode("utf-8", "replace")
     if size > MAX_SHOWN:
-        text += f"\n[dagrun: output cut at {MAX_SHOWN} of {size} bytes; the run folder has all of it]\n"
+        text += (
+            f"\n[dagrun: output cut at {MAX_SHOWN} of {size} bytes; the run folder has all of it]\n"
+        )
     return text
 
 
