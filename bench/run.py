@@ -495,7 +495,7 @@ def markdown(results: dict[str, Any]) -> str:
                 "| peak RSS (cold) |", "|---|---|---|---|---|---|---|---|"]
         for tool, figs in case["figures"].items():
             rss = figs.get("rss_kb", {})
-            rss_s = f"{rss['median'] / 1024:.1f} MB" if rss else "—"
+            rss_s = f"{rss['median'] / 1024:.1f} MB" if rss.get("median") else "—"  # 0: no GNU time
             out.append(
                 f"| {tool} | {fmt_s(figs.get('cold', {}))} | {fmt_ratio(figs.get('cold', {}))} "
                 f"| {fmt_s(figs.get('noop', {}))} | {fmt_ratio(figs.get('noop', {}))} "
