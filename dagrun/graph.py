@@ -114,7 +114,7 @@ class BuildGraph:
     def to_networkx(self) -> Any:
         import networkx as nx
 
-        g = nx.DiGraph()
+        g: nx.DiGraph[str] = nx.DiGraph()
         for s in self.specs:
             g.add_node(s.name)
         for i, ds in enumerate(self.deps):
@@ -313,7 +313,7 @@ def _find_cycle(
     """
     import networkx as nx
 
-    g = nx.DiGraph()
+    g: nx.DiGraph[int] = nx.DiGraph()
     for i, ds in enumerate(deps):
         if waiting[i]:
             g.add_edges_from((i, d) for d in ds if waiting[d])

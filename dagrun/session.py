@@ -133,8 +133,14 @@ class Session:
             outputs.extend(spec.outputs)
         try:
             fresh.record(
-                self.state_dir, self.manifest_path, tuple(targets or ()), self._state[2],
-                g.scanned, sources, outputs, len(prep.plan.selected),
+                self.state_dir,
+                self.manifest_path,
+                tuple(targets or ()),
+                self._state[2],
+                g.scanned,
+                sources,
+                outputs,
+                len(prep.plan.selected),
             )
         except OSError:
             fresh.forget(self.state_dir)
@@ -148,7 +154,7 @@ class Session:
             return prep
 
     def clean(self, targets: Iterable[str] | None = None) -> list[str]:
-        """Remove the declared outputs of the named tasks (all without targets); forget their keys."""
+        """Remove the named tasks' declared outputs (all without targets); forget their keys."""
         with self.lock():
             cache = self._load_cache()
             graph, _ = self._graph(cache)
@@ -179,7 +185,9 @@ class Session:
         """An exclusive lock on the state folder, so two builds never run the same task."""
         try:
             os.makedirs(self.state_dir, exist_ok=True)
-            fd = os.open(os.path.join(self.state_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(
+                os.path.join(self.state_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
         except OSError as exc:
             raise LogError(f"cannot use {self.state_dir}: {exc.strerror}") from None
         try:
@@ -223,7 +231,11 @@ class Session:
             present = fresh.existing(self.fs.root, outputs)
             exists = present.__contains__
         plan = make(
-            graph, keys.keys, log, exists, selected,
+            graph,
+            keys.keys,
+            log,
+            exists,
+            selected,
             parts=keys.parts if explain else None,
         )
         self._state = (cache, reused, kenv)
@@ -326,7 +338,11 @@ class Session:
             if key is None:
                 return
             log.append(
-                specs[i].name, key, keys.parts(i).to_json(), outcome.duration, outcome.maxrss_kb,
+                specs[i].name,
+                key,
+                keys.parts(i).to_json(),
+                outcome.duration,
+                outcome.maxrss_kb,
                 self.clock.wall(),
             )
 
@@ -342,13 +358,19 @@ class Session:
         from .pool_status import SNAPSHOT, SnapshotExecutor
 
         executor = SnapshotExecutor(
-            executor, os.path.join(self.state_dir, SNAPSHOT), leases, jobs,
+            executor,
+            os.path.join(self.state_dir, SNAPSHOT),
+            leases,
+            jobs,
             {s.name: s.executor for s in specs},
         )
         base_env = dict(self.environ)
         base_env.update(m.env)
         scheduler = Scheduler(
-            graph, prep.plan, keys.keys, executor,
+            graph,
+            prep.plan,
+            keys.keys,
+            executor,
             jobs=jobs,
             failures_allowed=failures_allowed,
             clock=self.clock,
@@ -423,11 +445,15 @@ class Session:
         if unchanged:
             return
         g = prep.graph
+        stats = keys.stats.entries
+        if not reused:  # a new graph: forget files that are no task's input any more
+            live = {p for srcs in g.sources for p in srcs}
+            stats = {p: e for p, e in stats.items() if p in live}
         data = {
             "version": CACHE_VERSION,
             "source": self._source_id(),
             "graph": cache["graph"] if reused and cache is not None else g.to_cache(),
-            "stats": keys.stats.entries,
+            "stats": stats,
             "keys": {g.specs[i].name: k for i, k in enumerate(keys.keys) if k is not None},
             "kenv": kenv,
             "log": prep.log.index.to_cache(),
@@ -510,9 +536,5 @@ def find_manifest(directory: str, file: str | None) -> str:
     if not os.path.isfile(path):
         if file:
             raise DagrunError(f"no such manifest: {path}")
-        raise DagrunError(
-            f"no dagrun.toml in {os.path.abspath(directory)} (use -C DIR or -f FILE)"
-        )
+        raise DagrunError(f"no dagrun.toml in {os.path.abspath(directory)} (use -C DIR or -f FILE)")
     return path
-
-

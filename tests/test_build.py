@@ -478,3 +478,18 @@ def test_build_output_into_a_closed_pipe_is_not_success(tmp_path):
     assert p.stdout.splitlines()[0] == "[1/50] t0"
     assert p.stdout.splitlines()[-1] == "rc=1"
     assert "Traceback" not in p.stderr
+
+
+def test_stat_cache_forgets_files_that_are_no_longer_inputs(project):
+    from dagrun.session import Session
+
+    project.write("a.txt", "a")
+    project.write("b.txt", "b")
+    project.manifest('[tasks.t]\ncmd = "true"\ninputs = ["a.txt", "b.txt"]\n')
+    project.run("build")
+    stats = Session(manifest_path=str(project.root / "dagrun.toml"))._load_cache()["stats"]
+    assert sorted(stats) == ["a.txt", "b.txt"]
+    project.manifest('[tasks.t]\ncmd = "true"\ninputs = ["a.txt"]\n')
+    project.run("build")
+    stats = Session(manifest_path=str(project.root / "dagrun.toml"))._load_cache()["stats"]
+    assert sorted(stats) == ["a.txt"]
