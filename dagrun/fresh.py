@@ -132,13 +132,10 @@ def _check(
     st = os.stat(os.path.join(state_dir, "log"))
     if (st.st_ino, st.st_size) != log:
         return None
-    for folder, mtime in scanned.items():
-        try:
-            now = os.stat(folder).st_mtime_ns
-        except OSError:
-            now = -1
-        if now != mtime:
-            return None
+    from .globs import folders_unchanged
+
+    if not folders_unchanged(scanned):
+        return None
     with open(manifest_path, "rb") as f:
         if digest(f.read()) != manifest_digest:
             return None
