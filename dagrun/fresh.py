@@ -55,6 +55,7 @@ def no_work_line(up_to_date: int) -> str:
 def record(
     state_dir: str,
     manifest_path: str,
+    manifest_digest: str,
     targets: Iterable[str],
     kenv: Mapping[str, str | None],
     scanned: Mapping[str, int],
@@ -62,10 +63,12 @@ def record(
     outputs: Iterable[str],
     count: int,
 ) -> None:
-    """Write the proof for the state now (under the build lock, after the log is closed)."""
+    """Write the proof for the state now (under the build lock, after the log is closed).
+
+    ``manifest_digest`` is the digest of the manifest text the build was planned from, not of the
+    file now: a manifest edited during the build must not look proven.
+    """
     root = os.path.dirname(os.path.abspath(manifest_path))
-    with open(manifest_path, "rb") as f:
-        manifest_digest = digest(f.read())
     log = os.stat(os.path.join(state_dir, "log"))
     folders = group(outputs)
     data = (

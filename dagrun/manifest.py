@@ -313,12 +313,18 @@ TOP_KEYS = ("dagrun", "env", "tasks", "executors")
 # ---------------------------------------------------------------- entry points
 
 
-def load(path: str | os.PathLike[str], *, source: str | None = None) -> Manifest:
-    """Read and parse a manifest file; ``source`` is how messages name it (default: ``path``)."""
+def load(
+    path: str | os.PathLike[str], *, source: str | None = None, data: bytes | None = None
+) -> Manifest:
+    """Read and parse a manifest file; ``source`` is how messages name it (default: ``path``).
+
+    ``data``: the file's bytes, when the caller has read them already.
+    """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        if data is None:
+            with open(path, "rb") as f:
+                data = f.read()
     except FileNotFoundError:
         raise ManifestError("no such manifest file", source=path) from None
     except OSError as exc:

@@ -85,6 +85,7 @@ class Session:
         self.on_wait = on_wait
         self.warnings: list[str] = []
         self._cache: dict[str, Any] | None = None
+        self._source: tuple[Any, ...] = ()  # what the graph in hand was made from (_graph)
         self._graph_blob: GraphBlob | None = None  # the cache file's graph part, as read
         self._topology = topology  # None: read this machine's when a core_pool needs it
 
@@ -135,6 +136,7 @@ class Session:
             fresh.record(
                 self.state_dir,
                 self.manifest_path,
+                self._source[2],
                 tuple(targets or ()),
                 self._state[2],
                 g.scanned,
@@ -277,32 +279,41 @@ class Session:
                 keys.keys[i] = None
 
     def _graph(self, cache: dict[str, Any] | None) -> tuple[BuildGraph, bool]:
-        source_id = self._source_id()
-        if cache is not None and cache.get("source") == source_id:
+        """The graph of the manifest as read now (once: its digest keys the cache and the proof)."""
+        data = self._read_manifest()
+        self._source = self._source_id(data)
+        if cache is not None and cache.get("source") == self._source:
             graph = BuildGraph.from_cache(cache["graph"])
             if graph is not None and globs.folders_unchanged(graph.scanned):
                 return graph, True
-        manifest = self._load_manifest()
-        return compile(manifest), False
+        return compile(self._load_manifest(data)), False
 
-    def _load_manifest(self) -> Manifest:
+    def _read_manifest(self) -> bytes | None:
+        if self._manifest is not None:
+            return None
+        assert self.manifest_path is not None
+        try:
+            with open(self.manifest_path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ManifestError("no such manifest file", source=self.manifest_path) from None
+        except OSError as exc:
+            message = f"cannot read manifest: {exc.strerror}"
+            raise ManifestError(message, source=self.manifest_path) from None
+
+    def _load_manifest(self, data: bytes | None) -> Manifest:
         if self._manifest is not None:
             return self._manifest
         from .manifest import load
 
         assert self.manifest_path is not None and self.manifest_name is not None
         relative = not os.path.isabs(self.manifest_name)
-        return load(self.manifest_path, source=self.manifest_name if relative else None)
+        source = self.manifest_name if relative else None
+        return load(self.manifest_path, source=source, data=data)
 
-    def _source_id(self) -> tuple[Any, ...]:
-        if self._manifest is not None:
+    def _source_id(self, data: bytes | None) -> tuple[Any, ...]:
+        if data is None:
             return ("api", self.root, digest_bytes(repr(self._manifest).encode()))
-        assert self.manifest_path is not None
-        try:
-            with open(self.manifest_path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise ManifestError("no such manifest file", source=self.manifest_path) from None
         return ("file", self.manifest_path, digest_bytes(data))
 
     def _open_log(self, cache: dict[str, Any] | None) -> CompletionLog:
@@ -451,7 +462,7 @@ class Session:
             stats = {p: e for p, e in stats.items() if p in live}
         data = {
             "version": CACHE_VERSION,
-            "source": self._source_id(),
+            "source": self._source,
             "graph": cache["graph"] if reused and cache is not None else g.to_cache(),
             "stats": stats,
             "keys": {g.specs[i].name: k for i, k in enumerate(keys.keys) if k is not None},

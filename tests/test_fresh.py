@@ -170,3 +170,27 @@ def test_a_damaged_proof_is_ignored(built):
     assert fast(built) is None
     assert built.run("build").out == "dagrun: no work to do (2 up to date)\n"
     assert fast(built) == 2  # rewritten by the full path
+
+
+def test_a_manifest_edited_during_the_build_is_not_taken_as_built(tmp_path: Path) -> None:
+    """The no-op proof and the cache are keyed by the manifest text the build was planned from."""
+    import subprocess
+    import sys
+
+    (tmp_path / "next.toml").write_text('[tasks.a]\ncmd = "echo second >> ran"\n')
+    (tmp_path / "dagrun.toml").write_text(
+        '[tasks.a]\ncmd = "echo first >> ran; cp next.toml dagrun.toml"\n'
+    )
+
+    def build() -> str:
+        p = subprocess.run(
+            [sys.executable, "-m", "dagrun", "build"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    build()
+    assert "no work to do" not in build()  # the edited command has never run
+    assert (tmp_path / "ran").read_text() == "first\nsecond\n"
+    assert "no work to do" in build()
