@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
-
-
-class Status(enum.Enum):
-    SUCCEEDED = "succeeded"
-    UP_TO_DATE = "up to date"
-    FAILED = "failed"
-    NOT_RUN = "not run"  # a dependency failed, or the build stopped first
 
 
 @dataclass(frozen=True, slots=True)

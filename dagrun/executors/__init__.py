@@ -60,7 +60,3 @@ class Executor(Protocol):
         """Kill every running job (``force``: at once, no grace) and return their outcomes."""
 
     def close(self) -> None: ...
-
-
-def executor_types() -> list[str]:
-    return ["local"]
