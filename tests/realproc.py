@@ -141,6 +141,24 @@ def assert_groups_gone(pgids: set[int], grace: float = 2.0) -> None:
     assert left == [], f"processes left behind: {left}"
 
 
+def stop_and_expect_130(
+    p: subprocess.Popen[str], sig: int, *, to_group: bool, groups: set[int]
+) -> tuple[str, str]:
+    """Send ``sig`` to dagrun (or its whole group, as a terminal would); it must exit 130 within
+    3 s with no traceback and leave no process in ``groups``.  Returns (stdout, stderr)."""
+    sent = time.monotonic()
+    if to_group:
+        os.killpg(p.pid, sig)
+    else:
+        os.kill(p.pid, sig)
+    out, err = p.communicate(timeout=10)
+    assert p.returncode == 130, (out, err)
+    assert time.monotonic() - sent < 3.0
+    assert "Traceback" not in err
+    assert_groups_gone(groups)
+    return out, err
+
+
 def logged_tasks(root: Path) -> list[str]:
     """Task names recorded in the completion log, in order; every record must parse."""
     lines = (root / ".dagrun" / "log").read_text().splitlines()

@@ -17,6 +17,7 @@ from realproc import (
     assert_groups_gone,
     live_in_folder,
     logged_tasks,
+    stop_and_expect_130,
     wait_for,
 )
 
@@ -58,19 +59,12 @@ def test_interrupt_kills_every_task_group_and_logs_only_what_finished(
     p = dagrun_proc.start("build", "-j4")
     groups = {dagrun_proc.task_pid("a"), dagrun_proc.task_pid("b")}
 
-    sent = time.monotonic()
     if how.startswith("SIGINT"):
-        os.killpg(p.pid, signal.SIGINT)
+        out, _ = stop_and_expect_130(p, signal.SIGINT, to_group=True, groups=groups)
     elif how.startswith("SIGHUP"):
-        os.killpg(p.pid, signal.SIGHUP)
+        out, _ = stop_and_expect_130(p, signal.SIGHUP, to_group=True, groups=groups)
     else:
-        os.kill(p.pid, signal.SIGTERM)
-    out, err = p.communicate(timeout=10)
-
-    assert p.returncode == 130, (out, err)
-    assert time.monotonic() - sent < 3.0
-    assert "Traceback" not in err
-    assert_groups_gone(groups)
+        out, _ = stop_and_expect_130(p, signal.SIGTERM, to_group=False, groups=groups)
     assert logged_tasks(dagrun_proc.root) == ["first"]
     assert "FAILED: [interrupted] a" in out
     assert "dagrun: interrupted: 1 succeeded" in out
@@ -142,17 +136,7 @@ def test_a_second_signal_during_the_grace_period_kills_at_once(
     wait_for(lambda: got.exists() and "term" in got.read_text(), "the task to get SIGTERM")
     assert p.poll() is None  # still in its 20 s grace period
 
-    sent = time.monotonic()
-    if second == signal.SIGINT:
-        os.killpg(p.pid, signal.SIGINT)
-    else:
-        os.kill(p.pid, signal.SIGTERM)
-    out, err = p.communicate(timeout=10)
-
-    assert p.returncode == 130, (out, err)
-    assert time.monotonic() - sent < 3.0
-    assert "Traceback" not in err
-    assert_groups_gone(groups)
+    stop_and_expect_130(p, second, to_group=second == signal.SIGINT, groups=groups)
     assert logged_tasks(dagrun_proc.root) == []
 
 
