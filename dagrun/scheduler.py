@@ -96,7 +96,7 @@ class Scheduler:
         failures_allowed: int,
         clock: Clock,
         reporter: Reporter,
-        base_env: Mapping[str, str],
+        base_env: Mapping[str, str],  # the declared [env]; executors add their own
         runs_dir: str,
         on_success: SuccessHook | None = None,
         durations: Mapping[str, float] | None = None,
@@ -165,7 +165,7 @@ class Scheduler:
         except KeyboardInterrupt:
             interrupted = True
             self.stopping = True
-            for outcome in self.executor.cancel():
+            for outcome in self.executor.cancel_all():
                 self._finished(outcome, interrupted=True)
         return self._result(self.clock.now() - started, interrupted)
 
@@ -249,18 +249,21 @@ class Scheduler:
             if node is not None:
                 env["DAGRUN_NUMA_NODE"] = str(node)
         self.next_id += 1
-        cwd = g.root if spec.cwd == "." else os.path.join(g.root, spec.cwd)
         return Job(
             id=self.next_id,
             task=spec.name,
             cmd=spec.cmd,
-            cwd=cwd,
+            root=g.root,
+            cwd=spec.cwd,
             env=env,
             run_dir=os.path.join(self.runs_dir, run_dir_name(spec.name)),
             timeout=spec.timeout,
-            outputs=tuple(os.path.join(g.root, o) for o in spec.outputs),
+            inputs=g.sources[i] + tuple(o for d in g.deps[i] for o in g.specs[d].outputs),
+            outputs=spec.outputs,
+            threads=spec.threads,
             cores=cores,
             numa_node=node,
+            attempt=self.attempts[i],
         )
 
     def _finished(self, outcome: Outcome, interrupted: bool = False) -> None:

@@ -375,8 +375,7 @@ class Session:
             jobs,
             {s.name: s.executor for s in specs},
         )
-        base_env = dict(self.environ)
-        base_env.update(m.env)
+        base_env = dict(m.env)
         scheduler = Scheduler(
             graph,
             prep.plan,
@@ -416,7 +415,8 @@ class Session:
 
         opts = graph.manifest.executors["local"].options
         numactl = find_numactl() if pool is not None else None  # else sched_setaffinity pins
-        return LocalExecutor(grace=float(opts.get("grace_period", 3.0)), numactl=numactl)
+        grace = float(opts.get("grace_period", 3.0))
+        return LocalExecutor(grace=grace, numactl=numactl, environ=self.environ)
 
     def executor_pools(self) -> list[Any]:
         """Each executor's pool (``dagrun status --executors``), live while a build runs."""

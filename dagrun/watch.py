@@ -288,8 +288,28 @@ class _Interruptible:
             if done or (end is not None and time.monotonic() >= end):
                 return done
 
-    def cancel(self, *, force: bool = False) -> list[Outcome]:
-        return self.inner.cancel(force=force)
+    # transitional pass-throughs of the protocol (the scheduler's own loop replaces this wrapper)
+    @property
+    def slots(self) -> int:
+        return self.inner.slots
+
+    def start(self) -> None:
+        self.inner.start()
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
+
+    def deadline(self) -> float | None:
+        return self.inner.deadline()
+
+    def collect(self) -> list[Outcome]:
+        return self.inner.collect()
+
+    def cancel(self, job_id: int) -> None:
+        self.inner.cancel(job_id)
+
+    def cancel_all(self, *, force: bool = False) -> list[Outcome]:
+        return self.inner.cancel_all(force=force)
 
     def close(self) -> None:
         self.inner.close()

@@ -26,7 +26,8 @@ def job(tmp_path, cmd: str, n: int = 1, **kw) -> Job:
         id=n,
         task=f"t{n}",
         cmd=cmd,
-        cwd=str(kw.pop("cwd", tmp_path)),
+        root=str(kw.pop("cwd", tmp_path)),
+        cwd=".",
         env=env,
         run_dir=str(tmp_path / "runs" / f"t{n}"),
         **kw,
@@ -154,7 +155,7 @@ def test_cancel_kills_every_group(ex, tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     groups = [int((tmp_path / f"pg{n}").read_text()) for n in (1, 2)]
-    outs = ex.cancel()
+    outs = ex.cancel_all()
     assert sorted(o.job_id for o in outs) == [1, 2]
     assert all(not o.ok for o in outs)
     time.sleep(0.1)

@@ -76,7 +76,7 @@ def test_each_job_sees_exactly_its_cores(tmp_path: Path, numactl: str | None):
     before = os.sched_getaffinity(0)
     sets = {1: (a,), 2: (b,), 3: (a, b), 4: ()}
     jobs = [
-        Job(id=n, task=f"t{n}", cmd=REPORT, cwd=str(tmp_path), env=dict(os.environ),
+        Job(id=n, task=f"t{n}", cmd=REPORT, root=str(tmp_path), cwd=".", env=dict(os.environ),
             run_dir=str(tmp_path / f"t{n}"), cores=cores, numa_node=node if cores else None)
         for n, cores in sets.items()
     ]

@@ -35,7 +35,7 @@ def schedule(
     return Scheduler(
         graph, plan, keys, executor,
         jobs=jobs, failures_allowed=failures_allowed, clock=executor.clock, reporter=reporter,
-        base_env={"PATH": "/bin"}, runs_dir="/proj/.dagrun/runs", on_success=on_success,
+        base_env={}, runs_dir="/proj/.dagrun/runs", on_success=on_success,
         durations=durations, leases=leases,
         resources=resources if resources is not None else dict(graph.manifest.resources),
     ).run()
@@ -188,10 +188,11 @@ def test_job_fields(fake_clock, recorder):
     )
     schedule(text, ex, recorder)
     job = ex.jobs[0]
-    assert job.cwd == "/proj/sub"
+    assert job.cwd == "sub" and job.local_cwd == "/proj/sub"
     assert job.timeout == 5.0
-    assert job.outputs == ("/proj/sub/o1",)
-    assert job.env["A"] == "1" and job.env["PATH"] == "/bin"
+    assert job.outputs == ("sub/o1",)
+    assert job.local_path(job.outputs[0]) == "/proj/sub/o1"
+    assert job.env["A"] == "1" and "PATH" not in job.env  # declared env only: the job travels
     assert job.env["DAGRUN_TASK"] == "sim[n=1]"
     assert job.run_dir == "/proj/.dagrun/runs/sim[n=1]"
 

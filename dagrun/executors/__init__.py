@@ -1,32 +1,71 @@
-"""The Executor seam: where jobs run.  The scheduler submits Jobs and waits for Outcomes.
+"""The Executor seam: where jobs run.  The scheduler submits Jobs and collects Outcomes.
 
-An executor starts what it is given at once (the scheduler owns the limits),
-reports each job's end exactly once through ``wait``, and kills what it runs
-on ``cancel``.  A failed command is an Outcome, not an exception; an executor
-raises ExecutorError only when it cannot run anything at all.
+One build drives several executors at once (local processes, SSH hosts, HTTP
+pull workers, a Dask cluster).  The scheduler owns the limits (each
+executor's ``slots``) and waits on all executors in one place: every executor
+has a ``fileno()`` that becomes readable when ``collect()`` has outcomes to
+give (the local executor: its pidfd epoll; executors whose jobs run in
+threads: an eventfd those threads signal, see ``threaded.Completions``), and a
+``deadline()`` by which ``collect()`` must be called even if nothing became
+readable (timeouts kept by the executor itself).
+
+The contract, which ``tests/test_executor_contract.py`` checks on every executor:
+
+- ``start()`` is called once, before the executor's first job.  It raises
+  ExecutorError when the backend cannot be used (host unreachable, key
+  refused, scheduler down), so the build stops before any task of it runs.
+- ``submit(job)`` starts the job now and does not block for long.
+- Every submitted job ends exactly once, as an Outcome from ``collect()`` or
+  from ``cancel_all()``.  A failed command is an Outcome, not an exception.
+  A job the executor lost (connection dropped, worker gone) ends with
+  ``lost=True``: the scheduler runs it again without using up a retry and
+  never logs it.
+- ``cancel(job_id)`` kills one job (its whole process group, also on a remote
+  host); its Outcome still comes through ``collect()``.  ``cancel_all()`` kills
+  every job and returns their outcomes (Ctrl-C); ``force`` skips the grace
+  period.  ``close()`` releases connections, clusters and threads.
+
+A Job travels: its paths are relative to the manifest's folder (``root``), its
+``env`` holds only the declared environment plus ``DAGRUN_*``; an executor adds
+the environment it runs in (the local one: dagrun's own; a remote one: the
+remote side's, or dagrun's with ``env_inherit = true``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One attempt at running one task."""
+    """One attempt at running one task: everything a local or remote side needs to run it."""
 
     id: int
     task: str
     cmd: str
-    cwd: str  # absolute
-    env: Mapping[str, str]  # the whole environment of the command
-    run_dir: str  # where command.txt, stdout.txt, stderr.txt go
+    root: str  # the manifest's folder on this machine, absolute
+    cwd: str  # relative to root ("." is root)
+    env: Mapping[str, str]  # declared environment ([env] + task env) plus DAGRUN_*
+    run_dir: str  # absolute, on this machine: command.txt, stdout.txt, stderr.txt go there
     timeout: float | None = None
-    outputs: tuple[str, ...] = ()  # absolute; their folders are made before the command runs
-    cores: tuple[int, ...] = ()
+    inputs: tuple[str, ...] = ()  # relative to root: source inputs and upstream outputs
+    outputs: tuple[str, ...] = ()  # relative to root (or absolute); their folders are made
+    threads: int = 1
+    cores: tuple[int, ...] = ()  # leased local cores, empty when not pinned
     numa_node: int | None = None
+    attempt: int = 1
+
+    @property
+    def local_cwd(self) -> str:
+        """The working folder on this machine."""
+        return self.root if self.cwd == "." else os.path.join(self.root, self.cwd)
+
+    def local_path(self, path: str) -> str:
+        """A root-relative path of this job as an absolute path on this machine."""
+        return path if path.startswith("/") else os.path.join(self.root, path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,29 +73,81 @@ class Outcome:
     """How a job ended."""
 
     job_id: int
-    exit_code: int | None  # negative: killed by that signal; None: could not start
+    exit_code: int | None  # negative: killed by that signal; None: could not start, or lost
     duration: float
     stdout: str = ""
     stderr: str = ""
     timed_out: bool = False
     maxrss_kb: int = 0
-    error: str | None = None
+    error: str | None = None  # dagrun's own reason, shown in the FAILED block
+    lost: bool = False  # the executor lost the job (connection, worker): run it again
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out
+        return self.exit_code == 0 and not self.timed_out and not self.lost
 
 
 class Executor(Protocol):
+    """Where jobs run; see the module docstring for the contract."""
+
     name: str
+
+    @property
+    def slots(self) -> int:
+        """How many threads' worth of jobs may run at once."""
+
+    def start(self) -> None:
+        """Check the backend before the first job; ExecutorError if it cannot be used."""
+
+    def fileno(self) -> int:
+        """A descriptor that becomes readable when ``collect()`` has outcomes."""
+
+    def deadline(self) -> float | None:
+        """The monotonic time by which ``collect()`` must be called, if any."""
 
     def submit(self, job: Job) -> None:
         """Start the job now."""
 
-    def wait(self, timeout: float | None = None) -> list[Outcome]:
-        """Block until at least one job ends (or timeout); return the ends seen."""
+    def collect(self) -> list[Outcome]:
+        """The outcomes of jobs that ended since the last call; never blocks."""
 
-    def cancel(self, *, force: bool = False) -> list[Outcome]:
-        """Kill every running job (``force``: at once, no grace) and return their outcomes."""
+    def wait(self, timeout: float | None = None) -> list[Outcome]:
+        """Block until at least one job ends (or ``timeout``); the outcomes seen (one executor)."""
+
+    def cancel(self, job_id: int) -> None:
+        """Kill one job; its outcome comes through ``collect()``."""
+
+    def cancel_all(self, *, force: bool = False) -> list[Outcome]:
+        """Kill every job (``force``: at once, no grace) and return their outcomes."""
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an executor may need from the build that creates it."""
+
+    root: str  # the manifest's folder
+    state_dir: str  # .dagrun/
+    environ: Mapping[str, str]  # dagrun's environment
+    jobs: int  # -j: the local limit
+    say: Any = None  # Callable[[str], None]: a message for the user (a URL to start workers at)
+
+
+# type -> "module:Class"; imported only when a manifest uses that type
+REGISTRY = {
+    "local": "local:LocalExecutor",
+    "ssh": "ssh:SshExecutor",
+    "http": "http_pull:HttpExecutor",
+    "dask": "dask:DaskExecutor",
+}
+
+
+def create(kind: str, name: str, options: Mapping[str, Any], context: Context) -> Executor:
+    """An executor of type ``kind``; each class has ``from_options(name, options, context)``."""
+    import importlib
+
+    module, _, cls = REGISTRY[kind].partition(":")
+    factory = getattr(importlib.import_module(f".{module}", __name__), cls)
+    executor: Executor = factory.from_options(name, options, context)
+    return executor

@@ -77,7 +77,7 @@ class FakeExecutor:
             return Outcome(job.id, code, duration, stdout=out)
         return Outcome(job.id, int(result or 0), duration)
 
-    def cancel(self, *, force: bool = False) -> list[Outcome]:
+    def cancel_all(self, *, force: bool = False) -> list[Outcome]:
         outs = [Outcome(job.id, -15, 0.0) for _, _, job in self._active]
         self.cancelled.extend(job.task for _, _, job in self._active)
         self._active.clear()

@@ -20,11 +20,13 @@ import re
 import select
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ExecutorError
 from ..interrupts import HOLD
-from . import Job, Outcome
+from . import Context, Job, Outcome
 
 _SIMPLE = re.compile(r"[A-Za-z0-9_./+-][A-Za-z0-9_./:,+@%=-]*(?: +[A-Za-z0-9_./:,+@%=-]+)*")
 _SHELL_WORDS = frozenset(
@@ -64,15 +66,27 @@ class _Proc:
 
 
 class LocalExecutor:
-    """Local processes.  ``numactl``: path to numactl for memory binding, or None."""
+    """Local processes.  ``numactl``: path to numactl for memory binding, or None.
+
+    A job's environment is ``environ`` (dagrun's own, by default) updated with the job's.
+    """
 
     name = "local"
 
-    def __init__(self, *, grace: float = 3.0, numactl: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        grace: float = 3.0,
+        numactl: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        slots: int = 1,
+    ) -> None:
         if not hasattr(os, "pidfd_open"):  # pragma: no cover - Linux >= 5.3 has it
             raise ExecutorError("the local executor needs Linux 5.3 or later (pidfd_open)")
         self.grace = grace
         self.numactl = numactl
+        self.slots = slots
+        self.environ = dict(os.environ if environ is None else environ)
         self._epoll = select.epoll()
         self._procs: dict[int, _Proc] = {}  # pidfd -> process
         self._done: list[Outcome] = []
@@ -81,20 +95,45 @@ class LocalExecutor:
         self._all_cores: set[int] | None = None
         self._made: set[str] = set()
 
+    @classmethod
+    def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> LocalExecutor:
+        slots = min(context.jobs, int(options.get("max_jobs", context.jobs)))
+        grace = float(options.get("grace_period", 3.0))
+        return cls(grace=grace, environ=context.environ, slots=slots)
+
     @property
     def running(self) -> int:
         return len(self._procs)
+
+    def start(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def deadline(self) -> float | None:
+        return self._next_deadline()
+
+    def collect(self) -> list[Outcome]:
+        return self.wait(timeout=0) if self._procs or self._done else []
+
+    def cancel(self, job_id: int) -> None:
+        now = time.monotonic()
+        for p in self._procs.values():
+            if p.job.id == job_id and p.kill_at is None:
+                self._terminate(p, now)
 
     # -- starting
 
     def submit(self, job: Job) -> None:
         _make_dir(job.run_dir)
         for path in job.outputs:  # like Ninja and Snakemake: output folders exist
-            parent = os.path.dirname(path)
+            parent = os.path.dirname(job.local_path(path))
             if parent not in self._made:
                 os.makedirs(parent, exist_ok=True)
                 self._made.add(parent)
-        argv = self._argv(job)
+        env = self._env(job)
+        argv = self._argv(job, env)
         run = job.run_dir + "/"  # plain concatenation and os.open: this runs once per task
         _write_text(run + "command.txt", self._describe(job, argv))
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
@@ -103,7 +142,7 @@ class LocalExecutor:
         with HOLD:  # a Ctrl-C landing between spawn and record would lose the process
             started = time.monotonic()
             try:
-                pid = self._spawn(job, argv, out, err)
+                pid = self._spawn(job, argv, env, out, err)
             except OSError as exc:
                 os.close(out)
                 os.close(err)
@@ -116,9 +155,14 @@ class LocalExecutor:
             self._procs[pidfd] = _Proc(job, pid, pidfd, out, err, started, deadline)
             self._epoll.register(pidfd, select.EPOLLIN)
 
-    def _argv(self, job: Job) -> list[str]:
+    def _env(self, job: Job) -> dict[str, str]:
+        env = self.environ.copy()
+        env.update(job.env)
+        return env
+
+    def _argv(self, job: Job, env: Mapping[str, str]) -> list[str]:
         argv = None
-        if job.env.get("PATH") == self._path:
+        if env.get("PATH") == self._path:
             argv = direct_argv(job.cmd)
         if argv is None:
             argv = ["/bin/sh", "-c", job.cmd]
@@ -131,7 +175,7 @@ class LocalExecutor:
 
     @staticmethod
     def _describe(job: Job, argv: list[str]) -> str:
-        lines = [job.cmd, "", f"# task: {job.task}", f"# cwd: {job.cwd}"]
+        lines = [job.cmd, "", f"# task: {job.task}", f"# cwd: {job.local_cwd}"]
         if argv[:2] != ["/bin/sh", "-c"]:
             lines.append("# argv: " + " ".join(argv))
         if job.cores:
@@ -140,16 +184,17 @@ class LocalExecutor:
             lines.append(f"# numa node: {job.numa_node}")
         return "\n".join(lines) + "\n"
 
-    def _spawn(self, job: Job, argv: list[str], out: int, err: int) -> int:
+    def _spawn(self, job: Job, argv: list[str], env: Mapping[str, str], out: int, err: int) -> int:
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, out, 1),
             (os.POSIX_SPAWN_DUP2, err, 2),
         ]
-        moved = job.cwd != self._cwd
+        cwd = job.local_cwd
+        moved = cwd != self._cwd
         pinned = bool(job.cores) and not self.numactl
         if moved:
-            os.chdir(job.cwd)  # posix_spawn has no cwd; we are the only thread that spawns
+            os.chdir(cwd)  # posix_spawn has no cwd; we are the only thread that spawns
         if pinned:
             if self._all_cores is None:
                 self._all_cores = os.sched_getaffinity(0)
@@ -159,7 +204,7 @@ class LocalExecutor:
                 return os.posix_spawnp(
                     argv[0],
                     argv,
-                    job.env,
+                    env,
                     file_actions=actions,
                     setsid=True,
                     setsigdef=_DEFAULT_SIGNALS,
@@ -172,7 +217,7 @@ class LocalExecutor:
                 return os.posix_spawn(
                     sh[0],
                     sh,
-                    job.env,
+                    env,
                     file_actions=actions,
                     setsid=True,
                     setsigdef=_DEFAULT_SIGNALS,
@@ -261,7 +306,7 @@ class LocalExecutor:
 
     # -- stopping
 
-    def cancel(self, *, force: bool = False) -> list[Outcome]:
+    def cancel_all(self, *, force: bool = False) -> list[Outcome]:
         """Kill every job's group: SIGINT+SIGTERM, SIGKILL after the grace period (or at once)."""
         now = time.monotonic()
         for p in self._procs.values():
@@ -281,7 +326,7 @@ class LocalExecutor:
 
     def close(self) -> None:
         if self._procs:
-            self.cancel(force=True)
+            self.cancel_all(force=True)
         self._epoll.close()
 
 
