@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from realproc import DagrunProcs, dagrun_procs
+from slurm import slurm_cluster  # noqa: F401  (a session fixture: a real single-node Slurm)
 
 from dagrun.clock import FakeClock
 from dagrun.executors.fake import FakeExecutor
@@ -85,3 +86,4 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
 
 
 Runner = Callable[..., CliRun]
+
