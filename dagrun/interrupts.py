@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType, TracebackType
 
+from .entry import SignalInterrupt, interrupt_early  # see entry for why not KeyboardInterrupt
+
 
 class _Hold:
     """A re-entrant critical section for the signal handler installed by ``raised``."""
@@ -42,7 +44,7 @@ class _Hold:
         if self.depth == 0 and self.pending:
             self.pending = False
             if kind is None:
-                raise KeyboardInterrupt
+                raise SignalInterrupt
 
 
 HOLD = _Hold()
@@ -52,13 +54,15 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     if HOLD.depth:
         HOLD.pending = True
         return
-    raise KeyboardInterrupt
+    raise SignalInterrupt
 
 
 def _default(sig: int, handler: object) -> bool:
     """Whether dagrun may take ``sig`` over from ``handler`` (not ignored, nobody else's)."""
     if handler is None:  # installed outside Python: cannot be restored from here
         return False
+    if handler is interrupt_early:  # the CLI's, until a build takes over
+        return True
     if sig == signal.SIGINT:
         return handler is signal.default_int_handler
     if sig == signal.SIGTERM:

@@ -214,6 +214,7 @@ class Session:
     def _prepare(self, targets: Iterable[str] | None, *, explain: bool) -> Prepared:
         cache = self._load_cache()
         graph, reused = self._graph(cache)
+        self.warnings.extend(graph.manifest.warnings)
         selected = graph.select(targets)
         stats = StatCache(self.fs, cache.get("stats") if cache else None)
         kenv = {n: self.environ.get(n) for n in key_env_names(graph)}

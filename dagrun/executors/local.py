@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ExecutorError
 from ..interrupts import HOLD
-from . import Job, Outcome
+from . import Job, Outcome, sweep
 
 _SIMPLE = re.compile(r"[A-Za-z0-9_./+-][A-Za-z0-9_./:,+@%=-]*(?: +[A-Za-z0-9_./:,+@%=-]+)*")
 _SHELL_WORDS = frozenset(
@@ -34,6 +34,7 @@ _SHELL_WORDS = frozenset(
     "in function select time".split()
 )
 MAX_SHOWN = 1 << 20  # bytes of a stream kept in an Outcome; the file has all of it
+MAX_POLL = 3600.0  # seconds one epoll wait may last (epoll takes at most ~24.8 days in ms)
 _DEFAULT_SIGNALS = tuple(
     s for s in (getattr(signal, n, None) for n in ("SIGPIPE", "SIGXFSZ", "SIGXFZ")) if s is not None
 )
@@ -80,6 +81,8 @@ class LocalExecutor:
         self._path = os.environ.get("PATH")
         self._all_cores: set[int] | None = None
         self._made: set[str] = set()
+        self._build = os.getpid()  # the jobs' environment mark (see sweep.py)
+        self._submitted = False
 
     @property
     def running(self) -> int:
@@ -88,18 +91,16 @@ class LocalExecutor:
     # -- starting
 
     def submit(self, job: Job) -> None:
-        _make_dir(job.run_dir)
-        for path in job.outputs:  # like Ninja and Snakemake: output folders exist
-            parent = os.path.dirname(path)
-            if parent not in self._made:
-                os.makedirs(parent, exist_ok=True)
-                self._made.add(parent)
+        if not job.cmd:  # an aggregate: nothing to run, done when its dependencies are
+            self._done.append(Outcome(job.id, 0, 0.0))
+            return
         argv = self._argv(job)
-        run = job.run_dir + "/"  # plain concatenation and os.open: this runs once per task
-        _write_text(run + "command.txt", self._describe(job, argv))
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        out = os.open(run + "stdout.txt", flags, 0o644)
-        err = os.open(run + "stderr.txt", flags, 0o644)
+        try:
+            out, err = self._prepare(job, argv)
+        except _CannotPrepare as exc:
+            self._done.append(Outcome(job.id, None, 0.0, error=str(exc)))
+            return
+        self._submitted = True
         with HOLD:  # a Ctrl-C landing between spawn and record would lose the process
             started = time.monotonic()
             try:
@@ -115,6 +116,37 @@ class LocalExecutor:
             deadline = started + job.timeout if job.timeout else None
             self._procs[pidfd] = _Proc(job, pid, pidfd, out, err, started, deadline)
             self._epoll.register(pidfd, select.EPOLLIN)
+
+    def _prepare(self, job: Job, argv: list[str]) -> tuple[int, int]:
+        """Make the run folder and the outputs' folders; write command.txt; open the streams."""
+        try:
+            _make_dir(job.run_dir)
+        except OSError as exc:
+            raise _CannotPrepare(f"cannot make the run folder {job.run_dir}", exc) from None
+        for path in job.outputs:  # like Ninja and Snakemake: output folders exist
+            parent = os.path.dirname(path)
+            if parent not in self._made:
+                try:
+                    os.makedirs(parent, exist_ok=True)
+                except OSError as exc:
+                    raise _CannotPrepare(f"cannot make the folder of output {path}", exc) from None
+                self._made.add(parent)
+        run = job.run_dir + "/"  # plain concatenation and os.open: this runs once per task
+        name = run + "command.txt"
+        try:
+            _write_text(name, self._describe(job, argv))
+            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+            name = run + "stdout.txt"
+            out = os.open(name, flags, 0o644)
+            name = run + "stderr.txt"
+            try:
+                err = os.open(name, flags, 0o644)
+            except OSError:
+                os.close(out)
+                raise
+        except OSError as exc:
+            raise _CannotPrepare(f"cannot write {name}", exc) from None
+        return out, err
 
     def _argv(self, job: Job) -> list[str]:
         argv = None
@@ -156,10 +188,12 @@ class LocalExecutor:
             os.sched_setaffinity(0, job.cores)  # this thread only; the child inherits it
         try:
             try:
+                env = dict(job.env)
+                env[sweep.MARK] = sweep.job_mark(self._build, job.id)
                 return os.posix_spawnp(
                     argv[0],
                     argv,
-                    job.env,
+                    env,
                     file_actions=actions,
                     setsid=True,
                     setsigdef=_DEFAULT_SIGNALS,
@@ -172,7 +206,7 @@ class LocalExecutor:
                 return os.posix_spawn(
                     sh[0],
                     sh,
-                    job.env,
+                    env,
                     file_actions=actions,
                     setsid=True,
                     setsigdef=_DEFAULT_SIGNALS,
@@ -197,7 +231,7 @@ class LocalExecutor:
                 wake = end if wake is None else min(wake, end)
             if not self._procs:
                 return []
-            events = self._epoll.poll(-1 if wake is None else max(0.0, wake - now))
+            events = self._epoll.poll(-1 if wake is None else min(max(0.0, wake - now), MAX_POLL))
             with HOLD:  # nor lose an end already reaped
                 for fd, _ in events:
                     self._reap(fd)
@@ -244,6 +278,8 @@ class LocalExecutor:
         code = os.waitstatus_to_exitcode(status)
         if p.timed_out or p.kill_at is not None:
             self._signal(p, signal.SIGKILL)  # background children left in the group
+        if p.timed_out or p.kill_at is not None or code < 0:
+            sweep.sweep(sweep.job_mark(self._build, p.job.id))  # and those that left it
         stdout, stderr = _read_back(p.out), _read_back(p.err)
         os.close(p.out)
         os.close(p.err)
@@ -277,12 +313,29 @@ class LocalExecutor:
             except KeyboardInterrupt:
                 for p in self._procs.values():  # a second Ctrl-C: no more grace
                     self._signal(p, signal.SIGKILL)
+        self._sweep()
         return outcomes
 
     def close(self) -> None:
         if self._procs:
             self.cancel(force=True)
+        self._sweep()
         self._epoll.close()
+
+    def _sweep(self) -> None:
+        """Kill what any job of this build left running outside its group (see sweep.py)."""
+        if self._submitted:
+            sweep.sweep(f"{self._build}.")
+
+
+class _CannotPrepare(Exception):
+    """A job's files cannot be made: the job fails with this message, the build goes on."""
+
+    def __init__(self, what: str, exc: OSError) -> None:
+        why = exc.strerror or str(exc)
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            why = "a file is in the way of a folder"
+        super().__init__(f"{what}: {why}")
 
 
 def _make_dir(path: str) -> None:
