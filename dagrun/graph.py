@@ -230,6 +230,16 @@ class _Inputs:
         self.producers = producers
         self.scanned = scanned
         self.outputs = list(producers)
+        self.prefix = manifest.root.rstrip("/") + "/"
+        self.subdirs: dict[str, frozenset[str]] = {}  # folder -> its subfolders' names
+
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` (absolute) is a folder: one listing per parent, not a stat per input."""
+        parent, _, name = path.rpartition("/")
+        names = self.subdirs.get(parent)
+        if names is None:
+            names = self.subdirs[parent] = _subdirs(parent or "/")
+        return name in names or name in ("", ".", "..")
 
     def glob(self, i: int, pattern: str, found: dict[int, None], srcs: dict[str, None]) -> None:
         spec = self.manifest.tasks[i]
@@ -248,8 +258,7 @@ class _Inputs:
                 raise self._error(i, f"'{path}' is both an input and an output of this task")
             found[p] = None
             return
-        full = os.path.join(self.manifest.root, path)
-        if not os.path.isdir(full):
+        if not self.is_dir(path if path.startswith("/") else self.prefix + path):
             srcs[path] = None
             return
         below = "" if path == "." else path + "/"
@@ -263,14 +272,14 @@ class _Inputs:
     def producer(self, path: str) -> int | None:
         """The task that outputs ``path`` or a folder it lies in, or None."""
         producers = self.producers
-        while True:
-            p = producers.get(path)
-            if p is not None:
-                return p
-            parent = os.path.dirname(path)
-            if parent == path or not parent:
+        p = producers.get(path)
+        end = len(path)
+        while p is None and end > 0:
+            end = path.rfind("/", 0, end)
+            if end <= 0:
                 return None
-            path = parent
+            p = producers.get(path[:end])
+        return p
 
     def _error(self, i: int, message: str) -> ManifestError:
         m = self.manifest
@@ -278,6 +287,14 @@ class _Inputs:
         return ManifestError(
             message, source=m.source, task=spec.name, key="inputs", line=m.line_of(spec, "inputs")
         )
+
+
+def _subdirs(folder: str) -> frozenset[str]:
+    try:
+        with os.scandir(folder) as it:
+            return frozenset(e.name for e in it if e.is_dir())
+    except (OSError, ValueError):
+        return frozenset()
 
 
 def _glob_regex(manifest: Manifest, spec: TaskSpec, pattern: str) -> re.Pattern[str]:
