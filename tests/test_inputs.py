@@ -226,3 +226,14 @@ def test_item17_a_literal_input_in_the_state_folder_is_refused(tmp_path):
 
     with pytest.raises(ManifestError, match=r"input '.dagrun/log' is in .dagrun/"):
         parse('[tasks.t]\ncmd = "x"\ninputs = [".dagrun/log"]\n', root=str(tmp_path))
+
+
+def test_item9_a_file_inside_a_produced_folder_depends_on_its_producer(tmp_path):
+    m = parse(
+        '[tasks.use]\ncmd = "cat gen/a.txt"\ninputs = ["gen/a.txt"]\n'
+        '[tasks.gen]\ncmd = "mkdir -p gen && echo > gen/a.txt"\noutputs = ["gen"]\n',
+        root=str(tmp_path),
+    )
+    g = compile(m)
+    assert g.deps[g.index["use"]] == (g.index["gen"],)
+    assert g.sources[g.index["use"]] == ()
