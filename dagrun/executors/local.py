@@ -96,11 +96,11 @@ class LocalExecutor:
             self._done.append(Outcome(job.id, 0, 0.0))
             return
         argv = self._argv(job)
-        try:
-            out, err = self._prepare(job, argv)
-        except _CannotPrepare as exc:
-            self._done.append(Outcome(job.id, None, 0.0, error=str(exc)))
+        prepared = self._prepare(job, argv)
+        if isinstance(prepared, str):
+            self._done.append(Outcome(job.id, None, 0.0, error=prepared))
             return
+        out, err = prepared
         self._submitted = True
         with HOLD:  # a Ctrl-C landing between spawn and record would lose the process
             started = time.monotonic()
@@ -118,39 +118,40 @@ class LocalExecutor:
             self._procs[pidfd] = _Proc(job, pid, pidfd, out, err, started, deadline)
             self._epoll.register(pidfd, select.EPOLLIN)
 
-    def _prepare(self, job: Job, argv: list[str]) -> tuple[int, int]:
-        """Make the run folder and the outputs' folders; write command.txt; open the streams."""
+    def _prepare(self, job: Job, argv: list[str]) -> tuple[int, int] | str:
+        """The run folder and outputs' folders made, command.txt written, the streams opened:
+        (stdout, stderr), or why that failed (the job fails with it; the build goes on)."""
         try:
             _make_dir(job.run_dir)
         except OSError as exc:
-            raise _CannotPrepare(f"cannot make the run folder {job.run_dir}", exc) from None
+            return _why(f"cannot make the run folder {job.run_dir}", exc)
         for path in job.outputs:  # like Ninja and Snakemake: output folders exist
             parent = os.path.dirname(path)
             if parent not in self._made:
                 try:
                     os.makedirs(parent, exist_ok=True)
                 except OSError as exc:
-                    raise _CannotPrepare(f"cannot make the folder of output {path}", exc) from None
+                    return _why(f"cannot make the folder of output {path}", exc)
                 self._made.add(parent)
+        return self._open_run_files(job, argv)
+
+    def _open_run_files(self, job: Job, argv: list[str]) -> tuple[int, int] | str:
         run = job.run_dir + "/"  # plain concatenation and os.open: this runs once per task
         name = run + "command.txt"
+        fds: list[int] = []
         try:
             _write_text(name, self._describe(job, argv))
             if argv[-1] == run + "command.sh":
                 name = argv[-1]
                 _write_text(name, job.cmd + "\n")
             flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-            name = run + "stdout.txt"
-            out = os.open(name, flags, 0o644)
-            name = run + "stderr.txt"
-            try:
-                err = os.open(name, flags, 0o644)
-            except OSError:
-                os.close(out)
-                raise
+            for name in (run + "stdout.txt", run + "stderr.txt"):
+                fds.append(os.open(name, flags, 0o644))
         except OSError as exc:
-            raise _CannotPrepare(f"cannot write {name}", exc) from None
-        return out, err
+            for fd in fds:
+                os.close(fd)
+            return _why(f"cannot write {name}", exc)
+        return fds[0], fds[1]
 
     def _argv(self, job: Job) -> list[str]:
         argv = None
@@ -333,14 +334,12 @@ class LocalExecutor:
             sweep.sweep(f"{self._build}.")
 
 
-class _CannotPrepare(Exception):
-    """A job's files cannot be made: the job fails with this message, the build goes on."""
-
-    def __init__(self, what: str, exc: OSError) -> None:
-        why = exc.strerror or str(exc)
-        if isinstance(exc, (FileExistsError, NotADirectoryError)):
-            why = "a file is in the way of a folder"
-        super().__init__(f"{what}: {why}")
+def _why(what: str, exc: OSError) -> str:
+    """``what`` failed, and why, in words a user can act on."""
+    why = exc.strerror or str(exc)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        why = "a file is in the way of a folder"
+    return f"{what}: {why}"
 
 
 def _make_dir(path: str) -> None:
