@@ -195,6 +195,12 @@ def folders_unchanged(scanned: dict[str, int]) -> bool:
     return True
 
 
+def literal_prefix(pattern: str) -> str:
+    """The part of ``pattern`` before its first wildcard: every match starts with it."""
+    m = _MAGIC.search(pattern)
+    return pattern if m is None else pattern[: m.start()]
+
+
 def may_match_below(pattern: str, folder: str) -> bool:
     """Whether ``pattern`` could match a path inside ``folder`` (both relative to one base)."""
     parts = [p for p in pattern.split("/") if p not in ("", ".")]

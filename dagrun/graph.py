@@ -244,7 +244,10 @@ class _Inputs:
     def glob(self, i: int, pattern: str, found: dict[int, None], srcs: dict[str, None]) -> None:
         spec = self.manifest.tasks[i]
         rx = _glob_regex(self.manifest, spec, pattern)
+        lit = globs.literal_prefix(pattern)  # a cheap first test of every output
         for out in self.outputs:
+            if not out.startswith(lit) and not lit.startswith(out + "/"):
+                continue
             if self.producers[out] != i and (rx.match(out) or globs.may_match_below(pattern, out)):
                 found[self.producers[out]] = None
         for path in globs.expand(pattern, self.manifest.root, self.scanned):
