@@ -7,6 +7,9 @@ child is lost, never killed, and outlives dagrun.  Code that must finish once
 begun runs under ``HOLD``; a signal arriving meanwhile is raised as soon as
 the block ends.  (Blocking the signal with ``pthread_sigmask`` would not do:
 another thread, such as rich's refresh thread, would take it instead.)
+Before a build, the CLI's own early handler (``dagrun.entry.interrupt_early``)
+already turns SIGTERM and SIGHUP into an interrupt; ``raised`` takes over from
+it and gives it back.
 
     with interrupts.raised():     # while building: SIGINT, SIGTERM, SIGHUP raise
         ...
