@@ -34,7 +34,7 @@ _SHELL_WORDS = frozenset(
     "in function select time".split()
 )
 MAX_SHOWN = 1 << 20  # bytes of a stream kept in an Outcome; the file has all of it
-MAX_ARG = 100_000  # characters of a command passed as an argument; a longer one runs from a file
+MAX_ARG = 100_000  # bytes of a command passed as an argument; a longer one runs from a file
 MAX_POLL = 3600.0  # seconds one epoll wait may last (epoll takes at most ~24.8 days in ms)
 _DEFAULT_SIGNALS = tuple(
     s for s in (getattr(signal, n, None) for n in ("SIGPIPE", "SIGXFSZ", "SIGXFZ")) if s is not None
@@ -155,11 +155,13 @@ class LocalExecutor:
 
     def _argv(self, job: Job) -> list[str]:
         argv = None
-        if job.env.get("PATH") == self._path:
+        long = len(job.cmd) > MAX_ARG // 4 and len(job.cmd.encode(errors="replace")) > MAX_ARG
+        if long:  # Linux refuses an argument over 128 KiB
+            argv = ["/bin/sh", job.run_dir + "/command.sh"]
+        elif job.env.get("PATH") == self._path:
             argv = direct_argv(job.cmd)
         if argv is None:
-            long = len(job.cmd) > MAX_ARG  # Linux refuses an argument over 128 KiB
-            argv = ["/bin/sh", job.run_dir + "/command.sh"] if long else ["/bin/sh", "-c", job.cmd]
+            argv = ["/bin/sh", "-c", job.cmd]
         if job.cores and self.numactl:
             bind = [self.numactl, "--physcpubind=" + ",".join(map(str, job.cores))]
             if job.numa_node is not None:
