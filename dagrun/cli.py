@@ -89,6 +89,11 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("clean", help="remove declared outputs and forget their keys")
     c.add_argument("targets", nargs="*", metavar="TARGET")
+    c.add_argument(
+        "--dead",
+        action="store_true",
+        help="remove instead the outputs that the log records for tasks no longer in the manifest",
+    )
 
     w = sub.add_parser("watch", help="build, then rebuild what changed whenever inputs change")
     w.add_argument("targets", nargs="*", metavar="TARGET")
@@ -304,8 +309,10 @@ def _q(text: str) -> str:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    if args.dead and args.targets:
+        raise DagrunError("clean --dead takes no targets: it removes what no task declares now")
     session = _session(args)
-    removed = session.clean(args.targets or None)
+    removed = session.clean(args.targets or None, dead=args.dead)
     _warn(session)
     sys.stdout.write(f"dagrun: removed {len(removed)} output(s)\n")
     return EXIT_OK

@@ -18,9 +18,9 @@ from typing import Any
 
 from . import globs
 from .errors import CycleError, ManifestError, UnknownTargetError
-from .manifest import ExecutorSpec, Manifest, TaskSpec
+from .manifest import ExecutorSpec, Manifest, TaskSpec, inside_root
 
-GRAPH_FORMAT = 3
+GRAPH_FORMAT = 4
 
 
 @dataclass
@@ -73,7 +73,7 @@ class BuildGraph:
             return [self.index[target]]
         if target in self.groups:
             return list(self.groups[target])
-        path = os.path.normpath(target)
+        path = inside_root(target, self.root) or os.path.normpath(target)
         if path in self.producers:
             return [self.producers[path]]
         if globs.has_magic(target):
@@ -129,7 +129,7 @@ class BuildGraph:
         executors = {k: (v.type, dict(v.options)) for k, v in m.executors.items()}
         settings = (
             m.source, m.root, m.jobs, m.failures_allowed, m.default, m.env, m.key_env,
-            m.resources, executors, m.watch_debounce_ms,
+            m.resources, executors, m.watch_debounce_ms, m.warnings,
         )
         return (
             GRAPH_FORMAT,
@@ -148,14 +148,14 @@ class BuildGraph:
             return None
         _, settings, specs, deps, order, groups, sources, scanned = data
         (source, root, jobs, failures_allowed, default, env, key_env, resources, executors,
-         debounce) = settings
+         debounce, said) = settings
         task_specs = tuple(TaskSpec._make(s) for s in specs)
         manifest = Manifest(
             source=source, root=root, tasks=task_specs, jobs=jobs,
             failures_allowed=failures_allowed, default=tuple(default), env=tuple(env),
             key_env=tuple(key_env), resources=tuple(resources),
             executors={k: ExecutorSpec(k, t, o) for k, (t, o) in executors.items()},
-            watch_debounce_ms=debounce, scanned={},
+            watch_debounce_ms=debounce, scanned={}, warnings=tuple(said),
         )
         producers = {p: i for i, s in enumerate(task_specs) for p in s.outputs}
         return cls(
@@ -183,7 +183,7 @@ def compile(manifest: Manifest) -> BuildGraph:
     scanned: dict[str, int] = dict(manifest.scanned)
     deps: list[tuple[int, ...]] = []
     sources: list[tuple[str, ...]] = []
-    output_list = list(producers)
+    inputs = _Inputs(manifest, producers, scanned)
     for i, s in enumerate(specs):
         found: dict[int, None] = {}
         for name in s.deps:
@@ -195,24 +195,9 @@ def compile(manifest: Manifest) -> BuildGraph:
         srcs: dict[str, None] = {}
         for pattern in s.inputs:
             if globs.has_magic(pattern):
-                rx = _glob_regex(manifest, s, pattern)
-                for out in output_list:
-                    if rx.match(out) and producers[out] != i:
-                        found[producers[out]] = None
-                for path in globs.expand(pattern, manifest.root, scanned):
-                    if path not in producers:
-                        srcs[path] = None
-            elif pattern in producers:
-                p = producers[pattern]
-                if p == i:
-                    raise ManifestError(
-                        f"'{pattern}' is both an input and an output of this task",
-                        source=manifest.source, task=s.name, key="inputs",
-                        line=manifest.line_of(s, "inputs"),
-                    )
-                found[p] = None
+                inputs.glob(i, pattern, found, srcs)
             else:
-                srcs[pattern] = None
+                inputs.path(i, pattern, found, srcs)
         deps.append(tuple(found))
         sources.append(tuple(sorted(srcs)))
     order = _toposort(specs, deps, manifest.source)
@@ -229,6 +214,90 @@ def compile(manifest: Manifest) -> BuildGraph:
     )
     _check_default(graph)
     return graph
+
+
+class _Inputs:
+    """Turns a task's inputs into dependencies (on their producers) and hashed source files.
+
+    An input produced by a task, or lying under a produced folder, is that task's
+    dependency; a folder input stands for every file in its tree, and depends on
+    every task that produces something inside it; a glob depends on every task
+    with an output it matches or an output folder it could match files in.
+    """
+
+    def __init__(self, manifest: Manifest, producers: dict[str, int], scanned: dict[str, int]):
+        self.manifest = manifest
+        self.producers = producers
+        self.scanned = scanned
+        self.outputs = list(producers)
+        self.prefix = manifest.root.rstrip("/") + "/"
+        self.subdirs: dict[str, frozenset[str]] = {}  # folder -> its subfolders' names
+
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` (absolute) is a folder: one listing per parent, not a stat per input."""
+        parent, _, name = path.rpartition("/")
+        names = self.subdirs.get(parent)
+        if names is None:
+            names = self.subdirs[parent] = _subdirs(parent or "/")
+        return name in names or name in ("", ".", "..")
+
+    def glob(self, i: int, pattern: str, found: dict[int, None], srcs: dict[str, None]) -> None:
+        spec = self.manifest.tasks[i]
+        rx = _glob_regex(self.manifest, spec, pattern)
+        lit = globs.literal_prefix(pattern)  # a cheap first test of every output
+        for out in self.outputs:
+            if not out.startswith(lit) and not lit.startswith(out + "/"):
+                continue
+            if self.producers[out] != i and (rx.match(out) or globs.may_match_below(pattern, out)):
+                found[self.producers[out]] = None
+        for path in globs.expand(pattern, self.manifest.root, self.scanned):
+            if self.producer(path) is None:
+                srcs[path] = None
+
+    def path(self, i: int, path: str, found: dict[int, None], srcs: dict[str, None]) -> None:
+        p = self.producer(path)
+        if p is not None:
+            if p == i:
+                raise self._error(i, f"'{path}' is both an input and an output of this task")
+            found[p] = None
+            return
+        if not self.is_dir(path if path.startswith("/") else self.prefix + path):
+            srcs[path] = None
+            return
+        below = "" if path == "." else path + "/"
+        for out in self.outputs:
+            if out.startswith(below) and self.producers[out] != i:
+                found[self.producers[out]] = None
+        for f in globs.tree(path, self.manifest.root, self.scanned):
+            if self.producer(f) is None:
+                srcs[f] = None
+
+    def producer(self, path: str) -> int | None:
+        """The task that outputs ``path`` or a folder it lies in, or None."""
+        producers = self.producers
+        p = producers.get(path)
+        end = len(path)
+        while p is None and end > 0:
+            end = path.rfind("/", 0, end)
+            if end <= 0:
+                return None
+            p = producers.get(path[:end])
+        return p
+
+    def _error(self, i: int, message: str) -> ManifestError:
+        m = self.manifest
+        spec = m.tasks[i]
+        return ManifestError(
+            message, source=m.source, task=spec.name, key="inputs", line=m.line_of(spec, "inputs")
+        )
+
+
+def _subdirs(folder: str) -> frozenset[str]:
+    try:
+        with os.scandir(folder) as it:
+            return frozenset(e.name for e in it if e.is_dir())
+    except (OSError, ValueError):
+        return frozenset()
 
 
 def _glob_regex(manifest: Manifest, spec: TaskSpec, pattern: str) -> re.Pattern[str]:

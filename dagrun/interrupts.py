@@ -7,6 +7,9 @@ child is lost, never killed, and outlives dagrun.  Code that must finish once
 begun runs under ``HOLD``; a signal arriving meanwhile is raised as soon as
 the block ends.  (Blocking the signal with ``pthread_sigmask`` would not do:
 another thread, such as rich's refresh thread, would take it instead.)
+Before a build, the CLI's own early handler (``dagrun.entry.interrupt_early``)
+already turns SIGTERM and SIGHUP into an interrupt; ``raised`` takes over from
+it and gives it back.
 
     with interrupts.raised():     # while building: SIGINT, SIGTERM, SIGHUP raise
         ...
@@ -21,6 +24,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType, TracebackType
+
+from .entry import SignalInterrupt, interrupt_early  # see entry for why not KeyboardInterrupt
 
 
 class _Hold:
@@ -42,7 +47,7 @@ class _Hold:
         if self.depth == 0 and self.pending:
             self.pending = False
             if kind is None:
-                raise KeyboardInterrupt
+                raise SignalInterrupt
 
 
 HOLD = _Hold()
@@ -52,13 +57,15 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     if HOLD.depth:
         HOLD.pending = True
         return
-    raise KeyboardInterrupt
+    raise SignalInterrupt
 
 
 def _default(sig: int, handler: object) -> bool:
     """Whether dagrun may take ``sig`` over from ``handler`` (not ignored, nobody else's)."""
     if handler is None:  # installed outside Python: cannot be restored from here
         return False
+    if handler is interrupt_early:  # the CLI's, until a build takes over
+        return True
     if sig == signal.SIGINT:
         return handler is signal.default_int_handler
     if sig == signal.SIGTERM:

@@ -22,6 +22,9 @@ from . import globs, tomlsplit
 from .errors import ManifestError
 
 MANIFEST_NAME = "dagrun.toml"
+STATE_DIR = globs.STATE_DIR
+MAX_SECONDS = 365 * 24 * 3600  # the longest timeout or grace period: a year
+MAX_TASKS = 1_000_000  # matrices are refused, before they are expanded, past this many tasks
 
 
 class TaskSpec(NamedTuple):
@@ -85,6 +88,8 @@ class Manifest:
     scanned: Mapping[str, int] = field(default_factory=dict)
     # every matrix group's name, also of one whose glob matched no file (and so has no task)
     groups: tuple[str, ...] = ()
+    # things to say on every build of this manifest (an empty matrix glob)
+    warnings: tuple[str, ...] = ()
     # where keys are in the text, for errors found later (graph.compile); None without text
     line_index: _LineIndex | None = field(default=None, repr=False, compare=False)
 
@@ -130,6 +135,8 @@ def _number_positive(v: Any) -> str | None:
         return "must be a finite number of seconds"
     if v <= 0:
         return f"must be positive, not {v}"
+    if v > MAX_SECONDS:
+        return f"must be at most {MAX_SECONDS} seconds (a year), not {v}"
     return None
 
 
@@ -216,8 +223,12 @@ def _matrix(v: Any) -> str | None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
             return f"variable name '{var}' must be an identifier"
         if isinstance(values, dict):
-            if set(values) != {"glob"} or not isinstance(values["glob"], str):
+            if "glob" not in values or not set(values) <= {"glob", "allow_empty"}:
                 return f"variable '{var}' must be a list or {{ glob = \"pattern\" }}"
+            if not isinstance(values["glob"], str):
+                return f"variable '{var}' must be a list or {{ glob = \"pattern\" }}"
+            if not isinstance(values.get("allow_empty", False), bool):
+                return f"variable '{var}': allow_empty must be true or false"
         elif isinstance(values, list):
             if not values:
                 return f"variable '{var}' has no values"
@@ -340,6 +351,8 @@ def load(
 def parse(text: str, *, source: str = MANIFEST_NAME, root: str | None = None) -> Manifest:
     """Parse manifest text.  ``root`` is the folder paths are relative to (default: cwd)."""
     root = os.path.abspath(root if root is not None else os.getcwd())
+    if text.startswith("\ufeff"):  # a UTF-8 byte order mark, as some editors write
+        text = text[1:]
     try:
         doc = tomlsplit.loads(text)  # tomllib, imported lazily (~9 ms), in batches on big manifests
     except tomlsplit.decode_error() as exc:
@@ -398,6 +411,8 @@ class _Builder:
         self.lines = _LineIndex(text) if text else None
         self.scanned: dict[str, int] = {}
         self.groups: list[str] = []
+        self.warnings: list[str] = []
+        self.count = 0  # tasks so far, to refuse a matrix of millions before making it
 
     # -- errors
 
@@ -468,6 +483,7 @@ class _Builder:
             watch_debounce_ms=settings.get("watch_debounce_ms", 200),
             scanned=self.scanned,
             groups=tuple(self.groups),
+            warnings=tuple(self.warnings),
             line_index=self.lines,
         )
 
@@ -528,13 +544,24 @@ class _Builder:
             raise self.error(problem, task=name, table=path)
         self.check_keys(body, TASK_KEYS, path, task=name)
         if "cmd" not in body:
-            raise self.error("missing 'cmd' (the shell command to run)", task=name, table=path)
+            self.check_aggregate(name, body, path)
         line = self.lines.find(path, None) if self.lines is not None else None
         if "matrix" not in body:
+            self.count += 1
             return [self.spec(name, body, {}, None, line)]
         self.groups.append(name)
         combos = self.combinations(name, body)
         return [self.spec(n, body, values, name, line) for n, values in combos]
+
+    def check_aggregate(self, name: str, body: dict[str, Any], path: tuple[str, ...]) -> None:
+        """A task without ``cmd`` is an aggregate: it needs ``deps`` and writes nothing."""
+        if not body.get("deps"):
+            raise self.error("missing 'cmd' (the shell command to run)", task=name, table=path)
+        if body.get("outputs"):
+            raise self.error(
+                "a task without 'cmd' runs nothing, so it cannot declare outputs",
+                task=name, key="outputs", table=path, hint="give it a 'cmd' that writes them",
+            )
 
     def combinations(self, name: str, body: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
         """One (task name, {variable: value}) per combination of the matrix values."""
@@ -544,14 +571,34 @@ class _Builder:
             if isinstance(values, dict):
                 base = os.path.normpath(os.path.join(self.root, cwd))
                 found = globs.expand(values["glob"], base, self.scanned)
+                if not found and not values.get("allow_empty", False):
+                    self.warn_empty(name, var, values["glob"])
                 axes.append([(var, p) for p in found])  # none: the group stays, empty
             else:
                 axes.append([(var, _scalar(v)) for v in values])
+        self.check_count(name, math.prod(len(a) for a in axes))
         out = []
         for combo in itertools.product(*axes):
             label = ",".join(f"{k}={v}" for k, v in combo)
             out.append((f"{name}[{label}]", dict(combo)))
         return out
+
+    def warn_empty(self, name: str, var: str, pattern: str) -> None:
+        line = self.lines.find(("tasks", name), "matrix") if self.lines is not None else None
+        where = f"{self.source}:{line}" if line else self.source
+        self.warnings.append(
+            f"{where}: task '{name}': matrix glob {var} = '{pattern}' matches no file, so the "
+            "task has no instance (set allow_empty = true in its table if that is expected)"
+        )
+
+    def check_count(self, name: str, count: int) -> None:
+        """Refuse a matrix that would make more than MAX_TASKS tasks, before making them."""
+        self.count += count
+        if self.count > MAX_TASKS:
+            problem = (
+                f"the matrix makes {count:,} tasks; a manifest may have at most {MAX_TASKS:,}"
+            )
+            raise self.error(problem, task=name, key="matrix", table=("tasks", name))
 
     def spec(
         self,
@@ -563,17 +610,20 @@ class _Builder:
     ) -> TaskSpec:
         sub = _Substituter(values)
         path = ("tasks", group or name)
-        cwd = _norm(sub(body.get("cwd", ".")), ".")
+        cwd = _norm(sub(body.get("cwd", ".")), ".", self.root)
         if cwd.startswith("/") or cwd == ".." or cwd.startswith("../"):
             raise self.error(
                 f"cwd '{cwd}' is outside the manifest's folder; it must be a folder inside it",
                 task=name, key="cwd", table=path,
             )
+        root = self.root
         return TaskSpec(
             name=name,
-            cmd=sub(body["cmd"]),
-            inputs=tuple(dict.fromkeys(_norm(sub(p), cwd) for p in body.get("inputs", ()))),
-            outputs=tuple(dict.fromkeys(_norm(sub(p), cwd) for p in body.get("outputs", ()))),
+            cmd=sub(body.get("cmd", "")),
+            inputs=tuple(dict.fromkeys(_norm(sub(p), cwd, root) for p in body.get("inputs", ()))),
+            outputs=tuple(
+                dict.fromkeys(_norm(sub(p), cwd, root) for p in body.get("outputs", ()))
+            ),
             deps=tuple(dict.fromkeys(sub(d) for d in body.get("deps", ()))),
             display=sub(body.get("display", "")),
             env=tuple(sorted((k, sub(v)) for k, v in body.get("env", {}).items())),
@@ -609,12 +659,8 @@ class _Builder:
                     f"unknown executor '{t.executor}'", task=t.name, key="executor", table=table,
                     hint=_executor_hint(t.executor, executors),
                 )
+            self.check_paths(t, table)
             for out in t.outputs:
-                if globs.has_magic(out):
-                    raise self.error(
-                        f"output '{out}' is a glob; outputs must be exact paths",
-                        task=t.name, key="outputs", table=table,
-                    )
                 other = producers.get(out)
                 if other is not None:
                     raise self.error(
@@ -622,6 +668,35 @@ class _Builder:
                         task=t.name, key="outputs", table=table,
                     )
                 producers[out] = t.name
+
+
+    def check_paths(self, t: TaskSpec, table: tuple[str, ...]) -> None:
+        """Outputs are exact paths inside the project; nothing is in ``.dagrun``."""
+        for out in t.outputs:
+            problem = output_problem(out)
+            if problem:
+                raise self.error(problem, task=t.name, key="outputs", table=table)
+        for p in t.inputs:
+            if _in_state_dir(p):
+                problem = f"input '{p}' is in {STATE_DIR}/, dagrun's own state: never an input"
+                raise self.error(problem, task=t.name, key="inputs", table=table)
+
+
+def output_problem(out: str) -> str | None:
+    """What is wrong with a declared output (normalised, relative to the root), or None."""
+    if globs.has_magic(out):
+        return f"output '{out}' is a glob; outputs must be exact paths"
+    if out == ".":
+        return "output '.' is the project folder itself; outputs must lie inside it"
+    if out.startswith("/") or out == ".." or out.startswith("../"):
+        return f"output '{out}' is outside the project folder; outputs must lie inside it"
+    if _in_state_dir(out):
+        return f"output '{out}' is in {STATE_DIR}/, dagrun's own state"
+    return None
+
+
+def _in_state_dir(path: str) -> bool:
+    return path == STATE_DIR or path.startswith(STATE_DIR + "/")
 
 
 _TASK_NAME = re.compile(r"[A-Za-z0-9_.+-][A-Za-z0-9_.+@:-]*")
@@ -649,12 +724,27 @@ def _scalar(v: Any) -> str:
     return str(v)
 
 
-def _norm(path: str, cwd: str) -> str:
-    """Normalise ``path`` written relative to ``cwd`` into a path relative to the root."""
-    if path.startswith("/"):
-        return os.path.normpath(path)
+def _norm(path: str, cwd: str, root: str) -> str:
+    """Normalise ``path`` written relative to ``cwd`` into a path relative to the root.
+
+    However it is spelled (``./x``, ``a/../x``, ``/abs/root/x``, ``../root/x``),
+    a path inside the root comes out relative to it; one outside keeps its form.
+    """
     joined = os.path.normpath(os.path.join(cwd, path))
+    if joined.startswith("/") or joined == ".." or joined.startswith("../"):
+        return inside_root(joined, root) or joined
     return joined
+
+
+def inside_root(path: str, root: str) -> str | None:
+    """``path`` (absolute, or relative to ``root``) relative to ``root`` when it lies inside it."""
+    full = os.path.normpath(os.path.join(root, path))
+    for base in (root, os.path.realpath(root)):
+        if full == base:
+            return "."
+        if full.startswith(base.rstrip("/") + "/"):
+            return full[len(base.rstrip("/")) + 1 :]
+    return None
 
 
 class _Substituter:

@@ -19,6 +19,18 @@ from typing import IO, Any
 
 from .events import BuildFinished, BuildStarted, Event, TaskFinished, TaskSkipped, TaskStarted
 
+MAX_CMD_SHOWN = 4000  # characters of a failed command printed; command.txt has all of it
+
+
+def shown_cmd(cmd: str) -> str:
+    """A failed task's command as printed: a huge one (a generated script) is cut, with a note."""
+    if len(cmd) <= MAX_CMD_SHOWN:
+        return cmd
+    return (
+        f"{cmd[:MAX_CMD_SHOWN]}\n[dagrun: command cut at {MAX_CMD_SHOWN} of {len(cmd)} "
+        "characters; the task's command.txt under .dagrun/runs has all of it]"
+    )
+
 
 def failure_header(ev: TaskFinished) -> str:
     if ev.timed_out:
@@ -65,7 +77,7 @@ class _TextReport:
         lines = [f"[{ev.done}/{ev.total}] {ev.label}"]
         if not ev.ok:
             lines.append(failure_header(ev))
-            lines.append(ev.cmd)
+            lines.append(shown_cmd(ev.cmd))
         block = "\n".join(lines) + "\n"
         for stream in (ev.stdout, ev.stderr):
             if stream:

@@ -67,15 +67,16 @@ class BuildResult:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,=+@\[\]-]")
+_LONGEST = 120  # characters of a task name kept in its run folder's name
 
 
 def run_dir_name(task: str) -> str:
     """A file-system-safe folder name for a task, unique per task name."""
     safe = _UNSAFE.sub("_", task)
-    if safe != task or safe in (".", ".."):
+    if safe != task or safe in (".", "..") or len(safe) > _LONGEST:
         import zlib
 
-        safe = f"{safe}-{zlib.crc32(task.encode()):08x}"
+        safe = f"{safe[:_LONGEST]}-{zlib.crc32(task.encode()):08x}"  # names are at most 255 bytes
     return safe
 
 

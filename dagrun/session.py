@@ -31,7 +31,7 @@ from .executors import Executor
 from .fs import FileSystem, LocalFileSystem
 from .graph import BuildGraph, compile
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
-from .manifest import Manifest
+from .manifest import Manifest, output_problem
 from .numa import CorePool, Topology
 from .plan import Plan, make
 from .scheduler import BuildResult, Reporter, Scheduler
@@ -155,27 +155,42 @@ class Session:
             prep.log.close()
             return prep
 
-    def clean(self, targets: Iterable[str] | None = None) -> list[str]:
-        """Remove the named tasks' declared outputs (all without targets); forget their keys."""
+    def clean(self, targets: Iterable[str] | None = None, *, dead: bool = False) -> list[str]:
+        """Remove the named tasks' declared outputs (all without targets); forget their keys.
+
+        ``dead``: instead, the outputs the log records for tasks no longer in the
+        manifest (as ``ninja -t cleandead``).  Only paths inside the project are
+        removed, never the project, its parent or .dagrun, and never through a
+        symlink that leads out of the project.
+        """
         with self.lock():
             cache = self._load_cache()
             graph, _ = self._graph(cache)
-            chosen = graph.resolve(targets) if targets else list(range(len(graph.specs)))
             log = self._open_log(cache)
             removed = []
             try:
-                for i in chosen:
-                    spec = graph.specs[i]
-                    for out in spec.outputs:
-                        if self.fs.remove(out):
-                            removed.append(out)
-                    log.forget(spec.name)
+                if dead:
+                    chosen = _dead_outputs(graph, log)
+                else:
+                    picked = graph.resolve(targets) if targets else range(len(graph.specs))
+                    chosen = {graph.specs[i].name: graph.specs[i].outputs for i in picked}
+                for task, outputs in chosen.items():
+                    removed += [out for out in outputs if self._remove_output(out)]
+                    log.forget(task)
             finally:
                 if cache is not None:
                     cache["log"] = log.index.to_cache()
                     self._write_cache(cache)
                 log.close()
             return removed
+
+    def _remove_output(self, out: str) -> bool:
+        """Remove one output if it is safe to (see ``clean``); a warning says why not."""
+        problem = output_problem(out) or _escapes(self.root, out)
+        if problem:
+            self.warnings.append(f"not removing '{out}': {problem}")
+            return False
+        return self.fs.remove(out)
 
     def load_graph(self) -> BuildGraph:
         return self._graph(self._load_cache())[0]
@@ -214,6 +229,7 @@ class Session:
     def _prepare(self, targets: Iterable[str] | None, *, explain: bool) -> Prepared:
         cache = self._load_cache()
         graph, reused = self._graph(cache)
+        self.warnings.extend(graph.manifest.warnings)
         selected = graph.select(targets)
         stats = StatCache(self.fs, cache.get("stats") if cache else None)
         kenv = {n: self.environ.get(n) for n in key_env_names(graph)}
@@ -240,6 +256,8 @@ class Session:
             selected,
             parts=keys.parts if explain else None,
         )
+        if self.executor_factory is None:  # what build would refuse, -n and list refuse too
+            check_runnable(graph, plan)
         self._state = (cache, reused, kenv)
         return Prepared(graph, keys, log, plan, pool)
 
@@ -401,14 +419,6 @@ class Session:
             executor.close()
 
     def _executor(self, graph: BuildGraph, plan: Plan, pool: CorePool | None = None) -> Executor:
-        for i in plan.to_run:
-            name = graph.specs[i].executor
-            spec = graph.manifest.executors.get(name)
-            if spec is not None and spec.type != "local":
-                raise ExecutorError(
-                    f"task '{graph.specs[i].name}' uses executor '{name}' of type '{spec.type}', "
-                    "which this version of dagrun cannot run yet"
-                )
         if self.executor_factory is not None:
             return self.executor_factory(graph)
         from .executors.local import LocalExecutor, find_numactl
@@ -535,6 +545,46 @@ def _cache_loads(raw: bytes) -> tuple[dict[str, Any] | None, GraphBlob | None]:
     for name, blob in zip(_PARTS, blobs[:-1], strict=True):
         data[name] = marshal.loads(blob)
     return data, (data["graph"], bytes(blobs[0]))
+
+
+def _dead_outputs(graph: BuildGraph, log: CompletionLog) -> dict[str, tuple[str, ...]]:
+    """Task -> outputs the log records, for each logged task that the manifest no longer has."""
+    dead = {}
+    for task in list(log.index.latest):
+        if task in graph.index:
+            continue
+        record = log.latest(task) or {}
+        parts = record.get("parts")
+        outputs = parts.get("outputs", ()) if isinstance(parts, dict) else ()
+        dead[task] = tuple(
+            o for o in outputs if isinstance(o, str) and o not in graph.producers
+        )
+    return dead
+
+
+def _escapes(root: str, out: str) -> str | None:
+    """Why removing ``out`` could reach outside the project (through a symlink), or None."""
+    real_root = os.path.realpath(root)
+    parent = os.path.realpath(os.path.join(root, os.path.dirname(out)))
+    if parent != real_root and not parent.startswith(real_root + "/"):
+        return f"its folder leads out of the project (to {parent})"
+    target = os.path.join(parent, os.path.basename(out))
+    state = os.path.realpath(os.path.join(root, STATE_DIR))
+    if state == target or state.startswith(target + "/"):
+        return f"it is or holds {STATE_DIR}"
+    return None
+
+
+def check_runnable(graph: BuildGraph, plan: Plan) -> None:
+    """ExecutorError for a task to run whose executor type this dagrun cannot run."""
+    for i in plan.to_run:
+        name = graph.specs[i].executor
+        spec = graph.manifest.executors.get(name)
+        if spec is not None and spec.type != "local":
+            raise ExecutorError(
+                f"task '{graph.specs[i].name}' uses executor '{name}' of type '{spec.type}', "
+                "which this version of dagrun cannot run yet"
+            )
 
 
 def default_jobs() -> int:

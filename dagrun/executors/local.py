@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import ExecutorError
 from ..interrupts import HOLD
-from . import Context, Job, Outcome
+from . import Context, Job, Outcome, sweep
 
 _SIMPLE = re.compile(r"[A-Za-z0-9_./+-][A-Za-z0-9_./:,+@%=-]*(?: +[A-Za-z0-9_./:,+@%=-]+)*")
 _SHELL_WORDS = frozenset(
@@ -36,6 +36,8 @@ _SHELL_WORDS = frozenset(
     "in function select time".split()
 )
 MAX_SHOWN = 1 << 20  # bytes of a stream kept in an Outcome; the file has all of it
+MAX_ARG = 100_000  # bytes of a command passed as an argument; a longer one runs from a file
+MAX_POLL = 3600.0  # seconds one epoll wait may last (epoll takes at most ~24.8 days in ms)
 _DEFAULT_SIGNALS = tuple(
     s for s in (getattr(signal, n, None) for n in ("SIGPIPE", "SIGXFSZ", "SIGXFZ")) if s is not None
 )
@@ -94,6 +96,8 @@ class LocalExecutor:
         self._path = os.environ.get("PATH")
         self._all_cores: set[int] | None = None
         self._made: set[str] = set()
+        self._build = os.getpid()  # the jobs' environment mark (see sweep.py)
+        self._submitted = False
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> LocalExecutor:
@@ -126,19 +130,17 @@ class LocalExecutor:
     # -- starting
 
     def submit(self, job: Job) -> None:
-        _make_dir(job.run_dir)
-        for path in job.outputs:  # like Ninja and Snakemake: output folders exist
-            parent = os.path.dirname(job.local_path(path))
-            if parent not in self._made:
-                os.makedirs(parent, exist_ok=True)
-                self._made.add(parent)
+        if not job.cmd:  # an aggregate: nothing to run, done when its dependencies are
+            self._done.append(Outcome(job.id, 0, 0.0))
+            return
         env = self._env(job)
         argv = self._argv(job, env)
-        run = job.run_dir + "/"  # plain concatenation and os.open: this runs once per task
-        _write_text(run + "command.txt", self._describe(job, argv))
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        out = os.open(run + "stdout.txt", flags, 0o644)
-        err = os.open(run + "stderr.txt", flags, 0o644)
+        prepared = self._prepare(job, argv)
+        if isinstance(prepared, str):
+            self._done.append(Outcome(job.id, None, 0.0, error=prepared))
+            return
+        out, err = prepared
+        self._submitted = True
         with HOLD:  # a Ctrl-C landing between spawn and record would lose the process
             started = time.monotonic()
             try:
@@ -155,14 +157,53 @@ class LocalExecutor:
             self._procs[pidfd] = _Proc(job, pid, pidfd, out, err, started, deadline)
             self._epoll.register(pidfd, select.EPOLLIN)
 
+    def _prepare(self, job: Job, argv: list[str]) -> tuple[int, int] | str:
+        """The run folder and outputs' folders made, command.txt written, the streams opened:
+        (stdout, stderr), or why that failed (the job fails with it; the build goes on)."""
+        try:
+            _make_dir(job.run_dir)
+        except OSError as exc:
+            return _why(f"cannot make the run folder {job.run_dir}", exc)
+        for path in job.outputs:  # like Ninja and Snakemake: output folders exist
+            parent = os.path.dirname(job.local_path(path))
+            if parent not in self._made:
+                try:
+                    os.makedirs(parent, exist_ok=True)
+                except OSError as exc:
+                    return _why(f"cannot make the folder of output {path}", exc)
+                self._made.add(parent)
+        return self._open_run_files(job, argv)
+
+    def _open_run_files(self, job: Job, argv: list[str]) -> tuple[int, int] | str:
+        run = job.run_dir + "/"  # plain concatenation and os.open: this runs once per task
+        name = run + "command.txt"
+        fds: list[int] = []
+        try:
+            _write_text(name, self._describe(job, argv))
+            if argv[-1] == run + "command.sh":
+                name = argv[-1]
+                _write_text(name, job.cmd + "\n")
+            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+            for name in (run + "stdout.txt", run + "stderr.txt"):
+                fds.append(os.open(name, flags, 0o644))
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            return _why(f"cannot write {name}", exc)
+        return fds[0], fds[1]
+
     def _env(self, job: Job) -> dict[str, str]:
         env = self.environ.copy()
         env.update(job.env)
+        env[sweep.MARK] = sweep.job_mark(self._build, job.id)
         return env
 
     def _argv(self, job: Job, env: Mapping[str, str]) -> list[str]:
         argv = None
-        if env.get("PATH") == self._path:
+        long = len(job.cmd) > MAX_ARG // 4 and len(job.cmd.encode(errors="replace")) > MAX_ARG
+        if long:  # Linux refuses an argument over 128 KiB
+            argv = ["/bin/sh", job.run_dir + "/command.sh"]
+        elif env.get("PATH") == self._path:
             argv = direct_argv(job.cmd)
         if argv is None:
             argv = ["/bin/sh", "-c", job.cmd]
@@ -242,7 +283,7 @@ class LocalExecutor:
                 wake = end if wake is None else min(wake, end)
             if not self._procs:
                 return []
-            events = self._epoll.poll(-1 if wake is None else max(0.0, wake - now))
+            events = self._epoll.poll(-1 if wake is None else min(max(0.0, wake - now), MAX_POLL))
             with HOLD:  # nor lose an end already reaped
                 for fd, _ in events:
                     self._reap(fd)
@@ -289,6 +330,8 @@ class LocalExecutor:
         code = os.waitstatus_to_exitcode(status)
         if p.timed_out or p.kill_at is not None:
             self._signal(p, signal.SIGKILL)  # background children left in the group
+        if p.timed_out or p.kill_at is not None or code < 0:
+            sweep.sweep(sweep.job_mark(self._build, p.job.id))  # and those that left it
         stdout, stderr = _read_back(p.out), _read_back(p.err)
         os.close(p.out)
         os.close(p.err)
@@ -322,12 +365,27 @@ class LocalExecutor:
             except KeyboardInterrupt:
                 for p in self._procs.values():  # a second Ctrl-C: no more grace
                     self._signal(p, signal.SIGKILL)
+        self._sweep()
         return outcomes
 
     def close(self) -> None:
         if self._procs:
             self.cancel_all(force=True)
+        self._sweep()
         self._epoll.close()
+
+    def _sweep(self) -> None:
+        """Kill what any job of this build left running outside its group (see sweep.py)."""
+        if self._submitted:
+            sweep.sweep(f"{self._build}.")
+
+
+def _why(what: str, exc: OSError) -> str:
+    """``what`` failed, and why, in words a user can act on."""
+    why = exc.strerror or str(exc)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        why = "a file is in the way of a folder"
+    return f"{what}: {why}"
 
 
 def _make_dir(path: str) -> None:

@@ -1,0 +1,66 @@
+"""Processes a job left behind outside its process group (``setsid`` daemons), found by a mark.
+
+Every local job's environment carries ``DAGRUN_JOB=<build pid>.<job id>``.  A
+process that escaped the job's process group (``setsid``, a double fork) still
+carries it: ``/proc/PID/environ`` is the environment it was started with, and
+its own children inherit it.  So when a job ends abnormally (timed out,
+cancelled, killed by a signal), and once when the build ends, every process
+whose environment holds the mark is killed.  Reading the environment of every
+process costs a few milliseconds, paid only then, never per task; a task pays
+one more environment variable.
+
+What it cannot catch: a process started with a clean environment (``env -i``,
+``sudo``, ``systemd-run``), and anything left when dagrun itself is killed with
+SIGKILL (a cgroup would catch both; this machine class has no delegated one).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+MARK = "DAGRUN_JOB"
+
+
+def job_mark(build: int, job: int) -> str:
+    """The value of MARK for one job of the build with process id ``build``."""
+    return f"{build}.{job}"
+
+
+def sweep(value_prefix: str, rounds: int = 3) -> int:
+    """SIGKILL every other process whose MARK starts with ``value_prefix``; how many were found.
+
+    A value prefix ending in ``.`` names a whole build; ``job_mark(...)`` one job
+    (matched exactly).  Repeated while any is found, for a process forking meanwhile.
+    """
+    exact = not value_prefix.endswith(".")
+    needle = f"\0{MARK}={value_prefix}".encode() + (b"\0" if exact else b"")
+    me = os.getpid()
+    killed = 0
+    for _ in range(rounds):
+        found = [pid for pid in _pids() if pid != me and _marked(pid, needle)]
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        killed += len(found)
+        if not found:
+            break
+    return killed
+
+
+def _pids() -> list[int]:
+    try:
+        return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:  # no /proc: nothing can be found this way
+        return []
+
+
+def _marked(pid: int, needle: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+    except OSError:  # gone, or another user's
+        return False
+    return needle in b"\0" + data + b"\0"

@@ -1,0 +1,103 @@
+"""A task's daemon (``setsid``: out of its process group) dies with the task (issue 8, item 16).
+
+Checked on the real CLI with a real ``setsid sleep``: after the build ends, after
+the task's timeout and after Ctrl-C, no process is left whose working folder is
+the project (psutil).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from realproc import DagrunProcs, live_in_folder, wait_for
+
+pytestmark = pytest.mark.slow
+
+DAEMON = "setsid sleep 300 < /dev/null > /dev/null 2>&1 &"
+
+
+@pytest.fixture
+def procs(dagrun_proc: DagrunProcs) -> Iterator[DagrunProcs]:
+    yield dagrun_proc
+    for line in live_in_folder(dagrun_proc.root):  # a failed test's daemons
+        try:
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def no_daemon_left(procs: DagrunProcs) -> None:
+    """Nothing runs in the project folder any more (a SIGKILL'd process may take a moment)."""
+    end = time.monotonic() + 5
+    while live_in_folder(procs.root) and time.monotonic() < end:
+        time.sleep(0.02)
+    assert live_in_folder(procs.root) == []
+
+
+def test_item16_a_daemon_does_not_outlive_the_build(procs: DagrunProcs) -> None:
+    procs.manifest(f'[tasks.start]\ncmd = "{DAEMON} echo $! > pids/daemon"\n')
+    code, out, err = procs.run("build")
+    assert code == 0, (out, err)
+    daemon = int((procs.root / "pids" / "daemon").read_text())
+    assert psutil.pid_exists(daemon) is False or psutil.Process(daemon).status() == "zombie"
+    no_daemon_left(procs)
+
+
+def test_item16_a_daemon_does_not_outlive_its_task_timeout(procs: DagrunProcs) -> None:
+    procs.manifest(
+        f"""
+        [tasks.slow]
+        cmd = "{DAEMON} sleep 100"
+        timeout = 0.5
+
+        [tasks.other]
+        cmd = "sleep 6"
+        """
+    )
+    p = procs.start("build", "-k")
+    wait_for(lambda: any("sleep 300" in x for x in live_in_folder(procs.root)), "the daemon")
+    # the timeout ends the task while `other` still runs: its daemon goes then, not at the end
+    wait_for(lambda: not any("sleep 300" in x for x in live_in_folder(procs.root)), "no daemon")
+    assert p.poll() is None
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 1, (out, err)
+    assert "timed out" in out
+    no_daemon_left(procs)
+
+
+def test_item16_a_daemon_does_not_outlive_ctrl_c(procs: DagrunProcs) -> None:
+    procs.manifest(f'[tasks.t]\ncmd = "{DAEMON} echo $$ > pids/t; sleep 100"\n')
+    p = procs.start("build")
+    procs.task_pid("t")
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, (out, err)
+    no_daemon_left(procs)
+
+
+def test_item16_sweep_finds_only_its_own_mark() -> None:
+    import subprocess
+
+    from dagrun.executors import sweep
+
+    env = dict(os.environ)
+    env[sweep.MARK] = sweep.job_mark(os.getpid(), 7)
+    mine = subprocess.Popen(["sleep", "60"], env=env)
+    env[sweep.MARK] = sweep.job_mark(os.getpid(), 70)
+    other = subprocess.Popen(["sleep", "60"], env=env)
+    try:
+        assert sweep.sweep(sweep.job_mark(os.getpid(), 7)) >= 1
+        assert mine.wait(timeout=10) == -signal.SIGKILL
+        assert other.poll() is None
+        assert sweep.sweep(f"{os.getpid()}.") >= 1
+        assert other.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        mine.kill()
+        other.kill()
+        mine.wait()
+        other.wait()
