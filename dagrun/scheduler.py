@@ -18,7 +18,15 @@ from typing import Protocol
 
 from .clock import Clock
 from .errors import Interrupted
-from .events import BuildFinished, BuildStarted, Event, TaskFinished, TaskSkipped, TaskStarted
+from .events import (
+    BuildFinished,
+    BuildStarted,
+    Event,
+    Planned,
+    TaskFinished,
+    TaskSkipped,
+    TaskStarted,
+)
 from .executors import Executor, Job, Outcome
 from .graph import BuildGraph
 from .plan import Plan
@@ -153,7 +161,10 @@ class Scheduler:
         self.done = 0
         self.next_id = 0
         started = self.clock.now()
-        self.reporter.handle(BuildStarted(len(plan.to_run), len(plan.up_to_date), self.jobs))
+        planned = Planned(g.specs, plan.to_run, plan.up_to_date, self.keys, plan.reasons)
+        self.reporter.handle(
+            BuildStarted(len(plan.to_run), len(plan.up_to_date), self.jobs, planned)
+        )
         interrupted = False
         try:
             while True:
@@ -227,6 +238,7 @@ class Scheduler:
                 self.attempts[i],
                 lease.cores if lease else (),
                 self.plan.reasons.get(i, ()) if self.explain else (),
+                spec.executor,
             )
         )
         self.executor.submit(job)
@@ -312,6 +324,10 @@ class Scheduler:
                 will_retry=retry,
                 done=self.done,
                 total=len(self.plan.to_run),
+                maxrss_kb=outcome.maxrss_kb,
+                attempt=self.attempts[i],
+                max_attempts=spec.retries + 1,
+                interrupted=interrupted and not ok,
             )
         )
 

@@ -28,6 +28,8 @@ def test_plain_lines():
         "[1/2] CC a\nhello\n"
         "[2/2] CC b\nFAILED: [code=2] b\ncc b.c\nboom\n"
         "not run: c (dependency failed: b)\n"
+        "dagrun: 1 failed:\n"
+        "  b  [code=2]  .dagrun/runs/b/stdout.txt  .dagrun/runs/b/stderr.txt\n"
         "dagrun: 1 succeeded, 3 up to date, 1 failed, 1 not run in 1.23s\n"
     )
 
