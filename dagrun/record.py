@@ -162,9 +162,11 @@ class JsonLines:
     """Writes each record as one JSON line, flushed at most every ``flush_every`` seconds."""
 
     def __init__(
-        self, path: str, *, wants_fresh: bool, only_if_work: bool, flush_every: float = 0.25
+        self, path: str, *, wants_fresh: bool, only_if_work: bool, flush_every: float = 0.25,
+        tolerant: bool = False,
     ) -> None:
         self.path = path
+        self.tolerant = tolerant  # an error writing it stops it, not the build (last-build)
         self.wants_fresh = wants_fresh
         self.only_if_work = only_if_work
         self.flush_every = flush_every
@@ -172,6 +174,15 @@ class JsonLines:
         self.flushed = 0.0
 
     def add(self, record: Record) -> None:
+        try:
+            self._add(record)
+        except OSError:
+            if not self.tolerant:
+                raise
+            self.close()
+            self.add = lambda record: None  # type: ignore[method-assign]
+
+    def _add(self, record: Record) -> None:
         if self.file is None:
             self.file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close)
         self.file.write(json.dumps(record, separators=(",", ":")) + "\n")
@@ -182,7 +193,11 @@ class JsonLines:
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:
+                if not self.tolerant:
+                    raise
             self.file = None
 
 

@@ -220,6 +220,17 @@ class PlainReporter:
             self.stream.flush()
 
 
+class Tee:
+    """Hands each event to several reporters, in order."""
+
+    def __init__(self, reporters: list[Any]) -> None:
+        self.reporters = reporters
+
+    def handle(self, event: Event) -> None:
+        for r in self.reporters:
+            r.handle(event)
+
+
 class RecordingReporter:
     """Keeps every event; ``names(kind)`` lists task names of one event type."""
 

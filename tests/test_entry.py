@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dagrun.cli import parser
+from dagrun.cli import parse
 from dagrun.entry import main, plain_build
 
 ACCEPTED = [
@@ -21,10 +21,15 @@ ACCEPTED = [
     ["-C", "sub", "-f", "other.toml", "--progress", "plain", "build", "t"],
     ["-f", "/abs/m.toml", "-C", "sub", "build"],
     ["build", "build"],  # a target named build
+    [],  # a bare dagrun is a build
+    ["-q"],
+    ["build", "-C", "sub", "--progress", "plain", "t"],  # global options after the command
+    ["build", "t", "-f", "x.toml", "-v", "--color", "never"],
+    ["-C", "a", "build", "-C", "b"],  # the last one wins, as in argparse
+    ["--color", "always", "build", "-q", "-j", "2"],
 ]
 
 REFUSED = [
-    [],
     ["list"],
     ["build", "-n"],
     ["build", "--explain"],
@@ -42,16 +47,19 @@ REFUSED = [
     ["-C", "-f", "build"],
     ["--version"],
     ["build", "-h"],
+    ["build", "-q", "-v"],  # argparse: a usage error
+    ["build", "a", "-q", "b"],
+    ["--color", "sometimes", "build"],
+    ["build", "--junit", "x.xml"],
+    ["show", "a"],
 ]
 
 
 @pytest.mark.parametrize("argv", ACCEPTED, ids=" ".join)
 def test_accepted_words_mean_what_argparse_says(argv):
-    args = parser().parse_args(argv)
-    path, targets = plain_build(argv)  # type: ignore[misc]
-    expected = os.path.join(args.directory, args.file or "dagrun.toml")
-    assert (path, targets) == (expected, args.targets)
-    assert not args.dry_run and not args.explain
+    args = parse(argv)
+    assert plain_build(argv) == (args.directory, args.file, args.targets)
+    assert args.command == "build" and not args.dry_run and not args.explain
 
 
 @pytest.mark.parametrize("argv", REFUSED, ids=lambda a: " ".join(a) or "(none)")
