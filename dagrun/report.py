@@ -52,6 +52,9 @@ class Style:
     def bad(self, text: str) -> str:
         return self(text, "1;31")
 
+    def warn(self, text: str) -> str:
+        return self(text, "33")
+
     def dim(self, text: str) -> str:
         return self(text, "2")
 
@@ -128,11 +131,14 @@ class _TextReport:
         if not ev.will_retry:
             self.failed.append(ev)
         st = self.style
-        count = f"[attempt {ev.attempt}/{ev.max_attempts}]" if ev.will_retry else self._count(ev)
-        block = _block(
-            f"{st.bad(count)} {self._title(ev)}", st.bad(failure_header(ev)), ev.cmd,
-            ev.stdout, ev.stderr,
-        )
+        if ev.will_retry:
+            line = st.warn(f"[attempt {ev.attempt}/{ev.max_attempts}]") + " " + self._title(ev)
+            header = st.warn(failure_header(ev))
+        else:
+            line = f"{st.bad(self._count(ev))} {self._title(ev)}"
+            header = st.bad(failure_header(ev))
+        command = "" if self.o.verbose else ev.cmd  # -v: the command is the title already
+        block = _block(line, header, command, ev.stdout, ev.stderr)
         if ev.timed_out:
             block += f"dagrun: {ev.task} timed out after {ev.duration:.1f}s\n"
         if self.o.github and not ev.will_retry:
