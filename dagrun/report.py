@@ -113,8 +113,10 @@ class _TextReport:
         self.skipped: list[TaskSkipped] = []
         self.failed: list[TaskFinished] = []
         self.killed: list[TaskFinished] = []
+        self.order: dict[str, int] = {}  # task -> when it first started
 
     def started(self, ev: TaskStarted) -> str | None:
+        self.order.setdefault(ev.task, len(self.order))
         if self.explain and ev.reasons and not self.o.quiet:
             text = f"explain {ev.task}: " + "; ".join(ev.reasons)
             if ev.cores:
@@ -170,7 +172,7 @@ class _TextReport:
     def finished_build(self, ev: BuildFinished) -> str:
         lines = []
         if self.killed:
-            names = [k.task for k in self.killed]
+            names = sorted((k.task for k in self.killed), key=lambda t: self.order.get(t, 0))
             more = f" and {len(names) - 10} more" if len(names) > 10 else ""
             lines.append(f"dagrun: interrupted: killed {', '.join(names[:10])}{more}")
         elif not self.o.quiet:
