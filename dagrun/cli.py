@@ -457,7 +457,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         graph = session.load_graph()
     except DagrunError:
         graph = None
-    build = views.build_status(graph, _last_build(session, record))
+    live = any(p.build_pid for p in pools)  # the running build's pool snapshot
+    build = views.build_status(graph, _last_build(session, record), live)
     if args.json:
         sys.stdout.write(json.dumps(views.status(build, pools), indent=2) + "\n")
         return EXIT_OK

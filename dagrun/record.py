@@ -159,19 +159,16 @@ class Records:
 
 
 class JsonLines:
-    """Writes each record as one JSON line, flushed at most every ``flush_every`` seconds."""
+    """Writes each record as one JSON line as it comes (line-buffered: ``status`` reads it live)."""
 
     def __init__(
-        self, path: str, *, wants_fresh: bool, only_if_work: bool, flush_every: float = 0.25,
-        tolerant: bool = False,
+        self, path: str, *, wants_fresh: bool, only_if_work: bool, tolerant: bool = False
     ) -> None:
         self.path = path
         self.tolerant = tolerant  # an error writing it stops it, not the build (last-build)
         self.wants_fresh = wants_fresh
         self.only_if_work = only_if_work
-        self.flush_every = flush_every
         self.file: IO[str] | None = None
-        self.flushed = 0.0
 
     def add(self, record: Record) -> None:
         try:
@@ -184,12 +181,8 @@ class JsonLines:
 
     def _add(self, record: Record) -> None:
         if self.file is None:
-            self.file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close)
+            self.file = open(self.path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
         self.file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        now = time.monotonic()
-        if now - self.flushed > self.flush_every or record["event"] == "build_started":
-            self.file.flush()
-            self.flushed = now
 
     def close(self) -> None:
         if self.file is not None:

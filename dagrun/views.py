@@ -158,8 +158,14 @@ COUNTS = ("ready", "waiting", "running", "succeeded", "failed", "interrupted", "
           "up_to_date")
 
 
-def build_status(graph: BuildGraph | None, records: Iterable[record.Record]) -> dict[str, Any]:
-    """Counts of the running (or last) build's tasks, and what runs where."""
+def build_status(
+    graph: BuildGraph | None, records: Iterable[record.Record], live: bool = True
+) -> dict[str, Any]:
+    """Counts of the running (or last) build's tasks, and what runs where.
+
+    ``live``: a build is running now; if not, a record without its end is a build that
+    was killed (``stopped``), whose running tasks are not running any more.
+    """
     head: record.Record = {}
     last: dict[str, str] = {}  # task -> planned / running / succeeded / failed / ...
     running: dict[str, record.Record] = {}
@@ -180,6 +186,11 @@ def build_status(graph: BuildGraph | None, records: Iterable[record.Record]) -> 
             last[r["task"]] = "not_run"
         elif kind == "build_finished":
             finished = r
+    stopped = bool(head) and finished is None and not live
+    if stopped:
+        running.clear()
+        gone = {"running": "interrupted", "planned": "not_run"}
+        last = {t: gone.get(v, v) for t, v in last.items()}
     counts = dict.fromkeys(COUNTS, 0)
     counts["up_to_date"] = int(head.get("up_to_date") or 0)
     for task, state in last.items():
@@ -188,7 +199,8 @@ def build_status(graph: BuildGraph | None, records: Iterable[record.Record]) -> 
         counts[state] = counts.get(state, 0) + 1
     started_at = float(head.get("time") or 0.0)
     return {
-        "state": "none" if not head else "finished" if finished else "running",
+        "state": "none" if not head else "finished" if finished else "stopped" if stopped
+        else "running",
         "started": head.get("time"),
         "exit_status": finished.get("exit_status") if finished else None,
         "counts": counts,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -294,3 +295,40 @@ def test_a_report_that_cannot_be_written_stops_before_the_build(project) -> None
     r = project.run("build", "--junit", "no/such/dir/r.xml")
     assert r.code == 2 and "cannot write the JUnit report to no/such/dir/r.xml" in r.err
     assert not (project.root / "ran").exists()
+
+
+@pytest.mark.slow
+def test_status_json_while_a_build_runs_says_what_runs_where(dagrun_proc) -> None:
+    from realproc import stop_and_expect_130
+
+    busy = "sleep 30 & echo $$ > pids/{name}; wait"
+    dagrun_proc.manifest(f"""
+        [dagrun]
+        jobs = 2
+        [tasks.a]
+        cmd = "{busy.format(name="a")}"
+        [tasks.b]
+        cmd = "true"
+        deps = ["a"]
+        [tasks.c]
+        cmd = "{busy.format(name="c")}"
+        [tasks.d]
+        cmd = "true"
+    """)
+    p = dagrun_proc.start("build")
+    groups = {dagrun_proc.task_pid("a"), dagrun_proc.task_pid("c")}
+    code, out, err = dagrun_proc.run("status", "--json")
+    assert code == 0, err
+    build = json.loads(out)["build"]
+    assert build["state"] == "running"
+    assert build["counts"] == {
+        "ready": 1, "waiting": 1, "running": 2, "succeeded": 0, "failed": 0,
+        "interrupted": 0, "not_run": 0, "up_to_date": 0,
+    }
+    assert sorted((r["task"], r["executor"]) for r in build["running"]) == [
+        ("a", "local"), ("c", "local"),
+    ]
+    stop_and_expect_130(p, signal.SIGINT, to_group=True, groups=groups)
+    build = json.loads(dagrun_proc.run("status", "--json")[1])["build"]
+    assert build["state"] == "finished" and build["exit_status"] == 130
+    assert (build["counts"]["interrupted"], build["counts"]["not_run"]) == (2, 2)
