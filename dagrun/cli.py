@@ -88,7 +88,7 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="dagrun",
         description="A declarative build tool: dagrun.toml -> tasks run when their inputs change.",
-        epilog="Without a command, dagrun builds (as `dagrun build`).",
+        epilog="Without a command, dagrun builds: `dagrun -j4 all` is `dagrun build -j4 all`.",
         parents=[common],
     )
     p.add_argument("--version", action="version", version=f"dagrun {__version__}")
@@ -160,8 +160,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse like argparse, plus: a bare ``dagrun`` (maybe with global options) is a build."""
+    """Parse like argparse, plus: without a command (``dagrun``, ``dagrun -q``, ``dagrun all``,
+    ``dagrun -j4``), ``build`` is meant, as a bare ``make`` or ``ninja`` builds."""
+    from .entry import COMMANDS
+
     p = parser()
+    helping = any(w in ("-h", "--help", "--version") for w in argv)
+    if not helping and not any(w in COMMANDS for w in argv):
+        argv = ["build", *argv]
     args = p.parse_args(argv)
     if args.command is None:
         args = p.parse_args([*argv, "build"])

@@ -1,9 +1,9 @@
 """The ``dagrun`` command: a no-op build is answered before the CLI is even imported.
 
-A plain build -- ``dagrun [GLOBAL...] [build [TARGET...] [-j N] [-k]
-[--failures-allowed N]]``, where GLOBAL (``-C DIR``, ``-f FILE``, ``--progress
-MODE``, ``--color WHEN``, ``-q``, ``-v``) may also stand after ``build``, and a
-bare ``dagrun`` is a build -- is first offered to the no-op fast path
+A plain build -- ``dagrun [GLOBAL...] [build] [TARGET...] [-j N] [-k]
+[--failures-allowed N]``, where GLOBAL (``-C DIR``, ``-f FILE``, ``--progress
+MODE``, ``--color WHEN``, ``-q``, ``-v``) may also stand after ``build``, and
+argv without a command is a build -- is first offered to the no-op fast path
 (dagrun/fresh.py), which needs neither argparse nor typing nor the build
 machinery (together ~14 ms of CPU, a third of a 10k-task no-op).  The manifest
 is found as the CLI finds it (dagrun/locate.py: upward from the folder).
@@ -20,6 +20,10 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+# the CLI's commands (tests/test_entry.py checks this against the parser): argv without any of
+# them is a build, so `dagrun`, `dagrun -q` and `dagrun TARGET` all build
+COMMANDS = ("build", "watch", "graph", "list", "show", "clean", "status", "trace", "completion")
 
 _CHOICES = {
     "--progress": ("auto", "rich", "plain"),
@@ -62,6 +66,8 @@ def _say(line: str) -> int:
 
 def plain_build(argv: Sequence[str]) -> tuple[str, str | None, list[str]] | None:
     """(-C dir, -f file, targets) when argv is a build the fast path may answer as argparse does."""
+    if not any(word in COMMANDS for word in argv):
+        argv = ["build", *argv]
     values: dict[str, str] = {"-C": ".", "-f": ""}
     flags: set[str] = set()
     targets: list[str] = []

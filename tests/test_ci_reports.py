@@ -9,6 +9,7 @@ import signal
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import jsonschema
 import pytest
 import xmlschema
 
@@ -146,8 +147,12 @@ def test_events_of_retries_count_each_attempt(project) -> None:
                     ("started", 2, None), ("finished", 2, "succeeded")]
 
 
+TRACE_SCHEMA = json.loads((Path(__file__).parent / "data" / "trace-event.schema.json").read_text())
+
+
 def check_trace(data: dict) -> list[dict]:
     """The trace event format's rules for what dagrun writes; returns the complete events."""
+    jsonschema.validate(data, TRACE_SCHEMA)
     assert isinstance(data["traceEvents"], list)
     complete = []
     for e in data["traceEvents"]:

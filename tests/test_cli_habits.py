@@ -51,6 +51,7 @@ def test_global_options_mean_the_same_before_and_after_the_command(before, after
 def test_a_bare_dagrun_is_a_build() -> None:
     assert vars(parse([])) == vars(parse(["build"]))
     assert vars(parse(["-q", "-C", "x"])) == vars(parse(["build", "-q", "-C", "x"]))
+    assert vars(parse(["-j4", "-k", "all"])) == vars(parse(["build", "-j4", "-k", "all"]))
 
 
 def test_q_and_v_together_are_a_usage_error(capsys) -> None:

@@ -23,6 +23,9 @@ ACCEPTED = [
     ["build", "build"],  # a target named build
     [],  # a bare dagrun is a build
     ["-q"],
+    ["lib", "app"],  # no command: a build of these targets
+    ["-j2", "-q", "app"],
+    ["-f", "build"],  # a manifest named build
     ["build", "-C", "sub", "--progress", "plain", "t"],  # global options after the command
     ["build", "t", "-f", "x.toml", "-v", "--color", "never"],
     ["-C", "a", "build", "-C", "b"],  # the last one wins, as in argparse
@@ -30,6 +33,8 @@ ACCEPTED = [
 ]
 
 REFUSED = [
+    ["app", "list"],  # a command word anywhere: argparse decides
+    ["-h"],
     ["list"],
     ["build", "-n"],
     ["build", "--explain"],
@@ -107,3 +112,11 @@ def test_a_closed_stdout_is_exit_1_without_a_traceback(tmp_path):
     finally:
         os.close(write)
     assert (again.returncode, again.stderr) == (1, "")
+
+
+def test_the_fast_paths_command_list_is_the_parsers() -> None:
+    from dagrun.cli import parser
+    from dagrun.completion import describe
+    from dagrun.entry import COMMANDS
+
+    assert sorted(COMMANDS) == sorted(c.name for c in describe(parser())[1])
