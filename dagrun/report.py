@@ -130,6 +130,8 @@ class _TextReport:
             return ""
         if ev.ok:
             return self._succeeded(ev)
+        if ev.will_retry and self.o.quiet:  # -q: only what failed for good
+            return ""
         if not ev.will_retry:
             self.failed.append(ev)
         st = self.style
