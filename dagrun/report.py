@@ -4,10 +4,15 @@
   whole beneath it, flushed line by line; what CI logs get.
 - RichReporter: the same lines printed above a live footer (done/total,
   running tasks, elapsed) on a terminal.  rich is imported only here.
-- RecordingReporter: keeps the events, for tests.
+- RecordingReporter: keeps the events, for tests.  Tee: several reporters at once.
 
 A task's output is printed only after it ends, in one piece, so two tasks'
-output never interleave.
+output never interleave.  ``Options`` say how: ``-q`` (failures and the
+summary), ``-v`` (commands instead of displays), colour (``color_wanted``:
+``--color``, ``NO_COLOR``, ``FORCE_COLOR``, a terminal), and GitHub Actions'
+``::group::`` folding and ``::error`` annotations.  A build ends with one
+line naming the tasks Ctrl-C killed, a recap of the failed tasks and where
+their output is, and the summary.
 """
 
 from __future__ import annotations
