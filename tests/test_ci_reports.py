@@ -304,7 +304,7 @@ def test_a_report_that_cannot_be_written_stops_before_the_build(project) -> None
 
 @pytest.mark.slow
 def test_status_json_while_a_build_runs_says_what_runs_where(dagrun_proc) -> None:
-    from realproc import stop_and_expect_130
+    from realproc import stop_and_expect_130, wait_for
 
     busy = "sleep 30 & echo $$ > pids/{name}; wait"
     dagrun_proc.manifest(f"""
@@ -322,9 +322,16 @@ def test_status_json_while_a_build_runs_says_what_runs_where(dagrun_proc) -> Non
     """)
     p = dagrun_proc.start("build")
     groups = {dagrun_proc.task_pid("a"), dagrun_proc.task_pid("c")}
-    code, out, err = dagrun_proc.run("status", "--json")
-    assert code == 0, err
-    build = json.loads(out)["build"]
+    seen: list[dict] = []
+
+    def both_running() -> bool:  # the build's record is flushed within 0.2 s
+        code, out, err = dagrun_proc.run("status", "--json")
+        assert code == 0, err
+        seen.append(json.loads(out)["build"])
+        return seen[-1]["counts"]["running"] == 2
+
+    wait_for(both_running, "status shows two running tasks")
+    build = seen[-1]
     assert build["state"] == "running"
     assert build["counts"] == {
         "ready": 1, "waiting": 1, "running": 2, "succeeded": 0, "failed": 0,
