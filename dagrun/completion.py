@@ -24,6 +24,7 @@ class Option:
     takes_value: bool
     choices: tuple[str, ...]
     help: str
+    metavar: str = ""  # FILE / DIR complete as paths; N, MS as nothing
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,13 @@ def _options(p: argparse.ArgumentParser) -> tuple[Option, ...]:
         if not a.option_strings or a.help == argparse.SUPPRESS:
             continue
         choices = tuple(str(c) for c in a.choices) if a.choices else ()
-        out.append(Option(tuple(a.option_strings), a.nargs != 0, choices, a.help or ""))
+        metavar = a.metavar if isinstance(a.metavar, str) else ""
+        out.append(Option(tuple(a.option_strings), a.nargs != 0, choices, a.help or "", metavar))
     return tuple(out)
 
 
 def describe(parser: argparse.ArgumentParser) -> tuple[tuple[Option, ...], tuple[Command, ...]]:
-    """The global options and each command with its options."""
+    """The global options and each command with its options (all it accepts)."""
     commands = []
     for a in parser._actions:
         if isinstance(a, argparse._SubParsersAction):
@@ -54,10 +56,24 @@ def describe(parser: argparse.ArgumentParser) -> tuple[tuple[Option, ...], tuple
     return _options(parser), tuple(commands)
 
 
-def _valued(opts: tuple[Option, ...], commands: tuple[Command, ...]) -> list[str]:
-    flags = {f for o in opts if o.takes_value for f in o.flags}
-    flags |= {f for c in commands for o in c.options if o.takes_value for f in o.flags}
-    return sorted(flags)
+def _own(opts: tuple[Option, ...], command: Command) -> Command:
+    """``command`` without the global options it shares (so no option is offered twice)."""
+    shared = {f for o in opts for f in o.flags}
+    own = tuple(o for o in command.options if not shared & set(o.flags))
+    return Command(command.name, command.help, own)
+
+
+def _all(opts: tuple[Option, ...], commands: tuple[Command, ...]) -> list[Option]:
+    return list(opts) + [o for c in commands for o in c.options]
+
+
+def _valued(opts: tuple[Option, ...], commands: tuple[Command, ...], paths: bool) -> list[str]:
+    """Options that take a value: a path (``paths``; FILE) or anything else (N, MS, choices)."""
+    found: set[str] = set()
+    for o in _all(opts, commands):
+        if o.takes_value and "-C" not in o.flags and (o.metavar == "FILE") == paths:
+            found.update(o.flags)
+    return sorted(found)
 
 
 def script(shell: str, parser: argparse.ArgumentParser) -> str:
@@ -84,11 +100,12 @@ _dagrun() {
     case "$prev" in
         -C) COMPREPLY=($(compgen -d -- "$cur")); return ;;
 @@CHOICES@@
-        @@VALUED@@) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        @@PATHS@@) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        @@VALUES@@) return ;;
     esac
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
-            @@VALUED@@) ((i++)) ;;
+            -C|@@PATHS@@|@@VALUES@@) ((i++)) ;;
             -*) ;;
             *) cmd="${COMP_WORDS[i]}"; break ;;
         esac
@@ -99,11 +116,12 @@ _dagrun() {
     esac
     if [[ "$cur" == -* ]]; then
         COMPREPLY=($(compgen -W "$opts" -- "$cur"))
-    elif [[ -z "$cmd" ]]; then
-        COMPREPLY=($(compgen -W "@@COMMANDS@@" -- "$cur"))
+    elif [[ -z "$cmd" ]]; then  # a command, or a target (without a command, dagrun builds)
+        local IFS=$'\n'
+        COMPREPLY=($(compgen -W "$(printf '%s\n' @@COMMANDS@@; _dagrun_names)" -- "$cur"))
     elif [[ "$cmd" == completion ]]; then
         COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur"))
-    elif [[ " @@TASKS@@ " == *" $cmd "* ]]; then
+    elif [[ " @@TASKS@@ " == *" $cmd "* || " @@COMMANDS@@ " != *" $cmd "* ]]; then
         local IFS=$'\n'
         COMPREPLY=($(compgen -W "$(_dagrun_names)" -- "$cur"))
     fi
@@ -114,24 +132,36 @@ complete -F _dagrun dagrun
 
 def _choice_cases(opts: tuple[Option, ...], commands: tuple[Command, ...], fmt: str) -> str:
     seen: dict[str, tuple[str, ...]] = {}
-    for o in list(opts) + [o for c in commands for o in c.options]:
+    for o in _all(opts, commands):
         if o.choices:
             for f in o.flags:
                 seen[f] = o.choices
     return "\n".join(fmt.format(flag=f, words=" ".join(ch)) for f, ch in sorted(seen.items()))
 
 
+def _fill(template: str, opts: tuple[Option, ...], commands: tuple[Command, ...]) -> str:
+    paths = "|".join(_valued(opts, commands, paths=True))
+    values = "|".join(_valued(opts, commands, paths=False))
+    return template.replace("@@PATHS@@", paths).replace("@@VALUES@@", values)
+
+
+def _any(build: Command) -> Command:
+    """The ``case`` branch of a word that is no command: an implicit build, with its options."""
+    return Command("?*", build.help, build.options)
+
+
 def _bash(opts: tuple[Option, ...], commands: tuple[Command, ...]) -> str:
     choices = _choice_cases(
         opts, commands, '        {flag}) COMPREPLY=($(compgen -W "{words}" -- "$cur")); return ;;'
     )
+    build = next(c for c in commands if c.name == "build")
     cmdopts = "\n".join(
-        f'        {c.name}) opts="$opts {_words(c.options)}" ;;' for c in commands
+        f'        {c.name}) opts="$opts {_words(_own(opts, c).options)}" ;;'
+        for c in (*commands, _any(build))
     )
-    valued = [f for f in _valued(opts, commands) if f != "-C"]
     return (
-        _BASH.replace("@@CHOICES@@", choices)
-        .replace("@@VALUED@@", "|".join(valued))
+        _fill(_BASH, opts, commands)
+        .replace("@@CHOICES@@", choices)
         .replace("@@GLOBAL@@", _words(opts))
         .replace("@@CMDOPTS@@", cmdopts)
         .replace("@@COMMANDS@@", " ".join(c.name for c in commands))
@@ -147,12 +177,13 @@ _dagrun() {
     case ${words[CURRENT-1]} in
         -C) _files -/; return ;;
 @@CHOICES@@
-        @@VALUED@@) _files; return ;;
+        @@PATHS@@) _files; return ;;
+        @@VALUES@@) return ;;
     esac
     for ((i = 2; i < CURRENT; i++)); do
         case ${words[i]} in
             -C|-f) args+=(${words[i]} ${words[i+1]}); ((i++)) ;;
-            @@VALUED@@) ((i++)) ;;
+            @@PATHS@@|@@VALUES@@) ((i++)) ;;
             -*) ;;
             *) cmd=${words[i]}; break ;;
         esac
@@ -163,11 +194,11 @@ _dagrun() {
     esac
     if [[ $PREFIX == -* ]]; then
         compadd -- $opts
-    elif [[ -z $cmd ]]; then
-        compadd -- @@COMMANDS@@
+    elif [[ -z $cmd ]]; then  # a command, or a target (without a command, dagrun builds)
+        compadd -- @@COMMANDS@@ ${(f)"$(dagrun $args list --names 2>/dev/null)"}
     elif [[ $cmd == completion ]]; then
         compadd -- bash zsh fish
-    elif (( ${${(s: :):-@@TASKS@@}[(Ie)$cmd]} )); then
+    elif (( ${${(s: :):-@@TASKS@@}[(Ie)$cmd]} || ! ${${(s: :):-@@COMMANDS@@}[(Ie)$cmd]} )); then
         compadd -- ${(f)"$(dagrun $args list --names 2>/dev/null)"}
     fi
 }
@@ -177,11 +208,14 @@ compdef _dagrun dagrun
 
 def _zsh(opts: tuple[Option, ...], commands: tuple[Command, ...]) -> str:
     choices = _choice_cases(opts, commands, "        {flag}) compadd -- {words}; return ;;")
-    cmdopts = "\n".join(f"        {c.name}) opts+=({_words(c.options)}) ;;" for c in commands)
-    valued = [f for f in _valued(opts, commands) if f != "-C"]
+    build = next(c for c in commands if c.name == "build")
+    cmdopts = "\n".join(
+        f"        {c.name}) opts+=({_words(_own(opts, c).options)}) ;;"
+        for c in (*commands, _any(build))
+    )
     return (
-        _ZSH.replace("@@CHOICES@@", choices)
-        .replace("@@VALUED@@", "|".join(valued))
+        _fill(_ZSH, opts, commands)
+        .replace("@@CHOICES@@", choices)
         .replace("@@GLOBAL@@", _words(opts))
         .replace("@@CMDOPTS@@", cmdopts)
         .replace("@@COMMANDS@@", " ".join(c.name for c in commands))
@@ -214,6 +248,7 @@ def _fish_option(o: Option, condition: str | None) -> str:
 
 def _fish(opts: tuple[Option, ...], commands: tuple[Command, ...]) -> str:
     names = " ".join(c.name for c in commands)
+    seen_any = f"__fish_seen_subcommand_from {names}"
     lines = [
         "# dagrun completion for fish: dagrun completion fish > "
         "~/.config/fish/completions/dagrun.fish",
@@ -222,12 +257,12 @@ def _fish(opts: tuple[Option, ...], commands: tuple[Command, ...]) -> str:
     lines += [_fish_option(o, None) for o in opts]
     for c in commands:
         lines.append(
-            f"complete -c dagrun -n {_fish_quote('not __fish_seen_subcommand_from ' + names)} "
+            f"complete -c dagrun -n {_fish_quote('not ' + seen_any)} "
             f"-a {c.name} -d {_fish_quote(c.help)}"
         )
         seen = f"__fish_seen_subcommand_from {c.name}"
-        lines += [_fish_option(o, seen) for o in c.options]
-    tasks = f"__fish_seen_subcommand_from {' '.join(TAKES_TASKS)}"
+        lines += [_fish_option(o, seen) for o in _own(opts, c).options]
+    tasks = f"__fish_seen_subcommand_from {' '.join(TAKES_TASKS)}; or not {seen_any}"
     lines.append(
         f"complete -c dagrun -n {_fish_quote(tasks)} -a '(dagrun list --names 2>/dev/null)'"
     )

@@ -326,6 +326,10 @@ def test_bash_completion_completes_commands_options_and_task_names(tmp_path: Pat
     assert complete("dagrun", "build", "--ju") == ["--junit"]
     assert complete("dagrun", "build", "--progress", "p") == ["plain"]
     assert complete("dagrun", "completion", "") == ["bash", "fish", "zsh"]
+    # without a command, dagrun builds: targets complete beside commands, and build's options
+    assert complete("dagrun", "c") == ["check", "clean", "compile", "completion"]
+    assert complete("dagrun", "-q", "compile", "ch") == ["check"]
+    assert complete("dagrun", "compile", "--keep") == ["--keep-going"]
 
 
 def test_zsh_and_fish_scripts_name_every_command() -> None:
