@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -345,6 +346,66 @@ def test_zsh_and_fish_scripts_name_every_command() -> None:
     fish = script("fish", parser()).splitlines()
     assert "complete -c dagrun -n '__fish_seen_subcommand_from build' -l junit -r -F " \
            "-d 'write a JUnit XML report (a testcase per task)'" in fish
+
+
+@pytest.fixture
+def two_task_project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A manifest with tasks compile and check, and ``dagrun`` on the PATH."""
+    (tmp_path / "dagrun.toml").write_text(
+        '[tasks.compile]\ncmd = "true"\n[tasks.check]\ncmd = "true"\n'
+    )
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "dagrun").write_text(f'#!/bin/sh\nexec {sys.executable} -m dagrun "$@"\n')
+    (bindir / "dagrun").chmod(0o755)
+    return tmp_path, dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+def test_fish_completion_in_fish(two_task_project) -> None:
+    root, env = two_task_project
+    (root / "c.fish").write_text(subprocess.run(
+        [sys.executable, "-m", "dagrun", "completion", "fish"], capture_output=True, text=True,
+        check=True).stdout)
+
+    def complete(line: str) -> list[str]:
+        done = subprocess.run(["fish", "--no-config", "-c", f"source c.fish; complete -C '{line}'"],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return sorted(row.split("\t")[0] for row in done.stdout.splitlines())
+
+    assert complete("dagrun build c") == ["check", "compile"]
+    assert complete("dagrun c") == ["check", "clean", "compile", "completion"]
+    assert complete("dagrun build --ju") == ["--junit"]
+    assert complete("dagrun --progress ") == ["auto", "plain", "rich"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_zsh_completion_in_zsh(two_task_project) -> None:
+    """The function's logic, with compsys' compadd and _files stubbed (they need a terminal)."""
+    root, env = two_task_project
+    (root / "_dagrun").write_text(subprocess.run(
+        [sys.executable, "-m", "dagrun", "completion", "zsh"], capture_output=True, text=True,
+        check=True).stdout)
+
+    def complete(*words: str) -> list[str]:
+        probe = (
+            "compdef() { :; }; _files() { print FILES; }\n"
+            'compadd() { [[ $1 == -- ]] && shift; print -l -- "$@"; }\n'
+            f"source ./_dagrun; words=({' '.join(words)}); CURRENT={len(words)}; "
+            f"PREFIX={words[-1]}; _dagrun"
+        )
+        done = subprocess.run(["zsh", "-f", "-c", probe], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return sorted(w for w in done.stdout.split() if w.startswith(words[-1]) or w == "FILES")
+
+    assert complete("dagrun", "build", "c") == ["check", "compile"]
+    assert complete("dagrun", "c") == ["check", "clean", "compile", "completion"]
+    assert complete("dagrun", "compile", "--k") == ["--keep-going"]
+    assert complete("dagrun", "build", "--junit", "x") == ["FILES"]
 
 
 @pytest.mark.slow
