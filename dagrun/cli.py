@@ -299,10 +299,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     return int(result.exit_code)
 
 
-def _options(args: argparse.Namespace, session: Any = None) -> Any:
+def _options(args: argparse.Namespace, session: Any = None, runs: str = ".dagrun/runs") -> Any:
+    """How the console reports (report.Options): -q, -v, colour, GitHub Actions, --explain."""
     from .report import Options, color_wanted
 
-    runs = ".dagrun/runs"
     if session is not None:
         runs = os.path.relpath(os.path.join(session.state_dir, "runs"))
     return Options(
@@ -505,15 +505,20 @@ def executor_pool_text(p: Any) -> str:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    from .report import make_reporter
     from .watch import Watcher
 
+    path = manifest_path(args)
+    runs = os.path.join(os.path.dirname(path), ".dagrun", "runs")
+    options = _options(args, runs=os.path.normpath(runs))
     watcher = Watcher(
-        manifest_path(args),
+        path,
         args.targets,
         jobs=args.jobs,
         restart=args.restart,
         debounce_ms=args.debounce,
         progress=args.progress,
+        reporter_factory=lambda: make_reporter(args.progress, options=options),
     )
     return watcher.run()
 
