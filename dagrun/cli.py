@@ -7,6 +7,7 @@ failed; 2 a usage or manifest error; 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .errors import DagrunError, Interrupted
+from .errors import DagrunError, Interrupted, UnknownTargetError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -166,9 +167,11 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
     p = parser()
     helping = any(w in ("-h", "--help", "--version") for w in argv)
-    if not helping and not any(w in COMMANDS for w in argv):
+    implicit = not helping and not any(w in COMMANDS for w in argv)
+    if implicit:
         argv = ["build", *argv]
     args = p.parse_args(argv)
+    args.implicit = implicit
     if args.command is None:
         args = p.parse_args([*argv, "build"])
     for name, value in GLOBAL_DEFAULTS.items():
@@ -251,6 +254,7 @@ _NOOP_NEUTRAL = frozenset(
         "color",
         "quiet",
         "verbose",
+        "implicit",
     }
 )
 
@@ -287,7 +291,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     reporter = _build_reporter(args, session)
     failures = 0 if args.keep_going else args.failures_allowed
     try:
-        result = session.build(
+        result = _command_typo(args, session.build)(
             args.targets,
             reporter=reporter,
             jobs=args.jobs,
@@ -297,6 +301,24 @@ def cmd_build(args: argparse.Namespace) -> int:
     finally:
         _warn(session)
     return int(result.exit_code)
+
+
+def _command_typo(args: argparse.Namespace, build: Any) -> Any:
+    """``dagrun biuld`` builds a target 'biuld': if there is none, say which command was meant."""
+
+    def call(*a: Any, **kw: Any) -> Any:
+        try:
+            return build(*a, **kw)
+        except UnknownTargetError as exc:
+            from .entry import COMMANDS
+
+            words = [t for t in args.targets if getattr(args, "implicit", False)]
+            close = [c for w in words for c in difflib.get_close_matches(w, COMMANDS, n=1)]
+            if not close:
+                raise
+            raise UnknownTargetError(f"{exc} (or the command '{close[0]}'?)") from None
+
+    return call
 
 
 def _options(args: argparse.Namespace, session: Any = None, runs: str = ".dagrun/runs") -> Any:
