@@ -16,17 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from . import events
 from .clock import Clock
 from .errors import Interrupted
-from .events import (
-    BuildFinished,
-    BuildStarted,
-    Event,
-    Planned,
-    TaskFinished,
-    TaskSkipped,
-    TaskStarted,
-)
+from .events import BuildFinished, BuildStarted, Event, TaskFinished, TaskSkipped, TaskStarted
 from .executors import Executor, Job, Outcome
 from .graph import BuildGraph
 from .plan import Plan
@@ -161,7 +154,7 @@ class Scheduler:
         self.done = 0
         self.next_id = 0
         started = self.clock.now()
-        planned = Planned(g.specs, plan.to_run, plan.up_to_date, self.keys, plan.reasons)
+        planned = events.Planned(g.specs, plan.to_run, plan.up_to_date, self.keys, plan.reasons)
         self.reporter.handle(
             BuildStarted(len(plan.to_run), len(plan.up_to_date), self.jobs, planned)
         )
