@@ -7,6 +7,7 @@ failed; 2 a usage or manifest error; 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .errors import DagrunError, Interrupted
+from .errors import DagrunError, Interrupted, UnknownTargetError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -45,24 +46,59 @@ _positive = _at_least(1, "at least 1")
 _count = _at_least(0, "0 or more")
 
 
+# the global options: accepted before or after the command (SUPPRESS: a subparser does not
+# overwrite what the main parser read with its default); GLOBAL_DEFAULTS fills what is unset
+GLOBAL_DEFAULTS: dict[str, Any] = {
+    "directory": ".",
+    "file": None,
+    "progress": "auto",
+    "color": "auto",
+    "quiet": False,
+    "verbose": False,
+}
+
+
+def _global_options() -> _Parser:
+    g = _Parser(add_help=False)
+    s = argparse.SUPPRESS
+    g.add_argument("-C", dest="directory", default=s, metavar="DIR", help="change to DIR first")
+    g.add_argument(
+        "-f", dest="file", default=s, metavar="FILE",
+        help="manifest file (default: dagrun.toml here or in the nearest folder above)",
+    )
+    g.add_argument(
+        "--progress", choices=("auto", "rich", "plain"), default=s,
+        help="a live display on a terminal (auto), always (rich), or plain lines",
+    )
+    g.add_argument(
+        "--color", choices=("auto", "always", "never"), default=s,
+        help="colour on a terminal (auto; off with NO_COLOR, on with FORCE_COLOR)",
+    )
+    g.add_argument(
+        "-q", "--quiet", action="store_true", default=s, help="print failures and the summary only"
+    )
+    g.add_argument(
+        "-v", "--verbose", action="store_true", default=s,
+        help="print each task's command instead of its display",
+    )
+    return g
+
+
 def parser() -> argparse.ArgumentParser:
+    common = _global_options()
     p = _Parser(
         prog="dagrun",
         description="A declarative build tool: dagrun.toml -> tasks run when their inputs change.",
+        epilog="Without a command, dagrun builds: `dagrun -j4 all` is `dagrun build -j4 all`.",
+        parents=[common],
     )
     p.add_argument("--version", action="version", version=f"dagrun {__version__}")
-    p.add_argument("-C", dest="directory", default=".", metavar="DIR", help="change to DIR first")
-    p.add_argument("-f", dest="file", metavar="FILE", help="manifest file (default: dagrun.toml)")
-    p.add_argument(
-        "--progress",
-        choices=("auto", "rich", "plain"),
-        default="auto",
-        help="console output: a live display on a terminal (auto), or plain lines",
-    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
 
-    b = sub.add_parser("build", help="build targets (default: the default targets)")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    b = command("build", "build targets (default: the default targets)")
     b.add_argument("targets", nargs="*", metavar="TARGET")
     b.add_argument("-j", "--jobs", type=_positive, metavar="N", help="run N tasks at once")
     b.add_argument("-k", "--keep-going", action="store_true", help="do not stop after failures")
@@ -76,8 +112,11 @@ def parser() -> argparse.ArgumentParser:
         "-n", "--dry-run", action="store_true", help="print what would run and why; run nothing"
     )
     b.add_argument("--explain", action="store_true", help="print why each task runs")
+    b.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (a testcase per task)")
+    b.add_argument("--events", metavar="FILE", help="write the build's events as JSON lines")
+    b.add_argument("--trace", metavar="FILE", help="write a Chrome trace (open it in Perfetto)")
 
-    g = sub.add_parser("graph", help="print the dependency graph")
+    g = command("graph", "print the dependency graph")
     g.add_argument("targets", nargs="*", metavar="TARGET")
     fmt = g.add_mutually_exclusive_group()
     fmt.add_argument(
@@ -85,9 +124,15 @@ def parser() -> argparse.ArgumentParser:
     )
     fmt.add_argument("--json", action="store_const", dest="format", const="json", help="JSON")
 
-    sub.add_parser("list", help="list tasks and whether they are up to date")
+    ls = command("list", "list tasks and whether they are up to date")
+    ls.add_argument("--json", action="store_true", help="as JSON")
+    ls.add_argument("--names", action="store_true", help=argparse.SUPPRESS)  # shell completion
 
-    c = sub.add_parser("clean", help="remove declared outputs and forget their keys")
+    sh = command("show", "a task's command, key parts, last run and where its output is")
+    sh.add_argument("task", metavar="TASK")
+    sh.add_argument("--json", action="store_true", help="as JSON")
+
+    c = command("clean", "remove declared outputs and forget their keys")
     c.add_argument("targets", nargs="*", metavar="TARGET")
     c.add_argument(
         "--dead",
@@ -95,7 +140,7 @@ def parser() -> argparse.ArgumentParser:
         help="remove instead the outputs that the log records for tasks no longer in the manifest",
     )
 
-    w = sub.add_parser("watch", help="build, then rebuild what changed whenever inputs change")
+    w = command("watch", "build, then rebuild what changed whenever inputs change")
     w.add_argument("targets", nargs="*", metavar="TARGET")
     w.add_argument("-j", "--jobs", type=_positive, metavar="N", help="run N tasks at once")
     w.add_argument(
@@ -108,14 +153,43 @@ def parser() -> argparse.ArgumentParser:
         help="rebuild once changes stop for MS ms (default: [dagrun] watch_debounce_ms, 200)",
     )
 
-    st = sub.add_parser("status", help="each executor's pool: cores, free cores, running jobs")
-    st.add_argument("--executors", action="store_true", help="each executor's pool (the default)")
+    st = command("status", "the running or last build, and each executor's pool")
+    st.add_argument("--executors", action="store_true", help="each executor's pool only")
+    st.add_argument("--json", action="store_true", help="as JSON")
+
+    tr = command("trace", "write the last build's Chrome trace (Perfetto, chrome://tracing)")
+    tr.add_argument("output", nargs="?", default="-", metavar="FILE", help="default: stdout")
+
+    comp = command("completion", "print a shell completion script")
+    comp.add_argument("shell", choices=("bash", "zsh", "fish"))
     return p
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse like argparse, plus: without a command (``dagrun``, ``dagrun -q``, ``dagrun all``,
+    ``dagrun -j4``), ``build`` is meant, as a bare ``make`` or ``ninja`` builds."""
+    from .entry import COMMANDS
+
+    p = parser()
+    helping = any(w in ("-h", "--help", "--version") for w in argv)
+    implicit = not helping and not any(w in COMMANDS for w in argv)
+    if implicit:
+        argv = ["build", *argv]
+    args = p.parse_args(argv)
+    args.implicit = implicit
+    if args.command is None:
+        args = p.parse_args([*argv, "build"])
+    for name, value in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
+    if args.quiet and args.verbose:
+        p.error("-q and -v cannot be used together")
+    return args
 
 
 def main(argv: Sequence[str] | None = None, *, noop_checked: bool = False) -> int:
     """``noop_checked``: dagrun.entry already asked the no-op fast path; do not ask twice."""
-    args = parser().parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     args.noop_checked = noop_checked
     try:
         if args.directory != ".":
@@ -138,10 +212,25 @@ def main(argv: Sequence[str] | None = None, *, noop_checked: bool = False) -> in
         return EXIT_FAILED if args.command == "build" else EXIT_OK
 
 
-def _session(args: argparse.Namespace) -> Any:
-    from .session import Session, find_manifest
+def manifest_path(args: argparse.Namespace) -> str:
+    """-f FILE, else dagrun.toml here or in the nearest folder above (locate.py)."""
+    from .locate import find
 
-    path = find_manifest(".", args.file)
+    path = find(".", args.file)
+    if path is None:
+        if args.file:
+            raise DagrunError(f"no such manifest: {args.file}")
+        here = os.path.abspath(".")
+        raise DagrunError(
+            f"no dagrun.toml in {here} or any folder above it (use -C DIR or -f FILE)"
+        )
+    return path
+
+
+def _session(args: argparse.Namespace) -> Any:
+    from .session import Session
+
+    path = manifest_path(args)
 
     def on_wait(message: str) -> None:
         sys.stderr.write(f"dagrun: {message}\n")
@@ -167,6 +256,10 @@ _NOOP_NEUTRAL = frozenset(
         "jobs",
         "keep_going",
         "failures_allowed",
+        "color",
+        "quiet",
+        "verbose",
+        "implicit",
     }
 )
 
@@ -177,8 +270,10 @@ def _nothing_to_do(args: argparse.Namespace) -> bool:
         return False
     if any(v for name, v in vars(args).items() if name not in _NOOP_NEUTRAL | {"noop_checked"}):
         return False
-    path = os.path.join(".", args.file) if args.file else "dagrun.toml"
-    if not os.path.isfile(path):
+    from .locate import find
+
+    path = find(".", args.file)
+    if path is None:
         return False
     from .fresh import check, no_work_line
 
@@ -198,21 +293,86 @@ def cmd_build(args: argparse.Namespace) -> int:
         _warn(session)
         print_plan(prep)
         return EXIT_OK
-    from .report import make_reporter
-
-    reporter = make_reporter(args.progress, explain=args.explain)
+    reporter = _build_reporter(args, session)
     failures = 0 if args.keep_going else args.failures_allowed
     try:
-        result = session.build(
+        result = _command_typo(args, session.build)(
             args.targets,
             reporter=reporter,
             jobs=args.jobs,
             failures_allowed=failures,
-            explain=args.explain,
+            explain=args.explain or bool(args.events),  # --events: the reasons in full
         )
     finally:
         _warn(session)
     return int(result.exit_code)
+
+
+def _command_typo(args: argparse.Namespace, build: Any) -> Any:
+    """``dagrun biuld`` builds a target 'biuld': if there is none, say which command was meant."""
+
+    def call(*a: Any, **kw: Any) -> Any:
+        try:
+            return build(*a, **kw)
+        except UnknownTargetError as exc:
+            from .entry import COMMANDS
+
+            words = [t for t in args.targets if getattr(args, "implicit", False)]
+            close = [c for w in words for c in difflib.get_close_matches(w, COMMANDS, n=1)]
+            if not close:
+                raise
+            raise UnknownTargetError(f"{exc} (or the command '{close[0]}'?)") from None
+
+    return call
+
+
+def _options(args: argparse.Namespace, session: Any = None, runs: str = ".dagrun/runs") -> Any:
+    """How the console reports (report.Options): -q, -v, colour, GitHub Actions, --explain."""
+    from .report import Options, color_wanted
+
+    if session is not None:
+        runs = os.path.relpath(os.path.join(session.state_dir, "runs"))
+    return Options(
+        explain=bool(getattr(args, "explain", False)),
+        quiet=args.quiet,
+        verbose=args.verbose,
+        color=color_wanted(args.color, sys.stdout, os.environ),
+        github=os.environ.get("GITHUB_ACTIONS") == "true",
+        runs_dir=runs,
+    )
+
+
+def _build_reporter(args: argparse.Namespace, session: Any) -> Any:
+    """The console, plus the records: .dagrun/last-build.jsonl and any --events/--junit/--trace."""
+    from . import record
+    from .report import Tee, make_reporter
+
+    sinks: list[Any] = [
+        record.JsonLines(
+            os.path.join(session.state_dir, record.LAST_BUILD),
+            wants_fresh=False, only_if_work=True, tolerant=True,
+        )
+    ]
+    if args.events:
+        record.check_writable(args.events, "events")
+        sinks.append(record.JsonLines(args.events, wants_fresh=True, only_if_work=False))
+    if args.junit:
+        from .junit import to_xml
+
+        record.check_writable(args.junit, "JUnit report")
+        suite = session.manifest_name or "dagrun"
+        sinks.append(record.Collected(
+            lambda rs: record.write_text(args.junit, to_xml(rs, suite)), wants_fresh=True
+        ))
+    if args.trace:
+        from .trace import dumps
+
+        record.check_writable(args.trace, "trace")
+        sinks.append(record.Collected(
+            lambda rs: record.write_text(args.trace, dumps(rs)), wants_fresh=False
+        ))
+    console = make_reporter(args.progress, options=_options(args, session))
+    return Tee([record.Records(sinks), console])
 
 
 def print_plan(prep: Any) -> None:
@@ -233,79 +393,80 @@ def print_plan(prep: Any) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from . import views
+
     session = _session(args)
+    if args.names:  # for shell completion: no planning, no hashing
+        sys.stdout.write("".join(n + "\n" for n in views.names(session.load_graph())))
+        return EXIT_OK
     prep = session.plan(None, explain=True)
     _warn(session)
-    g, plan = prep.graph, prep.plan
-    fresh = set(plan.up_to_date)
-    width = max((len(s.name) for s in g.specs), default=4)
-    for i in g.order:
-        spec = g.specs[i]
-        if i in fresh:
-            state = "up to date"
-        elif i in plan.reasons:
-            state = "will run: " + "; ".join(plan.reasons[i])
-        else:
-            state = "not selected"
-        shown = f"  [{spec.display}]" if spec.display else ""
-        sys.stdout.write(f"{spec.name:<{width}}  {state}{shown}\n")
+    data = views.task_list(prep)
+    if args.json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        from .report import Style
+
+        sys.stdout.write(views.list_text(data, Style(_options(args).color).dim))
     return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from . import record, views
+
+    session = _session(args)
+    graph = session.load_graph()
+    i = views.one_task(graph, args.task)
+    prep = session.plan([graph.specs[i].name], explain=True)
+    _warn(session)
+    data = views.show(prep, i, session.state_dir, _last_build(session, record))
+    if args.json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        sys.stdout.write(views.show_text(data))
+    return EXIT_OK
+
+
+def _last_build(session: Any, record: Any) -> list[Any]:
+    try:
+        return list(record.read(os.path.join(session.state_dir, record.LAST_BUILD)))
+    except OSError:
+        return []
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
+    from .graph import to_dot, to_json
+
     session = _session(args)
     prep = session.plan(args.targets or None, explain=False)
+    g, plan = prep.graph, prep.plan
     if args.format == "json":
-        sys.stdout.write(json.dumps(graph_json(prep), indent=2) + "\n")
+        data = to_json(g, plan.selected, plan.up_to_date, prep.keys.keys)
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
-        sys.stdout.write(graph_dot(prep))
+        sys.stdout.write(to_dot(g, plan.selected, plan.up_to_date))
     return EXIT_OK
 
 
-def graph_json(prep: Any) -> dict[str, Any]:
-    g, plan = prep.graph, prep.plan
-    fresh = set(plan.up_to_date)
-    tasks = []
-    for i in plan.selected:
-        s = g.specs[i]
-        tasks.append(
-            {
-                "name": s.name,
-                "display": s.display or None,
-                "cmd": s.cmd,
-                "inputs": list(s.inputs),
-                "outputs": list(s.outputs),
-                "deps": [g.specs[d].name for d in g.deps[i]],
-                "up_to_date": i in fresh,
-                "key": prep.keys.keys[i],
-            }
-        )
-    edges = [[g.specs[d].name, g.specs[i].name] for i in plan.selected for d in g.deps[i]]
-    return {"tasks": tasks, "edges": edges}
+def cmd_trace(args: argparse.Namespace) -> int:
+    from . import record
+    from .trace import dumps
+
+    session = _session(args)
+    records = _last_build(session, record)
+    if not records:
+        raise DagrunError("no build to trace yet: run `dagrun build` (a build that runs a task)")
+    record.write_text(args.output, dumps(records))
+    if args.output != "-":
+        sys.stderr.write(f"dagrun: wrote {args.output}\n")
+    return EXIT_OK
 
 
-def graph_dot(prep: Any) -> str:
-    g, plan = prep.graph, prep.plan
-    fresh = set(plan.up_to_date)
-    lines = ["digraph dagrun {", "  rankdir=LR;", '  node [shape=box, fontname="monospace"];']
-    for i in plan.selected:
-        s = g.specs[i]
-        style = (
-            'style=filled, fillcolor="#d9f2d9", color="#5a9a5a"'
-            if i in fresh
-            else 'style=bold, color="#b03030"'
-        )
-        tip = "up to date" if i in fresh else "will run"
-        lines.append(f"  {_q(s.name)} [label={_q(s.label)}, tooltip={_q(tip)}, {style}];")
-    for i in plan.selected:
-        for d in g.deps[i]:
-            lines.append(f"  {_q(g.specs[d].name)} -> {_q(g.specs[i].name)};")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+def cmd_completion(args: argparse.Namespace) -> int:
+    from .completion import script
 
-
-def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    sys.stdout.write(script(args.shell, parser()))
+    return EXIT_OK
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
@@ -319,10 +480,25 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from . import record, views
+
     session = _session(args)
     pools = session.executor_pools()
     _warn(session)
-    sys.stdout.write("".join(executor_pool_text(p) for p in pools))
+    if args.executors and not args.json:
+        sys.stdout.write("".join(executor_pool_text(p) for p in pools))
+        return EXIT_OK
+    try:
+        graph = session.load_graph()
+    except DagrunError:
+        graph = None
+    live = any(p.build_pid for p in pools)  # the running build's pool snapshot
+    build = views.build_status(graph, _last_build(session, record), live)
+    if args.json:
+        sys.stdout.write(json.dumps(views.status(build, pools), indent=2) + "\n")
+        return EXIT_OK
+    text = views.build_status_text(build)
+    sys.stdout.write(text + "".join(executor_pool_text(p) for p in pools))
     return EXIT_OK
 
 
@@ -358,16 +534,20 @@ def executor_pool_text(p: Any) -> str:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from .session import find_manifest
+    from .report import make_reporter
     from .watch import Watcher
 
+    path = manifest_path(args)
+    runs = os.path.join(os.path.dirname(path), ".dagrun", "runs")
+    options = _options(args, runs=os.path.normpath(runs))
     watcher = Watcher(
-        find_manifest(".", args.file),
+        path,
         args.targets,
         jobs=args.jobs,
         restart=args.restart,
         debounce_ms=args.debounce,
         progress=args.progress,
+        reporter_factory=lambda: make_reporter(args.progress, options=options),
     )
     return watcher.run()
 
@@ -379,4 +559,7 @@ _COMMANDS = {
     "list": cmd_list,
     "clean": cmd_clean,
     "status": cmd_status,
+    "show": cmd_show,
+    "trace": cmd_trace,
+    "completion": cmd_completion,
 }

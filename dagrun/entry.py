@@ -1,11 +1,15 @@
 """The ``dagrun`` command: a no-op build is answered before the CLI is even imported.
 
-A plain ``dagrun [-C DIR] [-f FILE] [--progress MODE] build [-j N] [-k]
-[--failures-allowed N] [TARGET...]`` is first offered to the no-op fast path
+A plain build -- ``dagrun [GLOBAL...] [build] [TARGET...] [-j N] [-k]
+[--failures-allowed N]``, where GLOBAL (``-C DIR``, ``-f FILE``, ``--progress
+MODE``, ``--color WHEN``, ``-q``, ``-v``) may also stand after ``build``, and
+argv without a command is a build -- is first offered to the no-op fast path
 (dagrun/fresh.py), which needs neither argparse nor typing nor the build
-machinery (together ~14 ms of CPU, a third of a 10k-task no-op).  Everything
-else (other commands, other options, anything this recogniser is unsure of)
-goes to ``cli.main`` unchanged, which parses and reports errors as usual.
+machinery (together ~14 ms of CPU, a third of a 10k-task no-op).  The manifest
+is found as the CLI finds it (dagrun/locate.py: upward from the folder).
+Everything else (other commands, other options, anything this recogniser is
+unsure of) goes to ``cli.main`` unchanged, which parses and reports errors as
+usual.
 
 SIGTERM and SIGHUP become KeyboardInterrupt (exit 130) from main's first line,
 not only once the build runs (dagrun.interrupts takes over from there), so a
@@ -21,7 +25,17 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-_PROGRESS = ("auto", "rich", "plain")
+# the CLI's commands (tests/test_entry.py checks this against the parser): argv without any of
+# them is a build, so `dagrun`, `dagrun -q` and `dagrun TARGET` all build
+COMMANDS = ("build", "watch", "graph", "list", "show", "clean", "status", "trace", "completion")
+
+_CHOICES = {
+    "--progress": ("auto", "rich", "plain"),
+    "--color": ("auto", "always", "never"),
+    "-C": None,
+    "-f": None,
+}
+_FLAGS = {"-q": "q", "--quiet": "q", "-v": "v", "--verbose": "v"}
 
 
 class SignalInterrupt(KeyboardInterrupt):
@@ -57,8 +71,11 @@ def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     plain = plain_build(args)
     if plain is not None:
-        path, targets = plain
-        if os.path.isfile(path):
+        from .locate import find
+
+        directory, file, targets = plain
+        path = find(directory, file)
+        if path is not None:
             from .fresh import check, no_work_line
 
             count = check(path, targets, os.environ)
@@ -80,38 +97,49 @@ def _say(line: str) -> int:
     return 0
 
 
-def plain_build(argv: Sequence[str]) -> tuple[str, list[str]] | None:
-    """(manifest path, targets) when argv is a build the fast path may answer as argparse would."""
-    directory, file = ".", None
-    i, n = 0, len(argv)
-    while i < n and argv[i] != "build":
-        if argv[i] not in ("-C", "-f", "--progress") or i + 1 >= n or not _value(argv[i + 1]):
-            return None
-        if argv[i] == "-C":
-            directory = argv[i + 1]
-        elif argv[i] == "-f":
-            file = argv[i + 1]
-        elif argv[i + 1] not in _PROGRESS:
-            return None
-        i += 2
-    if i >= n:
-        return None
+def plain_build(argv: Sequence[str]) -> tuple[str, str | None, list[str]] | None:
+    """(-C dir, -f file, targets) when argv is a build the fast path may answer as argparse does."""
+    if not any(word in COMMANDS for word in argv):
+        argv = ["build", *argv]
+    values: dict[str, str] = {"-C": ".", "-f": ""}
+    flags: set[str] = set()
     targets: list[str] = []
-    after_targets = False  # argparse refuses targets on both sides of an option
-    i += 1
+    building = after_targets = False  # argparse refuses targets on both sides of an option
+    i, n = 0, len(argv)
     while i < n:
-        used = _build_option(argv, i)
+        used = _global_option(argv, i, values, flags)
+        if not used and building:
+            used = _build_option(argv, i)
         if used:
             after_targets = bool(targets)
             i += used
-        elif argv[i].startswith("-") or after_targets:
+        elif not building and argv[i] == "build":
+            building = True
+            i += 1
+        elif not building or argv[i].startswith("-") or after_targets:
             return None
         else:
             targets.append(argv[i])
             i += 1
-    return os.path.join(directory, file or "dagrun.toml"), targets
+    if flags == {"q", "v"}:
+        return None  # a usage error: argparse says so
+    return values["-C"], values["-f"] or None, targets
 
 
+def _global_option(argv: Sequence[str], i: int, values: dict[str, str], flags: set[str]) -> int:
+    """How many words the global option at ``argv[i]`` takes (0: not one we know), noting it."""
+    word = argv[i]
+    if word in _FLAGS:
+        flags.add(_FLAGS[word])
+        return 1
+    if word not in _CHOICES or i + 1 >= len(argv) or not _value(argv[i + 1]):
+        return 0
+    choices = _CHOICES[word]
+    if choices is not None and argv[i + 1] not in choices:
+        return 0
+    if word in values:
+        values[word] = argv[i + 1]
+    return 2
 def _build_option(argv: Sequence[str], i: int) -> int:
     """How many words the neutral build option at ``argv[i]`` takes (0: not one we know)."""
     word = argv[i]

@@ -66,10 +66,14 @@ class GraphError(DagrunError):
 class CycleError(GraphError):
     """A dependency cycle; ``cycle`` lists the task names, first repeated last."""
 
-    def __init__(self, cycle: list[str], source: str | None = None) -> None:
+    def __init__(
+        self, cycle: list[str], source: str | None = None, links: tuple[str, ...] = ()
+    ) -> None:
         self.cycle = cycle
+        self.links = links  # how each task needs the next, when a file makes the link
         where = f"{source}: " if source else ""
-        super().__init__(f"{where}dependency cycle: {' -> '.join(cycle)}")
+        how = "".join(f"; {link}" for link in links)
+        super().__init__(f"{where}dependency cycle: {' -> '.join(cycle)}{how}")
 
 
 class UnknownTargetError(GraphError):

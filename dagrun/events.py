@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """What a build selected, by reference (no copies: a 100k-task build pays nothing for it).
+
+    ``specs`` are the graph's TaskSpecs; ``to_run`` and ``up_to_date`` index into
+    them; ``keys`` and ``reasons`` (why each task runs) too.
+    """
+
+    specs: Sequence[Any]
+    to_run: Sequence[int]
+    up_to_date: Sequence[int]
+    keys: Sequence[str | None]
+    reasons: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -10,6 +27,7 @@ class BuildStarted:
     total: int  # tasks to run
     up_to_date: int
     jobs: int
+    planned: Planned | None = None  # what runs and what is up to date, for reports
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +37,7 @@ class TaskStarted:
     attempt: int
     cores: tuple[int, ...] = ()
     reasons: tuple[str, ...] = ()  # filled when --explain is on
+    executor: str = "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +55,10 @@ class TaskFinished:
     will_retry: bool = False
     done: int = 0  # finished so far, counting this one
     total: int = 0
+    maxrss_kb: int = 0
+    attempt: int = 1
+    max_attempts: int = 1  # retries + 1
+    interrupted: bool = False  # killed by Ctrl-C / SIGTERM, not a failure of its own
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,7 +200,11 @@ def compile(manifest: Manifest) -> BuildGraph:
                 inputs.path(i, pattern, found, srcs)
         deps.append(tuple(found))
         sources.append(tuple(sorted(srcs)))
-    order = _toposort(specs, deps, manifest.source)
+    try:
+        order = _toposort(specs, deps, manifest.source)
+    except CycleError as exc:
+        links = _cycle_links(manifest, index, producers, exc.cycle)
+        raise CycleError(exc.cycle, manifest.source, links) from None
     graph = BuildGraph(
         manifest=manifest,
         specs=specs,
@@ -300,6 +304,52 @@ def _subdirs(folder: str) -> frozenset[str]:
         return frozenset()
 
 
+def _cycle_links(
+    manifest: Manifest, index: Mapping[str, int], producers: Mapping[str, int], cycle: list[str]
+) -> tuple[str, ...]:
+    """For a cycle that goes through files: which file links each task to the next, with lines.
+
+    Empty when every link is an explicit ``deps`` entry (the path says it all).
+    """
+    specs = manifest.tasks
+    links: list[str] = []
+    through_files = False
+    for a, b in zip(cycle, cycle[1:], strict=False):
+        sa, sb = specs[index[a]], specs[index[b]]
+        path = _file_between(manifest, sa, index[b], producers)
+        if path is None:
+            links.append(f"{a} needs {b} (deps{_at(manifest.line_of(sa, 'deps'))})")
+            continue
+        through_files = True
+        links.append(
+            f"{a} reads {path}{_at(manifest.line_of(sa, 'inputs'), ' (line ', ')')}, "
+            f"written by {b}{_at(manifest.line_of(sb, 'outputs'), ' (line ', ')')}"
+        )
+    return tuple(links) if through_files else ()
+
+
+def _file_between(
+    manifest: Manifest, spec: TaskSpec, producer: int, producers: Mapping[str, int]
+) -> str | None:
+    """An input of ``spec`` (an exact path, or a glob's match) that task ``producer`` writes."""
+    if spec.deps and any(d == manifest.tasks[producer].name for d in spec.deps):
+        return None
+    for pattern in spec.inputs:
+        if not globs.has_magic(pattern):
+            if producers.get(pattern) == producer:
+                return pattern
+            continue
+        rx = globs.translate(pattern)
+        for out in manifest.tasks[producer].outputs:
+            if rx.match(out):
+                return out
+    return None
+
+
+def _at(line: int | None, before: str = ", line ", after: str = "") -> str:
+    return f"{before}{line}{after}" if line is not None else ""
+
+
 def _glob_regex(manifest: Manifest, spec: TaskSpec, pattern: str) -> re.Pattern[str]:
     """An input glob's regex; a glob ``re`` refuses (or warns about: ``[[``, ``&&``) is an error."""
     try:
@@ -390,3 +440,59 @@ def _find_cycle(
     first = cycle.index(min(cycle))
     cycle = cycle[first:] + cycle[:first]
     return [specs[i].name for i in cycle + cycle[:1]]
+
+
+# ---------------------------------------------------------------- rendering (`dagrun graph`)
+
+
+def to_json(
+    graph: BuildGraph,
+    selected: Iterable[int],
+    up_to_date: Iterable[int],
+    keys: list[str | None],
+) -> dict[str, Any]:
+    """``{"tasks": [...], "edges": [[from, to], ...]}`` over the selected tasks."""
+    fresh = set(up_to_date)
+    chosen = list(selected)
+    tasks = []
+    for i in chosen:
+        s = graph.specs[i]
+        tasks.append(
+            {
+                "name": s.name,
+                "display": s.display or None,
+                "cmd": s.cmd,
+                "inputs": list(s.inputs),
+                "outputs": list(s.outputs),
+                "deps": [graph.specs[d].name for d in graph.deps[i]],
+                "up_to_date": i in fresh,
+                "key": keys[i],
+            }
+        )
+    edges = [[graph.specs[d].name, graph.specs[i].name] for i in chosen for d in graph.deps[i]]
+    return {"tasks": tasks, "edges": edges}
+
+
+def to_dot(graph: BuildGraph, selected: Iterable[int], up_to_date: Iterable[int]) -> str:
+    """Graphviz DOT: up-to-date tasks filled green, tasks that would run in bold red."""
+    fresh = set(up_to_date)
+    chosen = list(selected)
+    lines = ["digraph dagrun {", "  rankdir=LR;", '  node [shape=box, fontname="monospace"];']
+    for i in chosen:
+        s = graph.specs[i]
+        style = (
+            'style=filled, fillcolor="#d9f2d9", color="#5a9a5a"'
+            if i in fresh
+            else 'style=bold, color="#b03030"'
+        )
+        tip = "up to date" if i in fresh else "will run"
+        lines.append(f"  {_q(s.name)} [label={_q(s.label)}, tooltip={_q(tip)}, {style}];")
+    for i in chosen:
+        for d in graph.deps[i]:
+            lines.append(f"  {_q(graph.specs[d].name)} -> {_q(graph.specs[i].name)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

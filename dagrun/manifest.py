@@ -216,6 +216,9 @@ def _numa_nodes(v: Any) -> str | None:
     return f'must be "auto" or a table such as {{ 0 = "0-7", 1 = "8-15" }}, not {v!r}'
 
 
+_MATRIX_KINDS = 'a list, { glob = "pattern" } or { range = [start, stop, step] }'
+
+
 def _matrix(v: Any) -> str | None:
     if not isinstance(v, dict) or not v:
         return "must be a non-empty table of variable = [values] or { glob = \"...\" }"
@@ -223,11 +226,15 @@ def _matrix(v: Any) -> str | None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
             return f"variable name '{var}' must be an identifier"
         if isinstance(values, dict):
-            if "glob" not in values or not set(values) <= {"glob", "allow_empty"}:
-                return f"variable '{var}' must be a list or {{ glob = \"pattern\" }}"
-            if not isinstance(values["glob"], str):
-                return f"variable '{var}' must be a list or {{ glob = \"pattern\" }}"
-            if not isinstance(values.get("allow_empty", False), bool):
+            if set(values) == {"range"}:
+                problem = _range(values["range"])
+                if problem:
+                    return f"variable '{var}': range {problem}"
+            elif "glob" not in values or not set(values) <= {"glob", "allow_empty"}:
+                return f"variable '{var}' must be {_MATRIX_KINDS}"
+            elif not isinstance(values["glob"], str):
+                return f"variable '{var}' must be {_MATRIX_KINDS}"
+            elif not isinstance(values.get("allow_empty", False), bool):
                 return f"variable '{var}': allow_empty must be true or false"
         elif isinstance(values, list):
             if not values:
@@ -236,8 +243,20 @@ def _matrix(v: Any) -> str | None:
                 if not isinstance(x, (str, int, float, bool)):
                     return f"variable '{var}' has a value of type {_tname(x)}"
         else:
-            kind = _tname(values)
-            return f"variable '{var}' must be a list or {{ glob = \"pattern\" }}, not {kind}"
+            return f"variable '{var}' must be {_MATRIX_KINDS}, not {_tname(values)}"
+    return None
+
+
+def _range(v: Any) -> str | None:
+    """``[start, stop]`` or ``[start, stop, step]``: whole numbers, as Python's range()."""
+    if not isinstance(v, list) or not 2 <= len(v) <= 3 or not all(_is_int(x) for x in v):
+        return f"must be [start, stop] or [start, stop, step] (whole numbers), not {v!r}"
+    if len(v) == 3 and v[2] == 0:
+        return "step must not be 0"
+    if not range(*v):
+        return f"{v!r} has no values (stop is exclusive, as in Python)"
+    if len(range(*v)) > 1_000_000:
+        return f"{v!r} has more than 1,000,000 values"
     return None
 
 
@@ -568,7 +587,9 @@ class _Builder:
         cwd = body.get("cwd", ".")
         axes: list[list[tuple[str, str]]] = []
         for var, values in body["matrix"].items():
-            if isinstance(values, dict):
+            if isinstance(values, dict) and "range" in values:
+                axes.append([(var, str(n)) for n in range(*values["range"])])
+            elif isinstance(values, dict):
                 base = os.path.normpath(os.path.join(self.root, cwd))
                 found = globs.expand(values["glob"], base, self.scanned)
                 if not found and not values.get("allow_empty", False):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from . import events
 from .clock import Clock
 from .errors import Interrupted
 from .events import BuildFinished, BuildStarted, Event, TaskFinished, TaskSkipped, TaskStarted
@@ -154,7 +155,10 @@ class Scheduler:
         self.done = 0
         self.next_id = 0
         started = self.clock.now()
-        self.reporter.handle(BuildStarted(len(plan.to_run), len(plan.up_to_date), self.jobs))
+        planned = events.Planned(g.specs, plan.to_run, plan.up_to_date, self.keys, plan.reasons)
+        self.reporter.handle(
+            BuildStarted(len(plan.to_run), len(plan.up_to_date), self.jobs, planned)
+        )
         interrupted = False
         try:
             while True:
@@ -228,6 +232,7 @@ class Scheduler:
                 self.attempts[i],
                 lease.cores if lease else (),
                 self.plan.reasons.get(i, ()) if self.explain else (),
+                spec.executor,
             )
         )
         self.executor.submit(job)
@@ -316,6 +321,10 @@ class Scheduler:
                 will_retry=retry,
                 done=self.done,
                 total=len(self.plan.to_run),
+                maxrss_kb=outcome.maxrss_kb,
+                attempt=self.attempts[i],
+                max_attempts=spec.retries + 1,
+                interrupted=interrupted and not ok,
             )
         )
 

@@ -20,7 +20,7 @@ import marshal
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import fresh, globs, interrupts
@@ -303,6 +303,8 @@ class Session:
         if cache is not None and cache.get("source") == self._source:
             graph = BuildGraph.from_cache(cache["graph"])
             if graph is not None and globs.folders_unchanged(graph.scanned):
+                if self.manifest_name is not None:  # named as the user names it today
+                    graph.manifest = replace(graph.manifest, source=self._source_name())
                 return graph, True
         return compile(self._load_manifest(data)), False
 
@@ -324,10 +326,14 @@ class Session:
             return self._manifest
         from .manifest import load
 
+        assert self.manifest_path is not None
+        return load(self.manifest_path, source=self._source_name(), data=data)
+
+    def _source_name(self) -> str:
+        """The manifest as messages name it: as the user gave it if relative, else absolute."""
         assert self.manifest_path is not None and self.manifest_name is not None
         relative = not os.path.isabs(self.manifest_name)
-        source = self.manifest_name if relative else None
-        return load(self.manifest_path, source=source, data=data)
+        return self.manifest_name if relative else self.manifest_path
 
     def _source_id(self, data: bytes | None) -> tuple[Any, ...]:
         if data is None:

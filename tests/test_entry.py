@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dagrun.cli import parser
+from dagrun.cli import parse
 from dagrun.entry import main, plain_build
 
 ACCEPTED = [
@@ -21,10 +21,20 @@ ACCEPTED = [
     ["-C", "sub", "-f", "other.toml", "--progress", "plain", "build", "t"],
     ["-f", "/abs/m.toml", "-C", "sub", "build"],
     ["build", "build"],  # a target named build
+    [],  # a bare dagrun is a build
+    ["-q"],
+    ["lib", "app"],  # no command: a build of these targets
+    ["-j2", "-q", "app"],
+    ["-f", "build"],  # a manifest named build
+    ["build", "-C", "sub", "--progress", "plain", "t"],  # global options after the command
+    ["build", "t", "-f", "x.toml", "-v", "--color", "never"],
+    ["-C", "a", "build", "-C", "b"],  # the last one wins, as in argparse
+    ["--color", "always", "build", "-q", "-j", "2"],
 ]
 
 REFUSED = [
-    [],
+    ["app", "list"],  # a command word anywhere: argparse decides
+    ["-h"],
     ["list"],
     ["build", "-n"],
     ["build", "--explain"],
@@ -42,16 +52,19 @@ REFUSED = [
     ["-C", "-f", "build"],
     ["--version"],
     ["build", "-h"],
+    ["build", "-q", "-v"],  # argparse: a usage error
+    ["build", "a", "-q", "b"],
+    ["--color", "sometimes", "build"],
+    ["build", "--junit", "x.xml"],
+    ["show", "a"],
 ]
 
 
 @pytest.mark.parametrize("argv", ACCEPTED, ids=" ".join)
 def test_accepted_words_mean_what_argparse_says(argv):
-    args = parser().parse_args(argv)
-    path, targets = plain_build(argv)  # type: ignore[misc]
-    expected = os.path.join(args.directory, args.file or "dagrun.toml")
-    assert (path, targets) == (expected, args.targets)
-    assert not args.dry_run and not args.explain
+    args = parse(argv)
+    assert plain_build(argv) == (args.directory, args.file, args.targets)
+    assert args.command == "build" and not args.dry_run and not args.explain
 
 
 @pytest.mark.parametrize("argv", REFUSED, ids=lambda a: " ".join(a) or "(none)")
@@ -99,3 +112,11 @@ def test_a_closed_stdout_is_exit_1_without_a_traceback(tmp_path):
     finally:
         os.close(write)
     assert (again.returncode, again.stderr) == (1, "")
+
+
+def test_the_fast_paths_command_list_is_the_parsers() -> None:
+    from dagrun.cli import parser
+    from dagrun.completion import describe
+    from dagrun.entry import COMMANDS
+
+    assert sorted(COMMANDS) == sorted(c.name for c in describe(parser())[1])

@@ -99,3 +99,17 @@ def test_to_networkx():
     graph = g('[tasks.a]\ncmd="a"\n[tasks.b]\ncmd="b"\ndeps=["a"]\n')
     nxg = graph.to_networkx()
     assert list(nxg.edges) == [("a", "b")]
+
+
+def test_a_cycle_through_files_names_the_files_and_lines():
+    m = parse(
+        '[tasks.a]\ncmd = "x"\ninputs = ["gen/*.h"]\noutputs = ["a.o"]\n'
+        '[tasks.b]\ncmd = "y"\ndeps = ["a"]\noutputs = ["gen/b.h"]\n',
+        source="m.toml",
+    )
+    with pytest.raises(CycleError) as info:
+        compile(m)
+    assert str(info.value) == (
+        "m.toml: dependency cycle: a -> b -> a; a reads gen/b.h (line 3), written by b (line 8); "
+        "b needs a (deps, line 7)"
+    )

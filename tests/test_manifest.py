@@ -128,22 +128,43 @@ def test_group_name_is_a_dependency_and_a_target() -> None:
     assert [names[i] for i in graph.resolve(["sim[n=2]"])] == ["sim[n=2]"]
 
 
+KINDS = 'a list, { glob = "pattern" } or { range = [start, stop, step] }'
+
+
 @pytest.mark.parametrize(
     "matrix, message",
     [
         ("[]", 'must be a non-empty table of variable = [values] or { glob = "..." }'),
         ("{}", 'must be a non-empty table of variable = [values] or { glob = "..." }'),
         ("{ n = [] }", "variable 'n' has no values"),
-        ("{ n = 3 }", "variable 'n' must be a list or { glob = \"pattern\" }, not an integer"),
+        ("{ n = 3 }", f"variable 'n' must be {KINDS}, not an integer"),
         ("{ n = [[1]] }", "variable 'n' has a value of type an array"),
-        ("{ n = { glob = 1 } }", "variable 'n' must be a list or { glob = \"pattern\" }"),
-        ('{ n = { glob = "*", x = 1 } }', "variable 'n' must be a list or { glob = \"pattern\" }"),
+        ("{ n = { glob = 1 } }", f"variable 'n' must be {KINDS}"),
+        ('{ n = { glob = "*", x = 1 } }', f"variable 'n' must be {KINDS}"),
+        ("{ n = { range = [1] } }",
+         "variable 'n': range must be [start, stop] or [start, stop, step] (whole numbers), "
+         "not [1]"),
+        ("{ n = { range = [1, 5, 0] } }", "variable 'n': range step must not be 0"),
+        ("{ n = { range = [5, 1] } }",
+         "variable 'n': range [5, 1] has no values (stop is exclusive, as in Python)"),
+        ('{ n = { range = [1, "9"] } }',
+         "variable 'n': range must be [start, stop] or [start, stop, step] (whole numbers), "
+         "not [1, '9']"),
         ('{ "1n" = [1] }', "variable name '1n' must be an identifier"),
     ],
 )
 def test_bad_matrix(matrix: str, message: str) -> None:
     e = error(f'[tasks.s]\ncmd = "x"\nmatrix = {matrix}\n')
     assert (e.task, e.key, e.line, e.message) == ("s", "matrix", 3, message)
+
+
+def test_matrix_range_with_and_without_a_step() -> None:
+    matrix = "{ n = { range = [1, 41] }, k = { range = [10, 0, -5] } }"
+    m = parse(f'[tasks.s]\ncmd = "echo {{n}}"\nmatrix = {matrix}\n')
+    names = [t.name for t in m.tasks]
+    assert len(names) == 40 * 2
+    assert names[:2] == ["s[n=1,k=10]", "s[n=1,k=5]"] and names[-1] == "s[n=40,k=5]"
+    assert m.tasks[-1].cmd == "echo 40"
 
 
 def test_matrix_values_that_give_one_name_twice() -> None:

@@ -28,6 +28,8 @@ def test_plain_lines():
         "[1/2] CC a\nhello\n"
         "[2/2] CC b\nFAILED: [code=2] b\ncc b.c\nboom\n"
         "not run: c (dependency failed: b)\n"
+        "dagrun: 1 failed:\n"
+        "  b  [code=2]  .dagrun/runs/b/stdout.txt  .dagrun/runs/b/stderr.txt\n"
         "dagrun: 1 succeeded, 3 up to date, 1 failed, 1 not run in 1.23s\n"
     )
 
@@ -92,3 +94,33 @@ def test_auto_mode_is_plain_without_a_terminal():
 
     # a tty whose TERM is dumb (or any console rich would not drive) stays plain
     assert isinstance(make_reporter("rich", stream=FakeTty()), RichReporter)
+
+
+def test_rich_footer_shows_display_labels_and_colour_only_when_asked():
+    from dagrun.report import Options
+
+    s = io.StringIO()
+    console = Console(file=s, force_terminal=True, width=100, color_system="standard")
+    r = RichReporter(console, options=Options(color=True))
+    r.handle(BuildStarted(2, 0, 2))
+    r.handle(TaskStarted("cc-main", "CC main.o", 1))
+    console.print(r)
+    assert "CC main.o" in s.getvalue() and "cc-main" not in s.getvalue()
+    r.handle(finished("cc-main", ok=False, code=1, done=1))
+    assert "\x1b[1;31mFAILED: [code=1] cc-main" in s.getvalue()
+
+
+def test_interrupted_tasks_are_named_once_and_counted_apart():
+    s = io.StringIO()
+    r = PlainReporter(s)
+    r.handle(BuildStarted(5, 0, 2))
+    for name in ("b", "a"):
+        r.handle(TaskStarted(name, name.upper(), 1))
+    for name in ("a", "b"):
+        r.handle(finished(name, ok=False, code=-2, error="interrupted", interrupted=True))
+    r.handle(TaskSkipped("c", "c", "build stopped"))
+    r.handle(BuildFinished(0, 1, 2, 3, 1.0, interrupted=True))
+    assert s.getvalue() == (
+        "dagrun: interrupted: killed b, a\n"
+        "dagrun: interrupted: 0 succeeded, 1 up to date, 2 interrupted, 3 not run in 1.00s\n"
+    )

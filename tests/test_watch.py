@@ -525,7 +525,7 @@ def test_cli_ctrl_c_during_a_build_kills_the_task_and_exits_130(dagrun_proc: Dag
     assert time.monotonic() - sent < 5.0
     assert_groups_gone({group})
     assert "Traceback" not in out.finish(p)
-    assert "FAILED: [interrupted] busy" in out.text()
+    assert "dagrun: interrupted: killed busy" in out.text()
 
 
 def test_cli_watch_rejects_a_bad_debounce(dagrun_proc: DagrunProcs) -> None:

@@ -1,0 +1,231 @@
+"""What ``dagrun list``, ``show`` and ``status`` say, as JSON-ready dicts and as text.
+
+The dicts are the ``--json`` output; the text is rendered from the same dicts,
+so the two never disagree.  ``status`` reads the running (or last) build from
+``.dagrun/last-build.jsonl`` (record.py) and each executor's pool from
+``.dagrun/executors.json`` (pool_status.py); it never waits for a build's lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from . import record
+from .errors import UnknownTargetError
+from .graph import BuildGraph
+from .scheduler import run_dir_name
+
+# ---------------------------------------------------------------- list
+
+
+def task_list(prep: Any) -> dict[str, Any]:
+    """Every task: its display, group, executor, and up to date or why it would run."""
+    g, plan = prep.graph, prep.plan
+    fresh = set(plan.up_to_date)
+    tasks = []
+    for i in g.order:
+        spec = g.specs[i]
+        state = "up to date" if i in fresh else "will run" if i in plan.reasons else "not selected"
+        tasks.append(
+            {
+                "name": spec.name, "display": spec.display or None, "group": spec.group,
+                "executor": spec.executor, "threads": spec.threads, "state": state,
+                "reasons": list(plan.reasons.get(i, ())), "key": prep.keys.keys[i],
+                "outputs": list(spec.outputs),
+            }
+        )
+    return {"manifest": g.manifest.source, "tasks": tasks}
+
+
+def list_text(data: dict[str, Any], dim: Any = str) -> str:
+    tasks = data["tasks"]
+    width = max((len(t["name"]) for t in tasks), default=4)
+    lines = []
+    for t in tasks:
+        state = t["state"]
+        if state == "will run":
+            state = "will run: " + "; ".join(t["reasons"])
+        shown = f"  [{t['display']}]" if t["display"] else ""
+        line = f"{t['name']:<{width}}  {state}{shown}"
+        lines.append(dim(line) if t["state"] == "up to date" else line)
+    return "".join(line + "\n" for line in lines)
+
+
+def names(graph: BuildGraph) -> list[str]:
+    """Task and matrix group names, for shell completion."""
+    return sorted({s.name for s in graph.specs} | set(graph.groups))
+
+
+# ---------------------------------------------------------------- show
+
+
+def one_task(graph: BuildGraph, name: str) -> int:
+    """The task ``show`` describes: exactly one, by name (a group or glob must match one)."""
+    if name in graph.index:
+        return graph.index[name]
+    found = graph.resolve([name])  # UnknownTargetError (with a suggestion) when nothing matches
+    if len(found) == 1:
+        return found[0]
+    some = ", ".join(graph.specs[i].name for i in found[:5])
+    more = f", ... ({len(found)} tasks)" if len(found) > 5 else ""
+    raise UnknownTargetError(f"'{name}' names {len(found)} tasks ({some}{more}); show takes one")
+
+
+def show(prep: Any, i: int, state_dir: str, last_build: Iterable[record.Record]) -> dict[str, Any]:
+    """One task: its command, key and key parts, state, last run, and where its output is."""
+    g, plan = prep.graph, prep.plan
+    spec = g.specs[i]
+    state = "up to date" if i in set(plan.up_to_date) else "will run"
+    runs = os.path.join(state_dir, "runs", run_dir_name(spec.name))
+    here = os.path.relpath(runs)
+    return {
+        "name": spec.name, "display": spec.display or None, "command": spec.cmd,
+        "cwd": spec.cwd, "executor": spec.executor, "threads": spec.threads,
+        "state": state, "reasons": list(plan.reasons.get(i, ())),
+        "key": prep.keys.keys[i], "key_parts": prep.keys.parts(i).to_json(),
+        "last_run": _last_run(prep.log.latest(spec.name), spec.name, last_build),
+        "output": {n: os.path.join(here, n) for n in ("command.txt", "stdout.txt", "stderr.txt")
+                   if os.path.exists(os.path.join(runs, n))},
+    }
+
+
+def _last_run(
+    logged: dict[str, Any] | None, task: str, last_build: Iterable[record.Record]
+) -> dict[str, Any] | None:
+    """The latest of: the task's last successful run (the log), its last attempt (last build)."""
+    best = None
+    if logged is not None:
+        best = {"time": logged.get("time"), "status": "succeeded", "exit_status": 0,
+                "duration": logged.get("duration"), "maxrss_kb": logged.get("maxrss"),
+                "key": logged.get("key")}
+    start = 0.0
+    for r in last_build:
+        if r["event"] == "build_started":
+            start = float(r.get("time") or 0.0)
+        elif r["event"] == "finished" and r.get("task") == task:
+            when = round(start + float(r.get("t") or 0.0), 3)
+            if best is None or when > float(best.get("time") or 0.0) + 0.5:
+                best = {"time": when, "status": r.get("status"),
+                        "exit_status": r.get("exit_status"), "duration": r.get("duration"),
+                        "maxrss_kb": r.get("maxrss_kb"), "key": None}
+    return best
+
+
+def show_text(d: dict[str, Any]) -> str:
+    rows: list[tuple[str, str]] = [("task", d["name"])]
+    if d["display"]:
+        rows.append(("display", d["display"]))
+    rows += [("command", d["command"]), ("cwd", d["cwd"]),
+             ("executor", f"{d['executor']} (threads {d['threads']})")]
+    state = d["state"] + (": " + "; ".join(d["reasons"]) if d["reasons"] else "")
+    rows += [("state", state), ("key", d["key"] or "-")]
+    rows += _parts_rows(d["key_parts"])
+    rows.append(("last run", _run_text(d["last_run"])))
+    out = d["output"]
+    rows.append(("output", "  ".join(out.values()) if out else "none kept (never ran here)"))
+    width = max(len(k) for k, _ in rows)
+    return "".join(f"{k:<{width}}  {v}\n" for k, v in rows)
+
+
+def _parts_rows(parts: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("  command", parts["cmd"]), ("  cwd", parts["cwd"])]
+    rows += [("  env", f"{k}={v}") for k, v in parts["env"].items()]
+    rows += [("  key_env", f"{k}={v}") for k, v in parts["key_env"].items()]
+    rows += [("  input", f"{p}  {h}") for p, h in parts["inputs"].items()]
+    rows += [("  dependency", f"{t}  {k}") for t, k in parts["upstream"].items()]
+    rows += [("  output", p) for p in parts["outputs"]]
+    return [("key parts", "")] + rows
+
+
+def _run_text(run: dict[str, Any] | None) -> str:
+    if run is None:
+        return "never"
+    when = datetime.datetime.fromtimestamp(float(run["time"] or 0.0), datetime.timezone.utc)
+    rss = run.get("maxrss_kb") or 0
+    return (
+        f"{when:%Y-%m-%d %H:%M:%S} UTC: {run['status']} in {float(run['duration'] or 0):.2f}s, "
+        f"max RSS {rss / 1024:.1f} MB, exit status {run['exit_status']}"
+    )
+
+
+# ---------------------------------------------------------------- status
+
+COUNTS = ("ready", "waiting", "running", "succeeded", "failed", "interrupted", "not_run",
+          "up_to_date")
+
+
+def build_status(
+    graph: BuildGraph | None, records: Iterable[record.Record], live: bool = True
+) -> dict[str, Any]:
+    """Counts of the running (or last) build's tasks, and what runs where.
+
+    ``live``: a build is running now; if not, a record without its end is a build that
+    was killed (``stopped``), whose running tasks are not running any more.
+    """
+    head: record.Record = {}
+    last: dict[str, str] = {}  # task -> planned / running / succeeded / failed / ...
+    running: dict[str, record.Record] = {}
+    finished = None
+    for r in records:
+        kind = r["event"]
+        if kind == "build_started":
+            head = r
+        elif kind == "planned" and r.get("run"):
+            last[r["task"]] = "planned"
+        elif kind == "started":
+            last[r["task"]] = "running"
+            running[r["task"]] = r
+        elif kind == "finished":
+            last[r["task"]] = "running" if r["status"] == "retry" else r["status"]
+            running.pop(r["task"], None)
+        elif kind == "not_run":
+            last[r["task"]] = "not_run"
+        elif kind == "build_finished":
+            finished = r
+    stopped = bool(head) and finished is None and not live
+    if stopped:
+        running.clear()
+        gone = {"running": "interrupted", "planned": "not_run"}
+        last = {t: gone.get(v, v) for t, v in last.items()}
+    counts = dict.fromkeys(COUNTS, 0)
+    counts["up_to_date"] = int(head.get("up_to_date") or 0)
+    for task, state in last.items():
+        if state == "planned":
+            state = "ready" if _deps_done(graph, task, last) else "waiting"
+        counts[state] = counts.get(state, 0) + 1
+    started_at = float(head.get("time") or 0.0)
+    return {
+        "state": "none" if not head else "finished" if finished else "stopped" if stopped
+        else "running",
+        "started": head.get("time"),
+        "exit_status": finished.get("exit_status") if finished else None,
+        "counts": counts,
+        "running": [
+            {"task": t, "executor": r.get("executor"), "cores": r.get("cores") or [],
+             "since": round(started_at + float(r.get("t") or 0.0), 3)}
+            for t, r in running.items()
+        ],
+    }
+
+
+def _deps_done(graph: BuildGraph | None, task: str, last: dict[str, str]) -> bool:
+    if graph is None or task not in graph.index:
+        return False
+    deps = graph.deps[graph.index[task]]
+    return all(last.get(graph.specs[d].name, "succeeded") == "succeeded" for d in deps)
+
+
+def status(build: dict[str, Any], pools: list[Any]) -> dict[str, Any]:
+    return {"build": build, "executors": [dataclasses.asdict(p) for p in pools]}
+
+
+def build_status_text(build: dict[str, Any]) -> str:
+    if build["state"] == "none":
+        return "build: none yet\n"
+    c = build["counts"]
+    shown = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in c.items() if v)
+    return f"build: {build['state']}: {shown or 'no tasks'}\n"
