@@ -7,6 +7,7 @@ used only where its cost does not matter: naming a cycle and `dagrun graph`.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import os
@@ -184,6 +185,7 @@ def compile(manifest: Manifest) -> BuildGraph:
     deps: list[tuple[int, ...]] = []
     sources: list[tuple[str, ...]] = []
     inputs = _Inputs(manifest, producers, scanned)
+    named: list[TaskSpec] = []  # specs with {inputs} and {outputs} replaced in their cmd
     for i, s in enumerate(specs):
         found: dict[int, None] = {}
         for name in s.deps:
@@ -192,14 +194,23 @@ def compile(manifest: Manifest) -> BuildGraph:
                     found[d] = None
                 else:
                     raise CycleError([s.name, s.name], manifest.source)  # a task needs itself
+        explicit = set(found)
         srcs: dict[str, None] = {}
+        inputs.via.clear()
+        inputs.listed.clear()
         for pattern in s.inputs:
-            if globs.has_magic(pattern):
+            if pattern.startswith("!"):
+                inputs.exclude(pattern[1:], found, explicit, srcs)
+            elif globs.has_magic(pattern):
                 inputs.glob(i, pattern, found, srcs)
             else:
                 inputs.path(i, pattern, found, srcs)
         deps.append(tuple(found))
         sources.append(tuple(sorted(srcs)))
+        named.append(_name_files(s, inputs.listed) if _OWN_FILES.search(s.cmd) else s)
+    if named != list(specs):
+        specs = tuple(named)
+        manifest = dataclasses.replace(manifest, tasks=specs)
     try:
         order = _toposort(specs, deps, manifest.source)
     except CycleError as exc:
@@ -220,6 +231,39 @@ def compile(manifest: Manifest) -> BuildGraph:
     return graph
 
 
+_OWN_FILES = re.compile(r"(?<!\$)\{(inputs|outputs)\}")
+
+
+def _name_files(spec: TaskSpec, inputs: Iterable[str]) -> TaskSpec:
+    """``spec`` with ``{inputs}`` / ``{outputs}`` in its cmd replaced by its files, shell-quoted.
+
+    The paths are relative to the task's cwd, in the order declared (a glob's matches
+    sorted), an input folder as the folder itself, ``!`` exclusions applied.
+    """
+    import shlex
+
+    def local(path: str) -> str:
+        if spec.cwd == "." or path.startswith("/"):
+            return path
+        return os.path.relpath(path, spec.cwd)
+
+    files = {"inputs": list(inputs), "outputs": list(spec.outputs)}
+
+    def replace(m: re.Match[str]) -> str:
+        return " ".join(shlex.quote(local(p)) for p in files[m.group(1)])
+
+    return spec._replace(cmd=_OWN_FILES.sub(replace, spec.cmd))
+
+
+def _gone(rx: re.Pattern[str], path: str) -> bool:
+    """Whether an input exclusion's regex matches ``path`` or a folder it lies in."""
+    while path:
+        if rx.match(path):
+            return True
+        path = path.rpartition("/")[0]
+    return False
+
+
 class _Inputs:
     """Turns a task's inputs into dependencies (on their producers) and hashed source files.
 
@@ -236,6 +280,26 @@ class _Inputs:
         self.outputs = list(producers)
         self.prefix = manifest.root.rstrip("/") + "/"
         self.subdirs: dict[str, frozenset[str]] = {}  # folder -> its subfolders' names
+        # for the task being compiled: each dependency's files, and every input in order
+        self.via: dict[int, list[str]] = {}
+        self.listed: dict[str, None] = {}
+
+    def need(self, producer: int, path: str, found: dict[int, None]) -> None:
+        found[producer] = None
+        self.via.setdefault(producer, []).append(path)
+
+    def exclude(
+        self, pattern: str, found: dict[int, None], explicit: set[int], srcs: dict[str, None]
+    ) -> None:
+        """``!pattern``: its matches (and what lies below them) leave the inputs before it."""
+        rx = globs.translate(pattern)
+        for files in (srcs, self.listed):
+            for p in [p for p in files if _gone(rx, p)]:
+                del files[p]
+        for d, paths in self.via.items():
+            paths[:] = [p for p in paths if not _gone(rx, p)]
+            if not paths and d not in explicit:
+                found.pop(d, None)
 
     def is_dir(self, path: str) -> bool:
         """Whether ``path`` (absolute) is a folder: one listing per parent, not a stat per input."""
@@ -249,21 +313,27 @@ class _Inputs:
         spec = self.manifest.tasks[i]
         rx = _glob_regex(self.manifest, spec, pattern)
         lit = globs.literal_prefix(pattern)  # a cheap first test of every output
+        matches: set[str] = set()
         for out in self.outputs:
             if not out.startswith(lit) and not lit.startswith(out + "/"):
                 continue
             if self.producers[out] != i and (rx.match(out) or globs.may_match_below(pattern, out)):
-                found[self.producers[out]] = None
+                self.need(self.producers[out], out, found)
+                if rx.match(out):
+                    matches.add(out)
         for path in globs.expand(pattern, self.manifest.root, self.scanned):
             if self.producer(path) is None:
                 srcs[path] = None
+            matches.add(path)
+        self.listed.update(dict.fromkeys(sorted(matches)))
 
     def path(self, i: int, path: str, found: dict[int, None], srcs: dict[str, None]) -> None:
+        self.listed[path] = None
         p = self.producer(path)
         if p is not None:
             if p == i:
                 raise self._error(i, f"'{path}' is both an input and an output of this task")
-            found[p] = None
+            self.need(p, path, found)
             return
         if not self.is_dir(path if path.startswith("/") else self.prefix + path):
             srcs[path] = None
@@ -271,7 +341,7 @@ class _Inputs:
         below = "" if path == "." else path + "/"
         for out in self.outputs:
             if out.startswith(below) and self.producers[out] != i:
-                found[self.producers[out]] = None
+                self.need(self.producers[out], out, found)
         for f in globs.tree(path, self.manifest.root, self.scanned):
             if self.producer(f) is None:
                 srcs[f] = None
@@ -335,6 +405,8 @@ def _file_between(
     if spec.deps and any(d == manifest.tasks[producer].name for d in spec.deps):
         return None
     for pattern in spec.inputs:
+        if pattern.startswith("!"):
+            continue
         if not globs.has_magic(pattern):
             if producers.get(pattern) == producer:
                 return pattern

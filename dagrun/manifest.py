@@ -217,6 +217,24 @@ def _numa_nodes(v: Any) -> str | None:
 
 
 _MATRIX_KINDS = 'a list, { glob = "pattern" } or { range = [start, stop, step] }'
+RESERVED = ("inputs", "outputs")  # {inputs} and {outputs} in cmd: the task's own files
+
+
+def _vars(v: Any) -> str | None:
+    """``[vars]``: NAME = "text" or NAME = ["item", ...]."""
+    for name, value in v.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            return f"variable name '{name}' must be an identifier"
+        if name in RESERVED:
+            return f"'{name}' is reserved: {{{name}}} names the task's own {name}"
+        problem = _str(value) if isinstance(value, str) else _str_list(value)
+        if problem and not isinstance(value, str):
+            problem = "must be a string or a list of strings" + (
+                "" if isinstance(value, list) else f", not {_tname(value)}"
+            )
+        if problem:
+            return f"'{name}' {problem}"
+    return None
 
 
 def _matrix(v: Any) -> str | None:
@@ -225,17 +243,21 @@ def _matrix(v: Any) -> str | None:
     for var, values in v.items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
             return f"variable name '{var}' must be an identifier"
+        if var in RESERVED:
+            return f"variable name '{var}' is reserved: {{{var}}} names the task's own {var}"
         if isinstance(values, dict):
             if set(values) == {"range"}:
                 problem = _range(values["range"])
                 if problem:
                     return f"variable '{var}': range {problem}"
-            elif "glob" not in values or not set(values) <= {"glob", "allow_empty"}:
+            elif "glob" not in values or not set(values) <= {"glob", "allow_empty", "exclude"}:
                 return f"variable '{var}' must be {_MATRIX_KINDS}"
             elif not isinstance(values["glob"], str):
                 return f"variable '{var}' must be {_MATRIX_KINDS}"
             elif not isinstance(values.get("allow_empty", False), bool):
                 return f"variable '{var}': allow_empty must be true or false"
+            elif "exclude" in values and _str_list(values["exclude"]):
+                return f"variable '{var}': exclude {_str_list(values['exclude'])}"
         elif isinstance(values, list):
             if not values:
                 return f"variable '{var}' has no values"
@@ -337,7 +359,7 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
     },
 }
 
-TOP_KEYS = ("dagrun", "env", "tasks", "executors")
+TOP_KEYS = ("dagrun", "env", "vars", "tasks", "executors")
 
 
 # ---------------------------------------------------------------- entry points
@@ -430,7 +452,11 @@ class _Builder:
         self.lines = _LineIndex(text) if text else None
         self.scanned: dict[str, int] = {}
         self.groups: list[str] = []
-        self.warnings: list[str] = []
+        self.empty: dict[tuple[str, str], str] = {}  # (group, variable) -> warning: no file
+        self.vars: dict[str, str | list[str]] = {}
+        # declared outputs (relative to the root) -> task: a matrix glob sees them too
+        self.declared: dict[str, str] = {}
+        self.globbed: list[str] = []  # matrix groups with a glob variable
         self.count = 0  # tasks so far, to refuse a matrix of millions before making it
 
     # -- errors
@@ -483,10 +509,16 @@ class _Builder:
         settings = self.table(doc, "dagrun")
         self.check_keys(settings, DAGRUN_KEYS, ("dagrun",))
         env = self.env(self.table(doc, "env"))
+        self.vars = self.table(doc, "vars")
+        problem = _vars(self.vars)
+        if problem:
+            raise self.error(f"[vars] entry {problem}", key=problem.split("'")[1], table=("vars",))
         executors = self.executors(self.table(doc, "executors"))
-        tasks: list[TaskSpec] = []
-        for name, body in self.table(doc, "tasks").items():
-            tasks.extend(self.task(name, body))
+        bodies = self.table(doc, "tasks")
+        per_task = {name: self.task(name, body) for name, body in bodies.items()}
+        if self.globbed:
+            self.produced_matrices(bodies, per_task)
+        tasks = [t for made in per_task.values() for t in made]
         self.check_unique(tasks, executors)
         return Manifest(
             source=self.source,
@@ -502,7 +534,7 @@ class _Builder:
             watch_debounce_ms=settings.get("watch_debounce_ms", 200),
             scanned=self.scanned,
             groups=tuple(self.groups),
-            warnings=tuple(self.warnings),
+            warnings=tuple(self.empty.values()),
             line_index=self.lines,
         )
 
@@ -559,7 +591,7 @@ class _Builder:
                 task=name, table=path,
             )
         if not _TASK_NAME.fullmatch(name):
-            problem = "task names may use letters, digits and _ . + - @ : only"
+            problem = "task names must not contain whitespace or [ ] * ? = , (targets use them)"
             raise self.error(problem, task=name, table=path)
         self.check_keys(body, TASK_KEYS, path, task=name)
         if "cmd" not in body:
@@ -568,9 +600,68 @@ class _Builder:
         if "matrix" not in body:
             self.count += 1
             return [self.spec(name, body, {}, None, line)]
-        self.groups.append(name)
+        if name not in self.groups:
+            self.groups.append(name)
+        clash = [v for v in body["matrix"] if v in self.vars]
+        if clash:
+            problem = f"matrix variable '{clash[0]}' has the name of a [vars] entry"
+            raise self.error(problem, task=name, key="matrix", table=path)
         combos = self.combinations(name, body)
         return [self.spec(n, body, values, name, line) for n, values in combos]
+
+    def produced_matrices(
+        self, bodies: Mapping[str, Any], per_task: dict[str, list[TaskSpec]]
+    ) -> None:
+        """Expand matrix globs again over the outputs other tasks declare, until nothing changes.
+
+        A matrix over ``build/*.o`` then has one task per object the build will make,
+        in the same build, and depends on each object's producer through its inputs.
+        """
+        for _ in range(len(self.globbed) + 1):
+            changed = False
+            for name in self.globbed:
+                self.declared = {
+                    o: t.name for g, made in per_task.items() if g != name for t in made
+                    for o in t.outputs
+                }
+                before = [t.name for t in per_task[name]]
+                self.count -= len(before)
+                per_task[name] = self.task(name, bodies[name])
+                changed |= [t.name for t in per_task[name]] != before
+            if not changed:
+                return
+        raise self.error(
+            "matrix globs over each other's outputs do not settle", table=("tasks",),
+            hint="a matrix glob should not match the outputs of a matrix that depends on it",
+        )
+
+    def glob_values(self, name: str, var: str, values: dict[str, Any], cwd: str) -> list[str]:
+        """A glob variable's values: files on disk and declared outputs, minus ``exclude``."""
+        base = os.path.normpath(os.path.join(self.root, cwd))
+        found = set(globs.expand(values["glob"], base, self.scanned))
+        rel = os.path.normpath(cwd)
+        pattern = values["glob"]
+        rx = globs.translate(pattern)
+        inside: list[str] = []
+        for out, producer in self.declared.items():
+            local = out if rel == "." else os.path.relpath(out, rel)
+            if rx.match(local):
+                found.add(local)
+            elif globs.may_match_below(pattern, local):
+                inside.append(f"'{out}' (of task '{producer}')")
+        excluded = [globs.translate(p) for p in values.get("exclude", ())]
+        kept = sorted(p for p in found if not _excluded(p, excluded, values.get("exclude", ())))
+        self.empty.pop((name, var), None)
+        if not kept and inside:
+            raise self.error(
+                f"matrix glob {var} = '{pattern}' would match files inside {inside[0]}, which "
+                "do not exist before that task runs: a matrix is expanded before the build",
+                task=name, key="matrix", table=("tasks", name),
+                hint="declare the files as that task's outputs, so the matrix sees them",
+            )
+        if not kept and not values.get("allow_empty", False):
+            self.warn_empty(name, var, pattern)
+        return kept
 
     def check_aggregate(self, name: str, body: dict[str, Any], path: tuple[str, ...]) -> None:
         """A task without ``cmd`` is an aggregate: it needs ``deps`` and writes nothing."""
@@ -590,10 +681,9 @@ class _Builder:
             if isinstance(values, dict) and "range" in values:
                 axes.append([(var, str(n)) for n in range(*values["range"])])
             elif isinstance(values, dict):
-                base = os.path.normpath(os.path.join(self.root, cwd))
-                found = globs.expand(values["glob"], base, self.scanned)
-                if not found and not values.get("allow_empty", False):
-                    self.warn_empty(name, var, values["glob"])
+                if name not in self.globbed:
+                    self.globbed.append(name)
+                found = self.glob_values(name, var, values, cwd)
                 axes.append([(var, p) for p in found])  # none: the group stays, empty
             else:
                 axes.append([(var, _scalar(v)) for v in values])
@@ -607,7 +697,7 @@ class _Builder:
     def warn_empty(self, name: str, var: str, pattern: str) -> None:
         line = self.lines.find(("tasks", name), "matrix") if self.lines is not None else None
         where = f"{self.source}:{line}" if line else self.source
-        self.warnings.append(
+        self.empty[(name, var)] = (
             f"{where}: task '{name}': matrix glob {var} = '{pattern}' matches no file, so the "
             "task has no instance (set allow_empty = true in its table if that is expected)"
         )
@@ -629,7 +719,7 @@ class _Builder:
         group: str | None,
         line: int | None,
     ) -> TaskSpec:
-        sub = _Substituter(values)
+        sub = _Substituter(values, self.vars)
         path = ("tasks", group or name)
         cwd = _norm(sub(body.get("cwd", ".")), ".", self.root)
         if cwd.startswith("/") or cwd == ".." or cwd.startswith("../"):
@@ -637,15 +727,12 @@ class _Builder:
                 f"cwd '{cwd}' is outside the manifest's folder; it must be a folder inside it",
                 task=name, key="cwd", table=path,
             )
-        root = self.root
         return TaskSpec(
             name=name,
-            cmd=sub(body.get("cmd", "")),
-            inputs=tuple(dict.fromkeys(_norm(sub(p), cwd, root) for p in body.get("inputs", ()))),
-            outputs=tuple(
-                dict.fromkeys(_norm(sub(p), cwd, root) for p in body.get("outputs", ()))
-            ),
-            deps=tuple(dict.fromkeys(sub(d) for d in body.get("deps", ()))),
+            cmd=sub(body.get("cmd", ""), quote=True),
+            inputs=self.paths(sub, body, "inputs", cwd, name, path),
+            outputs=self.paths(sub, body, "outputs", cwd, name, path),
+            deps=tuple(dict.fromkeys(d for e in body.get("deps", ()) for d in sub.items(e))),
             display=sub(body.get("display", "")),
             env=tuple(sorted((k, sub(v)) for k, v in body.get("env", {}).items())),
             cwd=cwd,
@@ -660,6 +747,38 @@ class _Builder:
             group=group,
             line=line,
         )
+
+    def paths(
+        self,
+        sub: _Substituter,
+        body: dict[str, Any],
+        key: str,
+        cwd: str,
+        name: str,
+        table: tuple[str, ...],
+    ) -> tuple[str, ...]:
+        """``inputs`` or ``outputs``: substituted, list variables spread, normalised.
+
+        An input ``!pattern`` stays marked with its ``!`` (graph.compile removes its
+        matches from the inputs before it).
+        """
+        out: dict[str, None] = {}
+        for entry in body.get(key, ()):
+            negated = entry.startswith("!")
+            if negated and (key == "outputs" or not out):
+                problem = (
+                    "outputs cannot be excluded with '!'" if key == "outputs"
+                    else f"'{entry}' removes files matched by the inputs before it, "
+                    "so it cannot come first"
+                )
+                raise self.error(problem, task=name, key=key, table=table)
+            try:
+                items = sub.items(entry[1:] if negated else entry)
+            except ValueError as exc:
+                raise self.error(str(exc), task=name, key=key, table=table) from None
+            for p in items:
+                out[("!" if negated else "") + _norm(p, cwd, self.root)] = None
+        return tuple(out)
 
     def check_unique(self, tasks: list[TaskSpec], executors: Mapping[str, ExecutorSpec]) -> None:
         """Task names and outputs are unique; executors exist; outputs are exact paths."""
@@ -720,7 +839,8 @@ def _in_state_dir(path: str) -> bool:
     return path == STATE_DIR or path.startswith(STATE_DIR + "/")
 
 
-_TASK_NAME = re.compile(r"[A-Za-z0-9_.+-][A-Za-z0-9_.+@:-]*")
+# what targets give a meaning to ([ ] * ? = ,: matrix labels and globs), whitespace, controls
+_TASK_NAME = re.compile(r"[^\[\]*?=,\s\x00-\x1f\x7f]+")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -768,27 +888,69 @@ def inside_root(path: str, root: str) -> str | None:
     return None
 
 
-class _Substituter:
-    """Replaces {var} and {var.stem|name|parent|suffix} for matrix variables only."""
+def _excluded(path: str, rxs: list[re.Pattern[str]], patterns: list[str]) -> bool:
+    """Whether a matrix glob's match is excluded: a pattern matches it, or (no '/') its name."""
+    name = os.path.basename(path)
+    for rx, pattern in zip(rxs, patterns, strict=True):
+        if rx.match(path) or ("/" not in pattern and rx.match(name)):
+            return True
+    return False
 
-    def __init__(self, values: dict[str, str]) -> None:
-        self.values = values
-        if values:
-            names = "|".join(re.escape(k) for k in sorted(values, key=len, reverse=True))
+
+class _Substituter:
+    """Replaces {var} and {var.stem|name|parent|suffix} for matrix variables and [vars] only.
+
+    A [vars] list is spread: in ``cmd`` its items are shell-quoted and joined by
+    spaces; a path or dependency that names it becomes one entry per item.
+    """
+
+    def __init__(
+        self, values: dict[str, str], variables: Mapping[str, str | list[str]] | None = None
+    ) -> None:
+        self.values: dict[str, str | list[str]] = {**(variables or {}), **values}
+        if self.values:
+            names = "|".join(re.escape(k) for k in sorted(self.values, key=len, reverse=True))
             self.pattern: re.Pattern[str] | None = re.compile(
                 r"(?<!\$)\{(" + names + r")(?:\.(stem|name|parent|suffix))?\}"
             )
         else:
             self.pattern = None
+        self.quote = False
 
-    def __call__(self, text: str) -> str:
+    def __call__(self, text: str, quote: bool = False) -> str:
         if self.pattern is None or "{" not in text:
             return text
+        self.quote = quote
         return self.pattern.sub(self._replace, text)
+
+    def items(self, text: str) -> list[str]:
+        """``text`` substituted; one string per item of the one [vars] list it names."""
+        if self.pattern is None or "{" not in text:
+            return [text]
+        lists = {m.group(1) for m in self.pattern.finditer(text)}
+        lists = {n for n in lists if isinstance(self.values[n], list)}
+        if len(lists) > 1:
+            raise ValueError(f"'{text}' names two list variables; one at most can be spread")
+        if not lists:
+            return [self(text)]
+        (name,) = lists
+        items = self.values[name]
+        assert isinstance(items, list)
+        return [_Substituter({name: item}, self.values)(text) for item in items]
 
     def _replace(self, m: re.Match[str]) -> str:
         value = self.values[m.group(1)]
-        part = m.group(2)
+        if isinstance(value, list):
+            shown = [self._part(v, m.group(2)) for v in value]
+            if self.quote:
+                import shlex
+
+                return " ".join(shlex.quote(v) for v in shown)
+            return " ".join(shown)
+        return self._part(value, m.group(2))
+
+    @staticmethod
+    def _part(value: str, part: str | None) -> str:
         if part is None:
             return value
         base = os.path.basename(value)

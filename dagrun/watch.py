@@ -131,7 +131,8 @@ def watch_set(
     files = {os.path.normpath(os.path.join(root, p)) for i in selected for p in graph.sources[i]}
     listed = {os.path.normpath(p) for p in graph.scanned}
     outputs = {os.path.normpath(os.path.join(root, p)) for p in graph.producers}
-    patterns = [p for i in selected for p in graph.specs[i].inputs if globs.has_magic(p)]
+    patterns = [p for i in selected for p in graph.specs[i].inputs
+                if globs.has_magic(p) and not p.startswith("!")]
     patterns += list(extra_globs)
     ws = _make_set(root, os.path.normpath(manifest), files, listed, outputs)
     absolute = sorted({os.path.normpath(os.path.join(root, p)) for p in patterns})
