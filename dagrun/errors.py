@@ -84,6 +84,10 @@ class LogError(DagrunError):
     """dagrun's state directory cannot be used."""
 
 
+class DepfileError(DagrunError):
+    """A task's depfile is missing or cannot be parsed (after the task exited 0)."""
+
+
 class ExecutorError(DagrunError):
     """An executor cannot run jobs (its backend is unreachable or misconfigured)."""
 
