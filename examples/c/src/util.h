@@ -1,0 +1,6 @@
+#ifndef UTIL_H
+#define UTIL_H
+
+#define GREETING "Hello"
+
+#endif
