@@ -48,6 +48,8 @@ class TaskSpec(NamedTuple):
     resources: tuple[tuple[str, int], ...] = ()
     group: str | None = None
     line: int | None = None
+    depfile: str = ""  # relative to the root, like inputs; "" when none
+    restat: bool = False  # dependents key this task by its outputs' digests (early cutoff)
 
     @property
     def label(self) -> str:
@@ -321,6 +323,8 @@ TASK_KEYS: dict[str, Check] = {
     "key_env": _str_list,
     "resources": _count_table,
     "matrix": _matrix,
+    "depfile": _nonempty_str,
+    "restat": _bool,
 }
 
 EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
@@ -746,6 +750,8 @@ class _Builder:
             resources=tuple(sorted(body.get("resources", {}).items())),
             group=group,
             line=line,
+            depfile=_norm(sub(body["depfile"]), cwd, self.root) if "depfile" in body else "",
+            restat=body.get("restat", False),
         )
 
     def paths(
