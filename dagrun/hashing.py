@@ -2,8 +2,11 @@
 
 A task's key is blake3 over a format version, its command, declared env, the
 values of its ``key_env`` variables, its cwd, its declared outputs, the digest
-of each source input (sorted by path) and the key of each task it depends on.
-Keys are computed in topological order before anything runs.
+of each source input (sorted by path), the key of each task it depends on (or,
+for a dependency with ``restat`` or a ``depfile``, the digests of that task's
+outputs), and the digests of the files its latest depfile listed.  Keys are
+computed in topological order before anything runs; a key over outputs that a
+task of the plan will rewrite is computed again when its task becomes ready.
 
 The stat cache maps a path to (mtime_ns, ctime_ns, size, inode, digest): an
 unchanged stat means an unchanged file, so the file is not read again.  A file
@@ -89,6 +92,10 @@ class StatCache:
         return digest
 
 
+MISSING = "missing"  # the digest of a depfile's file that no longer exists
+Found = tuple[tuple[str, str], ...]
+
+
 class KeyParts(NamedTuple):
     """What a key is made from; kept in the log so --explain can name what changed."""
 
@@ -99,9 +106,10 @@ class KeyParts(NamedTuple):
     outputs: tuple[str, ...]
     inputs: tuple[tuple[str, str], ...]
     upstream: tuple[tuple[str, str], ...]
+    found: tuple[tuple[str, str], ...] = ()  # files its last depfile listed, with their digests
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "cmd": self.cmd,
             "env": dict(self.env),
             "key_env": dict(self.key_env),
@@ -110,6 +118,9 @@ class KeyParts(NamedTuple):
             "inputs": dict(self.inputs),
             "upstream": dict(self.upstream),
         }
+        if self.found:
+            out["found"] = dict(self.found)
+        return out
 
 
 def key_of(parts: KeyParts) -> str:
@@ -124,6 +135,8 @@ def key_of(parts: KeyParts) -> str:
         buf += ("in", p, d)
     for t, k in parts.upstream:
         buf += ("up", t, k)
+    for p, d in parts.found:
+        buf += ("dep", p, d)
     return digest_bytes("\x00".join(buf).encode("utf-8", "surrogateescape"))
 
 
@@ -166,6 +179,10 @@ class Keys:
         self.keys: list[str | None] = [None] * len(graph.specs)
         self.changed: list[bool] = [True] * len(graph.specs)
         self.recomputed = 0
+        # task name -> the files its latest successful run's depfile listed (session: the log)
+        self.found: Mapping[str, tuple[str, ...]] = {}
+        # tasks that dependents key by their outputs' digests (restat or a depfile)
+        self.by_outputs = [s.restat or bool(s.depfile) for s in graph.specs]
 
     def compute(self, selected: list[int]) -> list[str | None]:
         """Keys of ``selected`` (a closure in topological order); raises for a missing input."""
@@ -176,7 +193,8 @@ class Keys:
         for i in selected:
             spec = specs[i]
             old = prev.get(spec.name)
-            dirty = old is None
+            # a depfile's files, or an upstream keyed by its outputs: always keyed again
+            dirty = old is None or bool(spec.depfile) or any(self.by_outputs[d] for d in deps[i])
             for p in sources[i]:
                 try:
                     found = stats.digest(p)
@@ -206,7 +224,7 @@ class Keys:
         spec = g.specs[i]
         digests = self.stats.entries
         inputs = tuple((p, digests[p][4]) for p in g.sources[i])
-        upstream = tuple(sorted((g.specs[d].name, self._key(d)) for d in g.deps[i]))
+        upstream = tuple(sorted((g.specs[d].name, self._upstream(d)) for d in g.deps[i]))
         kenv = tuple(
             (n, self.environ.get(n)) for n in sorted({*g.manifest.key_env, *spec.key_env})
         )
@@ -218,7 +236,36 @@ class Keys:
             outputs=spec.outputs,
             inputs=inputs,
             upstream=upstream,
+            found=self.found_digests(spec.name),
         )
+
+    def found_digests(self, task: str, paths: tuple[str, ...] | None = None) -> Found:
+        """(path, digest) of each file the task's depfile listed; MISSING for one gone since."""
+        if paths is None:
+            paths = self.found.get(task, ())
+        out = []
+        for p in paths:
+            try:
+                d = self.stats.digest(p)
+            except OSError:
+                d = None
+            out.append((p, MISSING if d is None else d))
+        return tuple(out)
+
+    def _upstream(self, d: int) -> str:
+        """What a dependency contributes: its key, or its outputs' digests (restat, depfile)."""
+        if not self.by_outputs[d]:
+            return self._key(d)
+        chunks = []
+        for p in self.graph.specs[d].outputs:
+            try:
+                found = self.stats.digest(p)
+            except OSError:  # a folder: no early cutoff over it
+                found = None
+            if found is None:  # not written yet, or not a file: the key is exact
+                return self._key(d)
+            chunks.append(f"{p}\0{found}\0".encode())
+        return "outputs:" + digest_bytes(*chunks)
 
     def _key(self, i: int) -> str:
         key = self.keys[i]
