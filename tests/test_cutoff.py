@@ -1,0 +1,56 @@
+"""cutoff.py's pure parts: which tasks wait on a restat task the plan runs."""
+
+from __future__ import annotations
+
+from dagrun import cutoff, graph, manifest
+from dagrun.plan import Plan
+
+TEXT = """
+[tasks.cc]
+cmd = "cc"
+outputs = ["a.o"]
+restat = true
+
+[tasks.plain]
+cmd = "gen"
+outputs = ["b.txt"]
+
+[tasks.lib]
+cmd = "ar"
+inputs = ["a.o", "b.txt"]
+outputs = ["lib.a"]
+
+[tasks.app]
+cmd = "ld"
+inputs = ["lib.a"]
+outputs = ["app"]
+
+[tasks.other]
+cmd = "x"
+inputs = ["b.txt"]
+"""
+
+
+def compiled(tmp_path):
+    return graph.compile(manifest.parse(TEXT, root=str(tmp_path)))
+
+
+def test_everything_below_a_running_restat_task_waits_on_it(tmp_path):
+    g = compiled(tmp_path)
+    n = g.index
+    plan = Plan(tuple(g.order), (n["cc"],), tuple(i for i in g.order if i != n["cc"]), {})
+    by_outputs = [s.restat for s in g.specs]
+    waits = cutoff.pending(g, plan, by_outputs)
+    assert waits == {n["lib"]: "cc", n["app"]: "cc"}
+    shown = cutoff.with_pending(plan, waits)
+    assert shown.to_run == (n["cc"], n["lib"], n["app"])
+    assert shown.reasons[n["app"]] == ("may run: depends on cc",)
+    assert n["other"] in shown.up_to_date and n["lib"] not in shown.up_to_date
+
+
+def test_a_plain_task_that_runs_makes_nothing_pending(tmp_path):
+    g = compiled(tmp_path)
+    n = g.index
+    plan = Plan(tuple(g.order), (n["plain"],), tuple(i for i in g.order if i != n["plain"]), {})
+    assert cutoff.pending(g, plan, [s.restat for s in g.specs]) == {}
+    assert cutoff.with_pending(plan, {}) is plan
