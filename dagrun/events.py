@@ -19,6 +19,7 @@ class TaskStarted:
     attempt: int
     cores: tuple[int, ...] = ()
     reasons: tuple[str, ...] = ()  # filled when --explain is on
+    executor: str = "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,8 @@ class TaskFinished:
     will_retry: bool = False
     done: int = 0  # finished so far, counting this one
     total: int = 0
+    executor: str = "local"
+    cores: tuple[int, ...] = ()  # the local cores it held
 
 
 @dataclass(frozen=True, slots=True)

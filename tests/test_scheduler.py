@@ -13,7 +13,7 @@ from dagrun.graph import compile
 from dagrun.manifest import parse
 from dagrun.plan import Plan
 from dagrun.report import RecordingReporter
-from dagrun.scheduler import BuildResult, Scheduler, run_dir_name
+from dagrun.scheduler import BuildResult, Hooks, Limits, Policy, Scheduler, run_dir_name
 
 
 def schedule(
@@ -32,12 +32,13 @@ def schedule(
     order = tuple(graph.order)
     plan = Plan(order, order, (), {i: ("never ran",) for i in order})
     keys = [f"k{i}" for i in range(len(graph.specs))]
+    resources = resources if resources is not None else dict(graph.manifest.resources)
     return Scheduler(
         graph, plan, keys, executor,
-        jobs=jobs, failures_allowed=failures_allowed, clock=executor.clock, reporter=reporter,
-        base_env={}, runs_dir="/proj/.dagrun/runs", on_success=on_success,
-        durations=durations, leases=leases,
-        resources=resources if resources is not None else dict(graph.manifest.resources),
+        limits=Limits(jobs, resources, leases),
+        policy=Policy(failures_allowed, durations=durations or {}),
+        hooks=Hooks(reporter, on_success),
+        clock=executor.clock, runs_dir="/proj/.dagrun/runs",
     ).run()
 
 
@@ -238,10 +239,10 @@ def test_leases_wait_for_free_cores(fake_clock, recorder):
 
 def test_interrupt_cancels_and_raises(fake_clock, recorder):
     class Interrupting(FakeExecutor):
-        def wait(self, timeout=None):
+        def collect(self):
             if self.started == ["a", "b"]:
                 raise KeyboardInterrupt
-            return super().wait(timeout)
+            return super().collect()
 
     ex = Interrupting(clock=fake_clock)
     with pytest.raises(Interrupted) as info:

@@ -99,7 +99,8 @@ class LocalExecutor:
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> LocalExecutor:
         slots = min(context.jobs, int(options.get("max_jobs", context.jobs)))
         grace = float(options.get("grace_period", 3.0))
-        return cls(grace=grace, environ=context.environ, slots=slots)
+        numactl = find_numactl() if "core_pool" in options else None  # else sched_setaffinity
+        return cls(grace=grace, numactl=numactl, environ=context.environ, slots=slots)
 
     @property
     def running(self) -> int:
