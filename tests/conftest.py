@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from realproc import DagrunProcs, dagrun_procs
+from sshd import SshServer, can_run, shared_server, start_sshd
 
 from dagrun.clock import FakeClock
 from dagrun.executors.fake import FakeExecutor
@@ -85,3 +86,23 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
 
 
 Runner = Callable[..., CliRun]
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A private sshd on 127.0.0.1 (MaxSessions 64), for the whole test session."""
+    why = can_run()
+    if why is not None:
+        pytest.skip(why)
+    yield shared_server(tmp_path_factory.mktemp("sshd"))
+
+
+@pytest.fixture(scope="session")
+def sshd_default(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A second sshd left at the default MaxSessions (10)."""
+    why = can_run()
+    if why is not None:
+        pytest.skip(why)
+    server = start_sshd(tmp_path_factory.mktemp("sshd-default"), max_sessions=None)
+    yield server
+    server.stop()
