@@ -106,3 +106,19 @@ def sshd_default(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer
     server = start_sshd(tmp_path_factory.mktemp("sshd-default"), max_sessions=None)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A fresh folder the ssh test user can reach and write (a shared workspace).
+
+    Not under pytest's tmp_path: pytest makes /tmp/pytest-of-USER private again
+    (0o700) whenever a test session starts, and other sessions may be starting.
+    """
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="dagrun-ssh-"))
+    folder.chmod(0o777)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -1,7 +1,8 @@
 """Every executor the contract suite runs against, in one place: name -> Kit.
 
-A Kit's ``make(tmp_path)`` returns an executor (not started) whose jobs run
-with ``tmp_path`` as the manifest's folder.  ``lose(executor)`` drops the
+A Kit's ``make(root)`` returns an executor (not started) whose jobs run with
+``root`` as the manifest's folder (the ``shared_dir`` fixture: the ssh test user
+can work there too).  ``lose(executor)`` drops the
 executor's backend under its running jobs (None: it cannot lose a job);
 ``processes``: its jobs are real processes (timeouts kill process groups).
 The HTTP and Dask executors join by adding a Kit here.
@@ -50,17 +51,7 @@ def _local(tmp_path: Path) -> Executor:
     return create("local", "local", {"grace_period": 0.5}, _context(tmp_path))
 
 
-def open_to_test_user(path: Path) -> None:
-    """Let the ssh test user write in ``path`` (a shared workspace) and reach it."""
-    path.chmod(0o777)
-    for parent in path.parents:
-        mode = parent.stat().st_mode
-        if mode & 0o001 == 0:
-            parent.chmod(mode | 0o011)
-
-
 def _ssh(tmp_path: Path) -> Executor:
-    open_to_test_user(tmp_path)
     server = shared_server()
     options = server.options(workspace=str(tmp_path), max_jobs=4, grace_period=0.5)
     return create("ssh", "lab", options, _context(tmp_path))

@@ -30,6 +30,12 @@ def kit(request: pytest.FixtureRequest) -> Kit:
 
 
 @pytest.fixture
+def tmp_path(shared_dir: Path) -> Path:
+    """The jobs' root: a folder the ssh test user can use as well."""
+    return shared_dir
+
+
+@pytest.fixture
 def executor(kit: Kit, tmp_path: Path):
     ex = kit.make(tmp_path)
     ex.start()

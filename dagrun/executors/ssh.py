@@ -317,6 +317,9 @@ class SshExecutor(ThreadedExecutor):
             if cancelled or timed_out:
                 return Outcome(job.id, -15, duration, stdout, stderr, timed_out)
             why = _last(stderr.encode()) if stderr.strip() else f"ssh exit {proc.returncode}"
+            if proc.returncode != 255:  # the host answered: it could not start the command
+                error = f"cannot start on {self.where}: {why}"
+                return Outcome(job.id, None, duration, stdout, stderr, error=error)
             error = f"connection to {self.where} lost: {why}"
             return Outcome(job.id, None, duration, stdout, stderr, error=error, lost=True)
         code, rss, _remote_duration = end
