@@ -49,7 +49,8 @@ class FakeExecutor:
         self.jobs: list[Job] = []
         self.started: list[str] = []  # task names, in start order
         self.finished: list[str] = []
-        self.intervals: dict[str, tuple[float, float]] = {}
+        self.intervals: dict[str, tuple[float, float]] = {}  # each task's last attempt
+        self.spans: list[tuple[str, float, float]] = []  # every attempt, in the order they ended
         self.peak = 0
         self.cancelled: list[str] = []
         self._active: list[tuple[float, int, Job]] = []  # (end time, seq, job)
@@ -105,6 +106,7 @@ class FakeExecutor:
             self.clock.advance(end - self.clock.now())
         self.finished.append(job.task)
         self.intervals[job.task] = (start, end)
+        self.spans.append((job.task, start, end))
         if job.id in self._killed:
             self._killed.discard(job.id)
             return [Outcome(job.id, -15, end - start)]
