@@ -334,6 +334,10 @@ def executor_pool_text(p: Any) -> str:
         else:
             rows.append(("configured cores", cores(p.configured)))
             rows.append(("free cores", cores(p.free)))
+    if p.host is not None:
+        reach = {True: "yes", False: "no", None: "not checked"}[p.reachable]
+        rows.append(("host", p.host))
+        rows.append(("reachable", reach))
     running = str(len(p.running))
     if p.slots is not None:
         running += f" of {p.slots} slots"

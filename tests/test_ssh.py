@@ -326,3 +326,34 @@ def test_a_dropped_connection_requeues_the_task_and_the_build_succeeds(root, ssh
     assert "lost" in r.out + r.err
     log = (root / ".dagrun" / "log").read_text()
     assert log.count('{"task":"long"') == 1  # the lost attempt was never logged
+
+
+def test_status_shows_each_host_reachable_running_and_slots(root, sshd, project):
+    project.manifest(sshd.toml("lab", workspace=str(root), max_jobs=3) + sshd.toml("down", port=1)
+                     + '[tasks.a]\ncmd = "true"\n')
+    r = project.run("status", "--executors")
+    assert r.code == 0, r.err
+    words = " ".join(r.out.split())
+    assert ("lab (ssh) host 127.0.0.1 reachable yes running jobs 0 of 3 slots (no build running) "
+            "down (ssh) host 127.0.0.1 reachable no running jobs 0 (no build running)") in words
+
+
+def test_the_ssh_example_builds_against_two_hosts(root, sshd, project, elsewhere):
+    import re
+    import shutil
+
+    example = Path(__file__).parent.parent / "examples" / "ssh"
+    shutil.copytree(example / "src", root / "src")
+    text = (example / "dagrun.toml").read_text()
+    # the two hosts become this machine's test sshd, with the example's staging kept
+    text = re.sub(r"\[executors\.shared_box\].*?\n\n", lambda m: sshd.toml(
+        "shared_box", workspace=str(root), max_jobs=2) + "\n", text, flags=re.S)
+    text = re.sub(r"\[executors\.scratch_box\].*?\n\n", lambda m: sshd.toml(
+        "scratch_box", workspace=str(elsewhere), stage="rsync", max_jobs=4) + "\n", text,
+        flags=re.S)
+    project.manifest(text)
+    r = project.run("build")
+    assert r.code == 0, r.out + r.err
+    summary = (root / "build" / "summary.txt").read_text().split()
+    assert summary[:2] == ["4", "6"] and summary[-2:] == [str(root), "where"]
+    assert (elsewhere / "build" / "a.words").exists()  # counted over there, copied back
