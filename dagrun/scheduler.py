@@ -265,12 +265,14 @@ class Scheduler:
         for i in plan.to_run:
             self.waiting[i] = sum(1 for d in g.deps[i] if self.in_plan[d])
         self.priority = self._priorities()
-        self.ready: list[tuple[float, int, int]] = []
+        self.pos = {i: pos for pos, i in enumerate(plan.to_run)}
+        # one ready queue per executor, so a full executor never holds up another's tasks
+        self.ready: dict[str, list[tuple[float, int, int]]] = {n: [] for n in self.executors}
         for pos, i in enumerate(plan.to_run):
             if self.waiting[i] == 0:
-                self.ready.append((-self.priority[i], pos, i))
-        heapq.heapify(self.ready)
-        self.pos = {i: pos for pos, i in enumerate(plan.to_run)}
+                self.ready[self._executor_of(i)].append((-self.priority[i], pos, i))
+        for heap in self.ready.values():
+            heapq.heapify(heap)
         self.free = {name: self._slots_of(name) for name in self.executors}
         self.running: dict[int, _Running] = {}  # job id -> what it holds
         self.attempts = [0] * n
@@ -327,7 +329,7 @@ class Scheduler:
                 self._account(ex.collect())
         while self.backoff and self.backoff[0][0] <= now:
             _, i = heapq.heappop(self.backoff)
-            heapq.heappush(self.ready, (-self.priority[i], self.pos[i], i))
+            self._ready(i)
         return False
 
     def _timeout(self) -> float:
@@ -378,20 +380,28 @@ class Scheduler:
             return None
         deferred = []
         failure = None
-        while self.ready and failure is None:
-            item = heapq.heappop(self.ready)
-            started = self._try_start(item[2])
-            if started is False:
-                deferred.append(item)
-            elif started is not True:
-                failure = started
-        for item in deferred:
-            heapq.heappush(self.ready, item)
+        for name, ready in self.ready.items():
+            while ready and self.free[name] > 0 and failure is None:
+                item = heapq.heappop(ready)
+                started = self._try_start(item[2])
+                if started is False:
+                    deferred.append(item)
+                elif started is not True:
+                    failure = started
+            for item in deferred:
+                heapq.heappush(ready, item)
+            deferred.clear()
         return failure
+
+    def _executor_of(self, i: int) -> str:
+        return "local" if self._only is not None else self.graph.specs[i].executor
+
+    def _ready(self, i: int) -> None:
+        heapq.heappush(self.ready[self._executor_of(i)], (-self.priority[i], self.pos[i], i))
 
     def _try_start(self, i: int) -> bool | Exception:
         spec = self.graph.specs[i]
-        name = "local" if self._only is not None else spec.executor
+        name = self._executor_of(i)
         free = self.free[name]
         slots = min(spec.threads, self._slots_of(name))
         if slots > free:
@@ -526,7 +536,7 @@ class Scheduler:
             if self.in_plan[j]:
                 self.waiting[j] -= 1
                 if self.waiting[j] == 0 and j not in self.blocked_by:
-                    heapq.heappush(self.ready, (-self.priority[j], self.pos[j], j))
+                    self._ready(j)
 
     def _failed(self, i: int) -> None:
         self.status[i] = TaskState.FAILED
@@ -543,7 +553,7 @@ class Scheduler:
         if self.lost[i] >= self.policy.max_lost:
             self._failed(i)
             return False, f"lost {self.lost[i]} times, last: {why}"
-        heapq.heappush(self.ready, (-self.priority[i], self.pos[i], i))
+        self._ready(i)
         return True, f"lost: {why}"
 
     def _retries_left(self, i: int) -> bool:
@@ -557,7 +567,7 @@ class Scheduler:
         delay = min(p.retry_backoff * 2 ** min(n - 1, 30), p.retry_backoff_max)
         delay *= 0.5 + 0.5 * self._random.random()
         if delay <= 0:
-            heapq.heappush(self.ready, (-self.priority[i], self.pos[i], i))
+            self._ready(i)
         else:
             heapq.heappush(self.backoff, (self.clock.now() + delay, i))
 
