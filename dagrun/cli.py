@@ -220,7 +220,8 @@ def print_plan(prep: Any) -> None:
         for reason in plan.reasons.get(i, ()):
             out.write(f"    {reason}\n")
         if prep.pool is not None:
-            from .numa import describe_placement, uses_core_pool
+            from .executors.local_pool import uses_core_pool
+            from .numa import describe_placement
 
             if uses_core_pool(g.manifest, spec):
                 out.write(f"    leases {describe_placement(spec, prep.pool)}\n")

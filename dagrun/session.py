@@ -249,13 +249,13 @@ class Session:
 
     def _core_pool(self, graph: BuildGraph) -> CorePool | None:
         """The checked core pool (ManifestError if a task can never fit), or None."""
-        from . import numa
+        from .executors import local_pool
 
         m = graph.manifest
         pool = None
         if "core_pool" in m.executors["local"].options:
-            pool = numa.core_pool(m, self.topology)
-        numa.check_fits(m, pool)
+            pool = local_pool.core_pool(m, self.topology)
+        local_pool.check_fits(m, pool)
         if pool is None:
             pinned = [s.name for s in graph.specs if s.numa_node is not None]
             if pinned:

@@ -18,6 +18,7 @@ import pytest
 from dagrun.clock import FakeClock
 from dagrun.errors import ExecutorError, ManifestError
 from dagrun.executors.fake import FakeExecutor
+from dagrun.executors.local_pool import check_fits, core_pool
 from dagrun.manifest import parse
 from dagrun.numa import (
     CoreLeases,
@@ -26,8 +27,6 @@ from dagrun.numa import (
     LeaseStatistics,
     NodeUsage,
     Topology,
-    check_fits,
-    core_pool,
     describe_placement,
     format_cpulist,
     parse_cpulist,

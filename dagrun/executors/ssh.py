@@ -283,7 +283,7 @@ class SshExecutor(ThreadedExecutor):
         wrapper = shlex.quote(WRAPPER)
         return (
             f"mkdir -p {mk} && cd {cwd} && {'export ' + exports + ' && ' if exports else ''}"
-            f"exec python3 -c {wrapper} {shlex.quote(job.cmd)} {self.grace}"
+            f"exec python3 -I -S -c {wrapper} {shlex.quote(job.cmd)} {self.grace}"
         )
 
     def _execute(self, job: Job, cancel: threading.Event, started: float) -> Outcome:
