@@ -311,35 +311,31 @@ class Scheduler:
         """Wait for an end, a deadline or a retry's time; account for it.  True: stop asked."""
         if self.hooks.before_wait is not None:
             self.hooks.before_wait()
-        events = poll.poll(0)
-        if not events:
-            events = poll.poll(self._timeout())
+        deadlines = [(fd, ex, ex.deadline()) for fd, ex in self._by_fd.items()]
+        wake = self._wake(deadlines)
+        if wake is None:
+            events = poll.poll()
+        else:  # ask the clock only when nothing is ready (a fake clock jumps to ``wake``)
+            events = poll.poll(0) or poll.poll(self.clock.wait_time(wake))
         if any(stop.is_set() for stop in self.hooks.stops):
             return True
-        seen = set()
-        for fd, _ in events:
-            ex = self._by_fd.get(fd)
-            if ex is not None:
-                seen.add(fd)
-                self._account(ex.collect())
-        now = self.clock.now()
-        for fd, ex in self._by_fd.items():
-            due = ex.deadline()
-            if fd not in seen and due is not None and due <= now:
+        ready = {fd for fd, _ in events}
+        now = self.clock.now() if wake is not None else 0.0
+        for fd, ex, due in deadlines:
+            if fd in ready or (due is not None and due <= now):
                 self._account(ex.collect())
         while self.backoff and self.backoff[0][0] <= now:
             _, i = heapq.heappop(self.backoff)
             self._ready(i)
         return False
 
-    def _timeout(self) -> float:
-        """How long the wait may block: until the earliest deadline or retry (-1: no limit)."""
+    def _wake(self, deadlines: list[tuple[int, Executor, float | None]]) -> float | None:
+        """The earliest executor deadline or retry time, if any (the wait's timeout)."""
         wake = self.backoff[0][0] if self.backoff else None
-        for ex in self._by_fd.values():
-            due = ex.deadline()
+        for _, _, due in deadlines:
             if due is not None and (wake is None or due < wake):
                 wake = due
-        return -1 if wake is None else self.clock.wait_time(wake)
+        return wake
 
     def _account(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
