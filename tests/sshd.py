@@ -181,6 +181,7 @@ def shared_server(folder: Path | None = None) -> SshServer:
 
         base = folder or Path(tempfile.mkdtemp(prefix="dagrun-sshd-"))
         server = start_sshd(base)
+        atexit.register(shutil.rmtree, base, True)  # runs after stop (last registered, first run)
         atexit.register(server.stop)
         _SHARED.append(server)
     return _SHARED[0]
