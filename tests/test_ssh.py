@@ -357,3 +357,19 @@ def test_the_ssh_example_builds_against_two_hosts(root, sshd, project, elsewhere
     summary = (root / "build" / "summary.txt").read_text().split()
     assert summary[:2] == ["4", "6"] and summary[-2:] == [str(root), "where"]
     assert (elsewhere / "build" / "a.words").exists()  # counted over there, copied back
+
+
+def test_status_during_a_build_shows_the_remote_task(root, sshd, project, dagrun_proc):
+    write(root, sshd.toml("lab", workspace=str(root), max_jobs=2) + textwrap.dedent("""
+        [tasks.slow]
+        executor = "lab"
+        cmd = "echo go > started; sleep 3"
+    """))
+    p = dagrun_proc.start("build", stderr=root / "dagrun.err")
+    wait_for(lambda: (root / "started").exists(), "the remote task started")
+    r = project.run("status", "--executors")
+    out, _ = p.communicate(timeout=15)
+    assert p.returncode == 0, (out, (root / "dagrun.err").read_text())
+    words = " ".join(r.out.split())
+    assert (f"lab (ssh) host 127.0.0.1 reachable yes running jobs 1 of 2 slots "
+            f"(build pid {p.pid}) slow not pinned") in words
