@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -55,6 +56,16 @@ def run_cmd(argv: list[str], n: int) -> list[float]:
     return times
 
 
+def _closing(executor: Executor, stop: Any) -> Any:
+    """``stop`` that first closes ``executor`` (its master connection), even after an error."""
+
+    def both() -> None:
+        executor.close()
+        stop()
+
+    return both
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     base = Path(tempfile.mkdtemp(prefix="dagrun-sshcost-"))
@@ -66,6 +77,7 @@ def main() -> None:
         local = create("local", "local", {}, ctx)
         remote = create("ssh", "lab", server.options(workspace=root), ctx)
         remote.start()
+        server.stop = _closing(remote, server.stop)  # type: ignore[method-assign]
         plain = remote.ssh_argv()  # type: ignore[attr-defined]  # ends with the host
         fresh = [("ControlPath=none" if a.startswith("ControlPath=") else a) for a in plain]
         results = {

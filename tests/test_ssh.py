@@ -66,11 +66,11 @@ def elsewhere() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def remote_leftovers(marker: str) -> list[tuple[int, str]]:
-    """The test user's processes whose command line holds ``marker`` (after a short grace)."""
+def remote_leftovers(*markers: str) -> list[tuple[int, str]]:
+    """The test user's processes whose command line holds a marker (after a short grace)."""
     end = time.monotonic() + 5
     while True:
-        left = [(pid, cmd) for pid, cmd in user_processes() if marker in cmd]
+        left = [(pid, cmd) for pid, cmd in user_processes() if any(m in cmd for m in markers)]
         if not left or time.monotonic() > end:
             return left
         time.sleep(0.05)
@@ -138,7 +138,7 @@ def test_a_remote_timeout_leaves_no_process_on_the_host(root, sshd, project):
     """))
     r = project.run("build")
     assert r.code == 1 and "FAILED: [timeout] hang" in r.out + r.err
-    assert remote_leftovers("sleep 6") == []
+    assert remote_leftovers("sleep 61", "sleep 62") == []
 
 
 def test_ctrl_c_leaves_no_process_on_the_host(root, sshd, dagrun_proc: DagrunProcs):
@@ -161,7 +161,7 @@ def test_ctrl_c_leaves_no_process_on_the_host(root, sshd, dagrun_proc: DagrunPro
     err = (root / "dagrun.err").read_text()
     assert p.returncode == 130, (out, err)
     assert "Traceback" not in err
-    assert remote_leftovers("sleep 6") == []
+    assert remote_leftovers("sleep 63", "sleep 64", "sleep 65") == []
     assert not (root / ".dagrun" / "ssh" / "lab.sock").exists()  # the master was closed
 
 
@@ -373,3 +373,20 @@ def test_status_during_a_build_shows_the_remote_task(root, sshd, project, dagrun
     words = " ".join(r.out.split())
     assert (f"lab (ssh) host 127.0.0.1 reachable yes running jobs 1 of 2 slots "
             f"(build pid {p.pid}) slow not pinned") in words
+
+
+def test_a_second_ctrl_c_kills_a_remote_task_that_ignores_signals(root, sshd, dagrun_proc):
+    write(root, sshd.toml("lab", workspace=str(root), grace_period=60) + textwrap.dedent("""
+        [tasks.stubborn]
+        executor = "lab"
+        cmd = "trap '' INT TERM; echo go > started; sleep 66; sleep 67"
+    """))
+    p = dagrun_proc.start("build", stderr=root / "dagrun.err")
+    wait_for(lambda: (root / "started").exists(), "the remote task started")
+    os.killpg(p.pid, signal.SIGINT)
+    time.sleep(0.5)  # the first Ctrl-C is being handled: the task ignores SIGTERM
+    assert p.poll() is None
+    os.killpg(p.pid, signal.SIGINT)
+    p.communicate(timeout=15)  # well before the 60 s grace period
+    assert p.returncode == 130, (root / "dagrun.err").read_text()
+    assert remote_leftovers("sleep 66", "sleep 67") == []

@@ -13,7 +13,7 @@ prints the group id first and, at the end, the exit status, max RSS and
 duration (on stderr, stripped here).  It watches its stdin: when the channel
 closes (cancel, timeout, Ctrl-C, or the connection drops) it kills the whole
 process group, SIGINT+SIGTERM, then SIGKILL after ``grace_period``.  A
-``force`` cancel sends ``kill -KILL -- -PGID`` on a second channel.  A job
+``force`` cancel sends ``kill -KILL -PGID`` on a second channel.  A job
 whose end record never came back, and that was not cancelled, is *lost*.
 
 ``stage = "rsync"`` copies the job's declared inputs to the workspace before it
@@ -356,12 +356,16 @@ class SshExecutor(ThreadedExecutor):
         pgid = _pgid(raw) if raw else None
         if pgid is not None:
             try:
-                self._run_remote(f"kill -KILL -- -{pgid} 2>/dev/null; true")
+                self._run_remote(f"kill -KILL -{pgid} 2>/dev/null; true")  # dash: no "--"
             except (OSError, subprocess.TimeoutExpired):
                 pass
         proc = self._procs.get(job_id)
         if proc is not None and proc.poll() is None:
             proc.kill()
+
+    def forced(self) -> None:
+        for job_id in list(self._procs):
+            self._kill_now(job_id)
 
     def cancel_all(self, *, force: bool = False) -> list[Outcome]:
         if force:
