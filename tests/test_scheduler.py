@@ -401,3 +401,11 @@ def test_a_stop_flag_set_from_another_thread_stops_the_build(recorder):
         timer.cancel()
         ex.close()
     assert recorder.of(TaskFinished)[0].error == "interrupted"
+
+
+def test_retries_above_the_maximum_is_a_manifest_error():
+    from dagrun.errors import ManifestError
+
+    with pytest.raises(ManifestError, match=r"^t.toml:3: task 'a', key 'retries': must be at "
+                                            r"most 100, not 1000000000$"):
+        parse(tasks(t("a", retries=1000000000)), source="t.toml", root="/proj")
