@@ -385,7 +385,8 @@ def print_plan(prep: Any) -> None:
         for reason in plan.reasons.get(i, ()):
             out.write(f"    {reason}\n")
         if prep.pool is not None:
-            from .numa import describe_placement, uses_core_pool
+            from .executors.local_pool import uses_core_pool
+            from .numa import describe_placement
 
             if uses_core_pool(g.manifest, spec):
                 out.write(f"    leases {describe_placement(spec, prep.pool)}\n")
@@ -517,6 +518,10 @@ def executor_pool_text(p: Any) -> str:
         else:
             rows.append(("configured cores", cores(p.configured)))
             rows.append(("free cores", cores(p.free)))
+    if p.host is not None:
+        reach = {True: "yes", False: "no", None: "not checked"}[p.reachable]
+        rows.append(("host", p.host))
+        rows.append(("reachable", reach))
     running = str(len(p.running))
     if p.slots is not None:
         running += f" of {p.slots} slots"

@@ -13,6 +13,9 @@ class Clock(Protocol):
     def wall(self) -> float:
         """Seconds since the epoch (for log records)."""
 
+    def wait_time(self, until: float) -> float:
+        """Seconds to block (in a poll) for ``until`` to come; a fake clock moves there at once."""
+
 
 class MonotonicClock:
     def now(self) -> float:
@@ -20,6 +23,9 @@ class MonotonicClock:
 
     def wall(self) -> float:
         return time.time()
+
+    def wait_time(self, until: float) -> float:
+        return max(0.0, until - time.monotonic())
 
 
 class FakeClock:
@@ -33,6 +39,11 @@ class FakeClock:
 
     def wall(self) -> float:
         return 1_700_000_000.0 + self._now
+
+    def wait_time(self, until: float) -> float:
+        if until > self._now:
+            self._now = until
+        return 0.0
 
     def advance(self, seconds: float) -> None:
         self._now += seconds

@@ -24,6 +24,7 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Any
 
 # the CLI's commands (tests/test_entry.py checks this against the parser): argv without any of
 # them is a build, so `dagrun`, `dagrun -q` and `dagrun TARGET` all build
@@ -44,8 +45,29 @@ class SignalInterrupt(KeyboardInterrupt):
     (dataclasses does), even when it was caught later."""
 
 
+_pending = False  # a signal came; set also when its exception was swallowed (see main)
+
+
 def interrupt_early(signum: int, frame: object) -> None:
+    global _pending
+    _pending = True
     raise SignalInterrupt
+
+
+def pending() -> bool:
+    """Whether an early signal came (dagrun.interrupts honours it when the build starts)."""
+    return _pending
+
+
+def _unraisable(hook: Any) -> Any:
+    """``sys.unraisablehook`` that keeps quiet about a SignalInterrupt raised where Python could
+    not raise it (a weakref callback in the import system): ``_pending`` remembers it."""
+
+    def quiet(args: Any) -> None:
+        if not isinstance(args.exc_value, SignalInterrupt):
+            hook(args)
+
+    return quiet
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,12 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _signal.getsignal(sig) == _signal.SIG_DFL:  # not ignored (nohup) nor taken
             _signal.signal(sig, interrupt_early)
             taken.append(sig)
+    hook = sys.unraisablehook
+    sys.unraisablehook = _unraisable(hook)
     try:
-        return _main(argv)
+        code = _main(argv)
+        if _pending:  # swallowed where it landed, and no build honoured it since
+            raise SignalInterrupt
+        return code
     except KeyboardInterrupt:
         sys.stderr.write("dagrun: interrupted\n")
         return 130
     finally:
+        sys.unraisablehook = hook
         for sig in taken:
             _signal.signal(sig, _signal.SIG_DFL)
 

@@ -59,6 +59,8 @@ class TaskFinished:
     attempt: int = 1
     max_attempts: int = 1  # retries + 1
     interrupted: bool = False  # killed by Ctrl-C / SIGTERM, not a failure of its own
+    executor: str = "local"
+    cores: tuple[int, ...] = ()  # the local cores it held
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType, TracebackType
 
-from .entry import SignalInterrupt, interrupt_early  # see entry for why not KeyboardInterrupt
+from .entry import (  # see entry for why not KeyboardInterrupt
+    SignalInterrupt,
+    interrupt_early,
+    pending,
+)
 
 
 class _Hold:
@@ -90,6 +94,8 @@ def raised() -> Iterator[None]:
             signal.signal(sig, _handler)
             taken[sig] = old
     try:
+        if pending():  # a signal dagrun.entry caught before the build, but could not raise
+            raise KeyboardInterrupt
         yield
     finally:
         for sig, old in taken.items():

@@ -115,12 +115,23 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _int(minimum: int) -> Check:
+def _int(minimum: int, maximum: int | None = None) -> Check:
     def check(v: Any) -> str | None:
         if not _is_int(v):
             return f"must be an integer, not {_tname(v)}"
         if v < minimum:
             return f"must be at least {minimum}, not {v}"
+        if maximum is not None and v > maximum:
+            return f"must be at most {maximum}, not {v}"
+        return None
+
+    return check
+
+
+def _one_of(*choices: str) -> Check:
+    def check(v: Any) -> str | None:
+        if v not in choices:
+            return "must be one of " + ", ".join(f'"{c}"' for c in choices) + f", not {v!r}"
         return None
 
     return check
@@ -317,7 +328,7 @@ TASK_KEYS: dict[str, Check] = {
     "threads": _int(1),
     "numa_node": _int(0),
     "timeout": _number_positive,
-    "retries": _int(0),
+    "retries": _int(0, 100),  # scheduler.MAX_RETRIES
     "always": _bool,
     "executor": _nonempty_str,
     "key_env": _str_list,
@@ -345,7 +356,10 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
         "ssh_options": _str_list,
         "workspace": _nonempty_str,
         "max_jobs": _int(1),
-        "max_sessions": _int(1),
+        "max_sessions": _int(2),
+        "stage": _one_of("shared", "rsync"),
+        "env_inherit": _bool,
+        "grace_period": _number_positive,
     },
     "http": {
         "type": _str,

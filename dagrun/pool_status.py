@@ -1,7 +1,7 @@
 """Each executor's pool for ``dagrun status --executors``: configured, and in use now.
 
 A running build keeps a small JSON snapshot in ``.dagrun/executors.json``:
-SnapshotExecutor wraps the build's executor and rewrites the file each time
+StatusReporter follows the build's events and rewrites the file each time
 the scheduler starts waiting (so it shows the state while tasks run), and
 removes it when the build ends.  A snapshot whose build is gone is ignored.
 
@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .executors import Executor, Job, Outcome
+from .events import Event, TaskFinished, TaskStarted
 from .manifest import Manifest
-from .numa import CoreLeases, CorePool, NodeUsage
+from .numa import CorePool, NodeUsage
 
 SNAPSHOT = "executors.json"
 _VERSION = 1
@@ -46,89 +46,48 @@ class ExecutorPool:
     running: tuple[RunningJob, ...]
     slots: int | None  # the running build's job limit, else max_jobs
     build_pid: int | None  # the build the live figures come from
+    host: str | None = None  # remote executors: where they run
+    reachable: bool | None = None  # None: not known (not checked)
 
 
-class SnapshotExecutor:
-    """An Executor that also records, for ``dagrun status``, which jobs run on which cores."""
+class StatusReporter:
+    """A Reporter that records, for ``dagrun status``, which jobs run where and on which cores.
+
+    It follows TaskStarted/TaskFinished events and writes the snapshot when
+    ``flush()`` is called (the scheduler calls it before it waits); ``close()``
+    removes the file when the build ends.
+    """
 
     def __init__(
-        self, inner: Executor, path: str, leases: CoreLeases | None, jobs: int,
-        executor_of: Mapping[str, str],
+        self, path: str, pool: CorePool | None, slots: Mapping[str, int],
+        reachable: Mapping[str, bool] | None = None,
     ) -> None:
-        self.inner = inner
-        self.name = inner.name
         self.path = path
-        self.leases = leases
-        self.jobs = jobs
-        self.executor_of = executor_of
-        self.jobs_running: dict[int, RunningJob] = {}
+        self.pool = pool
+        self.slots = dict(slots)
+        self.reachable = dict(reachable or {})
+        self.jobs_running: dict[str, RunningJob] = {}
         self._fd: int | None = None
         self._last = b""
 
-    @property
-    def running(self) -> int:
-        return len(self.jobs_running)
+    def handle(self, event: Event) -> None:
+        if isinstance(event, TaskStarted):
+            self.jobs_running[event.task] = RunningJob(event.task, event.executor, event.cores)
+        elif isinstance(event, TaskFinished):
+            self.jobs_running.pop(event.task, None)
 
-    def submit(self, job: Job) -> None:
-        self.jobs_running[job.id] = RunningJob(job.task, self.executor_of.get(job.task, "local"),
-                                               job.cores)
-        self.inner.submit(job)
-
-    def wait(self, timeout: float | None = None) -> list[Outcome]:
-        self._write()
-        return self._ended(self.inner.wait(timeout))
-
-    # transitional pass-throughs of the protocol (the scheduler's own loop replaces this wrapper)
-    @property
-    def slots(self) -> int:
-        return self.inner.slots
-
-    def start(self) -> None:
-        self.inner.start()
-
-    def fileno(self) -> int:
-        return self.inner.fileno()
-
-    def deadline(self) -> float | None:
-        return self.inner.deadline()
-
-    def collect(self) -> list[Outcome]:
-        return self._ended(self.inner.collect())
-
-    def cancel(self, job_id: int) -> None:
-        self.inner.cancel(job_id)
-
-    def cancel_all(self, *, force: bool = False) -> list[Outcome]:
-        return self._ended(self.inner.cancel_all(force=force))
-
-    def close(self) -> None:
-        try:
-            self.inner.close()
-        finally:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-                try:
-                    os.unlink(self.path)
-                except OSError:
-                    pass
-
-    def _ended(self, outcomes: list[Outcome]) -> list[Outcome]:
-        for o in outcomes:
-            self.jobs_running.pop(o.job_id, None)
-        return outcomes
-
-    def _write(self) -> None:
+    def flush(self) -> None:
         data: dict[str, Any] = {
             "version": _VERSION,
             "pid": os.getpid(),
-            "jobs": self.jobs,
+            "jobs": self.slots.get("local"),
             "running": [[j.task, j.executor, list(j.cores)] for j in self.jobs_running.values()],
-            "free": None,
+            "free": self._free(),
+            "executors": {
+                name: {"slots": n, "reachable": self.reachable.get(name)}
+                for name, n in self.slots.items()
+            },
         }
-        if self.leases is not None:
-            stats = self.leases.statistics()
-            data["free"] = {str(u.node): list(u.free) for u in stats.nodes}
         text = (json.dumps(data, separators=(",", ":")) + "\n").encode()
         if text == self._last:
             return
@@ -140,6 +99,32 @@ class SnapshotExecutor:
             self._last = text
         except OSError:
             pass  # status is a convenience; never fail a build over it
+
+    def _free(self) -> dict[str, list[int]] | None:
+        if self.pool is None:
+            return None
+        held = {c for j in self.jobs_running.values() if j.executor == "local" for c in j.cores}
+        return {str(node): [c for c in cores if c not in held] for node, cores in self.pool.groups}
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+class Tee:
+    """Hands every event to several reporters, in order."""
+
+    def __init__(self, *reporters: Any) -> None:
+        self.reporters = reporters
+
+    def handle(self, event: Event) -> None:
+        for r in self.reporters:
+            r.handle(event)
 
 
 def read_snapshot(path: str) -> dict[str, Any] | None:
@@ -166,18 +151,26 @@ def read_snapshot(path: str) -> dict[str, Any] | None:
 
 
 def executor_pools(
-    manifest: Manifest, pool: CorePool | None, logical: int, snapshot: dict[str, Any] | None
+    manifest: Manifest, pool: CorePool | None, logical: int, snapshot: dict[str, Any] | None,
+    probes: Mapping[str, bool] | None = None,
 ) -> list[ExecutorPool]:
     """Every executor of the manifest, with live figures from ``snapshot`` when a build runs."""
     running = [RunningJob(t, e, tuple(c)) for t, e, c in (snapshot or {}).get("running", [])]
     free_by_node = (snapshot or {}).get("free") or {}
+    live = (snapshot or {}).get("executors") or {}
     out = []
     for name, spec in sorted(manifest.executors.items(), key=lambda kv: kv[0] != "local"):
         mine = tuple(j for j in running if j.executor == name)
-        slots = snapshot.get("jobs") if snapshot and name == "local" else spec.max_jobs
+        slots = live.get(name, {}).get("slots", spec.max_jobs)
+        if snapshot and name == "local":
+            slots = snapshot.get("jobs")
         pid = snapshot.get("pid") if snapshot else None
         if spec.type != "local":
-            out.append(ExecutorPool(name, spec.type, None, None, None, (), mine, slots, pid))
+            host = spec.options.get("host")
+            reachable = (probes or {}).get(name, live.get(name, {}).get("reachable"))
+            out.append(ExecutorPool(
+                name, spec.type, None, None, None, (), mine, slots, pid, host, reachable
+            ))
             continue
         nodes: tuple[NodeUsage, ...] = ()
         configured = free = None

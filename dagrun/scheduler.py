@@ -1,24 +1,41 @@
-"""Runs a Plan through an Executor: ready queue, slots, leases, failure policy, events.
+"""Runs a Plan through its executors: ready queue, slots, leases, failure policy, events.
 
 The loop, as in Ninja's Builder::Build: start as many ready tasks as the
 limits allow, then wait for one to end and account for it; repeat until
-nothing runs.  Ready tasks are ordered by critical path: a task's priority is
-its own expected duration (from the log) plus the longest chain of work that
-waits on it, so long chains start first.
+nothing runs.  Every executor has its own slots (``-j`` is the local one's);
+local cores are leased for local tasks only; ``[dagrun.resources]`` pools are
+global.  The wait is one epoll over every executor's ``fileno()`` (and a stop
+flag's), with a timeout at the earliest executor deadline or retry back-off;
+outcomes are accounted for here, so the log and reporters stay on this thread.
+
+A failed attempt is retried (``retries``, at most MAX_RETRIES) after an
+exponential back-off with jitter; a *lost* attempt (connection dropped) runs
+again at once without using a retry, up to ``max_lost`` times; it is never
+logged.  An executor whose ``submit`` raises stops the build: running jobs are
+cancelled, the summary is reported, and ExecutorError is raised.
+
+Ready tasks are ordered by critical path: a task's priority is its own
+expected duration (from the log) plus the longest chain of work that waits
+on it, so long chains start first.
 """
 
 from __future__ import annotations
 
 import heapq
 import os
+import random
 import re
-from collections.abc import Callable, Mapping
+import select
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from enum import Enum
+from typing import NamedTuple, Protocol
 
 from . import events
 from .clock import Clock
-from .errors import Interrupted
+from .errors import ExecutorError, Interrupted
 from .events import BuildFinished, BuildStarted, Event, TaskFinished, TaskSkipped, TaskStarted
 from .executors import Executor, Job, Outcome
 from .graph import BuildGraph
@@ -41,6 +58,15 @@ class Leases(Protocol):
     def try_grant(self, n: int, node: int | None = None) -> Lease | None: ...
 
     def release(self, lease: Lease) -> None: ...
+
+
+class _Running(NamedTuple):
+    """What a running job holds until it ends."""
+
+    task: int
+    executor: str
+    slots: int
+    lease: Lease | None
 
 
 @dataclass(frozen=True)
@@ -81,52 +107,160 @@ def run_dir_name(task: str) -> str:
     return safe
 
 
-SuccessHook = Callable[[int, Outcome], None]
+# on_success(i, outcome) -> None, or a reason that turns the success into a failure
+SuccessHook = Callable[[int, Outcome], "str | None"]
+MAX_LOST = 3  # a job lost this many times (connection, worker) fails instead of running again
+MAX_RETRIES = 100  # the manifest refuses more; the scheduler bounds it too
+
+
+class TaskState(Enum):
+    """How a task of the plan ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class StopFlag(threading.Event):
+    """A threading.Event whose ``set()`` (from any thread) also wakes the scheduler's wait.
+
+    The build stops as on Ctrl-C: running jobs are cancelled, Interrupted is raised.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+
+    def set(self) -> None:
+        super().set()
+        if self._fd >= 0:
+            os.eventfd_write(self._fd, 1)
+
+    def clear(self) -> None:
+        super().clear()
+        try:
+            os.eventfd_read(self._fd)
+        except (BlockingIOError, OSError):
+            pass
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much may run at once.  ``jobs`` is the local limit (-j); other executors: their slots."""
+
+    jobs: int
+    resources: Mapping[str, int] = field(default_factory=dict)  # [dagrun.resources]: global
+    leases: Leases | None = None  # local cores; used by tasks of the executor named "local"
+    slots: Mapping[str, int] = field(default_factory=dict)  # per executor name, but "local"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What to do when tasks fail, and in which order to start them."""
+
+    failures_allowed: int = 1  # 0: keep going
+    schedule: str = "critical-path"  # or "unweighted" / "fifo" for comparisons
+    durations: Mapping[str, float] = field(default_factory=dict)  # from the log: priorities
+    explain: bool = False
+    retry_backoff: float = 0.5  # seconds before the first retry; doubles, with jitter
+    retry_backoff_max: float = 30.0
+    max_lost: int = MAX_LOST
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """Where the scheduler reports, and who may stop it."""
+
+    reporter: Reporter
+    on_success: SuccessHook | None = None
+    before_wait: Callable[[], None] | None = None  # e.g. the status snapshot's flush
+    stops: tuple[StopFlag, ...] = ()  # any of them set: stop as on Ctrl-C
 
 
 class Scheduler:
-    """Runs ``plan.to_run`` on ``executor`` within ``jobs`` slots (a task takes ``threads``)."""
+    """Runs ``plan.to_run`` on the executors named by its tasks, each within its slots.
+
+    ``executors`` maps executor names to executors; one Executor alone serves every
+    task (tests).  The loop waits on every executor's ``fileno()`` in one epoll.
+    """
 
     def __init__(
         self,
         graph: BuildGraph,
         plan: Plan,
         keys: list[str | None],
-        executor: Executor,
+        executors: Executor | Mapping[str, Executor],
         *,
-        jobs: int,
-        failures_allowed: int,
+        limits: Limits,
+        hooks: Hooks,
         clock: Clock,
-        reporter: Reporter,
-        base_env: Mapping[str, str],  # the declared [env]; executors add their own
+        policy: Policy | None = None,
+        base_env: Mapping[str, str] | None = None,  # the declared [env]; executors add their own
         runs_dir: str,
-        on_success: SuccessHook | None = None,
-        durations: Mapping[str, float] | None = None,
-        leases: Leases | None = None,
-        resources: Mapping[str, int] | None = None,
-        explain: bool = False,
-        schedule: str = "critical-path",
     ) -> None:
         self.graph = graph
         self.plan = plan
         self.keys = keys
-        self.executor = executor
-        self.jobs = max(1, jobs)
-        self.failures_allowed = failures_allowed
+        if isinstance(executors, Mapping):
+            self.executors: dict[str, Executor] = dict(executors)
+            self._only: Executor | None = None
+        else:
+            self.executors = {"local": executors}
+            self._only = executors
+        self.limits = limits
+        self.jobs = max(1, limits.jobs)
+        self.policy = policy or Policy()
+        self.hooks = hooks
+        self.reporter = hooks.reporter
         self.clock = clock
-        self.reporter = reporter
-        self.base_env = base_env
+        self.base_env = base_env or {}
         self.runs_dir = runs_dir
-        self.on_success = on_success
-        self.durations = durations or {}
-        self.leases = leases
-        self.free_resources = dict(resources or {})
-        self.explain = explain
-        self.schedule = schedule  # "critical-path", or "unweighted" / "fifo" for comparisons
+        self.leases = limits.leases
+        self.free_resources = dict(limits.resources)
+        self._random = random.Random()
 
     # -- the loop
 
     def run(self) -> BuildResult:
+        self._setup()
+        started = self.clock.now()
+        plan = self.plan
+        planned = events.Planned(self.graph.specs, plan.to_run, plan.up_to_date, self.keys,
+                                 plan.reasons)
+        self.reporter.handle(
+            BuildStarted(len(plan.to_run), len(plan.up_to_date), self.jobs, planned)
+        )
+        interrupted = False
+        failure: Exception | None = None
+        try:
+            with self._poller() as poll:
+                while True:
+                    failure = self._start_ready()
+                    if failure is not None:
+                        self._cancel_everything(str(failure))
+                        break
+                    if not self.running and not self.backoff:
+                        break
+                    if self._wait(poll):
+                        interrupted = True
+                        self._cancel_everything("interrupted", interrupted=True)
+                        break
+        except KeyboardInterrupt:
+            interrupted = True
+            self._cancel_everything("interrupted", interrupted=True)
+        result = self._result(self.clock.now() - started, interrupted)
+        if failure is not None:
+            raise failure
+        return result
+
+    def _setup(self) -> None:
         g, plan = self.graph, self.plan
         n = len(g.specs)
         self.in_plan = bytearray(n)
@@ -136,51 +270,99 @@ class Scheduler:
         for i in plan.to_run:
             self.waiting[i] = sum(1 for d in g.deps[i] if self.in_plan[d])
         self.priority = self._priorities()
-        self.ready: list[tuple[float, int, int]] = []
+        self.pos = {i: pos for pos, i in enumerate(plan.to_run)}
+        # one ready queue per executor, so a full executor never holds up another's tasks
+        self.ready: dict[str, list[tuple[float, int, int]]] = {n: [] for n in self.executors}
         for pos, i in enumerate(plan.to_run):
             if self.waiting[i] == 0:
-                self.ready.append((-self.priority[i], pos, i))
-        heapq.heapify(self.ready)
-        self.pos = {i: pos for pos, i in enumerate(plan.to_run)}
-        self.free = self.jobs
-        self.running: dict[
-            int, tuple[int, int, Lease | None]
-        ] = {}  # job id -> (task, slots, lease)
+                self.ready[self._executor_of(i)].append((-self.priority[i], pos, i))
+        for heap in self.ready.values():
+            heapq.heapify(heap)
+        self.free = {name: self._slots_of(name) for name in self.executors}
+        self.running: dict[int, _Running] = {}  # job id -> what it holds
         self.attempts = [0] * n
-        self.status: dict[int, str] = {}
+        self.lost = [0] * n
+        self.backoff: list[tuple[float, int]] = []  # (due on the clock, task): retries waiting
+        self.status: dict[int, TaskState] = {}
         self.blocked_by: dict[int, str] = {}
         self.order: list[str] = []
         self.failures = 0
         self.stopping = False
         self.done = 0
         self.next_id = 0
-        started = self.clock.now()
-        planned = events.Planned(g.specs, plan.to_run, plan.up_to_date, self.keys, plan.reasons)
-        self.reporter.handle(
-            BuildStarted(len(plan.to_run), len(plan.up_to_date), self.jobs, planned)
-        )
-        interrupted = False
+
+    def _slots_of(self, name: str) -> int:
+        if name == "local" or self._only is not None:
+            return self.jobs
+        return max(1, self.limits.slots.get(name, self.executors[name].slots))
+
+    @contextmanager
+    def _poller(self) -> Iterator[select.epoll]:
+        """One epoll over every executor's descriptor (and the stop flag's)."""
+        poll = select.epoll()
+        self._by_fd: dict[int, Executor] = {}
         try:
-            while True:
-                self._start_ready()
-                if not self.running:
-                    break
-                for outcome in self.executor.wait():
-                    self._finished(outcome)
-        except KeyboardInterrupt:
-            interrupted = True
-            self.stopping = True
-            for outcome in self.executor.cancel_all():
-                self._finished(outcome, interrupted=True)
-        return self._result(self.clock.now() - started, interrupted)
+            for ex in {id(e): e for e in self.executors.values()}.values():
+                fd = ex.fileno()
+                self._by_fd[fd] = ex
+                poll.register(fd, select.EPOLLIN)
+            for stop in self.hooks.stops:
+                poll.register(stop.fileno(), select.EPOLLIN)
+            yield poll
+        finally:
+            poll.close()
+
+    def _wait(self, poll: select.epoll) -> bool:
+        """Wait for an end, a deadline or a retry's time; account for it.  True: stop asked."""
+        if self.hooks.before_wait is not None:
+            self.hooks.before_wait()
+        deadlines = [(fd, ex, ex.deadline()) for fd, ex in self._by_fd.items()]
+        wake = self._wake(deadlines)
+        if wake is None:
+            events = poll.poll()
+        else:  # ask the clock only when nothing is ready (a fake clock jumps to ``wake``)
+            # at most an hour at once: epoll refuses a timeout past ~24 days (a year's timeout)
+            events = poll.poll(0) or poll.poll(min(self.clock.wait_time(wake), 3600.0))
+        if any(stop.is_set() for stop in self.hooks.stops):
+            return True
+        ready = {fd for fd, _ in events}
+        now = self.clock.now() if wake is not None else 0.0
+        for fd, ex, due in deadlines:
+            if fd in ready or (due is not None and due <= now):
+                self._account(ex.collect())
+        while self.backoff and self.backoff[0][0] <= now:
+            _, i = heapq.heappop(self.backoff)
+            self._ready(i)
+        return False
+
+    def _wake(self, deadlines: list[tuple[int, Executor, float | None]]) -> float | None:
+        """The earliest executor deadline or retry time, if any (the wait's timeout)."""
+        wake = self.backoff[0][0] if self.backoff else None
+        for _, _, due in deadlines:
+            if due is not None and (wake is None or due < wake):
+                wake = due
+        return wake
+
+    def _account(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            self._finished(outcome)
+
+    def _cancel_everything(self, why: str, *, interrupted: bool = False) -> None:
+        """Kill every running job on every executor; their ends count as failures (``why``)."""
+        self.stopping = True
+        self.backoff.clear()
+        for ex in {id(e): e for e in self.executors.values()}.values():
+            for outcome in ex.cancel_all():
+                if outcome.job_id in self.running:
+                    self._finished(outcome, cancelled=why, interrupted=interrupted)
 
     def _priorities(self) -> list[float]:
         """Critical path by recorded durations; ``unweighted`` counts tasks; ``fifo``: none."""
         g = self.graph
         prio = [0.0] * len(g.specs)
-        if self.schedule == "fifo":  # ready tasks start in topological (manifest) order
+        if self.policy.schedule == "fifo":  # ready tasks start in topological (manifest) order
             return prio
-        durations = {} if self.schedule == "unweighted" else self.durations
+        durations = {} if self.policy.schedule == "unweighted" else self.policy.durations
         known = [
             durations[g.specs[i].name] for i in self.plan.to_run if g.specs[i].name in durations
         ]
@@ -194,36 +376,52 @@ class Scheduler:
             prio[i] = durations.get(g.specs[i].name, default) + below
         return prio
 
-    def _start_ready(self) -> None:
+    def _start_ready(self) -> Exception | None:
+        """Start what the limits allow; an executor's failure to take a job is returned."""
         if self.stopping:
-            return
+            return None
         deferred = []
-        while self.ready and self.free > 0:
-            item = heapq.heappop(self.ready)
-            if not self._try_start(item[2]):
-                deferred.append(item)
-        for item in deferred:
-            heapq.heappush(self.ready, item)
+        failure = None
+        for name, ready in self.ready.items():
+            while ready and self.free[name] > 0 and failure is None:
+                item = heapq.heappop(ready)
+                started = self._try_start(item[2])
+                if started is False:
+                    deferred.append(item)
+                elif started is not True:
+                    failure = started
+            for item in deferred:
+                heapq.heappush(ready, item)
+            deferred.clear()
+        return failure
 
-    def _try_start(self, i: int) -> bool:
+    def _executor_of(self, i: int) -> str:
+        return "local" if self._only is not None else self.graph.specs[i].executor
+
+    def _ready(self, i: int) -> None:
+        heapq.heappush(self.ready[self._executor_of(i)], (-self.priority[i], self.pos[i], i))
+
+    def _try_start(self, i: int) -> bool | Exception:
         spec = self.graph.specs[i]
-        slots = min(spec.threads, self.jobs)
-        if slots > self.free:
+        name = self._executor_of(i)
+        free = self.free[name]
+        slots = min(spec.threads, self._slots_of(name))
+        if slots > free:
             return False
-        for name, count in spec.resources:
-            if self.free_resources.get(name, 0) < count:
+        for resource, count in spec.resources:
+            if self.free_resources.get(resource, 0) < count:
                 return False
         lease = None
-        if self.leases is not None:
+        if self.leases is not None and name == "local":
             lease = self.leases.try_grant(spec.threads, spec.numa_node)
             if lease is None:
                 return False
-        for name, count in spec.resources:
-            self.free_resources[name] -= count
-        self.free -= slots
+        for resource, count in spec.resources:
+            self.free_resources[resource] -= count
+        self.free[name] = free - slots
         self.attempts[i] += 1
         job = self._job(i, lease)
-        self.running[job.id] = (i, slots, lease)
+        self.running[job.id] = _Running(i, name, slots, lease)
         self.order.append(spec.name)
         self.reporter.handle(
             TaskStarted(
@@ -231,12 +429,22 @@ class Scheduler:
                 spec.label,
                 self.attempts[i],
                 lease.cores if lease else (),
-                self.plan.reasons.get(i, ()) if self.explain else (),
-                spec.executor,
+                self.plan.reasons.get(i, ()) if self.policy.explain else (),
+                executor=name,
             )
         )
-        self.executor.submit(job)
+        try:
+            self.executors[name].submit(job)
+        except Exception as exc:  # noqa: BLE001 - reported as an error, never a traceback
+            return self._submit_failed(job, name, exc)
         return True
+
+    def _submit_failed(self, job: Job, name: str, exc: Exception) -> Exception:
+        """The executor could not take the job: it fails, and the build stops with an error."""
+        message = f"executor '{name}' could not start task '{job.task}': {exc}"
+        self.stopping = True
+        self._finished(Outcome(job.id, None, 0.0, error=str(exc)))
+        return ExecutorError(message)
 
     def _job(self, i: int, lease: Lease | None) -> Job:
         g = self.graph
@@ -272,40 +480,38 @@ class Scheduler:
             attempt=self.attempts[i],
         )
 
-    def _finished(self, outcome: Outcome, interrupted: bool = False) -> None:
-        i, slots, lease = self.running.pop(outcome.job_id)
-        self.free += slots
+    def _finished(
+        self, outcome: Outcome, *, cancelled: str | None = None, interrupted: bool = False
+    ) -> None:
+        run = self.running.pop(outcome.job_id)
+        i = run.task
+        self.free[run.executor] += run.slots
         spec = self.graph.specs[i]
-        for name, count in spec.resources:
-            self.free_resources[name] += count
-        if lease is not None and self.leases is not None:
-            self.leases.release(lease)
+        for resource, count in spec.resources:
+            self.free_resources[resource] += count
+        if run.lease is not None and self.leases is not None:
+            self.leases.release(run.lease)
         # an end seen after Ctrl-C may be a task's trap exiting 0 half-way: never log it as done
-        ok = outcome.ok and not interrupted
+        ok = outcome.ok and cancelled is None
+        error = outcome.error
+        if ok and self.hooks.on_success is not None:
+            reason = self.hooks.on_success(i, outcome)
+            if reason is not None:
+                ok, error = False, reason
         retry = False
         if ok:
-            if self.on_success is not None:
-                self.on_success(i, outcome)
-            self.status[i] = "succeeded"
-            for j in self.graph.dependents[i]:
-                if self.in_plan[j]:
-                    self.waiting[j] -= 1
-                    if self.waiting[j] == 0 and j not in self.blocked_by:
-                        heapq.heappush(self.ready, (-self.priority[j], self.pos[j], j))
-        elif not interrupted and not self.stopping and self.attempts[i] <= spec.retries:
+            self._succeeded(i)
+        elif outcome.lost and cancelled is None and not self.stopping:
+            retry, error = self._lost(i, outcome)
+        elif cancelled is None and not self.stopping and self._retries_left(i):
             retry = True
-            heapq.heappush(self.ready, (-self.priority[i], self.pos[i], i))
+            self._retry_later(i)
         else:
-            self.status[i] = "failed"
-            self.failures += 1
-            self._block_dependents(i)
-            if self.failures_allowed and self.failures >= self.failures_allowed:
-                self.stopping = True
+            self._failed(i)
         if not retry:
             self.done += 1
-        error = outcome.error
-        if interrupted and not ok:
-            error = "interrupted"
+        if cancelled is not None and not ok:
+            error = cancelled if interrupted or outcome.error is None else outcome.error
         self.reporter.handle(
             TaskFinished(
                 task=spec.name,
@@ -325,8 +531,51 @@ class Scheduler:
                 attempt=self.attempts[i],
                 max_attempts=spec.retries + 1,
                 interrupted=interrupted and not ok,
+                executor=run.executor,
+                cores=run.lease.cores if run.lease is not None else (),
             )
         )
+
+    def _succeeded(self, i: int) -> None:
+        self.status[i] = TaskState.SUCCEEDED
+        for j in self.graph.dependents[i]:
+            if self.in_plan[j]:
+                self.waiting[j] -= 1
+                if self.waiting[j] == 0 and j not in self.blocked_by:
+                    self._ready(j)
+
+    def _failed(self, i: int) -> None:
+        self.status[i] = TaskState.FAILED
+        self.failures += 1
+        self._block_dependents(i)
+        allowed = self.policy.failures_allowed
+        if allowed and self.failures >= allowed:
+            self.stopping = True
+
+    def _lost(self, i: int, outcome: Outcome) -> tuple[bool, str]:
+        """A lost attempt runs again at once, without using a retry, up to ``max_lost`` times."""
+        self.lost[i] += 1
+        why = outcome.error or "the executor lost the job"
+        if self.lost[i] >= self.policy.max_lost:
+            self._failed(i)
+            return False, f"lost {self.lost[i]} times, last: {why}"
+        self._ready(i)
+        return True, f"lost: {why}"
+
+    def _retries_left(self, i: int) -> bool:
+        retries = min(self.graph.specs[i].retries, MAX_RETRIES)
+        return self.attempts[i] - self.lost[i] <= retries
+
+    def _retry_later(self, i: int) -> None:
+        """Exponential back-off with jitter: base * 2**(n-1), capped, times 0.5..1."""
+        p = self.policy
+        n = self.attempts[i] - self.lost[i]
+        delay = min(p.retry_backoff * 2 ** min(n - 1, 30), p.retry_backoff_max)
+        delay *= 0.5 + 0.5 * self._random.random()
+        if delay <= 0:
+            self._ready(i)
+        else:
+            heapq.heappush(self.backoff, (self.clock.now() + delay, i))
 
     def _block_dependents(self, failed: int) -> None:
         name = self.graph.specs[failed].name
@@ -340,8 +589,10 @@ class Scheduler:
 
     def _result(self, elapsed: float, interrupted: bool) -> BuildResult:
         specs = self.graph.specs
-        succeeded = [specs[i].name for i in self.plan.to_run if self.status.get(i) == "succeeded"]
-        failed = [specs[i].name for i in self.plan.to_run if self.status.get(i) == "failed"]
+        status = self.status
+        to_run = self.plan.to_run
+        succeeded = [specs[i].name for i in to_run if status.get(i) is TaskState.SUCCEEDED]
+        failed = [specs[i].name for i in to_run if status.get(i) is TaskState.FAILED]
         not_run = []
         for i in self.plan.to_run:
             if i in self.status:

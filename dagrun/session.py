@@ -5,7 +5,7 @@ Data flow of a build (see STYLE.md):
     manifest (or the cached compiled graph) -> BuildGraph
     BuildGraph + StatCache -> keys          (hashing.Keys, only what changed)
     keys + CompletionLog + files -> Plan    (plan.make)
-    Plan -> Scheduler(executor).run()      -> BuildResult; log records on success
+    Plan -> build.run (executors, Scheduler) -> BuildResult; log records on success
 
 Everything lives in ``.dagrun/`` beside the manifest: ``log`` (the completion
 log), ``cache`` (compiled graph, stat cache, keys and log index, marshal;
@@ -21,20 +21,22 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import fresh, globs, interrupts
+from . import fresh, globs
 from .clock import Clock, MonotonicClock
 from .completion_log import CompletionLog, LogIndex
-from .errors import DagrunError, ExecutorError, LogError, ManifestError
-from .executors import Executor
+from .errors import DagrunError, LogError, ManifestError
 from .fs import FileSystem, LocalFileSystem
 from .graph import BuildGraph, compile
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
 from .manifest import Manifest, output_problem
 from .numa import CorePool, Topology
 from .plan import Plan, make
-from .scheduler import BuildResult, Reporter, Scheduler
+from .scheduler import BuildResult, Reporter, StopFlag
+
+if TYPE_CHECKING:
+    from .build import ExecutorFactory
 
 STATE_DIR = ".dagrun"
 CACHE_VERSION = 5
@@ -62,8 +64,9 @@ class Session:
         environ: Mapping[str, str] | None = None,
         fs: FileSystem | None = None,
         clock: Clock | None = None,
-        executor_factory: Callable[[BuildGraph], Executor] | None = None,
-        wrap_executor: Callable[[Executor, BuildGraph, Plan], Executor] | None = None,
+        executor_factory: ExecutorFactory | None = None,
+        on_plan: Callable[[BuildGraph, Plan], None] | None = None,
+        stops: tuple[StopFlag, ...] = (),
         wait_for_lock: bool = True,
         on_wait: Callable[[str], None] | None = None,
         topology: Topology | None = None,
@@ -79,7 +82,8 @@ class Session:
         self.fs = fs if fs is not None else LocalFileSystem(self.root)
         self.clock = clock or MonotonicClock()
         self.executor_factory = executor_factory
-        self.wrap_executor = wrap_executor  # sees each plan before it runs (watch)
+        self.on_plan = on_plan  # sees each plan before it runs (watch)
+        self.stops = stops  # one set from another thread: the build stops as on Ctrl-C (watch)
         self.state_dir = os.path.join(self.root, STATE_DIR)
         self.wait_for_lock = wait_for_lock
         self.on_wait = on_wait
@@ -256,20 +260,18 @@ class Session:
             selected,
             parts=keys.parts if explain else None,
         )
-        if self.executor_factory is None:  # what build would refuse, -n and list refuse too
-            check_runnable(graph, plan)
         self._state = (cache, reused, kenv)
         return Prepared(graph, keys, log, plan, pool)
 
     def _core_pool(self, graph: BuildGraph) -> CorePool | None:
         """The checked core pool (ManifestError if a task can never fit), or None."""
-        from . import numa
+        from .executors import local_pool
 
         m = graph.manifest
         pool = None
         if "core_pool" in m.executors["local"].options:
-            pool = numa.core_pool(m, self.topology)
-        numa.check_fits(m, pool)
+            pool = local_pool.core_pool(m, self.topology)
+        local_pool.check_fits(m, pool)
         if pool is None:
             pinned = [s.name for s in graph.specs if s.numa_node is not None]
             if pinned:
@@ -361,17 +363,16 @@ class Session:
         failures_allowed: int | None,
         explain: bool,
     ) -> BuildResult:
+        from . import build
+
         graph, keys, log = prep.graph, prep.keys, prep.log
         m = graph.manifest
-        jobs = jobs or m.jobs or default_jobs()
-        if failures_allowed is None:
-            failures_allowed = m.failures_allowed
         specs = graph.specs
 
-        def on_success(i: int, outcome: Any) -> None:
+        def on_success(i: int, outcome: Any) -> str | None:
             key = keys.keys[i]
             if key is None:
-                return
+                return None
             log.append(
                 specs[i].name,
                 key,
@@ -380,68 +381,40 @@ class Session:
                 outcome.maxrss_kb,
                 self.clock.wall(),
             )
+            return None
 
-        leases = None
-        if prep.pool is not None:
-            from .numa import CoreLeases
-
-            leases = CoreLeases(prep.pool)
-            jobs = min(jobs, len(prep.pool.cores))  # no more tasks than cores: none waits in vain
-        executor = self._executor(graph, prep.plan, prep.pool)
-        if self.wrap_executor is not None:
-            executor = self.wrap_executor(executor, graph, prep.plan)
-        from .pool_status import SNAPSHOT, SnapshotExecutor
-
-        executor = SnapshotExecutor(
-            executor,
-            os.path.join(self.state_dir, SNAPSHOT),
-            leases,
-            jobs,
-            {s.name: s.executor for s in specs},
-        )
-        base_env = dict(m.env)
-        scheduler = Scheduler(
-            graph,
-            prep.plan,
-            keys.keys,
-            executor,
-            jobs=jobs,
-            failures_allowed=failures_allowed,
+        if self.on_plan is not None:
+            self.on_plan(graph, prep.plan)
+        setup = build.BuildSetup(
+            state_dir=self.state_dir,
+            environ=self.environ,
             clock=self.clock,
-            reporter=reporter,
-            base_env=base_env,
-            runs_dir=os.path.join(self.state_dir, "runs"),
-            on_success=on_success,
-            durations=log.index.durations,
-            leases=leases,
-            resources=dict(m.resources),
+            jobs=jobs or m.jobs or default_jobs(),
+            failures_allowed=m.failures_allowed if failures_allowed is None else failures_allowed,
             explain=explain,
-            schedule=self.environ.get("DAGRUN_SCHEDULE", "critical-path"),  # see bench/RESULTS.md
+            pool=prep.pool,
+            factory=self.executor_factory,
+            stops=self.stops,
         )
-        try:
-            with interrupts.raised():  # SIGTERM stops the build like Ctrl-C does
-                return scheduler.run()
-        finally:
-            executor.close()
+        return build.run(
+            graph, prep.plan, keys.keys, reporter, setup, on_success, log.index.durations
+        )
 
-    def _executor(self, graph: BuildGraph, plan: Plan, pool: CorePool | None = None) -> Executor:
-        if self.executor_factory is not None:
-            return self.executor_factory(graph)
-        from .executors.local import LocalExecutor, find_numactl
+    def executor_pools(self, *, probe: bool = True) -> list[Any]:
+        """Each executor's pool (``dagrun status --executors``), live while a build runs.
 
-        opts = graph.manifest.executors["local"].options
-        numactl = find_numactl() if pool is not None else None  # else sched_setaffinity pins
-        grace = float(opts.get("grace_period", 3.0))
-        return LocalExecutor(grace=grace, numactl=numactl, environ=self.environ)
-
-    def executor_pools(self) -> list[Any]:
-        """Each executor's pool (``dagrun status --executors``), live while a build runs."""
+        With no build running, ``probe`` checks whether each ssh host can be reached now.
+        """
+        from .build import probe as probe_hosts
         from .pool_status import SNAPSHOT, executor_pools, read_snapshot
 
         graph = self.load_graph()
         pool = self._core_pool(graph)
         snapshot = read_snapshot(os.path.join(self.state_dir, SNAPSHOT))
-        return executor_pools(graph.manifest, pool, self.topology.logical, snapshot)
+        probes = None
+        if snapshot is None and probe:
+            probes = probe_hosts(graph, self.state_dir, self.environ)
+        return executor_pools(graph.manifest, pool, self.topology.logical, snapshot, probes)
 
     # ------------------------------------------------------------ the state cache
 
@@ -579,18 +552,6 @@ def _escapes(root: str, out: str) -> str | None:
     if state == target or state.startswith(target + "/"):
         return f"it is or holds {STATE_DIR}"
     return None
-
-
-def check_runnable(graph: BuildGraph, plan: Plan) -> None:
-    """ExecutorError for a task to run whose executor type this dagrun cannot run."""
-    for i in plan.to_run:
-        name = graph.specs[i].executor
-        spec = graph.manifest.executors.get(name)
-        if spec is not None and spec.type != "local":
-            raise ExecutorError(
-                f"task '{graph.specs[i].name}' uses executor '{name}' of type '{spec.type}', "
-                "which this version of dagrun cannot run yet"
-            )
 
 
 def default_jobs() -> int:

@@ -39,10 +39,9 @@ from typing import IO, Any
 
 from . import globs
 from .errors import DagrunError, Interrupted
-from .executors import Executor, Job, Outcome
 from .graph import BuildGraph
 from .plan import Plan
-from .scheduler import BuildResult, Reporter
+from .scheduler import BuildResult, Reporter, StopFlag
 from .session import STATE_DIR, Session
 
 ChangeSet = Set[tuple[int, str]]  # (Change value, absolute path), as watchfiles yields them
@@ -266,56 +265,6 @@ def _inodes(folders: Sequence[str]) -> tuple[int, ...]:
     return tuple(out)
 
 
-class _Interruptible:
-    """An Executor whose ``wait`` gives up, as Ctrl-C would, once ``should_stop()`` says so."""
-
-    def __init__(self, inner: Executor, should_stop: Callable[[], bool]) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.should_stop = should_stop
-        self.fired = False
-
-    def submit(self, job: Job) -> None:
-        self.inner.submit(job)
-
-    def wait(self, timeout: float | None = None) -> list[Outcome]:
-        end = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self.should_stop():
-                self.fired = True
-                raise KeyboardInterrupt  # the scheduler cancels every job and raises Interrupted
-            step = _POLL if end is None else max(0.0, min(_POLL, end - time.monotonic()))
-            done = self.inner.wait(timeout=step)
-            if done or (end is not None and time.monotonic() >= end):
-                return done
-
-    # transitional pass-throughs of the protocol (the scheduler's own loop replaces this wrapper)
-    @property
-    def slots(self) -> int:
-        return self.inner.slots
-
-    def start(self) -> None:
-        self.inner.start()
-
-    def fileno(self) -> int:
-        return self.inner.fileno()
-
-    def deadline(self) -> float | None:
-        return self.inner.deadline()
-
-    def collect(self) -> list[Outcome]:
-        return self.inner.collect()
-
-    def cancel(self, job_id: int) -> None:
-        self.inner.cancel(job_id)
-
-    def cancel_all(self, *, force: bool = False) -> list[Outcome]:
-        return self.inner.cancel_all(force=force)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 class Watcher:
     """Builds ``targets`` of one manifest, then rebuilds as their inputs change.
 
@@ -348,16 +297,16 @@ class Watcher:
         self.rounds = 0
         self._watch_fn = watch_fn
         self._reporter_factory = reporter_factory or self._console_reporter(progress)
+        self._cancel = StopFlag()  # set by a change with --restart: the build stops at once
         self.session = Session(
-            manifest_path=manifest_path, on_wait=self._say, wrap_executor=self._wrap_executor,
+            manifest_path=manifest_path, on_wait=self._say, on_plan=self._on_plan,
+            stops=(self._cancel,),
         )
-        self._executor: _Interruptible | None = None
         self._ws = manifest_set(manifest_path)
         self._graph: BuildGraph | None = None
         self._feeds: list[_Feed] = []
         self._queue: queue.Queue[ChangeSet] = queue.Queue()
-        self._stop = threading.Event()
-        self._cancel = threading.Event()
+        self._stop: threading.Event = threading.Event()
         self._building = False
         self._planned: tuple[str, ...] | None = None
         self._changed: tuple[str, ...] = ()
@@ -366,7 +315,10 @@ class Watcher:
     # ------------------------------------------------------------ the loop
 
     def run(self, stop: threading.Event | None = None) -> int:
+        """Watch until ``stop`` is set; a StopFlag also stops a running build at once."""
         self._stop = stop if stop is not None else threading.Event()
+        stops = (self._cancel, stop) if isinstance(stop, StopFlag) else (self._cancel,)
+        self.session.stops = stops
         with _sigterm_as_interrupt():
             try:
                 return self._loop()
@@ -395,7 +347,6 @@ class Watcher:
         self._cancel.clear()
         self._planned = None
         self._changed = tuple(_describe(path, kind, ch) for path, (kind, ch) in changed.items())
-        self._executor = None
         if self.rounds > 1:
             self.out.write("\n")
         error, restarted, result = None, False, None
@@ -406,8 +357,7 @@ class Watcher:
         except KeyboardInterrupt:  # Ctrl-C before any task started
             return EXIT_INTERRUPTED
         except Interrupted:
-            ex = self._executor
-            if ex is None or not ex.fired or self._stop.is_set():
+            if not self._cancel.is_set() or self._stop.is_set():
                 return EXIT_INTERRUPTED
             restarted = True
             self._say("restarting: inputs changed during the build")
@@ -506,9 +456,6 @@ class Watcher:
             if any(ws.classify(c, p) in _RESTARTING for c, p in changes):
                 self._cancel.set()
 
-    def _should_cancel(self) -> bool:
-        return self._cancel.is_set() or self._stop.is_set()
-
     def _debounce(self) -> int:
         if self.debounce_ms is not None:
             return self.debounce_ms
@@ -567,12 +514,6 @@ class Watcher:
         return real
 
     # ------------------------------------------------------------ what the user sees
-
-    def _wrap_executor(self, inner: Executor, graph: BuildGraph, plan: Plan) -> Executor:
-        """Shows the round's plan, and lets a change (--restart) or a stop cancel the build."""
-        self._on_plan(graph, plan)
-        self._executor = _Interruptible(inner, self._should_cancel)
-        return self._executor
 
     def _on_plan(self, graph: BuildGraph, plan: Plan) -> None:
         self._graph = graph

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from realproc import DagrunProcs, dagrun_procs
 from slurm import slurm_cluster  # noqa: F401  (a session fixture: a real single-node Slurm)
+from sshd import SshServer, can_run, shared_server, start_sshd
 
 from dagrun.clock import FakeClock
 from dagrun.executors.fake import FakeExecutor
@@ -87,3 +88,38 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
 
 Runner = Callable[..., CliRun]
 
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A private sshd on 127.0.0.1 (MaxSessions 64), for the whole test session."""
+    why = can_run()
+    if why is not None:
+        pytest.skip(why)
+    yield shared_server(tmp_path_factory.mktemp("sshd"))
+
+
+@pytest.fixture(scope="session")
+def sshd_default(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A second sshd left at the default MaxSessions (10)."""
+    why = can_run()
+    if why is not None:
+        pytest.skip(why)
+    server = start_sshd(tmp_path_factory.mktemp("sshd-default"), max_sessions=None)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A fresh folder the ssh test user can reach and write (a shared workspace).
+
+    Not under pytest's tmp_path: pytest makes /tmp/pytest-of-USER private again
+    (0o700) whenever a test session starts, and other sessions may be starting.
+    """
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="dagrun-ssh-"))
+    folder.chmod(0o777)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -18,6 +18,7 @@ import pytest
 from dagrun.clock import FakeClock
 from dagrun.errors import ExecutorError, ManifestError
 from dagrun.executors.fake import FakeExecutor
+from dagrun.executors.local_pool import check_fits, core_pool
 from dagrun.manifest import parse
 from dagrun.numa import (
     CoreLeases,
@@ -26,8 +27,6 @@ from dagrun.numa import (
     LeaseStatistics,
     NodeUsage,
     Topology,
-    check_fits,
-    core_pool,
     describe_placement,
     format_cpulist,
     parse_cpulist,
@@ -549,7 +548,7 @@ def test_executor_pools_report(tmp_path, two_by_eight):
         "host = \"h\"\nworkspace = \"/w\"\nmax_jobs = 4\n[tasks.a]\ncmd = 'a'\n"
     )
     session = Session(manifest_path=str(tmp_path / "dagrun.toml"), topology=two_by_eight)
-    local, lab = session.executor_pools()
+    local, lab = session.executor_pools(probe=False)
     assert (local.name, local.logical_cores, local.configured, local.free) == (
         "local", 16, (0, 1, 2, 3, 8, 9), (0, 1, 2, 3, 8, 9))
     assert local.running == () and local.build_pid is None
@@ -561,7 +560,7 @@ def test_interrupted_tasks_give_their_cores_back(two_by_eight):
     from dagrun.errors import Interrupted
     from dagrun.graph import compile
     from dagrun.plan import Plan
-    from dagrun.scheduler import Scheduler
+    from dagrun.scheduler import Hooks, Limits, Scheduler
 
     m = parse("[tasks.a]\ncmd='a'\nthreads=4\n[tasks.b]\ncmd='b'\nthreads=8\nnuma_node=1\n"
               "[tasks.c]\ncmd='c'\nthreads=2\n", source="m.toml", root="/proj")
@@ -570,14 +569,13 @@ def test_interrupted_tasks_give_their_cores_back(two_by_eight):
     leases = CoreLeases(pool_of(two_by_eight))
 
     class CtrlC(FakeExecutor):
-        def wait(self, timeout=None):
+        def collect(self):
             raise KeyboardInterrupt  # Ctrl-C while all three run
 
     ex = CtrlC(clock=FakeClock())
     scheduler = Scheduler(
-        graph, Plan(order, order, (), {}), ["k"] * 3, ex, jobs=16, failures_allowed=1,
-        clock=ex.clock, reporter=RecordingReporter(), base_env={}, runs_dir="/proj/runs",
-        leases=leases,
+        graph, Plan(order, order, (), {}), ["k"] * 3, ex, limits=Limits(16, leases=leases),
+        hooks=Hooks(RecordingReporter()), clock=ex.clock, runs_dir="/proj/runs",
     )
     with pytest.raises(Interrupted):
         scheduler.run()

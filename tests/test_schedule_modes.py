@@ -8,7 +8,7 @@ from dagrun.graph import compile
 from dagrun.manifest import parse
 from dagrun.plan import Plan
 from dagrun.report import RecordingReporter
-from dagrun.scheduler import Scheduler
+from dagrun.scheduler import Hooks, Limits, Policy, Scheduler
 
 # 4 short tasks, one lone long task, then a chain of 3: declared in FIFO's worst order
 DEMO = "".join(f'[tasks.s{i}]\ncmd = "s"\n' for i in range(4)) + (
@@ -30,8 +30,8 @@ def makespan(schedule: str) -> tuple[float, list[str]]:
     plan = Plan(order, order, (), {})
     Scheduler(
         graph, plan, [f"k{i}" for i in order], ex,
-        jobs=2, failures_allowed=1, clock=clock, reporter=RecordingReporter(),
-        base_env={}, runs_dir="/proj/.dagrun/runs", durations=DURATIONS, schedule=schedule,
+        limits=Limits(2), policy=Policy(1, schedule, DURATIONS), hooks=Hooks(RecordingReporter()),
+        clock=clock, runs_dir="/proj/.dagrun/runs",
     ).run()
     return clock.now(), ex.started
 

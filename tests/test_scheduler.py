@@ -13,7 +13,7 @@ from dagrun.graph import compile
 from dagrun.manifest import parse
 from dagrun.plan import Plan
 from dagrun.report import RecordingReporter
-from dagrun.scheduler import BuildResult, Scheduler, run_dir_name
+from dagrun.scheduler import BuildResult, Hooks, Limits, Policy, Scheduler, run_dir_name
 
 
 def schedule(
@@ -32,12 +32,13 @@ def schedule(
     order = tuple(graph.order)
     plan = Plan(order, order, (), {i: ("never ran",) for i in order})
     keys = [f"k{i}" for i in range(len(graph.specs))]
+    resources = resources if resources is not None else dict(graph.manifest.resources)
     return Scheduler(
         graph, plan, keys, executor,
-        jobs=jobs, failures_allowed=failures_allowed, clock=executor.clock, reporter=reporter,
-        base_env={}, runs_dir="/proj/.dagrun/runs", on_success=on_success,
-        durations=durations, leases=leases,
-        resources=resources if resources is not None else dict(graph.manifest.resources),
+        limits=Limits(jobs, resources, leases),
+        policy=Policy(failures_allowed, durations=durations or {}),
+        hooks=Hooks(reporter, on_success),
+        clock=executor.clock, runs_dir="/proj/.dagrun/runs",
     ).run()
 
 
@@ -238,10 +239,10 @@ def test_leases_wait_for_free_cores(fake_clock, recorder):
 
 def test_interrupt_cancels_and_raises(fake_clock, recorder):
     class Interrupting(FakeExecutor):
-        def wait(self, timeout=None):
+        def collect(self):
             if self.started == ["a", "b"]:
                 raise KeyboardInterrupt
-            return super().wait(timeout)
+            return super().collect()
 
     ex = Interrupting(clock=fake_clock)
     with pytest.raises(Interrupted) as info:
@@ -267,3 +268,144 @@ def test_durations_use_the_clock(recorder):
     schedule(tasks(t("a")), ex, recorder)
     assert recorder.of(TaskFinished)[0].duration == 2.5
     assert recorder.of(BuildFinished)[0].elapsed == 2.5
+
+
+# ---------------------------------------------------------------- many executors
+
+
+def schedule_on(text: str, executors: dict, reporter: RecordingReporter, clock: FakeClock, *,
+                jobs: int = 2, stops=(), policy: Policy | None = None) -> BuildResult:
+    graph = compile(parse(text, source="t.toml", root="/proj"))
+    order = tuple(graph.order)
+    plan = Plan(order, order, (), {})
+    slots = {name: ex.slots for name, ex in executors.items() if name != "local"}
+    return Scheduler(
+        graph, plan, [f"k{i}" for i in order], executors,
+        limits=Limits(jobs, leases=None, slots=slots), policy=policy,
+        hooks=Hooks(reporter, stops=stops), clock=clock, runs_dir="/proj/.dagrun/runs",
+    ).run()
+
+
+REMOTE = '[executors.lab]\ntype = "ssh"\nhost = "h"\n'
+
+
+def test_each_executor_has_its_own_slots_and_leases_stay_local(fake_clock, recorder):
+    local = FakeExecutor(clock=fake_clock, max_active=2, name="local")
+    remote = FakeExecutor(clock=fake_clock, max_active=3, name="lab", slots=3)
+    text = REMOTE + tasks(
+        *[t(f"l{i}") for i in range(4)], *[t(f"r{i}", executor='"lab"') for i in range(6)],
+        t("big", executor='"lab"', threads=3),
+    )
+    leases = _Leases(2)
+    graph = compile(parse(text, source="t.toml", root="/proj"))
+    order = tuple(graph.order)
+    result = Scheduler(
+        graph, Plan(order, order, (), {}), ["k"] * len(order), {"local": local, "lab": remote},
+        limits=Limits(2, leases=leases, slots={"lab": 3}), hooks=Hooks(recorder),
+        clock=fake_clock, runs_dir="/r",
+    ).run()
+    assert result.ok
+    assert (local.peak, remote.peak) == (2, 3)  # the -j limit did not hold the remote back
+    assert sorted(local.started) == [f"l{i}" for i in range(4)]
+    assert all(j.cores == () for j in remote.jobs) and all(j.cores for j in local.jobs)
+    big = remote.intervals["big"]  # a 3-thread remote task takes all of lab's slots
+    assert all(s[1] <= big[0] or s[0] >= big[1]
+               for name, s in remote.intervals.items() if name != "big")
+    started = {e.task: e.executor for e in recorder.of(TaskStarted)}
+    assert started["r0"] == "lab" and started["l0"] == "local"
+
+
+def test_a_lost_attempt_runs_again_without_using_a_retry(fake_clock, recorder):
+    seen: list[str] = []
+
+    def handler(job):
+        seen.append(job.task)
+        if len(seen) <= 2:
+            return Outcome(job.id, None, 0.0, error="worker gone", lost=True)
+        return 0
+
+    ex = FakeExecutor(handler, clock=fake_clock)
+    logged: list[int] = []
+    result = schedule(tasks(t("a")), ex, recorder, on_success=lambda i, o: logged.append(i))
+    assert result.ok and seen == ["a", "a", "a"]  # retries = 0, yet it ran three times
+    assert logged == [0]  # only the successful attempt reached the log
+    finished = recorder.of(TaskFinished)
+    assert [(e.ok, e.will_retry) for e in finished] == [(False, True), (False, True), (True, False)]
+    assert finished[0].error == "lost: worker gone"
+
+
+def test_a_job_lost_three_times_fails(fake_clock, recorder):
+    ex = FakeExecutor(lambda job: Outcome(job.id, None, 0.0, error="worker gone", lost=True),
+                      clock=fake_clock)
+    result = schedule(tasks(t("a", retries=5)), ex, recorder)
+    assert result.failed == ("a",) and ex.started == ["a"] * 3
+    assert recorder.of(TaskFinished)[-1].error == "lost 3 times, last: worker gone"
+
+
+def test_retries_back_off_exponentially_with_jitter(recorder):
+    clock = FakeClock(0.0)
+    ex = FakeExecutor(lambda job: 1, clock=clock, duration=0.0)
+    schedule(tasks(t("a", retries=4)), ex, recorder)
+    starts = [start for _, start, _ in ex.spans]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert len(gaps) == 4
+    for n, gap in enumerate(gaps):  # base 0.5 s doubling, times 0.5..1
+        assert 0.5 * 2**n * 0.5 <= gap <= 0.5 * 2**n
+
+
+def test_a_huge_retries_count_does_not_spin(recorder):
+    clock = FakeClock(0.0)
+    ex = FakeExecutor(lambda job: 1, clock=clock, duration=0.0)
+    schedule(tasks(t("a", retries=100)), ex, recorder)
+    assert len(ex.started) == 101
+    assert clock.now() >= 30 * 0.5 * 90  # capped at 30 s (times the jitter) between attempts
+
+
+def test_a_submit_that_raises_stops_the_build_with_its_summary(fake_clock, recorder):
+    from dagrun.errors import ExecutorError
+
+    class Broken(FakeExecutor):
+        def submit(self, job):
+            if job.task == "r1":
+                raise ExecutorError("the cluster went away")
+            super().submit(job)
+
+    local = FakeExecutor(clock=fake_clock, name="local", durations={"l0": 5.0})
+    remote = Broken(clock=fake_clock, name="lab", slots=2)
+    text = REMOTE + tasks(t("l0"), t("r0", executor='"lab"'), t("r1", executor='"lab"'))
+    with pytest.raises(ExecutorError, match=r"^executor 'lab' could not start task 'r1': "
+                                            r"the cluster went away$"):
+        schedule_on(text, {"local": local, "lab": remote}, recorder, fake_clock)
+    assert sorted(local.cancelled + remote.cancelled) == ["l0", "r0"]
+    summary = recorder.of(BuildFinished)[0]
+    assert (summary.succeeded, summary.failed) == (0, 3)
+
+
+@pytest.mark.slow
+def test_a_stop_flag_set_from_another_thread_stops_the_build(recorder):
+    import threading
+
+    from dagrun.clock import MonotonicClock
+    from dagrun.executors.local import LocalExecutor
+    from dagrun.scheduler import StopFlag
+
+    stop = StopFlag()
+    ex = LocalExecutor(grace=0.5)
+    timer = threading.Timer(0.2, stop.set)
+    timer.start()
+    try:
+        with pytest.raises(Interrupted):
+            schedule_on(tasks(t("a").replace('"run a"', '"sleep 30"')), {"local": ex}, recorder,
+                        MonotonicClock(), stops=(stop,))  # type: ignore[arg-type]
+    finally:
+        timer.cancel()
+        ex.close()
+    assert recorder.of(TaskFinished)[0].error == "interrupted"
+
+
+def test_retries_above_the_maximum_is_a_manifest_error():
+    from dagrun.errors import ManifestError
+
+    with pytest.raises(ManifestError, match=r"^t.toml:3: task 'a', key 'retries': must be at "
+                                            r"most 100, not 1000000000$"):
+        parse(tasks(t("a", retries=1000000000)), source="t.toml", root="/proj")

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from realproc import DagrunProcs, assert_groups_gone, wait_for
 
+from dagrun.scheduler import StopFlag
 from dagrun.session import Session
 from dagrun.watch import (
     Change,
@@ -90,7 +91,7 @@ class Watching:
     def __init__(self, manifest: Path, *, restart: bool = False, debounce: int = 50) -> None:
         self.out = io.StringIO()
         self.rounds: queue.Queue[Round] = queue.Queue()
-        self.stop = threading.Event()
+        self.stop = StopFlag()  # also stops a running build at once
         self.watcher = Watcher(
             str(manifest), restart=restart, debounce_ms=debounce, progress="plain",
             out=self.out, err=self.out, on_round=self.rounds.put,

@@ -103,7 +103,8 @@ class LocalExecutor:
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> LocalExecutor:
         slots = min(context.jobs, int(options.get("max_jobs", context.jobs)))
         grace = float(options.get("grace_period", 3.0))
-        return cls(grace=grace, environ=context.environ, slots=slots)
+        numactl = find_numactl() if "core_pool" in options else None  # else sched_setaffinity
+        return cls(grace=grace, numactl=numactl, environ=context.environ, slots=slots)
 
     @property
     def running(self) -> int:
@@ -116,6 +117,8 @@ class LocalExecutor:
         return self._epoll.fileno()
 
     def deadline(self) -> float | None:
+        if self._done:  # ends with no process behind them (aggregates, jobs that could not start)
+            return 0.0
         return self._next_deadline()
 
     def collect(self) -> list[Outcome]:

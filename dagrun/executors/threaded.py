@@ -82,6 +82,9 @@ class ThreadedExecutor:
     def start(self) -> None:
         """Check the backend; subclasses raise ExecutorError when it cannot be used."""
 
+    def forced(self) -> None:
+        """A second Ctrl-C while cancelling: subclasses kill what is left at once."""
+
     # -- the protocol
 
     @property
@@ -150,6 +153,7 @@ class ThreadedExecutor:
                     thread.join(timeout=0.1)
             except KeyboardInterrupt:  # a second Ctrl-C: no more grace
                 self.force.set()
+                self.forced()
             outcomes.extend(self.collect())
         return outcomes
 

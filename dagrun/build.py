@@ -1,0 +1,167 @@
+"""Build wiring: the executors a plan needs, their limits, the status reporter, the scheduler.
+
+Session (session.py) owns the state on disk (lock, cache, log, no-op proof) and
+hands a prepared plan here.  This module creates, through the registry
+(``executors.create``), only the executors the plan has tasks for, and starts
+all of them before the first task runs: an executor that cannot start (host
+unreachable, key refused) stops the build with ExecutorError, exit 2, before
+any task of any executor ran.  Every executor is closed when the build ends.
+
+Limits: the local executor's slots are the smallest of ``-j``, its
+``max_jobs`` and its core pool; every other executor's are its own
+(``max_jobs``).  Core leases apply to local tasks only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import interrupts
+from .clock import Clock
+from .errors import ExecutorError
+from .executors import Context, Executor, create
+from .graph import BuildGraph
+from .numa import CorePool
+from .plan import Plan
+from .scheduler import BuildResult, Hooks, Limits, Policy, Reporter, Scheduler, StopFlag
+
+# tests: one executor for every task, or executors by name
+ExecutorFactory = Callable[[BuildGraph], "Executor | Mapping[str, Executor]"]
+
+
+@dataclass(frozen=True)
+class BuildSetup:
+    """Everything a build needs beyond the plan."""
+
+    state_dir: str
+    environ: Mapping[str, str]
+    clock: Clock
+    jobs: int  # -j, already resolved (flag, manifest, or the default)
+    failures_allowed: int
+    explain: bool = False
+    pool: CorePool | None = None
+    factory: ExecutorFactory | None = None
+    stops: tuple[StopFlag, ...] = ()
+    say: Callable[[str], None] | None = None
+
+
+def local_slots(graph: BuildGraph, jobs: int, pool: CorePool | None) -> int:
+    """The local limit: the smallest of -j, [executors.local] max_jobs and the core pool."""
+    slots = jobs
+    max_jobs = graph.manifest.executors["local"].max_jobs
+    if max_jobs is not None:
+        slots = min(slots, max_jobs)
+    if pool is not None:
+        slots = min(slots, len(pool.cores))  # no more tasks than cores: none waits in vain
+    return max(1, slots)
+
+
+def needed(graph: BuildGraph, plan: Plan) -> list[str]:
+    """The executors the plan has tasks for, local first."""
+    names = {graph.specs[i].executor for i in plan.to_run}
+    return sorted(names, key=lambda n: (n != "local", n))
+
+
+def open_executors(graph: BuildGraph, plan: Plan, setup: BuildSetup) -> dict[str, Executor]:
+    """Create and start every executor the plan needs; ExecutorError if one cannot start."""
+    context = Context(
+        graph.root, setup.state_dir, setup.environ, local_slots(graph, setup.jobs, setup.pool),
+        setup.say,
+    )
+    opened: dict[str, Executor] = {}
+    try:
+        for name in needed(graph, plan):
+            spec = graph.manifest.executors[name]
+            opened[name] = create(spec.type, name, spec.options, context)
+            opened[name].start()
+    except BaseException:
+        close_all(opened.values())
+        raise
+    return opened
+
+
+def close_all(executors: Any) -> None:
+    for ex in executors:
+        try:
+            ex.close()
+        except OSError:
+            pass
+
+
+def run(
+    graph: BuildGraph,
+    plan: Plan,
+    keys: list[str | None],
+    reporter: Reporter,
+    setup: BuildSetup,
+    on_success: Any,
+    durations: Mapping[str, float],
+) -> BuildResult:
+    """Run the plan on its executors; every executor is closed when it ends."""
+    from .numa import CoreLeases
+    from .pool_status import SNAPSHOT, StatusReporter, Tee
+
+    m = graph.manifest
+    slots = local_slots(graph, setup.jobs, setup.pool)
+    leases = CoreLeases(setup.pool) if setup.pool is not None else None
+    executors = _executors(graph, plan, setup)
+    by_name = executors if isinstance(executors, dict) else {"local": executors}
+    distinct = list({id(e): e for e in by_name.values()}.values())
+    limits = {name: (slots if name == "local" else ex.slots) for name, ex in by_name.items()}
+    status = StatusReporter(
+        os.path.join(setup.state_dir, SNAPSHOT), setup.pool, limits,
+        {name: True for name in by_name if name != "local"},
+    )
+    scheduler = Scheduler(
+        graph,
+        plan,
+        keys,
+        executors,
+        limits=Limits(slots, dict(m.resources), leases, limits),
+        policy=Policy(
+            setup.failures_allowed,
+            setup.environ.get("DAGRUN_SCHEDULE", "critical-path"),  # see bench/RESULTS.md
+            durations,
+            setup.explain,
+        ),
+        hooks=Hooks(Tee(status, reporter), on_success, status.flush, setup.stops),
+        clock=setup.clock,
+        base_env=dict(m.env),
+        runs_dir=os.path.join(setup.state_dir, "runs"),
+    )
+    try:
+        with interrupts.raised():  # SIGTERM stops the build like Ctrl-C does
+            return scheduler.run()
+    finally:
+        close_all(distinct)
+        status.close()
+
+
+def _executors(
+    graph: BuildGraph, plan: Plan, setup: BuildSetup
+) -> Executor | dict[str, Executor]:
+    if setup.factory is None:
+        return open_executors(graph, plan, setup)
+    made = setup.factory(graph)
+    return dict(made) if isinstance(made, Mapping) else made
+
+
+def probe(graph: BuildGraph, state_dir: str, environ: Mapping[str, str]) -> dict[str, bool]:
+    """Whether each remote executor that can be checked cheaply (ssh) is reachable now."""
+    context = Context(graph.root, state_dir, environ, 1)
+    out = {}
+    for name, spec in graph.manifest.executors.items():
+        if spec.type != "ssh":
+            continue
+        ex = create(spec.type, name, spec.options, context)
+        try:
+            ex.start()
+            out[name] = True
+        except ExecutorError:
+            out[name] = False
+        finally:
+            ex.close()
+    return out

@@ -1,0 +1,546 @@
+"""Runs jobs on another host through the system's OpenSSH client, over one shared connection.
+
+``start()`` opens one ControlMaster connection per executor (``ssh -N -f``,
+its socket under ``.dagrun/ssh/``, or under a private folder in /tmp when that
+path is too long for a unix socket) and checks that the host runs
+``python3``; every job then costs a channel on that connection, not a
+handshake.  At most ``max_sessions - 1`` job channels are open at once (sshd's
+MaxSessions, 10 by default; one channel stays free to kill a job).
+
+On the host, a small python3 wrapper runs ``sh -c CMD`` in ``workspace``/cwd
+as the leader of a new session, with the job's environment and DAGRUN_*.  It
+prints the group id first and, at the end, the exit status, max RSS and
+duration (on stderr, stripped here).  It watches its stdin: when the channel
+closes (cancel, timeout, Ctrl-C, or the connection drops) it kills the whole
+process group, SIGINT+SIGTERM, then SIGKILL after ``grace_period``.  A
+``force`` cancel sends ``kill -KILL -PGID`` on a second channel.  A job
+whose end record never came back, and that was not cancelled, is *lost*.
+
+``stage = "rsync"`` copies the job's declared inputs to the workspace before it
+runs, and its declared outputs back after, with ``tar`` over the same
+connection (no rsync needed on either side); a missing output fails the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import shlex
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import ExecutorError
+from . import Context, Job, Outcome
+from .threaded import ThreadedExecutor
+
+PGID_MARK = "@@dagrun-pgid "
+END_MARK = "\n@@dagrun-end "
+_SOCKET_MAX = 100  # sun_path is 108 bytes; ssh appends a temporary suffix while binding
+
+# Runs on the host (any python3): CMD in its own session; the end record; kill on stdin EOF.
+WRAPPER = r"""
+import os, signal, sys, threading, time
+cmd, grace = sys.argv[1], float(sys.argv[2])
+t0 = time.time()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    os.close(w)
+    os.read(r, 1)
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.execv("/bin/sh", ["/bin/sh", "-c", cmd])
+sys.stderr.write("@@dagrun-pgid %d\n" % pid)
+sys.stderr.flush()
+os.write(w, b"x")
+state = {"killed": False}
+def kill(sig):
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        pass
+def watch():
+    while True:
+        try:
+            if not os.read(0, 4096):
+                break
+        except OSError:
+            break
+    state["killed"] = True
+    kill(signal.SIGINT)
+    kill(signal.SIGTERM)
+    time.sleep(grace)
+    kill(signal.SIGKILL)
+threading.Thread(target=watch, daemon=True).start()
+_, status, usage = os.wait4(pid, 0)
+code = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else (
+    -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+if state["killed"]:
+    kill(signal.SIGKILL)
+try:
+    sys.stderr.write("\n@@dagrun-end %d %d %.6f\n" % (code, usage.ru_maxrss, time.time() - t0))
+    sys.stderr.flush()
+except OSError:
+    pass
+"""
+
+
+class SshExecutor(ThreadedExecutor):
+    """Jobs on one SSH host; see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        *,
+        state_dir: str,
+        user: str | None = None,
+        port: int | None = None,
+        identity_file: str | None = None,
+        ssh_options: Sequence[str] = (),
+        workspace: str | None = None,
+        max_jobs: int = 4,
+        max_sessions: int = 10,
+        stage: str = "shared",
+        environ: Mapping[str, str] | None = None,
+        grace: float = 3.0,
+    ) -> None:
+        super().__init__(name, max_jobs)
+        self.host = host
+        self.user = user
+        self.port = port
+        self.identity_file = identity_file
+        self.ssh_options = tuple(ssh_options)
+        self.workspace = workspace
+        self.stage = stage
+        self.environ = dict(environ) if environ is not None else None  # env_inherit
+        self.grace = grace
+        self.control_path = control_path(state_dir, name, host)
+        self.channels = threading.BoundedSemaphore(max(1, max_sessions - 1))
+        self.master_pid: int | None = None
+        self.reachable = False
+        self._master_lock = threading.Lock()
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._pgids: dict[int, str] = {}  # job id -> the file its wrapper's stderr goes to
+        self._cancelled: set[int] = set()
+
+    @classmethod
+    def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> SshExecutor:
+        stage = str(options.get("stage", "shared"))
+        if stage not in ("shared", "rsync"):
+            raise ExecutorError(
+                f"executor '{name}': stage must be \"shared\" or \"rsync\", not {stage!r}"
+            )
+        workspace = options.get("workspace")
+        if stage == "rsync" and not workspace:
+            raise ExecutorError(f"executor '{name}': stage = \"rsync\" needs a workspace")
+        identity = options.get("identity_file")
+        if identity:
+            identity = os.path.join(context.root, os.path.expanduser(str(identity)))
+        return cls(
+            name,
+            str(options["host"]),
+            state_dir=context.state_dir,
+            user=options.get("user") or None,
+            port=options.get("port"),
+            identity_file=identity,
+            ssh_options=tuple(options.get("ssh_options", ())),
+            workspace=workspace,
+            max_jobs=int(options.get("max_jobs", 4)),
+            max_sessions=int(options.get("max_sessions", 10)),
+            stage=stage,
+            environ=context.environ if options.get("env_inherit") else None,
+            grace=float(options.get("grace_period", 3.0)),
+        )
+
+    # -- the connection
+
+    @property
+    def where(self) -> str:
+        host = f"{self.user}@{self.host}" if self.user else self.host
+        return f"{host}:{self.port}" if self.port else host
+
+    def ssh_argv(self, *extra: str, master: bool = False) -> list[str]:
+        """The ssh command line for this host; jobs go through the master's socket."""
+        argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+        argv += ["-o", f"ControlPath={self.control_path}"]
+        if master:
+            argv += ["-o", "ControlMaster=yes", "-o", "ControlPersist=yes"]
+        else:
+            argv += ["-o", "ControlMaster=no"]
+        if self.port:
+            argv += ["-p", str(self.port)]
+        if self.identity_file:
+            argv += ["-i", self.identity_file, "-o", "IdentitiesOnly=yes"]
+        if self.user:
+            argv += ["-l", self.user]
+        return argv + list(self.ssh_options) + list(extra) + [self.host]
+
+    def start(self) -> None:
+        """Open the master connection and check the host; ExecutorError if it cannot be used."""
+        self._open_master()
+        probe = self._run_remote("command -v python3 >/dev/null && echo ok")
+        if probe.returncode != 0 or b"ok" not in probe.stdout:
+            self.close()
+            raise ExecutorError(
+                f"executor '{self.name}': host {self.where} has no python3 (dagrun needs it there "
+                "to run and stop tasks)"
+            )
+        self.reachable = True
+
+    def _open_master(self) -> None:
+        os.makedirs(os.path.dirname(self.control_path), mode=0o700, exist_ok=True)
+        _unlink(self.control_path)
+        with tempfile.TemporaryFile() as err:  # not a pipe: the master keeps it open
+            try:
+                rc = subprocess.run(
+                    self.ssh_argv("-N", "-f", master=True),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    timeout=60, start_new_session=True,
+                ).returncode
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise ExecutorError(
+                    f"executor '{self.name}': cannot connect to {self.where}: {exc}"
+                ) from exc
+            err.seek(0)
+            message = err.read().decode(errors="replace").strip()
+        if rc != 0:
+            last = message.splitlines()[-1] if message else f"ssh exited with {rc}"
+            raise ExecutorError(f"executor '{self.name}': cannot connect to {self.where}: {last}")
+        self.master_pid = self._check_master()
+
+    def _check_master(self) -> int | None:
+        out = subprocess.run(
+            self.ssh_argv("-O", "check"), stdin=subprocess.DEVNULL,
+            capture_output=True, timeout=30,
+        )
+        text = out.stderr.decode(errors="replace")
+        if out.returncode != 0 or "pid=" not in text:
+            return None
+        return int(text.split("pid=", 1)[1].split(")", 1)[0])
+
+    def _ensure_master(self) -> None:
+        """Reopen the master if it died (a dropped connection); jobs never handshake alone."""
+        with self._master_lock:
+            if self.master_pid is not None and _alive(self.master_pid):
+                return
+            self._open_master()
+
+    def _run_remote(self, script: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            self.ssh_argv() + [_sh(script)], stdin=subprocess.DEVNULL,
+            capture_output=True, timeout=120, start_new_session=True,
+        )
+
+    def close(self) -> None:
+        super().close()
+        if self.master_pid is not None or os.path.exists(self.control_path):
+            subprocess.run(
+                self.ssh_argv("-O", "exit"), stdin=subprocess.DEVNULL, capture_output=True,
+                timeout=30,
+            )
+            self.master_pid = None
+        _unlink(self.control_path)
+
+    # -- one job, in its own thread
+
+    def run(self, job: Job, cancel: threading.Event) -> Outcome:
+        os.makedirs(job.run_dir, exist_ok=True)
+        self._ensure_master()
+        started = time.monotonic()
+        with self.channels:
+            if self.stage == "rsync":
+                error = self._send_inputs(job)
+                if error is not None:
+                    return Outcome(job.id, None, time.monotonic() - started, error=error)
+            outcome = self._execute(job, cancel, started)
+            if outcome.ok and self.stage == "rsync":
+                error = self._fetch_outputs(job)
+                if error is not None:
+                    return _replace_error(outcome, error)
+        return outcome
+
+    def _remote_dir(self, job: Job) -> str:
+        """The workspace (default: the same folder as here), as a shell word."""
+        base = self.workspace or job.root
+        return _path_word(base)
+
+    def script(self, job: Job) -> str:
+        """The shell script the host runs for ``job``."""
+        env = dict(self.environ or {})
+        env.update(job.env)
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if _name_ok(k))
+        ws = self._remote_dir(job)
+        cwd = ws if job.cwd == "." else f"{ws}/{shlex.quote(job.cwd)}"
+        parents = sorted({os.path.dirname(o) for o in job.outputs if not o.startswith("/")} - {""})
+        mk = " ".join([cwd] + [f"{ws}/{shlex.quote(p)}" for p in parents])
+        wrapper = shlex.quote(WRAPPER)
+        return (
+            f"mkdir -p {mk} && cd {cwd} && {'export ' + exports + ' && ' if exports else ''}"
+            f"exec python3 -I -S -c {wrapper} {shlex.quote(job.cmd)} {self.grace}"
+        )
+
+    def _execute(self, job: Job, cancel: threading.Event, started: float) -> Outcome:
+        run = job.run_dir + "/"
+        script = self.script(job)
+        with open(run + "command.txt", "w", encoding="utf-8") as f:
+            f.write(f"{job.cmd}\n\n# task: {job.task}\n# host: {self.where} ({self.name})\n"
+                    f"# cwd: {self.workspace or job.root}/{job.cwd}\n")
+        raw = run + "stderr.raw"
+        with open(run + "stdout.txt", "wb") as out, open(raw, "wb") as err:
+            proc = subprocess.Popen(
+                self.ssh_argv() + [_sh(script)], stdin=subprocess.PIPE, stdout=out, stderr=err,
+                start_new_session=True,
+            )
+        self._procs[job.id] = proc
+        self._pgids[job.id] = raw
+        if cancel.is_set():
+            self.cancel(job.id)
+        timed_out = self._wait(proc, job, cancel)
+        duration = time.monotonic() - started
+        self._procs.pop(job.id, None)
+        _close(proc)
+        self._pgids.pop(job.id, None)
+        stdout = _read_text(run + "stdout.txt")
+        stderr, end = _strip_marks(_read_text(raw))
+        _write(run + "stderr.txt", stderr)
+        _unlink(raw)
+        cancelled = job.id in self._cancelled
+        self._cancelled.discard(job.id)
+        if end is None:
+            if cancelled or timed_out:
+                return Outcome(job.id, -15, duration, stdout, stderr, timed_out)
+            why = _last(stderr.encode()) if stderr.strip() else f"ssh exit {proc.returncode}"
+            if proc.returncode != 255:  # the host answered: it could not start the command
+                error = f"cannot start on {self.where}: {why}"
+                return Outcome(job.id, None, duration, stdout, stderr, error=error)
+            error = f"connection to {self.where} lost: {why}"
+            return Outcome(job.id, None, duration, stdout, stderr, error=error, lost=True)
+        code, rss, _remote_duration = end
+        return Outcome(job.id, code, duration, stdout, stderr, timed_out, rss)
+
+    def _wait(self, proc: subprocess.Popen[bytes], job: Job, cancel: threading.Event) -> bool:
+        """Wait for the ssh client; past the job's timeout, cancel it.  True if it timed out."""
+        pidfd = os.pidfd_open(proc.pid)
+        try:
+            if select.select([pidfd], [], [], job.timeout)[0]:
+                proc.wait()
+                return False
+            self.cancel(job.id)  # the timeout: the wrapper kills the group
+            if not select.select([pidfd], [], [], self.grace + 5)[0]:
+                self._kill_now(job.id)  # the host did not answer: kill it from here
+            proc.wait()
+            return True
+        finally:
+            os.close(pidfd)
+
+    def cancel(self, job_id: int) -> None:
+        """Close the job's channel: the wrapper on the host kills the job's process group."""
+        super().cancel(job_id)
+        self._cancelled.add(job_id)
+        proc = self._procs.get(job_id)
+        if proc is not None:
+            _close(proc)
+        if self.force.is_set():
+            self._kill_now(job_id)
+
+    def _kill_now(self, job_id: int) -> None:
+        """SIGKILL the job's group on the host over a second channel, and drop the client."""
+        raw = self._pgids.get(job_id)
+        pgid = _pgid(raw) if raw else None
+        if pgid is not None:
+            try:
+                self._run_remote(f"kill -KILL -{pgid} 2>/dev/null; true")  # dash: no "--"
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        proc = self._procs.get(job_id)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
+    def forced(self) -> None:
+        for job_id in list(self._procs):
+            self._kill_now(job_id)
+
+    def cancel_all(self, *, force: bool = False) -> list[Outcome]:
+        if force:
+            self.force.set()
+        for job_id in list(self._cancels):
+            self.cancel(job_id)
+        return super().cancel_all(force=force)
+
+    # -- stage = "rsync": tar over the same connection
+
+    def _send_inputs(self, job: Job) -> str | None:
+        files = [p for p in job.inputs if not p.startswith("/")]
+        if not files:
+            return None
+        ws = self._remote_dir(job)
+        tar = subprocess.Popen(
+            ["tar", "-C", job.root, "-cf", "-", "--", *files], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        )
+        ssh = subprocess.run(
+            self.ssh_argv() + [_sh(f"mkdir -p {ws} && tar -C {ws} -xf -")], stdin=tar.stdout,
+            capture_output=True, start_new_session=True,
+        )
+        assert tar.stdout is not None and tar.stderr is not None
+        tar.stdout.close()
+        tar_err = tar.stderr.read().decode(errors="replace").strip()
+        tar.stderr.close()
+        if tar.wait() != 0:
+            return f"cannot send the inputs to {self.where}: {tar_err}"
+        if ssh.returncode != 0:
+            return f"cannot send the inputs to {self.where}: {_last(ssh.stderr)}"
+        return None
+
+    def _fetch_outputs(self, job: Job) -> str | None:
+        outs = [p for p in job.outputs if not p.startswith("/")]
+        if not outs:
+            return None
+        ws = self._remote_dir(job)
+        words = " ".join(shlex.quote(o) for o in outs)
+        script = (
+            f"cd {ws} || exit 1; for f in {words}; do [ -e \"$f\" ] || "
+            f"echo \"@@missing $f\" >&2; done; for f in {words}; do [ -e \"$f\" ] || exit 3; done; "
+            f"exec tar -cf - -- {words}"
+        )
+        ssh = subprocess.Popen(
+            self.ssh_argv() + [_sh(script)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True,
+        )
+        tar = subprocess.run(
+            ["tar", "-C", job.root, "-xf", "-"], stdin=ssh.stdout, capture_output=True
+        )
+        assert ssh.stdout is not None and ssh.stderr is not None
+        ssh.stdout.close()
+        err = ssh.stderr.read().decode(errors="replace")
+        ssh.stderr.close()
+        rc = ssh.wait()
+        missing = [ln.split(" ", 1)[1] for ln in err.splitlines() if ln.startswith("@@missing ")]
+        if missing:
+            return f"declared output {missing[0]} was not written on {self.where}"
+        if rc != 0 or tar.returncode != 0:
+            why = err.strip() or tar.stderr.decode(errors="replace").strip()
+            return f"cannot fetch the outputs from {self.where}: {why}"
+        return None
+
+
+# -- helpers
+
+
+def control_path(state_dir: str, name: str, host: str) -> str:
+    """``.dagrun/ssh/NAME.sock``, or a short private path in /tmp when that is too long."""
+    path = os.path.join(state_dir, "ssh", f"{name}.sock")
+    if len(path) <= _SOCKET_MAX:
+        return path
+    digest = hashlib.blake2b(f"{state_dir}\0{name}\0{host}".encode(), digest_size=8).hexdigest()
+    return os.path.join(tempfile.gettempdir(), f"dagrun-{os.getuid()}", f"{digest}.sock")
+
+
+def _sh(script: str) -> str:
+    """A remote command line that runs ``script`` with /bin/sh whatever the login shell is."""
+    return "exec /bin/sh -c " + shlex.quote(script)
+
+
+def _path_word(path: str) -> str:
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def _name_ok(name: str) -> bool:
+    return name.replace("_", "a").isalnum() and not name[:1].isdigit()
+
+
+def _strip_marks(raw: str) -> tuple[str, tuple[int, int, float] | None]:
+    """The command's own stderr, and (exit code, max RSS kB, duration) if the end came back."""
+    at = raw.find(PGID_MARK)
+    if at >= 0:
+        nl = raw.find("\n", at)
+        raw = raw[:at] + (raw[nl + 1 :] if nl >= 0 else "")
+    end = raw.rfind(END_MARK)
+    if end < 0:
+        return raw, None
+    fields = raw[end + len(END_MARK) :].split()
+    try:
+        record = (int(fields[0]), int(fields[1]), float(fields[2]))
+    except (IndexError, ValueError):
+        return raw, None
+    return raw[:end], record
+
+
+def _pgid(raw_path: str) -> int | None:
+    try:
+        with open(raw_path, "rb") as f:
+            head = f.read(4096).decode(errors="replace")
+    except OSError:
+        return None
+    at = head.find(PGID_MARK)
+    if at < 0:
+        return None
+    word = head[at + len(PGID_MARK) :].split("\n", 1)[0].strip()
+    return int(word) if word.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is gone for our purposes
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().split(b") ", 1)[1][:1] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _close(proc: subprocess.Popen[bytes]) -> None:
+    if proc.stdin is not None:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _last(data: bytes) -> str:
+    lines = data.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "no message"
+
+
+def _replace_error(outcome: Outcome, error: str) -> Outcome:
+    """The outcome as a failure with dagrun's own reason (the command itself exited 0)."""
+    return Outcome(
+        outcome.job_id, None, outcome.duration, outcome.stdout, outcome.stderr,
+        outcome.timed_out, outcome.maxrss_kb, error=error,
+    )
+

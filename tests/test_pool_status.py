@@ -1,0 +1,41 @@
+"""The status snapshot is a reporter fed by events: what `dagrun status --executors` reads."""
+
+from __future__ import annotations
+
+import os
+
+from dagrun.events import TaskFinished, TaskStarted
+from dagrun.manifest import parse
+from dagrun.numa import CorePool
+from dagrun.pool_status import SNAPSHOT, StatusReporter, executor_pools, read_snapshot
+
+MANIFEST = (
+    '[executors.local]\ncore_pool = "0-3"\n'
+    '[executors.lab]\ntype = "ssh"\nhost = "h1"\nmax_jobs = 5\n'
+    '[tasks.a]\ncmd = "a"\n'
+)
+
+
+def finished(task: str, executor: str) -> TaskFinished:
+    return TaskFinished(task, task, "c", True, 0, 1.0, "", "", executor=executor)
+
+
+def test_running_jobs_slots_and_free_cores_follow_the_events(tmp_path):
+    pool = CorePool(((0, (0, 1, 2, 3)),))
+    path = str(tmp_path / SNAPSHOT)
+    status = StatusReporter(path, pool, {"local": 2, "lab": 3}, {"lab": True})
+    status.handle(TaskStarted("a", "a", 1, (0, 1), executor="local"))
+    status.handle(TaskStarted("r1", "r1", 1, executor="lab"))
+    status.handle(TaskStarted("r2", "r2", 1, executor="lab"))
+    status.handle(finished("r1", "lab"))
+    status.flush()
+    snapshot = read_snapshot(path)
+    assert snapshot is not None and snapshot["pid"] == os.getpid()
+    local, lab = executor_pools(parse(MANIFEST, source="m.toml", root=str(tmp_path)), pool, 8,
+                                snapshot)
+    assert [j.task for j in local.running] == ["a"] and local.free == (2, 3)
+    assert local.slots == 2
+    assert (lab.host, lab.reachable, lab.slots) == ("h1", True, 3)
+    assert [j.task for j in lab.running] == ["r2"]
+    status.close()
+    assert not os.path.exists(path)  # gone when the build ends
