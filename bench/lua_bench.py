@@ -169,7 +169,7 @@ def main() -> None:
                 if edited:
                     append(os.path.join(folder, edited), f"/* edit {n} */\n")
                 results.setdefault((name, tool), []).append(build(folder, tool, args.jobs))
-    print(f"| scenario | tool | objects recompiled | lua relinked | wall (median, min-max) |")
+    print("| scenario | tool | objects recompiled | lua relinked | wall (median, min-max) |")
     print("|---|---|---|---|---|")
     for (name, tool), runs in results.items():
         walls = [r[0] for r in runs]

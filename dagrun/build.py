@@ -99,6 +99,7 @@ def run(
     setup: BuildSetup,
     on_success: Any,
     durations: Mapping[str, float],
+    still_needed: Callable[[int], bool] | None = None,
 ) -> BuildResult:
     """Run the plan on its executors; every executor is closed when it ends."""
     from .numa import CoreLeases
@@ -127,7 +128,7 @@ def run(
             durations,
             setup.explain,
         ),
-        hooks=Hooks(Tee(status, reporter), on_success, status.flush, setup.stops),
+        hooks=Hooks(Tee(status, reporter), on_success, status.flush, setup.stops, still_needed),
         clock=setup.clock,
         base_env=dict(m.env),
         runs_dir=os.path.join(setup.state_dir, "runs"),

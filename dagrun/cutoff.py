@@ -51,7 +51,7 @@ def read_depfile(graph: BuildGraph, i: int) -> tuple[str, ...]:
     try:
         listed = depfile.read(f"{root}/{spec.depfile}")
     except DepfileError as exc:
-        raise DepfileError(f"depfile {spec.depfile} {exc}") from None
+        raise DepfileError(f"depfile {spec.depfile}: {exc}") from None
     declared = (*graph.sources[i], *spec.outputs, *spec.inputs)
     return depfile.discovered(listed, spec.cwd, root, declared)
 

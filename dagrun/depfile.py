@@ -38,7 +38,7 @@ def parse(text: str) -> list[str]:
         for w in words[colon + 1 :]:
             found[w] = None
     if not rules:
-        raise DepfileError("it names no rule (expected 'target: prerequisites')")
+        raise DepfileError("names no rule (expected 'target: prerequisites')")
     return list(found)
 
 
@@ -48,9 +48,9 @@ def read(path: str) -> list[str]:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise DepfileError("it does not exist (did the command write it?)") from None
+        raise DepfileError("does not exist (did the command write it?)") from None
     except OSError as exc:
-        raise DepfileError(f"it cannot be read: {exc.strerror}") from None
+        raise DepfileError(f"cannot be read: {exc.strerror}") from None
     return parse(data.decode("utf-8", "surrogateescape"))
 
 

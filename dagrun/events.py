@@ -71,6 +71,16 @@ class TaskSkipped:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskCutOff:
+    """A task planned as "may run" that was up to date when it became ready (early cutoff)."""
+
+    task: str
+    label: str
+    done: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class BuildFinished:
     succeeded: int
     up_to_date: int
@@ -80,4 +90,4 @@ class BuildFinished:
     interrupted: bool = False
 
 
-Event = BuildStarted | TaskStarted | TaskFinished | TaskSkipped | BuildFinished
+Event = BuildStarted | TaskStarted | TaskFinished | TaskSkipped | TaskCutOff | BuildFinished

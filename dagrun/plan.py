@@ -85,6 +85,8 @@ def explain(task: str, new: KeyParts, record: dict[str, Any] | None) -> list[str
     if list(old.get("outputs", [])) != list(new.outputs):
         why.append("declared outputs changed")
     why += _dict_changes("input", old.get("inputs", {}), dict(new.inputs), files=True)
+    found = _dict_changes("input", old.get("found", {}), dict(new.found), files=True)
+    why += [f"{w} (from depfile)" for w in found]
     why += _dict_changes("dependency", old.get("upstream", {}), dict(new.upstream), files=True)
     return why or ["key changed"]
 

@@ -36,7 +36,15 @@ from typing import NamedTuple, Protocol
 from . import events
 from .clock import Clock
 from .errors import ExecutorError, Interrupted
-from .events import BuildFinished, BuildStarted, Event, TaskFinished, TaskSkipped, TaskStarted
+from .events import (
+    BuildFinished,
+    BuildStarted,
+    Event,
+    TaskCutOff,
+    TaskFinished,
+    TaskSkipped,
+    TaskStarted,
+)
 from .executors import Executor, Job, Outcome
 from .graph import BuildGraph
 from .plan import Plan
@@ -118,6 +126,7 @@ class TaskState(Enum):
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    UP_TO_DATE = "up to date"  # planned as "may run", found up to date when it became ready
 
 
 class StopFlag(threading.Event):
@@ -182,6 +191,8 @@ class Hooks:
     on_success: SuccessHook | None = None
     before_wait: Callable[[], None] | None = None  # e.g. the status snapshot's flush
     stops: tuple[StopFlag, ...] = ()  # any of them set: stop as on Ctrl-C
+    # asked when a task becomes ready: False means it is up to date after all (early cutoff)
+    still_needed: Callable[[int], bool] | None = None
 
 
 class Scheduler:
@@ -536,13 +547,24 @@ class Scheduler:
             )
         )
 
-    def _succeeded(self, i: int) -> None:
-        self.status[i] = TaskState.SUCCEEDED
+    def _succeeded(self, i: int, state: TaskState = TaskState.SUCCEEDED) -> None:
+        self.status[i] = state
         for j in self.graph.dependents[i]:
             if self.in_plan[j]:
                 self.waiting[j] -= 1
                 if self.waiting[j] == 0 and j not in self.blocked_by:
-                    self._ready(j)
+                    self._now_ready(j)
+
+    def _now_ready(self, j: int) -> None:
+        """A task whose dependencies are done: queued, unless the hook finds it up to date."""
+        ask = self.hooks.still_needed
+        if ask is None or ask(j):
+            self._ready(j)
+            return
+        spec = self.graph.specs[j]
+        self.done += 1
+        self.reporter.handle(TaskCutOff(spec.name, spec.label, self.done, len(self.plan.to_run)))
+        self._succeeded(j, TaskState.UP_TO_DATE)
 
     def _failed(self, i: int) -> None:
         self.status[i] = TaskState.FAILED
@@ -593,6 +615,8 @@ class Scheduler:
         to_run = self.plan.to_run
         succeeded = [specs[i].name for i in to_run if status.get(i) is TaskState.SUCCEEDED]
         failed = [specs[i].name for i in to_run if status.get(i) is TaskState.FAILED]
+        cut = [i for i in to_run if status.get(i) is TaskState.UP_TO_DATE]
+        up_to_date = [specs[i].name for i in (*self.plan.up_to_date, *cut)]
         not_run = []
         for i in self.plan.to_run:
             if i in self.status:
@@ -607,7 +631,7 @@ class Scheduler:
         self.reporter.handle(
             BuildFinished(
                 len(succeeded),
-                len(self.plan.up_to_date),
+                len(up_to_date),
                 len(failed),
                 len(not_run),
                 elapsed,
@@ -617,7 +641,7 @@ class Scheduler:
         result = BuildResult(
             succeeded=tuple(succeeded),
             failed=tuple(failed),
-            up_to_date=tuple(specs[i].name for i in self.plan.up_to_date),
+            up_to_date=tuple(up_to_date),
             not_run=tuple(not_run),
             order=tuple(self.order),
             interrupted=interrupted,

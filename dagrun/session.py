@@ -20,13 +20,13 @@ import marshal
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from . import fresh, globs
+from . import cutoff, fresh, globs
 from .clock import Clock, MonotonicClock
 from .completion_log import CompletionLog, LogIndex
-from .errors import DagrunError, LogError, ManifestError
+from .errors import DagrunError, DepfileError, LogError, ManifestError
 from .fs import FileSystem, LocalFileSystem
 from .graph import BuildGraph, compile
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
@@ -51,6 +51,7 @@ class Prepared:
     log: CompletionLog
     plan: Plan
     pool: CorePool | None = None  # the local executor's core pool, when one is configured
+    waits: Mapping[int, str] = field(default_factory=dict)  # pending task -> the task it waits on
 
 
 class Session:
@@ -130,7 +131,7 @@ class Session:
             spec = g.specs[i]
             if spec.always:
                 return
-            for p in g.sources[i]:
+            for p in (*g.sources[i], *prep.keys.found.get(spec.name, ())):
                 e = entries.get(p)
                 if e is None or not e[5]:  # untrusted (racy) digests are re-hashed next time
                     return
@@ -241,12 +242,13 @@ class Session:
         if reused and cache is not None and cache.get("kenv") == kenv:
             previous = cache.get("keys")
         keys = Keys(graph, stats, self.environ, previous)
+        log = self._open_log(cache)
+        keys.found = cutoff.found_in_log(graph, log, range(len(graph.specs)))
         keys.compute(selected)
         others = [i for i in graph.order if keys.keys[i] is None]
         if others:  # keep every key current, so the cache never holds a stale one
             self._compute_quietly(keys, others)
         pool = self._core_pool(graph)
-        log = self._open_log(cache)
         exists: Callable[[str], bool] = self.fs.exists
         if isinstance(self.fs, LocalFileSystem):  # one listing per output folder, not an lstat each
             outputs = [o for i in selected for o in graph.specs[i].outputs]
@@ -260,8 +262,10 @@ class Session:
             selected,
             parts=keys.parts if explain else None,
         )
+        waits = cutoff.pending(graph, plan, keys.by_outputs)
+        plan = cutoff.with_pending(plan, waits)
         self._state = (cache, reused, kenv)
-        return Prepared(graph, keys, log, plan, pool)
+        return Prepared(graph, keys, log, plan, pool, waits)
 
     def _core_pool(self, graph: BuildGraph) -> CorePool | None:
         """The checked core pool (ManifestError if a task can never fit), or None."""
@@ -370,6 +374,10 @@ class Session:
         specs = graph.specs
 
         def on_success(i: int, outcome: Any) -> str | None:
+            try:
+                cutoff.learn(keys, i)
+            except DepfileError as exc:
+                return str(exc)
             key = keys.keys[i]
             if key is None:
                 return None
@@ -396,8 +404,16 @@ class Session:
             factory=self.executor_factory,
             stops=self.stops,
         )
+        exists = self.fs.exists
+        check = cutoff.Cutoff(
+            keys,
+            prep.waits,
+            lambda task, key: log.has(key),
+            lambda i: all(exists(o) for o in specs[i].outputs),
+        )
         return build.run(
-            graph, prep.plan, keys.keys, reporter, setup, on_success, log.index.durations
+            graph, prep.plan, keys.keys, reporter, setup, on_success, log.index.durations,
+            check.still_needed,
         )
 
     def executor_pools(self, *, probe: bool = True) -> list[Any]:
