@@ -59,14 +59,20 @@ class Client:
     def _connect(self) -> HTTPConnection:
         if self.conn is None:
             if self.https:
-                self.conn = HTTPSConnection(self.host, self.port, timeout=self.timeout,
-                                            context=self.context)
+                self.conn = HTTPSConnection(
+                    self.host, self.port, timeout=self.timeout, context=self.context
+                )
             else:
                 self.conn = HTTPConnection(self.host, self.port, timeout=self.timeout)
         return self.conn
 
-    def call(self, method: str, path: str, body: bytes = b"", kind: str = "application/json",
-             ) -> tuple[int, bytes]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        kind: str = "application/json",
+    ) -> tuple[int, bytes]:
         """(status, body); raises OSError/HTTPException when the server cannot be reached."""
         conn = self._connect()
         headers = {**self.headers, "Content-Type": kind, "Content-Length": str(len(body))}
@@ -121,8 +127,14 @@ class _Inbox:
 
 class Worker:
     def __init__(
-        self, url: str, token: str, *, jobs: int = 1, cafile: str | None = None,
-        directory: str | None = None, grace: float = 60.0,
+        self,
+        url: str,
+        token: str,
+        *,
+        jobs: int = 1,
+        cafile: str | None = None,
+        directory: str | None = None,
+        grace: float = 60.0,
         say: Callable[[str], None] | None = None,
     ) -> None:
         self.url, self.token, self.cafile = url.rstrip("/"), token, cafile
@@ -158,8 +170,13 @@ class Worker:
                 while self.free == 0 and not self.stopping.is_set():
                     self.cond.wait(1.0)
                 slots = self.free
-            body = {"worker": self.id, "slots": slots, "wait": self.heartbeat,
-                    "host": socket.gethostname(), "pid": os.getpid()}
+            body = {
+                "worker": self.id,
+                "slots": slots,
+                "wait": self.heartbeat,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            }
             reply = self._post(client, "/lease", body)
             if reply is None:
                 continue
@@ -278,11 +295,18 @@ class Worker:
         env = {str(k): str(v) for k, v in dict(w["env"]).items()}
         timeout = w.get("timeout")
         return Job(
-            id=job_id, task=str(w["task"]), cmd=str(w["cmd"]), root=root, cwd=str(w["cwd"]),
-            env=env, run_dir=os.path.join(self.dir, "runs", f"{run_dir_name(str(w['task']))}-{lease}"),
+            id=job_id,
+            task=str(w["task"]),
+            cmd=str(w["cmd"]),
+            root=root,
+            cwd=str(w["cwd"]),
+            env=env,
+            run_dir=os.path.join(self.dir, "runs", f"{run_dir_name(str(w['task']))}-{lease}"),
             timeout=float(timeout) if timeout is not None else None,
-            inputs=tuple(map(str, w.get("inputs", ()))), outputs=tuple(map(str, w.get("outputs", ()))),
-            threads=int(w.get("threads", 1)), attempt=int(w.get("attempt", 1)),
+            inputs=tuple(map(str, w.get("inputs", ()))),
+            outputs=tuple(map(str, w.get("outputs", ()))),
+            threads=int(w.get("threads", 1)),
+            attempt=int(w.get("attempt", 1)),
         )
 
     def _fetch_inputs(self, job: Job, wire: dict[str, Any]) -> None:
@@ -309,8 +333,16 @@ class Worker:
         if outcome.ok and wire.get("stage") == "http":
             problem = self._upload_outputs(wire)
             if problem is not None:
-                outcome = Outcome(outcome.job_id, None, outcome.duration, outcome.stdout,
-                                  outcome.stderr, False, outcome.maxrss_kb, problem)
+                outcome = Outcome(
+                    outcome.job_id,
+                    None,
+                    outcome.duration,
+                    outcome.stdout,
+                    outcome.stderr,
+                    False,
+                    outcome.maxrss_kb,
+                    problem,
+                )
         self._report(outcome.job_id, outcome)
 
     def _upload_outputs(self, wire: dict[str, Any]) -> str | None:
@@ -323,8 +355,9 @@ class Worker:
             except OSError:
                 return f"declared output {path} was not produced"
             try:
-                status, _ = self.main.call("PUT", self._files(wire, path), data,
-                                           "application/octet-stream")
+                status, _ = self.main.call(
+                    "PUT", self._files(wire, path), data, "application/octet-stream"
+                )
             except (OSError, HTTPException) as exc:
                 return f"cannot upload {path}: {exc}"
             if status != 200:
@@ -336,12 +369,18 @@ class Worker:
         lease = str(wire.get("lease"))
         run_dir = os.path.join(self.dir, "runs", f"{run_dir_name(str(wire.get('task')))}-{lease}")
         body = {
-            "worker": self.id, "lease": lease, "exit_code": outcome.exit_code,
-            "duration": outcome.duration, "maxrss_kb": outcome.maxrss_kb,
+            "worker": self.id,
+            "lease": lease,
+            "exit_code": outcome.exit_code,
+            "duration": outcome.duration,
+            "maxrss_kb": outcome.maxrss_kb,
             "stdout": _cut(outcome.stdout, run_dir, "stdout.txt"),
             "stderr": _cut(outcome.stderr, run_dir, "stderr.txt"),
-            "timed_out": outcome.timed_out, "error": outcome.error, "run_dir": run_dir,
-            "host": socket.gethostname(), "pid": os.getpid(),
+            "timed_out": outcome.timed_out,
+            "error": outcome.error,
+            "run_dir": run_dir,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
         }
         try:
             status, reply = self.main.post("/report", body)
@@ -351,11 +390,15 @@ class Worker:
         except (OSError, HTTPException) as exc:
             status, reply = 0, {"error": str(exc)}
         if status == 409:
-            self.say(f"dagrun worker: report for task {wire.get('task')} refused (409): "
-                     "its lease expired and the task went to another worker")
+            self.say(
+                f"dagrun worker: report for task {wire.get('task')} refused (409): "
+                "its lease expired and the task went to another worker"
+            )
         elif status != 200:
-            self.say(f"dagrun worker: report for task {wire.get('task')} failed: {status} "
-                     f"{reply.get('error', '')}")
+            self.say(
+                f"dagrun worker: report for task {wire.get('task')} failed: {status} "
+                f"{reply.get('error', '')}"
+            )
         with self.cond:
             self.leases.pop(lease, None)
             self.free += 1
@@ -391,8 +434,15 @@ def read_token(token_file: str | None) -> str:
     return token
 
 
-def main(url: str, *, jobs: int, token_file: str | None, cafile: str | None,
-         directory: str | None, grace: float) -> int:
+def main(
+    url: str,
+    *,
+    jobs: int,
+    token_file: str | None,
+    cafile: str | None,
+    directory: str | None,
+    grace: float,
+) -> int:
     """The ``dagrun worker`` command."""
     from .errors import DagrunError
 

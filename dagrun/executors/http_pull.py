@@ -78,7 +78,12 @@ class Broker:
     """The jobs, leases and workers of one http executor (thread-safe)."""
 
     def __init__(
-        self, name: str, root: str, lease_timeout: float, stage: str, completions: Completions,
+        self,
+        name: str,
+        root: str,
+        lease_timeout: float,
+        stage: str,
+        completions: Completions,
         wake: Callable[[str | None], None],
     ) -> None:
         self.name = name
@@ -113,7 +118,7 @@ class Broker:
     def _stage_problem(self, job: Job) -> str | None:
         for path in (*job.inputs, *job.outputs):
             if relative_path(self.root, job.local_path(path)) is None:
-                return f"stage = \"http\": {path} is outside the project folder"
+                return f'stage = "http": {path} is outside the project folder'
         return None
 
     def cancel(self, job_id: int) -> None:
@@ -180,16 +185,27 @@ class Broker:
         w.leases.add(lease.id)
         rel = self._relative if self.stage == "http" else (lambda p: p)
         return {
-            "lease": lease.id, "job": job.id, "task": job.task, "cmd": job.cmd,
-            "root": job.root, "cwd": job.cwd, "env": dict(job.env), "timeout": job.timeout,
-            "inputs": [rel(p) for p in job.inputs], "outputs": [rel(p) for p in job.outputs],
-            "threads": job.threads, "attempt": job.attempt, "stage": self.stage,
+            "lease": lease.id,
+            "job": job.id,
+            "task": job.task,
+            "cmd": job.cmd,
+            "root": job.root,
+            "cwd": job.cwd,
+            "env": dict(job.env),
+            "timeout": job.timeout,
+            "inputs": [rel(p) for p in job.inputs],
+            "outputs": [rel(p) for p in job.outputs],
+            "threads": job.threads,
+            "attempt": job.attempt,
+            "stage": self.stage,
         }
 
     def _relative(self, path: str) -> str:
         return relative_path(self.root, path) or path
 
-    def heartbeat_news(self, worker: str, leases: list[str], body: Mapping[str, Any]) -> dict[str, Any]:
+    def heartbeat_news(
+        self, worker: str, leases: list[str], body: Mapping[str, Any]
+    ) -> dict[str, Any]:
         with self.lock:
             self.see(worker, body)
             now = time.monotonic()
@@ -215,8 +231,14 @@ class Broker:
             self._end_lease(lease_id)
             job = self.jobs.pop(lease.job.id)
         outcome = Outcome(
-            job.id, r["exit_code"], r["duration"], r["stdout"], r["stderr"], r["timed_out"],
-            r["maxrss_kb"], r["error"],
+            job.id,
+            r["exit_code"],
+            r["duration"],
+            r["stdout"],
+            r["stderr"],
+            r["timed_out"],
+            r["maxrss_kb"],
+            r["error"],
         )
         if outcome.exit_code == 0 and outcome.error:
             outcome = Outcome(**{**_fields(outcome), "exit_code": None})
@@ -238,7 +260,7 @@ class Broker:
                 w.leases.discard(lease.id)
 
     def expire(self) -> None:
-        """Silent leases go back: the job ends as lost (or, if it was being cancelled, cancelled)."""
+        """Silent leases go back: their jobs end as lost (or cancelled, when being cancelled)."""
         now = time.monotonic()
         with self.lock:
             late = [x for x in self.leases.values() if now - x.last > self.lease_timeout]
@@ -247,7 +269,7 @@ class Broker:
                 self.jobs.pop(lease.job.id, None)
                 self.counts.lost += 1
         for lease in late:
-            why = f"worker {lease.worker} stopped answering (no heartbeat for {self.lease_timeout:g} s)"
+            why = f"worker {lease.worker} went silent (no heartbeat for {self.lease_timeout:g} s)"
             if lease.cancelled:
                 self.completions.post(Outcome(lease.job.id, None, now - lease.last, error=why))
             else:
@@ -270,34 +292,44 @@ class Broker:
             return None  # a symlinked folder leading out of the project
         return full
 
+    def _running(self, w: _Worker) -> list[dict[str, Any]]:
+        leases = sorted((self.leases[x] for x in w.leases), key=lambda x: x.job.id)
+        return [{"lease": x.id, "task": x.job.task, "job": x.job.id} for x in leases]
+
     def status(self) -> dict[str, Any]:
         now, wall = time.monotonic(), time.time()
         with self.lock:
             workers = [
                 {
-                    "id": w.id, "host": w.host, "pid": w.pid, "slots": w.slots,
+                    "id": w.id,
+                    "host": w.host,
+                    "pid": w.pid,
+                    "slots": w.slots,
                     "last_heartbeat": round(w.seen_wall, 3),
                     "seconds_ago": round(now - w.seen, 3),
                     "alive": now - w.seen <= self.lease_timeout,
-                    "running": sorted(
-                        ({"lease": x, "task": self.leases[x].job.task, "job": self.leases[x].job.id}
-                         for x in w.leases), key=lambda d: d["job"],
-                    ),
+                    "running": self._running(w),
                 }
                 for w in self.workers.values()
             ]
             leased = len(self.leases)
             return {
-                "executor": self.name, "ready": len(self.jobs) - leased, "leased": leased,
-                "running": leased, "succeeded": self.counts.succeeded,
-                "failed": self.counts.failed, "lost": self.counts.lost,
-                "refused": self.counts.refused, "done": self.done, "time": round(wall, 3),
+                "executor": self.name,
+                "ready": len(self.jobs) - leased,
+                "leased": leased,
+                "running": leased,
+                "succeeded": self.counts.succeeded,
+                "failed": self.counts.failed,
+                "lost": self.counts.lost,
+                "refused": self.counts.refused,
+                "done": self.done,
+                "time": round(wall, 3),
                 "workers": workers,
             }
 
 
 def _fields(outcome: Outcome) -> dict[str, Any]:
-    return {f: getattr(outcome, f) for f in Outcome.__slots__}  # type: ignore[attr-defined]
+    return {f: getattr(outcome, f) for f in Outcome.__slots__}
 
 
 def _plain(path: str) -> bool:
@@ -322,7 +354,8 @@ def _keep_run_files(job: Job, outcome: Outcome, worker: str, run_dir: Any) -> No
         where = f"# worker: {worker}\n" + (f"# worker's run folder: {run_dir}\n" if run_dir else "")
         files = {
             "command.txt": f"{job.cmd}\n\n# task: {job.task}\n# cwd: {job.cwd}\n{where}",
-            "stdout.txt": outcome.stdout, "stderr.txt": outcome.stderr,
+            "stdout.txt": outcome.stdout,
+            "stderr.txt": outcome.stderr,
         }
         for name, text in files.items():
             with open(os.path.join(job.run_dir, name), "w", encoding="utf-8") as f:
@@ -336,8 +369,15 @@ def _keep_run_files(job: Job, outcome: Outcome, worker: str, run_dir: Any) -> No
 _LEASE = {"worker": str, "slots": int, "wait": float}
 _HEARTBEAT = {"worker": str, "leases": list, "wait": float}
 _REPORT = {
-    "worker": str, "lease": str, "exit_code": (int, type(None)), "duration": float,
-    "maxrss_kb": int, "stdout": str, "stderr": str, "timed_out": bool, "error": (str, type(None)),
+    "worker": str,
+    "lease": str,
+    "exit_code": (int, type(None)),
+    "duration": float,
+    "maxrss_kb": int,
+    "stdout": str,
+    "stderr": str,
+    "timed_out": bool,
+    "error": (str, type(None)),
 }
 
 
@@ -385,8 +425,10 @@ class Routes:
 
     def handle(self, request: Request) -> Response | Pending:
         route = {
-            ("POST", "/lease"): self._lease, ("POST", "/heartbeat"): self._heartbeat,
-            ("POST", "/report"): self._report, ("GET", "/status"): self._status,
+            ("POST", "/lease"): self._lease,
+            ("POST", "/heartbeat"): self._heartbeat,
+            ("POST", "/report"): self._report,
+            ("GET", "/status"): self._status,
             ("GET", "/files"): self._download,
         }.get((request.method, request.path))
         if route is None:
@@ -452,15 +494,18 @@ class Routes:
         if body["duration"] < 0 or body["maxrss_kb"] < 0:
             raise Invalid("fields 'duration' and 'maxrss_kb' must not be negative")
         if not self.broker.report(body["worker"], body["lease"], body):
-            return _json(409, {"error": "this lease expired or is not yours; the report is ignored"})
+            return _json(
+                409, {"error": "this lease expired or is not yours; the report is ignored"}
+            )
         return _json(200, {"done": self.broker.done})
 
     def _status(self, request: Request) -> Response:
         return _json(200, self.broker.status())
 
     def _download(self, request: Request) -> Response:
-        full = self.broker.file_for(request.query.get("lease", ""), request.query.get("path", ""),
-                                    "input")
+        full = self.broker.file_for(
+            request.query.get("lease", ""), request.query.get("path", ""), "input"
+        )
         if full is None:
             return _json(404, {"error": "not a declared input of a live lease"})
         try:
@@ -474,8 +519,9 @@ class Routes:
             return _json(404, {"error": "no such endpoint"})
         if length > MAX_UPLOAD:
             return _json(413, {"error": f"a staged file may have at most {MAX_UPLOAD} bytes"})
-        full = self.broker.file_for(request.query.get("lease", ""), request.query.get("path", ""),
-                                    "output")
+        full = self.broker.file_for(
+            request.query.get("lease", ""), request.query.get("path", ""), "output"
+        )
         if full is None:
             return _json(404, {"error": "not a declared output of a live lease"})
         try:
@@ -536,7 +582,12 @@ class HttpExecutor:
         self.token = secrets.token_urlsafe(32)
         self.completions = Completions()
         self.broker = Broker(
-            name, context.root, options.lease_timeout, options.stage, self.completions, self._wake,
+            name,
+            context.root,
+            options.lease_timeout,
+            options.stage,
+            self.completions,
+            self._wake,
         )
         self.server: Server | None = None
         self.url = ""
@@ -550,7 +601,7 @@ class HttpExecutor:
         known = {k: options[k] for k in Options.__dataclass_fields__ if k in options}
         opts = Options(**known)
         if opts.stage not in ("shared", "http"):
-            raise ExecutorError(f"executor '{name}': stage must be \"shared\" or \"http\"")
+            raise ExecutorError(f'executor \'{name}\': stage must be "shared" or "http"')
         if (opts.tls_cert is None) != (opts.tls_key is None):
             raise ExecutorError(f"executor '{name}': give both tls_cert and tls_key, or neither")
         return cls(name, opts, context)
@@ -564,15 +615,21 @@ class HttpExecutor:
             from .http_server import tls_context
 
             try:
-                tls = tls_context(self._path(self.options.tls_cert), self._path(self.options.tls_key))
+                tls = tls_context(
+                    self._path(self.options.tls_cert), self._path(self.options.tls_key)
+                )
             except (OSError, ValueError) as exc:
-                raise ExecutorError(f"executor '{self.name}': cannot load tls_cert/tls_key: {exc}") from None
+                raise ExecutorError(
+                    f"executor '{self.name}': cannot load tls_cert/tls_key: {exc}"
+                ) from None
         self.server = Server(Routes(self.broker, self.token), host, port, tls)
         self.server.tick_every = min(1.0, self.broker.heartbeat / 2)
         try:
             self.server.start(self._tick)
         except OSError as exc:
-            raise ExecutorError(f"executor '{self.name}': cannot listen on {self.options.bind}: {exc.strerror}") from None
+            raise ExecutorError(
+                f"executor '{self.name}': cannot listen on {self.options.bind}: {exc.strerror}"
+            ) from None
         shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
         shown = f"[{shown}]" if ":" in shown else shown
         self.url = f"{'https' if tls else 'http'}://{shown}:{self.server.port}"
@@ -610,12 +667,19 @@ class HttpExecutor:
         env = dict(self.context.environ)
         env["DAGRUN_TOKEN"] = self.token
         n = len(self._provisioned) + 1
-        log_path = os.path.join(os.path.dirname(self.token_file), f"{self.name}.provisioner-{n}.log")
+        log_path = os.path.join(
+            os.path.dirname(self.token_file), f"{self.name}.provisioner-{n}.log"
+        )
         with open(log_path, "wb") as log:
             try:
                 proc = subprocess.Popen(
-                    f"{self.options.provisioner} {self.url}", shell=True, cwd=self.context.root,
-                    env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    f"{self.options.provisioner} {self.url}",
+                    shell=True,
+                    cwd=self.context.root,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
                     start_new_session=True,
                 )
             except OSError as exc:
@@ -639,7 +703,9 @@ class HttpExecutor:
         with self.broker.lock:
             if not self.broker.jobs or len(self.broker.jobs) <= len(self.broker.leases):
                 return False  # nothing waits for a worker
-            alive = [w for w in self.broker.workers.values() if now - w.seen <= self.broker.lease_timeout]
+            alive = [
+                w for w in self.broker.workers.values() if now - w.seen <= self.broker.lease_timeout
+            ]
             idle = sum(max(0, w.slots - len(w.leases)) for w in alive)
             waiting = len(self.broker.jobs) - len(self.broker.leases)
         recent = sum(1 for t, _ in self._provisioned if now - t < self.broker.lease_timeout)

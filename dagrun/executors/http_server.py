@@ -1,4 +1,4 @@
-"""A small asyncio HTTP/1.1 server for the HTTP pull executor (chosen on evidence: bench/RESULTS.md).
+"""A small asyncio HTTP/1.1 server for the HTTP pull executor (chosen on evidence: bench/).
 
 It speaks just what ``dagrun worker`` needs: keep-alive, ``Content-Length``
 bodies (no chunked encoding), JSON or raw bytes.  Hostile input never reaches
@@ -27,10 +27,18 @@ IDLE = 30.0  # seconds a connection may sit without sending a whole request
 BODY_TIMEOUT = 120.0  # seconds to receive a body once its head arrived
 MAX_CONNECTIONS = 20000
 _REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-    405: "Method Not Allowed", 409: "Conflict", 411: "Length Required",
-    413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 503: "Service Unavailable",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
 }
 
 
@@ -130,7 +138,11 @@ class Server:
         try:
             self._server = self.loop.run_until_complete(
                 asyncio.start_server(
-                    self._connection, self.host, self.port, ssl=self.tls, limit=HEAD_LIMIT,
+                    self._connection,
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    limit=HEAD_LIMIT,
                     backlog=4096,
                 )
             )
@@ -221,7 +233,9 @@ class Server:
             self._connections.discard(writer)
             writer.close()
 
-    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         """Serve one request; False when the connection must end."""
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE)
@@ -258,7 +272,9 @@ class Server:
         await _send(writer, response, close)
         return not close and response.status != 413
 
-    async def _upload(self, reader: asyncio.StreamReader, request: Request, length: int) -> Response:
+    async def _upload(
+        self, reader: asyncio.StreamReader, request: Request, length: int
+    ) -> Response:
         target = self.app.upload(request, length)
         if isinstance(target, Response):
             return target
