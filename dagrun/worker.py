@@ -293,6 +293,7 @@ class Worker:
         root = str(w["root"]) if w.get("stage") != "http" else os.path.join(self.dir, "workspace")
         lease = str(w["lease"])
         env = {str(k): str(v) for k, v in dict(w["env"]).items()}
+        env["DAGRUN_WORKER"] = self.id
         timeout = w.get("timeout")
         return Job(
             id=job_id,

@@ -26,6 +26,7 @@ HEAD_LIMIT = 16 * 1024  # request line + headers
 IDLE = 30.0  # seconds a connection may sit without sending a whole request
 BODY_TIMEOUT = 120.0  # seconds to receive a body once its head arrived
 MAX_CONNECTIONS = 20000
+DRAIN_LIMIT = 16 << 20  # a refused body up to this size is read (and dropped) before the 413
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -264,6 +265,8 @@ class Server:
             response = await self._upload(reader, request, length)
         else:
             if length > self.app.body_limit(method, url.path):
+                if length <= DRAIN_LIMIT:  # so that a plain client reads the answer, not EPIPE
+                    await _discard(reader, length)
                 await _send(writer, _error(413, "body too large"), close=True)
                 return False
             body = await asyncio.wait_for(reader.readexactly(length), BODY_TIMEOUT)
@@ -290,6 +293,14 @@ class Server:
             target.abort()
             raise
         return target.commit()
+
+
+async def _discard(reader: asyncio.StreamReader, length: int) -> None:
+    while length > 0:
+        chunk = await asyncio.wait_for(reader.read(min(length, 1 << 16)), BODY_TIMEOUT)
+        if not chunk:
+            return
+        length -= len(chunk)
 
 
 def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]] | Response:
