@@ -125,7 +125,8 @@ def test_garbage_oversized_and_wrong_bodies_are_refused_and_the_build_goes_on(tm
         assert b" 431 " in _raw(ex, b"GET /status HTTP/1.1\r\nX: " + b"a" * 40000 + b"\r\n\r\n")
         assert b" 400 " in _raw(ex, b"HELLO\r\n\r\n")
         bearer = b"Authorization: Bearer " + ex.token.encode() + b"\r\n"
-        assert b" 400 " in _raw(ex, b"GET /status HTTP/1.1\r\n" + bearer + b"Content-Length: -5\r\n\r\n")
+        negative = b"GET /status HTTP/1.1\r\n" + bearer + b"Content-Length: -5\r\n\r\n"
+        assert b" 400 " in _raw(ex, negative)
         assert b" 501 " in _raw(ex, b"POST /lease HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
                                     + bearer + b"\r\n")
         _raw(ex, b"POST /lease HTTP/1.1\r\n" + bearer + b"Content-Length: 100\r\n\r\n{")  # hangs up
