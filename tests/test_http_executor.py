@@ -178,7 +178,7 @@ def test_cancel_one_job_and_cancel_all_kill_the_tasks_on_the_worker(tmp_path):
         for i in (1, 2, 3):
             ex.submit(job(root, i, f"echo $$ > pid{i}; exec sleep 60"))
         ex.submit(job(root, 4, "true"))  # never leased: the worker is full
-        wait_for(lambda: all((root / f"pid{i}").exists() for i in (1, 2, 3)), what="3 tasks")
+        wait_for(lambda: all(_written(root / f"pid{i}") for i in (1, 2, 3)), what="3 tasks")
         ex.cancel(1)
         (one,) = collect(ex, 1, timeout=15)
         assert one.job_id == 1 and one.exit_code is not None and one.exit_code < 0
@@ -190,6 +190,10 @@ def test_cancel_one_job_and_cancel_all_kill_the_tasks_on_the_worker(tmp_path):
             wait_for(lambda pid=pid: not _alive(pid), timeout=10, what=f"task {i} killed")
     finally:
         ex.close()
+
+
+def _written(path: Path) -> bool:
+    return path.exists() and path.read_text().endswith("\n")
 
 
 def _alive(pid: int) -> bool:
@@ -210,7 +214,7 @@ def test_a_silent_lease_is_lost_and_a_late_report_is_refused(tmp_path):
         first = start_worker(ex, log=log)
         j = job(root, 1, "echo $DAGRUN_WORKER >> ran; sleep 1; echo finished")
         ex.submit(j)
-        wait_for(lambda: (root / "ran").exists(), what="the task to start")
+        wait_for(lambda: _written(root / "ran"), what="the task to start")
         os.kill(first.pid, signal.SIGSTOP)
         (lost,) = collect(ex, 1, timeout=15)
         assert lost.lost and lost.job_id == 1 and "went silent" in (lost.error or "")
@@ -236,7 +240,7 @@ def test_a_killed_worker_loses_its_job_to_another_worker(tmp_path):
         first = start_worker(ex)
         j = job(root, 1, "echo $$ >> pids; sleep 1; echo ok")
         ex.submit(j)
-        wait_for(lambda: (root / "pids").exists(), what="the task to start")
+        wait_for(lambda: _written(root / "pids"), what="the task to start")
         stop(first)  # kill -9
         os.killpg(int((root / "pids").read_text()), signal.SIGKILL)  # the node is gone
         (lost,) = collect(ex, 1, timeout=15)
