@@ -57,7 +57,9 @@ def _worker_command(project: Path) -> list[str]:
 
 
 # waits (up to 20 s) until the three middle tasks all started: they must run at once
-BARRIER = "i=0; while [ $(ls bar.* | wc -l) -lt 3 ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done"
+BARRIER = (
+    "i=0; while [ $(ls bar.* | wc -l) -lt 3 ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done"
+)
 
 
 def test_a_diamond_spreads_over_three_workers(tmp_path):
