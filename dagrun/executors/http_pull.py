@@ -102,6 +102,7 @@ class Broker:
         self.workers: dict[str, _Worker] = {}
         self.counts = _Counts()
         self.done = False
+        self.run_files: dict[int, tuple[Job, str, Any]] = {}  # reported, files not written yet
 
     # -- the scheduler's side
 
@@ -247,7 +248,8 @@ class Broker:
                 self.counts.succeeded += 1
             else:
                 self.counts.failed += 1
-        _keep_run_files(job, outcome, worker, r.get("run_dir"))
+        with self.lock:
+            self.run_files[job.id] = (job, worker, r.get("run_dir"))  # written by collect()
         self.completions.post(outcome)
         return True
 
@@ -697,19 +699,17 @@ class HttpExecutor:
             self._provision()
 
     def _workers_short(self) -> bool:
-        if len(self._provisioned) >= self.options.max_workers:
+        """Tasks wait beyond the free slots, and the last run's worker came (or it is late)."""
+        if not self._provisioned or len(self._provisioned) >= self.options.max_workers:
             return False
-        now = time.monotonic()
-        with self.broker.lock:
-            if not self.broker.jobs or len(self.broker.jobs) <= len(self.broker.leases):
-                return False  # nothing waits for a worker
-            alive = [
-                w for w in self.broker.workers.values() if now - w.seen <= self.broker.lease_timeout
-            ]
+        now, b = time.monotonic(), self.broker
+        with b.lock:
+            alive = [w for w in b.workers.values() if now - w.seen <= b.lease_timeout]
             idle = sum(max(0, w.slots - len(w.leases)) for w in alive)
-            waiting = len(self.broker.jobs) - len(self.broker.leases)
-        recent = sum(1 for t, _ in self._provisioned if now - t < self.broker.lease_timeout)
-        return waiting > idle and len(alive) + recent <= len(self._provisioned) and recent == 0
+            waiting = len(b.jobs) - len(b.leases)
+            seen = len(b.workers)
+        late = now - self._provisioned[-1][0] > b.lease_timeout
+        return waiting > idle and (seen >= len(self._provisioned) or late)
 
     def _wake(self, worker: str | None) -> None:
         if self.server is None:
@@ -735,6 +735,10 @@ class HttpExecutor:
         outcomes = self.completions.take()
         for o in outcomes:
             self._out.discard(o.job_id)
+            with self.broker.lock:
+                files = self.broker.run_files.pop(o.job_id, None)
+            if files is not None:  # here, on the scheduler's thread: the server stays quick
+                _keep_run_files(files[0], o, files[1], files[2])
         return outcomes
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:

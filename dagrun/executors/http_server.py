@@ -209,10 +209,9 @@ class Server:
             self._lease_waiters.append((pending, fut))
         else:
             self._news_waiters.setdefault(pending.worker, []).append((pending, fut))
-        try:
-            response = await asyncio.wait_for(fut, pending.wait)
-        except TimeoutError:
-            response = None
+        timer = self.loop.call_later(pending.wait, _time_up, fut)  # cheaper than wait_for
+        response = await fut
+        timer.cancel()
         if response is None:
             response = pending.poll(True)
             assert response is not None
@@ -238,13 +237,16 @@ class Server:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Serve one request; False when the connection must end."""
+        timer = self.loop.call_later(IDLE, writer.transport.abort)  # a stalled client goes
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE)
+            head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
             await _send(writer, _error(431, "request head too large"), close=True)
             return False
         except asyncio.IncompleteReadError:
             return False
+        finally:
+            timer.cancel()
         parsed = _parse_head(head)
         if isinstance(parsed, Response):
             await _send(writer, parsed, close=True)
@@ -254,9 +256,11 @@ class Server:
         if not self.app.authorized(headers):
             await _send(writer, _error(401, "missing or wrong token"), close=True)
             return False
-        url = urlsplit(target)
-        query = dict(parse_qsl(url.query, keep_blank_values=True))
-        request = Request(method, url.path, query, headers)
+        path, query = target, {}
+        if "?" in target or "#" in target:
+            url = urlsplit(target)
+            path, query = url.path, dict(parse_qsl(url.query, keep_blank_values=True))
+        request = Request(method, path, query, headers)
         length = _content_length(headers)
         if isinstance(length, Response):
             await _send(writer, length, close=True)
@@ -264,13 +268,17 @@ class Server:
         if method == "PUT":
             response = await self._upload(reader, request, length)
         else:
-            if length > self.app.body_limit(method, url.path):
+            if length > self.app.body_limit(method, path):
                 if length <= DRAIN_LIMIT:  # so that a plain client reads the answer, not EPIPE
                     await _discard(reader, length)
                 await _send(writer, _error(413, "body too large"), close=True)
                 return False
-            body = await asyncio.wait_for(reader.readexactly(length), BODY_TIMEOUT)
-            result = self.app.handle(Request(method, url.path, query, headers, body))
+            timer = self.loop.call_later(BODY_TIMEOUT, writer.transport.abort)
+            try:
+                body = await reader.readexactly(length) if length else b""
+            finally:
+                timer.cancel()
+            result = self.app.handle(Request(method, path, query, headers, body))
             response = await self._park(result) if isinstance(result, Pending) else result
         await _send(writer, response, close)
         return not close and response.status != 413
@@ -293,6 +301,11 @@ class Server:
             target.abort()
             raise
         return target.commit()
+
+
+def _time_up(fut: asyncio.Future[Response | None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 async def _discard(reader: asyncio.StreamReader, length: int) -> None:
