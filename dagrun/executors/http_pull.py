@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import ExecutorError
 from . import Context, Job, Outcome
-from .http_server import Pending, Request, Response, Server
+from .http_server import Awaits, Pending, Request, Response, Server
 from .threaded import Completions
 
 JSON_LIMIT = 64 * 1024  # lease and heartbeat bodies
@@ -277,13 +277,13 @@ class Broker:
             else:
                 self.completions.post(Outcome(lease.job.id, None, 0.0, error=why, lost=True))
 
-    def file_for(self, lease_id: str, path: str, kind: str) -> str | None:
+    def file_for(self, lease_id: str, path: str, *, output: bool) -> str | None:
         """The absolute path of a declared input or output of a live lease, else None."""
         with self.lock:
             lease = self.leases.get(lease_id)
             if lease is None:
                 return None
-            declared = lease.job.inputs if kind == "input" else lease.job.outputs
+            declared = lease.job.outputs if output else lease.job.inputs
             wanted = {self._relative(lease.job.local_path(p)) for p in declared}
         rel = relative_path(self.root, os.path.join(self.root, path)) if _plain(path) else None
         if rel is None or rel not in wanted:
@@ -468,7 +468,7 @@ class Routes:
         first = poll(wait == 0 or slots == 0)
         if first is not None:
             return first
-        return Pending("ready", body["worker"], wait, poll)
+        return Pending(Awaits.JOBS, body["worker"], wait, poll)
 
     def _heartbeat(self, request: Request) -> Response | Pending:
         body = self._body(request, _HEARTBEAT)
@@ -487,7 +487,7 @@ class Routes:
         first = poll(wait == 0)
         if first is not None:
             return first
-        return Pending("news", body["worker"], wait, poll)
+        return Pending(Awaits.NEWS, body["worker"], wait, poll)
 
     def _report(self, request: Request) -> Response:
         body = self._body(request, _REPORT)
@@ -506,7 +506,7 @@ class Routes:
 
     def _download(self, request: Request) -> Response:
         full = self.broker.file_for(
-            request.query.get("lease", ""), request.query.get("path", ""), "input"
+            request.query.get("lease", ""), request.query.get("path", ""), output=False
         )
         if full is None:
             return _json(404, {"error": "not a declared input of a live lease"})
@@ -522,7 +522,7 @@ class Routes:
         if length > MAX_UPLOAD:
             return _json(413, {"error": f"a staged file may have at most {MAX_UPLOAD} bytes"})
         full = self.broker.file_for(
-            request.query.get("lease", ""), request.query.get("path", ""), "output"
+            request.query.get("lease", ""), request.query.get("path", ""), output=True
         )
         if full is None:
             return _json(404, {"error": "not a declared output of a live lease"})

@@ -14,6 +14,7 @@ the wait ends.  Everything here runs on one thread: the server's event loop.
 from __future__ import annotations
 
 import asyncio
+import enum
 import ssl
 import threading
 from collections import deque
@@ -59,11 +60,18 @@ class Response:
     content_type: str = "application/json"
 
 
+class Awaits(enum.Enum):
+    """What a long poll waits for."""
+
+    JOBS = "jobs"  # new jobs, for whoever asks first
+    NEWS = "news"  # news for one worker (a cancel, the end)
+
+
 @dataclass
 class Pending:
     """A long poll: ``poll(final)`` is asked again on news (None: still nothing) and at the end."""
 
-    kind: str  # "ready" (new jobs) or "news" (for one worker)
+    awaits: Awaits
     worker: str
     wait: float
     poll: Callable[[bool], Response | None]
@@ -205,7 +213,7 @@ class Server:
 
     async def _park(self, pending: Pending) -> Response:
         fut: asyncio.Future[Response | None] = self.loop.create_future()
-        if pending.kind == "ready":
+        if pending.awaits is Awaits.JOBS:
             self._lease_waiters.append((pending, fut))
         else:
             self._news_waiters.setdefault(pending.worker, []).append((pending, fut))
