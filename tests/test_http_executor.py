@@ -177,7 +177,7 @@ def test_cancel_one_job_and_cancel_all_kill_the_tasks_on_the_worker(tmp_path):
         start_worker(ex, jobs=3)
         for i in (1, 2, 3):
             ex.submit(job(root, i, f"echo $$ > pid{i}; exec sleep 60"))
-        ex.submit(job(root, 4, "true"))  # never leased: the worker is full
+        ex.submit(job(root, 4, "exec sleep 60"))  # waits (or takes job 1's slot): cancelled
         wait_for(lambda: all(_written(root / f"pid{i}") for i in (1, 2, 3)), what="3 tasks")
         ex.cancel(1)
         (one,) = collect(ex, 1, timeout=15)
