@@ -245,51 +245,68 @@ class Server:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Serve one request; False when the connection must end."""
-        timer = self.loop.call_later(IDLE, writer.transport.abort)  # a stalled client goes
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            await _send(writer, _error(431, "request head too large"), close=True)
+        head = await self._read_head(reader, writer)
+        if head is None:
             return False
-        except asyncio.IncompleteReadError:
-            return False
-        finally:
-            timer.cancel()
-        parsed = _parse_head(head)
+        parsed = head if isinstance(head, Response) else self._request_of(head)
         if isinstance(parsed, Response):
             await _send(writer, parsed, close=True)
             return False
+        request, length, close = parsed
+        response = await self._response(reader, writer, request, length)
+        close = close or response.status == 413  # its body may still be on the way
+        await _send(writer, response, close)
+        return not close
+
+    async def _read_head(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes | Response | None:
+        timer = self.loop.call_later(IDLE, writer.transport.abort)  # a stalled client goes
+        try:
+            return await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            return _error(431, "request head too large")
+        except asyncio.IncompleteReadError:
+            return None
+        finally:
+            timer.cancel()
+
+    def _request_of(self, head: bytes) -> tuple[Request, int, bool] | Response:
+        """(the request without its body, the body's length, close after it) or an error."""
+        parsed = _parse_head(head)
+        if isinstance(parsed, Response):
+            return parsed
         method, target, version, headers = parsed
-        close = version == "HTTP/1.0" or headers.get("connection", "").lower() == "close"
         if not self.app.authorized(headers):
-            await _send(writer, _error(401, "missing or wrong token"), close=True)
-            return False
+            return _error(401, "missing or wrong token")
+        length = _content_length(headers)
+        if isinstance(length, Response):
+            return length
         path, query = target, {}
         if "?" in target or "#" in target:
             url = urlsplit(target)
             path, query = url.path, dict(parse_qsl(url.query, keep_blank_values=True))
-        request = Request(method, path, query, headers)
-        length = _content_length(headers)
-        if isinstance(length, Response):
-            await _send(writer, length, close=True)
-            return False
-        if method == "PUT":
-            response = await self._upload(reader, request, length)
-        else:
-            if length > self.app.body_limit(method, path):
-                if length <= DRAIN_LIMIT:  # so that a plain client reads the answer, not EPIPE
-                    await _discard(reader, length)
-                await _send(writer, _error(413, "body too large"), close=True)
-                return False
-            timer = self.loop.call_later(BODY_TIMEOUT, writer.transport.abort)
-            try:
-                body = await reader.readexactly(length) if length else b""
-            finally:
-                timer.cancel()
-            result = self.app.handle(Request(method, path, query, headers, body))
-            response = await self._park(result) if isinstance(result, Pending) else result
-        await _send(writer, response, close)
-        return not close and response.status != 413
+        close = version == "HTTP/1.0" or headers.get("connection", "").lower() == "close"
+        return Request(method, path, query, headers), length, close
+
+    async def _response(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request,
+        length: int,
+    ) -> Response:
+        if request.method == "PUT":
+            return await self._upload(reader, request, length)
+        if length > self.app.body_limit(request.method, request.path):
+            if length <= DRAIN_LIMIT:  # so that a plain client reads the answer, not EPIPE
+                await _discard(reader, length)
+            return _error(413, "body too large")
+        timer = self.loop.call_later(BODY_TIMEOUT, writer.transport.abort)
+        try:
+            body = await reader.readexactly(length) if length else b""
+        finally:
+            timer.cancel()
+        r = request
+        result = self.app.handle(Request(r.method, r.path, r.query, r.headers, body))
+        return await self._park(result) if isinstance(result, Pending) else result
 
     async def _upload(
         self, reader: asyncio.StreamReader, request: Request, length: int
