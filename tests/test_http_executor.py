@@ -8,6 +8,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -333,3 +334,25 @@ def test_tls_with_a_self_signed_certificate_and_cafile(tmp_path):
         assert code == 200
     finally:
         ex.close()
+
+
+def test_big_output_is_cut_and_stays_whole_on_the_worker(tmp_path):
+    ex, _ = make_executor(tmp_path)
+    try:
+        start_worker(ex, directory=tmp_path / "w")
+        ex.submit(job(ex.context.root, 1, "head -c 400000 /dev/zero | tr '\\0' x"))
+        (o,) = collect(ex, 1)
+    finally:
+        ex.close()
+    assert o.ok and o.stdout.startswith("x" * 1000) and len(o.stdout) < 300_000
+    path = o.stdout.rsplit("all of it is in ", 1)[1].strip().rstrip("]")
+    assert path.startswith(str(tmp_path / "w")) and os.path.getsize(path) == 400_000
+    command = (Path(ex.context.root) / ".dagrun/runs/t1/command.txt").read_text()
+    assert f"# worker's run folder: {os.path.dirname(path)}" in command
+
+
+@pytest.mark.parametrize("module", ["dagrun.worker"])
+def test_the_worker_stays_light(module):
+    code = f"import sys, {module}; print(sorted({{'asyncio', 'aiohttp'}} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
