@@ -163,3 +163,24 @@ executor = "pool"
     for n in (1, 2):
         assert (project / f"where{n}.txt").read_text().startswith("job=")
         assert (project / f"where{n}.txt").read_text().strip() != "job="
+
+
+def test_the_provisioner_runs_again_while_tasks_wait_up_to_max_workers(tmp_path):
+    tasks = "".join(
+        f"""
+[tasks.{m}]
+cmd = "echo $DAGRUN_WORKER > {m}.txt; touch bar.{m}; {BARRIER}"
+outputs = ["{m}.txt"]
+executor = "pool"
+"""
+        for m in ("b", "c", "e")
+    )
+    shutil.copy(EXAMPLES / "local.sh", tmp_path / "local.sh")
+    pool = f'provisioner = "sh {tmp_path}/local.sh"\nmax_workers = 3'
+    project = _project(tmp_path, pool, tasks)
+    proc = _build(project, "-j", "3", WORKERS="1")  # one worker per run of the provisioner
+    assert proc.wait(timeout=90) == 0, _output(project)
+    logs = sorted(p.name for p in (project / ".dagrun" / "http").glob("*.log"))
+    assert logs == [f"pool.provisioner-{n}.log" for n in (1, 2, 3)]
+    workers = {(project / f"{m}.txt").read_text() for m in ("b", "c", "e")}
+    assert len(workers) == 3
