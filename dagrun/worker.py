@@ -173,6 +173,7 @@ class Worker:
             body = {
                 "worker": self.id,
                 "slots": slots,
+                "capacity": self.jobs,
                 "wait": self.heartbeat,
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
@@ -182,7 +183,7 @@ class Worker:
                 continue
             jobs = reply.get("jobs") or []
             with self.cond:
-                self.free -= len(jobs)
+                self.free -= sum(self._need(job) for job in jobs)
             for job in jobs:
                 self.inbox.put("job", job)
             self._news(reply)
@@ -402,8 +403,13 @@ class Worker:
             )
         with self.cond:
             self.leases.pop(lease, None)
-            self.free += 1
+            self.free += self._need(wire)
             self.cond.notify_all()
+
+    def _need(self, wire: dict[str, Any]) -> int:
+        """The slots a job takes here: its threads, at most all of them."""
+        threads = wire.get("threads", 1)
+        return min(threads, self.jobs) if type(threads) is int and threads > 0 else 1
 
 
 def _cut(text: str, run_dir: str, name: str) -> str:

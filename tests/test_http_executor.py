@@ -359,3 +359,21 @@ def test_the_worker_stays_light(module):
     code = f"import sys, {module}; print(sorted({{'asyncio', 'aiohttp'}} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_job_takes_as_many_worker_slots_as_it_has_threads(tmp_path):
+    ex, _ = make_executor(tmp_path)
+    root = Path(ex.context.root)
+    try:
+        start_worker(ex, jobs=2)
+        ex.submit(job(root, 1, "while [ ! -e go ]; do sleep 0.05; done", threads=2))
+        ex.submit(job(root, 2, "true"))
+        ex.submit(job(root, 3, "true", threads=8))  # more than any worker: takes all of one
+        wait_for(lambda: status(ex)["leased"] == 1, what="the 2-thread job")
+        time.sleep(0.5)
+        s = status(ex)
+        assert (s["leased"], s["ready"], s["workers"][0]["slots"]) == (1, 2, 2)
+        (root / "go").touch()
+        assert sorted(o.job_id for o in collect(ex, 3) if o.ok) == [1, 2, 3]
+    finally:
+        ex.close()

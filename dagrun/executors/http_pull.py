@@ -168,14 +168,24 @@ class Broker:
         return w
 
     def lease(self, worker: str, slots: int, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Ready jobs, in order, while their threads fit in ``slots`` (a job takes at most all
+        of the worker's ``capacity``, so that a big job still runs on an idle worker)."""
+        capacity = body.get("capacity")
+        if type(capacity) is not int or capacity < slots:
+            capacity = slots
         with self.lock:
             w = self.see(worker, body)
-            w.slots = slots
+            w.slots = capacity
             out: list[dict[str, Any]] = []
-            while self.ready and len(out) < slots and not self.done:
-                job = self.jobs.get(self.ready.popleft())
+            while self.ready and slots > 0 and not self.done:
+                job = self.jobs.get(self.ready[0])
                 if job is None or job.id in self.lease_of:
-                    continue  # cancelled while it waited
+                    self.ready.popleft()  # cancelled while it waited
+                    continue
+                if min(job.threads, capacity) > slots:
+                    break  # it waits for a worker with room
+                self.ready.popleft()
+                slots -= min(job.threads, capacity)
                 out.append(self._grant(w, job))
             return out
 
