@@ -377,3 +377,13 @@ def test_a_job_takes_as_many_worker_slots_as_it_has_threads(tmp_path):
         assert sorted(o.job_id for o in collect(ex, 3) if o.ok) == [1, 2, 3]
     finally:
         ex.close()
+
+
+def test_serving_beyond_loopback_without_tls_is_said(tmp_path):
+    ex, said = make_executor(tmp_path, bind="0.0.0.0:0")
+    try:
+        assert "clear text" in said[0] and ex.url.startswith(f"http://{socket.gethostname()}:")
+        assert request(f"http://127.0.0.1:{ex.url.rsplit(':', 1)[1]}/status", token=ex.token)[0] \
+            == 200
+    finally:
+        ex.close()

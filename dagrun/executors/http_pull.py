@@ -646,6 +646,11 @@ class HttpExecutor:
         shown = f"[{shown}]" if ":" in shown else shown
         self.url = f"{'https' if tls else 'http'}://{shown}:{self.server.port}"
         self._write_token()
+        if tls is None and not host.startswith("127.") and host not in ("localhost", "::1"):
+            self._say(
+                f"executor '{self.name}': serving beyond loopback ({self.options.bind}) without "
+                "TLS: the token and task data travel in clear text (set tls_cert and tls_key)"
+            )
         if self.options.provisioner:
             self._provision()
         else:
