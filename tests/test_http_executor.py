@@ -226,7 +226,7 @@ def test_a_silent_lease_is_lost_and_a_late_report_is_refused(tmp_path):
         assert done.ok and done.stdout == "finished\n"
         os.kill(first.pid, signal.SIGCONT)
         wait_for(lambda: status(ex)["refused"] == 1, what="the late report")
-        assert "refused (409)" in log.read_text()
+        wait_for(lambda: "refused (409)" in log.read_text(), what="the worker to say so")
         assert ex.collect() == []  # the late report never becomes an outcome
         assert len((root / "ran").read_text().split()) == 2
     finally:
