@@ -303,7 +303,7 @@ async def run_load(
             }
         for wait in intervals:  # idle: default heartbeat interval (lease_timeout 30 s), and 1 s
             previous, phase["wait"] = phase["wait"], wait
-            await asyncio.sleep(previous + 1.0)  # every worker now polls at this interval
+            await asyncio.sleep(previous + 0.2)  # every worker now polls at this interval
             window = max(idle, 2 * wait)  # whole intervals, or the polls may all miss it
             c0 = (await loop.run_in_executor(None, ask, "cpu"))["cpu"]
             await asyncio.sleep(window)
@@ -351,8 +351,8 @@ def main() -> int:
         serve(args.serve, 30.0)
         return 0
     if args.smoke:
-        args.workers, args.tasks, args.idle, args.task_time = 50, 500, 1.0, 0.1
-    intervals = (1.0, 0.5) if args.smoke else (5.0, 1.0)
+        args.workers, args.tasks, args.idle, args.task_time = 50, 500, 0.5, 0.1
+    intervals = (0.5, 0.2) if args.smoke else (5.0, 1.0)
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
