@@ -387,3 +387,19 @@ def test_serving_beyond_loopback_without_tls_is_said(tmp_path):
             == 200
     finally:
         ex.close()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["http://127.0.0.1:9"], "no token: give --token-file FILE or set DAGRUN_TOKEN"),
+        (["ftp://x", "--token-file", "TOKEN"], "not an http(s) URL: ftp://x"),
+        (["http://127.0.0.1:9", "--token-file", "missing"], "No such file"),
+    ],
+)
+def test_worker_usage_errors_exit_2_without_a_traceback(tmp_path, argv, message):
+    (tmp_path / "TOKEN").write_text("t\n")
+    env = {k: v for k, v in os.environ.items() if k != "DAGRUN_TOKEN"}
+    out = subprocess.run([sys.executable, "-m", "dagrun", "worker", *argv], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
