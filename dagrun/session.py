@@ -395,6 +395,7 @@ class Session:
             pool=prep.pool,
             factory=self.executor_factory,
             stops=self.stops,
+            say=self.on_wait,  # messages for the user (the URL workers connect to)
         )
         return build.run(
             graph, prep.plan, keys.keys, reporter, setup, on_success, log.index.durations
