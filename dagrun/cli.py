@@ -162,6 +162,15 @@ def parser() -> argparse.ArgumentParser:
 
     comp = command("completion", "print a shell completion script")
     comp.add_argument("shell", choices=("bash", "zsh", "fish"))
+
+    wk = command("worker", "run tasks served by a build's http executor at URL")
+    wk.add_argument("url", metavar="URL")
+    wk.add_argument("-j", "--jobs", type=_positive, default=1, metavar="N", help="tasks at once")
+    wk.add_argument("--token-file", metavar="F", help="the token (default: $DAGRUN_TOKEN)")
+    wk.add_argument("--cafile", metavar="F", help="CA certificate to verify an https server")
+    wk.add_argument("--dir", metavar="DIR", help="run folders here (default: a temp folder)")
+    wk.add_argument("--grace", type=float, default=60.0, metavar="S",
+                    help="exit once the server has not answered for S seconds (default 60)")
     return p
 
 
@@ -557,7 +566,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watcher.run()
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .worker import main as worker_main
+
+    return worker_main(args.url, jobs=args.jobs, token_file=args.token_file, cafile=args.cafile,
+                       directory=args.dir, grace=args.grace)
+
+
 _COMMANDS = {
+    "worker": cmd_worker,
     "build": cmd_build,
     "watch": cmd_watch,
     "graph": cmd_graph,

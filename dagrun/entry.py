@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 # the CLI's commands (tests/test_entry.py checks this against the parser): argv without any of
 # them is a build, so `dagrun`, `dagrun -q` and `dagrun TARGET` all build
-COMMANDS = ("build", "watch", "graph", "list", "show", "clean", "status", "trace", "completion")
+COMMANDS = (
+    "build", "watch", "graph", "list", "show", "clean", "status", "trace", "completion", "worker",
+)
 
 _CHOICES = {
     "--progress": ("auto", "rich", "plain"),
@@ -57,6 +59,17 @@ def interrupt_early(signum: int, frame: object) -> None:
 def pending() -> bool:
     """Whether an early signal came (dagrun.interrupts honours it when the build starts)."""
     return _pending
+
+
+def _from_signal(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is, or was caused by, an early signal's SignalInterrupt."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, SignalInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def _unraisable(hook: Any) -> Any:
@@ -88,6 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         sys.stderr.write("dagrun: interrupted\n")
+        return 130
+    except Exception as exc:
+        if not _from_signal(exc):
+            raise
+        sys.stderr.write("dagrun: interrupted\n")  # Python wrapped it (a __set_name__ call)
         return 130
     finally:
         sys.unraisablehook = hook

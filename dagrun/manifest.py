@@ -367,6 +367,11 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
         "bind": _str,
         "max_jobs": _int(1),
         "lease_timeout": _number_positive,
+        "max_workers": _int(1),
+        "stage": lambda v: None if v in ("shared", "http") else 'must be "shared" or "http"',
+        "tls_cert": _nonempty_str,
+        "tls_key": _nonempty_str,
+        "grace_period": _number_positive,
     },
     "dask": {
         "type": _str,

@@ -403,6 +403,7 @@ class Session:
             pool=prep.pool,
             factory=self.executor_factory,
             stops=self.stops,
+            say=self.on_wait,  # messages for the user (the URL workers connect to)
         )
         exists = self.fs.exists
         check = cutoff.Cutoff(

@@ -35,8 +35,10 @@ class Completions:
     def post(self, outcome: Outcome) -> None:
         """From any thread."""
         with self._lock:
+            first = not self._queue
             self._queue.append(outcome)
-        os.eventfd_write(self._fd, 1)
+        if first:  # one wake-up per batch: the reader takes the whole queue
+            os.eventfd_write(self._fd, 1)
 
     def take(self) -> list[Outcome]:
         """Everything posted so far; never blocks."""

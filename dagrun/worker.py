@@ -1,0 +1,469 @@
+"""``dagrun worker URL``: lease jobs from a build's http executor, run them here, report back.
+
+Three threads, so that no wait holds up another:
+
+    leaser       POST /lease (long poll) while slots are free -> the inbox
+    heartbeater  POST /heartbeat (long poll) while jobs run   -> cancels into the inbox
+    main         runs jobs with the local executor (process group, timeout, cwd,
+                 env, a run folder of its own), stages files, POSTs /report
+
+Only the standard library's http.client: a worker must start fast and stay light.
+The worker exits by itself when the build is over (the server says so) or when the
+server has been gone for ``grace`` seconds; SIGTERM or Ctrl-C kill its tasks first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from http.client import HTTPConnection, HTTPException, HTTPSConnection
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from .executors import Job, Outcome
+from .executors.local import LocalExecutor
+from .scheduler import run_dir_name
+
+SHOWN = 256 * 1024  # bytes of each stream sent back; the whole file stays here
+EXIT_DONE, EXIT_GONE, EXIT_REFUSED = 0, 1, 2
+
+
+class Refused(Exception):
+    """The server refused our token: nothing to retry."""
+
+
+class Client:
+    """One keep-alive connection to the build's server (one per thread)."""
+
+    def __init__(self, url: str, token: str, cafile: str | None, timeout: float = 90.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url}")
+        self.https = parts.scheme == "https"
+        self.host, self.port = parts.hostname, parts.port or (443 if self.https else 80)
+        self.context = ssl.create_default_context(cafile=cafile) if self.https else None
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.timeout = timeout
+        self.conn: HTTPConnection | None = None
+        self.last_ok = time.monotonic()
+
+    def _connect(self) -> HTTPConnection:
+        if self.conn is None:
+            if self.https:
+                self.conn = HTTPSConnection(
+                    self.host, self.port, timeout=self.timeout, context=self.context
+                )
+            else:
+                self.conn = HTTPConnection(self.host, self.port, timeout=self.timeout)
+        return self.conn
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        kind: str = "application/json",
+    ) -> tuple[int, bytes]:
+        """(status, body); raises OSError/HTTPException when the server cannot be reached."""
+        conn = self._connect()
+        headers = {**self.headers, "Content-Type": kind, "Content-Length": str(len(body))}
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except (OSError, HTTPException):
+            conn.close()
+            self.conn = None
+            raise
+        self.last_ok = time.monotonic()
+        if response.status == 401:
+            raise Refused("the server refused the token (401)")
+        if response.getheader("Connection", "").lower() == "close":
+            conn.close()
+            self.conn = None
+        return response.status, data
+
+    def post(self, path: str, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        status, raw = self.call("POST", path, json.dumps(data).encode())
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = {}
+        return status, body if isinstance(body, dict) else {}
+
+
+class _Inbox:
+    """Messages from the leaser and heartbeater threads to the main thread (deque + eventfd)."""
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.items: deque[tuple[str, Any]] = deque()
+        self.lock = threading.Lock()
+
+    def put(self, kind: str, item: Any = None) -> None:
+        with self.lock:
+            self.items.append((kind, item))
+        os.eventfd_write(self.fd, 1)
+
+    def take(self) -> list[tuple[str, Any]]:
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
+        with self.lock:
+            out = list(self.items)
+            self.items.clear()
+        return out
+
+
+class Worker:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        jobs: int = 1,
+        cafile: str | None = None,
+        directory: str | None = None,
+        grace: float = 60.0,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        self.url, self.token, self.cafile = url.rstrip("/"), token, cafile
+        self.jobs = jobs
+        self.grace = grace
+        self.say = say or _say
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        if directory is None:
+            import tempfile
+
+            directory = os.path.join(tempfile.gettempdir(), f"dagrun-worker-{self.id}")
+        self.dir = os.path.abspath(directory)
+        environ = {k: v for k, v in os.environ.items() if k != "DAGRUN_TOKEN"}
+        self.local = LocalExecutor(environ=environ, slots=jobs)
+        self.main = Client(self.url, token, cafile)
+        self.inbox = _Inbox()
+        self.cond = threading.Condition()
+        self.free = jobs
+        self.heartbeat = 1.0
+        self.leases: dict[str, int] = {}  # lease -> local job id (read by the heartbeater)
+        self.wire: dict[int, dict[str, Any]] = {}  # local job id -> the job as served
+        self.next_id = 0
+        self.stopping = threading.Event()
+        self.exit_code = EXIT_DONE
+        self.clients: list[Client] = [self.main]
+
+    # -- threads
+
+    def _leaser(self) -> None:
+        client = self._client()
+        while not self.stopping.is_set():
+            with self.cond:
+                while self.free == 0 and not self.stopping.is_set():
+                    self.cond.wait(1.0)
+                slots = self.free
+            body = {
+                "worker": self.id,
+                "slots": slots,
+                "capacity": self.jobs,
+                "wait": self.heartbeat,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            }
+            reply = self._post(client, "/lease", body)
+            if reply is None:
+                continue
+            jobs = reply.get("jobs") or []
+            with self.cond:
+                self.free -= sum(self._need(job) for job in jobs)
+            for job in jobs:
+                self.inbox.put("job", job)
+            self._news(reply)
+
+    def _heartbeater(self) -> None:
+        client = self._client()
+        while not self.stopping.is_set():
+            with self.cond:
+                leases = list(self.leases)
+                if not leases:
+                    self.cond.wait(self.heartbeat)
+                    continue
+            body = {"worker": self.id, "leases": leases, "wait": self.heartbeat}
+            reply = self._post(client, "/heartbeat", body)
+            if reply is None:
+                continue
+            for lease in (reply.get("cancel") or []) + (reply.get("unknown") or []):
+                self.inbox.put("cancel", lease)
+            self._news(reply)
+
+    def _client(self) -> Client:
+        client = Client(self.url, self.token, self.cafile, timeout=self.heartbeat + 60)
+        self.clients.append(client)
+        return client
+
+    def _post(self, client: Client, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            status, reply = client.post(path, body)
+        except Refused as exc:
+            self._stop(EXIT_REFUSED, str(exc))
+            return None
+        except (OSError, HTTPException):
+            time.sleep(min(1.0, self.heartbeat))
+            return None
+        if status != 200:
+            self.say(f"dagrun worker: {path}: {status} {reply.get('error', '')}")
+            time.sleep(min(1.0, self.heartbeat))
+            return None
+        return reply
+
+    def _news(self, reply: dict[str, Any]) -> None:
+        beat = reply.get("heartbeat")
+        if isinstance(beat, (int, float)) and 0.05 <= beat <= 60:
+            self.heartbeat = float(beat)
+        if reply.get("done") is True:
+            self._stop(EXIT_DONE, "the build is over")
+
+    def _stop(self, code: int, why: str) -> None:
+        if not self.stopping.is_set():
+            self.exit_code = code
+            self.say(f"dagrun worker: {why}; exiting")
+            self.stopping.set()
+            self.inbox.put("stop")
+        with self.cond:
+            self.cond.notify_all()
+
+    # -- the main thread
+
+    def run(self) -> int:
+        os.makedirs(self.dir, exist_ok=True)
+        for target in (self._leaser, self._heartbeater):
+            threading.Thread(target=target, daemon=True, name=f"dagrun-{target.__name__}").start()
+        try:
+            while not self.stopping.is_set():
+                self._step()
+        except KeyboardInterrupt:
+            self.say("dagrun worker: interrupted; killing its tasks (their leases will expire)")
+            self.exit_code = 130
+        self.stopping.set()
+        self.local.cancel_all(force=self.exit_code != 130)
+        self.local.close()
+        return self.exit_code
+
+    def _step(self) -> None:
+        deadline = self.local.deadline()
+        timeout = min(self.heartbeat, 1.0)
+        if deadline is not None:
+            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+        select.select([self.local.fileno(), self.inbox.fd], [], [], timeout)
+        for kind, item in self.inbox.take():
+            if kind == "job":
+                self._start(item)
+            elif kind == "cancel":
+                self._cancel(item)
+        for outcome in self.local.collect():
+            self._finish(outcome)
+        gone = time.monotonic() - max(c.last_ok for c in self.clients)
+        if gone > self.grace:
+            self._stop(EXIT_GONE, f"the server has not answered for {self.grace:g} s")
+
+    def _start(self, wire: dict[str, Any]) -> None:
+        self.next_id += 1
+        job_id = self.next_id
+        self.wire[job_id] = wire
+        with self.cond:
+            self.leases[str(wire.get("lease"))] = job_id
+            self.cond.notify_all()
+        try:
+            job = self._job(job_id, wire)
+            if wire.get("stage") == "http":
+                self._fetch_inputs(job, wire)
+        except (KeyError, TypeError, ValueError, OSError, HTTPException) as exc:
+            self._report(job_id, Outcome(job_id, None, 0.0, error=f"worker {self.id}: {exc}"))
+            return
+        self.local.submit(job)
+
+    def _job(self, job_id: int, w: dict[str, Any]) -> Job:
+        root = str(w["root"]) if w.get("stage") != "http" else os.path.join(self.dir, "workspace")
+        lease = str(w["lease"])
+        env = {str(k): str(v) for k, v in dict(w["env"]).items()}
+        env["DAGRUN_WORKER"] = self.id
+        timeout = w.get("timeout")
+        return Job(
+            id=job_id,
+            task=str(w["task"]),
+            cmd=str(w["cmd"]),
+            root=root,
+            cwd=str(w["cwd"]),
+            env=env,
+            run_dir=os.path.join(self.dir, "runs", f"{run_dir_name(str(w['task']))}-{lease}"),
+            timeout=float(timeout) if timeout is not None else None,
+            inputs=tuple(map(str, w.get("inputs", ()))),
+            outputs=tuple(map(str, w.get("outputs", ()))),
+            threads=int(w.get("threads", 1)),
+            attempt=int(w.get("attempt", 1)),
+        )
+
+    def _fetch_inputs(self, job: Job, wire: dict[str, Any]) -> None:
+        for path in job.inputs:
+            _confined(path)
+            status, data = self.main.call("GET", self._files(wire, path))
+            if status != 200:
+                raise ValueError(f"cannot fetch input {path}: HTTP {status}")
+            full = job.local_path(path)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            with open(full, "wb") as f:
+                f.write(data)
+
+    def _files(self, wire: dict[str, Any], path: str) -> str:
+        return f"/files?lease={quote(str(wire['lease']))}&path={quote(path)}"
+
+    def _cancel(self, lease: str) -> None:
+        job_id = self.leases.get(lease)
+        if job_id is not None:
+            self.local.cancel(job_id)
+
+    def _finish(self, outcome: Outcome) -> None:
+        wire = self.wire[outcome.job_id]
+        if outcome.ok and wire.get("stage") == "http":
+            problem = self._upload_outputs(wire)
+            if problem is not None:
+                outcome = Outcome(
+                    outcome.job_id,
+                    None,
+                    outcome.duration,
+                    outcome.stdout,
+                    outcome.stderr,
+                    False,
+                    outcome.maxrss_kb,
+                    problem,
+                )
+        self._report(outcome.job_id, outcome)
+
+    def _upload_outputs(self, wire: dict[str, Any]) -> str | None:
+        root = os.path.join(self.dir, "workspace")
+        for path in wire.get("outputs", ()):
+            full = os.path.join(root, _confined(str(path)))
+            try:
+                with open(full, "rb") as f:
+                    data = f.read()
+            except OSError:
+                return f"declared output {path} was not produced"
+            try:
+                status, _ = self.main.call(
+                    "PUT", self._files(wire, path), data, "application/octet-stream"
+                )
+            except (OSError, HTTPException) as exc:
+                return f"cannot upload {path}: {exc}"
+            if status != 200:
+                return f"cannot upload {path}: HTTP {status}"
+        return None
+
+    def _report(self, job_id: int, outcome: Outcome) -> None:
+        wire = self.wire.pop(job_id)
+        lease = str(wire.get("lease"))
+        run_dir = os.path.join(self.dir, "runs", f"{run_dir_name(str(wire.get('task')))}-{lease}")
+        body = {
+            "worker": self.id,
+            "lease": lease,
+            "exit_code": outcome.exit_code,
+            "duration": outcome.duration,
+            "maxrss_kb": outcome.maxrss_kb,
+            "stdout": _cut(outcome.stdout, run_dir, "stdout.txt"),
+            "stderr": _cut(outcome.stderr, run_dir, "stderr.txt"),
+            "timed_out": outcome.timed_out,
+            "error": outcome.error,
+            "run_dir": run_dir,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        try:
+            status, reply = self.main.post("/report", body)
+        except Refused as exc:
+            self._stop(EXIT_REFUSED, str(exc))
+            status, reply = 401, {}
+        except (OSError, HTTPException) as exc:
+            status, reply = 0, {"error": str(exc)}
+        if status == 409:
+            self.say(
+                f"dagrun worker: report for task {wire.get('task')} refused (409): "
+                "its lease expired and the task went to another worker"
+            )
+        elif status != 200:
+            self.say(
+                f"dagrun worker: report for task {wire.get('task')} failed: {status} "
+                f"{reply.get('error', '')}"
+            )
+        with self.cond:
+            self.leases.pop(lease, None)
+            self.free += self._need(wire)
+            self.cond.notify_all()
+
+    def _need(self, wire: dict[str, Any]) -> int:
+        """The slots a job takes here: its threads, at most all of them."""
+        threads = wire.get("threads", 1)
+        return min(threads, self.jobs) if type(threads) is int and threads > 0 else 1
+
+
+def _cut(text: str, run_dir: str, name: str) -> str:
+    if len(text) <= SHOWN:
+        return text
+    return text[:SHOWN] + f"\n[dagrun worker: output cut; all of it is in {run_dir}/{name}]\n"
+
+
+def _confined(path: str) -> str:
+    if not path or path.startswith("/") or ".." in path.split("/"):
+        raise ValueError(f"refusing a path outside the workspace: {path!r}")
+    return path
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def read_token(token_file: str | None) -> str:
+    """The token from ``--token-file`` or DAGRUN_TOKEN; ValueError if neither has one."""
+    if token_file:
+        with open(token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    else:
+        token = os.environ.get("DAGRUN_TOKEN", "").strip()
+    if not token:
+        raise ValueError("no token: give --token-file FILE or set DAGRUN_TOKEN")
+    return token
+
+
+def main(
+    url: str,
+    *,
+    jobs: int,
+    token_file: str | None,
+    cafile: str | None,
+    directory: str | None,
+    grace: float,
+) -> int:
+    """The ``dagrun worker`` command."""
+    from .errors import DagrunError
+
+    try:
+        token = read_token(token_file)
+        worker = Worker(url, token, jobs=jobs, cafile=cafile, directory=directory, grace=grace)
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        raise DagrunError(f"worker: {exc}") from None
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return worker.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
