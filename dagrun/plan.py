@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .graph import BuildGraph
-from .hashing import KeyParts
+from .hashing import MISSING, KeyParts
 
 
 class LogView(Protocol):
@@ -86,7 +86,8 @@ def explain(task: str, new: KeyParts, record: dict[str, Any] | None) -> list[str
         why.append("declared outputs changed")
     why += _dict_changes("input", old.get("inputs", {}), dict(new.inputs), files=True)
     found = _dict_changes("input", old.get("found", {}), dict(new.found), files=True)
-    why += [f"{w} (from depfile)" for w in found]
+    gone = {f"input {p} changed" for p, d in new.found if d == MISSING}
+    why += [f"{w.replace('changed', 'deleted') if w in gone else w} (from depfile)" for w in found]
     why += _dict_changes("dependency", old.get("upstream", {}), dict(new.upstream), files=True)
     return why or ["key changed"]
 

@@ -295,6 +295,7 @@ class Scheduler:
         self.lost = [0] * n
         self.backoff: list[tuple[float, int]] = []  # (due on the clock, task): retries waiting
         self.status: dict[int, TaskState] = {}
+        self.cut_off: list[int] = []  # found up to date when ready (early cutoff), not yet counted
         self.blocked_by: dict[int, str] = {}
         self.order: list[str] = []
         self.failures = 0
@@ -546,6 +547,7 @@ class Scheduler:
                 cores=run.lease.cores if run.lease is not None else (),
             )
         )
+        self._drain_cut_off()
 
     def _succeeded(self, i: int, state: TaskState = TaskState.SUCCEEDED) -> None:
         self.status[i] = state
@@ -560,11 +562,18 @@ class Scheduler:
         ask = self.hooks.still_needed
         if ask is None or ask(j):
             self._ready(j)
-            return
-        spec = self.graph.specs[j]
-        self.done += 1
-        self.reporter.handle(TaskCutOff(spec.name, spec.label, self.done, len(self.plan.to_run)))
-        self._succeeded(j, TaskState.UP_TO_DATE)
+        else:
+            self.cut_off.append(j)  # reported after the task that released it
+
+    def _drain_cut_off(self) -> None:
+        """Count the tasks found up to date when they became ready, and release their dependents."""
+        while self.cut_off:
+            j = self.cut_off.pop()
+            spec = self.graph.specs[j]
+            self.done += 1
+            total = len(self.plan.to_run)
+            self.reporter.handle(TaskCutOff(spec.name, spec.label, self.done, total))
+            self._succeeded(j, TaskState.UP_TO_DATE)
 
     def _failed(self, i: int) -> None:
         self.status[i] = TaskState.FAILED
