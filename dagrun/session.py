@@ -364,6 +364,8 @@ class Session:
             leases = CoreLeases(prep.pool)
             jobs = min(jobs, len(prep.pool.cores))  # no more tasks than cores: none waits in vain
         executor = self._executor(graph, prep.plan, prep.pool)
+        if executor.name != "local" and self.executor_factory is None:
+            jobs = executor.slots  # BRIDGE (issue 11): a remote executor's own limit
         if self.wrap_executor is not None:
             executor = self.wrap_executor(executor, graph, prep.plan)
         from .pool_status import SNAPSHOT, SnapshotExecutor
@@ -401,6 +403,9 @@ class Session:
             executor.close()
 
     def _executor(self, graph: BuildGraph, plan: Plan, pool: CorePool | None = None) -> Executor:
+        bridged = self._one_dask_executor(graph, plan)
+        if bridged is not None:
+            return bridged
         for i in plan.to_run:
             name = graph.specs[i].executor
             spec = graph.manifest.executors.get(name)
@@ -417,6 +422,24 @@ class Session:
         numactl = find_numactl() if pool is not None else None  # else sched_setaffinity pins
         grace = float(opts.get("grace_period", 3.0))
         return LocalExecutor(grace=grace, numactl=numactl, environ=self.environ)
+
+    def _one_dask_executor(self, graph: BuildGraph, plan: Plan) -> Executor | None:
+        """BRIDGE (issue 11) until the many-executor scheduler lands: a plan whose every task
+        uses one dask executor runs on it alone, within its slots.  Remove when merging."""
+        names = {graph.specs[i].executor for i in plan.to_run}
+        spec = graph.manifest.executors.get(names.pop()) if len(names) == 1 else None
+        if spec is None or spec.type != "dask" or self.executor_factory is not None:
+            return None
+        from . import executors
+
+        context = executors.Context(self.root, self.state_dir, self.environ, default_jobs())
+        executor = executors.create("dask", spec.name, spec.options, context)
+        try:
+            executor.start()
+        except BaseException:
+            executor.close()
+            raise
+        return executor
 
     def executor_pools(self) -> list[Any]:
         """Each executor's pool (``dagrun status --executors``), live while a build runs."""
