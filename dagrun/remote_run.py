@@ -139,14 +139,21 @@ def kill_jobs(
     return found
 
 
-def kill_all(token: str) -> int:
-    """SIGKILL every marked group of one build on this machine (its end); how many."""
+def kill_all(token: str, forget: bool = False) -> int:
+    """SIGKILL every marked group of one build on this machine (its end); how many.
+    ``forget``: then remove the build's marker folder."""
+    folder = marker_dir(token)
     try:
-        names = os.listdir(marker_dir(token))
+        names = os.listdir(folder)
     except OSError:
         return 0
     ids = [int(n[: -len(".pgid")]) for n in names if n.endswith(".pgid")]
-    return len(kill_jobs(token, ids, force=True))
+    killed = kill_jobs(token, ids, force=True)
+    if forget:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(killed)
 
 
 def _kill_marked(base: str, sig: int) -> bool:
@@ -162,13 +169,6 @@ def _kill_marked(base: str, sig: int) -> bool:
         _killpg(pgid, signal.SIGINT)  # like the local executor: SIGINT and SIGTERM
     _killpg(pgid, sig)
     return True
-
-
-def forget(token: str) -> None:
-    """Remove one build's marker folder (at the end of the build)."""
-    import shutil
-
-    shutil.rmtree(marker_dir(token), ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

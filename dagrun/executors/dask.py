@@ -36,10 +36,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from .. import remote_run
@@ -50,6 +52,7 @@ from .threaded import ThreadedExecutor
 INSTALL_HINT = "pip install 'dagrun[dask]'"
 MAX_LOST = 3  # submissions of one job whose worker died, before the job fails
 CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler
+KILL_WAIT = 5.0  # seconds to wait for the workers to kill a job's command
 
 
 class DaskExecutor(ThreadedExecutor):
@@ -151,7 +154,7 @@ class DaskExecutor(ThreadedExecutor):
         config: dict[str, Any] = {"distributed.scheduler.allowed-failures": 0}
         if "DASK_TEMPORARY_DIRECTORY" not in self.environ:
             config["temporary-directory"] = scratch
-        with dask.config.set(config):
+        with dask.config.set(config), _sigint_ignored():
             if self.cluster_kind == "local":
                 return self._local_cluster(distributed, scratch)
             return self._class_cluster()
@@ -163,7 +166,7 @@ class DaskExecutor(ThreadedExecutor):
                 threads_per_worker=self.threads_per_worker,
                 processes=True,
                 dashboard_address=None,
-                silence_logs=logging.ERROR,
+                silence_logs=logging.CRITICAL,
                 local_directory=scratch,
                 resources={"threads": self.threads_per_worker},
             )
@@ -194,11 +197,8 @@ class DaskExecutor(ThreadedExecutor):
     def close(self) -> None:
         super().close()
         if self.client is not None:
-            try:  # a last sweep: no command of this build outlives it on any worker
-                self.client.run(remote_run.kill_all, self.token, wait=True)
-                self.client.run(remote_run.forget, self.token, wait=True)
-            except Exception:  # noqa: BLE001, S110 - the workers may be gone already
-                pass
+            if self.cluster_kind != "local":  # a last sweep: no command outlives the build
+                self._on_workers(remote_run.kill_all, self.token, True)
             self.client.close()
             self.client = None
         self._close_cluster()
@@ -207,9 +207,7 @@ class DaskExecutor(ThreadedExecutor):
         if self.cluster is not None:
             self.cluster.close()
             self.cluster = None
-        if self.cluster_kind == "local" or self.cluster_kind is None:
-            remote_run.kill_all(self.token)  # this machine's workers may have died first
-            remote_run.forget(self.token)
+        remote_run.kill_all(self.token, True)  # this machine's (a LocalCluster's, say)
 
     # -- running
 
@@ -224,6 +222,8 @@ class DaskExecutor(ThreadedExecutor):
         args = (self.token, job.id, job.cmd, job.local_cwd, env, not self.env_inherit,
                 job.timeout, self.grace)
         for _ in range(MAX_LOST):
+            if cancel.is_set():
+                break
             future = self.client.submit(
                 remote_run.run_command, *args, pure=False, retries=0,
                 key=f"dagrun-{job.task}-{job.id}-{uuid.uuid4().hex[:8]}",
@@ -234,7 +234,9 @@ class DaskExecutor(ThreadedExecutor):
                 self._write_output(job, outcome)
                 return outcome
             # the worker died: kill the orphaned command wherever it still runs, then again
-            self._kill([job.id], force=True, cancel=False)
+            self._kill([job.id], force=True, cancel=cancel.is_set())
+        if cancel.is_set():
+            return Outcome(job.id, None, 0.0, error="cancelled")
         return Outcome(job.id, None, 0.0, error=f"its Dask worker died {MAX_LOST} times")
 
     def _await(self, job: Job, future: Any, cancel: threading.Event) -> Outcome | None:
@@ -277,12 +279,25 @@ class DaskExecutor(ThreadedExecutor):
         )
 
     def _kill(self, job_ids: list[int], *, force: bool, cancel: bool) -> None:
-        try:
-            self.client.run(remote_run.kill_jobs, self.token, job_ids, force, cancel)
-        except Exception:  # noqa: BLE001, S110 - a worker gone meanwhile: nothing left to kill
-            pass
-        if self.cluster_kind == "local":  # the same machine: also reach a dead worker's orphans
-            remote_run.kill_jobs(self.token, job_ids, force, cancel)
+        if self.cluster_kind == "local":  # its workers are on this machine: no round trip, and
+            remote_run.kill_jobs(self.token, job_ids, force, cancel)  # a dead worker's orphans too
+            return
+        self._on_workers(remote_run.kill_jobs, self.token, job_ids, force, cancel)
+
+    def _on_workers(self, function: Any, *args: Any) -> None:
+        """``function(*args)`` on every worker, waiting at most KILL_WAIT seconds (a worker that
+        just died makes the scheduler wait for its connect timeout)."""
+        client = self.client
+
+        def call() -> None:
+            try:
+                client.run(function, *args, on_error="ignore")
+            except Exception:  # noqa: BLE001, S110 - the workers or the scheduler are gone
+                pass
+
+        thread = threading.Thread(target=call, name=f"dagrun-{self.name}-kill", daemon=True)
+        thread.start()
+        thread.join(KILL_WAIT)
 
     # -- worker resources
 
@@ -354,6 +369,20 @@ class DaskExecutor(ThreadedExecutor):
         }
         self._described = (now, data)
         return dict(data)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while worker processes start, so they inherit that: a terminal's Ctrl-C
+    reaches dagrun's whole process group, and must stop the build, not kill the workers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _import_distributed(name: str) -> Any:
