@@ -317,6 +317,7 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
         "threads_per_worker": _int(1),
         "grace_period": _number_positive,
         "env_inherit": _bool,
+        "connect_timeout": _number_positive,
     },
 }
 

@@ -116,6 +116,7 @@ class DaskExecutor(ThreadedExecutor):
             env_inherit=bool(options.get("env_inherit", False)),
             environ=context.environ,
             state_dir=context.state_dir,
+            connect_timeout=float(options.get("connect_timeout", CONNECT_TIMEOUT)),
         )
 
     # -- starting and stopping

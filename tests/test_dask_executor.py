@@ -1,0 +1,284 @@
+"""The dask executor on a real LocalCluster: DAGs, failures, timeouts, lost workers, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from dask_cluster import dask_executor_factory, worker_pids
+from realproc import DEADLINE, assert_groups_gone, logged_tasks, wait_for
+
+from dagrun.executors import Job
+
+pytest.importorskip("distributed")
+pytestmark = [pytest.mark.dask, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def on_cluster(address: str, tasks: str, extra: str = "") -> str:
+    return f'[executors.cluster]\ntype = "dask"\nscheduler = "{address}"\n{extra}\n{tasks}'
+
+
+DAG = """
+[env]
+GREETING = "hello"
+
+[tasks.gen]
+cmd = 'echo "$GREETING $DAGRUN_TASK" > gen.out; echo $PPID > gen.ppid'
+outputs = ["gen.out"]
+executor = "cluster"
+
+[tasks.twice]
+cmd = "cat ../gen.out ../gen.out > twice.out; pwd > where"
+cwd = "sub"
+inputs = ["../gen.out"]
+outputs = ["twice.out"]
+executor = "cluster"
+
+[tasks.top]
+cmd = "cat gen.out sub/twice.out > top.out; echo key=$DAGRUN_KEY"
+inputs = ["gen.out", "sub/twice.out"]
+outputs = ["top.out"]
+executor = "cluster"
+"""
+
+
+def test_a_dag_runs_on_the_cluster_workers_and_is_logged_once(project, dask_scheduler):
+    project.write("sub/.keep", "")
+    project.manifest(on_cluster(dask_scheduler, DAG))
+    r = project.run("build")
+    assert r.code == 0, r.out + r.err
+    assert project.read("top.out") == "hello gen\n" * 3
+    assert project.read("sub/where").strip() == str(project.root / "sub")
+    assert int(project.read("gen.ppid")) in worker_pids(dask_scheduler)  # ran on a worker
+    assert logged_tasks(project.root) == ["gen", "twice", "top"]
+    runs = project.root / ".dagrun" / "runs" / "top"
+    assert (runs / "stdout.txt").read_text().startswith("key=")
+    assert "# executor: cluster (dask" in (runs / "command.txt").read_text()
+    again = project.run("build")
+    assert again.code == 0
+    assert "no work to do (3 up to date)" in again.out
+
+
+def test_a_failing_task_shows_its_exit_status_and_output(project, dask_scheduler):
+    project.manifest(on_cluster(dask_scheduler, """
+[tasks.bad]
+cmd = "echo to-stdout; echo to-stderr >&2; exit 1"
+executor = "cluster"
+
+[tasks.after]
+cmd = "touch after"
+deps = ["bad"]
+executor = "cluster"
+"""))
+    r = project.run("build")
+    assert r.code == 1
+    assert "FAILED: [code=1] bad" in r.out
+    assert "to-stdout" in r.out + r.err and "to-stderr" in r.out + r.err
+    assert not (project.root / "after").exists()
+    assert logged_tasks(project.root) == []
+    assert (project.root / ".dagrun/runs/bad/stderr.txt").read_text() == "to-stderr\n"
+
+
+def test_a_timeout_kills_the_whole_process_group_on_the_worker(project, dask_scheduler):
+    project.manifest(on_cluster(dask_scheduler, """
+[tasks.slow]
+cmd = "echo $$ > group; sleep 60 & sleep 60"
+timeout = 1
+executor = "cluster"
+""", "grace_period = 0.5"))
+    r = project.run("build")
+    assert r.code == 1
+    assert "slow timed out after" in r.out + r.err
+    assert_groups_gone({int(project.read("group"))})
+
+
+def test_a_task_asking_more_threads_than_any_worker_has_fails_clearly(project, dask_scheduler):
+    project.manifest(on_cluster(dask_scheduler, """
+[tasks.wide]
+cmd = "true"
+threads = 2
+executor = "cluster"
+"""))
+    r = project.run("build")
+    assert r.code == 1
+    assert "needs 2 threads; the largest worker of executor 'cluster' offers 1" in r.out + r.err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_unreachable_scheduler_stops_the_build_before_anything_runs(project):
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    project.manifest(on_cluster(address, """
+[tasks.a]
+cmd = "touch ran"
+executor = "cluster"
+""", "connect_timeout = 0.5"))
+    r = project.run("build")
+    assert r.code == 2
+    assert f"executor 'cluster': cannot reach the Dask scheduler at {address}" in r.err
+    assert "Traceback" not in r.err
+    assert not (project.root / "ran").exists()
+
+
+def test_without_dask_the_error_says_what_to_install(tmp_path):
+    (tmp_path / "dagrun.toml").write_text(on_cluster("tcp://127.0.0.1:1", """
+[tasks.a]
+cmd = "true"
+executor = "cluster"
+"""))
+    code = ("import sys; sys.modules['distributed'] = None; sys.modules['dask'] = None\n"
+            "from dagrun.entry import main; sys.exit(main(['build']))")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=DEADLINE)
+    assert p.returncode == 2, p.stderr
+    assert "executor 'cluster' (type dask) needs dask.distributed: pip install 'dagrun[dask]'" in (
+        p.stderr
+    )
+    assert "Traceback" not in p.stderr
+
+
+# -- the executor itself: cancel, describe (the protocol, on the shared cluster)
+
+
+def _job(tmp_path: Path, job_id: int, cmd: str, **kw: object) -> Job:
+    return Job(job_id, f"t{job_id}", cmd, str(tmp_path), ".", {"DAGRUN_TASK": f"t{job_id}"},
+               str(tmp_path / ".dagrun" / "runs" / f"t{job_id}"), **kw)  # type: ignore[arg-type]
+
+
+def test_cancel_kills_the_jobs_process_group_on_its_worker(tmp_path, dask_scheduler):
+    ex = dask_executor_factory(tmp_path)
+    ex.start()
+    try:
+        ex.submit(_job(tmp_path, 1, "echo $$ > group; sleep 60 & sleep 60"))
+        wait_for(lambda: (tmp_path / "group").exists() and (tmp_path / "group").read_text(),
+                 "the job started")
+        group = int((tmp_path / "group").read_text())
+        ex.cancel(1)
+        outcomes = ex.wait(timeout=DEADLINE)
+        assert [o.job_id for o in outcomes] == [1]
+        assert not outcomes[0].ok and not outcomes[0].lost
+        assert_groups_gone({group})
+    finally:
+        ex.close()
+
+
+def test_describe_shows_the_cluster(tmp_path, dask_scheduler):
+    ex = dask_executor_factory(tmp_path)
+    ex.start()
+    try:
+        d = ex.describe()
+        assert d == {"type": "dask", "address": dask_scheduler, "cluster": "external",
+                     "workers": 2, "threads": 2, "running": 0, "slots": 2}
+    finally:
+        ex.close()
+
+
+# -- a LocalCluster that dagrun starts itself (the CLI as a process)
+
+LOCAL = """
+[executors.cluster]
+type = "dask"
+cluster = "local"
+workers = 2
+grace_period = 1
+"""
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    return psutil.Process(pid).children(recursive=True)
+
+
+def test_a_worker_killed_mid_task_reruns_it_and_logs_it_once(dagrun_proc):
+    root = dagrun_proc.root
+    dagrun_proc.manifest(LOCAL + """
+[tasks.slow]
+cmd = '''echo $$ >> attempts
+if [ -e started ]; then echo second > slow.out; else touch started; echo $$ > pids/slow; sleep 60; fi'''
+outputs = ["slow.out"]
+executor = "cluster"
+
+[tasks.after]
+cmd = "cat slow.out > after.out"
+inputs = ["slow.out"]
+outputs = ["after.out"]
+executor = "cluster"
+""")
+    p = dagrun_proc.start("build")
+    first = dagrun_proc.task_pid("slow")
+    worker = psutil.Process(first).ppid()
+    assert worker in {c.pid for c in _children(p.pid)}
+    os.kill(worker, signal.SIGKILL)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, out + err
+    assert (root / "after.out").read_text() == "second\n"
+    assert len((root / "attempts").read_text().split()) == 2
+    assert logged_tasks(root) == ["slow", "after"]
+    assert out.count("] slow") == 1  # reported once too
+    assert_groups_gone({first})  # the orphaned first attempt was killed
+
+
+def test_ctrl_c_kills_the_cluster_work_and_stops_the_cluster(dagrun_proc):
+    dagrun_proc.manifest(LOCAL + """
+[tasks.a]
+cmd = "echo $$ > pids/a; sleep 60"
+executor = "cluster"
+
+[tasks.b]
+cmd = "echo $$ > pids/b; sleep 60"
+executor = "cluster"
+""")
+    p = dagrun_proc.start("build")
+    groups = {dagrun_proc.task_pid("a"), dagrun_proc.task_pid("b")}
+    time.sleep(0.2)
+    workers = [c for c in _children(p.pid) if c.pid not in groups]
+    assert len(workers) >= 2
+    os.killpg(p.pid, signal.SIGINT)  # as a terminal's Ctrl-C: dagrun and its workers
+    out, err = p.communicate(timeout=DEADLINE)
+    assert p.returncode == 130, out + err
+    assert "Traceback" not in err
+    assert "interrupted" in out
+    assert_groups_gone(groups)
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert alive == []
+    assert logged_tasks(dagrun_proc.root) == []
+
+
+@pytest.mark.skip(reason="needs the many-executor scheduler (helper H3): the lead unskips this "
+                  "when merging it; today's bridge runs a plan on one dask executor only")
+def test_a_dag_mixing_local_and_dask_tasks(project, dask_scheduler):
+    project.manifest(on_cluster(dask_scheduler, """
+[tasks.here]
+cmd = "echo local $PPID > here.out"
+outputs = ["here.out"]
+
+[tasks.there]
+cmd = "cat here.out > there.out; echo $PPID >> there.out"
+inputs = ["here.out"]
+outputs = ["there.out"]
+executor = "cluster"
+
+[tasks.back]
+cmd = "cat there.out > back.out"
+inputs = ["there.out"]
+outputs = ["back.out"]
+"""))
+    r = project.run("build")
+    assert r.code == 0, r.out + r.err
+    lines = project.read("back.out").split()
+    assert lines[0] == "local" and int(lines[1]) == os.getpid()
+    assert int(lines[2]) in worker_pids(dask_scheduler)
+    assert logged_tasks(project.root) == ["here", "there", "back"]
