@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from realproc import DagrunProcs, dagrun_procs
 from dask_cluster import dask_scheduler  # noqa: F401  (a session fixture: a real LocalCluster)
+from realproc import DagrunProcs, dagrun_procs
 from slurm import slurm_cluster  # noqa: F401  (a session fixture: a real single-node Slurm)
 
 from dagrun.clock import FakeClock

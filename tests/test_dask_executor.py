@@ -207,7 +207,8 @@ def test_a_worker_killed_mid_task_reruns_it_and_logs_it_once(dagrun_proc):
     dagrun_proc.manifest(LOCAL + """
 [tasks.slow]
 cmd = '''echo $$ >> attempts
-if [ -e started ]; then echo second > slow.out; else touch started; echo $$ > pids/slow; sleep 60; fi'''
+if [ -e started ]; then echo second > slow.out
+else touch started; echo $$ > pids/slow; sleep 60; fi'''
 outputs = ["slow.out"]
 executor = "cluster"
 
