@@ -46,6 +46,7 @@ class ExecutorPool:
     running: tuple[RunningJob, ...]
     slots: int | None  # the running build's job limit, else max_jobs
     build_pid: int | None  # the build the live figures come from
+    cluster: dict[str, Any] | None = None  # a cluster executor's describe() (workers, ...)
 
 
 class SnapshotExecutor:
@@ -126,6 +127,9 @@ class SnapshotExecutor:
             "running": [[j.task, j.executor, list(j.cores)] for j in self.jobs_running.values()],
             "free": None,
         }
+        describe = getattr(self.inner, "describe", None)  # cluster executors (dask)
+        if describe is not None:
+            data["clusters"] = {self.inner.name: describe()}
         if self.leases is not None:
             stats = self.leases.statistics()
             data["free"] = {str(u.node): list(u.free) for u in stats.nodes}
@@ -177,7 +181,12 @@ def executor_pools(
         slots = snapshot.get("jobs") if snapshot and name == "local" else spec.max_jobs
         pid = snapshot.get("pid") if snapshot else None
         if spec.type != "local":
-            out.append(ExecutorPool(name, spec.type, None, None, None, (), mine, slots, pid))
+            cluster = ((snapshot or {}).get("clusters") or {}).get(name)
+            if cluster is not None:
+                slots = cluster.get("slots", slots)
+            out.append(
+                ExecutorPool(name, spec.type, None, None, None, (), mine, slots, pid, cluster)
+            )
             continue
         nodes: tuple[NodeUsage, ...] = ()
         configured = free = None

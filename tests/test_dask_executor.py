@@ -283,3 +283,25 @@ outputs = ["back.out"]
     assert lines[0] == "local" and int(lines[1]) == os.getpid()
     assert int(lines[2]) in worker_pids(dask_scheduler)
     assert logged_tasks(project.root) == ["here", "there", "back"]
+
+
+def test_status_shows_the_cluster_while_a_build_uses_it(dagrun_proc, dask_scheduler):
+    root = dagrun_proc.root
+    dagrun_proc.manifest(on_cluster(dask_scheduler, """
+[tasks.hold]
+cmd = "echo $$ > pids/hold; while [ ! -e release ]; do sleep 0.05; done"
+executor = "cluster"
+"""))
+    p = dagrun_proc.start("build")
+    dagrun_proc.task_pid("hold")
+    wait_for(lambda: (root / ".dagrun" / "executors.json").exists(), "the status snapshot")
+    code, out, err = dagrun_proc.run("status", "--executors")
+    (root / "release").touch()
+    assert p.communicate(timeout=DEADLINE)[0] and p.returncode == 0
+    assert code == 0, err
+    block = out[out.index("cluster (dask)"):]
+    assert block.startswith(
+        f"cluster (dask)\n  cluster       external at {dask_scheduler}\n"
+        "  workers       2 (2 threads)\n  running jobs  1 of 2 slots (build pid "
+    ), block
+    assert "\n    hold " in block
