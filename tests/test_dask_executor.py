@@ -305,3 +305,16 @@ executor = "cluster"
         "  workers       2 (2 threads)\n  running jobs  1 of 2 slots (build pid "
     ), block
     assert "\n    hold " in block
+
+
+def test_the_dask_example_runs_from_a_clean_copy(tmp_path):
+    import shutil
+
+    copy = tmp_path / "dask"
+    shutil.copytree(REPO / "examples" / "dask", copy, ignore=shutil.ignore_patterns("build"))
+    p = subprocess.run([sys.executable, "-m", "dagrun", "--progress", "plain", "-C", str(copy),
+                        "build"], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "7837 primes in 4 ranges, found by " in p.stdout
+    assert (copy / "build" / "summary.txt").exists()
