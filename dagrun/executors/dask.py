@@ -75,6 +75,7 @@ class DaskExecutor(ThreadedExecutor):
         environ: Mapping[str, str] | None = None,
         state_dir: str | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
+        default_slots: int = 1,
     ) -> None:
         if (scheduler is None) == (cluster is None):
             raise ExecutorError(f"executor '{name}': give exactly one of 'scheduler' and 'cluster'")
@@ -91,6 +92,7 @@ class DaskExecutor(ThreadedExecutor):
         self.environ = dict(os.environ if environ is None else environ)
         self.state_dir = state_dir
         self.connect_timeout = connect_timeout
+        self.default_slots = default_slots  # when max_jobs is unset and no worker is up yet
         self.token = uuid.uuid4().hex  # names this build's markers on the workers
         self.client: Any = None
         self.cluster: Any = None
@@ -117,6 +119,7 @@ class DaskExecutor(ThreadedExecutor):
             environ=context.environ,
             state_dir=context.state_dir,
             connect_timeout=float(options.get("connect_timeout", CONNECT_TIMEOUT)),
+            default_slots=context.jobs,
         )
 
     # -- starting and stopping
@@ -133,7 +136,7 @@ class DaskExecutor(ThreadedExecutor):
             self.address = str(self.cluster.scheduler_address)
             self.client = self._connect(distributed, self.cluster)
         if self.max_jobs is None and self.cluster_kind != "local":
-            self.slots = max(1, self._info()[1])  # the threads of the workers up now
+            self.slots = self._info()[1] or self.default_slots  # the threads of the workers up
 
     def _connect(self, distributed: Any, target: Any) -> Any:
         try:
