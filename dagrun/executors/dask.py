@@ -52,6 +52,7 @@ from .threaded import ThreadedExecutor
 INSTALL_HINT = "pip install 'dagrun[dask]'"
 MAX_LOST = 3  # submissions of one job whose worker died, before the job fails
 CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler
+WORKERS_AGE = 2.0  # seconds a look at the scheduler's workers stays good
 KILL_WAIT = 5.0  # seconds to wait for the workers to kill a job's command
 
 
@@ -100,6 +101,7 @@ class DaskExecutor(ThreadedExecutor):
         self.use_resources: bool | None = True if cluster == "local" else None
         self._lock = threading.Lock()
         self._described: tuple[float, dict[str, Any]] | None = None
+        self._workers_seen: tuple[float, list[dict[str, Any]]] | None = None
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> DaskExecutor:
@@ -307,12 +309,11 @@ class DaskExecutor(ThreadedExecutor):
 
     def _resources(self) -> bool:
         """Whether jobs ask for the ``threads`` resource (decided once workers are known)."""
-        with self._lock:
-            if self.use_resources is None:
-                workers = self._workers()
-                if workers:
-                    self.use_resources = any("threads" in w.get("resources", {}) for w in workers)
-            return bool(self.use_resources)
+        if self.use_resources is None:
+            workers = self._workers()
+            if workers:
+                self.use_resources = any("threads" in w.get("resources", {}) for w in workers)
+        return bool(self.use_resources)
 
     def _too_big(self, job: Job) -> str | None:
         offered = [int(w.get("resources", {}).get("threads", 0)) for w in self._workers()]
@@ -324,8 +325,17 @@ class DaskExecutor(ThreadedExecutor):
         )
 
     def _workers(self) -> list[dict[str, Any]]:
+        """The workers' descriptions, asked of the scheduler at most every WORKERS_AGE seconds."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._workers_seen
+            if seen is not None and now - seen[0] < WORKERS_AGE:
+                return seen[1]
         info = self.client.scheduler_info(n_workers=-1)
-        return list(info.get("workers", {}).values())
+        workers = list(info.get("workers", {}).values())
+        with self._lock:
+            self._workers_seen = (now, workers)
+        return workers
 
     def _info(self) -> tuple[int, int]:
         workers = self._workers()
