@@ -30,6 +30,16 @@ MAX_OUTPUT = 1 << 20  # bytes of a stream sent back; a longer one is cut
 POLL = 0.2  # seconds between looks for a cancel file while a command runs
 
 
+def dask_setup(worker: Any) -> None:
+    """Dask preload hook for the LocalCluster dagrun starts: the worker leaves dagrun's process
+    group, so a terminal's Ctrl-C stops the build (which then closes the cluster in order)
+    instead of killing the workers under their running commands."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+
+
 def marker_dir(token: str) -> str:
     """This machine's folder for one build's markers (``token`` names the build)."""
     return os.path.join(tempfile.gettempdir(), f"dagrun-dask-{os.getuid()}", token)

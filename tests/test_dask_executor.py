@@ -235,7 +235,7 @@ executor = "cluster"
 def test_ctrl_c_kills_the_cluster_work_and_stops_the_cluster(dagrun_proc):
     dagrun_proc.manifest(LOCAL + """
 [tasks.a]
-cmd = "echo $$ > pids/a; sleep 60"
+cmd = "grep SigIgn /proc/$$/status > a.sig; echo $$ > pids/a; sleep 60"
 executor = "cluster"
 
 [tasks.b]
@@ -247,6 +247,8 @@ executor = "cluster"
     time.sleep(0.2)
     workers = [c for c in _children(p.pid) if c.pid not in groups]
     assert len(workers) >= 2
+    ignored = int((dagrun_proc.root / "a.sig").read_text().split()[1], 16)
+    assert not ignored & (1 << (signal.SIGINT - 1))  # tasks get SIGINT as they would locally
     os.killpg(p.pid, signal.SIGINT)  # as a terminal's Ctrl-C: dagrun and its workers
     out, err = p.communicate(timeout=DEADLINE)
     assert p.returncode == 130, out + err

@@ -36,12 +36,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 from .. import remote_run
@@ -160,7 +158,7 @@ class DaskExecutor(ThreadedExecutor):
         config: dict[str, Any] = {"distributed.scheduler.allowed-failures": 0}
         if "DASK_TEMPORARY_DIRECTORY" not in self.environ:
             config["temporary-directory"] = scratch
-        with dask.config.set(config), _sigint_ignored():
+        with dask.config.set(config):
             if self.cluster_kind == "local":
                 return self._local_cluster(distributed, scratch)
             return self._class_cluster()
@@ -175,6 +173,7 @@ class DaskExecutor(ThreadedExecutor):
                 silence_logs=logging.CRITICAL,
                 local_directory=scratch,
                 resources={"threads": self.threads_per_worker},
+                preload=["dagrun.remote_run"],  # its dask_setup: out of the terminal's group
             )
         except Exception as exc:  # noqa: BLE001 - any failure to start is the executor's error
             message = f"executor '{self.name}': cannot start a LocalCluster: {exc}"
@@ -256,10 +255,12 @@ class DaskExecutor(ThreadedExecutor):
         return self._result(job, future, time.monotonic() - started)
 
     def _stop(self, job: Job, future: Any, done: threading.Event, started: float) -> Outcome:
-        self._kill([job.id], force=self.force.is_set(), cancel=True)
+        forced = self.force.is_set()
+        self._kill([job.id], force=forced, cancel=True)
         end = time.monotonic() + self.grace + 2.0
         while not done.wait(0.05) and time.monotonic() < end:
-            if self.force.is_set():
+            if self.force.is_set() and not forced:  # a second Ctrl-C: no more grace
+                forced = True
                 self._kill([job.id], force=True, cancel=True)
         if done.is_set():
             outcome = self._result(job, future, time.monotonic() - started)
@@ -383,20 +384,6 @@ class DaskExecutor(ThreadedExecutor):
         }
         self._described = (now, data)
         return dict(data)
-
-
-@contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored while worker processes start, so they inherit that: a terminal's Ctrl-C
-    reaches dagrun's whole process group, and must stop the build, not kill the workers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
 
 
 def _import_distributed(name: str) -> Any:
