@@ -151,6 +151,23 @@ executor = "cluster"
     assert "Traceback" not in p.stderr
 
 
+def test_a_cluster_class_that_cannot_be_imported_is_a_clear_error(project):
+    project.manifest("""
+[executors.hpc]
+type = "dask"
+cluster = "dask_nowhere.FarCluster"
+
+[tasks.a]
+cmd = "touch ran"
+executor = "hpc"
+""")
+    r = project.run("build")
+    assert r.code == 2
+    assert ("executor 'hpc': cannot import cluster class 'dask_nowhere.FarCluster': "
+            "No module named 'dask_nowhere'") in r.err
+    assert not (project.root / "ran").exists()
+
+
 # -- the executor itself: cancel, describe (the protocol, on the shared cluster)
 
 

@@ -184,8 +184,10 @@ class DaskExecutor(ThreadedExecutor):
         try:
             cls = getattr(importlib.import_module(module), cls_name)
         except (ImportError, AttributeError, ValueError) as exc:
+            hint = f" ({INSTALL_HINT} brings dask-jobqueue)" if module == "dask_jobqueue" else ""
             raise ExecutorError(
-                f"executor '{self.name}': cannot import cluster class {self.cluster_kind!r}: {exc}"
+                f"executor '{self.name}': cannot import cluster class {self.cluster_kind!r}: "
+                f"{exc}{hint}"
             ) from None
         try:
             cluster = cls(**self.options)
