@@ -337,3 +337,29 @@ def test_the_dask_example_runs_from_a_clean_copy(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "7837 primes in 4 ranges, found by " in p.stdout
     assert (copy / "build" / "summary.txt").exists()
+
+
+def test_a_worker_of_an_external_cluster_killed_mid_task(dagrun_proc, dask_scheduler):
+    """The same through the scheduler's address: the orphan is killed via the other worker."""
+    from distributed import Client
+
+    root = dagrun_proc.root
+    dagrun_proc.manifest(on_cluster(dask_scheduler, """
+[tasks.slow]
+cmd = '''echo $$ >> attempts
+if [ -e started ]; then echo second > slow.out
+else touch started; echo $$ > pids/slow; sleep 60; fi'''
+outputs = ["slow.out"]
+executor = "cluster"
+"""))
+    p = dagrun_proc.start("build")
+    first = dagrun_proc.task_pid("slow")
+    os.kill(psutil.Process(first).ppid(), signal.SIGKILL)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, out + err
+    assert (root / "slow.out").read_text() == "second\n"
+    assert len((root / "attempts").read_text().split()) == 2
+    assert logged_tasks(root) == ["slow"]
+    assert_groups_gone({first})
+    with Client(dask_scheduler, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=30)  # the nanny restarted it, for the tests after
