@@ -133,6 +133,18 @@ executor = "cluster"
     assert not (project.root / "ran").exists()
 
 
+def test_a_malformed_scheduler_address_is_a_clear_error(project):
+    project.manifest(on_cluster("tcp://nohost", """
+[tasks.a]
+cmd = "touch ran"
+executor = "cluster"
+"""))
+    r = project.run("build")
+    assert r.code == 2
+    assert "executor 'cluster': bad Dask scheduler address 'tcp://nohost': missing port" in r.err
+    assert not (project.root / "ran").exists()
+
+
 def test_without_dask_the_error_says_what_to_install(tmp_path):
     (tmp_path / "dagrun.toml").write_text(on_cluster("tcp://127.0.0.1:1", """
 [tasks.a]

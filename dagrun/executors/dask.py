@@ -130,6 +130,7 @@ class DaskExecutor(ThreadedExecutor):
             return
         distributed = _import_distributed(self.name)
         if self.scheduler is not None:
+            self._check_address(self.scheduler)
             self.client = self._connect(distributed, self.scheduler)
         else:
             self.cluster = self._make_cluster(distributed)
@@ -137,6 +138,17 @@ class DaskExecutor(ThreadedExecutor):
             self.client = self._connect(distributed, self.cluster)
         if self.max_jobs is None and self.cluster_kind != "local":
             self.slots = self._info()[1] or self.default_slots  # the threads of the workers up
+
+    def _check_address(self, address: str) -> None:
+        """A malformed address is an error before any Client exists (a half-made one complains
+        when it is collected)."""
+        from distributed.comm import resolve_address
+
+        try:
+            resolve_address(address)
+        except (ValueError, OSError) as exc:
+            message = f"executor '{self.name}': bad Dask scheduler address {address!r}: {exc}"
+            raise ExecutorError(message) from None
 
     def _connect(self, distributed: Any, target: Any) -> Any:
         try:
@@ -189,6 +201,7 @@ class DaskExecutor(ThreadedExecutor):
                 f"executor '{self.name}': cannot import cluster class {self.cluster_kind!r}: "
                 f"{exc}{hint}"
             ) from None
+        cluster = None
         try:
             cluster = cls(**self.options)
             if self.adapt is not None:
@@ -196,6 +209,8 @@ class DaskExecutor(ThreadedExecutor):
             elif self.scale is not None:
                 cluster.scale(self.scale)
         except Exception as exc:  # noqa: BLE001 - the class's own errors, shown as ours
+            if cluster is not None:
+                cluster.close()
             raise ExecutorError(
                 f"executor '{self.name}': {self.cluster_kind}(...) failed: {exc}"
             ) from None
