@@ -142,7 +142,7 @@ class DaskExecutor(ThreadedExecutor):
     def _check_address(self, address: str) -> None:
         """A malformed address is an error before any Client exists (a half-made one complains
         when it is collected)."""
-        from distributed.comm import resolve_address
+        from distributed.comm.addressing import resolve_address
 
         try:
             resolve_address(address)
