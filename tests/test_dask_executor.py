@@ -205,6 +205,48 @@ def test_cancel_kills_the_jobs_process_group_on_its_worker(tmp_path, dask_schedu
         ex.close()
 
 
+def test_a_job_cancelled_before_it_starts_never_runs(tmp_path, dask_scheduler):
+    ex = dask_executor_factory(tmp_path)
+    ex.start()
+    try:
+        for i in (1, 2):  # both workers busy
+            ex.submit(_job(tmp_path, i, f"echo $$ > g{i}; touch ran{i}; sleep 60"))
+        wait_for(lambda: (tmp_path / "ran1").exists() and (tmp_path / "ran2").exists(), "busy")
+        groups = {int((tmp_path / f"g{i}").read_text()) for i in (1, 2)}
+        ex.submit(_job(tmp_path, 3, "touch ran3"))
+        ex.cancel(3)
+        outcomes = ex.wait(timeout=DEADLINE)
+        assert [(o.job_id, o.ok) for o in outcomes] == [(3, False)]
+        ended = ex.cancel_all(force=True)
+        assert sorted(o.job_id for o in ended) == [1, 2]
+        assert_groups_gone(groups)
+        assert not (tmp_path / "ran3").exists()
+    finally:
+        ex.close()
+
+
+def test_env_is_the_workers_plus_the_declared_or_dagruns_with_env_inherit(
+    project, dask_scheduler, monkeypatch
+):
+    monkeypatch.setenv("ONLY_IN_DAGRUN", "here")  # the workers started before: they lack it
+    tasks = """
+[env]
+DECLARED = "yes"
+
+[tasks.show]
+cmd = 'echo "${ONLY_IN_DAGRUN:-unset} $DECLARED $DAGRUN_EXECUTOR" > env.out'
+outputs = ["env.out"]
+executor = "cluster"
+"""
+    project.manifest(on_cluster(dask_scheduler, tasks))
+    assert project.run("build").code == 0
+    assert project.read("env.out") == "unset yes cluster\n"
+    project.manifest(on_cluster(dask_scheduler, tasks, "env_inherit = true"))
+    project.run("clean")
+    assert project.run("build").code == 0
+    assert project.read("env.out") == "here yes cluster\n"
+
+
 def test_describe_shows_the_cluster(tmp_path, dask_scheduler):
     ex = dask_executor_factory(tmp_path)
     ex.start()
