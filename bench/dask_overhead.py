@@ -66,7 +66,8 @@ def main() -> None:
         options = {"cores": 1, "processes": 1, "memory": "1GiB", "queue": "debug",
                    "walltime": "00:10:00", "python": sys.executable,
                    "scheduler_options": {"host": "127.0.0.1", "dashboard_address": ":0"},
-                   "worker_extra_args": ["--resources", "threads=1"]}
+                   "worker_extra_args": ["--resources", "threads=1"],
+                   "log_directory": os.path.join(root, "slurm")}  # not slurm-N.out in the cwd
         slurm = DaskExecutor("slurm", cluster="dask_jobqueue.SLURMCluster", options=options,
                              scale=1, state_dir=state)
         slurm.start()
