@@ -115,6 +115,7 @@ def run(
     status = StatusReporter(
         os.path.join(setup.state_dir, SNAPSHOT), setup.pool, limits,
         {name: True for name in by_name if name != "local"},
+        {name: ex.describe for name, ex in by_name.items() if hasattr(ex, "describe")},
     )
     scheduler = Scheduler(
         graph,

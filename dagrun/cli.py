@@ -531,6 +531,8 @@ def executor_pool_text(p: Any) -> str:
         reach = {True: "yes", False: "no", None: "not checked"}[p.reachable]
         rows.append(("host", p.host))
         rows.append(("reachable", reach))
+    if p.type == "dask":
+        rows.extend(_cluster_rows(p))
     running = str(len(p.running))
     if p.slots is not None:
         running += f" of {p.slots} slots"
@@ -545,6 +547,17 @@ def executor_pool_text(p: Any) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{p.name} ({p.type})"] + [f"  {k:<{width}}  {v}" for k, v in rows]
     return "\n".join(lines) + "\n"
+
+
+def _cluster_rows(p: Any) -> list[tuple[str, str]]:
+    """A dask executor's cluster: where it is, and its workers while a build uses it."""
+    c = p.cluster
+    if c is None:
+        return []
+    rows = [("cluster", f"{c.get('cluster')} at {c.get('address') or '?'}")]
+    if c.get("workers") is not None:
+        rows.append(("workers", f"{c['workers']} ({c.get('threads')} threads)"))
+    return rows
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

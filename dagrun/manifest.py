@@ -308,6 +308,13 @@ def _tname(v: Any) -> str:
     }.get(type(v), type(v).__name__)
 
 
+def _adapt(v: Any) -> str | None:
+    if isinstance(v, dict) and set(v) <= {"minimum", "maximum"}:
+        if all(_is_int(x) and x >= 0 for x in v.values()):
+            return None
+    return f"must be a table such as {{ minimum = 0, maximum = 8 }}, not {v!r}"
+
+
 DAGRUN_KEYS: dict[str, Check] = {
     "jobs": _int(1),
     "failures_allowed": _int(0),
@@ -379,6 +386,13 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
         "cluster": _str,
         "options": _any_table,
         "max_jobs": _int(1),
+        "scale": _int(0),
+        "adapt": _adapt,
+        "workers": _int(1),
+        "threads_per_worker": _int(1),
+        "grace_period": _number_positive,
+        "env_inherit": _bool,
+        "connect_timeout": _number_positive,
     },
 }
 
@@ -604,6 +618,10 @@ class _Builder:
         self.check_keys(body, EXECUTOR_KEYS[kind], path)
         if kind == "ssh" and "host" not in body:
             raise self.error(f"{where} has no 'host' (the machine to run tasks on)", table=path)
+        if kind == "dask" and ("scheduler" in body) == ("cluster" in body):
+            hint = 'scheduler = "tcp://host:8786", or cluster = "local" or "module.Class"'
+            raise self.error(f"{where} needs exactly one of 'scheduler' and 'cluster'",
+                             table=path, hint=hint)
         return ExecutorSpec(name, kind, dict(body))
 
     def task(self, name: str, body: Any) -> list[TaskSpec]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,7 @@ class ExecutorPool:
     build_pid: int | None  # the build the live figures come from
     host: str | None = None  # remote executors: where they run
     reachable: bool | None = None  # None: not known (not checked)
+    cluster: dict[str, Any] | None = None  # a cluster executor's describe() (workers, ...)
 
 
 class StatusReporter:
@@ -61,8 +62,10 @@ class StatusReporter:
     def __init__(
         self, path: str, pool: CorePool | None, slots: Mapping[str, int],
         reachable: Mapping[str, bool] | None = None,
+        describe: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
     ) -> None:
         self.path = path
+        self.describe = dict(describe or {})  # executor name -> its describe() (clusters)
         self.pool = pool
         self.slots = dict(slots)
         self.reachable = dict(reachable or {})
@@ -88,6 +91,9 @@ class StatusReporter:
                 for name, n in self.slots.items()
             },
         }
+        clusters = {name: describe() for name, describe in self.describe.items()}
+        if clusters:  # cluster executors (dask): workers, threads, running
+            data["clusters"] = clusters
         text = (json.dumps(data, separators=(",", ":")) + "\n").encode()
         if text == self._last:
             return
@@ -168,8 +174,11 @@ def executor_pools(
         if spec.type != "local":
             host = spec.options.get("host")
             reachable = (probes or {}).get(name, live.get(name, {}).get("reachable"))
+            cluster = ((snapshot or {}).get("clusters") or {}).get(name)
+            if cluster is not None:
+                slots = cluster.get("slots", slots)
             out.append(ExecutorPool(
-                name, spec.type, None, None, None, (), mine, slots, pid, host, reachable
+                name, spec.type, None, None, None, (), mine, slots, pid, host, reachable, cluster
             ))
             continue
         nodes: tuple[NodeUsage, ...] = ()

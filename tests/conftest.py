@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dask_cluster import dask_scheduler  # noqa: F401  (a session fixture: a real LocalCluster)
 from realproc import DagrunProcs, dagrun_procs
 from slurm import slurm_cluster  # noqa: F401  (a session fixture: a real single-node Slurm)
 from sshd import SshServer, can_run, shared_server, start_sshd

@@ -5,7 +5,8 @@ A Kit's ``make(root)`` returns an executor (not started) whose jobs run with
 can work there too).  ``lose(executor)`` drops the
 executor's backend under its running jobs (None: it cannot lose a job);
 ``processes``: its jobs are real processes (timeouts kill process groups).
-The HTTP and Dask executors join by adding a Kit here.
+The HTTP executor comes with two real ``dagrun worker`` processes; the Dask one
+runs on the shared LocalCluster of tests/dask_cluster.py.
 """
 
 from __future__ import annotations
@@ -70,8 +71,51 @@ def _lose_fake(executor: Executor) -> None:
     executor.handler = lambda job: Outcome(job.id, None, 0.0, error="worker gone", lost=True)
 
 
+def _http(tmp_path: Path) -> Executor:
+    from http_workers import start_worker
+
+    from dagrun.executors.http_pull import HttpExecutor
+
+    class WithWorkers(HttpExecutor):
+        """Two real workers start leasing as soon as the server is up."""
+
+        workers: list[subprocess.Popen[bytes]] = []
+
+        def start(self) -> None:
+            super().start()
+            self.workers = [
+                start_worker(self, jobs=2, directory=tmp_path / ".workers" / str(n), grace=5.0)
+                for n in range(2)
+            ]
+
+    options = {"max_jobs": 4, "lease_timeout": 2.0, "grace_period": 2.0}
+    return WithWorkers.from_options("pool", options, _context(tmp_path))
+
+
+def _kill_http_workers(executor: Executor) -> None:
+    for proc in getattr(executor, "workers", []):
+        proc.kill()  # their leases go silent: lost after lease_timeout
+
+
+def _dask(tmp_path: Path) -> Executor:
+    from dask_cluster import dask_executor_factory
+
+    executor: Executor = dask_executor_factory(tmp_path)
+    return executor
+
+
+def _no_dask() -> str | None:
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return "dask.distributed is not installed (pip install 'dagrun[dask]')"
+    return None
+
+
 KITS: dict[str, Kit] = {
     "fake": Kit(_fake, _lose_fake, processes=False),
     "local": Kit(_local),
     "ssh": Kit(_ssh, _drop_ssh, skip=can_run),
+    "http": Kit(_http, _kill_http_workers),
+    "dask": Kit(_dask, skip=_no_dask),  # a killed worker's job is rerun by the executor itself
 }

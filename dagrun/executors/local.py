@@ -15,6 +15,7 @@ then SIGKILL once ``grace`` seconds have passed.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import select
@@ -96,7 +97,9 @@ class LocalExecutor:
         self._path = os.environ.get("PATH")
         self._all_cores: set[int] | None = None
         self._made: set[str] = set()
-        self._build = os.getpid()  # the jobs' environment mark (see sweep.py)
+        # the jobs' environment mark (see sweep.py): this process and this executor, so two
+        # executors in one process (API builds, watch rounds) never sweep each other's jobs
+        self._build = f"{os.getpid()}.{next(_INSTANCES)}"
         self._submitted = False
 
     @classmethod
@@ -381,6 +384,9 @@ class LocalExecutor:
         """Kill what any job of this build left running outside its group (see sweep.py)."""
         if self._submitted:
             sweep.sweep(f"{self._build}.")
+
+
+_INSTANCES = itertools.count(1)
 
 
 def _why(what: str, exc: OSError) -> str:

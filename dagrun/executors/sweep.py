@@ -1,6 +1,6 @@
 """Processes a job left behind outside its process group (``setsid`` daemons), found by a mark.
 
-Every local job's environment carries ``DAGRUN_JOB=<build pid>.<job id>``.  A
+Every local job's environment carries ``DAGRUN_JOB=<pid>.<executor>.<job id>``.  A
 process that escaped the job's process group (``setsid``, a double fork) still
 carries it: ``/proc/PID/environ`` is the environment it was started with, and
 its own children inherit it.  So when a job ends abnormally (timed out,
@@ -22,8 +22,8 @@ import signal
 MARK = "DAGRUN_JOB"
 
 
-def job_mark(build: int, job: int) -> str:
-    """The value of MARK for one job of the build with process id ``build``."""
+def job_mark(build: int | str, job: int) -> str:
+    """The value of MARK for one job of ``build`` (a process id, or ``pid.executor``)."""
     return f"{build}.{job}"
 
 

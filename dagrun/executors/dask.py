@@ -1,0 +1,418 @@
+"""Runs jobs on a dask.distributed cluster: an existing one, a LocalCluster, or any cluster class.
+
+    [executors.cluster]
+    type = "dask"
+    scheduler = "tcp://10.0.0.5:8786"        # an existing cluster, or:
+    cluster = "local"                         # a LocalCluster dagrun starts and stops
+    workers = 2                               #   (its worker processes and threads each)
+    threads_per_worker = 2
+    cluster = "dask_jobqueue.SLURMCluster"    # or any class: options = {...} are its
+    options = { cores = 2, memory = "4GB" }   #   keyword arguments, then scale = N or
+    scale = 2                                 #   adapt = { minimum = 0, maximum = 8 }
+
+dagrun keeps the DAG, the keys and the log: a job is submitted only when its
+dependencies are done, as ``remote_run.run_command`` (``pure=False``), which
+runs the command with ``sh -c`` on the worker in its own session and returns
+its exit status, duration, max RSS and output.  Each running job has a thread
+here (``ThreadedExecutor``) that waits for its future; no Dask thread touches
+the log or the reporters.  The workers must see the manifest's folder at the
+same path (a shared file system).
+
+``threads`` becomes the Dask worker resource ``threads`` when the workers
+declare it (a LocalCluster's do: ``threads_per_worker`` each); on workers that
+declare no resources, each task takes one Dask thread whatever its ``threads``.
+
+A worker that dies mid-task: its command is killed (it would otherwise keep
+running, orphaned) and the job is submitted again, at most ``MAX_LOST`` times;
+it is logged once, when it ends.  Dask must not rerun it by itself meanwhile,
+so the clusters dagrun starts have ``allowed-failures = 0``; an external
+scheduler keeps its own setting (a rerun there kills an earlier attempt on the
+same machine before it starts).  Cancelling kills the job's process group on
+its worker (``client.cancel`` alone would leave the command running).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from .. import remote_run
+from ..errors import ExecutorError
+from . import Context, Job, Outcome
+from .threaded import ThreadedExecutor
+
+INSTALL_HINT = "pip install 'dagrun[dask]'"
+MAX_LOST = 3  # submissions of one job whose worker died, before the job fails
+CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler
+WORKERS_AGE = 2.0  # seconds a look at the scheduler's workers stays good
+KILL_WAIT = 5.0  # seconds to wait for the workers to kill a job's command
+
+
+class DaskExecutor(ThreadedExecutor):
+    """Jobs as Dask futures; see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        scheduler: str | None = None,
+        cluster: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        scale: int | None = None,
+        adapt: Mapping[str, int] | None = None,
+        workers: int = 2,
+        threads_per_worker: int = 1,
+        max_jobs: int | None = None,
+        grace: float = 3.0,
+        env_inherit: bool = False,
+        environ: Mapping[str, str] | None = None,
+        state_dir: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        default_slots: int = 1,
+    ) -> None:
+        if (scheduler is None) == (cluster is None):
+            raise ExecutorError(f"executor '{name}': give exactly one of 'scheduler' and 'cluster'")
+        self.scheduler = scheduler
+        self.cluster_kind = cluster
+        self.options = dict(options or {})
+        self.scale, self.adapt = scale, adapt
+        self.workers, self.threads_per_worker = workers, threads_per_worker
+        self.max_jobs = max_jobs
+        local_slots = workers * threads_per_worker if cluster == "local" else 1
+        super().__init__(name, max_jobs or local_slots)
+        self.grace = grace
+        self.env_inherit = env_inherit
+        self.environ = dict(os.environ if environ is None else environ)
+        self.state_dir = state_dir
+        self.connect_timeout = connect_timeout
+        self.default_slots = default_slots  # when max_jobs is unset and no worker is up yet
+        self.token = uuid.uuid4().hex  # names this build's markers on the workers
+        self.client: Any = None
+        self.cluster: Any = None
+        self.address = scheduler or ""
+        self.use_resources: bool | None = True if cluster == "local" else None
+        self._lock = threading.Lock()
+        self._described: tuple[float, dict[str, Any]] | None = None
+        self._workers_seen: tuple[float, list[dict[str, Any]]] | None = None
+
+    @classmethod
+    def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> DaskExecutor:
+        adapt = options.get("adapt")
+        return cls(
+            name,
+            scheduler=options.get("scheduler"),
+            cluster=options.get("cluster"),
+            options=options.get("options"),
+            scale=options.get("scale"),
+            adapt=dict(adapt) if adapt is not None else None,
+            workers=int(options.get("workers", 2)),
+            threads_per_worker=int(options.get("threads_per_worker", 1)),
+            max_jobs=options.get("max_jobs"),
+            grace=float(options.get("grace_period", 3.0)),
+            env_inherit=bool(options.get("env_inherit", False)),
+            environ=context.environ,
+            state_dir=context.state_dir,
+            connect_timeout=float(options.get("connect_timeout", CONNECT_TIMEOUT)),
+            default_slots=context.jobs,
+        )
+
+    # -- starting and stopping
+
+    def start(self) -> None:
+        """Connect (starting the cluster first if dagrun owns it); ExecutorError if impossible."""
+        if self.client is not None:
+            return
+        distributed = _import_distributed(self.name)
+        if self.scheduler is not None:
+            self._check_address(self.scheduler)
+            self.client = self._connect(distributed, self.scheduler)
+        else:
+            self.cluster = self._make_cluster(distributed)
+            self.address = str(self.cluster.scheduler_address)
+            self.client = self._connect(distributed, self.cluster)
+        if self.max_jobs is None and self.cluster_kind != "local":
+            self.slots = self._info()[1] or self.default_slots  # the threads of the workers up
+
+    def _check_address(self, address: str) -> None:
+        """A malformed address is an error before any Client exists (a half-made one complains
+        when it is collected)."""
+        from distributed.comm.addressing import resolve_address
+
+        try:
+            resolve_address(address)
+        except (ValueError, OSError) as exc:
+            message = f"executor '{self.name}': bad Dask scheduler address {address!r}: {exc}"
+            raise ExecutorError(message) from None
+
+    def _connect(self, distributed: Any, target: Any) -> Any:
+        try:
+            return distributed.Client(
+                target, timeout=self.connect_timeout, set_as_default=False
+            )
+        except (OSError, TimeoutError) as exc:
+            self._close_cluster()
+            raise ExecutorError(
+                f"executor '{self.name}': cannot reach the Dask scheduler at "
+                f"{self.address or target}: {exc}"
+            ) from None
+
+    def _make_cluster(self, distributed: Any) -> Any:
+        import dask
+
+        scratch = os.path.join(self.state_dir or ".", "dask")
+        # we rerun a lost job ourselves, after killing its orphaned command
+        config: dict[str, Any] = {"distributed.scheduler.allowed-failures": 0}
+        if "DASK_TEMPORARY_DIRECTORY" not in self.environ:
+            config["temporary-directory"] = scratch
+        with dask.config.set(config):
+            if self.cluster_kind == "local":
+                return self._local_cluster(distributed, scratch)
+            return self._class_cluster()
+
+    def _local_cluster(self, distributed: Any, scratch: str) -> Any:
+        try:
+            return distributed.LocalCluster(
+                n_workers=self.workers,
+                threads_per_worker=self.threads_per_worker,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.CRITICAL,
+                local_directory=scratch,
+                resources={"threads": self.threads_per_worker},
+                preload=["dagrun.remote_run"],  # its dask_setup: out of the terminal's group
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure to start is the executor's error
+            message = f"executor '{self.name}': cannot start a LocalCluster: {exc}"
+            raise ExecutorError(message) from None
+
+    def _class_cluster(self) -> Any:
+        module, _, cls_name = str(self.cluster_kind).rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+        except (ImportError, AttributeError, ValueError) as exc:
+            hint = f" ({INSTALL_HINT} brings dask-jobqueue)" if module == "dask_jobqueue" else ""
+            raise ExecutorError(
+                f"executor '{self.name}': cannot import cluster class {self.cluster_kind!r}: "
+                f"{exc}{hint}"
+            ) from None
+        cluster = None
+        try:
+            cluster = cls(**self.options)
+            if self.adapt is not None:
+                cluster.adapt(**self.adapt)
+            elif self.scale is not None:
+                cluster.scale(self.scale)
+        except Exception as exc:  # noqa: BLE001 - the class's own errors, shown as ours
+            if cluster is not None:
+                cluster.close()
+            raise ExecutorError(
+                f"executor '{self.name}': {self.cluster_kind}(...) failed: {exc}"
+            ) from None
+        return cluster
+
+    def close(self) -> None:
+        super().close()
+        if self.client is not None:
+            if self.cluster_kind != "local":  # a last sweep: no command outlives the build
+                self._on_workers(remote_run.kill_all, self.token, True)
+            self.client.close()
+            self.client = None
+        self._close_cluster()
+
+    def _close_cluster(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
+        remote_run.kill_all(self.token, True)  # this machine's (a LocalCluster's, say)
+
+    # -- running
+
+    def run(self, job: Job, cancel: threading.Event) -> Outcome:
+        self._prepare(job)
+        use = self._resources()
+        problem = self._too_big(job) if use else None
+        if problem is not None:
+            return Outcome(job.id, None, 0.0, error=problem)
+        env = dict(self.environ) if self.env_inherit else {}
+        env.update(job.env)
+        args = (self.token, job.id, job.cmd, job.local_cwd, env, not self.env_inherit,
+                job.timeout, self.grace)
+        for _ in range(MAX_LOST):
+            if cancel.is_set():
+                break
+            future = self.client.submit(
+                remote_run.run_command, *args, pure=False, retries=0,
+                key=f"dagrun-{job.task}-{job.id}-{uuid.uuid4().hex[:8]}",
+                resources={"threads": job.threads} if use else None,
+            )
+            outcome = self._await(job, future, cancel)
+            if outcome is not None:
+                self._write_output(job, outcome)
+                return outcome
+            # the worker died: kill the orphaned command wherever it still runs, then again
+            self._kill([job.id], force=True, cancel=cancel.is_set())
+        if cancel.is_set():
+            return Outcome(job.id, None, 0.0, error="cancelled")
+        return Outcome(job.id, None, 0.0, error=f"its Dask worker died {MAX_LOST} times")
+
+    def _await(self, job: Job, future: Any, cancel: threading.Event) -> Outcome | None:
+        """The job's outcome, or None when its worker died."""
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        started = time.monotonic()
+        while not done.wait(0.05):
+            if cancel.is_set():
+                return self._stop(job, future, done, started)
+        return self._result(job, future, time.monotonic() - started)
+
+    def _stop(self, job: Job, future: Any, done: threading.Event, started: float) -> Outcome:
+        forced = self.force.is_set()
+        self._kill([job.id], force=forced, cancel=True)
+        end = time.monotonic() + self.grace + 2.0
+        while not done.wait(0.05) and time.monotonic() < end:
+            if self.force.is_set() and not forced:  # a second Ctrl-C: no more grace
+                forced = True
+                self._kill([job.id], force=True, cancel=True)
+        if done.is_set():
+            outcome = self._result(job, future, time.monotonic() - started)
+            if outcome is not None:
+                return outcome
+        future.cancel()
+        return Outcome(job.id, None, time.monotonic() - started, error="cancelled")
+
+    def _result(self, job: Job, future: Any, waited: float) -> Outcome | None:
+        from distributed.scheduler import KilledWorker
+
+        if future.status == "error":
+            exc = future.exception()
+            if isinstance(exc, KilledWorker):
+                return None
+            return Outcome(job.id, None, waited, error=f"{type(exc).__name__}: {exc}")
+        if future.status != "finished":  # cancelled: the scheduler or the connection went away
+            return Outcome(job.id, None, waited, error=f"Dask future {future.status}", lost=True)
+        r = future.result()
+        return Outcome(
+            job.id, r["code"], r["duration"], r.get("stdout", ""), r.get("stderr", ""),
+            r.get("timed_out", False), r.get("maxrss_kb", 0), r.get("error"),
+        )
+
+    def _kill(self, job_ids: list[int], *, force: bool, cancel: bool) -> None:
+        if self.cluster_kind == "local":  # its workers are on this machine: no round trip, and
+            remote_run.kill_jobs(self.token, job_ids, force, cancel)  # a dead worker's orphans too
+            return
+        self._on_workers(remote_run.kill_jobs, self.token, job_ids, force, cancel)
+
+    def _on_workers(self, function: Any, *args: Any) -> None:
+        """``function(*args)`` on every worker, waiting at most KILL_WAIT seconds (a worker that
+        just died makes the scheduler wait for its connect timeout)."""
+        client = self.client
+
+        def call() -> None:
+            try:
+                client.run(function, *args, on_error="ignore")
+            except Exception:  # noqa: BLE001, S110 - the workers or the scheduler are gone
+                pass
+
+        thread = threading.Thread(target=call, name=f"dagrun-{self.name}-kill", daemon=True)
+        thread.start()
+        thread.join(KILL_WAIT)
+
+    # -- worker resources
+
+    def _resources(self) -> bool:
+        """Whether jobs ask for the ``threads`` resource (decided once workers are known)."""
+        if self.use_resources is None:
+            workers = self._workers()
+            if workers:
+                self.use_resources = any("threads" in w.get("resources", {}) for w in workers)
+        return bool(self.use_resources)
+
+    def _too_big(self, job: Job) -> str | None:
+        offered = [int(w.get("resources", {}).get("threads", 0)) for w in self._workers()]
+        if not offered or job.threads <= max(offered):
+            return None
+        return (
+            f"needs {job.threads} threads; the largest worker of executor '{self.name}' "
+            f"offers {max(offered)}"
+        )
+
+    def _workers(self) -> list[dict[str, Any]]:
+        """The workers' descriptions, asked of the scheduler at most every WORKERS_AGE seconds."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._workers_seen
+            if seen is not None and now - seen[0] < WORKERS_AGE:
+                return seen[1]
+        info = self.client.scheduler_info(n_workers=-1)
+        workers = list(info.get("workers", {}).values())
+        with self._lock:
+            self._workers_seen = (now, workers)
+        return workers
+
+    def _info(self) -> tuple[int, int]:
+        workers = self._workers()
+        return len(workers), sum(int(w.get("nthreads", 0)) for w in workers)
+
+    # -- run files, like a local task's
+
+    def _prepare(self, job: Job) -> None:
+        os.makedirs(job.run_dir, exist_ok=True)
+        for path in job.outputs:
+            os.makedirs(os.path.dirname(job.local_path(path)), exist_ok=True)
+        where = self.scheduler or self.cluster_kind
+        lines = [job.cmd, "", f"# task: {job.task}", f"# cwd: {job.local_cwd}",
+                 f"# executor: {self.name} (dask, {where})"]
+        _write(os.path.join(job.run_dir, "command.txt"), "\n".join(lines) + "\n")
+
+    @staticmethod
+    def _write_output(job: Job, outcome: Outcome) -> None:
+        _write(os.path.join(job.run_dir, "stdout.txt"), outcome.stdout)
+        _write(os.path.join(job.run_dir, "stderr.txt"), outcome.stderr)
+
+    # -- status
+
+    def describe(self) -> dict[str, Any]:
+        """The cluster for ``dagrun status``: address, workers, threads, running, slots."""
+        now = time.monotonic()
+        if self._described is not None and now - self._described[0] < 1.0:
+            cached = dict(self._described[1])
+            cached["running"] = self.running
+            return cached
+        workers = threads = None
+        if self.client is not None:
+            try:
+                workers, threads = self._info()
+            except Exception:  # noqa: BLE001 - status must not break a build
+                pass
+        data = {
+            "type": "dask",
+            "address": self.address,
+            "cluster": self.cluster_kind or "external",
+            "workers": workers,
+            "threads": threads,
+            "running": self.running,
+            "slots": self.slots,
+        }
+        self._described = (now, data)
+        return dict(data)
+
+
+def _import_distributed(name: str) -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise ExecutorError(
+            f"executor '{name}' (type dask) needs dask.distributed: {INSTALL_HINT}"
+        ) from None
+    return distributed
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
