@@ -859,6 +859,12 @@ class _Builder:
             problem = output_problem(out)
             if problem:
                 raise self.error(problem, task=t.name, key="outputs", table=table)
+        if t.depfile:
+            problem = output_problem(t.depfile)
+            if problem:
+                problem = problem.replace(f"output '{t.depfile}'", f"depfile '{t.depfile}'")
+                raise self.error(problem.replace("outputs must", "it must"), task=t.name,
+                                 key="depfile", table=table)
         for p in t.inputs:
             if _in_state_dir(p):
                 problem = f"input '{p}' is in {STATE_DIR}/, dagrun's own state: never an input"
