@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .clock import Clock
 from .errors import Interrupted
@@ -54,6 +54,7 @@ class BuildResult:
     interrupted: bool = False
     elapsed: float = 0.0
     reasons: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    values: Mapping[str, Any] = field(default_factory=dict)  # function task -> its result
 
     @property
     def ok(self) -> bool:
@@ -202,14 +203,15 @@ class Scheduler:
 
     def _try_start(self, i: int) -> bool:
         spec = self.graph.specs[i]
-        slots = min(spec.threads, self.jobs)
+        # io_bound function tasks wait on I/O on the pool's event loop: no slot, no cores
+        slots = 0 if spec.io_bound else min(spec.threads, self.jobs)
         if slots > self.free:
             return False
         for name, count in spec.resources:
             if self.free_resources.get(name, 0) < count:
                 return False
         lease = None
-        if self.leases is not None:
+        if self.leases is not None and not spec.io_bound:
             lease = self.leases.try_grant(spec.threads, spec.numa_node)
             if lease is None:
                 return False
@@ -264,7 +266,18 @@ class Scheduler:
             cores=cores,
             numa_node=node,
             attempt=self.attempts[i],
+            call=self._call(i) if spec.call else None,
         )
+
+    def _call(self, i: int) -> Any:
+        """A function task's Call: its target, args and the keys of the results it receives."""
+        from .pycall import RESULTS, make_call
+
+        return make_call(self.graph, i, self.keys, os.path.join(self.state_dir, RESULTS))
+
+    @property
+    def state_dir(self) -> str:
+        return os.path.dirname(self.runs_dir)  # runs_dir is .dagrun/runs
 
     def _finished(self, outcome: Outcome, interrupted: bool = False) -> None:
         i, slots, lease = self.running.pop(outcome.job_id)

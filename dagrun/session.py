@@ -15,7 +15,9 @@ a no-op build fast: no TOML, no networkx, no re-hashing of unchanged files.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import functools
 import marshal
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -34,6 +36,7 @@ from .hashing import Keys, StatCache, digest_bytes, key_env_names
 from .manifest import Manifest
 from .numa import CorePool, Topology
 from .plan import Plan, make
+from .pycall import Results, results_of, results_view, route_functions
 from .scheduler import BuildResult, Reporter, Scheduler
 
 STATE_DIR = ".dagrun"
@@ -67,6 +70,7 @@ class Session:
         wait_for_lock: bool = True,
         on_wait: Callable[[str], None] | None = None,
         topology: Topology | None = None,
+        on_result: Callable[[str, Any], None] | None = None,
     ) -> None:
         if (manifest_path is None) == (manifest is None):
             raise ValueError("give exactly one of manifest_path and manifest")
@@ -88,6 +92,7 @@ class Session:
         self._source: tuple[Any, ...] = ()  # what the graph in hand was made from (_graph)
         self._graph_blob: GraphBlob | None = None  # the cache file's graph part, as read
         self._topology = topology  # None: read this machine's when a core_pool needs it
+        self.on_result = on_result  # streams function tasks' results as they finish (pycall.py)
 
     # ------------------------------------------------------------ public operations
 
@@ -235,7 +240,7 @@ class Session:
         plan = make(
             graph,
             keys.keys,
-            log,
+            results_view(graph, keys.keys, log, self.state_dir),
             exists,
             selected,
             parts=keys.parts if explain else None,
@@ -356,6 +361,8 @@ class Session:
                 outcome.maxrss_kb,
                 self.clock.wall(),
             )
+            if specs[i].call:
+                stream(i)
 
         leases = None
         if prep.pool is not None:
@@ -364,6 +371,11 @@ class Session:
             leases = CoreLeases(prep.pool)
             jobs = min(jobs, len(prep.pool.cores))  # no more tasks than cores: none waits in vain
         executor = self._executor(graph, prep.plan, prep.pool)
+        executor = route_functions(executor, graph, prep.plan, jobs, self.environ)  # TRANSITIONAL
+        results = results_of(graph, keys.keys, self.state_dir)
+        stream = functools.partial(_stream, self.on_result, graph, results)
+        for i in prep.plan.up_to_date:
+            stream(i)
         if self.wrap_executor is not None:
             executor = self.wrap_executor(executor, graph, prep.plan)
         from .pool_status import SNAPSHOT, SnapshotExecutor
@@ -396,7 +408,10 @@ class Session:
         )
         try:
             with interrupts.raised():  # SIGTERM stops the build like Ctrl-C does
-                return scheduler.run()
+                result = scheduler.run()
+            done = {*result.succeeded, *result.up_to_date}
+            values = {t: p for t, p in results.items() if t in done}
+            return dataclasses.replace(result, values=Results(values))
         finally:
             executor.close()
 
@@ -535,6 +550,16 @@ def _cache_loads(raw: bytes) -> tuple[dict[str, Any] | None, GraphBlob | None]:
     for name, blob in zip(_PARTS, blobs[:-1], strict=True):
         data[name] = marshal.loads(blob)
     return data, (data["graph"], bytes(blobs[0]))
+
+
+def _stream(
+    on_result: Callable[[str, Any], None] | None, graph: BuildGraph, results: Mapping[str, str],
+    i: int,
+) -> None:
+    """Hand function task ``i``'s result to ``on_result``, if one was given."""
+    name = graph.specs[i].name
+    if on_result is not None and name in results:
+        on_result(name, Results(results)[name])
 
 
 def default_jobs() -> int:
