@@ -13,7 +13,7 @@ The CLI is a thin layer over this module: anything a manifest can say,
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
 
 from .errors import ManifestError
@@ -167,7 +167,7 @@ class Graph:
 
     def iter_build(
         self, targets: Iterable[str] | None = None, **build_options: Any
-    ) -> Iterator[tuple[str, Any]]:
+    ) -> Generator[tuple[str, Any], None, BuildResult]:
         """Build, yielding (task, result) for each function task as it finishes.
 
         Cached results of up-to-date tasks come first.  The build runs in a
@@ -203,7 +203,8 @@ class Graph:
         thread.join()
         if "error" in box:
             raise box["error"]
-        return box["result"]
+        result: BuildResult = box["result"]
+        return result
 
     def plan(self, targets: Iterable[str] | None = None, **session_options: Any) -> Prepared:
         """What would run and why, without running anything."""

@@ -135,7 +135,8 @@ def _parse(path: str, module: str) -> ast.Module:
             return ast.parse(f.read(), filename=path)
     except SyntaxError as exc:
         where = f" (line {exc.lineno})" if exc.lineno else ""
-        raise ValueError(f"cannot import '{module}': syntax error in {path}{where}: {exc.msg}") from None
+        problem = f"cannot import '{module}': syntax error in {path}{where}: {exc.msg}"
+        raise ValueError(problem) from None
     except OSError as exc:
         raise ValueError(f"cannot import '{module}': {path}: {exc.strerror}") from None
 

@@ -2,8 +2,8 @@
 
 Started by ``executors.pyfunc.FunctionPool``, once per build, and reused for
 many jobs.  Requests come on fd 0 (moved away at start, so a function that
-reads stdin sees /dev/null), replies go to the fd named by ``--reply=N``; both carry frames: a 4-byte
-length, then a pickle.
+reads stdin sees /dev/null), replies go to the fd named by ``--reply=N``;
+both carry frames: a 4-byte length, then a pickle.
 
     parent -> worker   ("init", sys_path, root)
                        ("run", job_id, request)         request: see ``Request``
@@ -142,7 +142,9 @@ def load_upstream(req: Request) -> dict[str, Any]:
     return values
 
 
-def arguments(fn: Any, req: Request, values: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def arguments(
+    fn: Any, req: Request, values: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Positional and keyword arguments: the task's own, then upstream results by name.
 
     A parameter named like an upstream task gets its result; one named like a
@@ -330,6 +332,7 @@ async def _run_io(job_id: int, req: Request, replies: int) -> None:
 def io_loop(requests: int, replies: int) -> None:
     import asyncio
     import contextvars
+    import functools
 
     global _CURRENT
     _CURRENT = contextvars.ContextVar("dagrun_job_files", default=None)
@@ -341,6 +344,9 @@ def io_loop(requests: int, replies: int) -> None:
         done = loop.create_future()
         tasks: dict[int, asyncio.Task[None]] = {}
         buf = bytearray()
+
+        def forget(job_id: int, _task: object) -> None:
+            tasks.pop(job_id, None)
 
         def readable() -> None:
             data = os.read(requests, 1 << 16)
@@ -355,7 +361,7 @@ def io_loop(requests: int, replies: int) -> None:
                     _, job_id, req = message
                     task = asyncio.ensure_future(_run_io(job_id, req, replies))
                     tasks[job_id] = task
-                    task.add_done_callback(lambda _t, j=job_id: tasks.pop(j, None))
+                    task.add_done_callback(functools.partial(forget, job_id))
                 elif message[0] == "cancel" and message[1] in tasks:
                     tasks[message[1]].cancel()
                 elif message[0] == "stop" and not done.done():

@@ -91,7 +91,9 @@ class FunctionPool:
     def _spawn(self, io: bool, root: str) -> _Worker:
         r_req, w_req = os.pipe()
         r_rep, w_rep = os.pipe()
-        argv = [sys.executable, "-m", "dagrun.pyworker", f"--reply={w_rep}"] + (["--io"] if io else [])
+        argv = [sys.executable, "-m", "dagrun.pyworker", f"--reply={w_rep}"]
+        if io:
+            argv.append("--io")
         env = dict(self.environ)
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)

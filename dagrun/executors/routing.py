@@ -17,7 +17,7 @@ from .pyfunc import FunctionPool
 
 
 class FunctionRouter:
-    """``commands`` for command jobs, ``functions`` for function jobs; one Executor to the caller."""
+    """Command jobs to ``commands``, function jobs to ``functions``: one Executor to its caller."""
 
     def __init__(self, commands: Executor, functions: FunctionPool) -> None:
         self.commands = commands
