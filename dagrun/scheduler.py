@@ -142,6 +142,7 @@ class Scheduler:
         heapq.heapify(self.ready)
         self.pos = {i: pos for pos, i in enumerate(plan.to_run)}
         self.free = self.jobs
+        self.has_io = any(g.specs[i].io_bound for i in plan.to_run)
         self.running: dict[
             int, tuple[int, int, Lease | None]
         ] = {}  # job id -> (task, slots, lease)
@@ -200,6 +201,18 @@ class Scheduler:
                 deferred.append(item)
         for item in deferred:
             heapq.heappush(self.ready, item)
+        if self.free <= 0 and self.ready and self.has_io:
+            self._start_io_bound()
+
+    def _start_io_bound(self) -> None:
+        """io_bound tasks take no slot: they start even when every slot is taken."""
+        specs = self.graph.specs
+        io = [item for item in self.ready if specs[item[2]].io_bound]
+        if io:
+            self.ready = [item for item in self.ready if not specs[item[2]].io_bound]
+            heapq.heapify(self.ready)
+            for item in io:
+                self._try_start(item[2])
 
     def _try_start(self, i: int) -> bool:
         spec = self.graph.specs[i]
