@@ -485,3 +485,29 @@ def test_worker_processes_are_gone_after_a_build(tmp_path: Path) -> None:
     wait_for(lambda: not psutil.pid_exists(pid) or
              psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, "the worker gone")
     assert_groups_gone({pid})
+
+
+def test_the_example_pipeline_runs_and_reruns_from_cache(
+    tmp_path: Path, dagrun_proc: DagrunProcs
+) -> None:
+    import shutil
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "python"
+    for name in ("dagrun.toml", "pipeline.py", "data"):
+        src = example / name
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / name)
+        else:
+            shutil.copy(src, tmp_path / name)
+    code, out, err = dagrun_proc.run("build")
+    assert code == 0, err
+    assert "| south | 3 | 367.50 | 122.50 |" in (tmp_path / "build/report.md").read_text()
+    source = (tmp_path / "pipeline.py").read_text()
+    edited = source.replace("if region:", "if region and amount > 100:")
+    assert edited != source
+    (tmp_path / "pipeline.py").write_text(edited)
+    code, out, err = dagrun_proc.run("build", "--explain")
+    assert code == 0, err
+    assert "explain clean: code of pipeline:clean changed" in out
+    assert "loading" not in out  # load[...] was up to date: its cached rows went to clean
+    assert "| north | 1 | 120.50 | 120.50 |" in (tmp_path / "build/report.md").read_text()

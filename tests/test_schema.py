@@ -153,6 +153,8 @@ def test_schema_rejects_exactly_the_broken_manifests_marked_so(
         ({"tasks": {"a": {"cmd": "x", "matrix": {"n": {"glob": 3}}}}}, "is not valid under any"),
         ({"tasks": {"a": {"cmd": "x", "env": {"A": 1}}}}, "1 is not of type 'string'"),
         ({"tasks": {"a": {"inputs": ["x"]}}}, "'cmd' is a required property"),
+        ({"tasks": {"a": {"cmd": "x", "call": "m:f"}}}, "should not be valid under"),
+        ({"tasks": {"a": {"call": "m"}}}, "does not match"),
         ({"dagrun": {"jobs": "4"}}, "'4' is not of type 'integer'"),
         ({"executors": {"lab": {"type": "ssh"}}}, "is not valid under any"),
         ({"executors": {"lab": {"max_jobs": 2}}}, "is not valid under any"),
