@@ -93,9 +93,8 @@ def check_target(target: str, root: str) -> str:
         raise ValueError(f"call {target!r}: cannot import '{module}': no module named '{module}'")
     if not origin.endswith(".py"):
         return ""
-    tree = _parse(origin, module)
     first = qualname.split(".")[0]
-    top = _top_level(tree)
+    top = _names(origin, module)
     if first not in top:
         close = difflib.get_close_matches(first, list(top), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -127,6 +126,23 @@ def _find_builtin(module: str) -> str | None:
     except (ImportError, ValueError):
         return None
     return None if spec is None else "<built-in>"
+
+
+_NAMES: dict[tuple[str, int, int], list[str]] = {}
+
+
+def _names(path: str, module: str) -> list[str]:
+    """The module's top-level names, parsed once per version of the file (a matrix of 1,000
+    calls to one module parses it once)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ValueError(f"cannot import '{module}': {path}: {exc.strerror}") from None
+    memo = (path, st.st_mtime_ns, st.st_size)
+    names = _NAMES.get(memo)
+    if names is None:
+        names = _NAMES[memo] = list(_top_level(_parse(path, module)))
+    return names
 
 
 def _parse(path: str, module: str) -> ast.Module:

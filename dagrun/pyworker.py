@@ -228,8 +228,8 @@ def run_one(req: Request) -> tuple[int, str | None]:
     os.chdir(req.cwd)
     if req.cores:
         os.sched_setaffinity(0, req.cores)
-    out = os.open(req.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    err = os.open(req.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    out = os.open(req.stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    err = os.open(req.stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(out, 1)
     os.dup2(err, 2)
     os.close(out)
@@ -306,8 +306,8 @@ async def _run_io(job_id: int, req: Request, replies: int) -> None:
     import asyncio
     import inspect
 
-    out = open(req.stdout, "a", encoding="utf-8", errors="replace")
-    err = open(req.stderr, "a", encoding="utf-8", errors="replace")
+    out = open(req.stdout, "w", encoding="utf-8", errors="replace")
+    err = open(req.stderr, "w", encoding="utf-8", errors="replace")
     _CURRENT.set((out, err))
     code, error = 1, None
     try:

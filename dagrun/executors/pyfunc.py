@@ -129,9 +129,7 @@ class FunctionPool:
         for path in job.outputs:
             os.makedirs(os.path.dirname(job.local_path(path)), exist_ok=True)
         run = job.run_dir + "/"
-        _write_text(run + "command.txt", describe(job))
-        for name in ("stdout.txt", "stderr.txt"):
-            open(run + name, "wb").close()
+        _write_text(run + "command.txt", describe(job))  # the worker truncates the output files
         req = Request(
             target=call.target, code_file=call.code_file, args=call.args,
             upstream=call.upstream, result_path=os.path.join(call.results_dir, call.key),
