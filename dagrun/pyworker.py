@@ -215,6 +215,26 @@ def finish(value: Any, req: Request) -> tuple[int, str | None]:
     return 0, None
 
 
+def apply(call: Any, values: dict[str, Any]) -> Any:
+    """Run a function task's ``call`` (a pycall.Call) here, with its upstream ``values`` given.
+
+    For executors that move results themselves (Dask: submit ``apply`` with the
+    upstream results as futures, store the returned value with ``store``).
+    """
+    import asyncio
+    import inspect
+
+    req = Request(
+        target=call.target, code_file=call.code_file, args=call.args, upstream=call.upstream,
+        result_path="", results_dir=call.results_dir, cwd="", env=(), cores=(), stdout="",
+        stderr="",
+    )
+    fn = resolve(req.target, req.code_file)
+    args, kwargs = arguments(fn, req, values)
+    value = fn(*args, **kwargs)
+    return asyncio.run(value) if inspect.iscoroutine(value) else value
+
+
 # ---------------------------------------------------------------- the plain worker
 
 

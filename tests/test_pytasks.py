@@ -511,3 +511,14 @@ def test_the_example_pipeline_runs_and_reruns_from_cache(
     assert "explain clean: code of pipeline:clean changed" in out
     assert "loading" not in out  # load[...] was up to date: its cached rows went to clean
     assert "| north | 1 | 120.50 | 120.50 |" in (tmp_path / "build/report.md").read_text()
+
+
+def test_apply_runs_a_call_in_process_for_executors_that_move_results(tmp_path: Path) -> None:
+    """What a Dask executor submits: the function itself, its upstream values passed in."""
+    from dagrun.pycall import Call, pack_args, target_of
+    from dagrun.pyworker import apply
+
+    target, code_file = target_of(funcs.total)
+    call = Call(target, code_file, pack_args([], {"scale": 3}), (("evens", "", "k1"),), "k2",
+                str(tmp_path))
+    assert apply(call, {"evens": [2, 4]}) == 18  # a coroutine function, run to its end
