@@ -360,6 +360,7 @@ def test_io_bound_coroutines_overlap_without_slots(tmp_path: Path) -> None:
 
         async def nap(i):
             start = time.monotonic()
+            print("nap", i)
             await asyncio.sleep(0.1)
             return start, time.monotonic()
     """)
@@ -378,6 +379,65 @@ def test_io_bound_coroutines_overlap_without_slots(tmp_path: Path) -> None:
     assert overlapping > 1  # more than one was asleep at once, on one slot
     wall = max(end for _, end in spans) - min(start for start, _ in spans)
     assert wall < 5.0  # 100 sequential naps would take 10 s
+    assert finished(reporter)["nap[i=42]"].stdout == "nap 42\n"  # each task's own output
+
+
+def test_an_io_bound_timeout_cancels_that_coroutine_only(tmp_path: Path) -> None:
+    write(tmp_path, "m.py", """
+        import asyncio
+
+        async def forever():
+            await asyncio.sleep(60)
+
+        async def quick():
+            await asyncio.sleep(0.5)
+            return "done"
+    """)
+    write(tmp_path, "dagrun.toml", """
+        [tasks.forever]
+        call = "m:forever"
+        io_bound = true
+        timeout = 0.2
+        [tasks.quick]
+        call = "m:quick"
+        io_bound = true
+    """)
+    result, reporter = build(tmp_path, keep_going=True)
+    assert result.failed == ("forever",) and result.values["quick"] == "done"
+    assert finished(reporter)["forever"].timed_out
+
+
+def test_an_idle_worker_that_died_is_replaced(tmp_path: Path) -> None:
+    from dagrun.executors import Job
+    from dagrun.executors.pyfunc import FunctionPool
+    from dagrun.pycall import Call, pack_args, target_of
+
+    target, code_file = target_of(funcs.numbers)
+    pool = FunctionPool(slots=1)
+
+    def job(i: int) -> Job:
+        call = Call(target, code_file, pack_args([i], {}), (), f"k{i}", str(tmp_path / "r"))
+        return Job(i, f"t{i}", "call", str(tmp_path), ".", {}, str(tmp_path / f"run{i}"),
+                   call=call)
+
+    try:
+        pool.submit(job(1))
+        assert [o.exit_code for o in pool.wait()] == [0]
+        (idle,) = pool._idle
+        os.kill(idle.proc.pid, signal.SIGKILL)
+        idle.proc.wait()
+        pool.submit(job(2))
+        outcomes = pool.wait()
+        assert [o.exit_code for o in outcomes] == [0], outcomes
+    finally:
+        pool.close()
+    assert pickle_load(tmp_path / "r" / "k2") == [0, 1]
+
+
+def pickle_load(path: Path) -> Any:
+    import pickle
+
+    return pickle.loads(path.read_bytes())
 
 
 def test_a_function_task_is_pinned_to_its_leased_cores(tmp_path: Path) -> None:

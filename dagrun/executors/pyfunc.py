@@ -145,8 +145,12 @@ class FunctionPool:
             self._running[job.id] = running
         try:
             write_all(worker.requests, encode(("run", job.id, req)))
-        except BrokenPipeError:
-            pass  # the worker died before it read the job: its reply pipe closes too
+        except BrokenPipeError:  # an idle worker that died meanwhile: a new one takes the job
+            with HOLD:
+                self._forget(worker)
+                running.worker = worker = self._worker_for(job)
+                worker.jobs[job.id] = running
+            write_all(worker.requests, encode(("run", job.id, req)))
 
     def collect(self) -> list[Outcome]:
         return self.wait(timeout=0)
@@ -207,6 +211,11 @@ class FunctionPool:
             error = None if running.timed_out else f"the Python worker running it {what}"
             self._done.append(self._outcome(running, status, error))
         worker.jobs.clear()
+
+    def _forget(self, worker: _Worker) -> None:
+        """A worker that died between jobs: reap it; its job (not started) moves on."""
+        worker.jobs.clear()
+        self._reap(worker)
 
     def _reap(self, worker: _Worker) -> int:
         fd = worker.replies
