@@ -19,10 +19,7 @@ so a result is never stale, and deleting the folder only costs reruns.
 
 from __future__ import annotations
 
-import ast
-import difflib
 import os
-import pickle
 import re
 import sys
 from collections.abc import Iterator, Mapping
@@ -31,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from .hashing import digest_bytes
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # ast and pickle are imported where used: a build without functions skips them
+    import ast
+
     from .graph import BuildGraph
 
 RESULTS = "results"  # the folder in .dagrun/
@@ -96,6 +95,8 @@ def check_target(target: str, root: str) -> str:
     first = qualname.split(".")[0]
     top = _names(origin, module)
     if first not in top:
+        import difflib
+
         close = difflib.get_close_matches(first, list(top), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ValueError(f"call {target!r}: module '{module}' has no '{first}'{hint}")
@@ -146,6 +147,8 @@ def _names(path: str, module: str) -> list[str]:
 
 
 def _parse(path: str, module: str) -> ast.Module:
+    import ast
+
     try:
         with open(path, "rb") as f:
             return ast.parse(f.read(), filename=path)
@@ -159,6 +162,8 @@ def _parse(path: str, module: str) -> ast.Module:
 
 def pack_args(args: Any, kwargs: Any) -> bytes:
     """The task's own arguments as one blob (hashed into its key); ValueError if unpicklable."""
+    import pickle
+
     try:
         return pickle.dumps((tuple(args), dict(kwargs)), protocol=4)
     except Exception as exc:  # noqa: BLE001 - pickling raises many kinds
@@ -187,6 +192,8 @@ def code_digest(code_file: str, target: str) -> str:
 
 
 def _digest_source(code_file: str, target: str) -> str:
+    import ast
+
     try:
         with open(code_file, "rb") as f:
             tree = ast.parse(f.read())
@@ -213,6 +220,8 @@ def _free_names(node: ast.AST) -> set[str]:
     A parameter named like an upstream task (``def clean(load)``) shadows the
     module's ``load`` function; it must not pull that function's code in.
     """
+    import ast
+
     bound: set[str] = set()
     read: set[str] = set()
     declared: set[str] = set()
@@ -238,6 +247,8 @@ def _top_level(tree: ast.Module) -> dict[str, list[ast.stmt]]:
 
 
 def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    import ast
+
     for stmt in body:
         if isinstance(stmt, (ast.If, ast.Try)):
             yield from _statements(stmt.body + stmt.orelse)
@@ -250,6 +261,8 @@ def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
 
 
 def _defined(stmt: ast.stmt) -> list[str]:
+    import ast
+
     if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         return [stmt.name]
     if isinstance(stmt, (ast.Import, ast.ImportFrom)):
@@ -295,6 +308,8 @@ class Results(Mapping[str, Any]):
 
     def __getitem__(self, task: str) -> Any:
         if task not in self._values:
+            import pickle
+
             with open(self._paths[task], "rb") as f:
                 self._values[task] = pickle.load(f)
         return self._values[task]
