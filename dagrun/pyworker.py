@@ -322,7 +322,7 @@ class _Routed(io.TextIOBase):
 _CURRENT: Any = None
 
 
-async def _run_io(job_id: int, req: Request, replies: int) -> None:
+async def _run_io(job_id: int, req: Request, replies: Any) -> None:
     import asyncio
     import inspect
 
@@ -346,7 +346,24 @@ async def _run_io(job_id: int, req: Request, replies: int) -> None:
     finally:
         out.close()
         err.close()
-        write_all(replies, encode(("done", job_id, code, error)))
+        replies.put(encode(("done", job_id, code, error)))
+
+
+def _writer(fd: int) -> Any:
+    """A queue whose frames a thread writes to ``fd``: the event loop never blocks on a full
+    reply pipe (dagrun may be busy writing a burst of requests; each side would wait for the
+    other)."""
+    import queue
+    import threading
+
+    outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+
+    def drain() -> None:
+        while True:
+            write_all(fd, outbox.get())
+
+    threading.Thread(target=drain, name="replies", daemon=True).start()
+    return outbox
 
 
 def io_loop(requests: int, replies: int) -> None:
@@ -358,6 +375,7 @@ def io_loop(requests: int, replies: int) -> None:
     _CURRENT = contextvars.ContextVar("dagrun_job_files", default=None)
     sys.stdout = _Routed(0, sys.__stdout__)
     sys.stderr = _Routed(1, sys.__stderr__)
+    outbox = _writer(replies)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -379,7 +397,7 @@ def io_loop(requests: int, replies: int) -> None:
             for message in decode_frames(buf):
                 if message[0] == "run":
                     _, job_id, req = message
-                    task = asyncio.ensure_future(_run_io(job_id, req, replies))
+                    task = asyncio.ensure_future(_run_io(job_id, req, outbox))
                     tasks[job_id] = task
                     task.add_done_callback(functools.partial(forget, job_id))
                 elif message[0] == "cancel" and message[1] in tasks:
