@@ -193,6 +193,9 @@ def test_matrix_args_are_substituted_and_a_group_parameter_gets_every_result(
 
         def gather(square, **rest):
             return sorted(square.items()), sorted(rest)
+
+        def everything(**results):
+            return sorted(results.items())
     """)
     write(tmp_path, "dagrun.toml", """
         [tasks.square]
@@ -202,12 +205,54 @@ def test_matrix_args_are_substituted_and_a_group_parameter_gets_every_result(
         [tasks.gather]
         call = "m:gather"
         deps = ["square"]
+        [tasks.everything]
+        call = "m:everything"
+        deps = ["square[n=1]", "gather"]
     """)
     result, reporter = build(tmp_path)
     assert result.ok, finished(reporter)
     squares, rest = result.values["gather"]
     assert squares == [("square[n=1]", 1), ("square[n=2]", 4), ("square[n=3]", 9)]
     assert rest == []  # the group parameter took them all
+    assert result.values["everything"] == [  # names that are not identifiers, through **results
+        ("gather", ([("square[n=1]", 1), ("square[n=2]", 4), ("square[n=3]", 9)], [])),
+        ("square[n=1]", 1),
+    ]
+
+
+def test_retries_always_and_threads_mean_the_same_for_functions(tmp_path: Path) -> None:
+    write(tmp_path, "m.py", """
+        import os
+
+        def flaky():
+            with open("attempts", "a") as f:
+                f.write("x")
+            if len(open("attempts").read()) < 2:
+                raise RuntimeError("first attempt fails")
+            return "second time lucky"
+
+        def cores():
+            with open("always.count", "a") as f:
+                f.write("x")
+            return sorted(os.sched_getaffinity(0))
+    """)
+    write(tmp_path, "dagrun.toml", """
+        [executors.local]
+        core_pool = "0-1"
+        [tasks.flaky]
+        call = "m:flaky"
+        retries = 1
+        [tasks.wide]
+        call = "m:cores"
+        threads = 2
+        always = true
+    """)
+    result, _ = build(tmp_path)
+    assert result.values["flaky"] == "second time lucky"
+    assert result.values["wide"] == [0, 1]
+    result, _ = build(tmp_path)
+    assert result.succeeded == ("wide",) and result.up_to_date == ("flaky",)
+    assert (tmp_path / "always.count").read_text() == "xx"
 
 
 def test_an_exception_fails_the_task_with_the_users_traceback(tmp_path: Path) -> None:
