@@ -31,6 +31,19 @@ from ..pyworker import Request, decode_frames, encode, write_all
 from . import Context, Job, Outcome
 from .local import _make_dir, _read_back, _write_text
 
+# The worker imports this very dagrun package (wherever it is, whatever sys.path a fresh
+# interpreter has), without putting its folder on sys.path ahead of the standard library.
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BOOT = (
+    "import sys, importlib.util as u\n"
+    "s = u.spec_from_file_location('dagrun', sys.argv[1] + '/__init__.py',"
+    " submodule_search_locations=[sys.argv[1]])\n"
+    "m = sys.modules['dagrun'] = u.module_from_spec(s)\n"
+    "s.loader.exec_module(m)\n"
+    "from dagrun.pyworker import main\n"
+    "main(sys.argv[2:])\n"
+)
+
 
 @dataclass
 class _Worker:
@@ -91,15 +104,13 @@ class FunctionPool:
     def _spawn(self, io: bool, root: str) -> _Worker:
         r_req, w_req = os.pipe()
         r_rep, w_rep = os.pipe()
-        argv = [sys.executable, "-m", "dagrun.pyworker", f"--reply={w_rep}"]
+        argv = [sys.executable, "-c", _BOOT, _PACKAGE, f"--reply={w_rep}"]
         if io:
             argv.append("--io")
-        env = dict(self.environ)
-        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         try:
             proc = subprocess.Popen(
-                argv, stdin=r_req, pass_fds=(w_rep,), start_new_session=True, env=env, cwd=root
+                argv, stdin=r_req, pass_fds=(w_rep,), start_new_session=True, env=self.environ,
+                cwd=root,
             )
         finally:
             os.close(r_req)
