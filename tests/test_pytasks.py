@@ -627,3 +627,32 @@ def test_apply_runs_a_call_in_process_for_executors_that_move_results(tmp_path: 
     call = Call(target, code_file, pack_args([], {"scale": 3}), (("evens", "", "k1"),), "k2",
                 str(tmp_path))
     assert apply(call, {"evens": [2, 4]}) == 18  # a coroutine function, run to its end
+
+
+def test_functions_of_the_build_script_itself(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    write(tmp_path, "build.py", """
+        import dagrun
+
+        def double(x):
+            return 2 * x
+
+        def report(double):
+            return f"got {double}"
+
+        if __name__ == "__main__":
+            g = dagrun.Graph(root=".")
+            g.add_task("double", fn=double, args=[21])
+            g.task(deps=["double"])(report)
+            result = g.build()
+            print(result.values["report"])
+    """)
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "build.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(root)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "got 42"
