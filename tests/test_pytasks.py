@@ -656,3 +656,39 @@ def test_functions_of_the_build_script_itself(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "got 42"
+
+
+def test_the_pool_keeps_the_executor_contract(tmp_path: Path) -> None:
+    """fileno readable when collect() has outcomes; cancel ends one job; cancel_all the rest."""
+    import select
+
+    from dagrun.executors import Context, Job, create
+    from dagrun.pycall import Call, pack_args
+
+    write(tmp_path, "m.py", "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n")
+    context = Context(str(tmp_path), str(tmp_path / ".dagrun"), dict(os.environ), 3)
+    pool = create("python", "python", {}, context)
+    code_file = str(tmp_path / "m.py")
+
+    def job(i: int, seconds: float) -> Job:
+        call = Call("m:nap", code_file, pack_args([seconds], {}), (), f"k{i}", str(tmp_path / "r"))
+        return Job(i, f"t{i}", "call m:nap", str(tmp_path), ".", {}, str(tmp_path / f"run{i}"),
+                   call=call)
+
+    try:  # workers import m from the job's root
+        pool.start()
+        assert pool.slots == 3
+        for i, seconds in ((1, 0.0), (2, 60.0), (3, 60.0)):
+            pool.submit(job(i, seconds))
+        assert select.select([pool.fileno()], [], [], 30)[0] == [pool.fileno()]
+        outcomes = pool.collect()
+        while not outcomes:
+            outcomes = pool.collect()
+        assert [(o.job_id, o.ok) for o in outcomes] == [(1, True)]
+        pool.cancel(2)
+        (cancelled,) = pool.wait(timeout=30)
+        assert cancelled.job_id == 2 and not cancelled.ok
+        (rest,) = pool.cancel_all()
+        assert rest.job_id == 3 and rest.error == "interrupted"
+    finally:
+        pool.close()

@@ -144,6 +144,8 @@ REGISTRY = {
     "ssh": "ssh:SshExecutor",
     "http": "http_pull:HttpExecutor",
     "dask": "dask:DaskExecutor",
+    # not a manifest type: where the local executor's Python function tasks (job.call) run
+    "python": "pyfunc:FunctionPool",
 }
 
 
