@@ -148,20 +148,33 @@ class FunctionPool:
             cores=job.cores, stdout=run + "stdout.txt", stderr=run + "stderr.txt",
         )
         with HOLD:  # a Ctrl-C here must not lose a started worker
-            worker = self._worker_for(job)
+            try:
+                worker = self._worker_for(job)
+            except OSError as exc:
+                error = f"cannot start a Python worker: {exc.strerror or exc}"
+                self._done.append(Outcome(job.id, None, 0.0, error=error))
+                return
             started = time.monotonic()
             deadline = started + job.timeout if job.timeout else None
             running = _Running(job, worker, started, deadline, req.stdout, req.stderr)
             worker.jobs[job.id] = running
             self._running[job.id] = running
+        message = encode(("run", job.id, req))
         try:
-            write_all(worker.requests, encode(("run", job.id, req)))
+            write_all(worker.requests, message)
         except BrokenPipeError:  # an idle worker that died meanwhile: a new one takes the job
             with HOLD:
                 self._forget(worker)
                 running.worker = worker = self._worker_for(job)
                 worker.jobs[job.id] = running
-            write_all(worker.requests, encode(("run", job.id, req)))
+            self._send_frame(worker, message)
+
+    def _send_frame(self, worker: _Worker, frame: bytes) -> None:
+        """A frame to a worker that may have died: its closed reply pipe reports that."""
+        try:
+            write_all(worker.requests, frame)
+        except OSError:
+            pass
 
     def collect(self) -> list[Outcome]:
         return self.wait(timeout=0)
@@ -256,10 +269,7 @@ class FunctionPool:
                 _kill(r.worker, signal.SIGKILL)  # its reply pipe closes: _died reports it
 
     def _send(self, worker: _Worker, message: Any) -> None:
-        try:
-            write_all(worker.requests, encode(message))
-        except OSError:
-            pass
+        self._send_frame(worker, encode(message))
 
     # -- stopping
 
