@@ -549,6 +549,7 @@ def test_api_refuses_lambdas_and_nested_functions(tmp_path: Path) -> None:
         ('call = "m:one"\ncmd = "true"', "a task has either 'cmd' (a shell command) or 'call'"),
         ('cmd = "true"\nio_bound = true', "'io_bound' is for Python function tasks"),
         ('call = "m:one"\nexecutor = "far"', "executor 'far' (type ssh) cannot run Python"),
+        ('call = "m:one"\nexecutor = "pool"', "executor 'pool' (type http) cannot run Python"),
     ],
 )
 def test_a_bad_call_is_a_manifest_error_naming_the_line(
@@ -556,8 +557,8 @@ def test_a_bad_call_is_a_manifest_error_naming_the_line(
 ) -> None:
     write(tmp_path, "m.py", "def one():\n    return 1\n")
     write(tmp_path, "bad.py", "def f(:\n")
-    write(tmp_path, "dagrun.toml", f'[executors.far]\ntype = "ssh"\nhost = "x"\n\n'
-          f"[tasks.t]\n{body}\n")
+    write(tmp_path, "dagrun.toml", '[executors.far]\ntype = "ssh"\nhost = "x"\n'
+          f'[executors.pool]\ntype = "http"\n\n[tasks.t]\n{body}\n')
     with pytest.raises(ManifestError) as info:
         dagrun.load(tmp_path / "dagrun.toml")
     text = str(info.value)
