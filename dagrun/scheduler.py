@@ -212,7 +212,8 @@ class Scheduler:
             self.ready = [item for item in self.ready if not specs[item[2]].io_bound]
             heapq.heapify(self.ready)
             for item in io:
-                self._try_start(item[2])
+                if not self._try_start(item[2]):  # waiting for a resource
+                    heapq.heappush(self.ready, item)
 
     def _try_start(self, i: int) -> bool:
         spec = self.graph.specs[i]
