@@ -693,3 +693,29 @@ def test_the_pool_keeps_the_executor_contract(tmp_path: Path) -> None:
         assert rest.job_id == 3 and rest.error == "interrupted"
     finally:
         pool.close()
+
+
+def test_the_scheduler_gives_io_bound_tasks_no_slot_and_no_cores(fake_executor) -> None:
+    """With -j1 and a core pool of one core, a CPU task and three io_bound tasks run at once."""
+    from dagrun.graph import compile
+    from dagrun.manifest import parse
+    from dagrun.numa import CoreLeases, CorePool
+    from dagrun.plan import Plan
+    from dagrun.scheduler import Scheduler
+
+    text = '[tasks.cpu]\ncmd = "crunch"\n' + "".join(
+        f'[tasks.io{i}]\ncall = "json:dumps"\nargs = [{i}]\nio_bound = true\n' for i in range(3)
+    )
+    graph = compile(parse(text, source="t.toml", root="/proj"))
+    order = tuple(graph.order)
+    leases = CoreLeases(CorePool(((0, (0,)),)))
+    result = Scheduler(
+        graph, Plan(order, order, (), {}), [f"k{i}" for i in order], fake_executor, jobs=1,
+        failures_allowed=1, clock=fake_executor.clock, reporter=RecordingReporter(),
+        base_env={}, runs_dir="/proj/.dagrun/runs", leases=leases,
+    ).run()
+    assert result.ok and fake_executor.peak == 4
+    jobs = {j.task: j for j in fake_executor.jobs}
+    assert jobs["cpu"].cores == (0,) and jobs["cpu"].call is None
+    assert all(jobs[f"io{i}"].cores == () and jobs[f"io{i}"].call.io_bound for i in range(3))
+    assert jobs["io1"].call.target == "json:dumps" and jobs["io1"].call.key == "k2"
