@@ -20,7 +20,7 @@ from . import globs
 from .errors import CycleError, ManifestError, UnknownTargetError
 from .manifest import ExecutorSpec, Manifest, TaskSpec, inside_root
 
-GRAPH_FORMAT = 4
+GRAPH_FORMAT = 4  # 4: TaskSpec gained the function-task fields
 
 
 @dataclass

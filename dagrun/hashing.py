@@ -99,9 +99,13 @@ class KeyParts(NamedTuple):
     outputs: tuple[str, ...]
     inputs: tuple[tuple[str, str], ...]
     upstream: tuple[tuple[str, str], ...]
+    # function tasks only (pycall.py): the digest of the function's code, of its args
+    code: str = ""
+    args: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        extra = {"code": self.code, "args": self.args} if self.code else {}
+        return extra | {
             "cmd": self.cmd,
             "env": dict(self.env),
             "key_env": dict(self.key_env),
@@ -124,6 +128,8 @@ def key_of(parts: KeyParts) -> str:
         buf += ("in", p, d)
     for t, k in parts.upstream:
         buf += ("up", t, k)
+    if parts.code:
+        buf += ("code", parts.code, "args", parts.args)
     return digest_bytes("\x00".join(buf).encode("utf-8", "surrogateescape"))
 
 
@@ -142,6 +148,17 @@ def key_env_names(graph: BuildGraph) -> list[str]:
     for s in graph.specs:
         names.update(dict.fromkeys(s.key_env))
     return sorted(names)
+
+
+def _function_parts(graph: BuildGraph, i: int) -> dict[str, str]:
+    """A function task's code digest (not its whole module's: see pycall.py) and args digest."""
+    from .pycall import code_digest
+
+    spec = graph.specs[i]
+    path = spec.code_file
+    if path and not path.startswith("/"):
+        path = f"{graph.root}/{path}"
+    return {"code": code_digest(path, spec.call), "args": digest_bytes(spec.args)}
 
 
 class Keys:
@@ -205,7 +222,7 @@ class Keys:
         g = self.graph
         spec = g.specs[i]
         digests = self.stats.entries
-        inputs = tuple((p, digests[p][4]) for p in g.sources[i])
+        inputs = tuple((p, digests[p][4]) for p in g.sources[i] if p != spec.code_file)
         upstream = tuple(sorted((g.specs[d].name, self._key(d)) for d in g.deps[i]))
         kenv = tuple(
             (n, self.environ.get(n)) for n in sorted({*g.manifest.key_env, *spec.key_env})
@@ -218,6 +235,7 @@ class Keys:
             outputs=spec.outputs,
             inputs=inputs,
             upstream=upstream,
+            **(_function_parts(g, i) if spec.call else {}),
         )
 
     def _key(self, i: int) -> str:
