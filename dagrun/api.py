@@ -13,7 +13,7 @@ The CLI is a thin layer over this module: anything a manifest can say,
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
 
 from .errors import ManifestError
@@ -72,29 +72,59 @@ class Graph:
     def add_task(
         self,
         name: str,
-        cmd: str,
+        cmd: str | None = None,
         *,
+        fn: Callable[..., Any] | None = None,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
         inputs: Iterable[str] = (),
         outputs: Iterable[str] = (),
         deps: Iterable[str] = (),
         **options: Any,
     ) -> TaskRef:
-        """Add a task; ``options`` are the manifest's other task keys (display, env, cwd, ...)."""
+        """Add a task; ``options`` are the manifest's other task keys (display, env, cwd, ...).
+
+        A task runs either ``cmd`` (a shell command) or ``fn`` (a module-level
+        Python function, called with ``args``, ``kwargs`` and its function
+        dependencies' results; see docs/python-tasks.md).
+        """
+        if fn is not None:
+            if cmd is not None:
+                raise ManifestError("give either cmd or fn, not both", source="<api>", task=name)
+            options = {**options, "call": fn, "args": list(args), "kwargs": dict(kwargs or {})}
+        elif cmd is None:
+            raise ManifestError("give cmd (a shell command) or fn (a function)", source="<api>",
+                                task=name)
         if self._path is not None:
             raise ManifestError(
                 "tasks cannot be added to a graph loaded from a file", source=self._path
             )
         if name in self.tasks:
             raise ManifestError("two tasks have this name", source="<api>", task=name)
-        body: dict[str, Any] = {"cmd": cmd}
+        body: dict[str, Any] = {} if cmd is None else {"cmd": cmd}
         for key, value in (("inputs", inputs), ("outputs", outputs), ("deps", deps)):
             if value:
                 body[key] = [str(v) for v in value]
         for key, value in options.items():
             if value is not None:
-                body[key] = list(value) if isinstance(value, tuple) else value
+                body[key] = list(value) if isinstance(value, tuple) and key != "args" else value
         self.tasks[name] = body
         return TaskRef(name)
+
+    def task(
+        self, name: str | None = None, **options: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator form of ``add_task(name, fn=f, ...)``; the name defaults to the function's.
+
+            @g.task(deps=["load"])
+            def clean(load): ...
+        """
+
+        def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.add_task(name or fn.__name__, fn=fn, **options)
+            return fn
+
+        return add
 
     @property
     def manifest(self) -> Manifest:
@@ -134,6 +164,47 @@ class Graph:
             failures_allowed=failures_allowed,
             explain=explain,
         )
+
+    def iter_build(
+        self, targets: Iterable[str] | None = None, **build_options: Any
+    ) -> Generator[tuple[str, Any], None, BuildResult]:
+        """Build, yielding (task, result) for each function task as it finishes.
+
+        Cached results of up-to-date tasks come first.  The build runs in a
+        thread (signals stay with the main thread: for a build Ctrl-C stops
+        cleanly, use ``build(on_result=...)``).  The BuildResult is the
+        generator's return value (``result = yield from g.iter_build()``), and
+        failures raise nothing here: check ``result.failed``.
+        """
+        import queue
+        import threading
+
+        q: queue.Queue[tuple[str, Any]] = queue.Queue()
+        done = object()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["result"] = self.build(
+                    targets, on_result=lambda t, v: q.put((t, v)), **build_options
+                )
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                box["error"] = exc
+            finally:
+                q.put(("", done))
+
+        thread = threading.Thread(target=run, name="dagrun-iter-build", daemon=True)
+        thread.start()
+        while True:
+            task, value = q.get()
+            if value is done:
+                break
+            yield task, value
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        result: BuildResult = box["result"]
+        return result
 
     def plan(self, targets: Iterable[str] | None = None, **session_options: Any) -> Prepared:
         """What would run and why, without running anything."""

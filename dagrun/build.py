@@ -26,7 +26,17 @@ from .executors import Context, Executor, create
 from .graph import BuildGraph
 from .numa import CorePool
 from .plan import Plan
-from .scheduler import BuildResult, Hooks, Limits, Policy, Reporter, Scheduler, StopFlag
+from .scheduler import (
+    FUNCTION_POOL,
+    BuildResult,
+    Hooks,
+    Limits,
+    Policy,
+    Reporter,
+    Scheduler,
+    StopFlag,
+    executor_of,
+)
 
 # tests: one executor for every task, or executors by name
 ExecutorFactory = Callable[[BuildGraph], "Executor | Mapping[str, Executor]"]
@@ -61,7 +71,7 @@ def local_slots(graph: BuildGraph, jobs: int, pool: CorePool | None) -> int:
 
 def needed(graph: BuildGraph, plan: Plan) -> list[str]:
     """The executors the plan has tasks for, local first."""
-    names = {graph.specs[i].executor for i in plan.to_run}
+    names = {executor_of(graph.specs[i]) for i in plan.to_run}
     return sorted(names, key=lambda n: (n != "local", n))
 
 
@@ -74,6 +84,10 @@ def open_executors(graph: BuildGraph, plan: Plan, setup: BuildSetup) -> dict[str
     opened: dict[str, Executor] = {}
     try:
         for name in needed(graph, plan):
+            if name == FUNCTION_POOL:
+                opened[name] = create(FUNCTION_POOL, name, {}, context)
+                opened[name].start()
+                continue
             spec = graph.manifest.executors[name]
             opened[name] = create(spec.type, name, spec.options, context)
             opened[name].start()

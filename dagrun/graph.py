@@ -21,7 +21,7 @@ from . import globs
 from .errors import CycleError, ManifestError, UnknownTargetError
 from .manifest import ExecutorSpec, Manifest, TaskSpec, inside_root
 
-GRAPH_FORMAT = 5
+GRAPH_FORMAT = 5  # 4: TaskSpec gained the function-task fields; 5: depfile, restat
 
 
 @dataclass

@@ -107,9 +107,15 @@ class KeyParts(NamedTuple):
     inputs: tuple[tuple[str, str], ...]
     upstream: tuple[tuple[str, str], ...]
     found: tuple[tuple[str, str], ...] = ()  # files its last depfile listed, with their digests
+    # function tasks only (pycall.py): the digest of the function's code, of its args
+    code: str = ""
+    args: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        out = {
+        extra: dict[str, Any] = {"code": self.code, "args": self.args} if self.code else {}
+        if self.found:
+            extra["found"] = dict(self.found)
+        return extra | {
             "cmd": self.cmd,
             "env": dict(self.env),
             "key_env": dict(self.key_env),
@@ -118,9 +124,6 @@ class KeyParts(NamedTuple):
             "inputs": dict(self.inputs),
             "upstream": dict(self.upstream),
         }
-        if self.found:
-            out["found"] = dict(self.found)
-        return out
 
 
 def key_of(parts: KeyParts) -> str:
@@ -137,6 +140,8 @@ def key_of(parts: KeyParts) -> str:
         buf += ("up", t, k)
     for p, d in parts.found:
         buf += ("dep", p, d)
+    if parts.code:
+        buf += ("code", parts.code, "args", parts.args)
     return digest_bytes("\x00".join(buf).encode("utf-8", "surrogateescape"))
 
 
@@ -155,6 +160,17 @@ def key_env_names(graph: BuildGraph) -> list[str]:
     for s in graph.specs:
         names.update(dict.fromkeys(s.key_env))
     return sorted(names)
+
+
+def _function_parts(graph: BuildGraph, i: int) -> dict[str, str]:
+    """A function task's code digest (not its whole module's: see pycall.py) and args digest."""
+    from .pycall import code_digest
+
+    spec = graph.specs[i]
+    path = spec.code_file
+    if path and not path.startswith("/"):
+        path = f"{graph.root}/{path}"
+    return {"code": code_digest(path, spec.call), "args": digest_bytes(spec.args)}
 
 
 class Keys:
@@ -223,7 +239,7 @@ class Keys:
         g = self.graph
         spec = g.specs[i]
         digests = self.stats.entries
-        inputs = tuple((p, digests[p][4]) for p in g.sources[i])
+        inputs = tuple((p, digests[p][4]) for p in g.sources[i] if p != spec.code_file)
         upstream = tuple(sorted((g.specs[d].name, self._upstream(d)) for d in g.deps[i]))
         kenv = tuple(
             (n, self.environ.get(n)) for n in sorted({*g.manifest.key_env, *spec.key_env})
@@ -237,6 +253,7 @@ class Keys:
             inputs=inputs,
             upstream=upstream,
             found=self.found_digests(spec.name),
+            **(_function_parts(g, i) if spec.call else {}),
         )
 
     def found_digests(self, task: str, paths: tuple[str, ...] | None = None) -> Found:

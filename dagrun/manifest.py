@@ -48,6 +48,11 @@ class TaskSpec(NamedTuple):
     resources: tuple[tuple[str, int], ...] = ()
     group: str | None = None
     line: int | None = None
+    # a Python function task (pycall.py): cmd is then "call <target>", for display only
+    call: str = ""  # "package.module:qualname"
+    args: bytes = b""  # pickle of (args, kwargs)
+    code_file: str = ""  # the function's module source (also one of inputs), "" if none
+    io_bound: bool = False  # runs on the io worker's event loop and takes no slot
     depfile: str = ""  # relative to the root, like inputs; "" when none
     restat: bool = False  # dependents key this task by its outputs' digests (early cutoff)
 
@@ -209,6 +214,15 @@ def _count_table(v: Any) -> str | None:
     return None
 
 
+def _call(v: Any) -> str | None:
+    """A "package.module:function" string, or (from the API) a function."""
+    return None if callable(v) else _nonempty_str(v)
+
+
+def _args(v: Any) -> str | None:
+    return None if isinstance(v, (list, tuple)) else f"must be an array, not {_tname(v)}"
+
+
 def _any_table(v: Any) -> str | None:
     return None if isinstance(v, dict) else f"must be a table, not {_tname(v)}"
 
@@ -343,7 +357,13 @@ TASK_KEYS: dict[str, Check] = {
     "matrix": _matrix,
     "depfile": _nonempty_str,
     "restat": _bool,
+    "call": _call,
+    "args": _args,
+    "kwargs": _any_table,
+    "io_bound": _bool,
 }
+FUNCTION_KEYS = ("args", "kwargs", "io_bound")  # meaningful with call only
+FUNCTION_EXECUTORS = ("local", "dask")  # executor types that can run a function task
 
 EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
     "local": {
@@ -635,8 +655,17 @@ class _Builder:
             problem = "task names must not contain whitespace or [ ] * ? = , (targets use them)"
             raise self.error(problem, task=name, table=path)
         self.check_keys(body, TASK_KEYS, path, task=name)
-        if "cmd" not in body:
+        if "cmd" in body and "call" in body:
+            problem = "a task has either 'cmd' (a shell command) or 'call' (a function), not both"
+            raise self.error(problem, task=name, key="call", table=path)
+        if "cmd" not in body and "call" not in body:
             self.check_aggregate(name, body, path)
+        for key in FUNCTION_KEYS:
+            if key in body and "call" not in body:
+                problem = f"'{key}' is for Python function tasks (with 'call') only"
+                raise self.error(problem, task=name, key=key, table=path)
+        if "call" in body:
+            body = {**body, **self.function(name, body["call"], path)}
         line = self.lines.find(path, None) if self.lines is not None else None
         if "matrix" not in body:
             self.count += 1
@@ -714,6 +743,21 @@ class _Builder:
                 task=name, key="outputs", table=path, hint="give it a 'cmd' that writes them",
             )
 
+    def function(self, name: str, call: Any, path: tuple[str, ...]) -> dict[str, Any]:
+        """``call``'s target and source file, checked now: a call that cannot import is exit 2."""
+        from . import pycall
+
+        try:
+            if callable(call):
+                target, code_file = pycall.target_of(call)
+            else:
+                target, code_file = call, pycall.check_target(call, self.root)
+        except ValueError as exc:
+            raise self.error(str(exc), task=name, key="call", table=path) from None
+        if code_file.startswith(self.root + os.sep):
+            code_file = os.path.relpath(code_file, self.root)
+        return {"cmd": f"call {target}", "call": target, "code_file": code_file}
+
     def combinations(self, name: str, body: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
         """One (task name, {variable: value}) per combination of the matrix values."""
         cwd = body.get("cwd", ".")
@@ -768,7 +812,7 @@ class _Builder:
                 f"cwd '{cwd}' is outside the manifest's folder; it must be a folder inside it",
                 task=name, key="cwd", table=path,
             )
-        return TaskSpec(
+        spec = TaskSpec(
             name=name,
             cmd=sub(body.get("cmd", ""), quote=True),
             inputs=self.paths(sub, body, "inputs", cwd, name, path),
@@ -790,6 +834,30 @@ class _Builder:
             depfile=_norm(sub(body["depfile"]), cwd, self.root) if "depfile" in body else "",
             restat=body.get("restat", False),
         )
+        if "call" in body:
+            spec = spec._replace(**self.function_fields(spec, body, sub, path))
+        return spec
+
+    def function_fields(
+        self, spec: TaskSpec, body: dict[str, Any], sub: _Substituter, path: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """A function task's fields; its module's source becomes one of its inputs."""
+        from . import pycall
+
+        args = [_substitute(a, sub) for a in body.get("args", ())]
+        kwargs = {k: _substitute(v, sub) for k, v in body.get("kwargs", {}).items()}
+        try:
+            blob = pycall.pack_args(args, kwargs)
+        except ValueError as exc:
+            raise self.error(str(exc), task=spec.name, key="args", table=path) from None
+        code_file = body["code_file"]
+        inputs = spec.inputs
+        if code_file:
+            inputs = tuple(dict.fromkeys((*inputs, code_file)))
+        return {
+            "inputs": inputs, "call": body["call"], "args": blob, "code_file": code_file,
+            "io_bound": body.get("io_bound", False),
+        }
 
     def paths(
         self,
@@ -843,6 +911,13 @@ class _Builder:
                     hint=_executor_hint(t.executor, executors),
                 )
             self.check_paths(t, table)
+            kind = executors[t.executor].type
+            if t.call and kind not in FUNCTION_EXECUTORS:
+                raise self.error(
+                    f"executor '{t.executor}' (type {kind}) cannot run Python function tasks",
+                    task=t.name, key="executor", table=table,
+                    hint="run them on: " + ", ".join(FUNCTION_EXECUTORS),
+                )
             for out in t.outputs:
                 other = producers.get(out)
                 if other is not None:
@@ -906,6 +981,17 @@ def _executor_hint(name: str, executors: Mapping[str, ExecutorSpec]) -> str:
     close = difflib.get_close_matches(name, list(executors), n=1)
     defined = ", ".join(sorted(executors))
     return _did_you_mean(close) or f"defined: {defined}; add an [executors.{name}] table"
+
+
+def _substitute(value: Any, sub: _Substituter) -> Any:
+    """Matrix placeholders replaced in every string inside an argument."""
+    if isinstance(value, str):
+        return sub(value)
+    if isinstance(value, list):
+        return [_substitute(v, sub) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, sub) for k, v in value.items()}
+    return value
 
 
 def _scalar(v: Any) -> str:

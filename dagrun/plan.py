@@ -78,6 +78,10 @@ def explain(task: str, new: KeyParts, record: dict[str, Any] | None) -> list[str
     why: list[str] = []
     if old.get("cmd") != new.cmd:
         why.append("command changed")
+    if old.get("code", "") != new.code:
+        why.append(f"code of {new.cmd.removeprefix('call ')} changed")
+    if old.get("args", "") != new.args:
+        why.append("args changed")
     if old.get("cwd") != new.cwd:
         why.append(f"cwd changed ({old.get('cwd')} -> {new.cwd})")
     why += _dict_changes("env", old.get("env", {}), dict(new.env))

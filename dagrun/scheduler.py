@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from . import events
 from .clock import Clock
@@ -47,6 +47,7 @@ from .events import (
 )
 from .executors import Executor, Job, Outcome
 from .graph import BuildGraph
+from .manifest import TaskSpec
 from .plan import Plan
 
 
@@ -89,6 +90,7 @@ class BuildResult:
     interrupted: bool = False
     elapsed: float = 0.0
     reasons: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    values: Mapping[str, Any] = field(default_factory=dict)  # function task -> its result
 
     @property
     def ok(self) -> bool:
@@ -103,6 +105,19 @@ class BuildResult:
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,=+@\[\]-]")
 _LONGEST = 120  # characters of a task name kept in its run folder's name
+
+
+FUNCTION_POOL = "python"  # where function tasks of the local executor run (executors/pyfunc.py)
+
+
+def executor_of(spec: TaskSpec) -> str:
+    """The executor that runs a task: a function task of the local executor, the function pool."""
+    return FUNCTION_POOL if spec.call and spec.executor == "local" else spec.executor
+
+
+def _pool(executor: str) -> str:
+    """The slots an executor's jobs take: the function pool's are the local ones."""
+    return "local" if executor == FUNCTION_POOL else executor
 
 
 def run_dir_name(task: str) -> str:
@@ -289,7 +304,9 @@ class Scheduler:
                 self.ready[self._executor_of(i)].append((-self.priority[i], pos, i))
         for heap in self.ready.values():
             heapq.heapify(heap)
-        self.free = {name: self._slots_of(name) for name in self.executors}
+        # the function pool ("python") shares the local slots: one -j for commands and functions
+        self.free = {_pool(name): self._slots_of(_pool(name)) for name in self.executors}
+        self.has_io = any(g.specs[i].io_bound for i in plan.to_run)
         self.running: dict[int, _Running] = {}  # job id -> what it holds
         self.attempts = [0] * n
         self.lost = [0] * n
@@ -395,7 +412,7 @@ class Scheduler:
         deferred = []
         failure = None
         for name, ready in self.ready.items():
-            while ready and self.free[name] > 0 and failure is None:
+            while ready and self.free[_pool(name)] > 0 and failure is None:
                 item = heapq.heappop(ready)
                 started = self._try_start(item[2])
                 if started is False:
@@ -405,10 +422,31 @@ class Scheduler:
             for item in deferred:
                 heapq.heappush(ready, item)
             deferred.clear()
+            if failure is None and self.has_io and ready and self.free[_pool(name)] <= 0:
+                failure = self._start_io_bound(name)
         return failure
 
+    def _start_io_bound(self, name: str) -> Exception | None:
+        """io_bound tasks take no slot: they start even when every slot is taken."""
+        specs = self.graph.specs
+        ready = self.ready[name]
+        io = [item for item in ready if specs[item[2]].io_bound]
+        if not io:
+            return None
+        ready[:] = [item for item in ready if not specs[item[2]].io_bound]
+        heapq.heapify(ready)
+        for item in io:
+            started = self._try_start(item[2])
+            if started is False:  # waiting for a resource
+                heapq.heappush(ready, item)
+            elif started is not True:
+                return started
+        return None
+
     def _executor_of(self, i: int) -> str:
-        return "local" if self._only is not None else self.graph.specs[i].executor
+        """The executor that runs task ``i``: a function task of a local executor runs in the
+        function pool ("python"); in a test with one executor, that one."""
+        return "local" if self._only is not None else executor_of(self.graph.specs[i])
 
     def _ready(self, i: int) -> None:
         heapq.heappush(self.ready[self._executor_of(i)], (-self.priority[i], self.pos[i], i))
@@ -416,21 +454,22 @@ class Scheduler:
     def _try_start(self, i: int) -> bool | Exception:
         spec = self.graph.specs[i]
         name = self._executor_of(i)
-        free = self.free[name]
-        slots = min(spec.threads, self._slots_of(name))
+        free = self.free[_pool(name)]
+        # io_bound function tasks wait on I/O on the pool's event loop: no slot, no cores
+        slots = 0 if spec.io_bound else min(spec.threads, self._slots_of(_pool(name)))
         if slots > free:
             return False
         for resource, count in spec.resources:
             if self.free_resources.get(resource, 0) < count:
                 return False
         lease = None
-        if self.leases is not None and name == "local":
+        if self.leases is not None and _pool(name) == "local" and not spec.io_bound:
             lease = self.leases.try_grant(spec.threads, spec.numa_node)
             if lease is None:
                 return False
         for resource, count in spec.resources:
             self.free_resources[resource] -= count
-        self.free[name] = free - slots
+        self.free[_pool(name)] = free - slots
         self.attempts[i] += 1
         job = self._job(i, lease)
         self.running[job.id] = _Running(i, name, slots, lease)
@@ -490,14 +529,25 @@ class Scheduler:
             cores=cores,
             numa_node=node,
             attempt=self.attempts[i],
+            call=self._call(i) if spec.call else None,
         )
+
+    def _call(self, i: int) -> Any:
+        """A function task's Call: its target, args and the keys of the results it receives."""
+        from .pycall import RESULTS, make_call
+
+        return make_call(self.graph, i, self.keys, os.path.join(self.state_dir, RESULTS))
+
+    @property
+    def state_dir(self) -> str:
+        return os.path.dirname(self.runs_dir)  # runs_dir is .dagrun/runs
 
     def _finished(
         self, outcome: Outcome, *, cancelled: str | None = None, interrupted: bool = False
     ) -> None:
         run = self.running.pop(outcome.job_id)
         i = run.task
-        self.free[run.executor] += run.slots
+        self.free[_pool(run.executor)] += run.slots
         spec = self.graph.specs[i]
         for resource, count in spec.resources:
             self.free_resources[resource] += count

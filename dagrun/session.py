@@ -15,7 +15,9 @@ a no-op build fast: no TOML, no networkx, no re-hashing of unchanged files.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import functools
 import marshal
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,6 +35,7 @@ from .hashing import Keys, StatCache, digest_bytes, key_env_names
 from .manifest import Manifest, output_problem
 from .numa import CorePool, Topology
 from .plan import Plan, make
+from .pycall import Results, results_of, results_view
 from .scheduler import BuildResult, Reporter, StopFlag
 
 if TYPE_CHECKING:
@@ -71,6 +74,7 @@ class Session:
         wait_for_lock: bool = True,
         on_wait: Callable[[str], None] | None = None,
         topology: Topology | None = None,
+        on_result: Callable[[str, Any], None] | None = None,
     ) -> None:
         if (manifest_path is None) == (manifest is None):
             raise ValueError("give exactly one of manifest_path and manifest")
@@ -93,6 +97,7 @@ class Session:
         self._source: tuple[Any, ...] = ()  # what the graph in hand was made from (_graph)
         self._graph_blob: GraphBlob | None = None  # the cache file's graph part, as read
         self._topology = topology  # None: read this machine's when a core_pool needs it
+        self.on_result = on_result  # streams function tasks' results as they finish (pycall.py)
 
     # ------------------------------------------------------------ public operations
 
@@ -257,7 +262,7 @@ class Session:
         plan = make(
             graph,
             keys.keys,
-            log,
+            results_view(graph, keys.keys, log, self.state_dir),
             exists,
             selected,
             parts=keys.parts if explain else None,
@@ -389,8 +394,14 @@ class Session:
                 outcome.maxrss_kb,
                 self.clock.wall(),
             )
+            if specs[i].call:
+                stream(i)
             return None
 
+        results = results_of(graph, keys.keys, self.state_dir)
+        stream = functools.partial(_stream, self.on_result, graph, results)
+        for i in prep.plan.up_to_date:
+            stream(i)
         if self.on_plan is not None:
             self.on_plan(graph, prep.plan)
         setup = build.BuildSetup(
@@ -412,10 +423,13 @@ class Session:
             lambda task, key: log.has(key),
             lambda i: all(exists(o) for o in specs[i].outputs),
         )
-        return build.run(
+        result = build.run(
             graph, prep.plan, keys.keys, reporter, setup, on_success, log.index.durations,
             check.still_needed,
         )
+        done = {*result.succeeded, *result.up_to_date}
+        values = {t: p for t, p in results.items() if t in done}
+        return dataclasses.replace(result, values=Results(values))
 
     def executor_pools(self, *, probe: bool = True) -> list[Any]:
         """Each executor's pool (``dagrun status --executors``), live while a build runs.
@@ -569,6 +583,16 @@ def _escapes(root: str, out: str) -> str | None:
     if state == target or state.startswith(target + "/"):
         return f"it is or holds {STATE_DIR}"
     return None
+
+
+def _stream(
+    on_result: Callable[[str, Any], None] | None, graph: BuildGraph, results: Mapping[str, str],
+    i: int,
+) -> None:
+    """Hand function task ``i``'s result to ``on_result``, if one was given."""
+    name = graph.specs[i].name
+    if on_result is not None and name in results:
+        on_result(name, Results(results)[name])
 
 
 def default_jobs() -> int:

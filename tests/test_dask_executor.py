@@ -415,3 +415,63 @@ executor = "cluster"
     assert_groups_gone({first})
     with Client(dask_scheduler, set_as_default=False) as client:
         client.wait_for_workers(2, timeout=30)  # the nanny restarted it, for the tests after
+
+
+def test_function_tasks_are_submitted_to_the_cluster_as_functions(project, dask_scheduler):
+    """A `call` task on a dask executor runs as the function on a worker, receives its
+    dependencies' results and hands its own to a local function task."""
+    import dagrun
+
+    project.write("pipe.py", """
+        import os
+
+
+        def load():
+            return {"values": [1, 2, 3], "pid": os.getpid()}
+
+
+        def total(load):
+            return {"sum": sum(load["values"]), "pid": os.getpid(), "up": load["pid"]}
+
+
+        def double(total):
+            return 2 * total["sum"]
+    """)
+    project.manifest(on_cluster(dask_scheduler, """
+[tasks.load]
+call = "pipe:load"
+executor = "cluster"
+
+[tasks.total]
+call = "pipe:total"
+deps = ["load"]
+executor = "cluster"
+
+[tasks.double]
+call = "pipe:double"
+deps = ["total"]
+"""))
+    result = dagrun.load(project.root / "dagrun.toml").build()
+    assert result.ok, result
+    values = result.values
+    workers = worker_pids(dask_scheduler)
+    assert values["load"]["pid"] in workers and values["total"]["pid"] in workers
+    assert values["total"]["sum"] == 6 and values["total"]["up"] == values["load"]["pid"]
+    assert values["double"] == 12
+    assert logged_tasks(project.root) == ["load", "total", "double"]
+
+
+def test_a_failing_function_on_the_cluster_shows_the_users_traceback(project, dask_scheduler):
+    project.write("boom.py", """
+        def explode():
+            raise ValueError("no good")
+    """)
+    project.manifest(on_cluster(dask_scheduler, """
+[tasks.f]
+call = "boom:explode"
+executor = "cluster"
+"""))
+    r = project.run("build")
+    assert r.code == 1
+    assert "ValueError: no good" in r.out and 'boom.py", line 3, in explode' in r.out
+    assert logged_tasks(project.root) == []

@@ -75,7 +75,7 @@ def test_task_keys(schema: dict[str, Any]) -> None:
     task = schema["definitions"]["task"]
     assert set(task["properties"]) == set(manifest.TASK_KEYS)
     assert task["additionalProperties"] is False
-    assert task["anyOf"][0] == {"required": ["cmd"]}  # or deps and no outputs: an aggregate
+    assert task["else"]["anyOf"][0] == {"required": ["cmd"]}  # or an aggregate (deps, no outputs)
 
 
 @pytest.mark.parametrize("kind", sorted(manifest.EXECUTOR_KEYS))
@@ -153,6 +153,8 @@ def test_schema_rejects_exactly_the_broken_manifests_marked_so(
         ({"tasks": {"a": {"cmd": "x", "matrix": {"n": {"glob": 3}}}}}, "is not valid under any"),
         ({"tasks": {"a": {"cmd": "x", "env": {"A": 1}}}}, "1 is not of type 'string'"),
         ({"tasks": {"a": {"inputs": ["x"]}}}, "is not valid under any of the given schemas"),
+        ({"tasks": {"a": {"cmd": "x", "call": "m:f"}}}, "should not be valid under"),
+        ({"tasks": {"a": {"call": "m"}}}, "does not match"),
         ({"dagrun": {"jobs": "4"}}, "'4' is not of type 'integer'"),
         ({"executors": {"lab": {"type": "ssh"}}}, "is not valid under any"),
         ({"executors": {"lab": {"max_jobs": 2}}}, "is not valid under any"),

@@ -36,7 +36,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..pycall import Call
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,7 @@ class Job:
     cores: tuple[int, ...] = ()  # leased local cores, empty when not pinned
     numa_node: int | None = None
     attempt: int = 1
+    call: Call | None = None  # a Python function task (``cmd`` is then only its description)
 
     @property
     def local_cwd(self) -> str:
@@ -140,6 +144,8 @@ REGISTRY = {
     "ssh": "ssh:SshExecutor",
     "http": "http_pull:HttpExecutor",
     "dask": "dask:DaskExecutor",
+    # not a manifest type: where the local executor's Python function tasks (job.call) run
+    "python": "pyfunc:FunctionPool",
 }
 
 

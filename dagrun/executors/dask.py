@@ -235,6 +235,8 @@ class DaskExecutor(ThreadedExecutor):
 
     def run(self, job: Job, cancel: threading.Event) -> Outcome:
         self._prepare(job)
+        if job.call is not None:
+            return self._run_function(job, cancel)
         use = self._resources()
         problem = self._too_big(job) if use else None
         if problem is not None:
@@ -260,6 +262,49 @@ class DaskExecutor(ThreadedExecutor):
         if cancel.is_set():
             return Outcome(job.id, None, 0.0, error="cancelled")
         return Outcome(job.id, None, 0.0, error=f"its Dask worker died {MAX_LOST} times")
+
+    def _run_function(self, job: Job, cancel: threading.Event) -> Outcome:
+        """A function task: the function itself is submitted (no shell), with its upstream
+        results; its return value comes back and is stored in the results folder here."""
+        import pickle
+        import traceback
+
+        from .. import pyworker
+
+        call = job.call
+        assert call is not None
+        started = time.monotonic()
+        try:
+            values = {}
+            for task, _, key in call.upstream:
+                with open(os.path.join(call.results_dir, key), "rb") as f:
+                    values[task] = pickle.load(f)
+        except (OSError, pickle.UnpicklingError) as exc:
+            return Outcome(job.id, None, 0.0, error=f"cannot read an upstream result: {exc}")
+        future = self.client.submit(
+            pyworker.apply, call, values, pure=False, retries=0,
+            key=f"dagrun-{job.task}-{job.id}-{uuid.uuid4().hex[:8]}",
+        )
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        while not done.wait(0.05):
+            late = job.timeout is not None and time.monotonic() - started > job.timeout
+            if cancel.is_set() or late:
+                future.cancel()  # a function running on a worker thread cannot be killed
+                why = "timeout" if late else "cancelled"
+                return Outcome(job.id, None, time.monotonic() - started, timed_out=late,
+                               error=why)
+        duration = time.monotonic() - started
+        try:
+            value = future.result()
+        except Exception as exc:  # noqa: BLE001 - the user's exception fails the task
+            text = "".join(traceback.format_exception(exc))
+            outcome = Outcome(job.id, 1, duration, stderr=text)
+        else:
+            problem = pyworker.store(value, os.path.join(call.results_dir, call.key))
+            outcome = Outcome(job.id, 1 if problem else 0, duration, error=problem)
+        self._write_output(job, outcome)
+        return outcome
 
     def _await(self, job: Job, future: Any, cancel: threading.Event) -> Outcome | None:
         """The job's outcome, or None when its worker died."""
