@@ -79,7 +79,8 @@ def run_dir_name(task: str) -> str:
     return safe
 
 
-SuccessHook = Callable[[int, Outcome], None]
+# called when a task exits 0; a returned string turns the success into a failure with that error
+SuccessHook = Callable[[int, Outcome], str | None]
 
 
 class Scheduler:
@@ -273,10 +274,13 @@ class Scheduler:
             self.leases.release(lease)
         # an end seen after Ctrl-C may be a task's trap exiting 0 half-way: never log it as done
         ok = outcome.ok and not interrupted
+        error = outcome.error
+        if ok and self.on_success is not None:
+            problem = self.on_success(i, outcome)
+            if problem is not None:
+                ok, error = False, problem
         retry = False
         if ok:
-            if self.on_success is not None:
-                self.on_success(i, outcome)
             self.status[i] = "succeeded"
             for j in self.graph.dependents[i]:
                 if self.in_plan[j]:
@@ -294,7 +298,6 @@ class Scheduler:
                 self.stopping = True
         if not retry:
             self.done += 1
-        error = outcome.error
         if interrupted and not ok:
             error = "interrupted"
         self.reporter.handle(

@@ -8,9 +8,20 @@ Data flow of a build (see STYLE.md):
     Plan -> Scheduler(executor).run()      -> BuildResult; log records on success
 
 Everything lives in ``.dagrun/`` beside the manifest: ``log`` (the completion
-log), ``cache`` (compiled graph, stat cache, keys and log index, marshal;
-deleting it only costs time), ``runs/`` and ``lock``.  The cache is what makes
-a no-op build fast: no TOML, no networkx, no re-hashing of unchanged files.
+log), ``cache`` (compiled graph, stat cache, keys and log index, marshal, with a
+checksum: a damaged one is no cache; deleting it only costs time), ``runs/``
+and ``lock``.  The cache is what makes a no-op build fast: no TOML, no
+networkx, no re-hashing of unchanged files.
+
+Before each attempt at a task its ``start`` record invalidates it in the log;
+when it exits 0 every declared output must exist (else it fails: "declared
+output X was not written") and their identities go into its success record.
+A ``.dagrun`` that cannot be written still answers a no-op build, ``-n`` and
+``list`` (the lock is taken through a read-only descriptor); a build that must
+run a task, or ``clean``, then stops with a LogError.  A log that cannot be
+appended to (disk full) is a LogError too, after the build; a cache that
+cannot be written is a warning (it is only a cache), and no temporary file is
+left behind.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from __future__ import annotations
 import fcntl
 import marshal
 import os
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,9 +37,9 @@ from typing import Any
 
 from . import fresh, globs, interrupts
 from .clock import Clock, MonotonicClock
-from .completion_log import CompletionLog, LogIndex
+from .completion_log import CompletionLog, Identity, LogIndex
 from .errors import DagrunError, ExecutorError, LogError, ManifestError
-from .executors import Executor
+from .executors import Executor, Job, Outcome
 from .fs import FileSystem, LocalFileSystem
 from .graph import BuildGraph, compile
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
@@ -37,7 +49,7 @@ from .plan import Plan, make
 from .scheduler import BuildResult, Reporter, Scheduler
 
 STATE_DIR = ".dagrun"
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 
 
 @dataclass
@@ -88,6 +100,8 @@ class Session:
         self._source: tuple[Any, ...] = ()  # what the graph in hand was made from (_graph)
         self._graph_blob: GraphBlob | None = None  # the cache file's graph part, as read
         self._topology = topology  # None: read this machine's when a core_pool needs it
+        self.read_only: str | None = None  # why .dagrun cannot be written (lock), else None
+        self._log_error: str | None = None  # the completion log could not be appended to
 
     # ------------------------------------------------------------ public operations
 
@@ -103,11 +117,20 @@ class Session:
         with self.lock():
             fresh.forget(self.state_dir)
             prep = self._prepare(targets, explain=explain)
+            if self.read_only is not None and prep.plan.to_run:
+                prep.log.close()
+                n = len(prep.plan.to_run)
+                raise LogError(
+                    f"cannot build: {self.state_dir} cannot be written ({self.read_only}) "
+                    f"and {n} task(s) must run"
+                )
             try:
                 result = self._run(prep, reporter, jobs, failures_allowed, explain)
             finally:
                 self._save(prep)
                 prep.log.close()
+            if self._log_error is not None:
+                raise LogError(self._log_error)
             self._record_fresh(prep, targets, result)
             return result
 
@@ -115,13 +138,14 @@ class Session:
         self, prep: Prepared, targets: Iterable[str] | None, result: BuildResult
     ) -> None:
         """After a build that left every selected task up to date: the no-op proof (fresh.py)."""
-        if self.manifest_path is None or not result.ok or self.warnings:
+        if self.manifest_path is None or not result.ok or self.warnings or self.read_only:
             return
         if not isinstance(self.fs, LocalFileSystem):
             return
         g, entries = prep.graph, prep.keys.stats.entries
         sources: dict[str, tuple[int, int, int, int]] = {}
-        outputs: list[str] = []
+        outputs: list[tuple[str, Identity]] = []
+        latest = prep.log.index.latest
         for i in prep.plan.selected:
             spec = g.specs[i]
             if spec.always:
@@ -131,7 +155,10 @@ class Session:
                 if e is None or not e[5]:  # untrusted (racy) digests are re-hashed next time
                     return
                 sources[p] = (e[0], e[1], e[2], e[3])
-            outputs.extend(spec.outputs)
+            entry = latest.get(spec.name)
+            if entry is None or len(entry[2]) != len(spec.outputs):
+                return
+            outputs.extend(zip(spec.outputs, entry[2], strict=True))
         try:
             fresh.record(
                 self.state_dir,
@@ -158,6 +185,9 @@ class Session:
     def clean(self, targets: Iterable[str] | None = None) -> list[str]:
         """Remove the named tasks' declared outputs (all without targets); forget their keys."""
         with self.lock():
+            if self.read_only is not None:
+                why = f"{self.state_dir} cannot be written ({self.read_only})"
+                raise LogError(f"cannot clean: {why}")
             cache = self._load_cache()
             graph, _ = self._graph(cache)
             chosen = graph.resolve(targets) if targets else list(range(len(graph.specs)))
@@ -184,14 +214,23 @@ class Session:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """An exclusive lock on the state folder, so two builds never run the same task."""
+        """An exclusive lock on the state folder, so two builds never run the same task.
+
+        When ``.dagrun`` cannot be written, ``read_only`` says why and the lock is shared, taken
+        through a read-only descriptor (none when there is no lock file): what needs no write
+        (a no-op, ``-n``) still works, the rest refuses.
+        """
+        path = os.path.join(self.state_dir, "lock")
         try:
             os.makedirs(self.state_dir, exist_ok=True)
-            fd = os.open(
-                os.path.join(self.state_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
-            )
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise LogError(f"cannot use {self.state_dir}: {exc.strerror}") from None
+            if not _read_only_error(exc):
+                raise LogError(f"cannot use {self.state_dir}: {exc.strerror}") from None
+            self.read_only = exc.strerror or str(exc)
+            with self._shared_lock(path):
+                yield
+            return
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -208,6 +247,19 @@ class Session:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    @contextmanager
+    def _shared_lock(self, path: str) -> Iterator[None]:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # no lock file in a folder nobody may write to: nobody is building
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------ preparing
 
@@ -227,21 +279,27 @@ class Session:
             self._compute_quietly(keys, others)
         pool = self._core_pool(graph)
         log = self._open_log(cache)
-        exists: Callable[[str], bool] = self.fs.exists
-        if isinstance(self.fs, LocalFileSystem):  # one listing per output folder, not an lstat each
-            outputs = [o for i in selected for o in graph.specs[i].outputs]
-            present = fresh.existing(self.fs.root, outputs)
-            exists = present.__contains__
+        found = self.identities([o for i in selected for o in graph.specs[i].outputs])
         plan = make(
             graph,
             keys.keys,
             log,
-            exists,
+            found.get,
             selected,
             parts=keys.parts if explain else None,
         )
         self._state = (cache, reused, kenv)
         return Prepared(graph, keys, log, plan, pool)
+
+    def identities(self, paths: Iterable[str]) -> dict[str, Identity | None]:
+        """Each output's identity now (completion_log.Identity); None where it does not exist."""
+        if isinstance(self.fs, LocalFileSystem):
+            return fresh.identities(self.fs.root, paths)
+        found: dict[str, Identity | None] = {}
+        for p in paths:
+            st = self.fs.stat(p)
+            found[p] = None if st is None else (st.size, st.mtime_ns, st.ino, 0)
+        return found
 
     def _core_pool(self, graph: BuildGraph) -> CorePool | None:
         """The checked core pool (ManifestError if a task can never fit), or None."""
@@ -319,9 +377,10 @@ class Session:
     def _open_log(self, cache: dict[str, Any] | None) -> CompletionLog:
         index = None
         if cache is not None and "log" in cache:
-            index = LogIndex.from_cache(cache["log"])
+            index = LogIndex.from_cache(cache["log"])  # None when it is not one
         try:
-            log = CompletionLog(os.path.join(self.state_dir, "log"), index)
+            path = os.path.join(self.state_dir, "log")
+            log = CompletionLog(path, index, writable=self.read_only is None)
         except OSError as exc:
             raise LogError(f"cannot open the completion log: {exc}") from None
         self.warnings.extend(log.warnings)
@@ -344,18 +403,29 @@ class Session:
             failures_allowed = m.failures_allowed
         specs = graph.specs
 
-        def on_success(i: int, outcome: Any) -> None:
+        def on_success(i: int, outcome: Outcome) -> str | None:
+            """Record the success, or say why it is none (an output not written, a full disk)."""
+            spec = specs[i]
+            found = self.identities(spec.outputs)
+            outputs = []
+            for out in spec.outputs:
+                ident = found[out]
+                if ident is None:
+                    return f"declared output {out} was not written"
+                outputs.append(ident)
             key = keys.keys[i]
             if key is None:
-                return
-            log.append(
-                specs[i].name,
-                key,
-                keys.parts(i).to_json(),
-                outcome.duration,
-                outcome.maxrss_kb,
-                self.clock.wall(),
-            )
+                return None
+            parts = keys.parts(i).to_json()
+            try:
+                log.append(
+                    spec.name, key, parts, outcome.duration, outcome.maxrss_kb,
+                    self.clock.wall(), outputs,
+                )
+            except OSError as exc:
+                self._log_error = f"cannot write the completion log {log.path}: {exc.strerror}"
+                return self._log_error
+            return None
 
         leases = None
         if prep.pool is not None:
@@ -375,6 +445,7 @@ class Session:
             jobs,
             {s.name: s.executor for s in specs},
         )
+        executor = Invalidating(executor, log)
         base_env = dict(self.environ)
         base_env.update(m.env)
         scheduler = Scheduler(
@@ -443,6 +514,8 @@ class Session:
         return data
 
     def _save(self, prep: Prepared) -> None:
+        if self.read_only is not None:
+            return
         cache, reused, kenv = self._state
         keys = prep.keys
         unchanged = (
@@ -472,11 +545,18 @@ class Session:
         if not globs.folders_unchanged(g.scanned):
             data["source"] = None  # a glob's folder changed under us: recompile next time
         self._write_cache(data)
-        if prep.log.compact_if_needed():
+        try:
+            compacted = prep.log.compact_if_needed()
+        except OSError as exc:
+            self.warnings.append(f"could not compact the completion log: {exc.strerror}")
+            compacted = False
+        if compacted:
             data["log"] = prep.log.index.to_cache()
             self._write_cache(data)
 
     def _write_cache(self, data: dict[str, Any]) -> None:
+        """Write the cache whole or not at all (under the lock: any temporary file is stale)."""
+        _remove_stale_temporaries(self.state_dir)
         path = os.path.join(self.state_dir, "cache")
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
@@ -484,7 +564,10 @@ class Session:
                 _cache_dump(data, f, self._graph_blob)
             os.replace(tmp, path)
         except (OSError, ValueError) as exc:
-            self.warnings.append(f"could not write the state cache: {exc}")
+            _unlink(tmp)
+            _unlink(path)  # an older cache would still be right, but say nothing we did not check
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            self.warnings.append(f"could not write the state cache {path}: {why}")
         self._cache = data
 
 
@@ -497,8 +580,10 @@ GraphBlob = tuple[Any, bytes]  # (the graph part as loaded, its blob)
 
 
 def _cache_dump(data: dict[str, Any], f: Any, known: GraphBlob | None) -> None:
-    """MAGIC, one blob per part (each written as soon as it is made), the sizes, their length."""
+    """MAGIC, one blob per part (each written as soon as it is made), the sizes, their length,
+    and a zlib.crc32 of all that: a cache with one wrong byte is no cache."""
     f.write(_MAGIC)
+    crc = zlib.crc32(_MAGIC)
     sizes = []
     for name in (*_PARTS, None):
         if name is None:
@@ -508,21 +593,26 @@ def _cache_dump(data: dict[str, Any], f: Any, known: GraphBlob | None) -> None:
         else:
             blob = marshal.dumps(data[name])
         f.write(blob)
+        crc = zlib.crc32(blob, crc)
         sizes.append(len(blob))
         del blob
-    tail = marshal.dumps(sizes)
-    f.write(tail + len(tail).to_bytes(4, "little"))
+    sizes_blob = marshal.dumps(sizes)
+    tail = sizes_blob + len(sizes_blob).to_bytes(4, "little")
+    f.write(tail + zlib.crc32(tail, crc).to_bytes(4, "little"))
 
 
 def _cache_loads(raw: bytes) -> tuple[dict[str, Any] | None, GraphBlob | None]:
-    if not raw.startswith(_MAGIC) or len(raw) < len(_MAGIC) + 4:
+    if not raw.startswith(_MAGIC) or len(raw) < len(_MAGIC) + 8:
         return None, None
     view = memoryview(raw)
+    if zlib.crc32(view[:-4]) != int.from_bytes(view[-4:], "little"):
+        return None, None
+    view = view[:-4]
     tail = int.from_bytes(view[-4:], "little")
     sizes = marshal.loads(view[len(view) - 4 - tail : -4])
     if not isinstance(sizes, list) or len(sizes) != len(_PARTS) + 1:
         return None, None
-    if len(_MAGIC) + sum(sizes) + tail + 4 != len(raw):
+    if len(_MAGIC) + sum(sizes) + tail + 4 != len(view):
         return None, None
     blobs = []
     pos = len(_MAGIC)
@@ -535,6 +625,57 @@ def _cache_loads(raw: bytes) -> tuple[dict[str, Any] | None, GraphBlob | None]:
     for name, blob in zip(_PARTS, blobs[:-1], strict=True):
         data[name] = marshal.loads(blob)
     return data, (data["graph"], bytes(blobs[0]))
+
+
+class Invalidating:
+    """An executor wrapper: each job's task is marked started in the log before it is submitted,
+    so an attempt that does not end in a recorded success leaves the task to run again."""
+
+    def __init__(self, inner: Executor, log: CompletionLog) -> None:
+        self.inner = inner
+        self.log = log
+        self.name = inner.name
+
+    def submit(self, job: Job) -> None:
+        try:
+            self.log.started(job.task)
+        except OSError as exc:
+            why = f"cannot write the completion log {self.log.path}: {exc.strerror}"
+            raise LogError(why) from None
+        self.inner.submit(job)
+
+    def wait(self, timeout: float | None = None) -> list[Outcome]:
+        return self.inner.wait(timeout)
+
+    def cancel(self, *, force: bool = False) -> list[Outcome]:
+        return self.inner.cancel(force=force)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _read_only_error(exc: OSError) -> bool:
+    import errno
+
+    return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _remove_stale_temporaries(state_dir: str) -> None:
+    """Temporary state files a crashed or failed dagrun left (the caller holds the lock)."""
+    try:
+        names = os.listdir(state_dir)
+    except OSError:
+        return
+    for name in names:
+        if name.endswith(".tmp") and name.split(".", 1)[0] in ("cache", "fresh", "log"):
+            _unlink(os.path.join(state_dir, name))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def default_jobs() -> int:
