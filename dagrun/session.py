@@ -231,6 +231,12 @@ class Session:
             with self._shared_lock(path):
                 yield
             return
+        if not os.access(self.state_dir, os.W_OK | os.X_OK):  # the lock file alone is writable
+            os.close(fd)
+            self.read_only = os.strerror(13)  # EACCES: "Permission denied"
+            with self._shared_lock(path):
+                yield
+            return
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
