@@ -116,6 +116,8 @@ class Session:
     ) -> BuildResult:
         with self.lock():
             fresh.forget(self.state_dir)
+            if self.read_only is None:
+                _remove_stale_temporaries(self.state_dir)
             prep = self._prepare(targets, explain=explain)
             if self.read_only is not None and prep.plan.to_run:
                 prep.log.close()

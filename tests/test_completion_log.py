@@ -167,7 +167,8 @@ def test_item5_every_record_is_checksummed_and_a_damaged_one_skipped(tmp_path):
     assert all(json.loads(x)["crc"] for x in lines[1:])  # still JSON, one object a line
     good = path.read_bytes()
     # a key, a name or a digit changed: the record is skipped, not half trusted
-    for old, new in ((b'"aa11"', b'"aa12"'), (b'"a"', b'"x"'), (b'"duration":1.5', b'"duration":7.5')):
+    changes = ((b'"aa11"', b'"aa12"'), (b'"a"', b'"x"'), (b'"duration":1.5', b'"duration":7.5'))
+    for old, new in changes:
         path.write_bytes(good.replace(old, new, 1))
         log = CompletionLog(str(path))
         assert log.success("a") is None and log.success("x") is None
