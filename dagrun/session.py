@@ -116,6 +116,7 @@ class Session:
     ) -> BuildResult:
         with self.lock():
             fresh.forget(self.state_dir)
+            self._log_error = None
             if self.read_only is None:
                 _remove_stale_temporaries(self.state_dir)
             prep = self._prepare(targets, explain=explain)
@@ -223,6 +224,7 @@ class Session:
         (a no-op, ``-n``) still works, the rest refuses.
         """
         path = os.path.join(self.state_dir, "lock")
+        self.read_only = None
         try:
             os.makedirs(self.state_dir, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

@@ -14,7 +14,8 @@ CI runs a few examples; a long local run is one command:
     DAGRUN_STATEFUL_EXAMPLES=300 DAGRUN_STATEFUL_STEPS=40 \\
     DAGRUN_STATEFUL_REPORT=/tmp/stateful.txt pytest tests/test_stateful.py
 
-(the report file receives the steps and compared builds made, one line per example).
+(the report file receives the steps and compared builds made, one line per example; the test's
+timeout grows with the number of steps).
 """
 
 from __future__ import annotations
@@ -39,10 +40,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from dagrun.cli import main as cli_main
 
-pytestmark = pytest.mark.slow
-
 EXAMPLES = int(os.environ.get("DAGRUN_STATEFUL_EXAMPLES", "6"))
 STEPS = int(os.environ.get("DAGRUN_STATEFUL_STEPS", "20"))
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(120, EXAMPLES * STEPS))]
 REPORT = os.environ.get("DAGRUN_STATEFUL_REPORT")
 SOURCES = 3
 CONTENTS = ("one\n", "two\n", "three\n", "")
@@ -234,9 +234,15 @@ class History(RuleBasedStateMachine):
         code, out, err = run_in_process(self.root, "build")
         self.check(code, out, err)
 
-    @rule(delay=st.floats(0.0, 0.5))
-    def kill_9_a_build(self, delay: float) -> None:
-        """A real ``dagrun build`` killed at a random instant, tasks and all."""
+    @rule()
+    def build_one_at_a_time_with_reasons(self) -> None:
+        self.steps += 1
+        code, out, err = run_in_process(self.root, "build", "-j1", "--explain")
+        self.check(code, out, err)
+
+    @rule(delay=st.one_of(st.floats(0.0, 0.5), st.just(None)))
+    def kill_9_a_build(self, delay: float | None) -> None:
+        """A real ``dagrun build`` killed at a random instant, tasks and all (None: not killed)."""
         self.steps += 1
         p = subprocess.Popen(
             [sys.executable, "-m", "dagrun", "--progress", "plain", "build"],
@@ -245,9 +251,10 @@ class History(RuleBasedStateMachine):
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(delay)
-        if p.poll() is None:
-            kill_tree(p.pid)
+        if delay is not None:
+            time.sleep(delay)
+            if p.poll() is None:
+                kill_tree(p.pid)
         out, err = p.communicate(timeout=30)
         if p.returncode != -signal.SIGKILL:
             self.check(p.returncode, out, err)
