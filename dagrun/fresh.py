@@ -205,9 +205,12 @@ def _sources_unchanged(fd: int, sources: list[tuple[str, int, int, int, int]]) -
 
 
 def _outputs_unchanged(fd: int, outputs: list[tuple[str, int, int, int, int]]) -> bool:
+    """As ``identity(lstat(p)) == recorded`` for each, inline: this runs once per output."""
     lstat = os.lstat
     for p, size, mtime, ino, kind in outputs:
         st = lstat(p, dir_fd=fd)  # FileNotFoundError: the caller answers None
-        if identity(st) != (size, mtime, ino, kind):
+        if st.st_ino != ino:  # another file, folder or link (a new kind means a new inode)
+            return False
+        if kind != 1 and (st.st_mtime_ns != mtime or st.st_size != size):
             return False
     return True
