@@ -116,6 +116,26 @@ def test_item2_an_interrupted_or_killed_rerun_is_not_trusted(dagrun_proc: Dagrun
     assert (root / "out.txt").read_text() == "one\n"
 
 
+@pytest.mark.slow
+def test_item2_a_disk_full_failure_leaves_no_trusted_output(project):
+    out = project.root / "out"
+    _mount_tmpfs(out, "64k")
+    try:
+        project.manifest('[tasks.c]\ncmd = "cp in.txt out/o"\ninputs = ["in.txt"]\n'
+                         'outputs = ["out/o"]\n')
+        project.write("in.txt", "small\n")
+        assert build(project).code == 0
+        project.write("in.txt", "x" * 200_000)  # more than the disk holds
+        assert build(project).code == 1
+        assert (out / "o").stat().st_size < 200_000  # what the failed copy left
+        project.write("in.txt", "small\n")  # the key of the last success again
+        run = build(project)
+        assert run.code == 0 and "no work to do" not in run.out
+        assert (out / "o").read_text() == "small\n"
+    finally:
+        subprocess.run(["umount", "-l", str(out)], check=False)
+
+
 # -- 3. outputs are checked against what the run left
 
 
