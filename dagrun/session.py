@@ -120,13 +120,7 @@ class Session:
             if self.read_only is None:
                 _remove_stale_temporaries(self.state_dir)
             prep = self._prepare(targets, explain=explain)
-            if self.read_only is not None and prep.plan.to_run:
-                prep.log.close()
-                n = len(prep.plan.to_run)
-                raise LogError(
-                    f"cannot build: {self.state_dir} cannot be written ({self.read_only}) "
-                    f"and {n} task(s) must run"
-                )
+            self._refuse_if_read_only(prep)
             try:
                 result = self._run(prep, reporter, jobs, failures_allowed, explain)
             finally:
@@ -136,6 +130,16 @@ class Session:
                 raise LogError(self._log_error)
             self._record_fresh(prep, targets, result)
             return result
+
+    def _refuse_if_read_only(self, prep: Prepared) -> None:
+        """A build that must run tasks needs to write the log: say why it cannot."""
+        if self.read_only is None or not prep.plan.to_run:
+            return
+        prep.log.close()
+        raise LogError(
+            f"cannot build: {self.state_dir} cannot be written ({self.read_only}) "
+            f"and {len(prep.plan.to_run)} task(s) must run"
+        )
 
     def _record_fresh(
         self, prep: Prepared, targets: Iterable[str] | None, result: BuildResult
@@ -224,20 +228,8 @@ class Session:
         (a no-op, ``-n``) still works, the rest refuses.
         """
         path = os.path.join(self.state_dir, "lock")
-        self.read_only = None
-        try:
-            os.makedirs(self.state_dir, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            if not _read_only_error(exc):
-                raise LogError(f"cannot use {self.state_dir}: {exc.strerror}") from None
-            self.read_only = exc.strerror or str(exc)
-            with self._shared_lock(path):
-                yield
-            return
-        if not os.access(self.state_dir, os.W_OK | os.X_OK):  # the lock file alone is writable
-            os.close(fd)
-            self.read_only = os.strerror(13)  # EACCES: "Permission denied"
+        fd = self._open_lock(path)
+        if fd is None:
             with self._shared_lock(path):
                 yield
             return
@@ -257,6 +249,25 @@ class Session:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _open_lock(self, path: str) -> int | None:
+        """The lock file, open to write; None (``read_only`` says why) if .dagrun is read-only."""
+        import errno
+
+        self.read_only = None
+        try:
+            os.makedirs(self.state_dir, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise LogError(f"cannot use {self.state_dir}: {exc.strerror}") from None
+            self.read_only = exc.strerror or str(exc)
+            return None
+        if not os.access(self.state_dir, os.W_OK | os.X_OK):  # the lock file alone is writable
+            os.close(fd)
+            self.read_only = os.strerror(errno.EACCES)
+            return None
+        return fd
 
     @contextmanager
     def _shared_lock(self, path: str) -> Iterator[None]:
@@ -662,12 +673,6 @@ class Invalidating:
 
     def close(self) -> None:
         self.inner.close()
-
-
-def _read_only_error(exc: OSError) -> bool:
-    import errno
-
-    return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _remove_stale_temporaries(state_dir: str) -> None:
