@@ -425,28 +425,7 @@ class Session:
         specs = graph.specs
 
         def on_success(i: int, outcome: Outcome) -> str | None:
-            """Record the success, or say why it is none (an output not written, a full disk)."""
-            spec = specs[i]
-            found = self.identities(spec.outputs)
-            outputs = []
-            for out in spec.outputs:
-                ident = found[out]
-                if ident is None:
-                    return f"declared output {out} was not written"
-                outputs.append(ident)
-            key = keys.keys[i]
-            if key is None:
-                return None
-            parts = keys.parts(i).to_json()
-            try:
-                log.append(
-                    spec.name, key, parts, outcome.duration, outcome.maxrss_kb,
-                    self.clock.wall(), outputs,
-                )
-            except OSError as exc:
-                self._log_error = f"cannot write the completion log {log.path}: {exc.strerror}"
-                return self._log_error
-            return None
+            return self._record_success(prep, i, outcome)
 
         leases = None
         if prep.pool is not None:
@@ -492,6 +471,28 @@ class Session:
                 return scheduler.run()
         finally:
             executor.close()
+
+    def _record_success(self, prep: Prepared, i: int, outcome: Outcome) -> str | None:
+        """Log a task that exited 0, or say why it did not succeed (an output not written, a
+        full disk): the scheduler then counts it as failed with that error."""
+        spec, key, log = prep.graph.specs[i], prep.keys.keys[i], prep.log
+        found = self.identities(spec.outputs)
+        outputs: list[Identity] = []
+        for out in spec.outputs:
+            identity = found[out]
+            if identity is None:
+                return f"declared output {out} was not written"
+            outputs.append(identity)
+        if key is None:
+            return None
+        parts = prep.keys.parts(i).to_json()
+        try:
+            log.append(spec.name, key, parts, outcome.duration, outcome.maxrss_kb,
+                       self.clock.wall(), outputs)
+        except OSError as exc:
+            self._log_error = f"cannot write the completion log {log.path}: {exc.strerror}"
+            return self._log_error
+        return None
 
     def _executor(self, graph: BuildGraph, plan: Plan, pool: CorePool | None = None) -> Executor:
         for i in plan.to_run:
