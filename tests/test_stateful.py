@@ -119,6 +119,8 @@ class History(RuleBasedStateMachine):
         self.expected: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
         self.steps = 0
         self.compared = 0
+        self.kills = 0  # builds killed before they ended
+        self.flips = 0  # bytes flipped in a state file that existed
 
     # -- the project
 
@@ -161,7 +163,10 @@ class History(RuleBasedStateMachine):
     def teardown(self) -> None:
         if REPORT:
             with open(REPORT, "a") as f:
-                f.write(f"steps {self.steps} compared {self.compared}\n")
+                f.write(
+                    f"steps {self.steps} compared {self.compared} kills {self.kills} "
+                    f"flips {self.flips}\n"
+                )
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(self.ref, ignore_errors=True)
 
@@ -223,6 +228,7 @@ class History(RuleBasedStateMachine):
                 data[pos] ^= 1 << bit
                 f.seek(0)
                 f.write(data)
+                self.flips += 1
         except FileNotFoundError:
             pass
 
@@ -256,7 +262,9 @@ class History(RuleBasedStateMachine):
             if p.poll() is None:
                 kill_tree(p.pid)
         out, err = p.communicate(timeout=30)
-        if p.returncode != -signal.SIGKILL:
+        if p.returncode == -signal.SIGKILL:
+            self.kills += 1
+        else:
             self.check(p.returncode, out, err)
 
     def check(self, code: int, out: str, err: str) -> None:
