@@ -266,3 +266,16 @@ def test_durations_use_the_clock(recorder):
     schedule(tasks(t("a")), ex, recorder)
     assert recorder.of(TaskFinished)[0].duration == 2.5
     assert recorder.of(BuildFinished)[0].elapsed == 2.5
+
+
+def test_item4_a_success_hook_error_turns_the_success_into_a_failure(fake_executor, recorder):
+    text = tasks(t("a"), t("b", ["a"]), t("c"))
+
+    def on_success(i: int, outcome: Outcome) -> str | None:
+        return "declared output right.txt was not written" if i == 0 else None
+
+    result = schedule(text, fake_executor, recorder, on_success=on_success, failures_allowed=0)
+    assert result.failed == ("a",) and result.not_run == ("b",) and result.succeeded == ("c",)
+    ends = {e.task: e for e in recorder.events if isinstance(e, TaskFinished)}
+    assert not ends["a"].ok and ends["a"].error == "declared output right.txt was not written"
+    assert ends["c"].ok and ends["c"].error is None
