@@ -60,27 +60,38 @@ def make(
     specs = graph.specs
     for i in selected:
         spec = specs[i]
-        key = keys[i]
-        why: list[str] = []
         if spec.always or always_run:
-            why.append("always = true" if spec.always else "forced")
+            why = ["always = true" if spec.always else "forced"]
         else:
-            done = log.success(spec.name)
-            if key is None or done is None or done[0] != key:
-                if parts is None:
-                    why.append("key changed")
-                else:
-                    why.extend(explain(spec.name, parts(i), log.latest(spec.name)))
-            elif log.unfinished(spec.name):
-                why.append("its last run did not succeed")
-            else:
-                why.extend(output_changes(spec, done[1], identity))
+            why = _stale(spec, keys[i], log, identity, parts, i)
         if why:
             to_run.append(i)
             reasons[i] = tuple(why)
         else:
             fresh.append(i)
     return Plan(tuple(selected), tuple(to_run), tuple(fresh), reasons)
+
+
+def _stale(
+    spec: TaskSpec,
+    key: str | None,
+    log: LogView,
+    identity: Callable[[str], Identity | None],
+    parts: Callable[[int], KeyParts] | None,
+    i: int,
+) -> list[str]:
+    """Why task ``i`` must run; [] when its latest run succeeded with this key and left its
+    outputs as they are."""
+    done = log.success(spec.name)
+    if key is not None and done is not None and done[0] == key:
+        if log.unfinished(spec.name):
+            return ["its last run did not succeed"]
+        return output_changes(spec, done[1], identity)
+    if done is None and log.unfinished(spec.name):
+        return ["its last run did not succeed"]
+    if parts is None:
+        return ["key changed"]
+    return explain(spec.name, parts(i), log.latest(spec.name))
 
 
 def output_changes(

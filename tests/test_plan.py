@@ -90,6 +90,8 @@ def test_item1_only_the_latest_run_counts():
     failed = Log({"ka"}, unfinished={"a"})  # an attempt started after that success and failed
     plan = make(g, keys, failed, found, [0])
     assert plan.to_run == (0,) and plan.reasons[0] == ("its last run did not succeed",)
+    never = Log(unfinished={"a"})  # its first attempt failed
+    assert make(g, keys, never, found, [0]).reasons[0] == ("its last run did not succeed",)
 
 
 def test_selected_subset_only():
