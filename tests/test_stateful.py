@@ -40,8 +40,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from dagrun.cli import main as cli_main
 
-EXAMPLES = int(os.environ.get("DAGRUN_STATEFUL_EXAMPLES", "6"))
-STEPS = int(os.environ.get("DAGRUN_STATEFUL_STEPS", "20"))
+EXAMPLES = int(os.environ.get("DAGRUN_STATEFUL_EXAMPLES", "8"))
+STEPS = int(os.environ.get("DAGRUN_STATEFUL_STEPS", "25"))
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(120, EXAMPLES * STEPS))]
 REPORT = os.environ.get("DAGRUN_STATEFUL_REPORT")
 SOURCES = 3
