@@ -58,15 +58,12 @@ def identities(root: str, paths: Iterable[str]) -> dict[str, Identity | None]:
     """Each path's identity (None: it does not exist); relative to root, or absolute."""
     found: dict[str, Identity | None] = {}
     lstat = os.lstat
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for p in paths:
-            try:
-                found[p] = identity(lstat(p, dir_fd=fd))
-            except OSError:  # as os.path.lexists: cannot look = not there
-                found[p] = None
-    finally:
-        os.close(fd)
+    prefix = root.rstrip("/") + "/"  # no folder descriptor: this also runs once per task's end
+    for p in paths:
+        try:
+            found[p] = identity(lstat(p if p.startswith("/") else prefix + p))
+        except OSError:  # as os.path.lexists: cannot look = not there
+            found[p] = None
     return found
 
 
