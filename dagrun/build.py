@@ -113,6 +113,7 @@ def run(
     setup: BuildSetup,
     on_success: Any,
     durations: Mapping[str, float],
+    on_start: Callable[[int], None] | None = None,
     still_needed: Callable[[int], bool] | None = None,
 ) -> BuildResult:
     """Run the plan on its executors; every executor is closed when it ends."""
@@ -143,7 +144,9 @@ def run(
             durations,
             setup.explain,
         ),
-        hooks=Hooks(Tee(status, reporter), on_success, status.flush, setup.stops, still_needed),
+        hooks=Hooks(
+            Tee(status, reporter), on_success, status.flush, setup.stops, on_start, still_needed
+        ),
         clock=setup.clock,
         base_env=dict(m.env),
         runs_dir=os.path.join(setup.state_dir, "runs"),

@@ -1,20 +1,36 @@
-"""The completion log: append-only, versioned, forgiving.
+"""The completion log: append-only, versioned, checksummed, forgiving.
 
-``.dagrun/log`` starts with a ``# dagrun log v1`` header, then one JSON record
-per line, written only after a task exits 0:
+``.dagrun/log`` starts with a ``# dagrun log v2`` header, then one JSON record
+per line; each ends with ``"crc"``, the zlib.crc32 (8 hex digits) of the line's
+bytes before ``,"crc"``:
 
-    {"task": "cc", "key": "…", "duration": 0.12, "maxrss": 5120, "time": 1.7e9, "parts": {…}}
-    {"forget": "cc"}                       # written by `dagrun clean`
+    {"start":"cc","crc":"…"}               # before each attempt at running cc
+    {"task":"cc","key":"…","duration":0.12,"outputs":[[size,mtime_ns,inode,kind],…],
+     "maxrss":5120,"time":1.7e9,"parts":{…},"crc":"…"}   # cc exited 0, its outputs exist
+    {"forget":"cc","crc":"…"}              # written by `dagrun clean`
 
-A torn last line (a crash mid-write) is cut off; an unknown header means
-"start over" (a lost log only costs a rebuild).  When dead records reach 3x
-the live ones the log is rewritten.  Records are written with one write() each
-and no fsync: a killed dagrun loses nothing the kernel has; a power cut may
-lose the last records, which only means those tasks run again.
+A task is done with key K only when its *latest* record is a success with key
+K: a ``start`` record written before each attempt invalidates the task until
+the attempt's success is recorded, so a failed, timed-out, interrupted or lost
+attempt (even a ``kill -9`` of dagrun) leaves it to run again.  A success
+records each declared output's identity (size, mtime_ns, inode, kind: 0 a
+file, 1 a folder (inode only), 2 a symlink), so an output edited, replaced or
+deleted since is seen (plan.py).
 
-An index (keys done, each task's latest record offset and duration) is kept
-in the state cache together with the log size it covers, so a no-op build
-reads only what was appended since.
+A record whose checksum does not match is skipped with a warning, never half
+trusted; a torn last line (a crash mid-write) is cut off; an unknown header
+means "start over" (a lost log only costs a rebuild).  A write that fails
+(disk full) is cut off again and raises OSError.  When dead records reach 3x
+the live ones the log is rewritten.  Records are written with one write()
+each and no fsync: a killed dagrun loses nothing the kernel has; a power cut
+may lose the last records, which the output identities mostly catch, and
+otherwise only means those tasks run again.
+
+An index (each task's latest success: key, offset, output identities; the
+tasks whose last attempt did not succeed; durations) is kept in the state
+cache together with the log size it covers, so a no-op build reads only what
+was appended since.  ``writable=False`` opens the log read-only (a read-only
+``.dagrun``): nothing is cut or rewritten, appends fail.
 """
 
 from __future__ import annotations
@@ -22,12 +38,22 @@ from __future__ import annotations
 import json
 import os
 import re
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-HEADER = b"# dagrun log v1\n"
-_RECORD = re.compile(rb'^\{"task":("(?:[^"\\]|\\.)*"),"key":"([0-9a-f]+)","duration":([-0-9.e+]+)')
-_FORGET = re.compile(rb'^\{"forget":("(?:[^"\\]|\\.)*")\}$')
+HEADER = b"# dagrun log v2\n"
+_OLD_HEADER = b"# dagrun log v1\n"
+_CRC_TAIL = len(b',"crc":"00000000"}')
+_HEX = re.compile(rb"[0-9a-f]{8}")
+_RECORD = re.compile(
+    rb'^\{"task":("(?:[^"\\]|\\.)*"),"key":"([0-9a-f]+)","duration":([-0-9.e+]+),'
+    rb'"outputs":(\[(?:\[[-0-9,]*\],?)*\])'
+)
+_OTHER = re.compile(rb'^\{"(start|forget)":("(?:[^"\\]|\\.)*")$')
+
+Identity = tuple[int, int, int, int]  # size, mtime_ns, inode, kind (0 file, 1 folder, 2 symlink)
 
 
 @dataclass
@@ -36,72 +62,131 @@ class LogIndex:
 
     ino: int = 0
     size: int = 0
-    keys: dict[str, str] = field(default_factory=dict)  # key -> task
-    latest: dict[str, tuple[str, int]] = field(default_factory=dict)  # task -> (key, offset)
+    # task -> (key, offset, output identities) of its latest successful run
+    latest: dict[str, tuple[str, int, tuple[Identity, ...]]] = field(default_factory=dict)
+    unfinished: set[str] = field(default_factory=set)  # tasks whose last attempt did not succeed
     durations: dict[str, float] = field(default_factory=dict)
     records: int = 0
 
     def to_cache(self) -> tuple[Any, ...]:
-        return (self.ino, self.size, self.keys, self.latest, self.durations, self.records)
+        return (self.ino, self.size, self.latest, self.unfinished, self.durations, self.records)
 
     @classmethod
-    def from_cache(cls, data: tuple[Any, ...]) -> LogIndex:
-        ino, size, keys, latest, durations, records = data
-        return cls(ino, size, keys, latest, durations, records)
+    def from_cache(cls, data: Any) -> LogIndex | None:
+        """The index a state cache holds, or None when it is not one."""
+        try:
+            ino, size, latest, unfinished, durations, records = data
+        except (TypeError, ValueError):
+            return None
+        shapes = ((ino, int), (size, int), (latest, dict), (unfinished, set))
+        if not all(isinstance(v, t) for v, t in shapes) or not isinstance(durations, dict):
+            return None
+        return cls(ino, size, latest, unfinished, durations, records)
+
+
+def record_line(record: dict[str, Any]) -> bytes:
+    """One log line: the record's JSON with its checksum as the last field."""
+    body = json.dumps(record, separators=(",", ":"))[:-1].encode()
+    return body + b',"crc":"%08x"}\n' % zlib.crc32(body)
+
+
+def checked(line: bytes) -> bytes | None:
+    """The line's JSON without its checksum field and closing brace; None if it does not match."""
+    if len(line) <= _CRC_TAIL or line[-_CRC_TAIL:-10] != b',"crc":"' or line[-2:] != b'"}':
+        return None
+    digits = line[-10:-2]
+    if not _HEX.fullmatch(digits):
+        return None
+    body = line[:-_CRC_TAIL]
+    return body if zlib.crc32(body) == int(digits, 16) else None
 
 
 class CompletionLog:
-    """Keys of completed tasks, with the parts each key was made from."""
+    """Each task's latest successful run, with the parts its key was made from."""
 
-    def __init__(self, path: str, index: LogIndex | None = None) -> None:
+    def __init__(self, path: str, index: LogIndex | None = None, *, writable: bool = True) -> None:
         self.path = path
         self.index = LogIndex()
         self.warnings: list[str] = []
+        self.writable = writable
         self._fd = -1
         self._open(index)
 
     # -- reading
 
-    def has(self, key: str) -> bool:
-        return key in self.index.keys
+    def success(self, task: str) -> tuple[str, Sequence[Identity]] | None:
+        """(key, output identities) of the task's latest successful run; None if none."""
+        entry = self.index.latest.get(task)
+        return None if entry is None else (entry[0], entry[2])
+
+    def unfinished(self, task: str) -> bool:
+        """True when an attempt at the task started after its latest success and did not succeed."""
+        return task in self.index.unfinished
+
+    def done(self, task: str, key: str) -> bool:
+        """The task's latest record is a success with this key."""
+        entry = self.index.latest.get(task)
+        return entry is not None and entry[0] == key and task not in self.index.unfinished
 
     def duration(self, task: str) -> float | None:
         return self.index.durations.get(task)
 
     def latest(self, task: str) -> dict[str, Any] | None:
-        """The last record written for ``task``, parsed; None if it never completed."""
+        """The task's latest success record, parsed; None if it never completed."""
         entry = self.index.latest.get(task)
         if entry is None:
             return None
         with open(self.path, "rb") as f:
             f.seek(entry[1])
-            line = f.readline()
+            body = checked(f.readline().rstrip(b"\n"))
+        if body is None:
+            return None
         try:
-            record: dict[str, Any] = json.loads(line)
+            record: dict[str, Any] = json.loads(body + b"}")
         except ValueError:
             return None
         return record
 
     # -- writing
 
+    def started(self, task: str) -> None:
+        """Invalidate the task's record before an attempt at it (written once after a success)."""
+        if task in self.index.unfinished:
+            return
+        self._write_line(record_line({"start": task}))
+        self.index.unfinished.add(task)
+        self.index.records += 1
+
     def append(
-        self, task: str, key: str, parts: dict[str, Any], duration: float, maxrss: int, when: float
+        self,
+        task: str,
+        key: str,
+        parts: dict[str, Any],
+        duration: float,
+        maxrss: int,
+        when: float,
+        outputs: Sequence[Identity] = (),
     ) -> None:
         record = {
             "task": task,
             "key": key,
             "duration": round(duration, 6),
+            "outputs": [list(o) for o in outputs],
             "maxrss": maxrss,
             "time": round(when, 3),
             "parts": parts,
         }
-        self._write(task, key, duration, json.dumps(record, separators=(",", ":")))
+        offset = self._write_line(record_line(record))
+        idx = self.index
+        idx.latest[task] = (key, offset, tuple((o[0], o[1], o[2], o[3]) for o in outputs))
+        idx.unfinished.discard(task)
+        idx.durations[task] = duration
+        idx.records += 1
 
     def forget(self, task: str) -> None:
-        if task not in self.index.latest and task not in self.index.keys.values():
+        if task not in self.index.latest and task not in self.index.unfinished:
             return
-        line = json.dumps({"forget": task}, separators=(",", ":"))
-        self._write_line(line)
+        self._write_line(record_line({"forget": task}))
         self._forget(task)
 
     def close(self) -> None:
@@ -110,62 +195,90 @@ class CompletionLog:
             self._fd = -1
 
     def compact_if_needed(self) -> bool:
-        live = len(self.index.latest)
-        if self.index.records <= max(3 * live, 1000):
+        live = len(self.index.latest) + len(self.index.unfinished)
+        if not self.writable or self.index.records <= max(3 * live, 1000):
             return False
         self.compact()
         return True
 
     def compact(self) -> None:
-        """Rewrite the log with only each task's latest record."""
+        """Rewrite the log with each task's latest success, then a start for each unfinished one."""
         lines = []
         with open(self.path, "rb") as f:
-            for _task, (_key, offset) in sorted(self.index.latest.items(), key=lambda kv: kv[1][1]):
+            for _task, (_key, offset, _o) in sorted(
+                self.index.latest.items(), key=lambda kv: kv[1][1]
+            ):
                 f.seek(offset)
                 lines.append(f.readline())
+        lines += [record_line({"start": t}) for t in sorted(self.index.unfinished)]
         tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(HEADER)
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(HEADER)
+                f.writelines(lines)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError:
+            _unlink(tmp)
+            raise
         self.close()
         self._open(None)
 
     # -- internals
 
-    def _write(self, task: str, key: str, duration: float, line: str) -> None:
-        offset = self._write_line(line)
-        idx = self.index
-        idx.keys[key] = task
-        idx.latest[task] = (key, offset)
-        idx.durations[task] = duration
-        idx.records += 1
-
-    def _write_line(self, line: str) -> int:
-        data = line.encode("utf-8", "surrogateescape") + b"\n"
+    def _write_line(self, data: bytes) -> int:
+        """Append one line at the end of what the index covers; on failure cut it off again."""
         offset = self.index.size
-        n = os.write(self._fd, data)
-        while n < len(data):  # pragma: no cover - short writes on a regular file are rare
-            n += os.write(self._fd, data[n:])
+        try:
+            n = os.write(self._fd, data)
+            while n < len(data):  # a short write: the disk is full, the next write says so
+                n += os.write(self._fd, data[n:])
+        except OSError:
+            try:
+                os.ftruncate(self._fd, offset)
+                os.lseek(self._fd, offset, os.SEEK_SET)
+            except OSError:
+                pass
+            raise
         self.index.size += len(data)
         return offset
 
     def _forget(self, task: str) -> None:
         idx = self.index
         idx.latest.pop(task, None)
+        idx.unfinished.discard(task)
         idx.durations.pop(task, None)
-        for k in [k for k, t in idx.keys.items() if t == task]:
-            del idx.keys[k]
         idx.records += 1
 
     def _open(self, cached: LogIndex | None) -> None:
+        if not self.writable:
+            self._open_read_only(cached)
+            return
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        st = os.fstat(fd)
+        try:
+            self._read(fd, os.fstat(fd), cached)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.lseek(fd, self.index.size, os.SEEK_SET)
+        self._fd = fd
+
+    def _open_read_only(self, cached: LogIndex | None) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            self._read(fd, os.fstat(fd), cached)
+        finally:
+            os.close(fd)
+
+    def _read(self, fd: int, st: os.stat_result, cached: LogIndex | None) -> None:
         if st.st_size == 0:
-            os.write(fd, HEADER)
+            if self.writable:
+                os.write(fd, HEADER)
             self.index = LogIndex(ino=st.st_ino, size=len(HEADER))
         elif cached is not None and cached.ino == st.st_ino and cached.size == st.st_size:
             self.index = cached  # nothing appended since the cache was written
@@ -178,42 +291,68 @@ class CompletionLog:
             self._load(fd, cached.size, st.st_size)
         else:
             self.index = LogIndex(ino=st.st_ino, size=len(HEADER))
-            if os.pread(fd, len(HEADER), 0) != HEADER:
-                self.warnings.append(f"{self.path}: unknown log format; starting over")
+            header = os.pread(fd, len(HEADER), 0)
+            if header == HEADER:
+                self._load(fd, len(HEADER), st.st_size)
+                return
+            old = " written by an older dagrun" if header == _OLD_HEADER else ""
+            self.warnings.append(f"{self.path}: unknown log format{old}; starting over")
+            if self.writable:
                 os.ftruncate(fd, 0)
                 os.write(fd, HEADER)
-            else:
-                self._load(fd, len(HEADER), st.st_size)
-        os.lseek(fd, self.index.size, os.SEEK_SET)
-        self._fd = fd
 
     def _load(self, fd: int, start: int, end: int) -> None:
         data = os.pread(fd, end - start, start)
         complete = data.rfind(b"\n") + 1
         if complete < len(data):  # a torn last record: cut it off before appending
-            os.ftruncate(fd, start + complete)
+            if self.writable:
+                os.ftruncate(fd, start + complete)
             self.warnings.append(f"{self.path}: ignored a torn last record")
             data = data[:complete]
         offset = start
-        idx = self.index
         for line in data.splitlines(keepends=True):
-            self._index_line(line.rstrip(b"\n"), offset, idx)
+            self._index_line(line.rstrip(b"\n"), offset)
             offset += len(line)
-        idx.size = offset
+        self.index.size = offset
 
-    def _index_line(self, line: bytes, offset: int, idx: LogIndex) -> None:
-        m = _RECORD.match(line)
+    def _index_line(self, line: bytes, offset: int) -> None:
+        body = checked(line)
+        m = _RECORD.match(body) if body is not None else None
         if m:
-            task = json.loads(m.group(1))
-            key = m.group(2).decode()
-            idx.keys[key] = task
-            idx.latest[task] = (key, offset)
-            idx.durations[task] = float(m.group(3))
-            idx.records += 1
-            return
-        m = _FORGET.match(line)
+            outputs = _identities(m.group(4))
+            if outputs is not None:
+                task = json.loads(m.group(1))
+                idx = self.index
+                idx.latest[task] = (m.group(2).decode(), offset, outputs)
+                idx.unfinished.discard(task)
+                idx.durations[task] = float(m.group(3))
+                idx.records += 1
+                return
+        m = _OTHER.match(body) if body is not None else None
         if m:
-            self._forget(json.loads(m.group(1)))
+            task = json.loads(m.group(2))
+            if m.group(1) == b"forget":
+                self._forget(task)
+            else:
+                self.index.unfinished.add(task)
+                self.index.records += 1
             return
         if line.strip():
             self.warnings.append(f"{self.path}: ignored a damaged record at byte {offset}")
+
+
+def _identities(text: bytes) -> tuple[Identity, ...] | None:
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return None
+    if not all(len(o) == 4 and all(type(x) is int for x in o) for o in items):
+        return None
+    return tuple((o[0], o[1], o[2], o[3]) for o in items)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

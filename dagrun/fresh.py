@@ -12,15 +12,18 @@ up-to-date checks were computed from, in the cheapest form to check again:
 - every source input's (mtime_ns, ctime_ns, size, inode), exactly as the stat
   cache trusted it when hashing: the same stat means the same digest, hence the
   same keys, all of which the unchanged log holds;
-- every declared output, which must still exist.
+- every declared output's identity (size, mtime_ns, inode, kind) as the
+  completion log recorded it: an output edited, replaced or deleted since
+  makes its task run again.
 
+The file ends with a zlib.crc32 of the rest: a damaged proof is no proof.
 ``check`` (run by ``dagrun build`` before anything else is imported) answers
 "nothing to do, N tasks up to date" only when all of that still holds, under
-the build lock; in every other case it answers None and the full build path
-decides, so it can make a build slower but never wrong.  No TOML, no graph,
-no hashing of inputs: imports are ``os`` and ``marshal`` (and blake3 for the
-manifest digest).  A folder holding many outputs is listed once instead of
-stat-ing each output in it.
+the build lock (taken through a read-only descriptor when ``.dagrun`` cannot
+be written: a no-op needs no write); in every other case it answers None and
+the full build path decides, so it can make a build slower but never wrong.
+No TOML, no graph, no hashing of inputs: imports are ``os``, ``marshal`` and
+``zlib`` (and blake3 for the manifest digest).
 """
 
 from __future__ import annotations
@@ -28,17 +31,40 @@ from __future__ import annotations
 import fcntl
 import marshal
 import os
+import zlib
 
 TYPE_CHECKING = False  # typing and collections.abc stay out of a no-op's imports
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from typing import Any
 
-FORMAT = 2
+FORMAT = 3
 FILE = "fresh"
-LIST_AT = 16  # outputs in one folder from which listing the folder beats one lstat each
 
 StatKey = tuple[int, int, int, int]  # mtime_ns, ctime_ns, size, inode
+Identity = tuple[int, int, int, int]  # an output's size, mtime_ns, inode, kind (completion_log)
+_S_IFMT, _S_IFDIR, _S_IFLNK = 0o170000, 0o040000, 0o120000
+
+
+def identity(st: os.stat_result) -> Identity:
+    """An output's identity from its lstat: a folder is its inode (its entries are its tasks')."""
+    kind = st.st_mode & _S_IFMT
+    if kind == _S_IFDIR:
+        return (0, 0, st.st_ino, 1)
+    return (st.st_size, st.st_mtime_ns, st.st_ino, 2 if kind == _S_IFLNK else 0)
+
+
+def identities(root: str, paths: Iterable[str]) -> dict[str, Identity | None]:
+    """Each path's identity (None: it does not exist); relative to root, or absolute."""
+    found: dict[str, Identity | None] = {}
+    lstat = os.lstat
+    prefix = root.rstrip("/") + "/"  # no folder descriptor: this also runs once per task's end
+    for p in paths:
+        try:
+            found[p] = identity(lstat(p if p.startswith("/") else prefix + p))
+        except OSError:  # as os.path.lexists: cannot look = not there
+            found[p] = None
+    return found
 
 
 def digest(data: bytes) -> str:
@@ -60,7 +86,7 @@ def record(
     kenv: Mapping[str, str | None],
     scanned: Mapping[str, int],
     sources: Mapping[str, StatKey],
-    outputs: Iterable[str],
+    outputs: Iterable[tuple[str, Identity]],
     count: int,
 ) -> None:
     """Write the proof for the state now (under the build lock, after the log is closed).
@@ -70,7 +96,6 @@ def record(
     """
     root = os.path.dirname(os.path.abspath(manifest_path))
     log = os.stat(os.path.join(state_dir, "log"))
-    folders = group(outputs)
     data = (
         FORMAT,
         os.path.abspath(manifest_path),
@@ -80,15 +105,23 @@ def record(
         dict(scanned),
         (log.st_ino, log.st_size),
         [(p, *st) for p, st in sources.items()],
-        list(folders.items()),
+        [(p, *ident) for p, ident in outputs],
         count,
         root,
     )
+    blob = marshal.dumps(data)
     path = os.path.join(state_dir, FILE)
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        marshal.dump(data, f)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(blob + zlib.crc32(blob).to_bytes(4, "little"))
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def forget(state_dir: str) -> None:
@@ -102,10 +135,14 @@ def check(manifest_path: str, targets: Iterable[str], environ: Mapping[str, str]
     """The number of up-to-date tasks when provably nothing needs to run, else None."""
     manifest_path = os.path.abspath(manifest_path)
     state_dir = os.path.join(os.path.dirname(manifest_path), ".dagrun")
+    path = os.path.join(state_dir, "lock")
     try:
-        lock = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return None
+        lock = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:  # a read-only .dagrun: a no-op writes nothing, so a lock to read will do
+        try:
+            lock = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -123,10 +160,14 @@ def _check(
     state_dir: str, manifest_path: str, targets: tuple[str, ...], environ: Mapping[str, str]
 ) -> int | None:
     with open(os.path.join(state_dir, FILE), "rb") as f:
-        data: Any = marshal.loads(f.read())  # marshal.load(f) reads item by item: 10x slower
+        raw = f.read()
+    blob = memoryview(raw)[:-4]
+    if len(raw) < 4 or zlib.crc32(blob) != int.from_bytes(raw[-4:], "little"):
+        return None
+    data: Any = marshal.loads(blob)  # marshal.load(f) reads item by item: 10x slower
     if not isinstance(data, tuple) or len(data) != 11 or data[0] != FORMAT:
         return None
-    _, path, manifest_digest, was_targets, kenv, scanned, log, sources, folders, count, root = data
+    _, path, manifest_digest, was_targets, kenv, scanned, log, sources, outputs, count, root = data
     if path != manifest_path or was_targets != targets:
         return None
     for name, value in kenv.items():
@@ -144,7 +185,7 @@ def _check(
             return None
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if not _sources_unchanged(fd, sources) or not _outputs_exist(fd, folders):
+        if not _sources_unchanged(fd, sources) or not _outputs_unchanged(fd, outputs):
             return None
     finally:
         os.close(fd)
@@ -160,61 +201,13 @@ def _sources_unchanged(fd: int, sources: list[tuple[str, int, int, int, int]]) -
     return True
 
 
-def _outputs_exist(fd: int, folders: list[tuple[str, list[str]]]) -> bool:
+def _outputs_unchanged(fd: int, outputs: list[tuple[str, int, int, int, int]]) -> bool:
+    """As ``identity(lstat(p)) == recorded`` for each, inline: this runs once per output."""
     lstat = os.lstat
-    for folder, names in folders:
-        if len(names) >= LIST_AT:
-            if not _listing(fd, folder).issuperset(names):
-                return False
-            continue
-        for name in names:
-            lstat(f"{folder}/{name}", dir_fd=fd)  # FileNotFoundError: the caller answers None
+    for p, size, mtime, ino, kind in outputs:
+        st = lstat(p, dir_fd=fd)  # FileNotFoundError: the caller answers None
+        if st.st_ino != ino:  # another file, folder or link (a new kind means a new inode)
+            return False
+        if kind != 1 and (st.st_mtime_ns != mtime or st.st_size != size):
+            return False
     return True
-
-
-def _listing(fd: int, folder: str) -> set[str]:
-    try:
-        sub = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
-    except OSError:  # as os.path.lexists: cannot look = not there
-        return set()
-    try:
-        return set(os.listdir(sub))
-    finally:
-        os.close(sub)
-
-
-def group(paths: Iterable[str]) -> dict[str, list[str]]:
-    """Paths by parent folder ('.' for the root): folder -> names."""
-    folders: dict[str, list[str]] = {}
-    for p in paths:
-        parent, _, name = p.rpartition("/")
-        if parent or not p.startswith("/"):
-            folders.setdefault(parent or ".", []).append(name)
-        else:  # /name
-            folders.setdefault("/", []).append(name)
-    return folders
-
-
-def existing(root: str, paths: Iterable[str]) -> set[str]:
-    """Which of ``paths`` (relative to root, or absolute) exist, as os.path.lexists says.
-
-    A folder with many of them is listed once instead of one lstat each.
-    """
-    found: set[str] = set()
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for folder, names in group(paths).items():
-            prefix = "" if folder == "." else "/" if folder == "/" else folder + "/"
-            if len(names) >= LIST_AT:
-                present = _listing(fd, folder)
-                found.update(prefix + n for n in names if n in present)
-                continue
-            for n in names:
-                try:
-                    os.lstat(prefix + n, dir_fd=fd)
-                except OSError:
-                    continue
-                found.add(prefix + n)
-    finally:
-        os.close(fd)
-    return found

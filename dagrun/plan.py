@@ -1,22 +1,30 @@
 """Graph + keys + completion log + files -> Plan: what runs and why.  Pure.
 
-A task is up to date when its key is in the log and every declared output
-exists; ``always`` tasks never are.  ``explain`` compares the new key's parts
-with the parts of the task's last successful run and names what changed.
+A task is up to date only when its key equals the key of its latest run in
+the log, that run succeeded (no attempt started since: completion_log.py), and
+each declared output still has the identity (size, mtime_ns, inode, kind) the
+run left; an older key in the log does not count.  ``always`` tasks never are
+up to date.  ``explain`` compares the new key's parts with the parts of the
+task's last successful run and names what changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .graph import BuildGraph
 from .hashing import MISSING, KeyParts
+from .manifest import TaskSpec
+
+Identity = tuple[int, int, int, int]  # an output's size, mtime_ns, inode, kind (completion_log)
 
 
 class LogView(Protocol):
-    def has(self, key: str) -> bool: ...
+    def success(self, task: str) -> tuple[str, Sequence[Identity]] | None: ...
+
+    def unfinished(self, task: str) -> bool: ...
 
     def latest(self, task: str) -> dict[str, Any] | None: ...
 
@@ -36,38 +44,70 @@ def make(
     graph: BuildGraph,
     keys: list[str | None],
     log: LogView,
-    exists: Callable[[str], bool],
+    identity: Callable[[str], Identity | None],
     selected: list[int],
     *,
     parts: Callable[[int], KeyParts] | None = None,
     always_run: bool = False,
 ) -> Plan:
-    """Decide each selected task.  With ``parts`` the reasons say exactly what changed."""
+    """Decide each selected task.  With ``parts`` the reasons say exactly what changed.
+
+    ``identity`` gives an output's identity now, None when it does not exist.
+    """
     to_run: list[int] = []
     fresh: list[int] = []
     reasons: dict[int, tuple[str, ...]] = {}
     specs = graph.specs
     for i in selected:
         spec = specs[i]
-        key = keys[i]
-        why: list[str] = []
         if spec.always or always_run:
-            why.append("always = true" if spec.always else "forced")
-        elif key is None or not log.has(key):
-            if parts is None:
-                why.append("key changed")
-            else:
-                why.extend(explain(spec.name, parts(i), log.latest(spec.name)))
+            why = ["always = true" if spec.always else "forced"]
         else:
-            for out in spec.outputs:
-                if not exists(out):
-                    why.append(f"output {out} is missing")
+            why = _stale(spec, keys[i], log, identity, parts, i)
         if why:
             to_run.append(i)
             reasons[i] = tuple(why)
         else:
             fresh.append(i)
     return Plan(tuple(selected), tuple(to_run), tuple(fresh), reasons)
+
+
+def _stale(
+    spec: TaskSpec,
+    key: str | None,
+    log: LogView,
+    identity: Callable[[str], Identity | None],
+    parts: Callable[[int], KeyParts] | None,
+    i: int,
+) -> list[str]:
+    """Why task ``i`` must run; [] when its latest run succeeded with this key and left its
+    outputs as they are."""
+    done = log.success(spec.name)
+    if key is not None and done is not None and done[0] == key:
+        if log.unfinished(spec.name):
+            return ["its last run did not succeed"]
+        return output_changes(spec, done[1], identity)
+    if done is None and log.unfinished(spec.name):
+        return ["its last run did not succeed"]
+    if parts is None:
+        return ["key changed"]
+    return explain(spec.name, parts(i), log.latest(spec.name))
+
+
+def output_changes(
+    spec: TaskSpec, recorded: Sequence[Identity], identity: Callable[[str], Identity | None]
+) -> list[str]:
+    """Sentences naming each declared output that is not what the last run left."""
+    if len(recorded) != len(spec.outputs):
+        return ["declared outputs changed"]
+    why = []
+    for out, was in zip(spec.outputs, recorded, strict=True):
+        now = identity(out)
+        if now is None:
+            why.append(f"output {out} is missing")
+        elif now != tuple(was):
+            why.append(f"output {out} changed since it was built")
+    return why
 
 
 def explain(task: str, new: KeyParts, record: dict[str, Any] | None) -> list[str]:

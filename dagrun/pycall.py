@@ -342,8 +342,13 @@ class _ResultsView:
         self.log = log
         self.missing = missing
 
-    def has(self, key: str) -> bool:
-        return key not in self.missing and bool(self.log.has(key))
+    def success(self, task: str) -> Any:
+        """The task's latest success (key, output identities), unless its result file is gone."""
+        found = self.log.success(task)
+        return None if found is not None and found[0] in self.missing else found
+
+    def unfinished(self, task: str) -> bool:
+        return bool(self.log.unfinished(task))
 
     def latest(self, task: str) -> dict[str, Any] | None:
         record: dict[str, Any] | None = self.log.latest(task)

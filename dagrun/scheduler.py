@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Protocol
 
 from . import events
 from .clock import Clock
-from .errors import ExecutorError, Interrupted
+from .errors import ExecutorError, Interrupted, LogError
 from .events import (
     BuildFinished,
     BuildStarted,
@@ -206,6 +206,7 @@ class Hooks:
     on_success: SuccessHook | None = None
     before_wait: Callable[[], None] | None = None  # e.g. the status snapshot's flush
     stops: tuple[StopFlag, ...] = ()  # any of them set: stop as on Ctrl-C
+    on_start: Callable[[int], None] | None = None  # before each attempt (the log's start record)
     # asked when a task becomes ready: False means it is up to date after all (early cutoff)
     still_needed: Callable[[int], bool] | None = None
 
@@ -485,6 +486,8 @@ class Scheduler:
             )
         )
         try:
+            if self.hooks.on_start is not None:
+                self.hooks.on_start(i)
             self.executors[name].submit(job)
         except Exception as exc:  # noqa: BLE001 - reported as an error, never a traceback
             return self._submit_failed(job, name, exc)
@@ -495,7 +498,7 @@ class Scheduler:
         message = f"executor '{name}' could not start task '{job.task}': {exc}"
         self.stopping = True
         self._finished(Outcome(job.id, None, 0.0, error=str(exc)))
-        return ExecutorError(message)
+        return exc if isinstance(exc, LogError) else ExecutorError(message)  # the log: as it is
 
     def _job(self, i: int, lease: Lease | None) -> Job:
         g = self.graph

@@ -8,9 +8,20 @@ Data flow of a build (see STYLE.md):
     Plan -> build.run (executors, Scheduler) -> BuildResult; log records on success
 
 Everything lives in ``.dagrun/`` beside the manifest: ``log`` (the completion
-log), ``cache`` (compiled graph, stat cache, keys and log index, marshal;
-deleting it only costs time), ``runs/`` and ``lock``.  The cache is what makes
-a no-op build fast: no TOML, no networkx, no re-hashing of unchanged files.
+log), ``cache`` (compiled graph, stat cache, keys and log index, marshal, with a
+checksum: a damaged one is no cache; deleting it only costs time), ``runs/``
+and ``lock``.  The cache is what makes a no-op build fast: no TOML, no
+networkx, no re-hashing of unchanged files.
+
+Before each attempt at a task its ``start`` record invalidates it in the log;
+when it exits 0 every declared output must exist (else it fails: "declared
+output X was not written") and their identities go into its success record.
+A ``.dagrun`` that cannot be written still answers a no-op build, ``-n`` and
+``list`` (the lock is taken through a read-only descriptor); a build that must
+run a task, or ``clean``, then stops with a LogError.  A log that cannot be
+appended to (disk full) is a LogError too, after the build; a cache that
+cannot be written is a warning (it is only a cache), and no temporary file is
+left behind.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import fcntl
 import functools
 import marshal
 import os
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -27,14 +39,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import cutoff, fresh, globs
 from .clock import Clock, MonotonicClock
-from .completion_log import CompletionLog, LogIndex
+from .completion_log import CompletionLog, Identity, LogIndex
 from .errors import DagrunError, DepfileError, LogError, ManifestError
+from .executors import Outcome
 from .fs import FileSystem, LocalFileSystem
 from .graph import BuildGraph, compile
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
 from .manifest import Manifest, output_problem
 from .numa import CorePool, Topology
-from .plan import Plan, make
+from .plan import Plan, make, output_changes
 from .pycall import Results, results_of, results_view
 from .scheduler import BuildResult, Reporter, StopFlag
 
@@ -42,7 +55,7 @@ if TYPE_CHECKING:
     from .build import ExecutorFactory
 
 STATE_DIR = ".dagrun"
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 
 
 @dataclass
@@ -98,6 +111,8 @@ class Session:
         self._graph_blob: GraphBlob | None = None  # the cache file's graph part, as read
         self._topology = topology  # None: read this machine's when a core_pool needs it
         self.on_result = on_result  # streams function tasks' results as they finish (pycall.py)
+        self.read_only: str | None = None  # why .dagrun cannot be written (lock), else None
+        self._log_error: str | None = None  # the completion log could not be appended to
 
     # ------------------------------------------------------------ public operations
 
@@ -112,26 +127,43 @@ class Session:
     ) -> BuildResult:
         with self.lock():
             fresh.forget(self.state_dir)
+            self._log_error = None
+            if self.read_only is None:
+                _remove_stale_temporaries(self.state_dir)
             prep = self._prepare(targets, explain=explain)
+            self._refuse_if_read_only(prep)
             try:
                 result = self._run(prep, reporter, jobs, failures_allowed, explain)
             finally:
                 self._save(prep)
                 prep.log.close()
+            if self._log_error is not None:
+                raise LogError(self._log_error)
             self._record_fresh(prep, targets, result)
             return result
+
+    def _refuse_if_read_only(self, prep: Prepared) -> None:
+        """A build that must run tasks needs to write the log: say why it cannot."""
+        if self.read_only is None or not prep.plan.to_run:
+            return
+        prep.log.close()
+        raise LogError(
+            f"cannot build: {self.state_dir} cannot be written ({self.read_only}) "
+            f"and {len(prep.plan.to_run)} task(s) must run"
+        )
 
     def _record_fresh(
         self, prep: Prepared, targets: Iterable[str] | None, result: BuildResult
     ) -> None:
         """After a build that left every selected task up to date: the no-op proof (fresh.py)."""
-        if self.manifest_path is None or not result.ok or self.warnings:
+        if self.manifest_path is None or not result.ok or self.warnings or self.read_only:
             return
         if not isinstance(self.fs, LocalFileSystem):
             return
         g, entries = prep.graph, prep.keys.stats.entries
         sources: dict[str, tuple[int, int, int, int]] = {}
-        outputs: list[str] = []
+        outputs: list[tuple[str, Identity]] = []
+        latest = prep.log.index.latest
         for i in prep.plan.selected:
             spec = g.specs[i]
             if spec.always:
@@ -141,7 +173,10 @@ class Session:
                 if e is None or not e[5]:  # untrusted (racy) digests are re-hashed next time
                     return
                 sources[p] = (e[0], e[1], e[2], e[3])
-            outputs.extend(spec.outputs)
+            entry = latest.get(spec.name)
+            if entry is None or len(entry[2]) != len(spec.outputs):
+                return
+            outputs.extend(zip(spec.outputs, entry[2], strict=True))
         try:
             fresh.record(
                 self.state_dir,
@@ -174,6 +209,9 @@ class Session:
         symlink that leads out of the project.
         """
         with self.lock():
+            if self.read_only is not None:
+                why = f"{self.state_dir} cannot be written ({self.read_only})"
+                raise LogError(f"cannot clean: {why}")
             cache = self._load_cache()
             graph, _ = self._graph(cache)
             log = self._open_log(cache)
@@ -209,14 +247,18 @@ class Session:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """An exclusive lock on the state folder, so two builds never run the same task."""
-        try:
-            os.makedirs(self.state_dir, exist_ok=True)
-            fd = os.open(
-                os.path.join(self.state_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
-            )
-        except OSError as exc:
-            raise LogError(f"cannot use {self.state_dir}: {exc.strerror}") from None
+        """An exclusive lock on the state folder, so two builds never run the same task.
+
+        When ``.dagrun`` cannot be written, ``read_only`` says why and the lock is shared, taken
+        through a read-only descriptor (none when there is no lock file): what needs no write
+        (a no-op, ``-n``) still works, the rest refuses.
+        """
+        path = os.path.join(self.state_dir, "lock")
+        fd = self._open_lock(path)
+        if fd is None:
+            with self._shared_lock(path):
+                yield
+            return
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -233,6 +275,38 @@ class Session:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _open_lock(self, path: str) -> int | None:
+        """The lock file, open to write; None (``read_only`` says why) if .dagrun is read-only."""
+        import errno
+
+        self.read_only = None
+        try:
+            os.makedirs(self.state_dir, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise LogError(f"cannot use {self.state_dir}: {exc.strerror}") from None
+            self.read_only = exc.strerror or str(exc)
+            return None
+        if not os.access(self.state_dir, os.W_OK | os.X_OK):  # the lock file alone is writable
+            os.close(fd)
+            self.read_only = os.strerror(errno.EACCES)
+            return None
+        return fd
+
+    @contextmanager
+    def _shared_lock(self, path: str) -> Iterator[None]:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # no lock file in a folder nobody may write to: nobody is building
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------ preparing
 
@@ -254,16 +328,12 @@ class Session:
         if others:  # keep every key current, so the cache never holds a stale one
             self._compute_quietly(keys, others)
         pool = self._core_pool(graph)
-        exists: Callable[[str], bool] = self.fs.exists
-        if isinstance(self.fs, LocalFileSystem):  # one listing per output folder, not an lstat each
-            outputs = [o for i in selected for o in graph.specs[i].outputs]
-            present = fresh.existing(self.fs.root, outputs)
-            exists = present.__contains__
+        found = self.identities([o for i in selected for o in graph.specs[i].outputs])
         plan = make(
             graph,
             keys.keys,
             results_view(graph, keys.keys, log, self.state_dir),
-            exists,
+            found.get,
             selected,
             parts=keys.parts if explain else None,
         )
@@ -271,6 +341,16 @@ class Session:
         plan = cutoff.with_pending(plan, waits)
         self._state = (cache, reused, kenv)
         return Prepared(graph, keys, log, plan, pool, waits)
+
+    def identities(self, paths: Iterable[str]) -> dict[str, Identity | None]:
+        """Each output's identity now (completion_log.Identity); None where it does not exist."""
+        if isinstance(self.fs, LocalFileSystem):
+            return fresh.identities(self.fs.root, paths)
+        found: dict[str, Identity | None] = {}
+        for p in paths:
+            st = self.fs.stat(p)
+            found[p] = None if st is None else (st.size, st.mtime_ns, st.ino, 0)
+        return found
 
     def _core_pool(self, graph: BuildGraph) -> CorePool | None:
         """The checked core pool (ManifestError if a task can never fit), or None."""
@@ -354,9 +434,10 @@ class Session:
     def _open_log(self, cache: dict[str, Any] | None) -> CompletionLog:
         index = None
         if cache is not None and "log" in cache:
-            index = LogIndex.from_cache(cache["log"])
+            index = LogIndex.from_cache(cache["log"])  # None when it is not one
         try:
-            log = CompletionLog(os.path.join(self.state_dir, "log"), index)
+            path = os.path.join(self.state_dir, "log")
+            log = CompletionLog(path, index, writable=self.read_only is None)
         except OSError as exc:
             raise LogError(f"cannot open the completion log: {exc}") from None
         self.warnings.extend(log.warnings)
@@ -378,25 +459,18 @@ class Session:
         m = graph.manifest
         specs = graph.specs
 
-        def on_success(i: int, outcome: Any) -> str | None:
-            try:
-                cutoff.learn(keys, i)
-            except DepfileError as exc:
-                return str(exc)
-            key = keys.keys[i]
-            if key is None:
-                return None
-            log.append(
-                specs[i].name,
-                key,
-                keys.parts(i).to_json(),
-                outcome.duration,
-                outcome.maxrss_kb,
-                self.clock.wall(),
-            )
-            if specs[i].call:
+        def on_success(i: int, outcome: Outcome) -> str | None:
+            problem = self._record_success(prep, i, outcome)
+            if problem is None and specs[i].call:
                 stream(i)
-            return None
+            return problem
+
+        def on_start(i: int) -> None:
+            try:
+                log.started(specs[i].name)  # an attempt that does not succeed leaves it to run
+            except OSError as exc:
+                why = f"cannot write the completion log {log.path}: {exc.strerror}"
+                raise LogError(why) from None
 
         results = results_of(graph, keys.keys, self.state_dir)
         stream = functools.partial(_stream, self.on_result, graph, results)
@@ -416,20 +490,49 @@ class Session:
             stops=self.stops,
             say=self.on_wait,  # messages for the user (the URL workers connect to)
         )
-        exists = self.fs.exists
-        check = cutoff.Cutoff(
-            keys,
-            prep.waits,
-            lambda task, key: log.has(key),
-            lambda i: all(exists(o) for o in specs[i].outputs),
-        )
+        check = cutoff.Cutoff(keys, prep.waits, log.done, lambda i: self._outputs_intact(prep, i))
         result = build.run(
             graph, prep.plan, keys.keys, reporter, setup, on_success, log.index.durations,
+            on_start,
             check.still_needed,
         )
         done = {*result.succeeded, *result.up_to_date}
         values = {t: p for t, p in results.items() if t in done}
         return dataclasses.replace(result, values=Results(values))
+
+    def _outputs_intact(self, prep: Prepared, i: int) -> bool:
+        """Task ``i``'s outputs are what its latest successful run left (early cutoff's check)."""
+        spec = prep.graph.specs[i]
+        done = prep.log.success(spec.name)
+        if done is None:
+            return False
+        return not output_changes(spec, done[1], self.identities(spec.outputs).get)
+
+    def _record_success(self, prep: Prepared, i: int, outcome: Outcome) -> str | None:
+        """Log a task that exited 0, or say why it did not succeed (an output not written, a
+        full disk): the scheduler then counts it as failed with that error."""
+        spec, key, log = prep.graph.specs[i], prep.keys.keys[i], prep.log
+        found = self.identities(spec.outputs)
+        outputs: list[Identity] = []
+        for out in spec.outputs:
+            identity = found[out]
+            if identity is None:
+                return f"declared output {out} was not written"
+            outputs.append(identity)
+        try:
+            key = cutoff.learn(prep.keys, i) or key  # a depfile's files join the key
+        except DepfileError as exc:
+            return str(exc)
+        if key is None:
+            return None
+        parts = prep.keys.parts(i).to_json()
+        try:
+            log.append(spec.name, key, parts, outcome.duration, outcome.maxrss_kb,
+                       self.clock.wall(), outputs)
+        except OSError as exc:
+            self._log_error = f"cannot write the completion log {log.path}: {exc.strerror}"
+            return self._log_error
+        return None
 
     def executor_pools(self, *, probe: bool = True) -> list[Any]:
         """Each executor's pool (``dagrun status --executors``), live while a build runs.
@@ -463,6 +566,8 @@ class Session:
         return data
 
     def _save(self, prep: Prepared) -> None:
+        if self.read_only is not None:
+            return
         cache, reused, kenv = self._state
         keys = prep.keys
         unchanged = (
@@ -492,11 +597,18 @@ class Session:
         if not globs.folders_unchanged(g.scanned):
             data["source"] = None  # a glob's folder changed under us: recompile next time
         self._write_cache(data)
-        if prep.log.compact_if_needed():
+        try:
+            compacted = prep.log.compact_if_needed()
+        except OSError as exc:
+            self.warnings.append(f"could not compact the completion log: {exc.strerror}")
+            compacted = False
+        if compacted:
             data["log"] = prep.log.index.to_cache()
             self._write_cache(data)
 
     def _write_cache(self, data: dict[str, Any]) -> None:
+        """Write the cache whole or not at all (under the lock: any temporary file is stale)."""
+        _remove_stale_temporaries(self.state_dir)
         path = os.path.join(self.state_dir, "cache")
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
@@ -504,7 +616,10 @@ class Session:
                 _cache_dump(data, f, self._graph_blob)
             os.replace(tmp, path)
         except (OSError, ValueError) as exc:
-            self.warnings.append(f"could not write the state cache: {exc}")
+            _unlink(tmp)
+            _unlink(path)  # an older cache would still be right, but say nothing we did not check
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            self.warnings.append(f"could not write the state cache {path}: {why}")
         self._cache = data
 
 
@@ -517,8 +632,10 @@ GraphBlob = tuple[Any, bytes]  # (the graph part as loaded, its blob)
 
 
 def _cache_dump(data: dict[str, Any], f: Any, known: GraphBlob | None) -> None:
-    """MAGIC, one blob per part (each written as soon as it is made), the sizes, their length."""
+    """MAGIC, one blob per part (each written as soon as it is made), the sizes, their length,
+    and a zlib.crc32 of all that: a cache with one wrong byte is no cache."""
     f.write(_MAGIC)
+    crc = zlib.crc32(_MAGIC)
     sizes = []
     for name in (*_PARTS, None):
         if name is None:
@@ -528,21 +645,26 @@ def _cache_dump(data: dict[str, Any], f: Any, known: GraphBlob | None) -> None:
         else:
             blob = marshal.dumps(data[name])
         f.write(blob)
+        crc = zlib.crc32(blob, crc)
         sizes.append(len(blob))
         del blob
-    tail = marshal.dumps(sizes)
-    f.write(tail + len(tail).to_bytes(4, "little"))
+    sizes_blob = marshal.dumps(sizes)
+    tail = sizes_blob + len(sizes_blob).to_bytes(4, "little")
+    f.write(tail + zlib.crc32(tail, crc).to_bytes(4, "little"))
 
 
 def _cache_loads(raw: bytes) -> tuple[dict[str, Any] | None, GraphBlob | None]:
-    if not raw.startswith(_MAGIC) or len(raw) < len(_MAGIC) + 4:
+    if not raw.startswith(_MAGIC) or len(raw) < len(_MAGIC) + 8:
         return None, None
     view = memoryview(raw)
+    if zlib.crc32(view[:-4]) != int.from_bytes(view[-4:], "little"):
+        return None, None
+    view = view[:-4]
     tail = int.from_bytes(view[-4:], "little")
     sizes = marshal.loads(view[len(view) - 4 - tail : -4])
     if not isinstance(sizes, list) or len(sizes) != len(_PARTS) + 1:
         return None, None
-    if len(_MAGIC) + sum(sizes) + tail + 4 != len(raw):
+    if len(_MAGIC) + sum(sizes) + tail + 4 != len(view):
         return None, None
     blobs = []
     pos = len(_MAGIC)
@@ -593,6 +715,24 @@ def _stream(
     name = graph.specs[i].name
     if on_result is not None and name in results:
         on_result(name, Results(results)[name])
+
+
+def _remove_stale_temporaries(state_dir: str) -> None:
+    """Temporary state files a crashed or failed dagrun left (the caller holds the lock)."""
+    try:
+        names = os.listdir(state_dir)
+    except OSError:
+        return
+    for name in names:
+        if name.endswith(".tmp") and name.split(".", 1)[0] in ("cache", "fresh", "log"):
+            _unlink(os.path.join(state_dir, name))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def default_jobs() -> int:

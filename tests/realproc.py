@@ -162,7 +162,7 @@ def stop_and_expect_130(
 def logged_tasks(root: Path) -> list[str]:
     """Task names recorded in the completion log, in order; every record must parse."""
     lines = (root / ".dagrun" / "log").read_text().splitlines()
-    assert lines[0] == "# dagrun log v1"
+    assert lines[0] == "# dagrun log v2"
     tasks = []
     for line in lines[1:]:
         record = json.loads(line)

@@ -271,7 +271,8 @@ def test_task_environment(project):
     assert env["DAGRUN_TASK"] == "show"
     assert env["DAGRUN_EXECUTOR"] == "local"
     assert re.fullmatch(r"[0-9a-f]{32}", env["DAGRUN_KEY"])
-    record = json.loads((project.root / ".dagrun/log").read_text().splitlines()[1])
+    lines = (project.root / ".dagrun/log").read_text().splitlines()
+    record = json.loads(lines[2])  # [1]: the start record
     assert record["key"] == env["DAGRUN_KEY"]
 
 

@@ -21,16 +21,30 @@ always = true
 """
 
 
-class Log:
-    def __init__(self, keys=(), records=None):
-        self.keys = set(keys)
-        self.records = records or {}
+SAME = (1, 2, 3, 0)  # every output's identity, as recorded and (by default) as found
 
-    def has(self, key):
-        return key in self.keys
+
+class Log:
+    """A log whose latest runs of tasks a, b, c succeeded with the keys ``keys`` names."""
+
+    def __init__(self, keys=(), records=None, unfinished=()):
+        names = {"ka": "a", "kb": "b", "kc": "c"}
+        self.done = {names[k]: (k, [SAME]) for k in keys}
+        self.records = records or {}
+        self.failed = set(unfinished)
+
+    def success(self, task):
+        return self.done.get(task)
+
+    def unfinished(self, task):
+        return task in self.failed
 
     def latest(self, task):
         return self.records.get(task)
+
+
+def found(p):
+    return SAME
 
 
 def setup():
@@ -40,7 +54,7 @@ def setup():
 
 def test_everything_runs_on_an_empty_log():
     g, keys = setup()
-    plan = make(g, keys, Log(), lambda p: False, g.order)
+    plan = make(g, keys, Log(), lambda p: None, g.order)
     assert plan.to_run == (0, 2, 1) and plan.up_to_date == ()  # topological: b after a
     assert plan.reasons[0] == ("key changed",)
     assert plan.reasons[2] == ("always = true",)
@@ -48,21 +62,41 @@ def test_everything_runs_on_an_empty_log():
 
 def test_logged_with_outputs_is_up_to_date():
     g, keys = setup()
-    plan = make(g, keys, Log({"ka", "kb", "kc"}), lambda p: True, g.order)
+    plan = make(g, keys, Log({"ka", "kb", "kc"}), found, g.order)
     assert plan.to_run == (2,) and plan.up_to_date == (0, 1)
-    assert not make(g, keys, Log({"ka", "kb"}), lambda p: True, [0, 1])
+    assert not make(g, keys, Log({"ka", "kb"}), found, [0, 1])
 
 
 def test_missing_output_reruns():
     g, keys = setup()
-    plan = make(g, keys, Log({"ka", "kb"}), lambda p: p != "b.out", [0, 1])
+    plan = make(g, keys, Log({"ka", "kb"}), lambda p: None if p == "b.out" else SAME, [0, 1])
     assert plan.to_run == (1,)
     assert plan.reasons[1] == ("output b.out is missing",)
 
 
+def test_item3_an_output_changed_since_it_was_built_reruns():
+    g, keys = setup()
+    edited = (SAME[0] + 1, *SAME[1:])
+    plan = make(g, keys, Log({"ka", "kb"}), lambda p: edited if p == "b.out" else SAME, [0, 1])
+    assert plan.to_run == (1,)
+    assert plan.reasons[1] == ("output b.out changed since it was built",)
+
+
+def test_item1_only_the_latest_run_counts():
+    g, keys = setup()
+    log = Log({"ka"})
+    assert not make(g, keys, log, found, [0])
+    assert make(g, ["k-older"], log, found, [0]).to_run == (0,)  # not the latest key: runs
+    failed = Log({"ka"}, unfinished={"a"})  # an attempt started after that success and failed
+    plan = make(g, keys, failed, found, [0])
+    assert plan.to_run == (0,) and plan.reasons[0] == ("its last run did not succeed",)
+    never = Log(unfinished={"a"})  # its first attempt failed
+    assert make(g, keys, never, found, [0]).reasons[0] == ("its last run did not succeed",)
+
+
 def test_selected_subset_only():
     g, keys = setup()
-    plan = make(g, keys, Log(), lambda p: True, [0])
+    plan = make(g, keys, Log(), found, [0])
     assert plan.selected == (0,) and plan.to_run == (0,)
 
 
@@ -108,5 +142,5 @@ def test_make_with_parts_explains():
         "a": record(parts(cmd="a", env=(), key_env=(), outputs=("a.out",), inputs=(), upstream=()))
     }
     new = parts(cmd="a2", env=(), key_env=(), outputs=("a.out",), inputs=(), upstream=())
-    plan = make(g, keys, Log(records=old), lambda p: True, [0], parts=lambda i: new)
+    plan = make(g, keys, Log(records=old), found, [0], parts=lambda i: new)
     assert plan.reasons[0] == ("command changed",)
