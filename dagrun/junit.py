@@ -71,6 +71,8 @@ def _cases(records: Iterable[Record]) -> tuple[list[_Case], Record]:
             case.last = r
         elif kind == "not_run":
             case.skipped = f"not run: {r.get('why')}"
+        elif kind == "up_to_date":
+            case.skipped = "up to date (early cutoff)"
     return list(cases.values()), head
 
 

@@ -11,6 +11,7 @@ per line, in the order things happened:
     {"event": "finished", "t", "task", "status", "exit_status", "duration", "maxrss_kb",
      "attempt", "executor", "cores", "timed_out", "error", "stderr_tail" (failures only)}
     {"event": "not_run", "t", "task", "why"}
+    {"event": "up_to_date", "t", "task"}   # planned to run, found up to date (early cutoff)
     {"event": "build_finished", "t", "succeeded", "failed", "interrupted", "up_to_date",
      "not_run", "elapsed", "exit_status"}
 
@@ -30,7 +31,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, Protocol
 
 from .errors import DagrunError
-from .events import BuildFinished, BuildStarted, Event, TaskFinished, TaskSkipped, TaskStarted
+from .events import (
+    BuildFinished,
+    BuildStarted,
+    Event,
+    TaskCutOff,
+    TaskFinished,
+    TaskSkipped,
+    TaskStarted,
+)
 
 FORMAT = 1
 LAST_BUILD = "last-build.jsonl"  # in .dagrun/
@@ -87,6 +96,8 @@ class Records:
                 self._emit(self._task_finished(event))
             case TaskSkipped(task=task, why=why):
                 self._emit({"event": "not_run", "t": self._t(), "task": task, "why": why})
+            case TaskCutOff(task=task):
+                self._emit({"event": "up_to_date", "t": self._t(), "task": task})
             case BuildFinished():
                 self._emit(self._build_finished(event))
                 for sink in self.active:

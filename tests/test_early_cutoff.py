@@ -80,8 +80,11 @@ def test_events_and_summary_count_cut_off_tasks_as_up_to_date(project):
     setup(project)
     project.write("in.txt", "abc\n#events\n")
     events = project.root / "events.jsonl"
-    r = project.run("build", "--events", str(events))
+    junit = project.root / "junit.xml"
+    r = project.run("build", "--events", str(events), "--junit", str(junit))
     assert r.code == 0
-    last = json.loads(events.read_text().splitlines()[-1])
-    assert last["event"] == "build_finished"
-    assert (last["succeeded"], last["up_to_date"]) == (1, 2)
+    records = [json.loads(line) for line in events.read_text().splitlines()]
+    assert records[-1]["event"] == "build_finished"
+    assert (records[-1]["succeeded"], records[-1]["up_to_date"]) == (1, 2)
+    assert sorted(r["task"] for r in records if r["event"] == "up_to_date") == ["top", "use"]
+    assert junit.read_text().count('<skipped message="up to date (early cutoff)" />') == 2
