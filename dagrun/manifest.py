@@ -14,7 +14,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -512,7 +512,8 @@ class _Builder:
         self.empty: dict[tuple[str, str], str] = {}  # (group, variable) -> warning: no file
         self.vars: dict[str, str | list[str]] = {}
         # declared outputs (relative to the root) -> task: a matrix glob sees them too
-        self.declared: dict[str, str] = {}
+        self.declared: dict[str, tuple[str, str | None]] = {}  # -> (task, its matrix group)
+        self.saw: dict[str, frozenset[str]] = {}  # matrix group -> declared outputs its globs saw
         self.globbed: list[str] = []  # matrix groups with a glob variable
         self.count = 0  # tasks so far, to refuse a matrix of millions before making it
 
@@ -689,13 +690,15 @@ class _Builder:
         """
         for _ in range(len(self.globbed) + 1):
             changed = False
+            self.declared = {
+                o: (t.name, t.group) for made in per_task.values() for t in made for o in t.outputs
+            }
             for name in self.globbed:
-                self.declared = {
-                    o: t.name for g, made in per_task.items() if g != name for t in made
-                    for o in t.outputs
-                }
+                if not self.sees_declared(name, bodies[name]):
+                    continue
                 before = [t.name for t in per_task[name]]
                 self.count -= len(before)
+                self.saw.pop(name, None)
                 per_task[name] = self.task(name, bodies[name])
                 changed |= [t.name for t in per_task[name]] != before
             if not changed:
@@ -705,20 +708,53 @@ class _Builder:
             hint="a matrix glob should not match the outputs of a matrix that depends on it",
         )
 
+    def sees_declared(self, name: str, body: dict[str, Any]) -> bool:
+        """Whether the other tasks' outputs that matrix ``name``'s globs match have changed
+        since it was last expanded (then it must be expanded again)."""
+        cwd = os.path.normpath(body.get("cwd", "."))
+        seen = frozenset(
+            out
+            for values in body["matrix"].values()
+            if isinstance(values, dict) and "glob" in values
+            for out, *_ in self.declared_matches(name, values["glob"], cwd)
+        )
+        return seen != self.saw.get(name, frozenset())
+
+    def declared_matches(
+        self, name: str, pattern: str, cwd: str
+    ) -> Iterator[tuple[str, str, str, bool]]:
+        """(output, its task, output relative to cwd, exact match) for outputs of other groups
+        that ``pattern`` matches or could match files below."""
+        if "{" in cwd:
+            return
+        lit = globs.literal_prefix(pattern)
+        lit = lit if cwd == "." else f"{cwd}/{lit}"
+        rx = globs.translate(pattern)
+        for out, (producer, group) in self.declared.items():
+            if group == name or not (out.startswith(lit) or lit.startswith(out + "/")):
+                continue
+            local = out if cwd == "." else os.path.relpath(out, cwd)
+            if rx.match(local):
+                yield out, producer, local, True
+            elif globs.may_match_below(pattern, local):
+                yield out, producer, local, False
+
     def glob_values(self, name: str, var: str, values: dict[str, Any], cwd: str) -> list[str]:
         """A glob variable's values: files on disk and declared outputs, minus ``exclude``."""
         base = os.path.normpath(os.path.join(self.root, cwd))
         found = set(globs.expand(values["glob"], base, self.scanned))
-        rel = os.path.normpath(cwd)
         pattern = values["glob"]
-        rx = globs.translate(pattern)
         inside: list[str] = []
-        for out, producer in self.declared.items():
-            local = out if rel == "." else os.path.relpath(out, rel)
-            if rx.match(local):
+        matches = self.declared_matches(name, pattern, os.path.normpath(cwd))
+        seen = set()
+        for out, producer, local, exact in matches:
+            seen.add(out)
+            if exact:
                 found.add(local)
-            elif globs.may_match_below(pattern, local):
+            else:
                 inside.append(f"'{out}' (of task '{producer}')")
+        if seen:
+            self.saw[name] = self.saw.get(name, frozenset()) | seen
         excluded = [globs.translate(p) for p in values.get("exclude", ())]
         kept = sorted(p for p in found if not _excluded(p, excluded, values.get("exclude", ())))
         self.empty.pop((name, var), None)
@@ -1051,6 +1087,7 @@ class _Substituter:
         else:
             self.pattern = None
         self.quote = False
+        self.lists = any(isinstance(v, list) for v in self.values.values())
 
     def __call__(self, text: str, quote: bool = False) -> str:
         if self.pattern is None or "{" not in text:
@@ -1060,8 +1097,9 @@ class _Substituter:
 
     def items(self, text: str) -> list[str]:
         """``text`` substituted; one string per item of the one [vars] list it names."""
-        if self.pattern is None or "{" not in text:
-            return [text]
+        if not self.lists or "{" not in text:
+            return [self(text)]
+        assert self.pattern is not None
         lists = {m.group(1) for m in self.pattern.finditer(text)}
         lists = {n for n in lists if isinstance(self.values[n], list)}
         if len(lists) > 1:
