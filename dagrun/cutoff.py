@@ -29,7 +29,9 @@ class LatestRecords(Protocol):
     def latest(self, task: str) -> dict[str, Any] | None: ...
 
 
-def found_in_log(graph: BuildGraph, log: LatestRecords, tasks: Iterable[int]) -> dict[str, Any]:
+def found_in_log(
+    graph: BuildGraph, log: LatestRecords, tasks: Iterable[int]
+) -> dict[str, tuple[str, ...]]:
     """Task name -> the files its latest success's depfile listed (tasks with a depfile only)."""
     out: dict[str, tuple[str, ...]] = {}
     for i in tasks:
@@ -67,7 +69,7 @@ def learn(keys: Keys, i: int) -> str | None:
     if not spec.depfile:
         return None
     found = read_depfile(keys.graph, i)
-    keys.found = {**keys.found, spec.name: found}
+    keys.found[spec.name] = found
     key = key_of(keys.parts(i))
     keys.keys[i] = key
     return key

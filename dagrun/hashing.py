@@ -196,7 +196,7 @@ class Keys:
         self.changed: list[bool] = [True] * len(graph.specs)
         self.recomputed = 0
         # task name -> the files its latest successful run's depfile listed (session: the log)
-        self.found: Mapping[str, tuple[str, ...]] = {}
+        self.found: dict[str, tuple[str, ...]] = {}
         # tasks that dependents key by their outputs' digests (restat or a depfile)
         self.by_outputs = [s.restat or bool(s.depfile) for s in graph.specs]
 

@@ -101,6 +101,8 @@ class Session:
         self.clock = clock or MonotonicClock()
         self.executor_factory = executor_factory
         self.on_plan = on_plan  # sees each plan before it runs (watch)
+        # task -> the files its depfile listed (the plan's, then updated as tasks succeed)
+        self.found: Mapping[str, tuple[str, ...]] = {}
         self.stops = stops  # one set from another thread: the build stops as on Ctrl-C (watch)
         self.state_dir = os.path.join(self.root, STATE_DIR)
         self.wait_for_lock = wait_for_lock
@@ -322,7 +324,7 @@ class Session:
             previous = cache.get("keys")
         keys = Keys(graph, stats, self.environ, previous)
         log = self._open_log(cache)
-        keys.found = cutoff.found_in_log(graph, log, range(len(graph.specs)))
+        keys.found = self.found = cutoff.found_in_log(graph, log, range(len(graph.specs)))
         keys.compute(selected)
         others = [i for i in graph.order if keys.keys[i] is None]
         if others:  # keep every key current, so the cache never holds a stale one

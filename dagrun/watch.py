@@ -32,7 +32,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
@@ -118,16 +118,24 @@ class WatchSet:
 
 
 def watch_set(
-    graph: BuildGraph, selected: Iterable[int], manifest: str, extra_globs: Iterable[str] = ()
+    graph: BuildGraph,
+    selected: Iterable[int],
+    manifest: str,
+    extra_globs: Iterable[str] = (),
+    found: Mapping[str, tuple[str, ...]] | None = None,
 ) -> WatchSet:
     """The WatchSet of the selected tasks (and the manifest) of ``graph``.
 
     ``extra_globs`` are more root-relative patterns whose matches matter
-    (the manifest's matrix globs: a new match is a new task).
+    (the manifest's matrix globs: a new match is a new task); ``found``: the files
+    each task's depfile listed (task name -> paths), inputs too.
     """
     root = os.path.normpath(graph.root)
     selected = list(selected)
     files = {os.path.normpath(os.path.join(root, p)) for i in selected for p in graph.sources[i]}
+    for i in selected:
+        for p in (found or {}).get(graph.specs[i].name, ()):
+            files.add(os.path.normpath(os.path.join(root, p)))
     listed = {os.path.normpath(p) for p in graph.scanned}
     outputs = {os.path.normpath(os.path.join(root, p)) for p in graph.producers}
     patterns = [p for i in selected for p in graph.specs[i].inputs
@@ -469,7 +477,10 @@ class Watcher:
             if graph is None:
                 graph = self.session.load_graph()
             manifest = self._ws.manifest
-            ws = watch_set(graph, graph.select(self.targets), manifest, self._matrix_globs())
+            ws = watch_set(
+                graph, graph.select(self.targets), manifest, self._matrix_globs(),
+                self.session.found,
+            )
             self._graph = graph
         except DagrunError:  # keep watching what we watched (at least the manifest)
             ws = self._ws
@@ -518,7 +529,9 @@ class Watcher:
     def _on_plan(self, graph: BuildGraph, plan: Plan) -> None:
         self._graph = graph
         # judge changes made during the build by what it builds (its new outputs never count)
-        self._ws = watch_set(graph, plan.selected, self._ws.manifest, self._matrix_globs())
+        self._ws = watch_set(
+            graph, plan.selected, self._ws.manifest, self._matrix_globs(), self.session.found
+        )
         self._planned = tuple(graph.specs[i].name for i in plan.to_run)
         self._header(len(plan.up_to_date))
 

@@ -54,3 +54,14 @@ def test_a_plain_task_that_runs_makes_nothing_pending(tmp_path):
     plan = Plan(tuple(g.order), (n["plain"],), tuple(i for i in g.order if i != n["plain"]), {})
     assert cutoff.pending(g, plan, [s.restat for s in g.specs]) == {}
     assert cutoff.with_pending(plan, {}) is plan
+
+
+def test_watch_watches_the_files_a_depfile_listed(tmp_path):
+    from dagrun import watch
+
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "x.h").write_text("")
+    g = compiled(tmp_path)
+    ws = watch.watch_set(g, g.order, str(tmp_path / "dagrun.toml"), (), {"cc": ("inc/x.h",)})
+    assert str(tmp_path / "inc" / "x.h") in ws.files
+    assert str(tmp_path / "inc" / "x.h") not in watch.watch_set(g, g.order, "m").files
