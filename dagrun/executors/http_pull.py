@@ -20,7 +20,6 @@ import json
 import os
 import posixpath
 import secrets
-import select
 import socket
 import threading
 import time
@@ -32,7 +31,7 @@ from typing import Any
 from ..errors import ExecutorError
 from . import Context, Job, Outcome
 from .http_server import Awaits, Pending, Request, Response, Server
-from .threaded import Completions
+from .threaded import Completions, wait_on
 
 JSON_LIMIT = 64 * 1024  # lease and heartbeat bodies
 REPORT_LIMIT = 4 << 20  # a report carries (cut) output
@@ -757,14 +756,7 @@ class HttpExecutor:
         return outcomes
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
-        end = None if timeout is None else time.monotonic() + timeout
-        while self._out:
-            left = None if end is None else max(0.0, end - time.monotonic())
-            select.select([self.fileno()], [], [], left)
-            outcomes = self.collect()
-            if outcomes or (end is not None and time.monotonic() >= end):
-                return outcomes
-        return []
+        return wait_on(self, lambda: bool(self._out), timeout)
 
     def cancel(self, job_id: int) -> None:
         self.broker.cancel(job_id)

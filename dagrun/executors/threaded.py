@@ -17,8 +17,9 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
-from . import Job, Outcome
+from . import Executor, Job, Outcome
 
 
 class Completions:
@@ -55,6 +56,21 @@ class Completions:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def wait_on(
+    executor: Executor, busy: Callable[[], bool], timeout: float | None = None
+) -> list[Outcome]:
+    """An executor's ``wait`` from its ``fileno``/``collect``: block until outcomes come (or
+    ``timeout``); ``busy`` says whether it still has jobs that will end."""
+    end = None if timeout is None else time.monotonic() + timeout
+    while busy():
+        left = None if end is None else max(0.0, end - time.monotonic())
+        select.select([executor.fileno()], [], [], left)
+        outcomes = executor.collect()
+        if outcomes or (end is not None and time.monotonic() >= end):
+            return outcomes
+    return []
 
 
 class ThreadedExecutor:
@@ -129,14 +145,7 @@ class ThreadedExecutor:
         return outcomes
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
-        end = None if timeout is None else time.monotonic() + timeout
-        while self._threads:
-            left = None if end is None else max(0.0, end - time.monotonic())
-            select.select([self.fileno()], [], [], left)
-            outcomes = self.collect()
-            if outcomes or (end is not None and time.monotonic() >= end):
-                return outcomes
-        return []
+        return wait_on(self, lambda: bool(self._threads), timeout)
 
     def cancel(self, job_id: int) -> None:
         event = self._cancels.get(job_id)
