@@ -103,7 +103,9 @@ def test_item12_an_output_under_a_file_fails_the_task_clearly(project):
 
 def test_item12_a_300_character_matrix_value_runs(project):
     value = "v" * 300
-    project.manifest(f'[tasks.t]\nmatrix = {{ v = ["{value}"] }}\ncmd = "echo {{v}} > out.txt; echo kept"\n')
+    project.manifest(
+        f'[tasks.t]\nmatrix = {{ v = ["{value}"] }}\ncmd = "echo {{v}} > out.txt; echo kept"\n'
+    )
     r = project.run("build")  # it prints: its run folder is kept
     assert r.code == 0, r.err
     assert project.read("out.txt") == value + "\n"
