@@ -273,8 +273,9 @@ def measure_case(shape: str, n: int, tools: list[Tool], reps: int, noops: int, w
             case.skipped[t.name] = skip[t.name]
     for rep in range(reps):
         per_rep: dict[str, dict[str, list[float]]] = {}
+        folders: dict[str, str] = {}
         for t in list(active):
-            folder = os.path.join(work, f"{shape}-{n}-{t.name}-{rep}")
+            folder = folders[t.name] = os.path.join(work, f"{shape}-{n}-{t.name}-{rep}")
             gen.gen(n, shape, folder)
             r = timed(t.argv, folder, log=os.path.join(folder, "cold.log"))
             if r.timed_out:
@@ -307,10 +308,30 @@ def measure_case(shape: str, n: int, tools: list[Tool], reps: int, noops: int, w
                         case.errors.append(f"{t.name} incremental: out/{last} was not rebuilt")
                 case.add(t.name, "incremental", r.wall)
                 per_rep[t.name].setdefault("incremental", []).append(r.wall)
+        order = active if rep % 2 == 0 else active[::-1]
+        _measure_cold_rm(case, order, folders, per_rep)
         _pair_ratios(case, per_rep)
         say(f"  rep {rep + 1}/{reps}: " + ", ".join(
             f"{k} {v['cold'][0]:.2f}s" for k, v in per_rep.items()))
     return case
+
+
+def _measure_cold_rm(case: Case, tools: list[Tool], folders: dict[str, str],
+                     per_rep: dict[str, dict[str, list[float]]]) -> None:
+    """Cold right after deleting the previous build's outputs and state, in the same folder
+    (``rm -rf out .dagrun && dagrun build``: a reused CI runner).  This one pays ext4's slow
+    creation after a mass deletion, on purpose; tools alternate, their order flips per rep."""
+    for t in tools:
+        if not t.incremental or t.name not in per_rep:
+            continue
+        folder = folders[t.name]
+        clean_state(folder, t)
+        r = timed(t.argv, folder, log=os.path.join(folder, "cold-rm.log"))
+        if r.code != 0 or count_outputs(folder) != case.n:
+            case.errors.append(
+                f"{t.name} cold after rm: exit {r.code}, {count_outputs(folder)}/{case.n} outputs")
+        case.add(t.name, "cold_rm", r.wall)
+        per_rep[t.name]["cold_rm"] = [r.wall]
 
 
 def _pair_ratios(case: Case, per_rep: dict[str, dict[str, list[float]]]) -> None:
@@ -399,6 +420,40 @@ def measure_sched(dagrun: list[str], work: str, reps: int, smoke: bool,
     return result
 
 
+def stream_manifest(size: int) -> str:
+    """One task printing ``size`` bytes to stdout (``head`` exec'd directly: a small process)."""
+    cmd = f"head -c {size} /dev/zero" if size else "true"
+    return f'[tasks.loud]\ncmd = "{cmd}"\nalways = true\n'
+
+
+def measure_stream(dagrun: list[str], work: str, sizes: Sequence[int], reps: int,
+                   say: Callable[[str], None]) -> dict[str, Any]:
+    """Peak RSS (GNU time: dagrun and its task) of a build whose one task prints N bytes.
+
+    The local executor sends stdout straight to .dagrun/runs/<task>/stdout.txt and reads back
+    at most a bounded tail, so the RSS must not grow with N."""
+    rows = []
+    for size in sizes:
+        folder = os.path.join(work, f"stream-{size}")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "dagrun.toml"), "w") as f:
+            f.write(stream_manifest(size))
+        wall, rss = Series(), Series()
+        for _ in range(reps):
+            r = timed(dagrun, folder, cap=3600)
+            printed = os.path.join(folder, ".dagrun", "runs", "loud", "stdout.txt")
+            got = os.path.getsize(printed) if os.path.exists(printed) else 0  # silent: no file
+            if r.code != 0 or got != size:
+                say(f"  ERROR stream {size}: exit {r.code}, stdout.txt has {got} bytes")
+            wall.samples.append(r.wall)
+            rss.samples.append(r.rss_kb)
+        shutil.rmtree(folder, ignore_errors=True)  # 2 GB: do not keep it
+        rows.append({"bytes": size, "wall": wall.summary(), "rss_kb": rss.summary()})
+        say(f"  stream {size / 1e6:,.0f} MB: {wall.summary()['median']:.2f}s, "
+            f"RSS {rss.summary()['median'] / 1024:.1f} MB")
+    return {"rows": rows}
+
+
 def interpreter_floor(dagrun: list[str]) -> dict[str, float]:
     """Start-up of the interpreter dagrun runs on, with and without site (median of 11)."""
     py = dagrun[0]
@@ -470,6 +525,10 @@ def fmt_s(summary: dict[str, Any], key: str = "median") -> str:
     return f"{m:.2f} s ({lo:.2f}–{hi:.2f})"
 
 
+def _short(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
 def fmt_ratio(summary: dict[str, Any]) -> str:
     r = summary.get("ratio_to_ninja") if summary else None
     return "—" if r is None else f"{r:.2f}×"
@@ -491,19 +550,20 @@ def markdown(results: dict[str, Any]) -> str:
         out += [f"### {case['shape']}, N = {case['n']:,} "
                 f"({case['reps']} repetitions, medians with min–max; "
                 "ratio = median of per-pair ratios)", "",
-                "| tool | cold | ×ninja | no-op | ×ninja | incremental | ×ninja "
-                "| peak RSS (cold) |", "|---|---|---|---|---|---|---|---|"]
+                "| tool | cold | ×ninja | cold after rm | ×ninja | no-op | ×ninja | incremental "
+                "| ×ninja | peak RSS (cold) |", "|---|---|---|---|---|---|---|---|---|---|"]
         for tool, figs in case["figures"].items():
             rss = figs.get("rss_kb", {})
             rss_s = f"{rss['median'] / 1024:.1f} MB" if rss.get("median") else "—"  # 0: no GNU time
             out.append(
                 f"| {tool} | {fmt_s(figs.get('cold', {}))} | {fmt_ratio(figs.get('cold', {}))} "
+                f"| {fmt_s(figs.get('cold_rm', {}))} | {fmt_ratio(figs.get('cold_rm', {}))} "
                 f"| {fmt_s(figs.get('noop', {}))} | {fmt_ratio(figs.get('noop', {}))} "
                 f"| {fmt_s(figs.get('incremental', {}))} "
                 f"| {fmt_ratio(figs.get('incremental', {}))} "
                 f"| {rss_s} |")
         for tool, why in case["skipped"].items():
-            out.append(f"| {tool} | skipped: {why} | | | | | | |")
+            out.append(f"| {tool} | skipped: {why} | | | | | | | | |")
         if case["errors"]:
             out += ["", "Errors: " + "; ".join(case["errors"])]
         out.append("")
@@ -517,6 +577,14 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(f"| {row['n']:,} | {fmt_s(row['plan'])} | {fmt_s(row['noop'])} | "
                        f"{fmt_s(row['cold'])} | {'—' if rss is None else f'{rss / 1024:.0f} MB'} | "
                        f"{per:.1f} µs |")
+        out.append("")
+    if results.get("stream"):
+        st = results["stream"]
+        out += ["### dagrun alone: a task printing to stdout (peak RSS of the build)", "",
+                "| task prints | wall | peak RSS |", "|---|---|---|"]
+        for row in st["rows"]:
+            out.append(f"| {row['bytes'] / 1e6:,.0f} MB | {fmt_s(row['wall'])} "
+                       f"| {row['rss_kb']['median'] / 1024:.1f} MB |")
         out.append("")
     if results.get("sched"):
         s = results["sched"]
@@ -617,6 +685,55 @@ def targets(results: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def targets_round2(results: dict[str, Any]) -> str:
+    """Issue 12's targets (the edit-rebuild loop, clean rebuilds, memory) against this run."""
+    rows = ["| figure | target | measured | |", "|---|---|---|---|"]
+
+    def add(figure: str, fig: str, n: int, shape: str, limit: float) -> None:
+        r = _fig(results, shape, n, "dagrun", fig).get("ratio_to_ninja")
+        mine = _fig(results, shape, n, "dagrun", fig).get("median")
+        ninja = _fig(results, shape, n, "ninja", fig).get("median")
+        if r is None or mine is None or ninja is None:
+            return
+        shown = f"{r:.2f}× ninja ({_short(mine)} vs {_short(ninja)})"
+        rows.append(f"| {figure}, {shape}, {n:,} | ≤ {limit}× ninja | {shown} "
+                    f"| {_verdict(r <= limit)} |")
+
+    shapes = ("wide", "diamond-layers")
+    for n, limit in ((1000, 3.0), (10000, 1.3), (100000, 1.0)):
+        for shape in shapes:
+            add("incremental", "incremental", n, shape, limit)
+    for n in (1000, 10000):
+        for shape in shapes:
+            add("cold after `rm -rf out .dagrun`", "cold_rm", n, shape, 1.2)
+    for n, limit in ((1000, 2.5), (10000, 1.0), (100000, 1.0)):
+        for shape in shapes:
+            add("no-op", "noop", n, shape, limit)
+    for shape in shapes:
+        mine = _fig(results, shape, 10000, "dagrun", "rss_kb").get("median")
+        ninja = _fig(results, shape, 10000, "ninja", "rss_kb").get("median")
+        if mine and ninja:
+            x = mine / ninja
+            rows.append(f"| peak RSS (cold), {shape}, 10,000 | ≤ 3× ninja "
+                        f"| {mine / 1024:.1f} MB = {x:.1f}× ninja ({ninja / 1024:.1f} MB) "
+                        f"| {_verdict(x <= 3)} |")
+    stream = (results.get("stream") or {}).get("rows") or []
+    if len(stream) >= 3:  # silent, some, a lot: the growth from "some" to "a lot" must be ~0
+        silent, some, big = stream[0], stream[-2], stream[-1]
+        grew = (big["rss_kb"]["median"] - some["rss_kb"]["median"]) / 1024
+        mb = [f"{r['rss_kb']['median'] / 1024:.1f}" for r in (silent, some, big)]
+        rows.append(f"| peak RSS, a task printing {some['bytes'] / 1e6:,.0f} MB → "
+                    f"{big['bytes'] / 1e6:,.0f} MB | flat (≤ +1 MB) | {mb[1]} → {mb[2]} MB "
+                    f"({grew:+.1f} MB; a silent task: {mb[0]} MB) | {_verdict(grew <= 1)} |")
+    return "\n".join(rows) + "\n"
+
+
+def report(results: dict[str, Any]) -> str:
+    return (markdown(results) + "\n### Targets of issue 12 (this run)\n\n"
+            + targets_round2(results) + "\n### Targets of issue 5 (this run)\n\n"
+            + targets(results))
+
+
 def write_results_md(path: str, text: str) -> None:
     old = ""
     if os.path.exists(path):
@@ -649,6 +766,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--series-cold", action="store_true",
                     help="repeat the series' cold builds (default: one each)")
     ap.add_argument("--no-sched", action="store_true")
+    ap.add_argument("--big", action="store_true",
+                    help="also wide N=100,000 with dagrun and ninja (cold, no-op, incremental; "
+                    "~10 min)")
+    ap.add_argument("--stream", default="0,200000000,2000000000",
+                    help="bytes printed by one task, for the RSS figure ('' = none)")
     ap.add_argument("--no-install", action="store_true", help="use bench/.venv/dagrun as it is")
     ap.add_argument("--work", default=os.path.join(HERE, "work"), help="where builds are generated")
     ap.add_argument("--keep-work", action="store_true", help="keep the generated builds")
@@ -666,13 +788,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.report_only:
         with open(a.report_only) as f:
             loaded: dict[str, Any] = json.load(f)
-        text = markdown(loaded) + "\n### Targets (this run)\n\n" + targets(loaded)
+        text = report(loaded)
         if a.results_md:
             write_results_md(a.results_md, text)
         say(text)
         return 0
     if a.smoke:
         a.sizes, a.reps, a.noops, a.series = "50", 1, 1, "50,100"
+        a.stream = "0,2000000,4000000"
     elif not a.no_install:
         install_dagrun(say)
     started = time.perf_counter()
@@ -707,6 +830,22 @@ def main(argv: list[str] | None = None) -> int:
         say("dagrun alone: growth")
         results["series"] = measure_series(series, dagrun + ["build", f"-j{JOBS}"], a.work,
                                            1 if a.smoke else 3, a.series_cold or a.smoke, say)
+    if a.big:
+        tools_big = [t for t in tools if t.name in ("dagrun", "ninja")]
+        say("wide N=100000 (dagrun, ninja; one repetition)")
+        case = measure_case("wide", 100000, tools_big, 1, 1, a.work, {}, say)
+        errors += len(case.errors)
+        results["cases"].append({
+            "shape": "wide", "n": 100000, "reps": 1, "skipped": case.skipped,
+            "errors": case.errors,
+            "figures": {t: {f: s.summary() for f, s in figs.items()}
+                        for t, figs in case.figures.items()},
+        })
+    stream = [int(x) for x in a.stream.split(",") if x]
+    if stream:
+        say("dagrun alone: a task printing to stdout")
+        results["stream"] = measure_stream(dagrun + ["build", f"-j{JOBS}"], a.work, stream,
+                                           1 if a.smoke else 3, say)
     if not a.no_sched:
         say("scheduling demo")
         results["sched"] = measure_sched(dagrun + ["build", f"-j{JOBS}"], a.work,
@@ -716,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
-    text = markdown(results) + "\n### Targets (this run)\n\n" + targets(results)
+    text = report(results)
     if a.results_md:
         write_results_md(a.results_md, text)
     say(text)

@@ -43,6 +43,8 @@ FILE = "fresh"
 
 StatKey = tuple[int, int, int, int]  # mtime_ns, ctime_ns, size, inode
 Identity = tuple[int, int, int, int]  # an output's size, mtime_ns, inode, kind (completion_log)
+SourceRow = tuple[str, int, int, int, int]  # path, then its StatKey
+OutputRow = tuple[str, int, int, int, int]  # path, then its Identity
 _S_IFMT, _S_IFDIR, _S_IFLNK = 0o170000, 0o040000, 0o120000
 
 
@@ -85,8 +87,8 @@ def record(
     targets: Iterable[str],
     kenv: Mapping[str, str | None],
     scanned: Mapping[str, int],
-    sources: Mapping[str, StatKey],
-    outputs: Iterable[tuple[str, Identity]],
+    sources: list[SourceRow],
+    outputs: list[OutputRow],
     count: int,
 ) -> None:
     """Write the proof for the state now (under the build lock, after the log is closed).
@@ -104,8 +106,8 @@ def record(
         dict(kenv),
         dict(scanned),
         (log.st_ino, log.st_size),
-        [(p, *st) for p, st in sources.items()],
-        [(p, *ident) for p, ident in outputs],
+        sources,
+        outputs,
         count,
         root,
     )

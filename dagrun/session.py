@@ -163,8 +163,8 @@ class Session:
         if not isinstance(self.fs, LocalFileSystem):
             return
         g, entries = prep.graph, prep.keys.stats.entries
-        sources: dict[str, tuple[int, int, int, int]] = {}
-        outputs: list[tuple[str, Identity]] = []
+        sources: dict[str, fresh.SourceRow] = {}  # the proof's rows as they are written
+        outputs: list[fresh.OutputRow] = []
         latest = prep.log.index.latest
         for i in prep.plan.selected:
             spec = g.specs[i]
@@ -174,11 +174,12 @@ class Session:
                 e = entries.get(p)
                 if e is None or not e[5]:  # untrusted (racy) digests are re-hashed next time
                     return
-                sources[p] = (e[0], e[1], e[2], e[3])
+                sources[p] = (p, e[0], e[1], e[2], e[3])
             entry = latest.get(spec.name)
             if entry is None or len(entry[2]) != len(spec.outputs):
                 return
-            outputs.extend(zip(spec.outputs, entry[2], strict=True))
+            for o, ident in zip(spec.outputs, entry[2], strict=True):
+                outputs.append((o, *ident))
         try:
             fresh.record(
                 self.state_dir,
@@ -187,7 +188,7 @@ class Session:
                 tuple(targets or ()),
                 self._state[2],
                 g.scanned,
-                sources,
+                list(sources.values()),
                 outputs,
                 len(prep.plan.selected),
             )

@@ -30,10 +30,12 @@ def test_smoke_benchmark_runs_every_tool_it_finds(tmp_path: Path) -> None:
     for case in results["cases"]:
         assert case["errors"] == []
         figures = case["figures"]
-        assert {"cold", "noop", "incremental", "rss_kb"} <= set(figures["dagrun"])
+        assert {"cold", "cold_rm", "noop", "incremental", "rss_kb"} <= set(figures["dagrun"])
         assert set(figures["spawn"]) == {"cold", "rss_kb"}
         if "ninja" in figures:
             assert figures["dagrun"]["cold"]["ratio_to_ninja"] > 0
     assert [row["n"] for row in results["series"]] == [50, 100]
+    assert [row["bytes"] for row in results["stream"]["rows"]] == [0, 2000000, 4000000]
     assert set(results["sched"]["modes"]) == {"fifo", "unweighted", "critical-path"}
     assert "| dagrun |" in proc.stdout
+    assert "Targets of issue 12" in proc.stdout

@@ -103,8 +103,10 @@ def test_item12_an_output_under_a_file_fails_the_task_clearly(project):
 
 def test_item12_a_300_character_matrix_value_runs(project):
     value = "v" * 300
-    project.manifest(f'[tasks.t]\nmatrix = {{ v = ["{value}"] }}\ncmd = "echo {{v}} > out.txt"\n')
-    r = project.run("build")
+    project.manifest(
+        f'[tasks.t]\nmatrix = {{ v = ["{value}"] }}\ncmd = "echo {{v}} > out.txt; echo kept"\n'
+    )
+    r = project.run("build")  # it prints: its run folder is kept
     assert r.code == 0, r.err
     assert project.read("out.txt") == value + "\n"
     (run,) = os.listdir(project.root / ".dagrun" / "runs")
@@ -121,7 +123,7 @@ def test_item12_runs_being_a_file_fails_each_task_clearly(project):
 
 
 def test_item12_a_disk_full_while_writing_a_run_file_fails_the_task_clearly(project):
-    project.manifest('[tasks.t]\ncmd = "true"\n')
+    project.manifest('[tasks.t]\ncmd = "echo hi"\n')  # a silent task writes no run file
     (project.root / ".dagrun" / "runs" / "t").mkdir(parents=True)
     os.symlink("/dev/full", project.root / ".dagrun" / "runs" / "t" / "command.txt")
     r = project.run("build")

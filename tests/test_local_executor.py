@@ -85,7 +85,11 @@ def test_direct_exec_and_cwd(ex, tmp_path):
     outs = wait_all(ex, 1)
     assert outs[1].ok
     assert (tmp_path / "sub/b.txt").read_text() == "A"
-    assert "# argv: cp a.txt b.txt" in (tmp_path / "runs/t1/command.txt").read_text()
+    assert not (tmp_path / "runs/t1").exists()  # a silent success keeps no run files
+    ex.submit(job(tmp_path, "cat b.txt", 2, cwd=tmp_path / "sub"))
+    outs = wait_all(ex, 1)
+    assert outs[2].ok and outs[2].stdout == "A"
+    assert "# argv: cat b.txt" in (tmp_path / "runs/t2/command.txt").read_text()
     assert os.getcwd() != str(tmp_path / "sub")
 
 
@@ -167,3 +171,26 @@ def test_start_failure_is_an_outcome(ex, tmp_path):
     ex.submit(j)
     outs = wait_all(ex, 1)
     assert outs[1].exit_code is None and outs[1].error.startswith("cannot start")
+
+
+def test_run_folder_is_kept_only_for_output_or_failure(ex, tmp_path):
+    """Unnamed streams: a silent success leaves no file, and removes its previous run's."""
+    ex.submit(job(tmp_path, "echo said", 1))
+    ex.submit(job(tmp_path, "exit 4", 2))
+    outs = wait_all(ex, 2)
+    assert not outs[2].ok
+    assert (tmp_path / "runs/t1/stdout.txt").read_text() == "said\n"
+    assert (tmp_path / "runs/t1/stderr.txt").read_text() == ""
+    assert (tmp_path / "runs/t1/command.txt").read_text().startswith("echo said\n")
+    assert sorted(os.listdir(tmp_path / "runs/t2")) == ["command.txt", "stderr.txt", "stdout.txt"]
+    ex.submit(job(tmp_path, "true", 1))  # t1 again, silent now: its old output is not true
+    assert wait_all(ex, 1)[1].ok
+    assert sorted(os.listdir(tmp_path / "runs")) == ["t2"]
+
+
+def test_output_far_beyond_what_is_shown_is_all_in_the_file(ex, tmp_path):
+    size = 3 << 20  # 3 MiB: the Outcome keeps 1 MiB, the file all of it
+    ex.submit(job(tmp_path, f"head -c {size} /dev/zero", 1))
+    out = wait_all(ex, 1)[1]
+    assert out.ok and "output cut at" in out.stdout
+    assert (tmp_path / "runs/t1/stdout.txt").stat().st_size == size

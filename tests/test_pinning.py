@@ -117,7 +117,7 @@ outputs = ["out/one-{{i}}.txt"]
 
 [tasks.two]
 matrix = {{ i = [1, 2] }}
-cmd = "({record}) > out/two-{{i}}.txt"
+cmd = "({record}) > out/two-{{i}}.txt; echo kept"
 outputs = ["out/two-{{i}}.txt"]
 threads = 2
 {pinned}""")

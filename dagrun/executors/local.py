@@ -2,8 +2,11 @@
 
 Speed matters here (a no-logic spawn costs ~1.2 ms on our machines), so:
 - processes start with ``os.posix_spawn`` (no Popen object, no pipes);
-- stdout and stderr go straight to files in the job's run folder, read back
-  only when non-empty;
+- stdout and stderr go straight to files, read back only when non-empty; the
+  files are unnamed (``O_TMPFILE`` in the runs folder) until the job ends, and
+  the job's run folder (command.txt, stdout.txt, stderr.txt) is made only for a
+  job that printed something or failed: a silent success creates no file of
+  dagrun's (and removes its previous run's, which would no longer be true);
 - a command with no shell syntax is exec'd directly (Make's trick, saves the
   ~0.9 ms of a ``sh``); everything else runs as ``sh -c CMD``;
 - ends are awaited on pidfds with one epoll, never by polling.
@@ -15,6 +18,7 @@ then SIGKILL once ``grace`` seconds have passed.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import re
@@ -66,6 +70,7 @@ class _Proc:
     kill_at: float | None = None
     timed_out: bool = False
     signals: list[int] = field(default_factory=list)
+    lazy_argv: list[str] | None = None  # unnamed streams: the argv for a kept command.txt
 
 
 class LocalExecutor:
@@ -97,6 +102,7 @@ class LocalExecutor:
         self._path = os.environ.get("PATH")
         self._all_cores: set[int] | None = None
         self._made: set[str] = set()
+        self._unnamed = hasattr(os, "O_TMPFILE")  # False once the file system refused one
         # the jobs' environment mark (see sweep.py): this process and this executor, so two
         # executors in one process (API builds, watch rounds) never sweep each other's jobs
         self._build = f"{os.getpid()}.{next(_INSTANCES)}"
@@ -145,7 +151,7 @@ class LocalExecutor:
         if isinstance(prepared, str):
             self._done.append(Outcome(job.id, None, 0.0, error=prepared))
             return
-        out, err = prepared
+        out, err, unnamed = prepared
         self._submitted = True
         with HOLD:  # a Ctrl-C landing between spawn and record would lose the process
             started = time.monotonic()
@@ -160,25 +166,77 @@ class LocalExecutor:
                 return
             pidfd = os.pidfd_open(pid)
             deadline = started + job.timeout if job.timeout else None
-            self._procs[pidfd] = _Proc(job, pid, pidfd, out, err, started, deadline)
+            lazy = argv if unnamed else None
+            self._procs[pidfd] = _Proc(job, pid, pidfd, out, err, started, deadline, lazy_argv=lazy)
             self._epoll.register(pidfd, select.EPOLLIN)
 
-    def _prepare(self, job: Job, argv: list[str]) -> tuple[int, int] | str:
-        """The run folder and outputs' folders made, command.txt written, the streams opened:
-        (stdout, stderr), or why that failed (the job fails with it; the build goes on)."""
-        try:
-            _make_dir(job.run_dir)
-        except OSError as exc:
-            return _why(f"cannot make the run folder {job.run_dir}", exc)
+    def _prepare(self, job: Job, argv: list[str]) -> tuple[int, int, bool] | str:
+        """The outputs' folders made, the streams opened: (stdout, stderr, unnamed), or why
+        that failed (the job fails with it; the build goes on).  Unnamed streams when the file
+        system has them (the run folder waits for the job's end), else the run folder now."""
+        streams = None
+        if argv[-1] != job.run_dir + "/command.sh":  # a long command runs from its run folder
+            streams = self._open_unnamed(job)
+        if streams is None:
+            try:
+                _make_dir(job.run_dir)
+            except OSError as exc:
+                return _why(f"cannot make the run folder {job.run_dir}", exc)
         for path in job.outputs:  # like Ninja and Snakemake: output folders exist
             parent = os.path.dirname(job.local_path(path))
             if parent not in self._made:
                 try:
                     os.makedirs(parent, exist_ok=True)
                 except OSError as exc:
+                    if streams is not None:
+                        os.close(streams[0])
+                        os.close(streams[1])
                     return _why(f"cannot make the folder of output {path}", exc)
                 self._made.add(parent)
-        return self._open_run_files(job, argv)
+        if streams is not None:
+            return streams[0], streams[1], True
+        named = self._open_run_files(job, argv)
+        return named if isinstance(named, str) else (named[0], named[1], False)
+
+    def _open_unnamed(self, job: Job) -> tuple[int, int] | None:
+        """Two unnamed files in the runs folder (linked into the run folder if kept), or None."""
+        if not self._unnamed:
+            return None
+        runs = os.path.dirname(job.run_dir)
+        fds: list[int] = []
+        try:
+            if runs not in self._made:
+                os.makedirs(runs, exist_ok=True)
+                self._made.add(runs)
+            for _ in range(2):
+                fds.append(os.open(runs, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644))
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                self._unnamed = False  # this file system has no O_TMPFILE: named files from now
+            return None  # the named path says what is wrong, if anything
+        return fds[0], fds[1]
+
+    def _settle(self, p: _Proc, code: int, stdout: str, stderr: str) -> str | None:
+        """A job with unnamed streams ended: keep its run folder if it printed or failed, else
+        remove its previous run's files.  Why keeping failed, or None."""
+        argv = p.lazy_argv
+        if argv is None:
+            return None
+        run = p.job.run_dir + "/"
+        if code == 0 and not p.timed_out and not stdout and not stderr:
+            _remove_run_files(p.job.run_dir)
+            return None
+        name = run + "command.txt"
+        try:
+            _make_dir(p.job.run_dir)
+            _write_text(name, self._describe(p.job, argv))
+            for fd, name in ((p.out, run + "stdout.txt"), (p.err, run + "stderr.txt")):
+                _link_fd(fd, name)
+        except OSError as exc:
+            return _why(f"cannot write {name}", exc)
+        return None
 
     def _open_run_files(self, job: Job, argv: list[str]) -> tuple[int, int] | str:
         run = job.run_dir + "/"  # plain concatenation and os.open: this runs once per task
@@ -339,17 +397,19 @@ class LocalExecutor:
         if p.timed_out or p.kill_at is not None or code < 0:
             sweep.sweep(sweep.job_mark(self._build, p.job.id))  # and those that left it
         stdout, stderr = _read_back(p.out), _read_back(p.err)
+        kept = self._settle(p, code, stdout, stderr)
         os.close(p.out)
         os.close(p.err)
         self._done.append(
             Outcome(
                 p.job.id,
-                code,
+                code if kept is None else None,  # the run files could not be kept: it failed
                 duration,
                 stdout,
                 stderr,
                 p.timed_out,
                 int(usage.ru_maxrss),
+                error=kept,
             )
         )
 
@@ -406,6 +466,46 @@ def _make_dir(path: str) -> None:
             raise
     except FileNotFoundError:
         os.makedirs(path, exist_ok=True)
+
+
+def _remove_run_files(run_dir: str) -> None:
+    """A previous run's files, which no longer tell what the task printed (one stat if none)."""
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(run_dir, name))
+        except OSError:
+            pass
+    try:
+        os.rmdir(run_dir)
+    except OSError:
+        pass
+
+
+def _link_fd(fd: int, path: str) -> None:
+    """Give the unnamed file open at fd the name path (replacing a previous run's file)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    try:
+        os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
+        return
+    except OSError:
+        pass  # no /proc: copy it
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        size, offset = os.fstat(fd).st_size, 0
+        while offset < size:
+            sent = os.sendfile(out, fd, offset, size - offset)
+            if sent == 0:
+                break
+            offset += sent
+    finally:
+        os.close(out)
 
 
 def _write_text(path: str, text: str) -> None:
