@@ -43,6 +43,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .fs import unlink_quietly as _unlink
+
 HEADER = b"# dagrun log v2\n"
 _OLD_HEADER = b"# dagrun log v1\n"
 _CRC_TAIL = len(b',"crc":"00000000"}')
@@ -350,9 +352,3 @@ def _identities(text: bytes) -> tuple[Identity, ...] | None:
         return None
     return tuple((o[0], o[1], o[2], o[3]) for o in items)
 
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

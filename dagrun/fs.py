@@ -19,6 +19,14 @@ class Stat(NamedTuple):
     ino: int
 
 
+def unlink_quietly(path: str) -> None:
+    """Remove a file if it can be removed; a file already gone (or not removable) is no error."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 class FileSystem(Protocol):
     root: str
 

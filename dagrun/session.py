@@ -43,6 +43,7 @@ from .completion_log import CompletionLog, Identity, LogIndex
 from .errors import DagrunError, DepfileError, LogError, ManifestError
 from .executors import Outcome
 from .fs import FileSystem, LocalFileSystem
+from .fs import unlink_quietly as _unlink
 from .graph import BuildGraph, compile
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
 from .manifest import Manifest, output_problem
@@ -730,12 +731,6 @@ def _remove_stale_temporaries(state_dir: str) -> None:
         if name.endswith(".tmp") and name.split(".", 1)[0] in ("cache", "fresh", "log"):
             _unlink(os.path.join(state_dir, name))
 
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def default_jobs() -> int:

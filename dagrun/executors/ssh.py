@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ExecutorError
+from ..fs import unlink_quietly as _unlink
 from . import Context, Job, Outcome
 from .threaded import ThreadedExecutor
 
@@ -524,12 +525,6 @@ def _write(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
 
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _last(data: bytes) -> str:
