@@ -273,29 +273,22 @@ _NOOP_NEUTRAL = frozenset(
 )
 
 
-def _nothing_to_do(args: argparse.Namespace) -> bool:
-    """The no-op fast path (dagrun/fresh.py): True when it proved, and said, that nothing runs."""
+def _nothing_to_do(args: argparse.Namespace) -> int | None:
+    """The no-op fast path's answer (exit status), unless dagrun.entry asked it already or an
+    option that may change what runs is set."""
     if args.noop_checked:
-        return False
+        return None
     if any(v for name, v in vars(args).items() if name not in _NOOP_NEUTRAL | {"noop_checked"}):
-        return False
-    from .locate import find
+        return None
+    from .entry import answer_noop
 
-    path = find(".", args.file)
-    if path is None:
-        return False
-    from .fresh import check, no_work_line
-
-    count = check(path, args.targets, os.environ)
-    if count is None:
-        return False
-    sys.stdout.write(no_work_line(count) + "\n")
-    return True
+    return answer_noop(".", args.file, args.targets)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    if _nothing_to_do(args):
-        return EXIT_OK
+    answered = _nothing_to_do(args)
+    if answered is not None:
+        return answered
     session = _session(args)
     if args.dry_run:
         prep = session.plan(args.targets, explain=True)

@@ -117,19 +117,26 @@ def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     plain = plain_build(args)
     if plain is not None:
-        from .locate import find
-
-        directory, file, targets = plain
-        path = find(directory, file)
-        if path is not None:
-            from .fresh import check, no_work_line
-
-            count = check(path, targets, os.environ)
-            if count is not None:
-                return _say(no_work_line(count) + "\n")
+        answered = answer_noop(*plain)
+        if answered is not None:
+            return answered
     from .cli import main as cli_main
 
     return cli_main(args, noop_checked=plain is not None)
+
+
+def answer_noop(directory: str, file: str | None, targets: Sequence[str]) -> int | None:
+    """The no-op fast path (dagrun/fresh.py): the exit status when it proved, and said, that
+    nothing needs to run; None when the full build must decide.  cli.py asks it too."""
+    from .locate import find
+
+    path = find(directory, file)
+    if path is None:
+        return None
+    from .fresh import check, no_work_line
+
+    count = check(path, targets, os.environ)
+    return None if count is None else _say(no_work_line(count) + "\n")
 
 
 def _say(line: str) -> int:
