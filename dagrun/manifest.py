@@ -422,6 +422,17 @@ TOP_KEYS = ("dagrun", "env", "vars", "tasks", "executors")
 # ---------------------------------------------------------------- entry points
 
 
+def read(path: str) -> bytes:
+    """A manifest file's bytes; ManifestError naming it when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ManifestError("no such manifest file", source=path) from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest: {exc.strerror}", source=path) from None
+
+
 def load(
     path: str | os.PathLike[str], *, source: str | None = None, data: bytes | None = None
 ) -> Manifest:
@@ -430,14 +441,8 @@ def load(
     ``data``: the file's bytes, when the caller has read them already.
     """
     path = os.fspath(path)
-    try:
-        if data is None:
-            with open(path, "rb") as f:
-                data = f.read()
-    except FileNotFoundError:
-        raise ManifestError("no such manifest file", source=path) from None
-    except OSError as exc:
-        raise ManifestError(f"cannot read manifest: {exc.strerror}", source=path) from None
+    if data is None:
+        data = read(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -47,6 +47,7 @@ from .fs import unlink_quietly as _unlink
 from .graph import BuildGraph, compile
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
 from .manifest import Manifest, output_problem
+from .manifest import read as read_manifest
 from .numa import CorePool, Topology
 from .plan import Plan, make, output_changes
 from .pycall import Results, results_of, results_view
@@ -407,14 +408,7 @@ class Session:
         if self._manifest is not None:
             return None
         assert self.manifest_path is not None
-        try:
-            with open(self.manifest_path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise ManifestError("no such manifest file", source=self.manifest_path) from None
-        except OSError as exc:
-            message = f"cannot read manifest: {exc.strerror}"
-            raise ManifestError(message, source=self.manifest_path) from None
+        return read_manifest(self.manifest_path)
 
     def _load_manifest(self, data: bytes | None) -> Manifest:
         if self._manifest is not None:
