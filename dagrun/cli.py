@@ -196,10 +196,14 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None, *, noop_checked: bool = False) -> int:
-    """``noop_checked``: dagrun.entry already asked the no-op fast path; do not ask twice."""
+def main(
+    argv: Sequence[str] | None = None, *, noop_checked: bool = False, delta: Any = None
+) -> int:
+    """``noop_checked``: dagrun.entry already asked the no-op fast path; do not ask twice.
+    ``delta``: what it found changed (fresh.Delta), for the build to start from."""
     args = parse(sys.argv[1:] if argv is None else argv)
     args.noop_checked = noop_checked
+    args.delta = delta
     try:
         if args.directory != ".":
             try:
@@ -273,16 +277,23 @@ _NOOP_NEUTRAL = frozenset(
 )
 
 
+_NOOP_OWN = frozenset({"noop_checked", "delta"})  # set by main, not options
+
+
 def _nothing_to_do(args: argparse.Namespace) -> int | None:
     """The no-op fast path's answer (exit status), unless dagrun.entry asked it already or an
-    option that may change what runs is set."""
+    option that may change what runs is set; what it found changed goes to ``args.delta``."""
     if args.noop_checked:
         return None
-    if any(v for name, v in vars(args).items() if name not in _NOOP_NEUTRAL | {"noop_checked"}):
+    if any(v for name, v in vars(args).items() if name not in _NOOP_NEUTRAL | _NOOP_OWN):
         return None
     from .entry import answer_noop
 
-    return answer_noop(".", args.file, args.targets)
+    found = answer_noop(".", args.file, args.targets)
+    if isinstance(found, int):
+        return found
+    args.delta = found
+    return None
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -304,6 +315,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             jobs=args.jobs,
             failures_allowed=failures,
             explain=args.explain or bool(args.events),  # --events: the reasons in full
+            delta=args.delta,
         )
     finally:
         _warn(session)

@@ -116,27 +116,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     plain = plain_build(args)
+    delta = None
     if plain is not None:
         answered = answer_noop(*plain)
-        if answered is not None:
+        if isinstance(answered, int):
             return answered
+        delta = answered
     from .cli import main as cli_main
 
-    return cli_main(args, noop_checked=plain is not None)
+    return cli_main(args, noop_checked=plain is not None, delta=delta)
 
 
-def answer_noop(directory: str, file: str | None, targets: Sequence[str]) -> int | None:
-    """The no-op fast path (dagrun/fresh.py): the exit status when it proved, and said, that
-    nothing needs to run; None when the full build must decide.  cli.py asks it too."""
+def answer_noop(directory: str, file: str | None, targets: Sequence[str]) -> Any:
+    """The no-op fast path (dagrun/fresh.py): the exit status (int) when it proved, and said,
+    that nothing needs to run; else the fresh.Delta of what changed since the proof, for the
+    build to start from, or None when the full build must decide.  cli.py asks it too."""
     from .locate import find
 
     path = find(directory, file)
     if path is None:
         return None
-    from .fresh import check, no_work_line
+    from .fresh import examine, no_work_line
 
-    count = check(path, targets, os.environ)
-    return None if count is None else _say(no_work_line(count) + "\n")
+    found = examine(path, targets, os.environ)
+    return _say(no_work_line(found) + "\n") if isinstance(found, int) else found
 
 
 def _say(line: str) -> int:

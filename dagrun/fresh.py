@@ -46,6 +46,7 @@ Identity = tuple[int, int, int, int]  # an output's size, mtime_ns, inode, kind 
 SourceRow = tuple[str, int, int, int, int]  # path, then its StatKey
 OutputRow = tuple[str, int, int, int, int]  # path, then its Identity
 _S_IFMT, _S_IFDIR, _S_IFLNK = 0o170000, 0o040000, 0o120000
+NEVER = (-1, 0, 0, 0)  # a source row's stat that no file has (inode 0): always "changed"
 
 
 def identity(st: os.stat_result) -> Identity:
@@ -133,8 +134,59 @@ def forget(state_dir: str) -> None:
         pass
 
 
+class Delta:
+    """What the proof's check found changed, when everything else about the build is as proven.
+
+    The manifest, targets, ``key_env`` values, glob folders and the completion log are as the
+    proof recorded them; ``sources`` and ``outputs`` are the paths whose stat or identity is not
+    (a missing one included).  Every other source and output is as the proof says, so only the
+    tasks reading a path of ``sources`` (and the tasks below them) need new keys, and only those
+    and the producers of ``outputs`` need a decision (session.py's partial plan).
+    ``source_rows`` and ``output_rows`` are the proof's rows, for the next proof; ``stamp``
+    identifies the proof file and the log it was checked against, so the build can make sure,
+    under its own lock, that no other dagrun changed the state in between.
+    """
+
+    __slots__ = ("sources", "outputs", "source_rows", "output_rows", "stamp")
+
+    def __init__(
+        self,
+        sources: set[str],
+        outputs: set[str],
+        source_rows: list[SourceRow],
+        output_rows: list[OutputRow],
+        stamp: tuple[int, ...],
+    ) -> None:
+        self.sources = sources
+        self.outputs = outputs
+        self.source_rows = source_rows
+        self.output_rows = output_rows
+        self.stamp = stamp
+
+    def __repr__(self) -> str:
+        return f"Delta(sources={sorted(self.sources)}, outputs={sorted(self.outputs)})"
+
+
+def stamp(state_dir: str) -> tuple[int, ...] | None:
+    """The proof file's and the log's identity now (None when either is missing)."""
+    try:
+        proof = os.stat(os.path.join(state_dir, FILE))
+        log = os.stat(os.path.join(state_dir, "log"))
+    except OSError:
+        return None
+    return (proof.st_ino, proof.st_mtime_ns, proof.st_size, log.st_ino, log.st_size)
+
+
 def check(manifest_path: str, targets: Iterable[str], environ: Mapping[str, str]) -> int | None:
     """The number of up-to-date tasks when provably nothing needs to run, else None."""
+    found = examine(manifest_path, targets, environ)
+    return found if isinstance(found, int) else None
+
+
+def examine(
+    manifest_path: str, targets: Iterable[str], environ: Mapping[str, str]
+) -> int | Delta | None:
+    """As ``check``; and when only some sources or outputs changed, a Delta naming them."""
     manifest_path = os.path.abspath(manifest_path)
     state_dir = os.path.join(os.path.dirname(manifest_path), ".dagrun")
     path = os.path.join(state_dir, "lock")
@@ -160,8 +212,9 @@ def check(manifest_path: str, targets: Iterable[str], environ: Mapping[str, str]
 
 def _check(
     state_dir: str, manifest_path: str, targets: tuple[str, ...], environ: Mapping[str, str]
-) -> int | None:
+) -> int | Delta | None:
     with open(os.path.join(state_dir, FILE), "rb") as f:
+        proof = os.fstat(f.fileno())
         raw = f.read()
     blob = memoryview(raw)[:-4]
     if len(raw) < 4 or zlib.crc32(blob) != int.from_bytes(raw[-4:], "little"):
@@ -187,29 +240,44 @@ def _check(
             return None
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if not _sources_unchanged(fd, sources) or not _outputs_unchanged(fd, outputs):
-            return None
+        changed_sources = _changed_sources(fd, sources)
+        changed_outputs = _changed_outputs(fd, outputs)
     finally:
         os.close(fd)
-    return int(count)
+    if not changed_sources and not changed_outputs:
+        return int(count)
+    ident = (proof.st_ino, proof.st_mtime_ns, proof.st_size, st.st_ino, st.st_size)
+    return Delta(changed_sources, changed_outputs, sources, outputs, ident)
 
 
-def _sources_unchanged(fd: int, sources: list[tuple[str, int, int, int, int]]) -> bool:
+def _changed_sources(fd: int, sources: list[tuple[str, int, int, int, int]]) -> set[str]:
+    """The sources whose stat is not the recorded one (or that are gone)."""
     stat = os.stat
+    changed = set()
     for p, mtime, ctime, size, ino in sources:
-        st = stat(p, dir_fd=fd)  # FileNotFoundError: the caller answers None
+        try:
+            st = stat(p, dir_fd=fd)
+        except FileNotFoundError:
+            changed.add(p)
+            continue
         if (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino) != (mtime, ctime, size, ino):
-            return False
-    return True
+            changed.add(p)
+    return changed
 
 
-def _outputs_unchanged(fd: int, outputs: list[tuple[str, int, int, int, int]]) -> bool:
-    """As ``identity(lstat(p)) == recorded`` for each, inline: this runs once per output."""
+def _changed_outputs(fd: int, outputs: list[tuple[str, int, int, int, int]]) -> set[str]:
+    """The outputs whose identity is not the recorded one (or that are gone); as
+    ``identity(lstat(p)) != recorded`` for each, inline: this runs once per output."""
     lstat = os.lstat
+    changed = set()
     for p, size, mtime, ino, kind in outputs:
-        st = lstat(p, dir_fd=fd)  # FileNotFoundError: the caller answers None
+        try:
+            st = lstat(p, dir_fd=fd)
+        except FileNotFoundError:
+            changed.add(p)
+            continue
         if st.st_ino != ino:  # another file, folder or link (a new kind means a new inode)
-            return False
-        if kind != 1 and (st.st_mtime_ns != mtime or st.st_size != size):
-            return False
-    return True
+            changed.add(p)
+        elif kind != 1 and (st.st_mtime_ns != mtime or st.st_size != size):
+            changed.add(p)
+    return changed

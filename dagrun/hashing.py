@@ -200,6 +200,12 @@ class Keys:
         # tasks that dependents key by their outputs' digests (restat or a depfile)
         self.by_outputs = [s.restat or bool(s.depfile) for s in graph.specs]
 
+    def seed(self) -> None:
+        """Take every task's previous key as it is (a partial build then re-keys a few)."""
+        prev = self.previous
+        self.keys = [prev.get(s.name) for s in self.graph.specs]
+        self.changed = [False] * len(self.keys)
+
     def compute(self, selected: list[int]) -> list[str | None]:
         """Keys of ``selected`` (a closure in topological order); raises for a missing input."""
         g = self.graph

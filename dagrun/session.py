@@ -32,7 +32,7 @@ import functools
 import marshal
 import os
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -70,6 +70,8 @@ class Prepared:
     plan: Plan
     pool: CorePool | None = None  # the local executor's core pool, when one is configured
     waits: Mapping[int, str] = field(default_factory=dict)  # pending task -> the task it waits on
+    delta: fresh.Delta | None = None  # a partial build: what changed since the proof
+    decided: tuple[int, ...] = ()  # a partial build: the selected tasks it looked at
 
 
 class Session:
@@ -117,6 +119,7 @@ class Session:
         self.on_result = on_result  # streams function tasks' results as they finish (pycall.py)
         self.read_only: str | None = None  # why .dagrun cannot be written (lock), else None
         self._log_error: str | None = None  # the completion log could not be appended to
+        self._proof: fresh.Delta | None = None  # the proof this session wrote last (no changes)
 
     # ------------------------------------------------------------ public operations
 
@@ -128,13 +131,26 @@ class Session:
         jobs: int | None = None,
         failures_allowed: int | None = None,
         explain: bool = False,
+        delta: fresh.Delta | None = None,
+        changed: Collection[str] | None = None,
     ) -> BuildResult:
+        """Build ``targets`` (the defaults when None).
+
+        ``delta`` is the no-op check's finding (fresh.examine: the CLI asked it just before);
+        ``changed`` is for a caller that watches files (``dagrun watch``): the root-relative
+        paths that changed since this Session's previous build, vouching that nothing else
+        did.  Either one lets the build re-key and decide only the tasks the changes reach,
+        when the state is still the one proven after the previous build; otherwise it is
+        ignored and every task is checked.
+        """
         with self.lock():
+            delta = self._usable_delta(delta, changed)
             fresh.forget(self.state_dir)
+            self._proof = None
             self._log_error = None
             if self.read_only is None:
                 _remove_stale_temporaries(self.state_dir)
-            prep = self._prepare(targets, explain=explain)
+            prep = self._prepare(targets, explain=explain, delta=delta)
             self._refuse_if_read_only(prep)
             try:
                 result = self._run(prep, reporter, jobs, failures_allowed, explain)
@@ -145,6 +161,23 @@ class Session:
                 raise LogError(self._log_error)
             self._record_fresh(prep, targets, result)
             return result
+
+    def _usable_delta(
+        self, delta: fresh.Delta | None, changed: Collection[str] | None
+    ) -> fresh.Delta | None:
+        """The delta to build from, if the proof it was found against is still the state's
+        (under the lock: no other dagrun built or cleaned in between)."""
+        if changed is not None and delta is None and self._proof is not None:
+            proof = self._proof
+            known = {row[0] for row in proof.source_rows}
+            produced = {row[0] for row in proof.output_rows}
+            delta = fresh.Delta(
+                {p for p in changed if p in known}, {p for p in changed if p in produced},
+                proof.source_rows, proof.output_rows, proof.stamp,
+            )
+        if delta is None or fresh.stamp(self.state_dir) != delta.stamp:
+            return None
+        return delta
 
     def _refuse_if_read_only(self, prep: Prepared) -> None:
         """A build that must run tasks needs to write the log: say why it cannot."""
@@ -159,29 +192,26 @@ class Session:
     def _record_fresh(
         self, prep: Prepared, targets: Iterable[str] | None, result: BuildResult
     ) -> None:
-        """After a build that left every selected task up to date: the no-op proof (fresh.py)."""
+        """After a build that left every selected task up to date: the no-op proof (fresh.py).
+
+        After a partial build (``prep.delta``), the previous proof's rows are kept for every
+        task the build did not look at, and only the looked-at tasks' rows are made again.
+        """
         if self.manifest_path is None or not result.ok or self.warnings or self.read_only:
             return
         if not isinstance(self.fs, LocalFileSystem):
             return
-        g, entries = prep.graph, prep.keys.stats.entries
+        delta = prep.delta
+        tasks = prep.plan.selected if delta is None else prep.decided
         sources: dict[str, fresh.SourceRow] = {}  # the proof's rows as they are written
-        outputs: list[fresh.OutputRow] = []
-        latest = prep.log.index.latest
-        for i in prep.plan.selected:
-            spec = g.specs[i]
-            if spec.always:
-                return
-            for p in (*g.sources[i], *prep.keys.found.get(spec.name, ())):
-                e = entries.get(p)
-                if e is None or not e[5]:  # untrusted (racy) digests are re-hashed next time
-                    return
-                sources[p] = (p, e[0], e[1], e[2], e[3])
-            entry = latest.get(spec.name)
-            if entry is None or len(entry[2]) != len(spec.outputs):
-                return
-            for o, ident in zip(spec.outputs, entry[2], strict=True):
-                outputs.append((o, *ident))
+        outputs: dict[str, fresh.OutputRow] = {}
+        if delta is not None:
+            sources = {row[0]: row for row in delta.source_rows}
+            outputs = {row[0]: row for row in delta.output_rows}
+            for p in delta.sources:  # rows made again below, unless no task reads it any more
+                del sources[p]
+        if not self._proof_rows(prep, tasks, sources, outputs):
+            return
         try:
             fresh.record(
                 self.state_dir,
@@ -189,13 +219,50 @@ class Session:
                 self._source[2],
                 tuple(targets or ()),
                 self._state[2],
-                g.scanned,
-                list(sources.values()),
-                outputs,
+                prep.graph.scanned,
+                source_rows := list(sources.values()),
+                output_rows := list(outputs.values()),
                 len(prep.plan.selected),
             )
         except OSError:
             fresh.forget(self.state_dir)
+            return
+        stamp = fresh.stamp(self.state_dir)
+        if stamp is not None:
+            self._proof = fresh.Delta(set(), set(), source_rows, output_rows, stamp)
+
+    def _proof_rows(
+        self,
+        prep: Prepared,
+        tasks: Iterable[int],
+        sources: dict[str, fresh.SourceRow],
+        outputs: dict[str, fresh.OutputRow],
+    ) -> bool:
+        """Put the proof's rows of ``tasks`` in ``sources`` and ``outputs``; False when there
+        can be no proof (an ``always`` task, a task without a success on record).
+
+        A source whose digest is not trusted yet (written within hashing.RACY_NS of being
+        hashed) gets a row that never matches, so the next check hands it to a partial build,
+        which hashes it again.
+        """
+        g, entries = prep.graph, prep.keys.stats.entries
+        latest = prep.log.index.latest
+        found = prep.keys.found
+        for i in tasks:
+            spec = g.specs[i]
+            if spec.always:
+                return False
+            for p in (*g.sources[i], *found.get(spec.name, ())):
+                e = entries.get(p)
+                if e is None:
+                    return False
+                sources[p] = (p, e[0], e[1], e[2], e[3]) if e[5] else (p, *fresh.NEVER)
+            entry = latest.get(spec.name)
+            if entry is None or len(entry[2]) != len(spec.outputs):
+                return False
+            for o, ident in zip(spec.outputs, entry[2], strict=True):
+                outputs[o] = (o, *ident)
+        return True
 
     def plan(self, targets: Iterable[str] | None = None, *, explain: bool = True) -> Prepared:
         """The plan without running anything (``-n``, ``list``, ``graph``)."""
@@ -315,7 +382,9 @@ class Session:
 
     # ------------------------------------------------------------ preparing
 
-    def _prepare(self, targets: Iterable[str] | None, *, explain: bool) -> Prepared:
+    def _prepare(
+        self, targets: Iterable[str] | None, *, explain: bool, delta: fresh.Delta | None = None
+    ) -> Prepared:
         cache = self._load_cache()
         graph, reused = self._graph(cache)
         self.warnings.extend(graph.manifest.warnings)
@@ -328,24 +397,84 @@ class Session:
         keys = Keys(graph, stats, self.environ, previous)
         log = self._open_log(cache)
         keys.found = self.found = cutoff.found_in_log(graph, log, range(len(graph.specs)))
+        self._state = (cache, reused, kenv)
+        pool = self._core_pool(graph)
+        if delta is not None and previous is not None:
+            part = self._partial(graph, keys, delta, selected)
+            if part is not None:
+                return self._plan(graph, keys, log, pool, selected, part, explain, delta)
         keys.compute(selected)
         others = [i for i in graph.order if keys.keys[i] is None]
         if others:  # keep every key current, so the cache never holds a stale one
             self._compute_quietly(keys, others)
-        pool = self._core_pool(graph)
-        found = self.identities([o for i in selected for o in graph.specs[i].outputs])
+        return self._plan(graph, keys, log, pool, selected, selected, explain, None)
+
+    def _plan(
+        self,
+        graph: BuildGraph,
+        keys: Keys,
+        log: CompletionLog,
+        pool: CorePool | None,
+        selected: list[int],
+        decide: list[int],
+        explain: bool,
+        delta: fresh.Delta | None,
+    ) -> Prepared:
+        """The plan over ``decide`` (every selected task, or a partial build's few); the other
+        selected tasks are up to date."""
+        found = self.identities([o for i in decide for o in graph.specs[i].outputs])
         plan = make(
             graph,
             keys.keys,
             results_view(graph, keys.keys, log, self.state_dir),
             found.get,
-            selected,
+            decide,
             parts=keys.parts if explain else None,
         )
+        if decide is not selected:
+            run = set(plan.to_run)
+            plan = Plan(
+                tuple(selected), plan.to_run, tuple(i for i in selected if i not in run),
+                plan.reasons,
+            )
         waits = cutoff.pending(graph, plan, keys.by_outputs)
         plan = cutoff.with_pending(plan, waits)
-        self._state = (cache, reused, kenv)
-        return Prepared(graph, keys, log, plan, pool, waits)
+        return Prepared(graph, keys, log, plan, pool, waits, delta, tuple(decide))
+
+    def _partial(
+        self, graph: BuildGraph, keys: Keys, delta: fresh.Delta, selected: list[int]
+    ) -> list[int] | None:
+        """A partial build's tasks to decide, with their keys computed; None: check them all.
+
+        Every selected task outside the returned list is up to date: none of its sources nor
+        outputs changed since the proof (delta), and none of the tasks above it was re-keyed,
+        so its key is the previous build's, which its latest success in the log has.
+        """
+        readers: dict[str, list[int]] = {}
+        found = keys.found
+        for i, srcs in enumerate(graph.sources):
+            for p in (*srcs, *found.get(graph.specs[i].name, ())):
+                if p in delta.sources:
+                    readers.setdefault(p, []).append(i)
+        touched: set[int] = set()
+        stack = [i for p in delta.sources for i in readers.get(p, ())]
+        dependents = graph.dependents if stack else []
+        while stack:  # the tasks reading a changed source, and every task below them
+            i = stack.pop()
+            if i not in touched:
+                touched.add(i)
+                stack.extend(dependents[i])
+        producers = graph.producers
+        if any(o not in producers for o in delta.outputs):
+            return None
+        keys.seed()
+        if touched:
+            order = [i for i in graph.order if i in touched]
+            chosen = set(selected)
+            keys.compute([i for i in order if i in chosen])
+            self._compute_quietly(keys, [i for i in order if i not in chosen])
+        decide = touched | {producers[o] for o in delta.outputs}
+        return [i for i in selected if i in decide]
 
     def identities(self, paths: Iterable[str]) -> dict[str, Identity | None]:
         """Each output's identity now (completion_log.Identity); None where it does not exist."""
