@@ -168,13 +168,26 @@ class Delta:
 
 
 def stamp(state_dir: str) -> tuple[int, ...] | None:
-    """The proof file's and the log's identity now (None when either is missing)."""
+    """The identity of the proof file, the log, the cache and its journal now (None when the
+    proof or the log is missing): a partial build trusts a Delta only with these unchanged."""
     try:
         proof = os.stat(os.path.join(state_dir, FILE))
         log = os.stat(os.path.join(state_dir, "log"))
     except OSError:
         return None
-    return (proof.st_ino, proof.st_mtime_ns, proof.st_size, log.st_ino, log.st_size)
+    return (proof.st_ino, proof.st_mtime_ns, proof.st_size, *_state_id(state_dir, log))
+
+
+def _state_id(state_dir: str, log: os.stat_result) -> tuple[int, ...]:
+    """The log's, the cache's and the cache journal's identity (-1 for a missing file)."""
+    found = [log.st_ino, log.st_size]
+    for name in ("cache", "cache.journal"):
+        try:
+            st = os.stat(os.path.join(state_dir, name))
+            found += (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            found += (-1, -1, -1)
+    return tuple(found)
 
 
 def check(manifest_path: str, targets: Iterable[str], environ: Mapping[str, str]) -> int | None:
@@ -246,7 +259,7 @@ def _check(
         os.close(fd)
     if not changed_sources and not changed_outputs:
         return int(count)
-    ident = (proof.st_ino, proof.st_mtime_ns, proof.st_size, st.st_ino, st.st_size)
+    ident = (proof.st_ino, proof.st_mtime_ns, proof.st_size, *_state_id(state_dir, st))
     return Delta(changed_sources, changed_outputs, sources, outputs, ident)
 
 

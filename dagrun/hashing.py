@@ -57,6 +57,7 @@ class StatCache:
         self.fs = fs
         self.entries: dict[str, StatEntry] = entries if entries is not None else {}
         self.changed: set[str] = set()  # paths whose digest differs from the cached one
+        self.updated: set[str] = set()  # paths whose entry was written or removed
         self.hashed = 0
         self.dirty = False
 
@@ -67,6 +68,7 @@ class StatCache:
             if path in self.entries:
                 del self.entries[path]
                 self.changed.add(path)
+                self.updated.add(path)
                 self.dirty = True
             return None
         e = self.entries.get(path)
@@ -86,6 +88,7 @@ class StatCache:
         self.hashed += 1
         trusted = self.fs.now_ns() - st.mtime_ns > RACY_NS
         self.entries[path] = (st.mtime_ns, st.ctime_ns, st.size, st.ino, digest, trusted)
+        self.updated.add(path)
         self.dirty = True
         if e is None or e[4] != digest:
             self.changed.add(path)

@@ -120,6 +120,7 @@ class Session:
         self.read_only: str | None = None  # why .dagrun cannot be written (lock), else None
         self._log_error: str | None = None  # the completion log could not be appended to
         self._proof: fresh.Delta | None = None  # the proof this session wrote last (no changes)
+        self._journal: Journal | None = None  # the cache's journal, as loaded or last written
 
     # ------------------------------------------------------------ public operations
 
@@ -399,7 +400,7 @@ class Session:
         keys.found = self.found = cutoff.found_in_log(graph, log, range(len(graph.specs)))
         self._state = (cache, reused, kenv)
         pool = self._core_pool(graph)
-        if delta is not None and previous is not None:
+        if delta is not None and previous is not None and self._journal_intact():
             part = self._partial(graph, keys, delta, selected)
             if part is not None:
                 return self._plan(graph, keys, log, pool, selected, part, explain, delta)
@@ -689,11 +690,14 @@ class Session:
             return None
         if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
             return None
+        self._journal = _apply_journal(self.state_dir, data)
         self._cache = data
         return data
 
     def _save(self, prep: Prepared) -> None:
         if self.read_only is not None:
+            return
+        if prep.delta is not None and self._save_journal(prep):
             return
         cache, reused, kenv = self._state
         keys = prep.keys
@@ -733,6 +737,37 @@ class Session:
             data["log"] = prep.log.index.to_cache()
             self._write_cache(data)
 
+    def _journal_intact(self) -> bool:
+        """Whether the cache's journal was whole (a damaged one leaves the cache older than the
+        proof: its keys may predate the last partial builds, so every task is checked)."""
+        return self._journal is not None and self._journal.base is not None
+
+    def _save_journal(self, prep: Prepared) -> bool:
+        """After a partial build: its few new stat entries and keys, appended to the cache's
+        journal instead of the whole cache rewritten; False when the cache must be written."""
+        cache, reused, _ = self._state
+        journal = self._journal
+        if cache is None or not reused or journal is None or journal.base is None:
+            return False
+        stats = prep.keys.stats
+        entries = stats.entries
+        for p in stats.updated:
+            journal.stats[p] = entries.get(p)
+        previous = cache.get("keys", {})
+        for spec, key in zip(prep.graph.specs, prep.keys.keys, strict=True):
+            if key is not None and previous.get(spec.name) != key:
+                journal.keys[spec.name] = key
+        if len(journal.stats) + len(journal.keys) > max(JOURNAL_MIN, len(entries) // 8):
+            return False  # it has grown: fold it into the cache
+        if prep.log.index.size - cache.get("log", (0, 0))[1] > JOURNAL_LOG_TAIL:
+            return False  # the log's index in the cache is far behind: write it again
+        try:
+            journal.write(self.state_dir)
+        except OSError:
+            return False
+        previous.update(journal.keys)  # the cache as this session sees it from now on
+        return True
+
     def _write_cache(self, data: dict[str, Any]) -> None:
         """Write the cache whole or not at all (under the lock: any temporary file is stale)."""
         _remove_stale_temporaries(self.state_dir)
@@ -742,9 +777,13 @@ class Session:
             with open(tmp, "wb") as f:
                 _cache_dump(data, f, self._graph_blob)
             os.replace(tmp, path)
+            _unlink(os.path.join(self.state_dir, JOURNAL))  # folded in; its base is gone anyway
+            self._journal = Journal(_cache_id(path), {}, {})
         except (OSError, ValueError) as exc:
             _unlink(tmp)
             _unlink(path)  # an older cache would still be right, but say nothing we did not check
+            _unlink(os.path.join(self.state_dir, JOURNAL))
+            self._journal = None
             why = exc.strerror if isinstance(exc, OSError) else str(exc)
             self.warnings.append(f"could not write the state cache {path}: {why}")
         self._cache = data
@@ -804,6 +843,75 @@ def _cache_loads(raw: bytes) -> tuple[dict[str, Any] | None, GraphBlob | None]:
     for name, blob in zip(_PARTS, blobs[:-1], strict=True):
         data[name] = marshal.loads(blob)
     return data, (data["graph"], bytes(blobs[0]))
+
+
+JOURNAL = "cache.journal"
+JOURNAL_MIN = 2048  # entries a journal may hold before it is folded into the cache (or N/8)
+JOURNAL_LOG_TAIL = 1 << 18  # log bytes past the cache's index that a build may read again
+
+
+@dataclass
+class Journal:
+    """What partial builds changed in the cache since it was written: new stat entries (None:
+    removed) and keys.  ``base`` identifies the cache file it applies to (_cache_id); a journal
+    whose base is not the cache on disk, or that fails its checksum, is not applied -- the
+    cache alone is still consistent (its keys match its stat entries), only older, and the
+    completion log's index catches up from the log itself."""
+
+    base: tuple[int, ...] | None
+    stats: dict[str, Any]
+    keys: dict[str, str]
+
+    def write(self, state_dir: str) -> None:
+        blob = marshal.dumps((CACHE_VERSION, self.base, self.stats, self.keys))
+        path = os.path.join(state_dir, JOURNAL)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(blob + zlib.crc32(blob).to_bytes(4, "little"))
+            os.replace(tmp, path)
+        except OSError:
+            _unlink(tmp)
+            raise
+
+
+def _cache_id(path: str) -> tuple[int, ...] | None:
+    """The cache file's identity: a journal applies only to the file it was written over."""
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            crc = int.from_bytes(f.read(4), "little")
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size, crc)
+
+
+def _apply_journal(state_dir: str, data: dict[str, Any]) -> Journal:
+    """Apply the cache's journal to ``data`` (the cache as loaded); the journal to extend."""
+    base = _cache_id(os.path.join(state_dir, "cache"))
+    try:
+        with open(os.path.join(state_dir, JOURNAL), "rb") as f:
+            raw = f.read()
+    except OSError:
+        return Journal(base, {}, {})
+    blob = memoryview(raw)[:-4]
+    try:
+        if len(raw) < 4 or zlib.crc32(blob) != int.from_bytes(raw[-4:], "little"):
+            raise ValueError("checksum")
+        version, was, stats, keys = marshal.loads(blob)
+    except (ValueError, EOFError, TypeError):
+        return Journal(None, {}, {})  # damaged: not applied, and never extended
+    if version != CACHE_VERSION or was != base or base is None:
+        return Journal(base, {}, {})  # written over another cache: stale
+    entries = data["stats"]
+    for p, e in stats.items():
+        if e is None:
+            entries.pop(p, None)
+        else:
+            entries[p] = e
+    data["keys"].update(keys)
+    return Journal(base, dict(stats), dict(keys))
 
 
 def _dead_outputs(graph: BuildGraph, log: CompletionLog) -> dict[str, tuple[str, ...]]:

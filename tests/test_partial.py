@@ -237,3 +237,90 @@ def test_random_edits_always_plan_as_the_full_check_does(built):
         assert run.code == 0, (step, run.err)
         again = built.run("build")
         assert "succeeded" not in again.out, (step, again.out)
+
+
+# -- the cache's journal: a partial build appends its few changes instead of rewriting the cache
+
+CHAIN = """
+[tasks.t]
+cmd = "cat s.txt > t.out"
+inputs = ["s.txt"]
+outputs = ["t.out"]
+
+[tasks.u]
+cmd = "cat t.out u.txt > u.out"
+inputs = ["u.txt"]
+deps = ["t"]
+outputs = ["u.out"]
+"""
+
+
+@pytest.fixture
+def chain(project):
+    project.manifest(CHAIN)
+    for name in ("s.txt", "u.txt"):
+        _age(project.write(name, "one\n"))
+    assert project.run("build").code == 0
+    assert _examine(project) == 2
+    return project
+
+
+def _state(project, name: str) -> Path:
+    return project.root / ".dagrun" / name
+
+
+def test_a_partial_build_writes_a_journal_not_the_cache(chain):
+    cache = _state(chain, "cache").stat()
+    chain.write("s.txt", "two\n")
+    assert "2 succeeded" in chain.run("build").out
+    after = _state(chain, "cache").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (cache.st_ino, cache.st_mtime_ns)
+    assert _state(chain, "cache.journal").exists()
+    _age(chain.root / "s.txt")
+    assert chain.run("build").out == "dagrun: no work to do (2 up to date)\n"
+    assert _examine(chain) == 2
+    # the journal is the cache's: a full check (a new session, no delta) agrees
+    full = _prepare(chain, None)
+    assert full.plan.to_run == () and full.keys.recomputed == 0
+
+
+def test_a_damaged_journal_turns_partial_builds_off_and_the_build_stays_right(chain):
+    chain.write("s.txt", "two\n")
+    assert "2 succeeded" in chain.run("build").out  # the journal has t's and u's new keys
+    journal = _state(chain, "cache.journal")
+    raw = bytearray(journal.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    journal.write_bytes(bytes(raw))
+    chain.write("u.txt", "two\n")
+    delta = _examine(chain)
+    assert isinstance(delta, fresh.Delta) and delta.sources >= {"u.txt"}
+    prep = _prepare(chain, delta)
+    assert prep.delta is None  # the cache alone is older than the proof: check every task
+    chain.write("s.txt", "one\n")  # back to the first content: t's first key again
+    run = chain.run("build")
+    assert run.code == 0, run.err
+    assert chain.read("u.out") == "one\ntwo\n"
+    assert not journal.exists()  # the full build wrote the cache whole
+
+
+def test_a_journal_over_another_cache_is_not_applied(chain):
+    chain.write("s.txt", "two\n")
+    assert chain.run("build").code == 0
+    stale = _state(chain, "cache.journal").read_bytes()
+    (chain.root / "dagrun.toml").write_text(CHAIN + "\n")  # a new manifest: the cache is rewritten
+    assert chain.run("build").code == 0
+    _state(chain, "cache.journal").write_bytes(stale)
+    chain.write("u.txt", "three\n")
+    assert "1 succeeded" in chain.run("build").out
+    assert chain.read("u.out") == "two\nthree\n"
+
+
+def test_the_journal_is_folded_into_the_cache_when_it_grows(chain, monkeypatch):
+    from dagrun import session as session_module
+
+    monkeypatch.setattr(session_module, "JOURNAL_MIN", 2)
+    chain.write("s.txt", "two\n")
+    assert chain.run("build").code == 0  # t's and u's keys, s.txt's entry: 3 > 2
+    assert not _state(chain, "cache.journal").exists()
+    full = _prepare(chain, None)
+    assert full.plan.to_run == ()
