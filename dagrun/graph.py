@@ -90,8 +90,10 @@ class BuildGraph:
 
     def closure(self, roots: Iterable[int]) -> list[int]:
         """``roots`` and everything they depend on, in topological order."""
-        seen = bytearray(len(self.specs))
         stack = list(roots)
+        if len(stack) == len(self.specs) and len(set(stack)) == len(stack):
+            return list(self.order)  # every task (the default targets, mostly)
+        seen = bytearray(len(self.specs))
         while stack:
             i = stack.pop()
             if seen[i]:

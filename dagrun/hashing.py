@@ -161,7 +161,8 @@ def merged_env(graph: BuildGraph, i: int) -> tuple[tuple[str, str], ...]:
 def key_env_names(graph: BuildGraph) -> list[str]:
     names = dict.fromkeys(graph.manifest.key_env)
     for s in graph.specs:
-        names.update(dict.fromkeys(s.key_env))
+        if s.key_env:
+            names.update(dict.fromkeys(s.key_env))
     return sorted(names)
 
 

@@ -452,10 +452,11 @@ class Session:
         so its key is the previous build's, which its latest success in the log has.
         """
         readers: dict[str, list[int]] = {}
-        found = keys.found
+        changed = delta.sources
+        found = {graph.index[t]: paths for t, paths in keys.found.items() if t in graph.index}
         for i, srcs in enumerate(graph.sources):
-            for p in (*srcs, *found.get(graph.specs[i].name, ())):
-                if p in delta.sources:
+            if not changed.isdisjoint(srcs) or (i in found and not changed.isdisjoint(found[i])):
+                for p in changed.intersection((*srcs, *found.get(i, ()))):
                     readers.setdefault(p, []).append(i)
         touched: set[int] = set()
         stack = [i for p in delta.sources for i in readers.get(p, ())]
