@@ -170,8 +170,8 @@ class Session:
         (under the lock: no other dagrun built or cleaned in between)."""
         if changed is not None and delta is None and self._proof is not None:
             proof = self._proof
-            known = {row[0] for row in proof.source_rows}
-            produced = {row[0] for row in proof.output_rows}
+            known = set(proof.source_rows.paths)
+            produced = set(proof.output_rows.paths)
             delta = fresh.Delta(
                 {p for p in changed if p in known}, {p for p in changed if p in produced},
                 proof.source_rows, proof.output_rows, proof.stamp,
@@ -204,15 +204,16 @@ class Session:
             return
         delta = prep.delta
         tasks = prep.plan.selected if delta is None else prep.decided
-        sources: dict[str, fresh.SourceRow] = {}  # the proof's rows as they are written
-        outputs: dict[str, fresh.OutputRow] = {}
-        if delta is not None:
-            sources = {row[0]: row for row in delta.source_rows}
-            outputs = {row[0]: row for row in delta.output_rows}
-            for p in delta.sources:  # rows made again below, unless no task reads it any more
-                del sources[p]
+        sources: dict[str, fresh.StatKey] = {}  # the rows of ``tasks``
+        outputs: dict[str, fresh.Identity] = {}
         if not self._proof_rows(prep, tasks, sources, outputs):
             return
+        if delta is None:
+            source_rows, output_rows = fresh.Rows.of(sources), fresh.Rows.of(outputs)
+        else:  # the proof's other rows stay; a changed file no task reads any more goes
+            source_rows, output_rows = delta.source_rows, delta.output_rows
+            source_rows.update(sources, drop=delta.sources)
+            output_rows.update(outputs)
         try:
             fresh.record(
                 self.state_dir,
@@ -221,11 +222,11 @@ class Session:
                 tuple(targets or ()),
                 self._state[2],
                 prep.graph.scanned,
-                source_rows := list(sources.values()),
-                output_rows := list(outputs.values()),
+                source_rows,
+                output_rows,
                 len(prep.plan.selected),
             )
-        except OSError:
+        except (OSError, OverflowError):  # OverflowError: a number beyond 64 bits (an inode)
             fresh.forget(self.state_dir)
             return
         stamp = fresh.stamp(self.state_dir)
@@ -236,8 +237,8 @@ class Session:
         self,
         prep: Prepared,
         tasks: Iterable[int],
-        sources: dict[str, fresh.SourceRow],
-        outputs: dict[str, fresh.OutputRow],
+        sources: dict[str, fresh.StatKey],
+        outputs: dict[str, fresh.Identity],
     ) -> bool:
         """Put the proof's rows of ``tasks`` in ``sources`` and ``outputs``; False when there
         can be no proof (an ``always`` task, a task without a success on record).
@@ -257,12 +258,12 @@ class Session:
                 e = entries.get(p)
                 if e is None:
                     return False
-                sources[p] = (p, e[0], e[1], e[2], e[3]) if e[5] else (p, *fresh.NEVER)
+                sources[p] = (e[0], e[1], e[2], e[3]) if e[5] else fresh.NEVER
             entry = latest.get(spec.name)
             if entry is None or len(entry[2]) != len(spec.outputs):
                 return False
             for o, ident in zip(spec.outputs, entry[2], strict=True):
-                outputs[o] = (o, *ident)
+                outputs[o] = ident
         return True
 
     def plan(self, targets: Iterable[str] | None = None, *, explain: bool = True) -> Prepared:

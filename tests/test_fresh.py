@@ -206,3 +206,16 @@ def test_a_manifest_edited_during_the_build_is_not_taken_as_built(tmp_path: Path
     assert "no work to do" not in build()  # the edited command has never run
     assert (tmp_path / "ran").read_text() == "first\nsecond\n"
     assert "no work to do" in build()
+
+
+def test_rows_pack_update_and_drop():
+    rows = fresh.Rows.of({"a": (1, 2, 3, 4), "b": (5, 6, 7, 8)})
+    again = fresh.Rows.unpack(*rows.pack())
+    assert list(again) == [("a", 1, 2, 3, 4), ("b", 5, 6, 7, 8)]
+    again.update({"b": (9, 9, 9, 9), "c": fresh.NEVER}, drop={"a", "c"})
+    assert list(again) == [("b", 9, 9, 9, 9), ("c", -1, 0, 0, 0)]
+    assert list(fresh.Rows.unpack("", b"")) == []
+    with pytest.raises(ValueError):  # four numbers per path, or the rows are no rows
+        list(fresh.Rows.unpack("a\0b", rows.numbers[:6].tobytes()))
+    with pytest.raises(OverflowError):  # the session then writes no proof
+        fresh.Rows.of({"big": (1, 2, 3, 1 << 64)})
