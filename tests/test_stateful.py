@@ -4,7 +4,8 @@ A generated DAG of 3-6 tasks (``cat`` of source files and upstream outputs, a sh
 ``flags/tK`` file that makes task K fail after writing a partial output) is edited, reverted,
 broken and repaired at random: inputs edited and reverted, commands changed and changed back,
 outputs deleted or tampered with, tasks made to fail and pass, tasks cleaned, a byte of
-``.dagrun/cache``, ``log`` or ``fresh`` flipped, a real ``dagrun build`` killed with SIGKILL
+``.dagrun/cache``, ``cache.journal``, ``log`` or ``fresh`` flipped, a real ``dagrun build``
+killed with SIGKILL
 (tasks and all) at a random instant.  After every build that succeeds (of everything, or of one
 target), every output it brought up to date must equal what a from-scratch build of a copy of
 the tree (manifest and inputs only) produces, and the same build again must have nothing to do.
@@ -46,7 +47,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(120, EXAMPLES * STEPS))]
 REPORT = os.environ.get("DAGRUN_STATEFUL_REPORT")
 SOURCES = 3
 CONTENTS = ("one\n", "two\n", "three\n", "")
-STATE_FILES = ("cache", "log", "fresh")
+STATE_FILES = ("cache", "cache.journal", "log", "fresh")
 
 
 @dataclass
