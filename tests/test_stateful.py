@@ -6,8 +6,9 @@ broken and repaired at random: inputs edited and reverted, commands changed and 
 outputs deleted or tampered with, tasks made to fail and pass, tasks cleaned, a byte of
 ``.dagrun/cache``, ``cache.journal``, ``log`` or ``fresh`` flipped, a real ``dagrun build``
 killed with SIGKILL (tasks and all) at a random instant.  After every build that succeeds (of
-everything, or of one target), every output it brought up to date must equal what a from-scratch build of a copy of
-the tree (manifest and inputs only) produces, and the same build again must have nothing to do.
+everything, or of one target), every output it brought up to date must equal what a
+from-scratch build of a copy of the tree (manifest and inputs only) produces, and the same build
+again must have nothing to do.
 
 CI runs a few examples; a long local run is one command:
 
