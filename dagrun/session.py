@@ -203,7 +203,8 @@ class Session:
         if not isinstance(self.fs, LocalFileSystem):
             return
         delta = prep.delta
-        tasks = prep.plan.selected if delta is None else prep.decided
+        # a partial build's decided tasks, and the pending ones below a task it ran
+        tasks = prep.plan.selected if delta is None else (*prep.decided, *prep.plan.to_run)
         sources: dict[str, fresh.StatKey] = {}  # the rows of ``tasks``
         outputs: dict[str, fresh.Identity] = {}
         if not self._proof_rows(prep, tasks, sources, outputs):
