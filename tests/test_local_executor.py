@@ -194,3 +194,21 @@ def test_output_far_beyond_what_is_shown_is_all_in_the_file(ex, tmp_path):
     out = wait_all(ex, 1)[1]
     assert out.ok and "output cut at" in out.stdout
     assert (tmp_path / "runs/t1/stdout.txt").stat().st_size == size
+
+
+def test_commands_are_found_on_the_path_relative_folders_included(project, monkeypatch):
+    """The local executor looks a command up on the PATH once per build; a PATH with a relative
+    folder is searched by the child, from the task's cwd, as execvp does."""
+    tool = project.write("sub/tools/hello", "#!/bin/sh\necho hello > out.txt\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", "tools:" + os.environ["PATH"])
+    project.manifest(
+        '[tasks.a]\ncmd = "hello"\ncwd = "sub"\noutputs = ["sub/out.txt"]\n'
+        '[tasks.b]\ncmd = "touch b.txt"\noutputs = ["b.txt"]\n'
+        '[tasks.c]\ncmd = "no-such-program-here"\n'
+    )
+    run = project.run("build", "-k")
+    assert run.code == 1
+    assert project.read("sub/out.txt") == "hello\n"
+    assert (project.root / "b.txt").exists()
+    assert "127" in run.out + run.err

@@ -100,6 +100,7 @@ class LocalExecutor:
         self._done: list[Outcome] = []
         self._cwd = os.getcwd()
         self._path = os.environ.get("PATH")
+        self._programs: dict[str, str | None] = {}  # a command's name -> its file on the PATH
         self._all_cores: set[int] | None = None
         self._made: set[str] = set()
         self._unnamed = hasattr(os, "O_TMPFILE")  # False once the file system refused one
@@ -304,8 +305,14 @@ class LocalExecutor:
             if self._all_cores is None:
                 self._all_cores = os.sched_getaffinity(0)
             os.sched_setaffinity(0, job.cores)  # this thread only; the child inherits it
+        program = self._program(argv[0], env)
         try:
             try:
+                if program is not None:  # found once: the child does not search the PATH again
+                    return os.posix_spawn(
+                        program, argv, env, file_actions=actions, setsid=True,
+                        setsigdef=_DEFAULT_SIGNALS,
+                    )
                 return os.posix_spawnp(
                     argv[0],
                     argv,
@@ -332,6 +339,24 @@ class LocalExecutor:
                 os.sched_setaffinity(0, self._all_cores)
             if moved:
                 os.chdir(self._cwd)
+
+    def _program(self, name: str, env: Mapping[str, str]) -> str | None:
+        """The file ``name`` runs, searched on the PATH once per build (None: let posix_spawnp
+        search, as execvp does: the job has another PATH, or the PATH has a relative folder)."""
+        if "/" in name or env.get("PATH") != self._path:
+            return None
+        if name in self._programs:
+            return self._programs[name]
+        folders = (self._path if self._path is not None else os.defpath).split(":")
+        found = None
+        if all(f.startswith("/") for f in folders):  # else the search depends on the cwd
+            for folder in folders:
+                path = f"{folder}/{name}"
+                if os.path.isfile(path) and os.access(path, os.X_OK):
+                    found = path
+                    break
+        self._programs[name] = found
+        return found
 
     # -- waiting
 
