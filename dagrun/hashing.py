@@ -199,6 +199,7 @@ class Keys:
         self.keys: list[str | None] = [None] * len(graph.specs)
         self.changed: list[bool] = [True] * len(graph.specs)
         self.recomputed = 0
+        self.rekeyed: set[int] = set()  # tasks whose key compute() made (not taken as it was)
         # task name -> the files its latest successful run's depfile listed (session: the log)
         self.found: dict[str, tuple[str, ...]] = {}
         # tasks that dependents key by their outputs' digests (restat or a depfile)
@@ -238,6 +239,7 @@ class Keys:
             if dirty:
                 key = key_of(self.parts(i))
                 self.recomputed += 1
+                self.rekeyed.add(i)
                 keys[i] = key
                 changed[i] = key != old
             else:

@@ -757,9 +757,12 @@ class Session:
         for p in stats.updated:
             journal.stats[p] = entries.get(p)
         previous = cache.get("keys", {})
-        for spec, key in zip(prep.graph.specs, prep.keys.keys, strict=True):
-            if key is not None and previous.get(spec.name) != key:
-                journal.keys[spec.name] = key
+        specs, keys = prep.graph.specs, prep.keys.keys
+        # every other task's key is the previous one (Keys.seed); the plan's may be learnt late
+        for i in (*prep.keys.rekeyed, *prep.plan.to_run):
+            key = keys[i]
+            if key is not None and previous.get(specs[i].name) != key:
+                journal.keys[specs[i].name] = key
         if len(journal.stats) + len(journal.keys) > max(JOURNAL_MIN, len(entries) // 8):
             return False  # it has grown: fold it into the cache
         if prep.log.index.size - cache.get("log", (0, 0))[1] > JOURNAL_LOG_TAIL:
