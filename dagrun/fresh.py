@@ -120,24 +120,41 @@ class Rows:
         self, rows: Mapping[str, tuple[int, int, int, int]], drop: Iterable[str] = ()
     ) -> None:
         """Set these paths' numbers (adding new paths); remove the ``drop`` paths not in rows."""
+        paths, numbers = self.paths, self.numbers
         where = self._where
-        if where is None:
-            where = self._where = {p: i for i, p in enumerate(self.paths)}
-        numbers = self.numbers
+        if where is None and len(rows) <= 16:  # a few: look each up (a C loop), no index made
+            find: Any = _finder(paths)
+        else:
+            if where is None:
+                where = self._where = {p: i for i, p in enumerate(paths)}
+            find = where.get
         for p, four in rows.items():
-            i = where.get(p)
+            i = find(p)
             if i is None:
-                where[p] = len(self.paths)
-                self.paths.append(p)
+                if where is not None:
+                    where[p] = len(paths)
+                paths.append(p)
                 numbers.extend(four)
             else:
                 numbers[4 * i : 4 * i + 4] = array("q", four)
-        gone = {p for p in drop if p not in rows and p in where}
+        gone = {p for p in drop if p not in rows and find(p) is not None}
         if gone:
-            kept = [i for i, p in enumerate(self.paths) if p not in gone]
-            self.paths = [self.paths[i] for i in kept]
+            kept = [i for i, p in enumerate(paths) if p not in gone]
+            self.paths = [paths[i] for i in kept]
             self.numbers = array("q", [n for i in kept for n in numbers[4 * i : 4 * i + 4]])
             self._where = None
+
+
+def _finder(paths: list[str]) -> Any:
+    """``path -> its index in paths, or None``, without building a dict."""
+
+    def find(path: str) -> int | None:
+        try:
+            return paths.index(path)
+        except ValueError:
+            return None
+
+    return find
 
 
 def record(

@@ -460,14 +460,12 @@ class Session:
             if not changed.isdisjoint(srcs) or (i in found and not changed.isdisjoint(found[i])):
                 for p in changed.intersection((*srcs, *found.get(i, ()))):
                     readers.setdefault(p, []).append(i)
-        touched: set[int] = set()
-        stack = [i for p in delta.sources for i in readers.get(p, ())]
-        dependents = graph.dependents if stack else []
-        while stack:  # the tasks reading a changed source, and every task below them
-            i = stack.pop()
-            if i not in touched:
-                touched.add(i)
-                stack.extend(dependents[i])
+        touched = {i for p in delta.sources for i in readers.get(p, ())}
+        if touched:  # and every task below them: one pass in topological order
+            deps = graph.deps
+            for i in graph.order:
+                if deps[i] and i not in touched and not touched.isdisjoint(deps[i]):
+                    touched.add(i)
         producers = graph.producers
         if any(o not in producers for o in delta.outputs):
             return None
@@ -605,8 +603,9 @@ class Session:
 
         results = results_of(graph, keys.keys, self.state_dir)
         stream = functools.partial(_stream, self.on_result, graph, results)
-        for i in prep.plan.up_to_date:
-            stream(i)
+        if self.on_result is not None and results:
+            for i in prep.plan.up_to_date:
+                stream(i)
         if self.on_plan is not None:
             self.on_plan(graph, prep.plan)
         setup = build.BuildSetup(

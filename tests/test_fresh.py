@@ -219,3 +219,14 @@ def test_rows_pack_update_and_drop():
         list(fresh.Rows.unpack("a\0b", rows.numbers[:6].tobytes()))
     with pytest.raises(OverflowError):  # the session then writes no proof
         fresh.Rows.of({"big": (1, 2, 3, 1 << 64)})
+
+
+@pytest.mark.parametrize("changed", [2, 40])  # a few rows are looked up; many through an index
+def test_rows_update_changes_exactly_the_given_rows(changed):
+    rows = fresh.Rows.of({f"p{i}": (i, i, i, i) for i in range(100)})
+    new = {f"p{i}": (-i, 0, 0, 0) for i in range(0, 2 * changed, 2)} | {"extra": (7, 7, 7, 7)}
+    rows.update(new, drop={"p1", "p3", "p0"})
+    got = {p: tuple(n) for p, *n in rows}
+    want = {f"p{i}": (i, i, i, i) for i in range(100)} | new
+    del want["p1"], want["p3"]
+    assert got == want
