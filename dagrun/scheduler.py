@@ -294,8 +294,14 @@ class Scheduler:
         for i in plan.to_run:
             self.in_plan[i] = 1
         self.waiting = [0] * n
+        # the plan's tasks below each task of the plan (graph.dependents, within the plan: a
+        # partial build's plan is a few tasks of a large graph)
+        self.below: dict[int, list[int]] = {i: [] for i in plan.to_run}
         for i in plan.to_run:
-            self.waiting[i] = sum(1 for d in g.deps[i] if self.in_plan[d])
+            above = [d for d in g.deps[i] if self.in_plan[d]]
+            self.waiting[i] = len(above)
+            for d in above:
+                self.below[d].append(i)
         self.priority = self._priorities()
         self.pos = {i: pos for pos, i in enumerate(plan.to_run)}
         # one ready queue per executor, so a full executor never holds up another's tasks
@@ -397,11 +403,10 @@ class Scheduler:
             durations[g.specs[i].name] for i in self.plan.to_run if g.specs[i].name in durations
         ]
         default = sum(known) / len(known) if known else 1.0
-        dependents = g.dependents
         for i in reversed(self.plan.to_run):
             below = 0.0
-            for j in dependents[i]:
-                if self.in_plan[j] and prio[j] > below:
+            for j in self.below[i]:
+                if prio[j] > below:
                     below = prio[j]
             prio[i] = durations.get(g.specs[i].name, default) + below
         return prio
@@ -604,11 +609,10 @@ class Scheduler:
 
     def _succeeded(self, i: int, state: TaskState = TaskState.SUCCEEDED) -> None:
         self.status[i] = state
-        for j in self.graph.dependents[i]:
-            if self.in_plan[j]:
-                self.waiting[j] -= 1
-                if self.waiting[j] == 0 and j not in self.blocked_by:
-                    self._now_ready(j)
+        for j in self.below[i]:
+            self.waiting[j] -= 1
+            if self.waiting[j] == 0 and j not in self.blocked_by:
+                self._now_ready(j)
 
     def _now_ready(self, j: int) -> None:
         """A task whose dependencies are done: queued, unless the hook finds it up to date."""
@@ -664,10 +668,9 @@ class Scheduler:
     def _block_dependents(self, failed: int) -> None:
         name = self.graph.specs[failed].name
         stack = [failed]
-        dependents = self.graph.dependents
         while stack:
-            for j in dependents[stack.pop()]:
-                if self.in_plan[j] and j not in self.blocked_by:
+            for j in self.below[stack.pop()]:
+                if j not in self.blocked_by:
                     self.blocked_by[j] = name
                     stack.append(j)
 
