@@ -202,13 +202,13 @@ def kept(state: str) -> dict[str, float]:
         raw = f.read()
     blob = memoryview(raw)[:-4]
     proof = marshal.loads(blob)
-    sources, outputs = fresh.Rows.unpack(*proof[7:9]), fresh.Rows.unpack(*proof[9:11])
+    sources, outputs = fresh.Rows.unpack(*proof[8:10]), fresh.Rows.unpack(*proof[10:12])
     as_tuples = marshal.dumps((list(sources), list(outputs)))
 
     def load_columns() -> None:
         got = marshal.loads(blob)
-        fresh.Rows.unpack(*got[7:9])
-        fresh.Rows.unpack(*got[9:11])
+        fresh.Rows.unpack(*got[8:10])
+        fresh.Rows.unpack(*got[10:12])
 
     def load_tuples() -> None:
         marshal.loads(as_tuples)

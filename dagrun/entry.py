@@ -48,6 +48,7 @@ class SignalInterrupt(KeyboardInterrupt):
 
 
 _pending = False  # a signal came; set also when its exception was swallowed (see main)
+_answered = False  # the no-op fast path answered: nothing but memory is left to clean up
 
 
 def interrupt_early(signum: int, frame: object) -> None:
@@ -113,13 +114,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             _signal.signal(sig, _signal.SIG_DFL)
 
 
+def run() -> None:
+    """The console script (pyproject's ``[project.scripts]``): ``main()``, and when the no-op fast
+    path answered, an exit without the interpreter's teardown (freeing every module and object:
+    ~2 ms of CPU in a 1k-task no-op of ~19 ms), as mypy's ``hard_exit`` does.  The fast path opened
+    nothing to write, holds no lock after ``check`` and registers no atexit handler, so only
+    the standard streams need flushing.  ``python -m dagrun`` and callers of ``main`` exit as
+    usual (main returns)."""
+    code = main()
+    if _answered:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:  # as _say: a report cut short
+            code = code or 1
+        os._exit(code)
+    sys.exit(code)
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    global _answered
     args = list(sys.argv[1:] if argv is None else argv)
     plain = plain_build(args)
     delta = None
     if plain is not None:
         answered = answer_noop(*plain)
         if isinstance(answered, int):
+            _answered = True
             return answered
         delta = answered
     from .cli import main as cli_main
@@ -146,7 +167,7 @@ def _say(line: str) -> int:
     try:
         sys.stdout.write(line)
         sys.stdout.flush()
-    except BrokenPipeError:  # as cli.main: a build whose report is cut short exits 1
+    except OSError:  # as cli.main (a closed pipe; also a full disk): a report cut short exits 1
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1

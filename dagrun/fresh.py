@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from typing import Any
 
-FORMAT = 4  # 4: rows as one string of paths and one array of numbers (3: tuples)
+FORMAT = 5  # 5: the manifest's settled stat; 4: rows as a string of paths and an array (3: tuples)
 FILE = "fresh"
 
 StatKey = tuple[int, int, int, int]  # mtime_ns, ctime_ns, size, inode
@@ -161,6 +161,7 @@ def record(
     state_dir: str,
     manifest_path: str,
     manifest_digest: str,
+    manifest_stat: StatKey | None,
     targets: Iterable[str],
     kenv: Mapping[str, str | None],
     scanned: Mapping[str, int],
@@ -179,6 +180,7 @@ def record(
         FORMAT,
         os.path.abspath(manifest_path),
         manifest_digest,
+        manifest_stat,
         tuple(targets),
         dict(kenv),
         dict(scanned),
@@ -309,11 +311,11 @@ def _check(
     if len(raw) < 4 or zlib.crc32(blob) != int.from_bytes(raw[-4:], "little"):
         return None
     data: Any = marshal.loads(blob)  # marshal.load(f) reads item by item: 10x slower
-    if not isinstance(data, tuple) or len(data) != 13 or data[0] != FORMAT:
+    if not isinstance(data, tuple) or len(data) != 14 or data[0] != FORMAT:
         return None
-    _, path, manifest_digest, was_targets, kenv, scanned, log = data[:7]
-    sources, outputs = Rows.unpack(*data[7:9]), Rows.unpack(*data[9:11])
-    count, root = data[11:]
+    _, path, manifest_digest, manifest_stat, was_targets, kenv, scanned, log = data[:8]
+    sources, outputs = Rows.unpack(*data[8:10]), Rows.unpack(*data[10:12])
+    count, root = data[12:]
     if path != manifest_path or was_targets != targets:
         return None
     for name, value in kenv.items():
@@ -322,13 +324,12 @@ def _check(
     st = os.stat(os.path.join(state_dir, "log"))
     if (st.st_ino, st.st_size) != log:
         return None
-    from .globs import folders_unchanged
+    from .unchanged import folders_unchanged, manifest_unchanged
 
     if not folders_unchanged(scanned):
         return None
-    with open(manifest_path, "rb") as f:
-        if digest(f.read()) != manifest_digest:
-            return None
+    if not manifest_unchanged(manifest_path, manifest_stat, manifest_digest):
+        return None
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         changed_sources = _changed_sources(fd, sources)

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from . import cutoff, fresh, globs
+from . import cutoff, fresh, globs, unchanged
 from .clock import Clock, MonotonicClock
 from .completion_log import CompletionLog, Identity, LogIndex
 from .errors import DagrunError, DepfileError, LogError, ManifestError
@@ -114,6 +114,7 @@ class Session:
         self.warnings: list[str] = []
         self._cache: dict[str, Any] | None = None
         self._source: tuple[Any, ...] = ()  # what the graph in hand was made from (_graph)
+        self._manifest_stat: unchanged.StatKey | None = None  # its settled stat (_read_manifest)
         self._graph_blob: GraphBlob | None = None  # the cache file's graph part, as read
         self._topology = topology  # None: read this machine's when a core_pool needs it
         self.on_result = on_result  # streams function tasks' results as they finish (pycall.py)
@@ -220,6 +221,7 @@ class Session:
                 self.state_dir,
                 self.manifest_path,
                 self._source[2],
+                self._manifest_stat,
                 tuple(targets or ()),
                 self._state[2],
                 prep.graph.scanned,
@@ -539,6 +541,10 @@ class Session:
         if self._manifest is not None:
             return None
         assert self.manifest_path is not None
+        try:  # before the read: a write after this stat gives the file another one
+            self._manifest_stat = unchanged.settled_stat(self.manifest_path)
+        except OSError:
+            self._manifest_stat = None  # read_manifest says why
         return read_manifest(self.manifest_path)
 
     def _load_manifest(self, data: bytes | None) -> Manifest:
