@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import interrupts
 from .clock import Clock
 from .errors import ExecutorError
 from .executors import Context, Executor, create
 from .graph import BuildGraph
-from .numa import CorePool
 from .plan import Plan
 from .scheduler import (
     FUNCTION_POOL,
@@ -36,6 +35,9 @@ from .scheduler import (
     StopFlag,
     executor_of,
 )
+
+if TYPE_CHECKING:
+    from .numa import CorePool
 
 # tests: one executor for every task, or executors by name
 ExecutorFactory = Callable[[BuildGraph], "Executor | Mapping[str, Executor]"]
@@ -115,12 +117,15 @@ def run(
     still_needed: Callable[[int], bool] | None = None,
 ) -> BuildResult:
     """Run the plan on its executors; every executor is closed when it ends."""
-    from .numa import CoreLeases
     from .pool_status import SNAPSHOT, StatusReporter, Tee
 
     m = graph.manifest
     slots = local_slots(graph, setup.jobs, setup.pool)
-    leases = CoreLeases(setup.pool) if setup.pool is not None else None
+    leases = None
+    if setup.pool is not None:
+        from .numa import CoreLeases
+
+        leases = CoreLeases(setup.pool)
     executors = _executors(graph, plan, setup)
     by_name = executors if isinstance(executors, dict) else {"local": executors}
     distinct = list({id(e): e for e in by_name.values()}.values())
