@@ -35,8 +35,9 @@ IMPORTS = (
 )
 
 
-def cpu_ms(argv: list[str], cwd: str | None = None) -> float:
-    """CPU milliseconds (user + sys) of running argv to completion, children included."""
+def cpu_ms(argv: list[str], cwd: str = "/") -> float:
+    """CPU milliseconds (user + sys) of running argv to completion, children included.
+    Not run in this checkout: ``python -c`` would import its dagrun, not the installed one."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(argv, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
