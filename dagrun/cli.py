@@ -247,11 +247,13 @@ def plain_args(argv: Sequence[str]) -> Any:
             found[_PLAIN_VALUES[word]] = argv[i]
         elif word in _PLAIN_FLAGS:
             found[_PLAIN_FLAGS[word]] = True
-        elif word.startswith("--"):  # --jobs=N, --failures-allowed=N
+        elif word.startswith("--") and word.partition("=")[0] in _PLAIN_VALUES:  # --jobs=N
             name, _, value = word.partition("=")
             found[_PLAIN_VALUES[name]] = value
-        elif word.startswith("-j"):  # -jN
+        elif word.startswith("-j") and word[2:].isdigit():  # -jN
             found["jobs"] = word[2:]
+        elif word.startswith("-"):  # an option this reader does not know: argparse reads it
+            return None
         i += 1
     for name in _NUMBERS:
         if found[name] is not None:
