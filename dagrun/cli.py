@@ -6,31 +6,39 @@ failed; 2 a usage or manifest error; 130 interrupted.
 
 from __future__ import annotations
 
-import argparse
-import difflib
-import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
 
 from . import __version__
 from .errors import DagrunError, Interrupted, UnknownTargetError
 
+TYPE_CHECKING = False  # argparse, typing, json, difflib: imported where used (see plain_args)
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # usage errors exit 2 with our prefix
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"dagrun: error: {message}\n")
-        raise SystemExit(EXIT_USAGE)
+def _parser_class() -> type[argparse.ArgumentParser]:
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> Any:  # usage errors exit 2 with our prefix
+            self.print_usage(sys.stderr)
+            sys.stderr.write(f"dagrun: error: {message}\n")
+            raise SystemExit(EXIT_USAGE)
+
+    return _Parser
 
 
 def _at_least(minimum: int, what: str) -> Any:
     """An argparse type: a whole number of at least ``minimum``."""
 
     def convert(text: str) -> int:
+        import argparse
+
         try:
             value = int(text)
         except ValueError:
@@ -58,8 +66,10 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _global_options() -> _Parser:
-    g = _Parser(add_help=False)
+def _global_options(parser_class: type[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    import argparse
+
+    g = parser_class(add_help=False)
     s = argparse.SUPPRESS
     g.add_argument("-C", dest="directory", default=s, metavar="DIR", help="change to DIR first")
     g.add_argument(
@@ -85,7 +95,10 @@ def _global_options() -> _Parser:
 
 
 def parser() -> argparse.ArgumentParser:
-    common = _global_options()
+    import argparse
+
+    _Parser = _parser_class()
+    common = _global_options(_Parser)
     p = _Parser(
         prog="dagrun",
         description="A declarative build tool: dagrun.toml -> tasks run when their inputs change.",
@@ -196,12 +209,70 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+# a plain build's options (dagrun.entry.plain_build) that take a value, and that are flags
+_PLAIN_VALUES = {
+    "-C": "directory", "-f": "file", "--progress": "progress", "--color": "color",
+    "-j": "jobs", "--jobs": "jobs", "--failures-allowed": "failures_allowed",
+}
+_PLAIN_FLAGS = {
+    "-q": "quiet", "--quiet": "quiet", "-v": "verbose", "--verbose": "verbose",
+    "-k": "keep_going", "--keep-going": "keep_going",
+}
+_NUMBERS = ("jobs", "failures_allowed")
+
+
+def plain_args(argv: Sequence[str]) -> Any:
+    """What ``parse(argv)`` returns (as a types.SimpleNamespace), for a plain build (the words
+    dagrun.entry.plain_build accepts, as argparse reads them); else None.  A plain build then
+    imports neither argparse nor what it brings (gettext, locale, shutil): ~8 ms of CPU."""
+    from types import SimpleNamespace
+
+    from .entry import COMMANDS, plain_build
+
+    plain = plain_build(argv)
+    if plain is None:
+        return None
+    found: dict[str, Any] = dict(GLOBAL_DEFAULTS)
+    found.update(command="build", jobs=None, keep_going=False, failures_allowed=None,
+                 dry_run=False, explain=False, junit=None, events=None, trace=None)
+    implicit = not any(word in COMMANDS for word in argv)
+    command = implicit  # whether argparse's first pass finds the command (see parse)
+    i = 0
+    while i < len(argv):  # plain_build checked every word: known options, "build", targets
+        word = argv[i]
+        if word == "build":
+            command = True
+        elif word in _PLAIN_VALUES:  # -C DIR, -j N, --jobs N, ...
+            i += 1
+            found[_PLAIN_VALUES[word]] = argv[i]
+        elif word in _PLAIN_FLAGS:
+            found[_PLAIN_FLAGS[word]] = True
+        elif word.startswith("--") and word.partition("=")[0] in _PLAIN_VALUES:  # --jobs=N
+            name, _, value = word.partition("=")
+            found[_PLAIN_VALUES[name]] = value
+        elif word.startswith("-j") and word[2:].isdigit():  # -jN
+            found["jobs"] = word[2:]
+        elif word.startswith("-"):  # an option this reader does not know: argparse reads it
+            return None
+        i += 1
+    for name in _NUMBERS:
+        if found[name] is not None:
+            found[name] = int(found[name])
+    found["targets"] = plain[2]
+    if command:  # else parse() parses again, with "build" added, and says nothing of it
+        found["implicit"] = implicit
+    return SimpleNamespace(**found)
+
+
 def main(
     argv: Sequence[str] | None = None, *, noop_checked: bool = False, delta: Any = None
 ) -> int:
     """``noop_checked``: dagrun.entry already asked the no-op fast path; do not ask twice.
     ``delta``: what it found changed (fresh.Delta), for the build to start from."""
-    args = parse(sys.argv[1:] if argv is None else argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = plain_args(words)
+    if args is None:
+        args = parse(words)
     args.noop_checked = noop_checked
     args.delta = delta
     try:
@@ -329,6 +400,8 @@ def _command_typo(args: argparse.Namespace, build: Any) -> Any:
         try:
             return build(*a, **kw)
         except UnknownTargetError as exc:
+            import difflib
+
             from .entry import COMMANDS
 
             words = [t for t in args.targets if getattr(args, "implicit", False)]
@@ -418,6 +491,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     _warn(session)
     data = views.task_list(prep)
     if args.json:
+        import json
+
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         from .report import Style
@@ -436,6 +511,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     _warn(session)
     data = views.show(prep, i, session.state_dir, _last_build(session, record))
     if args.json:
+        import json
+
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         sys.stdout.write(views.show_text(data))
@@ -457,6 +534,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
     g, plan = prep.graph, prep.plan
     if args.format == "json":
         data = to_json(g, plan.selected, plan.up_to_date, prep.keys.keys)
+        import json
+
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         sys.stdout.write(to_dot(g, plan.selected, plan.up_to_date))
@@ -510,6 +589,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     live = any(p.build_pid for p in pools)  # the running build's pool snapshot
     build = views.build_status(graph, _last_build(session, record), live)
     if args.json:
+        import json
+
         sys.stdout.write(json.dumps(views.status(build, pools), indent=2) + "\n")
         return EXIT_OK
     text = views.build_status_text(build)

@@ -8,7 +8,6 @@ used only where its cost does not matter: naming a cycle and `dagrun graph`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import os
 import re
@@ -84,6 +83,8 @@ class BuildGraph:
 
     def _unknown_message(self, target: str) -> str:
         names = list(self.index) + list(self.groups)
+        import difflib  # only for a message
+
         close = difflib.get_close_matches(target, names, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"{self.manifest.source}: unknown target '{target}'{hint}"
@@ -444,6 +445,8 @@ def _check_default(graph: BuildGraph) -> None:
     m = graph.manifest
     for target in m.default:
         if graph._resolve_one(target) is None:
+            import difflib  # only for a message
+
             close = difflib.get_close_matches(target, list(graph.index) + list(graph.groups), n=1)
             hint = f"did you mean '{close[0]}'?" if close else "no task, group or output matches"
             raise ManifestError(
@@ -467,6 +470,8 @@ def _resolve_dep(
         hits = [i for n, i in index.items() if fnmatch.fnmatchcase(n, name)]
         if hits:
             return hits
+    import difflib  # only for a message
+
     close = difflib.get_close_matches(name, list(index) + list(groups), n=1)
     raise ManifestError(
         f"unknown dependency '{name}'",

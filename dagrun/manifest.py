@@ -8,8 +8,6 @@ TaskSpec are relative to the manifest's folder (or absolute); a task's
 
 from __future__ import annotations
 
-import datetime
-import difflib
 import itertools
 import math
 import os
@@ -310,6 +308,8 @@ def _range(v: Any) -> str | None:
 
 
 def _tname(v: Any) -> str:
+    import datetime  # not at the top: ~1.4 ms of every build that reads the cached graph
+
     if isinstance(v, (datetime.date, datetime.time)):
         return "a date/time"
     return {
@@ -547,6 +547,8 @@ class _Builder:
         for key, value in table.items():
             check = allowed.get(key)
             if check is None:
+                import difflib
+
                 close = difflib.get_close_matches(key, list(allowed), n=1)
                 hint = _did_you_mean(close) or "known keys: " + ", ".join(allowed)
                 where = _table_name(path)
@@ -562,6 +564,8 @@ class _Builder:
     def build(self, doc: dict[str, Any]) -> Manifest:
         for key in doc:
             if key not in TOP_KEYS:
+                import difflib
+
                 close = difflib.get_close_matches(key, TOP_KEYS, n=1)
                 raise self.error(
                     "unknown top-level table",
@@ -1019,6 +1023,8 @@ def _did_you_mean(close: list[str]) -> str | None:
 
 
 def _executor_hint(name: str, executors: Mapping[str, ExecutorSpec]) -> str:
+    import difflib
+
     close = difflib.get_close_matches(name, list(executors), n=1)
     defined = ", ".join(sorted(executors))
     return _did_you_mean(close) or f"defined: {defined}; add an [executors.{name}] table"

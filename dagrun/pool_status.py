@@ -16,11 +16,13 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .events import Event, TaskFinished, TaskStarted
 from .manifest import Manifest
-from .numa import CorePool, NodeUsage
+
+if TYPE_CHECKING:  # numa: imported where a core pool is configured
+    from .numa import CorePool, NodeUsage
 
 SNAPSHOT = "executors.json"
 _VERSION = 1
@@ -184,6 +186,8 @@ def executor_pools(
         nodes: tuple[NodeUsage, ...] = ()
         configured = free = None
         if pool is not None:
+            from .numa import NodeUsage
+
             nodes = tuple(
                 NodeUsage(node, cores, tuple(free_by_node.get(str(node), cores)))
                 for node, cores in pool.groups

@@ -21,8 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from .events import BuildFinished, BuildStarted, Event, TaskFinished, TaskSkipped, TaskStarted
 
@@ -108,8 +107,7 @@ def _block(*texts: str) -> str:
     return out
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):  # not a dataclass: ~0.7 ms less per start (bench/IMPORTS.md)
     """How the console reporters print: -q, -v, --explain, colour, GitHub Actions."""
 
     explain: bool = False

@@ -48,13 +48,13 @@ from .graph import BuildGraph, compile
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
 from .manifest import Manifest, output_problem
 from .manifest import read as read_manifest
-from .numa import CorePool, Topology
 from .plan import Plan, make, output_changes
 from .pycall import Results, results_of, results_view
 from .scheduler import BuildResult, Reporter, StopFlag
 
 if TYPE_CHECKING:
     from .build import ExecutorFactory
+    from .numa import CorePool, Topology  # imported where a core pool is configured
 
 STATE_DIR = ".dagrun"
 CACHE_VERSION = 6
@@ -512,6 +512,8 @@ class Session:
     @property
     def topology(self) -> Topology:
         if self._topology is None:
+            from .numa import Topology
+
             self._topology = Topology.machine()
         return self._topology
 

@@ -26,7 +26,6 @@ import select
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ExecutorError
@@ -58,19 +57,22 @@ def direct_argv(cmd: str) -> list[str] | None:
     return argv
 
 
-@dataclass
 class _Proc:
-    job: Job
-    pid: int
-    pidfd: int
-    out: int
-    err: int
-    started: float
-    deadline: float | None
-    kill_at: float | None = None
-    timed_out: bool = False
-    signals: list[int] = field(default_factory=list)
-    lazy_argv: list[str] | None = None  # unnamed streams: the argv for a kept command.txt
+    """A running job's process.  Not a dataclass: ~0.7 ms less per start (bench/IMPORTS.md)."""
+
+    __slots__ = ("job", "pid", "pidfd", "out", "err", "started", "deadline", "kill_at",
+                 "timed_out", "signals", "lazy_argv")
+
+    def __init__(
+        self, job: Job, pid: int, pidfd: int, out: int, err: int, started: float,
+        deadline: float | None, *, lazy_argv: list[str] | None = None,
+    ) -> None:
+        self.job, self.pid, self.pidfd, self.out, self.err = job, pid, pidfd, out, err
+        self.started, self.deadline = started, deadline
+        self.kill_at: float | None = None
+        self.timed_out = False
+        self.signals: list[int] = []
+        self.lazy_argv = lazy_argv  # unnamed streams: the argv for a kept command.txt
 
 
 class LocalExecutor:
