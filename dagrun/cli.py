@@ -367,11 +367,16 @@ def _nothing_to_do(args: argparse.Namespace) -> int | None:
     return None
 
 
+_KEPT: list[Any] = []  # what a build leaves to free: the process exit frees it all at once
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     answered = _nothing_to_do(args)
     if answered is not None:
         return answered
     session = _session(args)
+    _KEPT.append(session)  # freed by the exit, not one object at a time (entry.run)
+    session.keep_last = True
     if args.dry_run:
         prep = session.plan(args.targets, explain=True)
         _warn(session)

@@ -122,6 +122,10 @@ class Session:
         self._log_error: str | None = None  # the completion log could not be appended to
         self._proof: fresh.Delta | None = None  # the proof this session wrote last (no changes)
         self._journal: Journal | None = None  # the cache's journal, as loaded or last written
+        # keep the last build's graph and state until this session goes (the CLI: until exit,
+        # which frees them at once rather than object by object)
+        self.keep_last = False
+        self._last: Prepared | None = None
 
     # ------------------------------------------------------------ public operations
 
@@ -162,6 +166,8 @@ class Session:
             if self._log_error is not None:
                 raise LogError(self._log_error)
             self._record_fresh(prep, targets, result)
+            if self.keep_last:
+                self._last = prep
             return result
 
     def _usable_delta(

@@ -1,4 +1,5 @@
-"""The ``dagrun`` console script (entry.run): a no-op answered skips the interpreter's teardown."""
+"""The ``dagrun`` console script (entry.run): a no-op answered, or a plain build ended, skips the
+interpreter's teardown (freeing every object one by one); other commands exit as usual."""
 
 from __future__ import annotations
 
@@ -28,15 +29,21 @@ def test_the_installed_command_is_entry_run():
 
 
 @pytest.mark.slow
-def test_a_no_op_exits_at_once_and_a_build_exits_as_usual(tmp_path: Path):
+def test_a_no_op_and_a_plain_build_exit_at_once_other_commands_as_usual(tmp_path: Path):
     (tmp_path / "dagrun.toml").write_text(MANIFEST)
     first = _script(tmp_path, "build")
-    assert (first.returncode, first.stderr) == (0, "teardown\n")  # it ran a task: full path
+    assert (first.returncode, first.stderr) == (0, "")  # a plain build: no teardown either
+    assert first.stdout.splitlines()[-1].startswith("dagrun: 1 succeeded")  # all of it flushed
+    assert (tmp_path / "out.txt").exists()
+    log = (tmp_path / ".dagrun" / "log").read_text()
+    assert log.endswith("}\n") and '"task":"a"' in log  # its success record whole on disk
     again = _script(tmp_path, "build")
     assert (again.returncode, again.stdout, again.stderr) == (
         0, "dagrun: no work to do (1 up to date)\n", "")
     listed = _script(tmp_path, "list")
     assert (listed.returncode, listed.stderr) == (0, "teardown\n")
+    dry = _script(tmp_path, "build", "-n")  # not a plain build
+    assert (dry.returncode, dry.stderr) == (0, "teardown\n")
 
 
 @pytest.mark.slow
