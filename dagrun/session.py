@@ -32,7 +32,7 @@ import functools
 import marshal
 import os
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -128,6 +128,7 @@ class Session:
         jobs: int | None = None,
         failures_allowed: int | None = None,
         explain: bool = False,
+        changed: Collection[str] | None = None,
     ) -> BuildResult:
         with self.lock():
             fresh.forget(self.state_dir)
