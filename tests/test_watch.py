@@ -158,9 +158,11 @@ def test_watch_set_watches_input_folders_and_classifies_changes(tmp_path: Path) 
     assert classify(Change.ADDED, f"{root}/src/new.txt") is Kind.LISTING  # matches src/*.txt
     assert classify(Change.ADDED, f"{root}/data/y.csv") is Kind.LISTING  # a matrix glob match
     assert classify(Change.DELETED, f"{root}/data/x.csv") is Kind.INPUT
-    # never: outputs, dagrun's state, files no glob matches, editor scratch, other folders
-    assert classify(Change.ADDED, f"{root}/src/gen.txt") is None
-    assert classify(Change.MODIFIED, f"{root}/all.txt") is None
+    # outputs are only noted (the next build is not told "only these changed")
+    assert classify(Change.ADDED, f"{root}/src/gen.txt") is Kind.OUTPUT
+    assert classify(Change.MODIFIED, f"{root}/all.txt") is Kind.OUTPUT
+    assert classify(Change.LOST, "") is Kind.LOST
+    # never: dagrun's state, files no glob matches, editor scratch, other folders
     assert classify(Change.ADDED, f"{root}/.dagrun/log") is None
     assert classify(Change.ADDED, f"{root}/src/notes.md") is None
     assert classify(Change.ADDED, f"{root}/src/.a.txt.swp") is None
