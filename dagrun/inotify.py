@@ -83,16 +83,19 @@ def _changes(
     """Batches: yielded once no file in them is still open for writing (or ``settle`` passed)."""
     batch: dict[str, int] = {}
     writing: set[str] = set()  # written since their last close
+    gone: list[str] = []  # watched folders that went away
     while not stop.is_set():
         open_ = not writing.isdisjoint(batch)
         if not select.select([fd], [], [], settle if open_ else tick)[0]:
             yield _flush(batch)  # quiet that long: what there is, or a tick
             continue
-        for change, path in _read(fd, paths, writing):
+        for change, path in _read(fd, paths, writing, gone):
             if change != MODIFIED or path not in batch:  # a new file stays new while written
                 batch[path] = change
-        if batch and writing.isdisjoint(batch):
+        if batch and (gone or writing.isdisjoint(batch)):
             yield _flush(batch)
+        if gone:
+            raise OSError(errno.ENOENT, "a watched folder went away", gone[0])
 
 
 def _flush(batch: dict[str, int]) -> ChangeSet:
@@ -101,7 +104,9 @@ def _flush(batch: dict[str, int]) -> ChangeSet:
     return out
 
 
-def _read(fd: int, paths: dict[int, str], writing: set[str]) -> Iterator[tuple[int, str]]:
+def _read(
+    fd: int, paths: dict[int, str], writing: set[str], gone: list[str]
+) -> Iterator[tuple[int, str]]:
     try:
         data = os.read(fd, 1 << 16)
     except BlockingIOError:
@@ -119,7 +124,7 @@ def _read(fd: int, paths: dict[int, str], writing: set[str]) -> Iterator[tuple[i
             continue
         if not name:
             if mask & _GONE:
-                raise OSError(errno.ENOENT, "a watched folder went away", folder)
+                gone.append(folder)
             continue
         path = os.path.join(folder, os.fsdecode(name))
         change = _change(mask)
