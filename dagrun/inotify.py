@@ -24,7 +24,7 @@ import select
 import struct
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 LOST, ADDED, MODIFIED, DELETED = 0, 1, 2, 3
 
@@ -46,13 +46,22 @@ def available() -> bool:
 
 
 def watch(
-    folders: Sequence[str], stop: threading.Event, *, settle_ms: int = 20, tick_ms: int = 100
+    folders: Sequence[str],
+    stop: threading.Event,
+    *,
+    settle_ms: int = 20,
+    tick_ms: int = 100,
+    marks: Collection[str] = (),
 ) -> Iterator[ChangeSet]:
-    """Change sets in ``folders`` (non-recursive) until ``stop`` is set."""
+    """Change sets in ``folders`` (non-recursive) until ``stop`` is set.
+
+    A change to a path in ``marks`` ends its set: the set holds what happened
+    before it, the next one what came after (sets have no order of their own).
+    """
     fd, paths = _open(folders)
     try:
         yield set()
-        yield from _changes(fd, paths, stop, settle_ms / 1000, tick_ms / 1000)
+        yield from _changes(fd, paths, stop, (settle_ms / 1000, tick_ms / 1000), marks)
     finally:
         os.close(fd)
 
@@ -78,9 +87,14 @@ def _error(call: str, path: str) -> OSError:
 
 
 def _changes(
-    fd: int, paths: dict[int, str], stop: threading.Event, settle: float, tick: float
+    fd: int,
+    paths: dict[int, str],
+    stop: threading.Event,
+    waits: tuple[float, float],
+    marks: Collection[str],
 ) -> Iterator[ChangeSet]:
     """Batches: yielded once no file in them is still open for writing (or ``settle`` passed)."""
+    settle, tick = waits
     batch: dict[str, int] = {}
     writing: set[str] = set()  # written since their last close
     gone: list[str] = []  # watched folders that went away
@@ -92,6 +106,8 @@ def _changes(
         for change, path in _read(fd, paths, writing, gone):
             if change != MODIFIED or path not in batch:  # a new file stays new while written
                 batch[path] = change
+            if path in marks:
+                yield _flush(batch)
         if batch and (gone or writing.isdisjoint(batch)):
             yield _flush(batch)
         if gone:

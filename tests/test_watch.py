@@ -384,7 +384,7 @@ def test_a_broken_manifest_is_reported_and_fixing_it_rebuilds(
     fixed_text = textwrap.dedent(ABC).replace("cat b.txt > out/b", "cat b.txt b.txt > out/b")
     manifest.write_text(fixed_text)
     fixed = w.next_round()
-    assert fixed.error is None
+    assert fixed.error is None and fixed.delta is None
     assert fixed.result is not None and fixed.result.succeeded == ("b",)
     assert (tmp_path / "out/b").read_text() == "bb"
 
@@ -450,6 +450,7 @@ def test_restart_cancels_the_running_build_and_starts_again(
     assert_groups_gone({group})
     second = w.next_round()
     assert second.changed == ("in.txt",)
+    assert second.delta is None  # after a cancelled build, everything is checked
     assert second.result is not None and second.result.succeeded == ("w",)
     assert (tmp_path / "out.txt").read_text() == "v2"
     assert "dagrun: restarting" in w.out.getvalue()

@@ -18,19 +18,22 @@ pytestmark = pytest.mark.skipif(not inotify.available(), reason="inotify is Linu
 class Listening:
     """inotify.watch in a thread; ``next()`` is its next non-empty change set."""
 
-    def __init__(self, folders: list[Path], settle_ms: int = 20) -> None:
+    def __init__(
+        self, folders: list[Path], settle_ms: int = 20, marks: tuple[str, ...] = ()
+    ) -> None:
         self.stop = threading.Event()
         self.sets: queue.Queue[set[tuple[int, str]] | BaseException] = queue.Queue()
         self.ready = threading.Event()
-        self._args = ([str(f) for f in folders], settle_ms)
+        self._args = ([str(f) for f in folders], settle_ms, marks)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         assert self.ready.wait(5)
 
     def _run(self) -> None:
         try:
-            for changes in inotify.watch(self._args[0], self.stop, settle_ms=self._args[1],
-                                         tick_ms=20):
+            folders, settle_ms, marks = self._args
+            for changes in inotify.watch(folders, self.stop, settle_ms=settle_ms, tick_ms=20,
+                                         marks=marks):
                 self.ready.set()
                 if changes:
                     self.sets.put(changes)
@@ -107,3 +110,18 @@ def test_a_missing_folder_cannot_be_watched(tmp_path: Path) -> None:
     with pytest.raises(OSError) as err:
         next(inotify.watch([str(tmp_path / "nope")], threading.Event()))
     assert err.value.filename == str(tmp_path / "nope")
+
+
+def test_a_mark_ends_its_change_set(tmp_path: Path, listen: list[Listening]) -> None:
+    mark = f"{tmp_path}/mark"
+    open(mark, "w").close()
+    w = Listening([tmp_path], settle_ms=3000, marks=(mark,))
+    listen.append(w)
+    with open(tmp_path / "a.txt", "w") as f:  # held open: its set waits for the close
+        f.write("a")
+        f.flush()
+        open(mark, "a").close()  # ... but the mark ends it (as Watcher._sync touches it)
+        (tmp_path / "b.txt").write_text("b")
+        assert w.next() == {(inotify.ADDED, f"{tmp_path}/a.txt"), (inotify.MODIFIED, mark)}
+    after = {(inotify.ADDED, f"{tmp_path}/b.txt"), (inotify.MODIFIED, f"{tmp_path}/a.txt")}
+    assert w.next() == after
