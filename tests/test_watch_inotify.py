@@ -124,4 +124,8 @@ def test_a_mark_ends_its_change_set(tmp_path: Path, listen: list[Listening]) -> 
         (tmp_path / "b.txt").write_text("b")
         assert w.next() == {(inotify.ADDED, f"{tmp_path}/a.txt"), (inotify.MODIFIED, mark)}
     after = {(inotify.ADDED, f"{tmp_path}/b.txt"), (inotify.MODIFIED, f"{tmp_path}/a.txt")}
-    assert w.next() == after
+    seen = w.next()
+    assert isinstance(seen, set)
+    if seen == {(inotify.ADDED, f"{tmp_path}/b.txt")}:  # read before a.txt was closed
+        seen |= w.next()  # type: ignore[arg-type]
+    assert seen == after
