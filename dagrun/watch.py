@@ -7,14 +7,25 @@ The loop, stated once:
 
 What is watched (never the whole tree): the folder of every source input of
 the selected tasks, every folder a glob read (so a new file that matches a
-glob counts), and the manifest's folder -- each one non-recursively.  A change
-is relevant when it touches the manifest, a source file, or adds or removes a
-visible file in a folder a glob read.  Declared outputs and ``.dagrun/`` never
-are, so a build cannot trigger itself.
+glob counts), the manifest's folder, and the folders of the declared outputs
+and of ``.dagrun/`` -- each one non-recursively.  A change is relevant when it
+touches the manifest, a source file, or adds or removes a visible file in a
+folder a glob read.  Declared outputs and ``.dagrun/`` never are, so a build
+cannot trigger itself.
+
+What each build is told: after a round that succeeded, when the next one is
+caused by source files alone, the build gets their paths (``changed=``) and
+may recheck only what reads them.  It gets None (check everything) for the
+first round, after a failed or cancelled one, when the manifest or a listing
+changed, when the watches moved (a watcher restarted: changes may have been
+missed), when the kernel dropped events, or when an output changed that the
+build did not write: the build touches ``.dagrun/watch-sync`` when it ends,
+and inotify yields what came before that mark apart from what came after.
 
 Seams: file changes come from ``watch_fn(folders, stop) -> iterable of change
-sets`` (``watch_folders`` on watchfiles for real; a list and an Event in unit
-tests).  An empty change set is a tick that says "watching now".  Watchers run
+sets`` (on Linux ``inotify.watch``, no polling; else ``watch_folders`` on
+watchfiles, whose unordered sets never let a round be told ``changed=``; a
+list and an Event in unit tests).  An empty change set is a tick that says "watching now".  Watchers run
 in threads and feed a queue; builds run in the caller's thread, so Ctrl-C
 reaches the scheduler, which kills every running task's process group.  With
 ``restart``, a relevant change during a build cancels it (the executor's
@@ -73,7 +84,8 @@ class Kind(enum.Enum):
     LISTING = "listing"  # a file that a glob matches appeared or went away
     FOLDER = "folder"  # a folder that is watched, or would be, appeared or went away
     LOST = "lost"  # changes may have been missed: the next build checks everything
-    OUTPUT = "output"  # a declared output: never a trigger, but the next build is told
+    OUTPUT = "output"  # a declared output: never a trigger; if not the build's own write, the
+    # next build checks everything
 
 
 _RESTARTING = frozenset({Kind.MANIFEST, Kind.INPUT, Kind.LISTING, Kind.LOST})  # not a folder alone
