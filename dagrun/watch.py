@@ -25,9 +25,10 @@ and inotify yields what came before that mark apart from what came after.
 Seams: file changes come from ``watch_fn(folders, stop) -> iterable of change
 sets`` (on Linux ``inotify.watch``, no polling; else ``watch_folders`` on
 watchfiles, whose unordered sets never let a round be told ``changed=``; a
-list and an Event in unit tests).  An empty change set is a tick that says "watching now".  Watchers run
-in threads and feed a queue; builds run in the caller's thread, so Ctrl-C
-reaches the scheduler, which kills every running task's process group.  With
+list and an Event in unit tests).  An empty change set is a tick that says
+"watching now".  Watchers run in threads and feed a queue; builds run in the
+caller's thread, so Ctrl-C reaches the scheduler, which kills every running
+task's process group.  With
 ``restart``, a relevant change during a build cancels it (the executor's
 ``wait`` gives up as Ctrl-C would) and the next round starts at once.
 """
