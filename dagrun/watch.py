@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import gc
 import os
 import queue
 import re
@@ -51,6 +52,7 @@ from typing import IO, Any
 
 from . import globs
 from .errors import DagrunError, Interrupted
+from .events import Event, TaskStarted
 from .graph import BuildGraph
 from .plan import Plan
 from .scheduler import BuildResult, Reporter, StopFlag
@@ -403,8 +405,12 @@ class Watcher:
             self.out.write("\n")
         error, restarted, result = None, False, None
         self._building = True
+        collecting = gc.isenabled()
         try:
             reporter = self._reporter_factory()
+            if collecting:
+                gc.disable()
+                reporter = _CollectLater(reporter)
             result = self.session.build(
                 self.targets, reporter=reporter, jobs=self.jobs, changed=delta
             )
@@ -423,6 +429,8 @@ class Watcher:
             self.err.flush()
             self._say("still watching; the next change retries")
         finally:
+            if collecting:
+                gc.enable()
             self._building = False
             self._warn()
             synced = self._sync()
@@ -670,6 +678,23 @@ class Watcher:
             return reporter
 
         return make
+
+
+class _CollectLater:
+    """Passes events on; turns the garbage collector back on at the first event after a task
+    started (so after it was spawned).  Planning a large graph allocates much, and automatic
+    collections in the middle of it delayed the task the user waits for by 25-35 ms at 10k
+    tasks; the round's garbage is collected once the tasks are on their way."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self.inner = inner
+        self._started = False
+
+    def handle(self, event: Event) -> None:
+        if self._started:
+            gc.enable()
+        self._started = self._started or isinstance(event, TaskStarted)
+        self.inner.handle(event)
 
 
 def _step_ms(debounce_ms: int) -> int:
