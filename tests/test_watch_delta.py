@@ -8,6 +8,7 @@ test_watch.py.
 
 from __future__ import annotations
 
+import gc
 import io
 import threading
 from collections.abc import Iterator, Sequence
@@ -158,6 +159,7 @@ def test_lost_events_make_the_round_check_everything(tmp_path: Path) -> None:
     w = Watcher(str(manifest), debounce_ms=0, progress="plain", out=out, err=out,
                 watch_fn=fake_watch, on_round=on_round)
     assert w.run(stop) == 0
+    assert gc.isenabled()  # off only from each round's start to its first task's spawn
     assert len(calls) == 1
     assert [r.delta for r in rounds] == [None, ("src/t1.txt",), None]
     assert "changed: (changes may have been missed: checking everything)" in out.getvalue()
