@@ -346,6 +346,7 @@ class Watcher:
         )
         self._ws = manifest_set(manifest_path)
         self._graph: BuildGraph | None = None
+        self._retired: BuildGraph | None = None  # the previous round's graph, until this one ends
         self._feeds: list[_Feed] = []
         self._queue: queue.Queue[ChangeSet] = queue.Queue()
         self._stop: threading.Event = threading.Event()
@@ -431,6 +432,7 @@ class Watcher:
         finally:
             if collecting:
                 gc.enable()
+            self._retired = None
             self._building = False
             self._warn()
             synced = self._sync()
@@ -638,6 +640,7 @@ class Watcher:
     # ------------------------------------------------------------ what the user sees
 
     def _on_plan(self, graph: BuildGraph, plan: Plan) -> None:
+        self._retired = self._graph  # freed after the round: freeing 10k tasks takes ~2 ms
         self._graph = graph
         # judge changes made during the build by what it builds (its new outputs never count)
         self._ws = ws = self._watch_set(graph, plan.selected)
