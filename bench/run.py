@@ -454,6 +454,21 @@ def measure_stream(dagrun: list[str], work: str, sizes: Sequence[int], reps: int
     return {"rows": rows}
 
 
+def measure_watch(dagrun: list[str], sizes: Sequence[int], samples: int,
+                  say: Callable[[str], None]) -> dict[str, Any]:
+    """``dagrun watch``: a saved source -> its task's start (bench/watch_latency.py), in ms."""
+    import watch_latency
+
+    rows = []
+    for n in sizes:
+        for debounce in (0, 50):
+            row = watch_latency.summary(
+                debounce, n, watch_latency.measure(dagrun, debounce, samples, n))
+            rows.append(row)
+            say(f"  watch {n:,} task(s), --debounce {debounce}: median {row['median']:.1f} ms")
+    return {"rows": rows}
+
+
 def interpreter_floor(dagrun: list[str]) -> dict[str, float]:
     """Start-up of the interpreter dagrun runs on, with and without site (median of 11)."""
     py = dagrun[0]
@@ -720,6 +735,11 @@ def targets_round2(results: dict[str, Any]) -> str:
             rows.append(f"| peak RSS (cold), {shape}, 10,000 | ≤ 3× ninja "
                         f"| {mine / 1024:.1f} MB = {x:.1f}× ninja ({ninja / 1024:.1f} MB) "
                         f"| {_verdict(x <= 3)} |")
+    for w in (results.get("watch") or {}).get("rows") or []:
+        d, own = w["debounce_ms"], w["median"] - w["debounce_ms"]
+        rows.append(f"| `dagrun watch`: save → task start, {w['tasks']:,} task(s), "
+                    f"--debounce {d} | ≤ {d} + 5 ms | {w['median']:.1f} ms ({own:+.1f} ms) "
+                    f"| {_verdict(own <= 5)} |")
     stream = (results.get("stream") or {}).get("rows") or []
     if len(stream) >= 3:  # silent, some, a lot: the growth from "some" to "a lot" must be ~0
         silent, some, big = stream[0], stream[-2], stream[-1]
@@ -774,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
                     "~10 min)")
     ap.add_argument("--stream", default="0,200000000,2000000000",
                     help="bytes printed by one task, for the RSS figure ('' = none)")
+    ap.add_argument("--watch", default="1,10000",
+                    help="task counts for the watch latency ('' = none)")
     ap.add_argument("--no-install", action="store_true", help="use bench/.venv/dagrun as it is")
     ap.add_argument("--work", default=os.path.join(HERE, "work"), help="where builds are generated")
     ap.add_argument("--keep-work", action="store_true", help="keep the generated builds")
@@ -798,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.smoke:
         a.sizes, a.reps, a.noops, a.series = "50", 1, 1, "50,100"
-        a.stream = "0,2000000,4000000"
+        a.stream, a.watch = "0,2000000,4000000", "1"
     elif not a.no_install:
         install_dagrun(say)
     started = time.perf_counter()
@@ -849,6 +871,10 @@ def main(argv: list[str] | None = None) -> int:
         say("dagrun alone: a task printing to stdout")
         results["stream"] = measure_stream(dagrun + ["build", f"-j{JOBS}"], a.work, stream,
                                            1 if a.smoke else 3, say)
+    watch = [int(x) for x in a.watch.split(",") if x]
+    if watch:
+        say("dagrun alone: watch latency")
+        results["watch"] = measure_watch(dagrun, watch, 3 if a.smoke else 15, say)
     if not a.no_sched:
         say("scheduling demo")
         results["sched"] = measure_sched(dagrun + ["build", f"-j{JOBS}"], a.work,

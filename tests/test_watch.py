@@ -158,9 +158,11 @@ def test_watch_set_watches_input_folders_and_classifies_changes(tmp_path: Path) 
     assert classify(Change.ADDED, f"{root}/src/new.txt") is Kind.LISTING  # matches src/*.txt
     assert classify(Change.ADDED, f"{root}/data/y.csv") is Kind.LISTING  # a matrix glob match
     assert classify(Change.DELETED, f"{root}/data/x.csv") is Kind.INPUT
-    # never: outputs, dagrun's state, files no glob matches, editor scratch, other folders
-    assert classify(Change.ADDED, f"{root}/src/gen.txt") is None
-    assert classify(Change.MODIFIED, f"{root}/all.txt") is None
+    # outputs are only noted (the next build is not told "only these changed")
+    assert classify(Change.ADDED, f"{root}/src/gen.txt") is Kind.OUTPUT
+    assert classify(Change.MODIFIED, f"{root}/all.txt") is Kind.OUTPUT
+    assert classify(Change.LOST, "") is Kind.LOST
+    # never: dagrun's state, files no glob matches, editor scratch, other folders
     assert classify(Change.ADDED, f"{root}/.dagrun/log") is None
     assert classify(Change.ADDED, f"{root}/src/notes.md") is None
     assert classify(Change.ADDED, f"{root}/src/.a.txt.swp") is None
@@ -382,7 +384,7 @@ def test_a_broken_manifest_is_reported_and_fixing_it_rebuilds(
     fixed_text = textwrap.dedent(ABC).replace("cat b.txt > out/b", "cat b.txt b.txt > out/b")
     manifest.write_text(fixed_text)
     fixed = w.next_round()
-    assert fixed.error is None
+    assert fixed.error is None and fixed.delta is None
     assert fixed.result is not None and fixed.result.succeeded == ("b",)
     assert (tmp_path / "out/b").read_text() == "bb"
 
@@ -448,6 +450,7 @@ def test_restart_cancels_the_running_build_and_starts_again(
     assert_groups_gone({group})
     second = w.next_round()
     assert second.changed == ("in.txt",)
+    assert second.delta is None  # after a cancelled build, everything is checked
     assert second.result is not None and second.result.succeeded == ("w",)
     assert (tmp_path / "out.txt").read_text() == "v2"
     assert "dagrun: restarting" in w.out.getvalue()
