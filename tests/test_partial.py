@@ -199,12 +199,16 @@ def test_targets_must_be_the_proven_ones(built):
 
 def test_watch_s_changed_paths_build_like_a_check(built):
     session = Session(manifest_path=str(built.root / "dagrun.toml"))
+    session.keep_last = True
     assert session.build(reporter=RecordingReporter()).ok
     assert session._proof is not None  # the proof it wrote, kept for the next round
     built.write("src/c.h", "changed\n")
     result = session.build(reporter=RecordingReporter(), changed={"src/c.h"})
     assert result.succeeded == ("c",)
     assert built.read("out/c") == "changed\n"
+    last = session._last
+    assert last is not None and last.delta is not None  # a partial build
+    assert _names(last, last.decided) == {"c"}
     assert session._proof is not None
     built.write("src/a.txt", "changed\n")  # a change the caller does not name is not seen
     result = session.build(reporter=RecordingReporter(), changed=set())
