@@ -122,17 +122,13 @@ class Rows:
         """Set these paths' numbers (adding new paths); remove the ``drop`` paths not in rows."""
         paths, numbers = self.paths, self.numbers
         where = self._where
-        if where is None and len(rows) <= 16:  # a few: look each up (a C loop), no index made
-            find: Any = _finder(paths)
-        else:
-            if where is None:
-                where = self._where = {p: i for i, p in enumerate(paths)}
-            find = where.get
+        if where is None:  # kept: a watch updates the same rows round after round
+            where = self._where = {p: i for i, p in enumerate(paths)}
+        find = where.get
         for p, four in rows.items():
             i = find(p)
             if i is None:
-                if where is not None:
-                    where[p] = len(paths)
+                where[p] = len(paths)
                 paths.append(p)
                 numbers.extend(four)
             else:
@@ -143,18 +139,6 @@ class Rows:
             self.paths = [paths[i] for i in kept]
             self.numbers = array("q", [n for i in kept for n in numbers[4 * i : 4 * i + 4]])
             self._where = None
-
-
-def _finder(paths: list[str]) -> Any:
-    """``path -> its index in paths, or None``, without building a dict."""
-
-    def find(path: str) -> int | None:
-        try:
-            return paths.index(path)
-        except ValueError:
-            return None
-
-    return find
 
 
 def record(

@@ -116,6 +116,7 @@ class Session:
         self._source: tuple[Any, ...] = ()  # what the graph in hand was made from (_graph)
         self._manifest_stat: unchanged.StatKey | None = None  # its settled stat (_read_manifest)
         self._graph_blob: GraphBlob | None = None  # the cache file's graph part, as read
+        self._made: tuple[Any, BuildGraph | None] | None = None  # (cache["graph"], its graph)
         self._topology = topology  # None: read this machine's when a core_pool needs it
         self.on_result = on_result  # streams function tasks' results as they finish (pycall.py)
         self.read_only: str | None = None  # why .dagrun cannot be written (lock), else None
@@ -538,11 +539,14 @@ class Session:
         data = self._read_manifest()
         self._source = self._source_id(data)
         if cache is not None and cache.get("source") == self._source:
-            graph = BuildGraph.from_cache(cache["graph"])
-            if graph is not None and globs.folders_unchanged(graph.scanned):
+            graph = self._made if self._made and self._made[0] is cache["graph"] else None
+            if graph is None:
+                graph = (cache["graph"], BuildGraph.from_cache(cache["graph"]))
+            if graph[1] is not None and globs.folders_unchanged(graph[1].scanned):
+                self._made = graph  # the next build of this session (watch) takes it as it is
                 if self.manifest_name is not None:  # named as the user names it today
-                    graph.manifest = replace(graph.manifest, source=self._source_name())
-                return graph, True
+                    graph[1].manifest = replace(graph[1].manifest, source=self._source_name())
+                return graph[1], True
         return compile(self._load_manifest(data)), False
 
     def _read_manifest(self) -> bytes | None:
