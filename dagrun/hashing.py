@@ -205,10 +205,14 @@ class Keys:
         # tasks that dependents key by their outputs' digests (restat or a depfile)
         self.by_outputs = [s.restat or bool(s.depfile) for s in graph.specs]
 
-    def seed(self) -> None:
-        """Take every task's previous key as it is (a partial build then re-keys a few)."""
-        prev = self.previous
-        self.keys = [prev.get(s.name) for s in self.graph.specs]
+    def seed(self, last: list[str | None] | None = None) -> None:
+        """Take every task's previous key as it is (a partial build then re-keys a few);
+        ``last``: the same keys as a list (the previous build of this session left them)."""
+        if last is not None and len(last) == len(self.graph.specs):
+            self.keys = list(last)
+        else:
+            prev = self.previous
+            self.keys = [prev.get(s.name) for s in self.graph.specs]
         self.changed = [False] * len(self.keys)
 
     def compute(self, selected: list[int]) -> list[str | None]:

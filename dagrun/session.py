@@ -117,6 +117,9 @@ class Session:
         self._manifest_stat: unchanged.StatKey | None = None  # its settled stat (_read_manifest)
         self._graph_blob: GraphBlob | None = None  # the cache file's graph part, as read
         self._made: tuple[Any, BuildGraph | None] | None = None  # (cache["graph"], its graph)
+        self._index: tuple[BuildGraph, dict[str, list[int]]] | None = None  # path -> readers
+        self._again = False  # the graph in hand served a previous build of this session
+        self._keys_after: tuple[BuildGraph, list[str | None]] | None = None  # the last keys
         self._topology = topology  # None: read this machine's when a core_pool needs it
         self.on_result = on_result  # streams function tasks' results as they finish (pycall.py)
         self.read_only: str | None = None  # why .dagrun cannot be written (lock), else None
@@ -153,7 +156,7 @@ class Session:
         with self.lock():
             delta = self._usable_delta(delta, changed)
             fresh.forget(self.state_dir)
-            self._proof = None
+            self._proof = self._keys_after = None  # set again only by a build that ends well
             self._log_error = None
             if self.read_only is None:
                 _remove_stale_temporaries(self.state_dir)
@@ -169,6 +172,8 @@ class Session:
             self._record_fresh(prep, targets, result)
             if self.keep_last:
                 self._last = prep
+            # the cache now holds these keys: a next build of this graph may start from them
+            self._keys_after = (prep.graph, prep.keys.keys) if self.read_only is None else None
             return result
 
     def _usable_delta(
@@ -421,6 +426,26 @@ class Session:
             self._compute_quietly(keys, others)
         return self._plan(graph, keys, log, pool, selected, selected, explain, None)
 
+    def _readers(self, graph: BuildGraph, changed: set[str]) -> dict[str, list[int]]:
+        """The tasks whose source inputs include each changed path.  The first partial build of
+        a session scans every task's sources; the next ones (a watch's rounds) use an index of
+        them, made once per graph."""
+        if self._index is not None and self._index[0] is graph:
+            by_path = self._index[1]
+            return {p: list(by_path[p]) for p in changed if p in by_path}
+        readers: dict[str, list[int]] = {}
+        if self._again:  # a watch's next round: worth an index
+            self._index = (graph, by_path := {})
+            for i, srcs in enumerate(graph.sources):
+                for p in srcs:
+                    by_path.setdefault(p, []).append(i)
+            return {p: list(by_path[p]) for p in changed if p in by_path}
+        for i, srcs in enumerate(graph.sources):
+            if not changed.isdisjoint(srcs):
+                for p in changed.intersection(srcs):
+                    readers.setdefault(p, []).append(i)
+        return readers
+
     def _plan(
         self,
         graph: BuildGraph,
@@ -462,12 +487,12 @@ class Session:
         outputs changed since the proof (delta), and none of the tasks above it was re-keyed,
         so its key is the previous build's, which its latest success in the log has.
         """
-        readers: dict[str, list[int]] = {}
         changed = delta.sources
-        found = {graph.index[t]: paths for t, paths in keys.found.items() if t in graph.index}
-        for i, srcs in enumerate(graph.sources):
-            if not changed.isdisjoint(srcs) or (i in found and not changed.isdisjoint(found[i])):
-                for p in changed.intersection((*srcs, *found.get(i, ()))):
+        readers = self._readers(graph, changed)
+        for task, paths in keys.found.items():  # the files depfiles listed are read too
+            i = graph.index.get(task)
+            if i is not None:
+                for p in changed.intersection(paths):
                     readers.setdefault(p, []).append(i)
         touched = {i for p in delta.sources for i in readers.get(p, ())}
         if touched:  # and every task below them: one pass in topological order
@@ -478,7 +503,8 @@ class Session:
         producers = graph.producers
         if any(o not in producers for o in delta.outputs):
             return None
-        keys.seed()
+        last = self._keys_after
+        keys.seed(last[1] if last is not None and last[0] is graph else None)
         if touched:
             order = [i for i in graph.order if i in touched]
             chosen = set(selected)
@@ -540,6 +566,7 @@ class Session:
         self._source = self._source_id(data)
         if cache is not None and cache.get("source") == self._source:
             graph = self._made if self._made and self._made[0] is cache["graph"] else None
+            self._again = graph is not None  # the graph of a previous build of this session
             if graph is None:
                 graph = (cache["graph"], BuildGraph.from_cache(cache["graph"]))
             if graph[1] is not None and globs.folders_unchanged(graph[1].scanned):
