@@ -120,6 +120,7 @@ class Session:
         self._index: tuple[BuildGraph, dict[str, list[int]]] | None = None  # path -> readers
         self._again = False  # the graph in hand served a previous build of this session
         self._keys_after: tuple[BuildGraph, list[str | None]] | None = None  # the last keys
+        self._seed: tuple[BuildGraph, list[str | None]] | None = None  # those, for this build
         self._topology = topology  # None: read this machine's when a core_pool needs it
         self.on_result = on_result  # streams function tasks' results as they finish (pycall.py)
         self.read_only: str | None = None  # why .dagrun cannot be written (lock), else None
@@ -156,7 +157,8 @@ class Session:
         with self.lock():
             delta = self._usable_delta(delta, changed)
             fresh.forget(self.state_dir)
-            self._proof = self._keys_after = None  # set again only by a build that ends well
+            self._seed, self._keys_after = self._keys_after, None  # again if this one ends well
+            self._proof = None
             self._log_error = None
             if self.read_only is None:
                 _remove_stale_temporaries(self.state_dir)
@@ -503,7 +505,7 @@ class Session:
         producers = graph.producers
         if any(o not in producers for o in delta.outputs):
             return None
-        last = self._keys_after
+        last = self._seed
         keys.seed(last[1] if last is not None and last[0] is graph else None)
         if touched:
             order = [i for i in graph.order if i in touched]
