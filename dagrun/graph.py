@@ -74,12 +74,14 @@ class BuildGraph:
     def dependents(self) -> list[tuple[int, ...]]:
         """Per task: the tasks that depend on it (tuples: most are the one empty tuple)."""
         if self._dependents is None:
-            out: list[Any] = [[] for _ in self.specs]
+            lists: dict[int, list[int]] = {}
             for i, ds in enumerate(self.deps):
-                for d in ds:
-                    out[d].append(i)
-            for i, js in enumerate(out):
-                out[i] = tuple(js)
+                if ds:
+                    for d in ds:
+                        lists.setdefault(d, []).append(i)
+            out: list[tuple[int, ...]] = [()] * len(self.specs)
+            for d, js in lists.items():
+                out[d] = tuple(js)
             self._dependents = out
         return self._dependents
 

@@ -578,11 +578,21 @@ class _Builder:
             raise self.error(f"[vars] entry {problem}", key=problem.split("'")[1], table=("vars",))
         executors = self.executors(self.table(doc, "executors"))
         bodies = self.table(doc, "tasks")
-        per_task = {name: self.task(name, body) for name, body in bodies.items()}
+        per_task: dict[str, list[TaskSpec]] = {}
+        globbed: dict[str, Any] = {}  # the bodies of matrices over globs, expanded again
+        for name in list(bodies):
+            body = bodies.pop(name)  # each table is freed once made into tasks: a lower peak
+            known = len(self.globbed)
+            per_task[name] = self.task(name, body)
+            if len(self.globbed) > known:
+                globbed[name] = body
         if self.globbed:
-            self.produced_matrices(bodies, per_task)
+            self.produced_matrices(globbed, per_task)
         tasks = [t for made in per_task.values() for t in made]
+        del per_task
         self.check_unique(tasks, executors)
+        if self.lines is not None:
+            self.lines.shrink()
         return Manifest(
             source=self.source,
             root=self.root,
@@ -1178,8 +1188,15 @@ class _LineIndex:
             last = m.start()
             current = _split_dotted(m.group(1))
             self.headers.setdefault(current, n)
-            for i in range(1, len(current) + 1):
+            for i in range(1, len(current)):  # the whole path is in headers
                 self.below.setdefault(current[:i], n)
+
+    def shrink(self) -> None:
+        """Forget the header index while the text is kept: the next lookup indexes the text
+        again, whole (in practice only an error looks a line up once the tasks are made)."""
+        if self._text is not None:
+            self.headers.clear()
+            self.below.clear()
 
     def _complete(self) -> None:
         """Index every line: keys and inline tables too (once)."""
