@@ -14,7 +14,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -456,6 +456,12 @@ def parse(text: str, *, source: str = MANIFEST_NAME, root: str | None = None) ->
     root = os.path.abspath(root if root is not None else os.getcwd())
     if text.startswith("\ufeff"):  # a UTF-8 byte order mark, as some editors write
         text = text[1:]
+    parts = tomlsplit.split(text)
+    if parts is not None:  # a big manifest: its tasks made batch by batch, tables dropped
+        try:
+            return _Builder(text, source, root).build(*parts)
+        except (tomlsplit.Unsplittable, ManifestError):
+            pass  # the whole text at once says what is wrong, as it would without batches
     try:
         doc = tomlsplit.loads(text)  # tomllib, imported lazily (~9 ms), in batches on big manifests
     except tomlsplit.decode_error() as exc:
@@ -559,7 +565,11 @@ class _Builder:
 
     # -- the document
 
-    def build(self, doc: dict[str, Any]) -> Manifest:
+    def build(
+        self, doc: dict[str, Any], batches: Iterable[dict[str, Any]] | None = None
+    ) -> Manifest:
+        """The Manifest of ``doc``; its task tables, when ``batches`` is given, come from those
+        (tomlsplit.split), each batch's tables dropped once made into tasks."""
         for key in doc:
             if key not in TOP_KEYS:
                 close = difflib.get_close_matches(key, TOP_KEYS, n=1)
@@ -580,12 +590,13 @@ class _Builder:
         bodies = self.table(doc, "tasks")
         per_task: dict[str, list[TaskSpec]] = {}
         globbed: dict[str, Any] = {}  # the bodies of matrices over globs, expanded again
-        for name in list(bodies):
-            body = bodies.pop(name)  # each table is freed once made into tasks: a lower peak
-            known = len(self.globbed)
-            per_task[name] = self.task(name, body)
-            if len(self.globbed) > known:
-                globbed[name] = body
+        for part in [bodies] if batches is None else batches:
+            for name in list(part):
+                body = part.pop(name)  # each table is freed once made into tasks: a lower peak
+                known = len(self.globbed)
+                per_task[name] = self.task(name, body)
+                if len(self.globbed) > known:
+                    globbed[name] = body
         if self.globbed:
             self.produced_matrices(globbed, per_task)
         tasks = [t for made in per_task.values() for t in made]
