@@ -628,6 +628,9 @@ class Session:
 # is made; the graph's blobs are written back as they were read when the graph did not change.
 _MAGIC = b"dagrun-cache\n"
 _PARTS = ("graph", "stats", "keys")  # the big parts; everything else is one more blob
+# Parts (and graph columns) of distinct objects are dumped with marshal version 2: it keeps no
+# table of the objects seen (~45 bytes each while dumping: 2-3x the blob), and loads faster.
+_FLAT = ("stats", "keys")
 GraphBlob = tuple[Any, bytes | list[memoryview]]  # (the graph part as loaded, its blob(s))
 
 
@@ -642,7 +645,7 @@ def _cache_dump(data: dict[str, Any], f: Any, known: GraphBlob | None) -> None:
         reuse = known if name == "graph" and known is not None and known[0] is value else None
         split = type(reuse[1]) is list if reuse else name == "graph" and type(value) is list
         written = []
-        for blob in _part_blobs(value, reuse, split):
+        for blob in _part_blobs(value, reuse, split, name in _FLAT):
             f.write(blob)
             crc = zlib.crc32(blob, crc)
             written.append(len(blob))
@@ -652,15 +655,23 @@ def _cache_dump(data: dict[str, Any], f: Any, known: GraphBlob | None) -> None:
     f.write(tail + zlib.crc32(tail, crc).to_bytes(4, "little"))
 
 
-def _part_blobs(value: Any, known: GraphBlob | None, split: bool) -> Iterator[Any]:
+def _part_blobs(value: Any, known: GraphBlob | None, split: bool, flat: bool) -> Iterator[Any]:
     """A part's blobs, made one at a time (each is written, then dropped)."""
     if known is not None:
         yield from [known[1]] if isinstance(known[1], bytes) else known[1]
     elif split:
         for piece in value:
-            yield marshal.dumps(piece)
+            yield marshal.dumps(piece, 2 if _distinct_strings(piece) else marshal.version)
     else:
-        yield marshal.dumps(value)
+        yield marshal.dumps(value, 2 if flat else marshal.version)
+
+
+def _distinct_strings(piece: Any) -> bool:
+    """Whether ``piece`` is a list of distinct strings, or tuples of strings (a graph column)."""
+    if type(piece) is not list or not piece or len(set(map(id, piece))) != len(piece):
+        return False
+    first = piece[0]
+    return type(first) is str or (type(first) is tuple and bool(first) and type(first[0]) is str)
 
 
 def _cache_loads(raw: bytes) -> tuple[dict[str, Any] | None, GraphBlob | None]:
