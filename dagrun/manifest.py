@@ -459,7 +459,7 @@ def parse(text: str, *, source: str = MANIFEST_NAME, root: str | None = None) ->
     parts = tomlsplit.split(text)
     if parts is not None:  # a big manifest: its tasks made batch by batch, tables dropped
         try:
-            return _Builder(text, source, root).build(*parts)
+            return _Builder(text, source, root, headers=False).build(*parts)
         except (tomlsplit.Unsplittable, ManifestError):
             pass  # the whole text at once says what is wrong, as it would without batches
     try:
@@ -513,11 +513,12 @@ def build_manifest(
 class _Builder:
     """Validates a parsed document and expands it into a Manifest."""
 
-    def __init__(self, text: str, source: str, root: str) -> None:
+    def __init__(self, text: str, source: str, root: str, *, headers: bool = True) -> None:
         self.text = text
         self.source = source
         self.root = root
-        self.lines = _LineIndex(text) if text else None
+        self.lines = _LineIndex(text, headers=headers) if text else None
+        self.header_lines: dict[str, int] = {}  # task table -> its header's line (split text)
         self.scanned: dict[str, int] = {}
         self.groups: list[str] = []
         self.empty: dict[tuple[str, str], str] = {}  # (group, variable) -> warning: no file
@@ -566,7 +567,7 @@ class _Builder:
     # -- the document
 
     def build(
-        self, doc: dict[str, Any], batches: Iterable[dict[str, Any]] | None = None
+        self, doc: dict[str, Any], batches: Iterable[tomlsplit.Batch] | None = None
     ) -> Manifest:
         """The Manifest of ``doc``; its task tables, when ``batches`` is given, come from those
         (tomlsplit.split), each batch's tables dropped once made into tasks."""
@@ -590,7 +591,9 @@ class _Builder:
         bodies = self.table(doc, "tasks")
         per_task: dict[str, list[TaskSpec]] = {}
         globbed: dict[str, Any] = {}  # the bodies of matrices over globs, expanded again
-        for part in [bodies] if batches is None else batches:
+        for part, lines in [(bodies, {})] if batches is None else batches:
+            if self.lines is not None and self.lines.deferred:
+                self.header_lines.update(lines)  # exact: only \n breaks a line in this text
             for name in list(part):
                 body = part.pop(name)  # each table is freed once made into tasks: a lower peak
                 known = len(self.globbed)
@@ -693,7 +696,9 @@ class _Builder:
                 raise self.error(problem, task=name, key=key, table=path)
         if "call" in body:
             body = {**body, **self.function(name, body["call"], path)}
-        line = self.lines.find(path, None) if self.lines is not None else None
+        line = self.header_lines.get(name)
+        if line is None and self.lines is not None:
+            line = self.lines.find(path, None)
         if "matrix" not in body:
             self.count += 1
             return [self.spec(name, body, {}, None, line)]
@@ -1185,13 +1190,19 @@ class _LineIndex:
     )
     _ODD_BREAKS = re.compile("[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")  # str.splitlines splits there
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, headers: bool = True) -> None:
+        """``headers=False``: index nothing until the first lookup (then everything), where
+        the caller knows the task headers' lines (``deferred`` says whether it may use them)."""
         self.headers: dict[tuple[str, ...], int] = {}  # explicit headers and inline tables
         self.below: dict[tuple[str, ...], int] = {}  # first header at or below a table path
         self.keys: dict[tuple[tuple[str, ...], str], int] = {}
         self._text: str | None = text  # until keys are indexed
+        self.deferred = False
         if '"""' in text or "'''" in text or self._ODD_BREAKS.search(text):
             self._complete()
+            return
+        if not headers:
+            self.deferred = True
             return
         n, last = 1, 0
         for m in self._HEADERS.finditer(text):

@@ -55,15 +55,20 @@ def loads(text: str) -> dict[str, Any]:
     return doc
 
 
+Batch = tuple["dict[str, Any]", "dict[str, int]"]  # task tables, the line of each one's header
+
+
 class Unsplittable(Exception):
     """A batch was not exactly its own tasks (or not TOML): parse the whole text instead."""
 
 
-def split(text: str) -> tuple[dict[str, Any], Iterator[dict[str, Any]]] | None:
+def split(text: str) -> tuple[dict[str, Any], Iterator[Batch]] | None:
     """The document without its tasks, and the task tables batch by batch, each batch parsed
     only when asked for (so a caller that builds each batch's tasks and drops its tables never
     holds the whole parse); None when the text is small or unusual.  The batches raise
-    Unsplittable where they are not exactly ``tomllib.loads(text)["tasks"]``."""
+    Unsplittable where they are not exactly ``tomllib.loads(text)["tasks"]``.
+
+    Each batch comes with the line of each task's header (counting ``\\n`` only)."""
     if text.count("[tasks.") < MIN_TASKS or '"""' in text or "'''" in text:
         return None
     cuts = [(m.start(), m.group(1)) for m in _HEADER.finditer(text)]
@@ -78,8 +83,9 @@ def split(text: str) -> tuple[dict[str, Any], Iterator[dict[str, Any]]] | None:
     return doc, _batches(text, cuts)
 
 
-def _batches(text: str, cuts: list[tuple[int, str]]) -> Iterator[dict[str, Any]]:
+def _batches(text: str, cuts: list[tuple[int, str]]) -> Iterator[Batch]:
     parse = _tomllib().loads
+    line, last = 1, 0
     for b in range(0, len(cuts), BATCH):
         batch = cuts[b : b + BATCH]
         end = cuts[b + BATCH][0] if b + BATCH < len(cuts) else len(text)
@@ -90,7 +96,12 @@ def _batches(text: str, cuts: list[tuple[int, str]]) -> Iterator[dict[str, Any]]
         names = [name for _, name in batch]
         if list(part) != ["tasks"] or list(part["tasks"]) != names:
             raise Unsplittable  # another table inside, or a name twice in this batch
-        yield {name: part["tasks"][name] for name in names}  # the cut's name strings: one copy
+        lines = {}
+        for pos, name in batch:
+            line += text.count("\n", last, pos)
+            last = pos
+            lines[name] = line
+        yield {name: part["tasks"][name] for name in names}, lines  # the cut's name strings
 
 
 def _loads_in_batches(text: str) -> dict[str, Any] | None:
@@ -100,7 +111,7 @@ def _loads_in_batches(text: str) -> dict[str, Any] | None:
     doc, batches = parts
     tasks: dict[str, Any] = {}
     try:
-        for batch in batches:
+        for batch, _ in batches:
             tasks.update(batch)
     except Unsplittable:
         return None
