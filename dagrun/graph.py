@@ -16,7 +16,7 @@ import operator
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -41,7 +41,7 @@ class BuildGraph:
     manifest: Manifest
     specs: tuple[TaskSpec, ...]
     deps: list[tuple[int, ...]]
-    order: list[int]
+    order: Sequence[int]  # range(n) when the manifest's order is topological already
     groups: dict[str, list[int]]
     sources: list[tuple[str, ...]]  # per task: hashed source inputs (globs expanded)
     scanned: dict[str, int] = field(default_factory=dict)  # folders read by globs -> mtime_ns
@@ -169,7 +169,7 @@ class BuildGraph:
             m.resources, executors, m.watch_debounce_ms, m.warnings,
         )
         n = len(self.specs)
-        order = None if self.order == list(range(n)) else self.order
+        order = None if isinstance(self.order, range) else list(self.order)
         specs = self.specs
         odd = {i: s for i, s in enumerate(self.sources) if s != specs[i].inputs}
         head = (GRAPH_FORMAT, settings, n, self.groups, self.scanned)
@@ -205,7 +205,7 @@ class BuildGraph:
             manifest=manifest,
             specs=specs,
             deps=deps,
-            order=list(range(n)) if order is None else order,
+            order=range(n) if order is None else order,
             groups=groups,
             sources=sources,
             scanned=scanned,
@@ -280,10 +280,12 @@ def compile(manifest: Manifest) -> BuildGraph:
         specs = tuple(named)
         manifest = dataclasses.replace(manifest, tasks=specs)
     try:
-        order = _toposort(specs, deps, manifest.source)
+        order: Sequence[int] = _toposort(specs, deps, manifest.source)
     except CycleError as exc:
         links = _cycle_links(manifest, index, producers, exc.cycle)
         raise CycleError(exc.cycle, manifest.source, links) from None
+    if order == list(range(len(specs))):
+        order = range(len(specs))  # no int per task
     graph = BuildGraph(  # without index and producers: made again if needed (less memory)
         manifest=manifest,
         specs=specs,
