@@ -14,6 +14,7 @@ import itertools
 import math
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -448,7 +449,10 @@ def load(
     except UnicodeDecodeError as exc:
         problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
         raise ManifestError(problem, source=path) from None
-    return parse(text, source=source or path, root=os.path.dirname(os.path.abspath(path)))
+    manifest = parse(text, source=source or path, root=os.path.dirname(os.path.abspath(path)))
+    if manifest.line_index is not None:  # its text is read again if an error needs a line
+        manifest.line_index.keep_file(path, zlib.crc32(data))
+    return manifest
 
 
 def parse(text: str, *, source: str = MANIFEST_NAME, root: str | None = None) -> Manifest:
@@ -1197,6 +1201,7 @@ class _LineIndex:
         self.below: dict[tuple[str, ...], int] = {}  # first header at or below a table path
         self.keys: dict[tuple[tuple[str, ...], str], int] = {}
         self._text: str | None = text  # until keys are indexed
+        self._file: tuple[str, int] | None = None  # where to read the text again, its crc32
         self.deferred = False
         if '"""' in text or "'''" in text or self._ODD_BREAKS.search(text):
             self._complete()
@@ -1220,9 +1225,18 @@ class _LineIndex:
             self.headers.clear()
             self.below.clear()
 
+    def keep_file(self, path: str, crc: int) -> None:
+        """Forget the text (a big manifest's is megabytes, kept all build long for an error
+        that rarely comes): the first lookup reads it again from ``path``, if it is still the
+        same text; else lines are the tasks' table lines (TaskSpec.line)."""
+        if self._text is not None:
+            self._text, self._file = None, (path, crc)
+
     def _complete(self) -> None:
         """Index every line: keys and inline tables too (once)."""
         text, self._text = self._text, None
+        if text is None and self._file is not None:
+            text, self._file = _text_again(*self._file), None
         if text is None:
             return
         current: tuple[str, ...] = ()
@@ -1258,6 +1272,19 @@ class _LineIndex:
             if line:
                 return line
         return self.headers.get(table) or self.below.get(table)
+
+
+def _text_again(path: str, crc: int) -> str | None:
+    """The manifest's text as it was parsed, or None if the file is gone or has changed."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if zlib.crc32(data) != crc:
+        return None
+    text = data.decode("utf-8", errors="replace")
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def _opens_multiline(line: str) -> str:

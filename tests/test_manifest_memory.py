@@ -134,3 +134,15 @@ def test_an_error_in_a_big_manifest_names_the_keys_line():
     lines.insert(at + 1, "nope = 1")
     with pytest.raises(manifest.ManifestError, match=rf"m.toml:{at + 2}: task 't400'"):
         manifest.parse("\n".join(lines) + "\n", source="m.toml", root="/p")
+
+
+def test_a_loaded_manifest_reads_its_text_again_for_a_later_errors_line(tmp_path):
+    path = tmp_path / "dagrun.toml"
+    path.write_text('[tasks.a]\ncmd = "x"\n\ninputs = ["in.txt"]\n')
+    m = manifest.load(str(path))
+    assert m.line_index is not None and m.line_index._text is None  # not kept
+    assert m.line_of(m.tasks[0], "inputs") == 4
+    path.write_text('[tasks.a]\ncmd = "x"\n\ninputs = ["in.txt"]\n')
+    m = manifest.load(str(path))
+    path.write_text('# edited since\n[tasks.a]\ncmd = "x"\ninputs = ["in.txt"]\n')
+    assert m.line_of(m.tasks[0], "inputs") == 1  # another text: the table's line, as parsed
