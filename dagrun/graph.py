@@ -220,8 +220,8 @@ _new_spec = functools.partial(tuple.__new__, TaskSpec)
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
-    """The cyclic GC off while loading many objects: nothing to collect, and its passes cost
-    ~30% of a 10k-task cache load."""
+    """The cyclic GC off while loading many objects: there is nothing to collect, and its
+    passes over the new objects cost ~1.5 ms of a 10k-task cache load."""
     enabled = gc.isenabled()
     gc.disable()
     try:
