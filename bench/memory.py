@@ -6,7 +6,8 @@ imports (use a regular install's python, bytecode compiled, as bench/run.py does
 - ``phases``: one cold build in this process (``rm -rf out .dagrun`` first), printing VmRSS
   and VmHWM (the peak so far) when each step starts and ends, and with ``--trace`` the
   largest live allocations (tracemalloc, by line) at the end of the run and the peak of
-  each step: what each step adds and what its transient costs;
+  each step: what each step adds and what its transient costs; ``--incremental``: of a
+  built project (no ``rm -rf``), the last task's input changed;
 - ``compare``: alternating runs of several installs (each a venv folder): peak RSS, wall and
   CPU time (user+sys, children included) of a cold build, 3 no-op builds and 3 incremental
   builds (the last task's input changed) per round; medians;
@@ -15,7 +16,7 @@ imports (use a regular install's python, bytecode compiled, as bench/run.py does
 
 Usage::
 
-    python bench/memory.py phases  --project DIR [--trace]
+    python bench/memory.py phases  --project DIR [--trace] [--incremental]
     python bench/memory.py compare --project DIR --rounds 3 VENV [VENV ...]
     python bench/memory.py load    --project DIR [--python PYTHON]
 """
@@ -49,7 +50,7 @@ def _fresh(project: str) -> None:
     os.mkdir(os.path.join(project, "out"))
 
 
-def phases(project: str, trace: bool) -> None:
+def phases(project: str, trace: bool, incremental: bool) -> None:
     if trace:
         import tracemalloc
 
@@ -87,6 +88,7 @@ def phases(project: str, trace: bool) -> None:
 
         setattr(owner, name, wrapped)
 
+    wrap(session.Session, "_load_cache", "load_cache")
     wrap(manifest, "load", "manifest")
     wrap(session, "compile", "compile")
     wrap(session.Keys, "compute", "keys")
@@ -95,7 +97,12 @@ def phases(project: str, trace: bool) -> None:
     wrap(session.Session, "_write_cache", "write_cache")
     if hasattr(session.Session, "_record_fresh"):
         wrap(session.Session, "_record_fresh", "record_fresh")
-    _fresh(project)
+    if incremental:  # a built project: one input changed
+        last = sorted(glob.glob(os.path.join(project, "src", "*")))[-1]
+        with open(last, "a") as f:
+            f.write("edit\n")
+    else:
+        _fresh(project)
     os.chdir(project)
     mark("imports")
     try:
@@ -182,13 +189,14 @@ def main() -> None:
     parser.add_argument("what", choices=("phases", "compare", "load"))
     parser.add_argument("--project", required=True)
     parser.add_argument("--trace", action="store_true")
+    parser.add_argument("--incremental", action="store_true", help="phases: of a built project")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("venvs", nargs="*")
     args = parser.parse_args()
     project = os.path.abspath(args.project)
     if args.what == "phases":
-        phases(project, args.trace)
+        phases(project, args.trace, args.incremental)
     elif args.what == "compare":
         compare(project, args.rounds, [os.path.abspath(v) for v in args.venvs])
     else:
