@@ -9,34 +9,44 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
+import gc
+import operator
 import os
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from . import globs
 from .errors import CycleError, ManifestError, UnknownTargetError
 from .manifest import ExecutorSpec, Manifest, TaskSpec, inside_root
 
-GRAPH_FORMAT = 5  # 4: TaskSpec gained the function-task fields; 5: depfile, restat
+GRAPH_FORMAT = 6  # 4: TaskSpec gained the function-task fields; 5: depfile, restat; 6: columns
 
 
 @dataclass
 class BuildGraph:
-    """The compiled graph.  ``deps[i]`` are task numbers; ``order`` is topological."""
+    """The compiled graph.  ``deps[i]`` are task numbers; ``order`` is topological.
+
+    ``index``, ``producers`` and ``dependents`` are made on first use: a build without
+    targets needs none of them before it runs, and a graph loaded from the cache is
+    then ready without a dict over every task.
+    """
 
     manifest: Manifest
     specs: tuple[TaskSpec, ...]
-    index: dict[str, int]
     deps: list[tuple[int, ...]]
-    order: list[int]
+    order: Sequence[int]  # range(n) when the manifest's order is topological already
     groups: dict[str, list[int]]
-    producers: dict[str, int]
     sources: list[tuple[str, ...]]  # per task: hashed source inputs (globs expanded)
     scanned: dict[str, int] = field(default_factory=dict)  # folders read by globs -> mtime_ns
-    _dependents: list[list[int]] | None = None
+    _index: dict[str, int] | None = None
+    _producers: dict[str, int] | None = None
+    _dependents: list[tuple[int, ...]] | None = None
 
     @property
     def root(self) -> str:
@@ -46,12 +56,31 @@ class BuildGraph:
         return len(self.specs)
 
     @property
-    def dependents(self) -> list[list[int]]:
+    def index(self) -> dict[str, int]:
+        """Task name -> task number."""
+        if self._index is None:
+            self._index = dict(zip(map(_NAME, self.specs), range(len(self.specs)), strict=True))
+        return self._index
+
+    @property
+    def producers(self) -> dict[str, int]:
+        """Declared output -> the task that writes it."""
+        if self._producers is None:
+            self._producers = {p: i for i, s in enumerate(self.specs) for p in s.outputs}
+        return self._producers
+
+    @property
+    def dependents(self) -> list[tuple[int, ...]]:
+        """Per task: the tasks that depend on it (tuples: most are the one empty tuple)."""
         if self._dependents is None:
-            out: list[list[int]] = [[] for _ in self.specs]
+            lists: dict[int, list[int]] = {}
             for i, ds in enumerate(self.deps):
-                for d in ds:
-                    out[d].append(i)
+                if ds:
+                    for d in ds:
+                        lists.setdefault(d, []).append(i)
+            out: list[tuple[int, ...]] = [()] * len(self.specs)
+            for d, js in lists.items():
+                out[d] = tuple(js)
             self._dependents = out
         return self._dependents
 
@@ -128,51 +157,89 @@ class BuildGraph:
 
     # -- cache
 
-    def to_cache(self) -> tuple[Any, ...]:
+    def to_cache(self) -> list[Any]:
+        """The graph as marshal pieces, each dumped alone (session._cache_dump): a head, the
+        order (None when it is 0..n-1), deps, the sources that are not exactly the task's inputs,
+        then one column per TaskSpec field: a list, or ``(value,)`` when every task has it.
+
+        Columns load without a conversion per task (from_cache) and dump with a small
+        transient: marshal's table of shared objects is per piece, not per graph.
+        """
         m = self.manifest
         executors = {k: (v.type, dict(v.options)) for k, v in m.executors.items()}
         settings = (
             m.source, m.root, m.jobs, m.failures_allowed, m.default, m.env, m.key_env,
             m.resources, executors, m.watch_debounce_ms, m.warnings,
         )
-        return (
-            GRAPH_FORMAT,
-            settings,
-            [tuple(s) for s in self.specs],
-            self.deps,
-            self.order,
-            self.groups,
-            self.sources,
-            self.scanned,
-        )
+        n = len(self.specs)
+        order = None if isinstance(self.order, range) else list(self.order)
+        specs = self.specs
+        odd = {i: s for i, s in enumerate(self.sources) if s != specs[i].inputs}
+        head = (GRAPH_FORMAT, settings, n, self.groups, self.scanned)
+        return [head, order, self.deps, odd, *(_column(specs, f) for f in range(_FIELDS))]
 
     @classmethod
-    def from_cache(cls, data: tuple[Any, ...]) -> BuildGraph | None:
-        if not data or data[0] != GRAPH_FORMAT:
+    def from_cache(cls, data: Any) -> BuildGraph | None:
+        """The graph ``to_cache`` gave (its pieces are used as they are: not to be changed)."""
+        if not isinstance(data, list) or len(data) != 4 + _FIELDS:
             return None
-        _, settings, specs, deps, order, groups, sources, scanned = data
+        if not isinstance(data[0], tuple) or data[0][:1] != (GRAPH_FORMAT,):
+            return None
+        head, order, deps, odd, *columns = data
+        _, settings, n, groups, scanned = head
+        if any(type(c) is list and len(c) != n for c in columns) or len(deps) != n:
+            return None
+        with gc_paused():
+            cols = [c if type(c) is list else repeat(c[0], n) for c in columns]
+            specs = tuple(map(_new_spec, zip(*cols, strict=False)))
+        sources = list(map(_INPUTS, specs))
+        for i, s in odd.items():
+            sources[i] = s
         (source, root, jobs, failures_allowed, default, env, key_env, resources, executors,
          debounce, said) = settings
-        task_specs = tuple(TaskSpec._make(s) for s in specs)
         manifest = Manifest(
-            source=source, root=root, tasks=task_specs, jobs=jobs,
+            source=source, root=root, tasks=specs, jobs=jobs,
             failures_allowed=failures_allowed, default=tuple(default), env=tuple(env),
             key_env=tuple(key_env), resources=tuple(resources),
             executors={k: ExecutorSpec(k, t, o) for k, (t, o) in executors.items()},
             watch_debounce_ms=debounce, scanned={}, warnings=tuple(said),
         )
-        producers = {p: i for i, s in enumerate(task_specs) for p in s.outputs}
         return cls(
             manifest=manifest,
-            specs=task_specs,
-            index={s.name: i for i, s in enumerate(task_specs)},
-            deps=[tuple(d) for d in deps],
-            order=list(order),
-            groups={k: list(v) for k, v in groups.items()},
-            producers=producers,
-            sources=[tuple(s) for s in sources],
-            scanned=dict(scanned),
+            specs=specs,
+            deps=deps,
+            order=range(n) if order is None else order,
+            groups=groups,
+            sources=sources,
+            scanned=scanned,
         )
+
+
+_FIELDS = len(TaskSpec._fields)
+_NAME = operator.itemgetter(0)
+_INPUTS = operator.itemgetter(2)
+_new_spec = functools.partial(tuple.__new__, TaskSpec)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic GC off while loading many objects: there is nothing to collect, and its
+    passes over the new objects cost ~1.5 ms of a 10k-task cache load."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _column(specs: tuple[TaskSpec, ...], f: int) -> Any:
+    """One TaskSpec field of every task: ``(value,)`` when all tasks have the same, else a list."""
+    col = list(map(operator.itemgetter(f), specs))
+    if col and col.count(col[0]) == len(col) and len(set(map(type, col))) == 1:
+        return (col[0],)
+    return col
 
 
 def compile(manifest: Manifest) -> BuildGraph:
@@ -209,24 +276,25 @@ def compile(manifest: Manifest) -> BuildGraph:
             else:
                 inputs.path(i, pattern, found, srcs)
         deps.append(tuple(found))
-        sources.append(tuple(sorted(srcs)))
+        found_sources = tuple(sorted(srcs))
+        sources.append(s.inputs if found_sources == s.inputs else found_sources)  # one tuple
         named.append(_name_files(s, inputs.listed) if _OWN_FILES.search(s.cmd) else s)
     if named != list(specs):
         specs = tuple(named)
         manifest = dataclasses.replace(manifest, tasks=specs)
     try:
-        order = _toposort(specs, deps, manifest.source)
+        order: Sequence[int] = _toposort(specs, deps, manifest.source)
     except CycleError as exc:
         links = _cycle_links(manifest, index, producers, exc.cycle)
         raise CycleError(exc.cycle, manifest.source, links) from None
-    graph = BuildGraph(
+    if order == list(range(len(specs))):
+        order = range(len(specs))  # no int per task
+    graph = BuildGraph(  # without index and producers: made again if needed (less memory)
         manifest=manifest,
         specs=specs,
-        index=index,
         deps=deps,
         order=order,
         groups=groups,
-        producers=producers,
         sources=sources,
         scanned=scanned,
     )

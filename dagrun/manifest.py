@@ -12,7 +12,8 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -448,7 +449,10 @@ def load(
     except UnicodeDecodeError as exc:
         problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
         raise ManifestError(problem, source=path) from None
-    return parse(text, source=source or path, root=os.path.dirname(os.path.abspath(path)))
+    manifest = parse(text, source=source or path, root=os.path.dirname(os.path.abspath(path)))
+    if manifest.line_index is not None:  # its text is read again if an error needs a line
+        manifest.line_index.keep_file(path, zlib.crc32(data))
+    return manifest
 
 
 def parse(text: str, *, source: str = MANIFEST_NAME, root: str | None = None) -> Manifest:
@@ -456,6 +460,12 @@ def parse(text: str, *, source: str = MANIFEST_NAME, root: str | None = None) ->
     root = os.path.abspath(root if root is not None else os.getcwd())
     if text.startswith("\ufeff"):  # a UTF-8 byte order mark, as some editors write
         text = text[1:]
+    parts = tomlsplit.split(text)
+    if parts is not None:  # a big manifest: its tasks made batch by batch, tables dropped
+        try:
+            return _Builder(text, source, root, headers=False).build(*parts)
+        except (tomlsplit.Unsplittable, ManifestError):
+            pass  # the whole text at once says what is wrong, as it would without batches
     try:
         doc = tomlsplit.loads(text)  # tomllib, imported lazily (~9 ms), in batches on big manifests
     except tomlsplit.decode_error() as exc:
@@ -507,11 +517,12 @@ def build_manifest(
 class _Builder:
     """Validates a parsed document and expands it into a Manifest."""
 
-    def __init__(self, text: str, source: str, root: str) -> None:
+    def __init__(self, text: str, source: str, root: str, *, headers: bool = True) -> None:
         self.text = text
         self.source = source
         self.root = root
-        self.lines = _LineIndex(text) if text else None
+        self.lines = _LineIndex(text, headers=headers) if text else None
+        self.header_lines: dict[str, int] = {}  # task table -> its header's line (split text)
         self.scanned: dict[str, int] = {}
         self.groups: list[str] = []
         self.empty: dict[tuple[str, str], str] = {}  # (group, variable) -> warning: no file
@@ -561,7 +572,11 @@ class _Builder:
 
     # -- the document
 
-    def build(self, doc: dict[str, Any]) -> Manifest:
+    def build(
+        self, doc: dict[str, Any], batches: Iterable[tomlsplit.Batch] | None = None
+    ) -> Manifest:
+        """The Manifest of ``doc``; its task tables, when ``batches`` is given, come from those
+        (tomlsplit.split), each batch's tables dropped once made into tasks."""
         for key in doc:
             if key not in TOP_KEYS:
                 import difflib
@@ -582,11 +597,24 @@ class _Builder:
             raise self.error(f"[vars] entry {problem}", key=problem.split("'")[1], table=("vars",))
         executors = self.executors(self.table(doc, "executors"))
         bodies = self.table(doc, "tasks")
-        per_task = {name: self.task(name, body) for name, body in bodies.items()}
+        per_task: dict[str, list[TaskSpec]] = {}
+        globbed: dict[str, Any] = {}  # the bodies of matrices over globs, expanded again
+        for part, lines in [(bodies, {})] if batches is None else batches:
+            if self.lines is not None and self.lines.deferred:
+                self.header_lines.update(lines)  # exact: only \n breaks a line in this text
+            for name in list(part):
+                body = part.pop(name)  # each table is freed once made into tasks: a lower peak
+                known = len(self.globbed)
+                per_task[name] = self.task(name, body)
+                if len(self.globbed) > known:
+                    globbed[name] = body
         if self.globbed:
-            self.produced_matrices(bodies, per_task)
+            self.produced_matrices(globbed, per_task)
         tasks = [t for made in per_task.values() for t in made]
+        del per_task
         self.check_unique(tasks, executors)
+        if self.lines is not None:
+            self.lines.shrink()
         return Manifest(
             source=self.source,
             root=self.root,
@@ -676,7 +704,9 @@ class _Builder:
                 raise self.error(problem, task=name, key=key, table=path)
         if "call" in body:
             body = {**body, **self.function(name, body["call"], path)}
-        line = self.lines.find(path, None) if self.lines is not None else None
+        line = self.header_lines.get(name)
+        if line is None and self.lines is not None:
+            line = self.lines.find(path, None)
         if "matrix" not in body:
             self.count += 1
             return [self.spec(name, body, {}, None, line)]
@@ -1170,13 +1200,20 @@ class _LineIndex:
     )
     _ODD_BREAKS = re.compile("[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")  # str.splitlines splits there
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, headers: bool = True) -> None:
+        """``headers=False``: index nothing until the first lookup (then everything), where
+        the caller knows the task headers' lines (``deferred`` says whether it may use them)."""
         self.headers: dict[tuple[str, ...], int] = {}  # explicit headers and inline tables
         self.below: dict[tuple[str, ...], int] = {}  # first header at or below a table path
         self.keys: dict[tuple[tuple[str, ...], str], int] = {}
         self._text: str | None = text  # until keys are indexed
+        self._file: tuple[str, int] | None = None  # where to read the text again, its crc32
+        self.deferred = False
         if '"""' in text or "'''" in text or self._ODD_BREAKS.search(text):
             self._complete()
+            return
+        if not headers:
+            self.deferred = True
             return
         n, last = 1, 0
         for m in self._HEADERS.finditer(text):
@@ -1184,12 +1221,28 @@ class _LineIndex:
             last = m.start()
             current = _split_dotted(m.group(1))
             self.headers.setdefault(current, n)
-            for i in range(1, len(current) + 1):
+            for i in range(1, len(current)):  # the whole path is in headers
                 self.below.setdefault(current[:i], n)
+
+    def shrink(self) -> None:
+        """Forget the header index while the text is kept: the next lookup indexes the text
+        again, whole (in practice only an error looks a line up once the tasks are made)."""
+        if self._text is not None:
+            self.headers.clear()
+            self.below.clear()
+
+    def keep_file(self, path: str, crc: int) -> None:
+        """Forget the text (a big manifest's is megabytes, kept all build long for an error
+        that rarely comes): the first lookup reads it again from ``path``, if it is still the
+        same text; else lines are the tasks' table lines (TaskSpec.line)."""
+        if self._text is not None:
+            self._text, self._file = None, (path, crc)
 
     def _complete(self) -> None:
         """Index every line: keys and inline tables too (once)."""
         text, self._text = self._text, None
+        if text is None and self._file is not None:
+            text, self._file = _text_again(*self._file), None
         if text is None:
             return
         current: tuple[str, ...] = ()
@@ -1225,6 +1278,19 @@ class _LineIndex:
             if line:
                 return line
         return self.headers.get(table) or self.below.get(table)
+
+
+def _text_again(path: str, crc: int) -> str | None:
+    """The manifest's text as it was parsed, or None if the file is gone or has changed."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if zlib.crc32(data) != crc:
+        return None
+    text = data.decode("utf-8", errors="replace")
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def _opens_multiline(line: str) -> str:

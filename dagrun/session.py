@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import functools
+import itertools
 import marshal
 import os
 import zlib
@@ -44,7 +45,7 @@ from .errors import DagrunError, DepfileError, LogError, ManifestError
 from .executors import Outcome
 from .fs import FileSystem, LocalFileSystem
 from .fs import unlink_quietly as _unlink
-from .graph import BuildGraph, compile
+from .graph import BuildGraph, compile, gc_paused
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
 from .manifest import Manifest, output_problem
 from .manifest import read as read_manifest
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
     from .numa import CorePool, Topology  # imported where a core pool is configured
 
 STATE_DIR = ".dagrun"
-CACHE_VERSION = 6
+CACHE_VERSION = 7  # 7: the graph in pieces (BuildGraph.to_cache)
 
 
 @dataclass
@@ -762,7 +763,7 @@ class Session:
             return
         g = prep.graph
         stats = keys.stats.entries
-        if not reused:  # a new graph: forget files that are no task's input any more
+        if not reused and cache is not None:  # a new graph: forget files no task reads now
             live = {p for srcs in g.sources for p in srcs}
             stats = {p: e for p, e in stats.items() if p in live}
         data = {
@@ -842,33 +843,55 @@ class Session:
 
 
 # The cache file is a few marshal blobs: one marshal.dumps of everything needs ~3x the file's size
-# in transient memory (most of a cold build's peak RSS), each big part dumped alone far less; and
-# the graph's blob is written back as it was read when the graph did not change.
+# in transient memory (most of a cold build's peak RSS), each big part dumped alone far less, and
+# the graph (a list of pieces: BuildGraph.to_cache) one blob per piece, each written as soon as it
+# is made; the graph's blobs are written back as they were read when the graph did not change.
 _MAGIC = b"dagrun-cache\n"
 _PARTS = ("graph", "stats", "keys")  # the big parts; everything else is one more blob
-GraphBlob = tuple[Any, bytes]  # (the graph part as loaded, its blob)
+# Parts (and graph columns) of distinct objects are dumped with marshal version 2: it keeps no
+# table of the objects seen (~45 bytes each while dumping: 2-3x the blob), and loads faster.
+_FLAT = ("stats", "keys")
+GraphBlob = tuple[Any, bytes | list[memoryview]]  # (the graph part as loaded, its blob(s))
 
 
 def _cache_dump(data: dict[str, Any], f: Any, known: GraphBlob | None) -> None:
-    """MAGIC, one blob per part (each written as soon as it is made), the sizes, their length,
+    """MAGIC, the blobs of each part, the sizes (a list for a graph in pieces), their length,
     and a zlib.crc32 of all that: a cache with one wrong byte is no cache."""
     f.write(_MAGIC)
     crc = zlib.crc32(_MAGIC)
-    sizes = []
+    sizes: list[Any] = []
     for name in (*_PARTS, None):
-        if name is None:
-            blob = marshal.dumps({k: v for k, v in data.items() if k not in _PARTS})
-        elif name == "graph" and known is not None and known[0] is data[name]:
-            blob = known[1]
-        else:
-            blob = marshal.dumps(data[name])
-        f.write(blob)
-        crc = zlib.crc32(blob, crc)
-        sizes.append(len(blob))
-        del blob
+        value = data[name] if name else {k: v for k, v in data.items() if k not in _PARTS}
+        reuse = known if name == "graph" and known is not None and known[0] is value else None
+        split = type(reuse[1]) is list if reuse else name == "graph" and type(value) is list
+        written = []
+        for blob in _part_blobs(value, reuse, split, name in _FLAT):
+            f.write(blob)
+            crc = zlib.crc32(blob, crc)
+            written.append(len(blob))
+        sizes.append(written if split else written[0])
     sizes_blob = marshal.dumps(sizes)
     tail = sizes_blob + len(sizes_blob).to_bytes(4, "little")
     f.write(tail + zlib.crc32(tail, crc).to_bytes(4, "little"))
+
+
+def _part_blobs(value: Any, known: GraphBlob | None, split: bool, flat: bool) -> Iterator[Any]:
+    """A part's blobs, made one at a time (each is written, then dropped)."""
+    if known is not None:
+        yield from [known[1]] if isinstance(known[1], bytes) else known[1]
+    elif split:
+        for piece in value:
+            yield marshal.dumps(piece, 2 if _distinct_strings(piece) else marshal.version)
+    else:
+        yield marshal.dumps(value, 2 if flat else marshal.version)
+
+
+def _distinct_strings(piece: Any) -> bool:
+    """Whether ``piece`` is a list of distinct strings, or tuples of strings (a graph column)."""
+    if type(piece) is not list or not piece or len(set(map(id, piece))) != len(piece):
+        return False
+    first = piece[0]
+    return type(first) is str or (type(first) is tuple and bool(first) and type(first[0]) is str)
 
 
 def _cache_loads(raw: bytes) -> tuple[dict[str, Any] | None, GraphBlob | None]:
@@ -882,19 +905,26 @@ def _cache_loads(raw: bytes) -> tuple[dict[str, Any] | None, GraphBlob | None]:
     sizes = marshal.loads(view[len(view) - 4 - tail : -4])
     if not isinstance(sizes, list) or len(sizes) != len(_PARTS) + 1:
         return None, None
-    if len(_MAGIC) + sum(sizes) + tail + 4 != len(view):
+    pieces = sizes[0] if isinstance(sizes[0], list) else None
+    ng = len(pieces) if pieces is not None else 1  # the graph's blobs
+    flat = (pieces if pieces is not None else sizes[:1]) + sizes[1:]
+    if len(_MAGIC) + sum(flat) + tail + 4 != len(view):
         return None, None
-    blobs = []
-    pos = len(_MAGIC)
-    for size in sizes:
-        blobs.append(view[pos : pos + size])
-        pos += size
-    data = marshal.loads(blobs[-1])
-    if not isinstance(data, dict):
-        return None, None
-    for name, blob in zip(_PARTS, blobs[:-1], strict=True):
-        data[name] = marshal.loads(blob)
-    return data, (data["graph"], bytes(blobs[0]))
+    at = list(itertools.accumulate(flat, initial=len(_MAGIC)))
+    whole = bytes(view[at[0] : at[ng]])  # the graph's blobs, kept: written back if unchanged
+    kept = memoryview(whole)
+    graph = [kept[a - at[0] : b - at[0]] for a, b in zip(at[:ng], at[1 : ng + 1], strict=True)]
+    others = [view[a:b] for a, b in zip(at[ng:-1], at[ng + 1 :], strict=True)]
+    with gc_paused():  # only new objects, no cycles: a collection while loading finds nothing
+        data = marshal.loads(others[-1])
+        if not isinstance(data, dict):
+            return None, None
+        if pieces is not None:
+            data["graph"] = [marshal.loads(b) for b in graph]
+        else:
+            data["graph"] = marshal.loads(graph[0])
+        data["stats"], data["keys"] = marshal.loads(others[0]), marshal.loads(others[1])
+    return data, (data["graph"], graph if pieces is not None else whole)
 
 
 JOURNAL = "cache.journal"

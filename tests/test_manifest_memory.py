@@ -96,3 +96,53 @@ def test_task_lines_need_no_key_index():
     assert index.find(("tasks", "t7"), None) == text.splitlines().index("[tasks.t7]") + 1
     assert index.keys == {}  # nothing but headers so far
     assert index.find(("tasks", "t7"), "cmd") == text.splitlines().index("[tasks.t7]") + 2
+
+
+def test_a_big_manifest_made_batch_by_batch_is_the_one_made_whole(monkeypatch):
+    text = tasks_text(N) + '[tasks.m]\nmatrix = { n = [1, 2] }\ncmd = "x {n}"\n'
+    assert tomlsplit.split(text) is not None  # not a fall-back
+    batched = manifest.parse(text, source="m.toml", root="/p")
+    monkeypatch.setattr(tomlsplit, "split", lambda text: None)
+    whole = manifest.parse(text, source="m.toml", root="/p")
+    assert batched.tasks == whole.tasks
+    assert batched.tasks[7].line == text.splitlines().index("[tasks.t7]") + 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("[tasks.bad]\ncmd = 'x'\nnope = 1\n", r"m.toml:\d+: task 'bad': unknown key"),
+        ("[tasks.bad]\ncmd = = 1\n", "invalid TOML"),
+    ],
+)
+def test_errors_in_a_big_manifest_are_the_ones_of_the_whole_text(monkeypatch, extra, message):
+    text = tasks_text(N).replace('[tasks.t3]\ncmd', "[tasks.t3]\nthreads = 'x'\ncmd", 1)
+    text += extra  # a later batch: a TOML error there wins over t3's, as with one parse
+    with pytest.raises(manifest.ManifestError) as batched:
+        manifest.parse(text, source="m.toml", root="/p")
+    monkeypatch.setattr(tomlsplit, "split", lambda text: None)
+    with pytest.raises(manifest.ManifestError) as whole:
+        manifest.parse(text, source="m.toml", root="/p")
+    assert str(batched.value) == str(whole.value)
+    first = "invalid TOML" if "TOML" in message else "task 't3'"
+    assert first in str(batched.value)
+
+
+def test_an_error_in_a_big_manifest_names_the_keys_line():
+    lines = tasks_text(N).splitlines()
+    at = lines.index("[tasks.t400]") + 1
+    lines.insert(at + 1, "nope = 1")
+    with pytest.raises(manifest.ManifestError, match=rf"m.toml:{at + 2}: task 't400'"):
+        manifest.parse("\n".join(lines) + "\n", source="m.toml", root="/p")
+
+
+def test_a_loaded_manifest_reads_its_text_again_for_a_later_errors_line(tmp_path):
+    path = tmp_path / "dagrun.toml"
+    path.write_text('[tasks.a]\ncmd = "x"\n\ninputs = ["in.txt"]\n')
+    m = manifest.load(str(path))
+    assert m.line_index is not None and m.line_index._text is None  # not kept
+    assert m.line_of(m.tasks[0], "inputs") == 4
+    path.write_text('[tasks.a]\ncmd = "x"\n\ninputs = ["in.txt"]\n')
+    m = manifest.load(str(path))
+    path.write_text('# edited since\n[tasks.a]\ncmd = "x"\ninputs = ["in.txt"]\n')
+    assert m.line_of(m.tasks[0], "inputs") == 1  # another text: the table's line, as parsed

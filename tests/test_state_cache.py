@@ -24,6 +24,25 @@ def test_parts_round_trip_and_an_unchanged_graph_is_not_dumped_again():
     assert b"\x00not marshal" in out.getvalue()
 
 
+def test_a_graph_in_pieces_round_trips_and_is_written_back_piece_by_piece():
+    pieces = [(6, "head"), None, [(), (0,)], {}, ["a", "b"], ["x y", "z"], ("same",)]
+    data = {"version": 7, "graph": pieces, "stats": {"p": (1, 2, 3, 4, "d", True)},
+            "keys": {"a": "k"}, "log": ()}
+    f = io.BytesIO()
+    session._cache_dump(data, f, None)
+    loaded, blob = session._cache_loads(f.getvalue())
+    assert loaded == data
+    assert blob is not None and blob[0] is loaded["graph"] and len(blob[1]) == len(pieces)
+    again = io.BytesIO()
+    session._cache_dump(loaded, again, blob)
+    assert again.getvalue() == f.getvalue()
+    raw = f.getvalue()
+    for pos in range(0, len(raw), 3):
+        damaged = bytearray(raw)
+        damaged[pos] ^= 0x10
+        assert session._cache_loads(bytes(damaged))[0] is None, pos
+
+
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, -1])
 def test_a_damaged_cache_is_no_cache(keep):
     f = io.BytesIO()
