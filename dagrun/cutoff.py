@@ -30,11 +30,12 @@ class LatestRecords(Protocol):
 
 
 def found_in_log(
-    graph: BuildGraph, log: LatestRecords, tasks: Iterable[int]
+    graph: BuildGraph, log: LatestRecords, tasks: Iterable[int] | None = None
 ) -> dict[str, tuple[str, ...]]:
-    """Task name -> the files its latest success's depfile listed (tasks with a depfile only)."""
+    """Task name -> the files its latest success's depfile listed (tasks with a depfile only,
+    of ``tasks`` or of all)."""
     out: dict[str, tuple[str, ...]] = {}
-    for i in tasks:
+    for i in graph.depfiles if tasks is None else tasks:
         spec = graph.specs[i]
         if not spec.depfile:
             continue

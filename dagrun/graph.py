@@ -15,7 +15,7 @@ import operator
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -47,6 +47,30 @@ class BuildGraph:
     _index: dict[str, int] | None = None
     _producers: dict[str, int] | None = None
     _dependents: list[tuple[int, ...]] | None = None
+    _derived: dict[str, Any] = field(default_factory=dict)
+
+    def derived(self, name: str, make: Callable[[BuildGraph], Any]) -> Any:
+        """``make(self)``, made once per graph: facts over every task that builds of the same
+        graph (a watch's rounds) need again and again."""
+        if name not in self._derived:
+            self._derived[name] = make(self)
+        return self._derived[name]
+
+    @property
+    def calls(self) -> list[int]:
+        """The function tasks (pycall.py)."""
+        calls: list[int] = self.derived(
+            "calls", lambda g: [i for i, s in enumerate(g.specs) if s.call]
+        )
+        return calls
+
+    @property
+    def depfiles(self) -> list[int]:
+        """The tasks with a depfile."""
+        depfiles: list[int] = self.derived(
+            "depfiles", lambda g: [i for i, s in enumerate(g.specs) if s.depfile]
+        )
+        return depfiles
 
     @property
     def root(self) -> str:

@@ -159,6 +159,10 @@ def merged_env(graph: BuildGraph, i: int) -> tuple[tuple[str, str], ...]:
 
 
 def key_env_names(graph: BuildGraph) -> list[str]:
+    return list(graph.derived("key_env", _key_env_names))
+
+
+def _key_env_names(graph: BuildGraph) -> list[str]:
     names = dict.fromkeys(graph.manifest.key_env)
     for s in graph.specs:
         if s.key_env:
@@ -203,7 +207,9 @@ class Keys:
         # task name -> the files its latest successful run's depfile listed (session: the log)
         self.found: dict[str, tuple[str, ...]] = {}
         # tasks that dependents key by their outputs' digests (restat or a depfile)
-        self.by_outputs = [s.restat or bool(s.depfile) for s in graph.specs]
+        self.by_outputs: list[bool] = graph.derived(
+            "by_outputs", lambda g: [s.restat or bool(s.depfile) for s in g.specs]
+        )
 
     def seed(self, last: list[str | None] | None = None) -> None:
         """Take every task's previous key as it is (a partial build then re-keys a few);

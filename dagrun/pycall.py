@@ -327,10 +327,11 @@ class Results(Mapping[str, Any]):
 def results_of(graph: BuildGraph, keys: list[str | None], state_dir: str) -> dict[str, str]:
     """Function task name -> the file its result has (or will have) under its current key."""
     folder = os.path.join(state_dir, RESULTS)
+    specs = graph.specs
     return {
-        s.name: os.path.join(folder, key)
-        for s, key in zip(graph.specs, keys, strict=True)
-        if s.call and key is not None
+        specs[i].name: os.path.join(folder, key)
+        for i in graph.calls
+        if (key := keys[i]) is not None
     }
 
 

@@ -416,7 +416,7 @@ class Session:
             previous = cache.get("keys")
         keys = Keys(graph, stats, self.environ, previous)
         log = self._open_log(cache)
-        keys.found = self.found = cutoff.found_in_log(graph, log, range(len(graph.specs)))
+        keys.found = self.found = cutoff.found_in_log(graph, log)
         self._state = (cache, reused, kenv)
         pool = self._core_pool(graph)
         if delta is not None and previous is not None and self._journal_intact():
@@ -503,7 +503,7 @@ class Session:
             for i in graph.order:
                 if deps[i] and i not in touched and not touched.isdisjoint(deps[i]):
                     touched.add(i)
-        producers = graph.producers
+        producers = graph.producers if delta.outputs else {}
         if any(o not in producers for o in delta.outputs):
             return None
         last = self._seed
