@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("venvs", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     project = os.path.abspath(args.project)
     if args.what == "phases":
         phases(project, args.trace, args.incremental)
