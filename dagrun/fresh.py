@@ -179,7 +179,8 @@ def record(
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
-            f.write(blob + zlib.crc32(blob).to_bytes(4, "little"))
+            f.write(blob)
+            f.write(zlib.crc32(blob).to_bytes(4, "little"))  # no copy of the blob
         os.replace(tmp, path)
     except OSError:
         try:

@@ -950,7 +950,8 @@ class Journal:
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
             with open(tmp, "wb") as f:
-                f.write(blob + zlib.crc32(blob).to_bytes(4, "little"))
+                f.write(blob)
+                f.write(zlib.crc32(blob).to_bytes(4, "little"))
             os.replace(tmp, path)
         except OSError:
             _unlink(tmp)
