@@ -219,7 +219,7 @@ def kept(state: str) -> dict[str, float]:
 
     result = {
         "kept: journal of 1 stat entry + 2 keys, write + rename": median_ms(write_journal),
-        "kept: proof rows as columns, load (proof format 4)": median_ms(load_columns),
+        "kept: proof rows as columns, load (proof format 4 and 5)": median_ms(load_columns),
         "before: proof rows as tuples, load (proof format 3)": median_ms(load_tuples),
         "kept: proof rows as columns, update 1 row + dump": median_ms(rewrite_columns),
     }
