@@ -36,7 +36,7 @@ def sweep(value_prefix: str, rounds: int = 3) -> int:
     exact = not value_prefix.endswith(".")
     needle = f"\0{MARK}={value_prefix}".encode() + (b"\0" if exact else b"")
     me = os.getpid()
-    killed = 0
+    killed: set[int] = set()
     for _ in range(rounds):
         found = [pid for pid in _pids() if pid != me and _marked(pid, needle)]
         for pid in found:
@@ -44,10 +44,34 @@ def sweep(value_prefix: str, rounds: int = 3) -> int:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        killed += len(found)
+        killed.update(found)
         if not found:
             break
-    return killed
+    _wait_dead(killed)
+    return len(killed)
+
+
+def _wait_dead(pids: set[int], timeout: float = 1.0) -> None:
+    """Wait (a bounded moment) until each killed process is gone or a zombie: SIGKILL is
+    delivered when the process next runs, which on a busy machine is not at once."""
+    import time
+
+    end = time.monotonic() + timeout
+    left = set(pids)
+    while left and time.monotonic() < end:
+        left = {pid for pid in left if _alive(pid)}
+        if left:
+            time.sleep(0.002)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (not gone, not a zombie waiting for its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
 
 
 def _pids() -> list[int]:
