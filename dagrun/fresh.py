@@ -4,28 +4,32 @@ After a build in which every selected task succeeded or was up to date,
 Session writes ``.dagrun/fresh``: what the selected tasks' keys and
 up-to-date checks were computed from, in the cheapest form to check again:
 
-- the manifest (path, content digest) and the targets asked for;
+- the manifest (path, content digest, and its stat when it was settled: see
+  unchanged.py) and the targets asked for;
 - the value of every ``key_env`` variable, and the mtime of every folder a
   glob read;
 - the completion log's (inode, size): any record appended (``clean``'s
   ``forget`` too) or a compaction changes it;
 - every source input's (mtime_ns, ctime_ns, size, inode), exactly as the stat
   cache trusted it when hashing: the same stat means the same digest, hence the
-  same keys, all of which the unchanged log holds;
+  same keys, all of which the unchanged log holds (a source hashed while racily
+  clean gets ``NEVER``, which no file matches);
 - every declared output's identity (size, mtime_ns, inode, kind) as the
   completion log recorded it: an output edited, replaced or deleted since
   makes its task run again.
 
-The file ends with a zlib.crc32 of the rest: a damaged proof is no proof.
-``check`` (run by ``dagrun build`` before anything else is imported) answers
-"nothing to do, N tasks up to date" only when all of that still holds, under
-the build lock (taken through a read-only descriptor when ``.dagrun`` cannot
-be written: a no-op needs no write); in every other case it answers None and
-the full build path decides, so it can make a build slower but never wrong.
-No TOML, no graph, no hashing of inputs: imports are ``os``, ``marshal`` and
-``zlib`` (and blake3 for the manifest digest).
+The rows are kept as columns (``Rows``: one string of paths, one int64 array),
+so loading 10k of them is a split and a copy.  The file ends with a zlib.crc32
+of the rest: a damaged proof is no proof.  ``examine`` (run by ``dagrun build``
+before anything else is imported) answers "nothing to do, N tasks up to date"
+only when all of that still holds, under the build lock (taken through a
+read-only descriptor when ``.dagrun`` cannot be written: a no-op needs no
+write).  When only some rows differ, it names them (a ``Delta``) for a partial
+build (session.py); in every other case it answers None and the full build path
+decides, so it can make a build slower but never wrong.  No TOML, no graph, no
+hashing of inputs: imports are ``os``, ``marshal``, ``zlib`` and ``array``
+(blake3 only when the manifest's stat cannot decide).
 """
-
 from __future__ import annotations
 
 import fcntl
@@ -67,12 +71,6 @@ def identities(root: str, paths: Iterable[str]) -> dict[str, Identity | None]:
         except OSError:  # as os.path.lexists: cannot look = not there
             found[p] = None
     return found
-
-
-def digest(data: bytes) -> str:
-    from blake3 import blake3
-
-    return str(blake3(data).hexdigest(length=16))
 
 
 def no_work_line(up_to_date: int) -> str:

@@ -75,7 +75,7 @@ def manifest_unchanged(
 
 
 def digest(data: bytes) -> str:
-    """The manifest digest the proof records (as hashing.digest_bytes and fresh.digest)."""
+    """The manifest digest the proof records (as hashing.digest_bytes)."""
     from blake3 import blake3
 
     return str(blake3(data).hexdigest(length=16))
