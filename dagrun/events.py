@@ -1,14 +1,18 @@
-"""Small frozen records the scheduler emits and reporters render."""
+"""Small frozen records the scheduler emits and reporters render.
+
+NamedTuples, not dataclasses: every build that runs a task imports them, and a
+NamedTuple costs ~0.1 ms to create where a dataclass costs ~0.5-1 ms
+(bench/IMPORTS.md).  Nothing copies (``replace``) or compares them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Planned:
+class Planned(NamedTuple):
     """What a build selected, by reference (no copies: a 100k-task build pays nothing for it).
 
     ``specs`` are the graph's TaskSpecs; ``to_run`` and ``up_to_date`` index into
@@ -19,19 +23,17 @@ class Planned:
     to_run: Sequence[int]
     up_to_date: Sequence[int]
     keys: Sequence[str | None]
-    reasons: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    reasons: Mapping[int, tuple[str, ...]] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class BuildStarted:
+class BuildStarted(NamedTuple):
     total: int  # tasks to run
     up_to_date: int
     jobs: int
     planned: Planned | None = None  # what runs and what is up to date, for reports
 
 
-@dataclass(frozen=True, slots=True)
-class TaskStarted:
+class TaskStarted(NamedTuple):
     task: str
     label: str
     attempt: int
@@ -40,8 +42,7 @@ class TaskStarted:
     executor: str = "local"
 
 
-@dataclass(frozen=True, slots=True)
-class TaskFinished:
+class TaskFinished(NamedTuple):
     task: str
     label: str
     cmd: str
@@ -63,15 +64,13 @@ class TaskFinished:
     cores: tuple[int, ...] = ()  # the local cores it held
 
 
-@dataclass(frozen=True, slots=True)
-class TaskSkipped:
+class TaskSkipped(NamedTuple):
     task: str
     label: str
     why: str  # "dependency failed: x" or "build stopped"
 
 
-@dataclass(frozen=True, slots=True)
-class TaskCutOff:
+class TaskCutOff(NamedTuple):
     """A task planned as "may run" that was up to date when it became ready (early cutoff)."""
 
     task: str
@@ -80,8 +79,7 @@ class TaskCutOff:
     total: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class BuildFinished:
+class BuildFinished(NamedTuple):
     succeeded: int
     up_to_date: int
     failed: int
