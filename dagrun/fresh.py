@@ -114,14 +114,18 @@ class Rows:
         numbers = iter(self.numbers)
         return zip(self.paths, numbers, numbers, numbers, numbers, strict=True)  # else ValueError
 
+    def where(self) -> dict[str, int]:
+        """Path -> its row, made once (kept: a watch asks round after round)."""
+        if self._where is None:
+            self._where = {p: i for i, p in enumerate(self.paths)}
+        return self._where
+
     def update(
         self, rows: Mapping[str, tuple[int, int, int, int]], drop: Iterable[str] = ()
     ) -> None:
         """Set these paths' numbers (adding new paths); remove the ``drop`` paths not in rows."""
         paths, numbers = self.paths, self.numbers
-        where = self._where
-        if where is None:  # kept: a watch updates the same rows round after round
-            where = self._where = {p: i for i, p in enumerate(paths)}
+        where = self.where()
         find = where.get
         for p, four in rows.items():
             i = find(p)
@@ -172,8 +176,12 @@ def record(
         count,
         root,
     )
-    blob = marshal.dumps(data)
-    path = os.path.join(state_dir, FILE)
+    write_checked(os.path.join(state_dir, FILE), marshal.dumps(data))
+
+
+def write_checked(path: str, blob: bytes) -> None:
+    """Write ``blob`` and its zlib.crc32 to ``path`` whole or not at all (a temporary file,
+    renamed; removed on failure).  ``checked`` reads it back."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
@@ -186,6 +194,14 @@ def record(
         except OSError:
             pass
         raise
+
+
+def checked(raw: bytes) -> memoryview | None:
+    """The blob ``write_checked`` wrote, or None when its checksum does not match."""
+    blob = memoryview(raw)[:-4]
+    if len(raw) < 4 or zlib.crc32(blob) != int.from_bytes(raw[-4:], "little"):
+        return None
+    return blob
 
 
 def forget(state_dir: str) -> None:
@@ -290,8 +306,8 @@ def _check(
     with open(os.path.join(state_dir, FILE), "rb") as f:
         proof = os.fstat(f.fileno())
         raw = f.read()
-    blob = memoryview(raw)[:-4]
-    if len(raw) < 4 or zlib.crc32(blob) != int.from_bytes(raw[-4:], "little"):
+    blob = checked(raw)
+    if blob is None:
         return None
     data: Any = marshal.loads(blob)  # marshal.load(f) reads item by item: 10x slower
     if not isinstance(data, tuple) or len(data) != 14 or data[0] != FORMAT:

@@ -186,8 +186,7 @@ class Session:
         (under the lock: no other dagrun built or cleaned in between)."""
         if changed is not None and delta is None and self._proof is not None:
             proof = self._proof
-            known = set(proof.source_rows.paths)
-            produced = set(proof.output_rows.paths)
+            known, produced = proof.source_rows.where(), proof.output_rows.where()
             delta = fresh.Delta(
                 {p for p in changed if p in known}, {p for p in changed if p in produced},
                 proof.source_rows, proof.output_rows, proof.stamp,
@@ -946,16 +945,7 @@ class Journal:
 
     def write(self, state_dir: str) -> None:
         blob = marshal.dumps((CACHE_VERSION, self.base, self.stats, self.keys))
-        path = os.path.join(state_dir, JOURNAL)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(blob)
-                f.write(zlib.crc32(blob).to_bytes(4, "little"))
-            os.replace(tmp, path)
-        except OSError:
-            _unlink(tmp)
-            raise
+        fresh.write_checked(os.path.join(state_dir, JOURNAL), blob)
 
 
 def _cache_id(path: str) -> tuple[int, ...] | None:
@@ -978,9 +968,9 @@ def _apply_journal(state_dir: str, data: dict[str, Any]) -> Journal:
             raw = f.read()
     except OSError:
         return Journal(base, {}, {})
-    blob = memoryview(raw)[:-4]
+    blob = fresh.checked(raw)
     try:
-        if len(raw) < 4 or zlib.crc32(blob) != int.from_bytes(raw[-4:], "little"):
+        if blob is None:
             raise ValueError("checksum")
         version, was, stats, keys = marshal.loads(blob)
     except (ValueError, EOFError, TypeError):
