@@ -266,8 +266,11 @@ def _column(specs: tuple[TaskSpec, ...], f: int) -> Any:
     return col
 
 
-def compile(manifest: Manifest) -> BuildGraph:
-    """Resolve every dependency, expand input globs and order the tasks."""
+def compile(manifest: Manifest, exclude: frozenset[str] = frozenset()) -> BuildGraph:
+    """Resolve every dependency, expand input globs and order the tasks.
+
+    ``exclude``: files no glob or folder input matches (outputs of tasks gone from the
+    manifest, ledger.dead_outputs)."""
     specs = manifest.tasks
     index = {s.name: i for i, s in enumerate(specs)}
     groups: dict[str, list[int]] = {g: [] for g in manifest.groups}
@@ -279,6 +282,7 @@ def compile(manifest: Manifest) -> BuildGraph:
     deps: list[tuple[int, ...]] = []
     sources: list[tuple[str, ...]] = []
     inputs = _Inputs(manifest, producers, scanned)
+    inputs.dead = exclude
     named: list[TaskSpec] = []  # specs with {inputs} and {outputs} replaced in their cmd
     for i, s in enumerate(specs):
         found: dict[int, None] = {}
@@ -378,6 +382,7 @@ class _Inputs:
         # for the task being compiled: each dependency's files, and every input in order
         self.via: dict[int, list[str]] = {}
         self.listed: dict[str, None] = {}
+        self.dead: frozenset[str] = frozenset()  # never matched (compile's exclude)
 
     def need(self, producer: int, path: str, found: dict[int, None]) -> None:
         found[producer] = None
@@ -417,6 +422,8 @@ class _Inputs:
                 if rx.match(out):
                     matches.add(out)
         for path in globs.expand(pattern, self.manifest.root, self.scanned):
+            if path in self.dead:
+                continue
             if self.producer(path) is None:
                 srcs[path] = None
             matches.add(path)
@@ -438,7 +445,7 @@ class _Inputs:
             if out.startswith(below) and self.producers[out] != i:
                 self.need(self.producers[out], out, found)
         for f in globs.tree(path, self.manifest.root, self.scanned):
-            if self.producer(f) is None:
+            if self.producer(f) is None and f not in self.dead:
                 srcs[f] = None
 
     def producer(self, path: str) -> int | None:

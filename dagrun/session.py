@@ -41,15 +41,16 @@ from typing import TYPE_CHECKING, Any
 from . import cutoff, fresh, globs, unchanged
 from .clock import Clock, MonotonicClock
 from .completion_log import CompletionLog, Identity, LogIndex
-from .errors import DagrunError, DepfileError, LogError, ManifestError
+from .errors import DagrunError, LogError, ManifestError
 from .executors import Outcome
 from .fs import FileSystem, LocalFileSystem
 from .fs import unlink_quietly as _unlink
 from .graph import BuildGraph, compile, gc_paused
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
+from .ledger import Ledger, dead_outputs
 from .manifest import Manifest, output_problem
 from .manifest import read as read_manifest
-from .plan import Plan, make, output_changes
+from .plan import Plan, make
 from .pycall import Results, results_of, results_view
 from .scheduler import BuildResult, Reporter, StopFlag
 
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from .numa import CorePool, Topology  # imported where a core pool is configured
 
 STATE_DIR = ".dagrun"
-CACHE_VERSION = 7  # 7: the graph in pieces (BuildGraph.to_cache)
+CACHE_VERSION = 8  # 8: the log index holds fp and seen; 7: the graph in pieces
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Prepared:
     waits: Mapping[int, str] = field(default_factory=dict)  # pending task -> the task it waits on
     delta: fresh.Delta | None = None  # a partial build: what changed since the proof
     decided: tuple[int, ...] = ()  # a partial build: the selected tasks it looked at
+    ledger: Ledger | None = None  # what the build records (ledger.py)
 
 
 class Session:
@@ -128,6 +130,8 @@ class Session:
         self._log_error: str | None = None  # the completion log could not be appended to
         self._proof: fresh.Delta | None = None  # the proof this session wrote last (no changes)
         self._journal: Journal | None = None  # the cache's journal, as loaded or last written
+        self._ledger: tuple[Ledger, bool]  # this build's (or plan's), and whether it builds
+        self._loaded: Manifest | None = None  # the manifest the graph in hand was compiled from
         # keep the last build's graph and state until this session goes (the CLI: until exit,
         # which frees them at once rather than object by object)
         self.keep_last = False
@@ -163,7 +167,7 @@ class Session:
             self._log_error = None
             if self.read_only is None:
                 _remove_stale_temporaries(self.state_dir)
-            prep = self._prepare(targets, explain=explain, delta=delta)
+            prep = self._prepare(targets, explain=explain, delta=delta, building=True)
             self._refuse_if_read_only(prep)
             try:
                 result = self._run(prep, reporter, jobs, failures_allowed, explain)
@@ -402,11 +406,15 @@ class Session:
     # ------------------------------------------------------------ preparing
 
     def _prepare(
-        self, targets: Iterable[str] | None, *, explain: bool, delta: fresh.Delta | None = None
+        self, targets: Iterable[str] | None, *, explain: bool, delta: fresh.Delta | None = None,
+        building: bool = False,
     ) -> Prepared:
         cache = self._load_cache()
         graph, reused = self._graph(cache)
         self.warnings.extend(graph.manifest.warnings)
+        log = self._open_log(cache)
+        if not reused and log.index.latest:
+            graph = self._bury(graph, log, building)
         selected = graph.select(targets)
         stats = StatCache(self.fs, cache.get("stats") if cache else None)
         kenv = {n: self.environ.get(n) for n in key_env_names(graph)}
@@ -414,9 +422,11 @@ class Session:
         if reused and cache is not None and cache.get("kenv") == kenv:
             previous = cache.get("keys")
         keys = Keys(graph, stats, self.environ, previous)
-        log = self._open_log(cache)
         keys.found = self.found = cutoff.found_in_log(graph, log)
         self._state = (cache, reused, kenv)
+        ledger = Ledger(graph, keys, log, self.fs, self.state_dir, self.identities,
+                        self.clock.wall)
+        self._ledger = (ledger, building)
         pool = self._core_pool(graph)
         if delta is not None and previous is not None and self._journal_intact():
             part = self._partial(graph, keys, delta, selected)
@@ -427,6 +437,35 @@ class Session:
         if others:  # keep every key current, so the cache never holds a stale one
             self._compute_quietly(keys, others)
         return self._plan(graph, keys, log, pool, selected, selected, explain, None)
+
+    def _bury(self, graph: BuildGraph, log: CompletionLog, building: bool) -> BuildGraph:
+        """Outputs of tasks gone from the manifest: a build removes those still as their run
+        left them (and says so) and keeps an edited one (with a warning); either way no
+        input matches them (the graph is compiled again without them)."""
+        dead = dead_outputs(graph, log)
+        if not dead or self._loaded is None:
+            return graph
+        found = self.identities([o for _, o, _ in dead])
+        present = frozenset(o for _, o, _ in dead if found[o] is not None)
+        if building and self.read_only is None:
+            kept = {t for t, o, was in dead if o in present and not self._remove_dead(t, o, was)}
+            for task in {t for t, _, _ in dead} - kept:
+                log.forget(task)
+        return compile(self._loaded, present) if present else graph
+
+    def _remove_dead(self, task: str, out: str, was: Identity) -> bool:
+        """Remove an output of a task gone from the manifest if its run left it as it is."""
+        if self.identities([out])[out] != tuple(was):
+            self.warnings.append(
+                f"kept {out}: task '{task}' that wrote it is no longer in the manifest, but it "
+                "was changed since (remove it, or `dagrun clean --dead`)"
+            )
+            return False
+        if not self._remove_output(out):
+            return False
+        if self.on_wait is not None:
+            self.on_wait(f"removed {out} (its task '{task}' is no longer in the manifest)")
+        return True
 
     def _readers(self, graph: BuildGraph, changed: set[str]) -> dict[str, list[int]]:
         """The tasks whose source inputs include each changed path.  The first partial build of
@@ -462,6 +501,8 @@ class Session:
         """The plan over ``decide`` (every selected task, or a partial build's few); the other
         selected tasks are up to date."""
         found = self.identities([o for i in decide for o in graph.specs[i].outputs])
+        ledger, building = self._ledger
+        ledger.vouch(decide, found, refresh=building and self.read_only is None)
         plan = make(
             graph,
             keys.keys,
@@ -469,6 +510,7 @@ class Session:
             found.get,
             decide,
             parts=keys.parts if explain else None,
+            upstream_changed=ledger.upstream_changed,
         )
         if decide is not selected:
             run = set(plan.to_run)
@@ -478,7 +520,7 @@ class Session:
             )
         waits = cutoff.pending(graph, plan, keys.by_outputs)
         plan = cutoff.with_pending(plan, waits)
-        return Prepared(graph, keys, log, plan, pool, waits, delta, tuple(decide))
+        return Prepared(graph, keys, log, plan, pool, waits, delta, tuple(decide), ledger)
 
     def _partial(
         self, graph: BuildGraph, keys: Keys, delta: fresh.Delta, selected: list[int]
@@ -522,7 +564,7 @@ class Session:
         found: dict[str, Identity | None] = {}
         for p in paths:
             st = self.fs.stat(p)
-            found[p] = None if st is None else (st.size, st.mtime_ns, st.ino, 0)
+            found[p] = None if st is None else (st.size, st.ctime_ns, st.ino, 0)
         return found
 
     def _core_pool(self, graph: BuildGraph) -> CorePool | None:
@@ -576,7 +618,8 @@ class Session:
                 if self.manifest_name is not None:  # named as the user names it today
                     graph[1].manifest = replace(graph[1].manifest, source=self._source_name())
                 return graph[1], True
-        return compile(self._load_manifest(data)), False
+        self._loaded = self._load_manifest(data)  # as written: _bury may compile it again
+        return compile(self._loaded), False
 
     def _read_manifest(self) -> bytes | None:
         if self._manifest is not None:
@@ -635,18 +678,16 @@ class Session:
         m = graph.manifest
         specs = graph.specs
 
+        ledger = prep.ledger
+        assert ledger is not None
+
         def on_success(i: int, outcome: Outcome) -> str | None:
-            problem = self._record_success(prep, i, outcome)
+            problem = ledger.succeeded(i, outcome)
+            if ledger.error is not None:
+                self._log_error = ledger.error
             if problem is None and specs[i].call:
                 stream(i)
             return problem
-
-        def on_start(i: int) -> None:
-            try:
-                log.started(specs[i].name)  # an attempt that does not succeed leaves it to run
-            except OSError as exc:
-                why = f"cannot write the completion log {log.path}: {exc.strerror}"
-                raise LogError(why) from None
 
         results = results_of(graph, keys.keys, self.state_dir)
         stream = functools.partial(_stream, self.on_result, graph, results)
@@ -667,49 +708,15 @@ class Session:
             stops=self.stops,
             say=self.on_wait,  # messages for the user (the URL workers connect to)
         )
-        check = cutoff.Cutoff(keys, prep.waits, log.done, lambda i: self._outputs_intact(prep, i))
+        check = cutoff.Cutoff(keys, prep.waits, log.done, ledger.intact, ledger.upstream_changed)
         result = build.run(
             graph, prep.plan, keys.keys, reporter, setup, on_success, log.index.durations,
-            on_start,
+            ledger.started,
             check.still_needed,
         )
         done = {*result.succeeded, *result.up_to_date}
         values = {t: p for t, p in results.items() if t in done}
         return dataclasses.replace(result, values=Results(values))
-
-    def _outputs_intact(self, prep: Prepared, i: int) -> bool:
-        """Task ``i``'s outputs are what its latest successful run left (early cutoff's check)."""
-        spec = prep.graph.specs[i]
-        done = prep.log.success(spec.name)
-        if done is None:
-            return False
-        return not output_changes(spec, done[1], self.identities(spec.outputs).get)
-
-    def _record_success(self, prep: Prepared, i: int, outcome: Outcome) -> str | None:
-        """Log a task that exited 0, or say why it did not succeed (an output not written, a
-        full disk): the scheduler then counts it as failed with that error."""
-        spec, key, log = prep.graph.specs[i], prep.keys.keys[i], prep.log
-        found = self.identities(spec.outputs)
-        outputs: list[Identity] = []
-        for out in spec.outputs:
-            identity = found[out]
-            if identity is None:
-                return f"declared output {out} was not written"
-            outputs.append(identity)
-        try:
-            key = cutoff.learn(prep.keys, i) or key  # a depfile's files join the key
-        except DepfileError as exc:
-            return str(exc)
-        if key is None:
-            return None
-        parts = prep.keys.parts(i).to_json()
-        try:
-            log.append(spec.name, key, parts, outcome.duration, outcome.maxrss_kb,
-                       self.clock.wall(), outputs)
-        except OSError as exc:
-            self._log_error = f"cannot write the completion log {log.path}: {exc.strerror}"
-            return self._log_error
-        return None
 
     def executor_pools(self, *, probe: bool = True) -> list[Any]:
         """Each executor's pool (``dagrun status --executors``), live while a build runs.
