@@ -115,6 +115,7 @@ def run(
     durations: Mapping[str, float],
     on_start: Callable[[int], None] | None = None,
     still_needed: Callable[[int], bool] | None = None,
+    result_digest: Callable[[str], str] | None = None,
 ) -> BuildResult:
     """Run the plan on its executors; every executor is closed when it ends."""
     from .pool_status import SNAPSHOT, StatusReporter, Tee
@@ -148,7 +149,8 @@ def run(
             setup.explain,
         ),
         hooks=Hooks(
-            Tee(status, reporter), on_success, status.flush, setup.stops, on_start, still_needed
+            Tee(status, reporter), on_success, status.flush, setup.stops, on_start, still_needed,
+            result_digest,
         ),
         clock=setup.clock,
         base_env=dict(m.env),

@@ -62,13 +62,14 @@ _HEX = re.compile(rb"[0-9a-f]{8}")
 _RECORD = re.compile(
     rb'^\{"task":("(?:[^"\\]|\\.)*"),"key":"([0-9a-f]+)","duration":([-0-9.e+]+),'
     rb'"outputs":(\[(?:\[[-0-9,]*\],?)*\])'
-    rb'(?:,"fp":"([0-9a-f]*)","seen":"([0-9a-f]*)")?'
+    rb'(?:,"fp":"([0-9a-f]*)","seen":"([0-9a-f]*)"(?:,"result":"([0-9a-f]*)")?)?'
 )
 _OTHER = re.compile(rb'^\{"(start|forget)":("(?:[^"\\]|\\.)*")$')
 
 Identity = tuple[int, int, int, int]  # size, ctime_ns, inode, kind (0 file, 1 folder, 2 symlink)
-# a task's latest success: key, offset, output identities, fp, seen (None: an older record)
-Entry = tuple[str, int, tuple[Identity, ...], "str | None", "str | None"]
+# a task's latest success: key, offset, output identities, fp, seen (None: an older record),
+# and its result's digest (a function task; "" otherwise)
+Entry = tuple[str, int, tuple[Identity, ...], "str | None", "str | None", str]
 
 
 @dataclass
@@ -77,7 +78,7 @@ class LogIndex:
 
     ino: int = 0
     size: int = 0
-    # task -> (key, offset, output identities, fp, seen) of its latest successful run
+    # task -> (key, offset, output identities, fp, seen, result) of its latest successful run
     latest: dict[str, Entry] = field(default_factory=dict)
     unfinished: set[str] = field(default_factory=set)  # tasks whose last attempt did not succeed
     durations: dict[str, float] = field(default_factory=dict)
@@ -110,9 +111,10 @@ class Made:
     upstream: dict[str, str] = field(default_factory=dict)  # dependency -> its fp
 
     def fields(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"fp": self.fp, "seen": self.seen, "digests": list(self.digests)}
+        out: dict[str, Any] = {"fp": self.fp, "seen": self.seen}
         if self.result:
             out["result"] = self.result
+        out["digests"] = list(self.digests)
         if self.upstream:
             out["upstream_fp"] = self.upstream
         return out
@@ -157,6 +159,11 @@ class CompletionLog:
         """``fp`` of the task's latest successful run (None: none, or an older record)."""
         entry = self.index.latest.get(task)
         return None if entry is None else entry[3]
+
+    def result(self, task: str) -> str:
+        """The digest of the result its latest successful run left ("": none on record)."""
+        entry = self.index.latest.get(task)
+        return "" if entry is None else entry[5]
 
     def seen(self, task: str) -> str | None:
         """``seen`` of the task's latest successful run (None: none, or an older record)."""
@@ -239,8 +246,9 @@ class CompletionLog:
     ) -> None:
         offset = self._write_line(record_line(record))
         idx = self.index
-        fp, seen = record.get("fp"), record.get("seen")
-        idx.latest[task] = (key, offset, tuple((o[0], o[1], o[2], o[3]) for o in outputs), fp, seen)
+        fp, seen, result = record.get("fp"), record.get("seen"), record.get("result", "")
+        ids = tuple((o[0], o[1], o[2], o[3]) for o in outputs)
+        idx.latest[task] = (key, offset, ids, fp, seen, result)
         idx.unfinished.discard(task)
         idx.durations[task] = duration
         idx.records += 1
@@ -383,10 +391,11 @@ class CompletionLog:
             if outputs is not None:
                 task = json.loads(m.group(1))
                 idx = self.index
-                fp, seen = m.group(5), m.group(6)
+                fp, seen, result = m.group(5), m.group(6), m.group(7)
                 idx.latest[task] = (
                     m.group(2).decode(), offset, outputs,
                     None if fp is None else fp.decode(), None if seen is None else seen.decode(),
+                    "" if result is None else result.decode(),
                 )
                 idx.unfinished.discard(task)
                 idx.durations[task] = float(m.group(3))

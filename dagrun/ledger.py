@@ -29,7 +29,7 @@ from .executors import Outcome
 from .fs import FileSystem, LocalFileSystem
 from .graph import BuildGraph
 from .hashing import Keys, digest_bytes
-from .pycall import RESULTS
+from .pycall import RESULTS, result_digest
 
 
 class Ledger:
@@ -95,7 +95,7 @@ class Ledger:
         made = self.digests(spec.outputs)
         result = ""
         if spec.call:
-            result = outputs.digest(os.path.join(self.state_dir, RESULTS, key)) or ""
+            result = result_digest(os.path.join(self.state_dir, RESULTS, key)) or ""
         upstream = self.upstream(i)
         seen = outputs.combine(upstream.items())
         return Made(outputs.fingerprint(made, result, seen), seen, made, result, upstream)

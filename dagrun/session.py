@@ -467,6 +467,19 @@ class Session:
             self.on_wait(f"removed {out} (its task '{task}' is no longer in the manifest)")
         return True
 
+    def _result_digest(self, keys: Keys) -> Callable[[str], str | None]:
+        """A result file's digest through the stat cache (an unchanged file is not read)."""
+        stats, prefix = keys.stats, self.root.rstrip("/") + "/"
+
+        def digest(path: str) -> str | None:
+            rel = path[len(prefix):] if path.startswith(prefix) else path
+            try:
+                return stats.digest(rel)
+            except OSError:
+                return None
+
+        return digest
+
     def _readers(self, graph: BuildGraph, changed: set[str]) -> dict[str, list[int]]:
         """The tasks whose source inputs include each changed path.  The first partial build of
         a session scans every task's sources; the next ones (a watch's rounds) use an index of
@@ -506,7 +519,7 @@ class Session:
         plan = make(
             graph,
             keys.keys,
-            results_view(graph, keys.keys, log, self.state_dir),
+            results_view(graph, keys.keys, log, self.state_dir, self._result_digest(keys)),
             found.get,
             decide,
             parts=keys.parts if explain else None,
@@ -690,7 +703,7 @@ class Session:
             return problem
 
         results = results_of(graph, keys.keys, self.state_dir)
-        stream = functools.partial(_stream, self.on_result, graph, results)
+        stream = functools.partial(_stream, self.on_result, graph, results, log)
         if self.on_result is not None and results:
             for i in prep.plan.up_to_date:
                 stream(i)
@@ -713,10 +726,11 @@ class Session:
             graph, prep.plan, keys.keys, reporter, setup, on_success, log.index.durations,
             ledger.started,
             check.still_needed,
+            log.result,
         )
         done = {*result.succeeded, *result.up_to_date}
         values = {t: p for t, p in results.items() if t in done}
-        return dataclasses.replace(result, values=Results(values))
+        return dataclasses.replace(result, values=Results(values, _Digests(log)))
 
     def executor_pools(self, *, probe: bool = True) -> list[Any]:
         """Each executor's pool (``dagrun status --executors``), live while a build runs.
@@ -1024,12 +1038,28 @@ def _escapes(root: str, out: str) -> str | None:
 
 def _stream(
     on_result: Callable[[str, Any], None] | None, graph: BuildGraph, results: Mapping[str, str],
-    i: int,
+    log: CompletionLog, i: int,
 ) -> None:
     """Hand function task ``i``'s result to ``on_result``, if one was given."""
     name = graph.specs[i].name
     if on_result is not None and name in results:
-        on_result(name, Results(results)[name])
+        on_result(name, Results(results, _Digests(log))[name])
+
+
+class _Digests(Mapping[str, str]):
+    """Task -> its result's digest, as the log's index holds it now."""
+
+    def __init__(self, log: CompletionLog) -> None:
+        self.log = log
+
+    def __getitem__(self, task: str) -> str:
+        return self.log.result(task)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.log.index.latest)
+
+    def __len__(self) -> int:
+        return len(self.log.index.latest)
 
 
 def _remove_stale_temporaries(state_dir: str) -> None:

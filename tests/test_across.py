@@ -169,7 +169,7 @@ def test_an_output_edited_in_place_with_its_mtime_put_back_reruns(project):
     assert project.run("build").code == 0
     out = project.root / "use.txt"
     st = out.stat()
-    out.write_text("tampered\n")
+    out.write_text("SAME\n")  # the same size, the mtime put back: only ctime tells
     os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
     run = project.run("build", "--explain")
     assert run.code == 0
@@ -354,3 +354,111 @@ def test_dry_run_and_list_remove_nothing(project, dry):
     run = project.run("build", "-n") if dry else project.run("list")
     assert run.code == 0
     assert (project.root / "build/b.count").exists()
+
+
+# -- function results are checked against their success record before they are loaded
+
+
+STEPS = '''
+def produce():
+    return list(range(50))
+
+
+def total(produce):
+    return sum(produce)
+'''
+
+STEPS_TOML = """
+[tasks.produce]
+call = "steps:produce"
+
+[tasks.total]
+call = "steps:total"
+deps = ["produce"]
+"""
+
+
+def _results(project) -> dict[str, Path]:
+    """Task -> its result file, from the log's latest records."""
+    import json
+
+    out = {}
+    for line in (project.root / ".dagrun/log").read_text().splitlines()[1:]:
+        record = json.loads(line)
+        if "key" in record:
+            out[record["task"]] = project.root / ".dagrun/results" / record["key"]
+    return out
+
+
+@pytest.mark.parametrize("offset", [3, 20, -2])
+def test_a_flipped_bit_in_a_result_reruns_its_producer(project, offset):
+    project.write("steps.py", STEPS)
+    project.manifest(STEPS_TOML)
+    assert project.run("build").code == 0
+    path = _results(project)["produce"]
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+    run = project.run("build", "--explain")
+    assert run.code == 0, run.out + run.err
+    assert "produce" in run.out and "1 succeeded" in run.out, run.out  # total: same bytes
+    from dagrun.api import load
+
+    values = load(str(project.root / "dagrun.toml")).build().values
+    assert values["total"] == sum(range(50)) and values["produce"] == list(range(50))
+
+
+class _Plant:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_pickle_in_results_never_runs_and_its_producer_reruns(project):
+    import pickle
+
+    project.write("steps.py", STEPS)
+    project.manifest(STEPS_TOML)
+    assert project.run("build").code == 0
+    marker = project.root / "PWNED"
+    for path in _results(project).values():  # a results/ restored from an untrusted cache
+        path.write_bytes(pickle.dumps(_Plant(str(marker))))
+    run = project.run("build")
+    assert run.code == 0, run.out + run.err
+    from dagrun.api import load
+
+    values = load(str(project.root / "dagrun.toml")).build().values
+    assert values["total"] == sum(range(50))
+    assert not marker.exists()
+
+
+def test_a_result_replaced_while_the_build_runs_is_not_loaded_by_its_dependent(project):
+    """Between the plan and the dependent's start: the dependent fails clearly, runs no code,
+    and the next build reruns the producer."""
+    import pickle
+
+    project.write("steps.py", STEPS.replace("def total(produce):", (
+        "def total(produce):\n    import time\n    time.sleep(0)\n    return sum(produce)\n\n\n"
+        "def total_unused(produce):")))
+    project.write("plant.py", "")
+    project.manifest(STEPS_TOML.replace('deps = ["produce"]', 'deps = ["produce", "swap"]')
+                     + '\n[tasks.swap]\ncmd = "python3 plant.py"\ninputs = ["plant.py"]\n'
+                     'deps = ["produce"]\n')
+    marker = project.root / "PWNED"
+    assert project.run("build").code == 0
+    path = _results(project)["produce"]
+    (project.root / "plant.py").write_text(
+        "import pickle, os\n"
+        f"open({str(path)!r}, 'wb').write({pickle.dumps(_Plant(str(marker)))!r})\n"
+    )
+    run = project.run("build")  # swap's command changed: it runs, then total
+    assert run.code == 1
+    assert "not the one its run left" in run.out + run.err
+    assert not marker.exists()
+    (project.root / "plant.py").write_text("")
+    assert project.run("build").code == 0
+    assert not marker.exists()

@@ -270,16 +270,17 @@ class DaskExecutor(ThreadedExecutor):
         import traceback
 
         from .. import pyworker
+        from ..pycall import load_result
 
         call = job.call
         assert call is not None
         started = time.monotonic()
         try:
-            values = {}
-            for task, _, key in call.upstream:
-                with open(os.path.join(call.results_dir, key), "rb") as f:
-                    values[task] = pickle.load(f)
-        except (OSError, pickle.UnpicklingError) as exc:
+            values = {
+                task: load_result(os.path.join(call.results_dir, key), digest, task)
+                for task, _, key, digest in call.upstream
+            }
+        except (OSError, LookupError, pickle.UnpicklingError) as exc:
             return Outcome(job.id, None, 0.0, error=f"cannot read an upstream result: {exc}")
         future = self.client.submit(
             pyworker.apply, call, values, pure=False, retries=0,
