@@ -50,7 +50,7 @@ def _shift(x):
 
 
 def double(i, tag="t"):
-    return Box(_shift(int(i) * SCALE) + len(json.dumps([i, tag])) + len(os.path.sep)).value
+    return Box(_shift(i * SCALE) + len(json.dumps([i, tag])) + len(os.path.sep)).value
 
 
 def total(double, path):
