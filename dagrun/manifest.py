@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from . import globs, tomlsplit
+from . import globs, placeholders, tomlsplit
 from .errors import ManifestError
 
 MANIFEST_NAME = "dagrun.toml"
@@ -718,6 +718,10 @@ class _Builder:
         if clash:
             problem = f"matrix variable '{clash[0]}' has the name of a [vars] entry"
             raise self.error(problem, task=name, key="matrix", table=path)
+        misspelt = placeholders.check(body, body["matrix"])
+        if misspelt is not None:
+            raise self.error(misspelt.message, task=name, key=misspelt.key, table=path,
+                             hint=misspelt.hint)
         combos = self.combinations(name, body)
         return [self.spec(n, body, values, name, line) for n, values in combos]
 
