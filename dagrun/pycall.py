@@ -165,13 +165,24 @@ def pack_args(args: Any, kwargs: Any) -> bytes:
 
     Sets are pickled with their items sorted: in their own order, which follows
     PYTHONHASHSEED, the blob (and the key) would change from one process to the next.
+    (Sets inside other objects' state are not reached: pass such objects as plain values.)
     """
     import pickle
 
+    value = (tuple(args), dict(kwargs))
     try:
-        return pickle.dumps(_sorted_sets((tuple(args), dict(kwargs))), protocol=4)
+        blob = pickle.dumps(value, protocol=4)
     except Exception as exc:  # noqa: BLE001 - pickling raises many kinds
         raise ValueError(f"args/kwargs cannot be pickled: {exc}") from None
+    if _SET_OPCODES.search(blob):  # maybe a set (or just such a byte): order them
+        try:
+            blob = pickle.dumps(_sorted_sets(value), protocol=4)
+        except RecursionError:  # a value that holds itself: pickle copes, _sorted_sets not
+            pass
+    return blob
+
+
+_SET_OPCODES = re.compile(rb"[\x8f\x91]")  # pickle's EMPTY_SET and FROZENSET
 
 
 class _SortedSet(tuple[Any, ...]):

@@ -231,6 +231,7 @@ assert args == ({"ant", "bee", "cat", "dog", "eel", 7}, [frozenset({"x", "y", "z
 assert type(args[1][0]) is frozenset and type(kwargs["tags"]) is set
 assert kwargs == {"tags": {"p", "q", "r", "s"}, "nested": {"k": ({"u", "v", "w"},)},
                   "keyed": {frozenset({"m", "n", "o"}): 1}}, kwargs
+assert pack_args([1, "x"], {"k": [2]}) == pickle.dumps(((1, "x"), {"k": [2]}), protocol=4)
 sys.stdout.write(blob.hex())
 """
 
