@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from . import globs, tomlsplit
+from . import globs, placeholders, tomlsplit
 from .errors import ManifestError
 
 MANIFEST_NAME = "dagrun.toml"
@@ -531,6 +531,8 @@ class _Builder:
         self.declared: dict[str, tuple[str, str | None]] = {}  # -> (task, its matrix group)
         self.saw: dict[str, frozenset[str]] = {}  # matrix group -> declared outputs its globs saw
         self.globbed: list[str] = []  # matrix groups with a glob variable
+        # matrix group -> variable -> {value as text: value as written} (numbers, booleans)
+        self.typed: dict[str, dict[str, dict[str, Any]]] = {}
         self.count = 0  # tasks so far, to refuse a matrix of millions before making it
 
     # -- errors
@@ -716,6 +718,10 @@ class _Builder:
         if clash:
             problem = f"matrix variable '{clash[0]}' has the name of a [vars] entry"
             raise self.error(problem, task=name, key="matrix", table=path)
+        misspelt = placeholders.check(body, body["matrix"])
+        if misspelt is not None:
+            raise self.error(misspelt.message, task=name, key=misspelt.key, table=path,
+                             hint=misspelt.hint)
         combos = self.combinations(name, body)
         return [self.spec(n, body, values, name, line) for n, values in combos]
 
@@ -910,17 +916,43 @@ class _Builder:
             restat=body.get("restat", False),
         )
         if "call" in body:
-            spec = spec._replace(**self.function_fields(spec, body, sub, path))
+            exact = self.typed_args(group, body, values)
+            spec = spec._replace(**self.function_fields(spec, body, sub, path, exact))
         return spec
 
+    def typed_args(
+        self, group: str | None, body: dict[str, Any], values: dict[str, str]
+    ) -> dict[str, Any]:
+        """``"{n}"`` -> the value of matrix variable ``n`` as written (an int from a range, a
+        number or boolean from a list), for the arguments that are exactly a placeholder."""
+        if group is None:
+            return {}
+        typed = self.typed.get(group)
+        if typed is None:
+            typed = self.typed[group] = {}
+            for var, axis in body["matrix"].items():
+                if isinstance(axis, dict) and "range" in axis:
+                    typed[var] = {str(n): n for n in range(*axis["range"])}
+                elif isinstance(axis, list):
+                    typed[var] = {_scalar(v): v for v in axis if not isinstance(v, str)}
+        return {
+            f"{{{var}}}": found[values[var]] for var, found in typed.items()
+            if values[var] in found
+        }
+
     def function_fields(
-        self, spec: TaskSpec, body: dict[str, Any], sub: _Substituter, path: tuple[str, ...]
+        self,
+        spec: TaskSpec,
+        body: dict[str, Any],
+        sub: _Substituter,
+        path: tuple[str, ...],
+        exact: dict[str, Any],
     ) -> dict[str, Any]:
         """A function task's fields; its module's source becomes one of its inputs."""
         from . import pycall
 
-        args = [_substitute(a, sub) for a in body.get("args", ())]
-        kwargs = {k: _substitute(v, sub) for k, v in body.get("kwargs", {}).items()}
+        args = [_substitute(a, sub, exact) for a in body.get("args", ())]
+        kwargs = {k: _substitute(v, sub, exact) for k, v in body.get("kwargs", {}).items()}
         try:
             blob = pycall.pack_args(args, kwargs)
         except ValueError as exc:
@@ -1060,14 +1092,15 @@ def _executor_hint(name: str, executors: Mapping[str, ExecutorSpec]) -> str:
     return _did_you_mean(close) or f"defined: {defined}; add an [executors.{name}] table"
 
 
-def _substitute(value: Any, sub: _Substituter) -> Any:
-    """Matrix placeholders replaced in every string inside an argument."""
+def _substitute(value: Any, sub: _Substituter, exact: Mapping[str, Any]) -> Any:
+    """Matrix placeholders replaced in every string inside an argument; a string that is
+    exactly one of ``exact`` (``"{n}"``) becomes its value, typed (typed_args)."""
     if isinstance(value, str):
-        return sub(value)
+        return exact[value] if value in exact else sub(value)
     if isinstance(value, list):
-        return [_substitute(v, sub) for v in value]
+        return [_substitute(v, sub, exact) for v in value]
     if isinstance(value, dict):
-        return {k: _substitute(v, sub) for k, v in value.items()}
+        return {k: _substitute(v, sub, exact) for k, v in value.items()}
     return value
 
 

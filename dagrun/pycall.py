@@ -166,13 +166,60 @@ def _parse(path: str, module: str) -> ast.Module:
 
 
 def pack_args(args: Any, kwargs: Any) -> bytes:
-    """The task's own arguments as one blob (hashed into its key); ValueError if unpicklable."""
+    """The task's own arguments as one blob (hashed into its key); ValueError if unpicklable.
+
+    Sets are pickled with their items sorted: in their own order, which follows
+    PYTHONHASHSEED, the blob (and the key) would change from one process to the next.
+    (Sets inside other objects' state are not reached: pass such objects as plain values.)
+    """
     import pickle
 
+    value = (tuple(args), dict(kwargs))
     try:
-        return pickle.dumps((tuple(args), dict(kwargs)), protocol=4)
+        blob = pickle.dumps(value, protocol=4)
     except Exception as exc:  # noqa: BLE001 - pickling raises many kinds
         raise ValueError(f"args/kwargs cannot be pickled: {exc}") from None
+    if _SET_OPCODES.search(blob):  # maybe a set (or just such a byte): order them
+        try:
+            blob = pickle.dumps(_sorted_sets(value), protocol=4)
+        except RecursionError:  # a value that holds itself: pickle copes, _sorted_sets not
+            pass
+    return blob
+
+
+_SET_OPCODES = re.compile(rb"[\x8f\x91]")  # pickle's EMPTY_SET and FROZENSET
+
+
+class _SortedSet(tuple[Any, ...]):
+    """A set's items in a fixed order; unpickles as the set (or frozenset) itself."""
+
+    kind: type = set
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.kind, (list(self),))
+
+
+def _sorted_sets(value: Any) -> Any:
+    """``value`` with every set inside it (in tuples, lists, dicts) made a _SortedSet; the same
+    object when it holds none, so the blob of set-free arguments keeps its bytes."""
+    import pickle
+
+    kind = type(value)
+    if kind in (set, frozenset):
+        items = [_sorted_sets(v) for v in value]
+        ordered = _SortedSet(sorted(items, key=lambda v: pickle.dumps(v, protocol=4)))
+        ordered.kind = kind
+        return ordered
+    if kind in (tuple, list):
+        items = [_sorted_sets(v) for v in value]
+        changed = any(a is not b for a, b in zip(items, value, strict=True))
+        return kind(items) if changed else value
+    if kind is dict:
+        pairs = [(_sorted_sets(k), _sorted_sets(v)) for k, v in value.items()]
+        changed = any(k is not k0 or v is not v0
+                      for (k, v), (k0, v0) in zip(pairs, value.items(), strict=True))
+        return dict(pairs) if changed else value
+    return value
 
 
 # ---------------------------------------------------------------- the code part of a key
@@ -207,15 +254,16 @@ def _digest_source(code_file: str, target: str) -> str:
     top = _top_level(tree)
     todo = [target.partition(":")[2].split(".")[0]]
     seen: set[str] = set()
-    parts = [target]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
         for node in top.get(name, ()):
-            parts.append(ast.dump(node))
             todo.extend(n for n in _free_names(node) if n in top and n not in seen)
+    # by name, not in the order found: a set's order follows PYTHONHASHSEED, so it would
+    # change from one process to the next (and the key with it)
+    parts = [target, *(ast.dump(node) for name in sorted(seen) for node in top.get(name, ()))]
     return digest_bytes("\0".join(parts).encode())
 
 

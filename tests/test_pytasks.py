@@ -220,6 +220,30 @@ def test_matrix_args_are_substituted_and_a_group_parameter_gets_every_result(
     ]
 
 
+def test_numbers_from_a_matrix_reach_the_arguments_as_numbers(tmp_path: Path) -> None:
+    write(tmp_path, "m.py", """
+        def double(i, label, scale=1, flag=None, parts=()):
+            return i * 2 * scale, label, flag, list(parts)
+    """)
+    write(tmp_path, "dagrun.toml", """
+        [tasks.double]
+        call = "m:double"
+        matrix = { i = { range = [5, 11, 5] }, s = [1, 0.5], flag = [true, "no"] }
+        args = ["{i}", "i={i}"]
+        kwargs = { scale = "{s}", flag = "{flag}", parts = ["{i}", "{s}!"] }
+    """)
+    result, reporter = build(tmp_path)
+    assert result.ok, finished(reporter)
+    assert len(result.values) == 8
+    assert result.values["double[i=5,s=1,flag=true]"] == (10, "i=5", True, [5, "1!"])
+    assert result.values["double[i=10,s=0.5,flag=no]"] == (10.0, "i=10", "no", [10, "0.5!"])
+    before = result.values["double[i=10,s=1,flag=true]"]
+    assert before == (20, "i=10", True, [10, "1!"])
+    again, reporter = build(tmp_path)  # the typed arguments key the same way again
+    assert again.ok and again.succeeded == (), finished(reporter)
+    assert again.values["double[i=10,s=1,flag=true]"] == before
+
+
 def test_retries_always_and_threads_mean_the_same_for_functions(tmp_path: Path) -> None:
     write(tmp_path, "m.py", """
         import os
