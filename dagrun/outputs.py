@@ -47,7 +47,7 @@ def _feed(h: object, path: str, st: os.stat_result) -> None:
     mode = st.st_mode
     if stat.S_ISREG(mode):
         update(b"f%d\0" % (1 if mode & 0o111 else 0))
-        _file(update, path)
+        _file(update, path, st.st_size)
     elif stat.S_ISLNK(mode):
         update(b"l\0" + os.fsencode(os.readlink(path)))
     elif stat.S_ISDIR(mode):
@@ -68,15 +68,20 @@ def _feed(h: object, path: str, st: os.stat_result) -> None:
         update(b"s%o\0" % stat.S_IFMT(mode))
 
 
-def _file(update: object, path: str) -> None:
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
+def _file(update: object, path: str, size: int) -> None:
+    """Feed the file's bytes: a small file in one read, a large one through one buffer."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         update(b"\0unreadable")  # type: ignore[operator]
         return
     try:
+        if size < CHUNK:
+            while data := os.read(fd, CHUNK):  # one read, and one more that finds the end
+                update(data)  # type: ignore[operator]
+            return
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
         while n := os.readv(fd, [buf]):
             update(view[:n])  # type: ignore[operator]
     except OSError:
