@@ -132,6 +132,7 @@ class Session:
         self._journal: Journal | None = None  # the cache's journal, as loaded or last written
         self._ledger: tuple[Ledger, bool]  # this build's (or plan's), and whether it builds
         self._loaded: Manifest | None = None  # the manifest the graph in hand was compiled from
+        self._excluded: frozenset[str] = frozenset()  # dead outputs no input matches (_bury)
         # keep the last build's graph and state until this session goes (the CLI: until exit,
         # which frees them at once rather than object by object)
         self.keep_last = False
@@ -171,6 +172,8 @@ class Session:
             self._refuse_if_read_only(prep)
             try:
                 result = self._run(prep, reporter, jobs, failures_allowed, explain)
+                if result.ok:
+                    self._rescan(prep)
             finally:
                 self._save(prep)
                 prep.log.close()
@@ -451,7 +454,29 @@ class Session:
             kept = {t for t, o, was in dead if o in present and not self._remove_dead(t, o, was)}
             for task in {t for t, _, _ in dead} - kept:
                 log.forget(task)
+        self._excluded = present
         return compile(self._loaded, present) if present else graph
+
+    def _rescan(self, prep: Prepared) -> None:
+        """After a build that wrote into folders its globs read (``build/*.o``): when the
+        manifest and its globs still make the same graph (only declared outputs came and went),
+        keep the folders' new mtimes, so that the graph cache and the no-op proof hold and the
+        next no-op takes the fast path instead of compiling the manifest again."""
+        graph = prep.graph
+        if self.manifest_path is None or self.read_only is not None:
+            return
+        if globs.folders_unchanged(graph.scanned):
+            return
+        try:
+            again = compile(self._load_manifest(read_manifest(self.manifest_path)), self._excluded)
+        except DagrunError:
+            return
+        if (again.specs, again.deps, again.sources) != (graph.specs, graph.deps, graph.sources):
+            return
+        graph.scanned.clear()
+        graph.scanned.update(again.scanned)
+        cache, _, kenv = self._state
+        self._state = (cache, False, kenv)  # the graph is written again, with the new mtimes
 
     def _remove_dead(self, task: str, out: str, was: Identity) -> bool:
         """Remove an output of a task gone from the manifest if its run left it as it is."""
