@@ -718,12 +718,16 @@ class _Builder:
         if clash:
             problem = f"matrix variable '{clash[0]}' has the name of a [vars] entry"
             raise self.error(problem, task=name, key="matrix", table=path)
+        self.check_placeholders(name, body, path)
+        combos = self.combinations(name, body)
+        return [self.spec(n, body, values, name, line) for n, values in combos]
+
+    def check_placeholders(self, name: str, body: dict[str, Any], path: tuple[str, ...]) -> None:
+        """A misspelt part of a matrix variable (``{f.stme}``) is an error, not text."""
         misspelt = placeholders.check(body, body["matrix"])
         if misspelt is not None:
             raise self.error(misspelt.message, task=name, key=misspelt.key, table=path,
                              hint=misspelt.hint)
-        combos = self.combinations(name, body)
-        return [self.spec(n, body, values, name, line) for n, values in combos]
 
     def produced_matrices(
         self, bodies: Mapping[str, Any], per_task: dict[str, list[TaskSpec]]
