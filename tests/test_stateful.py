@@ -49,9 +49,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from dagrun.cli import main as cli_main
 
-EXAMPLES = int(os.environ.get("DAGRUN_STATEFUL_EXAMPLES", "6"))
+EXAMPLES = int(os.environ.get("DAGRUN_STATEFUL_EXAMPLES", "5"))
 STEPS = int(os.environ.get("DAGRUN_STATEFUL_STEPS", "20"))
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(180, 2 * EXAMPLES * STEPS))]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(600, 6 * EXAMPLES * STEPS))]
 REPORT = os.environ.get("DAGRUN_STATEFUL_REPORT")
 SOURCES = 3
 CONTENTS = ("one\n", "two\n", "three\n", "")
