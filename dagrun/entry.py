@@ -198,7 +198,7 @@ def plain_build(argv: Sequence[str]) -> tuple[str, str | None, list[str]] | None
         elif not building and argv[i] == "build":
             building = True
             i += 1
-        elif not building or argv[i].startswith("-") or after_targets:
+        elif not building or argv[i].startswith("-") or after_targets or assignment(argv[i]):
             return None
         else:
             targets.append(argv[i])
@@ -236,6 +236,13 @@ def _build_option(argv: Sequence[str], i: int) -> int:
     if eq and name in ("--jobs", "--failures-allowed"):
         return 1 if _number(value, 1 if name == "--jobs" else 0) else 0
     return 0
+
+
+def assignment(word: str) -> bool:
+    """Whether a target word is ``NAME=value``: a [vars] value for this build (Make's
+    ``CFLAGS=-O0``), not a target (a matrix task's name has its ``=`` inside brackets)."""
+    name, eq, _ = word.partition("=")
+    return bool(eq) and name.isidentifier() and name.isascii()
 
 
 def _number(text: str, minimum: int) -> bool:

@@ -10,7 +10,7 @@ task's last successful run and names what changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,10 +49,12 @@ def make(
     *,
     parts: Callable[[int], KeyParts] | None = None,
     always_run: bool = False,
+    forced: Collection[int] = (),
 ) -> Plan:
     """Decide each selected task.  With ``parts`` the reasons say exactly what changed.
 
-    ``identity`` gives an output's identity now, None when it does not exist.
+    ``identity`` gives an output's identity now, None when it does not exist; ``forced``
+    tasks run even when up to date (``build --force``).
     """
     to_run: list[int] = []
     fresh: list[int] = []
@@ -62,6 +64,8 @@ def make(
         spec = specs[i]
         if spec.always or always_run:
             why = ["always = true" if spec.always else "forced"]
+        elif i in forced:
+            why = ["forced (--force)"]
         else:
             why = _stale(spec, keys[i], log, identity, parts, i)
         if why:

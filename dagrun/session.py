@@ -93,7 +93,11 @@ class Session:
         on_wait: Callable[[str], None] | None = None,
         topology: Topology | None = None,
         on_result: Callable[[str, Any], None] | None = None,
+        overrides: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> None:
+        """``overrides``: [vars] values from the command line (``CFLAGS=-O0``); ``cwd``: the
+        folder the command was run in, where a target path is looked for first."""
         if (manifest_path is None) == (manifest is None):
             raise ValueError("give exactly one of manifest_path and manifest")
         self.manifest_path = os.path.abspath(manifest_path) if manifest_path else None
@@ -123,11 +127,14 @@ class Session:
         self._keys_after: tuple[BuildGraph, list[str | None]] | None = None  # the last keys
         self._seed: tuple[BuildGraph, list[str | None]] | None = None  # those, for this build
         self._topology = topology  # None: read this machine's when a core_pool needs it
+        self.overrides = dict(overrides or {})
+        self.cwd = cwd
         self.on_result = on_result  # streams function tasks' results as they finish (pycall.py)
         self.read_only: str | None = None  # why .dagrun cannot be written (lock), else None
         self._log_error: str | None = None  # the completion log could not be appended to
         self._proof: fresh.Delta | None = None  # the proof this session wrote last (no changes)
         self._journal: Journal | None = None  # the cache's journal, as loaded or last written
+        self._forced: set[int] = set()  # the tasks --force names (this build's)
         # keep the last build's graph and state until this session goes (the CLI: until exit,
         # which frees them at once rather than object by object)
         self.keep_last = False
@@ -145,6 +152,7 @@ class Session:
         explain: bool = False,
         delta: fresh.Delta | None = None,
         changed: Collection[str] | None = None,
+        force: bool = False,
     ) -> BuildResult:
         """Build ``targets`` (the defaults when None).
 
@@ -153,17 +161,18 @@ class Session:
         paths that changed since this Session's previous build, vouching that nothing else
         did.  Either one lets the build re-key and decide only the tasks the changes reach,
         when the state is still the one proven after the previous build; otherwise it is
-        ignored and every task is checked.
+        ignored and every task is checked.  ``force`` runs the named targets (every selected
+        task without targets) even when they are up to date.
         """
         with self.lock():
-            delta = self._usable_delta(delta, changed)
+            delta = None if force else self._usable_delta(delta, changed)
             fresh.forget(self.state_dir)
             self._seed, self._keys_after = self._keys_after, None  # again if this one ends well
             self._proof = None
             self._log_error = None
             if self.read_only is None:
                 _remove_stale_temporaries(self.state_dir)
-            prep = self._prepare(targets, explain=explain, delta=delta)
+            prep = self._prepare(targets, explain=explain, delta=delta, force=force)
             self._refuse_if_read_only(prep)
             try:
                 result = self._run(prep, reporter, jobs, failures_allowed, explain)
@@ -178,6 +187,29 @@ class Session:
             # the cache now holds these keys: a next build of this graph may start from them
             self._keys_after = (prep.graph, prep.keys.keys) if self.read_only is None else None
             return result
+
+    def touch(self, targets: Iterable[str] | None = None) -> list[str]:
+        """Record every task a build of ``targets`` would run as done, without running it
+        (touch.py); DagrunError, and nothing recorded, when one of them cannot be."""
+        from .touch import refusal
+
+        with self.lock():
+            fresh.forget(self.state_dir)
+            prep = self._prepare(targets, explain=False)
+            chosen = [i for i in prep.plan.to_run if not prep.graph.specs[i].always]
+            try:
+                self._refuse_if_read_only(prep)
+                problem = refusal(prep.graph, chosen, self.identities)
+                for i in chosen if problem is None else ():
+                    problem = self._record_success(prep, i, Outcome(0, 0, 0.0))
+                    if problem is not None:
+                        break
+            finally:
+                self._save(prep)
+                prep.log.close()
+            if problem is not None:
+                raise DagrunError(problem)
+            return [prep.graph.specs[i].name for i in chosen]
 
     def _usable_delta(
         self, delta: fresh.Delta | None, changed: Collection[str] | None
@@ -214,6 +246,8 @@ class Session:
         task the build did not look at, and only the looked-at tasks' rows are made again.
         """
         if self.manifest_path is None or not result.ok or self.warnings or self.read_only:
+            return
+        if self.overrides:  # the proof is of the manifest as written: a plain build checks
             return
         if not isinstance(self.fs, LocalFileSystem):
             return
@@ -283,10 +317,12 @@ class Session:
                 outputs[o] = ident
         return True
 
-    def plan(self, targets: Iterable[str] | None = None, *, explain: bool = True) -> Prepared:
+    def plan(
+        self, targets: Iterable[str] | None = None, *, explain: bool = True, force: bool = False
+    ) -> Prepared:
         """The plan without running anything (``-n``, ``list``, ``graph``)."""
         with self.lock():
-            prep = self._prepare(targets, explain=explain)
+            prep = self._prepare(targets, explain=explain, force=force)
             self._save(prep)
             prep.log.close()
             return prep
@@ -311,7 +347,8 @@ class Session:
                 if dead:
                     chosen = _dead_outputs(graph, log)
                 else:
-                    picked = graph.resolve(targets) if targets else range(len(graph.specs))
+                    everything = range(len(graph.specs))
+                    picked = graph.resolve(targets, self.cwd) if targets else everything
                     chosen = {graph.specs[i].name: graph.specs[i].outputs for i in picked}
                 for task, outputs in chosen.items():
                     removed += [out for out in outputs if self._remove_output(out)]
@@ -402,12 +439,21 @@ class Session:
     # ------------------------------------------------------------ preparing
 
     def _prepare(
-        self, targets: Iterable[str] | None, *, explain: bool, delta: fresh.Delta | None = None
+        self,
+        targets: Iterable[str] | None,
+        *,
+        explain: bool,
+        delta: fresh.Delta | None = None,
+        force: bool = False,
     ) -> Prepared:
         cache = self._load_cache()
         graph, reused = self._graph(cache)
         self.warnings.extend(graph.manifest.warnings)
-        selected = graph.select(targets)
+        targets = list(targets or ())
+        selected = graph.select(targets, self.cwd)
+        self._forced = set()
+        if force:
+            self._forced = set(graph.resolve(targets, self.cwd) if targets else selected)
         stats = StatCache(self.fs, cache.get("stats") if cache else None)
         kenv = {n: self.environ.get(n) for n in key_env_names(graph)}
         previous = None
@@ -469,6 +515,7 @@ class Session:
             found.get,
             decide,
             parts=keys.parts if explain else None,
+            forced=self._forced,
         )
         if decide is not selected:
             run = set(plan.to_run)
@@ -594,7 +641,9 @@ class Session:
         from .manifest import load
 
         assert self.manifest_path is not None
-        return load(self.manifest_path, source=self._source_name(), data=data)
+        return load(
+            self.manifest_path, source=self._source_name(), data=data, overrides=self.overrides
+        )
 
     def _source_name(self) -> str:
         """The manifest as messages name it: as the user gave it if relative, else absolute."""
@@ -605,6 +654,8 @@ class Session:
     def _source_id(self, data: bytes | None) -> tuple[Any, ...]:
         if data is None:
             return ("api", self.root, digest_bytes(repr(self._manifest).encode()))
+        if self.overrides:  # another graph: cached apart from the file's own
+            data += repr(sorted(self.overrides.items())).encode()
         return ("file", self.manifest_path, digest_bytes(data))
 
     def _open_log(self, cache: dict[str, Any] | None) -> CompletionLog:
