@@ -148,6 +148,11 @@ def parser() -> argparse.ArgumentParser:
     )
     fmt.add_argument("--json", action="store_const", dest="format", const="json", help="JSON")
 
+    t = command("tree", "print the dependency tree as indented text, marking what would run")
+    t.add_argument(
+        "targets", nargs="*", metavar="TARGET", help="default: every task nothing depends on"
+    )
+
     ls = command("list", "list tasks and whether they are up to date")
     ls.add_argument("--json", action="store_true", help="as JSON")
     ls.add_argument("--names", action="store_true", help=argparse.SUPPRESS)  # shell completion
@@ -590,6 +595,19 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tree(args: argparse.Namespace) -> int:
+    from . import tree
+
+    session = _session(args)
+    prep = session.plan(args.targets or None, explain=True)
+    _warn(session)
+    g, plan = prep.graph, prep.plan
+    named = g.resolve(args.targets, session.cwd) if args.targets else None
+    lines = tree.lines(g, tree.roots(g, plan.selected, named), plan.reasons)
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    return EXIT_OK
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from . import record
     from .trace import dumps
@@ -730,5 +748,6 @@ _COMMANDS = {
     "status": cmd_status,
     "show": cmd_show,
     "trace": cmd_trace,
+    "tree": cmd_tree,
     "completion": cmd_completion,
 }

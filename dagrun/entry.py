@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 # them is a build, so `dagrun`, `dagrun -q` and `dagrun TARGET` all build
 COMMANDS = (
     "build", "watch", "graph", "list", "show", "clean", "status", "trace", "completion", "worker",
+    "tree",
 )
 
 _CHOICES = {
@@ -160,12 +161,17 @@ def answer_noop(directory: str, file: str | None, targets: Sequence[str]) -> Any
     from .locate import find
 
     path = find(directory, file)
-    if path is None:
-        return None
+    if path is None or (targets and not _at_root(path, directory)):
+        return None  # a target path from a subfolder is relative to it: the proof's are not
     from .fresh import examine, no_work_line
 
     found = examine(path, targets, os.environ)
     return _say(no_work_line(found) + "\n") if isinstance(found, int) else found
+
+
+def _at_root(manifest: str, directory: str) -> bool:
+    """Whether ``directory`` is the manifest's folder."""
+    return os.path.dirname(os.path.abspath(manifest)) == os.path.abspath(directory)
 
 
 def _say(line: str) -> int:

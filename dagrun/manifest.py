@@ -54,6 +54,7 @@ class TaskSpec(NamedTuple):
     io_bound: bool = False  # runs on the io worker's event loop and takes no slot
     depfile: str = ""  # relative to the root, like inputs; "" when none
     restat: bool = False  # dependents key this task by its outputs' digests (early cutoff)
+    desc: str = ""  # one line of description (list, show, tree); not in the key
 
     @property
     def label(self) -> str:
@@ -345,6 +346,7 @@ TASK_KEYS: dict[str, Check] = {
     "outputs": _str_list,
     "deps": _str_list,
     "display": _str,
+    "desc": _str,
     "env": _env_table,
     "cwd": _nonempty_str,
     "threads": _int(1),
@@ -956,6 +958,7 @@ class _Builder:
             line=line,
             depfile=_norm(sub(body["depfile"]), cwd, self.root) if "depfile" in body else "",
             restat=body.get("restat", False),
+            desc=sub(body.get("desc", "")),
         )
         if "call" in body:
             spec = spec._replace(**self.function_fields(spec, body, sub, path))

@@ -249,6 +249,8 @@ class Session:
             return
         if self.overrides:  # the proof is of the manifest as written: a plain build checks
             return
+        if targets and self.cwd is not None and self.cwd != self.root:
+            return  # its targets may be paths relative to the subfolder (see entry.py)
         if not isinstance(self.fs, LocalFileSystem):
             return
         delta = prep.delta
@@ -321,7 +323,7 @@ class Session:
         self, targets: Iterable[str] | None = None, *, explain: bool = True, force: bool = False
     ) -> Prepared:
         """The plan without running anything (``-n``, ``list``, ``graph``)."""
-        with self.lock():
+        with self._reading():
             prep = self._prepare(targets, explain=explain, force=force)
             self._save(prep)
             prep.log.close()
@@ -403,6 +405,17 @@ class Session:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """The lock for a command that only reads: none where .dagrun does not exist yet, so
+        ``list``, ``show``, ``graph``, ``tree`` and ``-n`` in a fresh tree create nothing."""
+        if os.path.isdir(self.state_dir):
+            with self.lock():
+                yield
+            return
+        self.read_only = "not created by a command that only reads"
+        yield
 
     def _open_lock(self, path: str) -> int | None:
         """The lock file, open to write; None (``read_only`` says why) if .dagrun is read-only."""

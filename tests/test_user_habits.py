@@ -1,0 +1,312 @@
+"""What users of Make, Snakemake, doit and go-task reach for (issue 26): ``build --force``,
+``build --touch``, ``NAME=value``, ``tree``, ``desc``, targets relative to the current folder,
+and the rough edges they hit.  Each test runs the real entry point in a temp project."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TWO = """
+[vars]
+MSG = "hello"
+
+[tasks.a]
+cmd = "echo {MSG} > out/a.txt; echo ran >> runs.txt"
+outputs = ["out/a.txt"]
+desc = "Write the greeting"
+
+[tasks.b]
+cmd = "cat out/a.txt > out/b.txt"
+inputs = ["out/a.txt"]
+outputs = ["out/b.txt"]
+"""
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+class Tree:
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+        self.root, self.mp, self.capsys = root, monkeypatch, capsys
+
+    def write(self, path: str, text: str) -> Path:
+        p = self.root / path
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(textwrap.dedent(text))
+        return p
+
+    def read(self, path: str) -> str:
+        return (self.root / path).read_text()
+
+    def run(self, *args: str, cwd: str = ".") -> Run:
+        """``dagrun ARGS`` through the console script's entry (the no-op fast path included)."""
+        from dagrun.entry import main
+
+        self.mp.chdir(self.root / cwd)
+        self.capsys.readouterr()
+        code = main(["--progress", "plain", *args])
+        got = self.capsys.readouterr()
+        return Run(code, got.out, got.err)
+
+
+@pytest.fixture
+def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> Tree:
+    t = Tree(tmp_path, monkeypatch, capsys)
+    t.write("dagrun.toml", TWO)
+    (tmp_path / "out").mkdir()
+    return t
+
+
+def runs(tree: Tree) -> int:
+    return tree.read("runs.txt").count("ran") if (tree.root / "runs.txt").exists() else 0
+
+
+# ---------------------------------------------------------------- --force / -B
+
+
+@pytest.mark.parametrize("flag", ["--force", "-B"])
+def test_force_reruns_the_named_task_when_up_to_date(tree, flag) -> None:
+    assert tree.run("build").code == 0
+    assert tree.run("build").out == "dagrun: no work to do (2 up to date)\n"
+    r = tree.run("build", flag, "a")
+    assert r.code == 0
+    assert r.out.splitlines()[0] == "[1/1] a"
+    assert runs(tree) == 2
+
+
+def test_force_without_targets_reruns_every_task(tree) -> None:
+    tree.run("build")
+    r = tree.run("build", "-B")
+    assert r.out.splitlines()[:2] == ["[1/2] a", "[2/2] b"]
+    assert runs(tree) == 2
+
+
+def test_force_in_a_dry_run_says_forced(tree) -> None:
+    tree.run("build")
+    r = tree.run("build", "-n", "-B", "b")
+    assert r.out == "would run: b\n    forced (--force)\ndagrun: 1 would run, 1 up to date\n"
+
+
+# ---------------------------------------------------------------- --touch
+
+
+def test_touch_records_what_would_run_as_done_without_running_it(tree) -> None:
+    tree.run("build")
+    tree.write("out/a.txt", "edited by hand\n")
+    r = tree.run("build", "--touch")
+    assert (r.code, r.out) == (0, "touched: a\ndagrun: touched 1 task(s), ran nothing\n")
+    assert runs(tree) == 1
+    assert tree.run("build").out == "dagrun: no work to do (2 up to date)\n"
+    assert tree.read("out/a.txt") == "edited by hand\n"
+
+
+def test_touch_in_a_fresh_tree_with_the_outputs_there(tree) -> None:
+    tree.write("out/a.txt", "x\n")
+    tree.write("out/b.txt", "x\n")
+    assert tree.run("build", "--touch", "b").out.startswith("touched: a\ntouched: b\n")
+    assert tree.run("build").out == "dagrun: no work to do (2 up to date)\n"
+    assert runs(tree) == 0
+
+
+def test_touch_refuses_when_an_output_is_missing_and_records_nothing(tree) -> None:
+    tree.write("out/a.txt", "x\n")
+    r = tree.run("build", "--touch")
+    assert r.code == 2
+    assert r.err == (
+        "dagrun: error: cannot touch 'b': its output out/b.txt is missing "
+        "(build it, or create it first)\n"
+    )
+    assert tree.run("build", "-n").out.endswith("dagrun: 2 would run, 0 up to date\n")
+
+
+def test_touch_refuses_a_function_task(tree) -> None:
+    tree.write("steps26.py", "def f():\n    return 1\n")
+    tree.write("dagrun.toml", '[tasks.f]\ncall = "steps26:f"\n')
+    r = tree.run("build", "--touch")
+    assert r.code == 2
+    assert "cannot touch 'f': a function task's result comes only from a run" in r.err
+
+
+def test_force_and_touch_together_are_a_usage_error(tree) -> None:
+    with pytest.raises(SystemExit) as exc:
+        tree.run("build", "-B", "--touch")
+    assert exc.value.code == 2
+
+
+# ---------------------------------------------------------------- NAME=value
+
+
+def test_a_var_on_the_command_line_overrides_vars_for_this_build(tree) -> None:
+    tree.run("build")
+    r = tree.run("build", "MSG=bye", "b")
+    assert r.code == 0
+    assert tree.read("out/b.txt") == "bye\n"
+    # the next plain build is the manifest's own again: not answered by the no-op proof
+    r = tree.run("build")
+    assert r.out.splitlines()[:2] == ["[1/2] a", "[2/2] b"]
+    assert tree.read("out/b.txt") == "hello\n"
+
+
+def test_an_unknown_var_name_is_exit_2_with_did_you_mean(tree) -> None:
+    r = tree.run("build", "MGS=x")
+    assert r.code == 2
+    assert r.err == (
+        "dagrun: error: dagrun.toml: MGS=x on the command line names no [vars] entry "
+        "(did you mean 'MSG'?)\n"
+    )
+    assert not (tree.root / "out/a.txt").exists()
+
+
+def test_a_list_var_takes_the_value_split_as_a_shell_would(tree) -> None:
+    tree.write("dagrun.toml", """
+        [vars]
+        WORDS = ["one"]
+        [tasks.w]
+        cmd = "printf '%s|' {WORDS} > w.txt"
+        outputs = ["w.txt"]
+        """)
+    tree.run("build", "WORDS=two 'three four'")
+    assert tree.read("w.txt") == "two|three four|"
+
+
+def test_a_matrix_task_name_with_equals_is_still_a_target(tree) -> None:
+    tree.write("dagrun.toml", """
+        [tasks.m]
+        matrix = { n = ["1", "2"] }
+        cmd = "echo {n} > m{n}.txt"
+        outputs = ["m{n}.txt"]
+        """)
+    r = tree.run("build", "m[n=2]")
+    assert r.code == 0
+    assert not (tree.root / "m1.txt").exists() and tree.read("m2.txt") == "2\n"
+
+
+# ---------------------------------------------------------------- targets from a subfolder
+
+
+def test_a_target_path_relative_to_the_current_folder(tree) -> None:
+    (tree.root / "src").mkdir()
+    r = tree.run("build", "../out/b.txt", cwd="src")
+    assert r.code == 0, r.err
+    assert tree.read("out/b.txt") == "hello\n"
+    assert tree.run("build", "../out/b.txt", cwd="src").out == (
+        "dagrun: no work to do (2 up to date)\n"
+    )
+    # from the folder of the output, its own name
+    assert tree.run("build", "-B", "a.txt", cwd="out").out.splitlines()[0] == "[1/1] a"
+
+
+def test_a_relative_target_from_a_subfolder_is_not_the_root_s_proof(tree) -> None:
+    """The no-op proof records targets as typed: ``x.txt`` in a subfolder is another file."""
+    tree.write("dagrun.toml", """
+        [tasks.top]
+        cmd = "echo top > x.txt"
+        outputs = ["x.txt"]
+        [tasks.sub]
+        cmd = "echo sub > sub/x.txt"
+        outputs = ["sub/x.txt"]
+        """)
+    (tree.root / "sub").mkdir()
+    tree.run("build", "x.txt")
+    assert tree.run("build", "x.txt").out == "dagrun: no work to do (1 up to date)\n"
+    r = tree.run("build", "x.txt", cwd="sub")
+    assert r.out.splitlines()[0] == "[1/1] sub"
+    assert tree.read("sub/x.txt") == "sub\n"
+
+
+def test_clean_takes_a_target_relative_to_the_current_folder(tree) -> None:
+    tree.run("build")
+    assert tree.run("clean", "b.txt", cwd="out").out == "dagrun: removed 1 output(s)\n"
+    assert not (tree.root / "out/b.txt").exists() and (tree.root / "out/a.txt").exists()
+
+
+# ---------------------------------------------------------------- tree, desc
+
+
+DIAMOND = """
+[tasks.gen]
+cmd = "echo g > g.txt"
+outputs = ["g.txt"]
+
+[tasks.left]
+cmd = "cat g.txt > l.txt"
+inputs = ["g.txt"]
+outputs = ["l.txt"]
+desc = "The left half"
+
+[tasks.right]
+cmd = "cat g.txt > r.txt"
+inputs = ["g.txt"]
+outputs = ["r.txt"]
+
+[tasks.all]
+deps = ["left", "right"]
+"""
+
+
+def test_tree_draws_dependencies_marking_what_would_run(tree) -> None:
+    tree.write("dagrun.toml", DIAMOND)
+    r = tree.run("tree")
+    assert r.code == 0
+    assert r.out == (
+        "all  (would run: never ran)\n"
+        "├── left  (would run: never ran)\n"
+        "│   └── gen  (would run: never ran)\n"
+        "└── right  (would run: never ran)\n"
+        "    └── gen  (would run: never ran)\n"
+    )
+    tree.run("build")
+    tree.write("r.txt", "edited\n")
+    assert tree.run("tree", "all").out == (
+        "all\n├── left\n│   └── gen\n└── right  (would run: output r.txt changed since it was "
+        "built)\n    └── gen\n"
+    )
+    assert tree.run("tree", "left").out == "left\n└── gen\n"
+
+
+def test_tree_draws_a_shared_subtree_once(tree) -> None:
+    tree.write("dagrun.toml", DIAMOND + '\n[tasks.top]\ndeps = ["left", "right"]\n')
+    tree.run("build")
+    out = tree.run("tree").out
+    assert out == (
+        "all\n├── left\n│   └── gen\n└── right\n    └── gen\n"
+        "top\n├── left (*)\n└── right (*)\n"
+    )
+
+
+def test_desc_is_shown_by_list_and_show(tree) -> None:
+    tree.write("dagrun.toml", DIAMOND)
+    listed = tree.run("list").out.splitlines()
+    assert [ln for ln in listed if ln.startswith("left")] == [
+        "left   will run: never ran  # The left half"
+    ]
+    shown = tree.run("show", "left").out.splitlines()
+    assert [ln.split(None, 1) for ln in shown[:2]] == [["task", "left"], ["desc", "The left half"]]
+    import json
+
+    data = json.loads(tree.run("list", "--json").out)
+    assert [t["desc"] for t in data["tasks"]] == [None, "The left half", None, None]
+
+
+def test_desc_must_be_a_string(tree) -> None:
+    tree.write("dagrun.toml", '[tasks.a]\ncmd = "true"\ndesc = 3\n')
+    r = tree.run("list")
+    assert r.code == 2
+    assert r.err.startswith("dagrun: error: dagrun.toml:3: task 'a', key 'desc': ")
+
+
+@pytest.mark.parametrize(
+    "command", [["list"], ["show", "a"], ["graph"], ["tree"], ["status"], ["build", "-n"],
+                ["list", "--names"]]
+)
+def test_read_only_commands_create_nothing_in_a_fresh_tree(tree, command) -> None:
+    assert tree.run(*command).code == 0
+    assert not (tree.root / ".dagrun").exists()
