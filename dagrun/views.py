@@ -203,6 +203,8 @@ def build_status(
             running.pop(r["task"], None)
         elif kind == "not_run":
             last[r["task"]] = "not_run"
+        elif kind == "up_to_date":  # planned to run, found up to date (early cutoff)
+            last[r["task"]] = "up_to_date"
         elif kind == "build_finished":
             finished = r
     stopped = bool(head) and finished is None and not live

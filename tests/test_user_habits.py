@@ -310,3 +310,95 @@ def test_desc_must_be_a_string(tree) -> None:
 def test_read_only_commands_create_nothing_in_a_fresh_tree(tree, command) -> None:
     assert tree.run(*command).code == 0
     assert not (tree.root / ".dagrun").exists()
+
+
+# ---------------------------------------------------------------- early cutoff: the counters
+
+CUTOFF = """
+[tasks.gen]
+cmd = "cat in.txt > g.txt"
+inputs = ["in.txt"]
+outputs = ["g.txt"]
+
+[tasks.norm]
+cmd = "tr -d ' ' < g.txt > n.txt"
+inputs = ["g.txt"]
+outputs = ["n.txt"]
+restat = true
+
+[tasks.use1]
+cmd = "cat n.txt > u1.txt"
+inputs = ["n.txt"]
+outputs = ["u1.txt"]
+
+[tasks.use2]
+cmd = "cat u1.txt > u2.txt"
+inputs = ["u1.txt"]
+outputs = ["u2.txt"]
+
+[tasks.zlast]
+cmd = "cat g.txt > z.txt"
+inputs = ["g.txt"]
+outputs = ["z.txt"]
+"""
+
+
+@pytest.fixture
+def cut(tree) -> Tree:
+    tree.write("dagrun.toml", CUTOFF)
+    tree.write("in.txt", "a b\n")
+    assert tree.run("build").code == 0
+    tree.write("in.txt", "a  b\n")  # norm's output stays "ab": use1 and use2 are cut off
+    return tree
+
+
+def test_status_counts_cut_off_tasks_as_up_to_date(cut) -> None:
+    assert cut.run("build", "-j1").code == 0
+    assert cut.run("status").out.splitlines()[0] == "build: finished: 3 succeeded, 2 up to date"
+
+
+def test_k_of_n_counts_what_ran_without_gaps_after_a_cutoff(cut) -> None:
+    out = cut.run("build", "-j1").out.splitlines()
+    counters = [line.split()[0] for line in out if line.startswith("[")]
+    assert counters == ["[1/5]", "[2/5]", "[3/3]"], out  # gen, norm, then zlast: Ninja's way
+    assert out[-1].startswith("dagrun: 3 succeeded, 2 up to date in ")
+
+
+def test_watch_counts_only_what_surely_runs(cut) -> None:
+    import io
+    import threading
+
+    from dagrun.watch import Watcher
+
+    def idle(folders, stop):
+        while not stop.wait(0.01):
+            yield set()
+
+    out, stop = io.StringIO(), threading.Event()
+    w = Watcher(str(cut.root / "dagrun.toml"), progress="plain", out=out, err=out,
+                watch_fn=idle, on_round=lambda r: stop.set())
+    assert w.run(stop) == 0
+    assert "first build -> running 3: gen, norm, zlast (2 more if their inputs change)" in (
+        out.getvalue()
+    ), out.getvalue()
+
+
+def test_the_live_footer_counts_ctrl_c_as_interrupted_not_failed() -> None:
+    import io
+
+    from rich.console import Console
+
+    from dagrun.events import BuildStarted, TaskFinished, TaskStarted
+    from dagrun.report import RichReporter
+
+    buf = io.StringIO()
+    rep = RichReporter(Console(file=buf, width=100, force_terminal=False))
+    rep.handle(BuildStarted(total=2, up_to_date=0, jobs=2))
+    rep.handle(TaskStarted("s", "s", 1))
+    rep.handle(TaskFinished("s", "s", "sleep 9", False, -2, 1.0, "", "", done=1, total=2,
+                            interrupted=True))
+    console = Console(file=io.StringIO(), width=100)
+    console.print(rep)
+    footer = console.file.getvalue()
+    rep.live.stop()
+    assert "1 interrupted" in footer and "failed" not in footer, footer
