@@ -4,6 +4,7 @@ and the rough edges they hit.  Each test runs the real entry point in a temp pro
 
 from __future__ import annotations
 
+import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,3 +403,50 @@ def test_the_live_footer_counts_ctrl_c_as_interrupted_not_failed() -> None:
     footer = console.file.getvalue()
     rep.live.stop()
     assert "1 interrupted" in footer and "failed" not in footer, footer
+
+
+# ---------------------------------------------------------------- bash completion past =
+
+
+@pytest.mark.slow
+def test_bash_completes_a_matrix_task_name_past_its_equals_sign(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    (tmp_path / "dagrun.toml").write_text(
+        '[tasks.cc]\nmatrix = { c = ["src/main.c", "src/util.c"] }\ncmd = "true"\n'
+        '[tasks.app]\ncmd = "true"\n'
+    )
+    script = subprocess.run([sys.executable, "-m", "dagrun", "completion", "bash"],
+                            capture_output=True, text=True, check=True).stdout
+    (tmp_path / "complete.sh").write_text(script)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "dagrun").write_text(f'#!/bin/sh\nexec {sys.executable} -m dagrun "$@"\n')
+    (bindir / "dagrun").chmod(0o755)
+
+    def complete(line: str) -> list[str]:
+        """What bash offers at the end of ``line``, split into words as readline splits them
+        (COMP_WORDBREAKS has = and :)."""
+        import re
+
+        words = re.findall(r"[=:]|[^\s=:]+", line) + ([""] if line.endswith(" ") else [])
+        quoted = " ".join(f"'{w}'" for w in words)
+        probe = (f"source complete.sh; COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; "
+                 f"COMP_LINE='{line}'; COMP_POINT={len(line)}; "
+                 '_dagrun; printf "%s\\n" "${COMPREPLY[@]}"')
+        env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+        done = subprocess.run(["bash", "--norc", "-c", probe], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return sorted(done.stdout.split())
+
+    # bash replaces the word after the last = with what is offered
+    assert complete("dagrun build cc[c=src/m") == ["src/main.c]"]
+    assert complete("dagrun build cc[c=") == ["=src/main.c]", "=src/util.c]"]
+    assert complete("dagrun cc[c=src/u") == ["src/util.c]"]
+    assert complete("dagrun build cc") == ["cc", "cc[c=src/main.c]", "cc[c=src/util.c]"]
+    assert complete("dagrun tree a") == ["app"]
