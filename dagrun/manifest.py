@@ -730,6 +730,13 @@ class _Builder:
             hint = 'scheduler = "tcp://host:8786", or cluster = "local" or "module.Class"'
             raise self.error(f"{where} needs exactly one of 'scheduler' and 'cluster'",
                              table=path, hint=hint)
+        cluster = body.get("cluster", "local")
+        if kind == "dask" and cluster != "local" and "." not in cluster.strip("."):
+            import difflib
+
+            hint = _did_you_mean(difflib.get_close_matches(cluster.lower(), ["local"], n=1))
+            problem = f"{where}: cluster {cluster!r} is neither \"local\" nor a \"module.Class\""
+            raise self.error(problem, key="cluster", table=path, hint=hint)
         return ExecutorSpec(name, kind, dict(body))
 
     def task(self, name: str, body: Any) -> list[TaskSpec]:

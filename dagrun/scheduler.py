@@ -231,8 +231,10 @@ class Scheduler:
         policy: Policy | None = None,
         base_env: Mapping[str, str] | None = None,  # the declared [env]; executors add their own
         runs_dir: str,
+        started: float | None = None,  # the clock when the build began (executors' start-up)
     ) -> None:
         self.graph = graph
+        self.started = started
         self.plan = plan
         self.keys = keys
         if isinstance(executors, Mapping):
@@ -257,7 +259,7 @@ class Scheduler:
 
     def run(self) -> BuildResult:
         self._setup()
-        started = self.clock.now()
+        started = self.clock.now() if self.started is None else self.started  # wall time
         plan = self.plan
         planned = events.Planned(self.graph.specs, plan.to_run, plan.up_to_date, self.keys,
                                  plan.reasons)

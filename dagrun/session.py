@@ -135,6 +135,7 @@ class Session:
         self._proof: fresh.Delta | None = None  # the proof this session wrote last (no changes)
         self._journal: Journal | None = None  # the cache's journal, as loaded or last written
         self._forced: set[int] = set()  # the tasks --force names (this build's)
+        self._started: float | None = None  # the clock when this build began
         # keep the last build's graph and state until this session goes (the CLI: until exit,
         # which frees them at once rather than object by object)
         self.keep_last = False
@@ -165,6 +166,7 @@ class Session:
         task without targets) even when they are up to date.
         """
         with self.lock():
+            self._started = self.clock.now()  # the summary's time: from here, as a wall clock
             delta = None if force else self._usable_delta(delta, changed)
             fresh.forget(self.state_dir)
             self._seed, self._keys_after = self._keys_after, None  # again if this one ends well
@@ -730,6 +732,7 @@ class Session:
             factory=self.executor_factory,
             stops=self.stops,
             say=self.on_wait,  # messages for the user (the URL workers connect to)
+            started=self._started,
         )
         check = cutoff.Cutoff(keys, prep.waits, log.done, lambda i: self._outputs_intact(prep, i))
         result = build.run(

@@ -450,3 +450,58 @@ def test_bash_completes_a_matrix_task_name_past_its_equals_sign(tmp_path: Path) 
     assert complete("dagrun cc[c=src/u") == ["src/util.c]"]
     assert complete("dagrun build cc") == ["cc", "cc[c=src/main.c]", "cc[c=src/util.c]"]
     assert complete("dagrun tree a") == ["app"]
+
+
+# ---------------------------------------------------------------- the summary's time
+
+
+def test_the_summary_time_is_wall_time_with_the_executors_start_up(tmp_path: Path) -> None:
+    """A Dask build whose cluster took 5 s to start said it took 1 s: the time an executor
+    takes to start (here 5 s of a fake clock, as a cluster's start-up) is in the summary."""
+    from dagrun.clock import FakeClock
+    from dagrun.events import BuildFinished
+    from dagrun.executors.fake import FakeExecutor
+    from dagrun.report import RecordingReporter
+    from dagrun.session import Session
+
+    (tmp_path / "dagrun.toml").write_text('[tasks.a]\ncmd = "true"\n')
+    clock = FakeClock()
+
+    def start_slowly(graph):
+        clock.advance(5.0)
+        return FakeExecutor(lambda job: 0, clock=clock, duration=1.0)
+
+    rec = RecordingReporter()
+    session = Session(manifest_path=str(tmp_path / "dagrun.toml"), clock=clock,
+                      executor_factory=start_slowly)
+    result = session.build(reporter=rec)
+    assert result.elapsed == 6.0
+    assert rec.of(BuildFinished)[0].elapsed == 6.0
+
+
+# ---------------------------------------------------------------- messages
+
+
+def test_a_missing_cwd_is_named(tree) -> None:
+    tree.write("dagrun.toml", '[tasks.a]\ncmd = "echo hi"\ncwd = "nodir"\n')
+    r = tree.run("build")
+    assert r.code == 1
+    assert f"FAILED: [cannot start: its cwd {tree.root}/nodir does not exist] a\n" in r.out
+
+
+def test_a_misspelt_dask_cluster_is_a_manifest_error(tree) -> None:
+    tree.write("dagrun.toml", """
+        [executors.farm]
+        type = "dask"
+        cluster = "lokal"
+
+        [tasks.b]
+        cmd = "true"
+        executor = "farm"
+        """)
+    r = tree.run("build", "-n")
+    assert r.code == 2
+    assert r.err == (
+        "dagrun: error: dagrun.toml:4: key 'cluster': [executors.farm]: cluster 'lokal' is "
+        'neither "local" nor a "module.Class" (did you mean \'local\'?)\n'
+    )
