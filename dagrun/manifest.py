@@ -734,9 +734,9 @@ class _Builder:
         if kind == "dask" and cluster != "local" and "." not in cluster.strip("."):
             import difflib
 
-            hint = _did_you_mean(difflib.get_close_matches(cluster.lower(), ["local"], n=1))
+            close = difflib.get_close_matches(cluster.lower(), ["local"], n=1)
             problem = f"{where}: cluster {cluster!r} is neither \"local\" nor a \"module.Class\""
-            raise self.error(problem, key="cluster", table=path, hint=hint)
+            raise self.error(problem, key="cluster", table=path, hint=_did_you_mean(close))
         return ExecutorSpec(name, kind, dict(body))
 
     def task(self, name: str, body: Any) -> list[TaskSpec]:
