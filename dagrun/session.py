@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from . import cutoff, fresh, globs, unchanged
+from . import cutoff, fresh, globs, leftovers, unchanged
 from .clock import Clock, MonotonicClock
 from .completion_log import CompletionLog, Identity, LogIndex
 from .errors import DagrunError, DepfileError, LogError, ManifestError
@@ -332,7 +332,8 @@ class Session:
             return prep
 
     def clean(self, targets: Iterable[str] | None = None, *, dead: bool = False) -> list[str]:
-        """Remove the named tasks' declared outputs (all without targets); forget their keys.
+        """Remove the named tasks' declared outputs (all without targets), their depfiles and
+        function results (leftovers.py); forget their keys.
 
         ``dead``: instead, the outputs the log records for tasks no longer in the
         manifest (as ``ninja -t cleandead``).  Only paths inside the project are
@@ -354,6 +355,11 @@ class Session:
                     everything = range(len(graph.specs))
                     picked = graph.resolve(targets, self.cwd) if targets else everything
                     chosen = {graph.specs[i].name: graph.specs[i].outputs for i in picked}
+                every = not dead and not targets
+                leftovers.remove_results(self.state_dir, log, chosen, every)
+                for depfile in leftovers.depfiles(graph, chosen):
+                    if os.path.lexists(os.path.join(self.root, depfile)):
+                        self._remove_output(depfile)
                 for task, outputs in chosen.items():
                     removed += [out for out in outputs if self._remove_output(out)]
                     log.forget(task)

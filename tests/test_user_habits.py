@@ -505,3 +505,83 @@ def test_a_misspelt_dask_cluster_is_a_manifest_error(tree) -> None:
         "dagrun: error: dagrun.toml:4: key 'cluster': [executors.farm]: cluster 'lokal' is "
         'neither "local" nor a "module.Class" (did you mean \'local\'?)\n'
     )
+
+
+# ---------------------------------------------------------------- clean, run folders
+
+
+def test_clean_removes_depfiles_and_function_results(tree) -> None:
+    tree.write("steps26.py", "def f():\n    return 42\n\ndef g():\n    return 7\n")
+    tree.write("dagrun.toml", """
+        [tasks.d]
+        cmd = "echo x > out/d.txt && printf 'out/d.txt: dep.h\\\\n' > out/d.dep"
+        inputs = ["dep.h"]
+        outputs = ["out/d.txt"]
+        depfile = "out/d.dep"
+
+        [tasks.f]
+        call = "steps26:f"
+
+        [tasks.g]
+        call = "steps26:g"
+        """)
+    tree.write("dep.h", "")
+    assert tree.run("build").code == 0, tree.run("build").err
+    results = tree.root / ".dagrun" / "results"
+    assert (tree.root / "out/d.dep").exists() and len(list(results.iterdir())) == 2
+    assert tree.run("clean", "d", "f").out == "dagrun: removed 1 output(s)\n"
+    assert not (tree.root / "out/d.dep").exists()
+    assert len(list(results.iterdir())) == 1  # g's result stays
+    tree.run("build")
+    tree.run("clean")
+    assert not results.exists()
+
+
+def test_a_silent_function_task_keeps_no_run_folder(tree) -> None:
+    tree.write("steps26.py", "def quiet():\n    return 1\n\ndef loud():\n    print('hi')\n")
+    tree.write("dagrun.toml", '[tasks.quiet]\ncall = "steps26:quiet"\n'
+                              '[tasks.loud]\ncall = "steps26:loud"\n')
+    assert tree.run("build").code == 0
+    runs = tree.root / ".dagrun" / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["loud"]
+    assert (runs / "loud" / "stdout.txt").read_text() == "hi\n"
+    shown = dict(ln.split(None, 1) for ln in tree.run("show", "quiet").out.splitlines()
+                 if not ln.startswith(" ") and " " in ln.strip())
+    assert shown["output"] == "none kept (its last run printed nothing)"
+    assert "MB" not in shown["last"]  # a function task's memory is not measured: not "0.0 MB"
+
+
+def test_show_text_has_every_key_part_its_json_has(tree, monkeypatch) -> None:
+    import json
+
+    monkeypatch.delenv("CC", raising=False)
+    tree.write("steps26.py", "def f(n):\n    return n\n")
+    tree.write("dep.h", "")
+    tree.write("dagrun.toml", """
+        [dagrun]
+        key_env = ["CC"]
+
+        [tasks.d]
+        cmd = "echo x > d.txt && printf 'd.txt: dep.h\\\\n' > d.dep"
+        outputs = ["d.txt"]
+        depfile = "d.dep"
+
+        [tasks.f]
+        call = "steps26:f"
+        args = [3]
+        """)
+    assert tree.run("build").code == 0
+    text = tree.run("show", "d").out
+    parts = json.loads(tree.run("show", "d", "--json").out)["key_parts"]
+    assert parts["found"] == {"dep.h": parts["found"]["dep.h"]}
+    import re
+
+    def row(name: str, value: str) -> str:
+        return rf"(?m)^  {name} +{re.escape(value)}$"
+
+    assert re.search(row("from depfile", f"dep.h  {parts['found']['dep.h']}"), text), text
+    assert re.search(row("key_env", "CC (not set)"), text) and "None" not in text
+    text = tree.run("show", "f").out
+    parts = json.loads(tree.run("show", "f", "--json").out)["key_parts"]
+    assert re.search(row("code", parts["code"]), text), text
+    assert re.search(row("args", parts["args"]), text), text
