@@ -140,6 +140,9 @@ def test_force_and_touch_together_are_a_usage_error(tree) -> None:
     with pytest.raises(SystemExit) as exc:
         tree.run("build", "-B", "--touch")
     assert exc.value.code == 2
+    assert tree.capsys.readouterr().err.endswith(
+        "dagrun: error: --force and --touch cannot be used together\n"
+    )
 
 
 # ---------------------------------------------------------------- NAME=value
@@ -301,7 +304,9 @@ def test_desc_must_be_a_string(tree) -> None:
     tree.write("dagrun.toml", '[tasks.a]\ncmd = "true"\ndesc = 3\n')
     r = tree.run("list")
     assert r.code == 2
-    assert r.err.startswith("dagrun: error: dagrun.toml:3: task 'a', key 'desc': ")
+    assert r.err == (
+        "dagrun: error: dagrun.toml:3: task 'a', key 'desc': must be a string, not an integer\n"
+    )
 
 
 @pytest.mark.parametrize(
