@@ -559,7 +559,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     session = _session(args)
     graph = session.load_graph()
-    i = views.one_task(graph, args.task)
+    i = views.one_task(graph, args.task, session.cwd)
     prep = session.plan([graph.specs[i].name], explain=True)
     _warn(session)
     data = views.show(prep, i, session.state_dir, _last_build(session, record))

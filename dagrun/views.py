@@ -65,11 +65,12 @@ def names(graph: BuildGraph) -> list[str]:
 # ---------------------------------------------------------------- show
 
 
-def one_task(graph: BuildGraph, name: str) -> int:
-    """The task ``show`` describes: exactly one, by name (a group or glob must match one)."""
+def one_task(graph: BuildGraph, name: str, cwd: str | None = None) -> int:
+    """The task ``show`` describes: exactly one, by name (a group or glob must match one), or
+    an output path (relative to ``cwd``, else to the root)."""
     if name in graph.index:
         return graph.index[name]
-    found = graph.resolve([name])  # UnknownTargetError (with a suggestion) when nothing matches
+    found = graph.resolve([name], cwd)  # UnknownTargetError (with a hint) when nothing matches
     if len(found) == 1:
         return found[0]
     some = ", ".join(graph.specs[i].name for i in found[:5])

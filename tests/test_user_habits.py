@@ -590,3 +590,9 @@ def test_show_text_has_every_key_part_its_json_has(tree, monkeypatch) -> None:
     parts = json.loads(tree.run("show", "f", "--json").out)["key_parts"]
     assert re.search(row("code", parts["code"]), text), text
     assert re.search(row("args", parts["args"]), text), text
+
+
+def test_show_takes_an_output_path_relative_to_the_current_folder(tree) -> None:
+    r = tree.run("show", "b.txt", cwd="out")
+    assert r.code == 0, r.err
+    assert r.out.splitlines()[0].split() == ["task", "b"]
