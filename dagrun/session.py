@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from . import cutoff, fresh, globs, leftovers, unchanged
+from . import cutoff, fresh, globs, unchanged
 from .clock import Clock, MonotonicClock
 from .completion_log import CompletionLog, Identity, LogIndex
 from .errors import DagrunError, DepfileError, LogError, ManifestError
@@ -340,6 +340,8 @@ class Session:
         removed, never the project, its parent or .dagrun, and never through a
         symlink that leads out of the project.
         """
+        from . import leftovers
+
         with self.lock():
             if self.read_only is not None:
                 why = f"{self.state_dir} cannot be written ({self.read_only})"
