@@ -543,12 +543,15 @@ def test_clean_removes_depfiles_and_function_results(tree) -> None:
 
 
 def test_a_silent_function_task_keeps_no_run_folder(tree) -> None:
-    tree.write("steps26.py", "def quiet():\n    return 1\n\ndef loud():\n    print('hi')\n")
+    tree.write("steps26.py", "def quiet():\n    return 1\n\ndef loud():\n    print('hi')\n"
+                             "\ndef bad():\n    raise ValueError(1)\n")
     tree.write("dagrun.toml", '[tasks.quiet]\ncall = "steps26:quiet"\n'
-                              '[tasks.loud]\ncall = "steps26:loud"\n')
-    assert tree.run("build").code == 0
+                              '[tasks.loud]\ncall = "steps26:loud"\n'
+                              '[tasks.bad]\ncall = "steps26:bad"\n')
+    assert tree.run("build", "-k").code == 1
     runs = tree.root / ".dagrun" / "runs"
-    assert sorted(p.name for p in runs.iterdir()) == ["loud"]
+    assert sorted(p.name for p in runs.iterdir()) == ["bad", "loud"]
+    assert (runs / "bad" / "command.txt").read_text().startswith("call steps26:bad\n")
     assert (runs / "loud" / "stdout.txt").read_text() == "hi\n"
     shown = dict(ln.split(None, 1) for ln in tree.run("show", "quiet").out.splitlines()
                  if not ln.startswith(" ") and " " in ln.strip())
