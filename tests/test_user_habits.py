@@ -599,3 +599,27 @@ def test_show_takes_an_output_path_relative_to_the_current_folder(tree) -> None:
     r = tree.run("show", "b.txt", cwd="out")
     assert r.code == 0, r.err
     assert r.out.splitlines()[0].split() == ["task", "b"]
+
+
+@pytest.mark.slow
+def test_the_live_footer_s_last_frame_after_ctrl_c_says_interrupted(dagrun_proc) -> None:
+    """A real build with the live display (forced into the pipe), stopped by Ctrl-C."""
+    import re
+    import signal
+
+    from realproc import stop_and_expect_130
+
+    dagrun_proc.manifest("""
+        [dagrun]
+        jobs = 2
+        [tasks.s]
+        matrix = { n = [1, 2, 3] }
+        cmd = "echo $$ > pids/s{n}; sleep 30"
+    """)
+    p = dagrun_proc.start("build", "--progress", "rich")
+    groups = {dagrun_proc.task_pid("s1"), dagrun_proc.task_pid("s2")}
+    out, _ = stop_and_expect_130(p, signal.SIGINT, to_group=True, groups=groups)
+    frames = re.findall(r"\[\d+/3\] \[[#-]+\] +[\d.]+s +\d+ running[^\r\n\x1b]*", out)
+    assert frames, out
+    assert frames[-1].endswith("0 running  2 interrupted"), frames[-3:]
+    assert not any("failed" in f for f in frames), frames
