@@ -623,3 +623,16 @@ def test_the_live_footer_s_last_frame_after_ctrl_c_says_interrupted(dagrun_proc)
     assert frames, out
     assert frames[-1].endswith("0 running  2 interrupted"), frames[-3:]
     assert not any("failed" in f for f in frames), frames
+
+
+def test_the_api_forces_touches_and_overrides_as_the_cli_does(tree) -> None:
+    import dagrun
+    from dagrun.report import RecordingReporter
+
+    g = dagrun.load(tree.root / "dagrun.toml")
+    assert g.build(reporter=RecordingReporter()).succeeded == ("a", "b")
+    assert g.build(["a"], force=True, reporter=RecordingReporter()).succeeded == ("a",)
+    g.build(reporter=RecordingReporter(), overrides={"MSG": "api"})
+    assert tree.read("out/b.txt") == "api\n"
+    assert g.touch() == ["a", "b"]  # the manifest's MSG again: both would run
+    assert g.build(reporter=RecordingReporter()).up_to_date == ("a", "b")
