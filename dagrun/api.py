@@ -154,7 +154,8 @@ class Graph:
         """Build ``targets`` (default: the default targets) and what they depend on.
 
         ``force``: run the named targets even when up to date (``build --force``);
-        ``overrides={"CFLAGS": "-O0"}`` (a session option) replaces [vars] values."""
+        ``overrides={"CFLAGS": "-O0"}`` (a session option, for a graph loaded from a file)
+        replaces [vars] values."""
         if reporter is None:
             from .report import make_reporter
 

@@ -100,6 +100,8 @@ class Session:
         folder the command was run in, where a target path is looked for first."""
         if (manifest_path is None) == (manifest is None):
             raise ValueError("give exactly one of manifest_path and manifest")
+        if overrides and manifest is not None:
+            raise ValueError("overrides replace [vars] of a manifest file: give manifest_path")
         self.manifest_path = os.path.abspath(manifest_path) if manifest_path else None
         # messages name the manifest as the user did (dagrun.toml:4: ...), not by absolute path
         self.manifest_name = os.path.normpath(manifest_path) if manifest_path else None
