@@ -342,7 +342,7 @@ class Watcher:
         self._cancel = StopFlag()  # set by a change with --restart: the build stops at once
         self.session = Session(
             manifest_path=manifest_path, on_wait=self._say, on_plan=self._on_plan,
-            stops=(self._cancel,),
+            stops=(self._cancel,), cwd=os.getcwd(),  # target paths: from the current folder
         )
         self._ws = manifest_set(manifest_path)
         self._graph: BuildGraph | None = None

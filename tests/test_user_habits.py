@@ -636,3 +636,21 @@ def test_the_api_forces_touches_and_overrides_as_the_cli_does(tree) -> None:
     assert tree.read("out/b.txt") == "api\n"
     assert g.touch() == ["a", "b"]  # the manifest's MSG again: both would run
     assert g.build(reporter=RecordingReporter()).up_to_date == ("a", "b")
+
+
+def test_watch_takes_a_target_relative_to_the_current_folder(tree, monkeypatch) -> None:
+    import io
+    import threading
+
+    from dagrun.watch import Watcher
+
+    def idle(folders, stop):
+        while not stop.wait(0.01):
+            yield set()
+
+    monkeypatch.chdir(tree.root / "out")
+    out, stop = io.StringIO(), threading.Event()
+    w = Watcher(str(tree.root / "dagrun.toml"), ["a.txt"], progress="plain", out=out, err=out,
+                watch_fn=idle, on_round=lambda r: stop.set())
+    assert w.run(stop) == 0
+    assert "first build -> running 1: a" in out.getvalue(), out.getvalue()
