@@ -654,3 +654,24 @@ def test_watch_takes_a_target_relative_to_the_current_folder(tree, monkeypatch) 
                 watch_fn=idle, on_round=lambda r: stop.set())
     assert w.run(stop) == 0
     assert "first build -> running 1: a" in out.getvalue(), out.getvalue()
+
+
+@pytest.mark.slow
+def test_docs_c_md_builds_two_sources_of_one_name(tree) -> None:
+    """docs/c.md's manifest on a project with two static_init.c (as Brotli has)."""
+    import re
+    import shutil
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "c.md").read_text()
+    manifest = re.search(r"```toml\n(.*?)```", docs, re.S)
+    assert manifest is not None
+    tree.write("dagrun.toml", manifest.group(1))
+    tree.write("src/a/static_init.c", "int f(void) { return 1; }\n")
+    tree.write("src/b/static_init.c", "int g(void) { return 2; }\n")
+    tree.write("src/main.c", "int main(void) { return 0; }\n")
+    r = tree.run("build")
+    assert r.code == 0, r.err
+    assert (tree.root / "build/src/a/static_init.o").exists()
+    assert (tree.root / "build/src/b/static_init.o").exists()
