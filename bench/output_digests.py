@@ -44,14 +44,13 @@ def venv(where: str, source: str) -> str:
 
 # dagrun's own CPU time (its threads, not its tasks'): what the digests add, whatever the load
 _SELF_CPU = (
-    "import atexit, os, resource, sys\n"
-    "def _cpu():\n"
-    "    r = resource.getrusage(resource.RUSAGE_SELF)\n"
-    "    os.write(2, b'CPU %f\\n' % (r.ru_utime + r.ru_stime))\n"
-    "atexit.register(_cpu)\n"
-    "from dagrun.entry import run\n"
-    "sys.argv[0] = 'dagrun'\n"
-    "sys.exit(run())\n"
+    "import os, resource, sys\n"
+    "from dagrun.entry import main\n"
+    "code = main(sys.argv[1:])\n"
+    "r = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "os.write(2, b'CPU %f\\n' % (r.ru_utime + r.ru_stime))\n"
+    "sys.stdout.flush()\n"
+    "os._exit(code)\n"
 )
 
 

@@ -54,6 +54,7 @@ class TaskSpec(NamedTuple):
     io_bound: bool = False  # runs on the io worker's event loop and takes no slot
     depfile: str = ""  # relative to the root, like inputs; "" when none
     restat: bool = False  # dependents key this task by its outputs' digests (early cutoff)
+    desc: str = ""  # one line of description (list, show, tree); not in the key
 
     @property
     def label(self) -> str:
@@ -345,6 +346,7 @@ TASK_KEYS: dict[str, Check] = {
     "outputs": _str_list,
     "deps": _str_list,
     "display": _str,
+    "desc": _str,
     "env": _env_table,
     "cwd": _nonempty_str,
     "threads": _int(1),
@@ -435,11 +437,16 @@ def read(path: str) -> bytes:
 
 
 def load(
-    path: str | os.PathLike[str], *, source: str | None = None, data: bytes | None = None
+    path: str | os.PathLike[str],
+    *,
+    source: str | None = None,
+    data: bytes | None = None,
+    overrides: Mapping[str, str] | None = None,
 ) -> Manifest:
     """Read and parse a manifest file; ``source`` is how messages name it (default: ``path``).
 
-    ``data``: the file's bytes, when the caller has read them already.
+    ``data``: the file's bytes, when the caller has read them already; ``overrides``: [vars]
+    values given on the command line (``dagrun build CFLAGS=-O0``).
     """
     path = os.fspath(path)
     if data is None:
@@ -449,21 +456,29 @@ def load(
     except UnicodeDecodeError as exc:
         problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
         raise ManifestError(problem, source=path) from None
-    manifest = parse(text, source=source or path, root=os.path.dirname(os.path.abspath(path)))
+    root = os.path.dirname(os.path.abspath(path))
+    manifest = parse(text, source=source or path, root=root, overrides=overrides)
     if manifest.line_index is not None:  # its text is read again if an error needs a line
         manifest.line_index.keep_file(path, zlib.crc32(data))
     return manifest
 
 
-def parse(text: str, *, source: str = MANIFEST_NAME, root: str | None = None) -> Manifest:
-    """Parse manifest text.  ``root`` is the folder paths are relative to (default: cwd)."""
+def parse(
+    text: str,
+    *,
+    source: str = MANIFEST_NAME,
+    root: str | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Manifest:
+    """Parse manifest text.  ``root`` is the folder paths are relative to (default: cwd);
+    ``overrides`` replace [vars] values (see load)."""
     root = os.path.abspath(root if root is not None else os.getcwd())
     if text.startswith("\ufeff"):  # a UTF-8 byte order mark, as some editors write
         text = text[1:]
     parts = tomlsplit.split(text)
     if parts is not None:  # a big manifest: its tasks made batch by batch, tables dropped
         try:
-            return _Builder(text, source, root, headers=False).build(*parts)
+            return _Builder(text, source, root, headers=False, overrides=overrides).build(*parts)
         except (tomlsplit.Unsplittable, ManifestError):
             pass  # the whole text at once says what is wrong, as it would without batches
     try:
@@ -473,7 +488,7 @@ def parse(text: str, *, source: str = MANIFEST_NAME, root: str | None = None) ->
     except RecursionError:
         problem = "invalid TOML: arrays or tables nested too deeply"
         raise ManifestError(problem, source=source) from None
-    return _Builder(text, source, root).build(doc)
+    return _Builder(text, source, root, overrides=overrides).build(doc)
 
 
 def _toml_error(msg: str, text: str, source: str) -> ManifestError:
@@ -517,8 +532,17 @@ def build_manifest(
 class _Builder:
     """Validates a parsed document and expands it into a Manifest."""
 
-    def __init__(self, text: str, source: str, root: str, *, headers: bool = True) -> None:
+    def __init__(
+        self,
+        text: str,
+        source: str,
+        root: str,
+        *,
+        headers: bool = True,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
         self.text = text
+        self.overrides = dict(overrides or {})
         self.source = source
         self.root = root
         self.lines = _LineIndex(text, headers=headers) if text else None
@@ -597,6 +621,7 @@ class _Builder:
         problem = _vars(self.vars)
         if problem:
             raise self.error(f"[vars] entry {problem}", key=problem.split("'")[1], table=("vars",))
+        self.override_vars()
         executors = self.executors(self.table(doc, "executors"))
         bodies = self.table(doc, "tasks")
         per_task: dict[str, list[TaskSpec]] = {}
@@ -634,6 +659,31 @@ class _Builder:
             warnings=tuple(self.empty.values()),
             line_index=self.lines,
         )
+
+    def override_vars(self) -> None:
+        """``NAME=value`` words of the command line replace [vars] values; a list variable
+        takes the value split as a shell would split it."""
+        for name, value in self.overrides.items():
+            if name not in self.vars:
+                import difflib
+
+                close = difflib.get_close_matches(name, list(self.vars), n=1)
+                known = ", ".join(self.vars) or "none"
+                hint = _did_you_mean(close) or f"[vars] has: {known}"
+                raise ManifestError(
+                    f"{name}={value} on the command line names no [vars] entry",
+                    source=self.source, hint=hint,
+                )
+            if isinstance(self.vars[name], list):
+                import shlex
+
+                try:
+                    self.vars[name] = shlex.split(value)
+                except ValueError as exc:  # an unmatched quote
+                    problem = f"{name}={value} on the command line: {exc}"
+                    raise ManifestError(problem, source=self.source) from None
+            else:
+                self.vars[name] = value
 
     def table(self, doc: Mapping[str, Any], key: str) -> dict[str, Any]:
         value = doc.get(key, {})
@@ -682,6 +732,13 @@ class _Builder:
             hint = 'scheduler = "tcp://host:8786", or cluster = "local" or "module.Class"'
             raise self.error(f"{where} needs exactly one of 'scheduler' and 'cluster'",
                              table=path, hint=hint)
+        cluster = body.get("cluster", "local")
+        if kind == "dask" and cluster != "local" and "." not in cluster.strip("."):
+            import difflib
+
+            close = difflib.get_close_matches(cluster.lower(), ["local"], n=1)
+            problem = f"{where}: cluster {cluster!r} is neither \"local\" nor a \"module.Class\""
+            raise self.error(problem, key="cluster", table=path, hint=_did_you_mean(close))
         return ExecutorSpec(name, kind, dict(body))
 
     def task(self, name: str, body: Any) -> list[TaskSpec]:
@@ -918,6 +975,7 @@ class _Builder:
             line=line,
             depfile=_norm(sub(body["depfile"]), cwd, self.root) if "depfile" in body else "",
             restat=body.get("restat", False),
+            desc=sub(body.get("desc", "")),
         )
         if "call" in body:
             exact = self.typed_args(group, body, values)

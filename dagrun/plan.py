@@ -10,7 +10,7 @@ task's last successful run and names what changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,13 +50,15 @@ def make(
     parts: Callable[[int], KeyParts] | None = None,
     always_run: bool = False,
     upstream_changed: Callable[[int], str | None] | None = None,
+    forced: Collection[int] = (),
 ) -> Plan:
     """Decide each selected task.  With ``parts`` the reasons say exactly what changed.
 
     ``identity`` gives an output's identity now, None when it does not exist;
     ``upstream_changed`` why a task whose key and outputs are as recorded must run all
     the same (a dependency made something else since: ledger.py), asked only when none
-    of its dependencies runs in this plan (those decide when they have run: cutoff.py).
+    of its dependencies runs in this plan (those decide when they have run: cutoff.py);
+    ``forced`` tasks run even when up to date (``build --force``).
     """
     to_run: list[int] = []
     fresh: list[int] = []
@@ -67,6 +69,8 @@ def make(
         spec = specs[i]
         if spec.always or always_run:
             why = ["always = true" if spec.always else "forced"]
+        elif i in forced:
+            why = ["forced (--force)"]
         else:
             why = _stale(spec, keys[i], log, identity, parts, i)
             if not why and upstream_changed is not None and running.isdisjoint(graph.deps[i]):

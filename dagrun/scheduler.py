@@ -233,8 +233,10 @@ class Scheduler:
         policy: Policy | None = None,
         base_env: Mapping[str, str] | None = None,  # the declared [env]; executors add their own
         runs_dir: str,
+        started: float | None = None,  # the clock when the build began (executors' start-up)
     ) -> None:
         self.graph = graph
+        self.started = started
         self.plan = plan
         self.keys = keys
         if isinstance(executors, Mapping):
@@ -259,7 +261,7 @@ class Scheduler:
 
     def run(self) -> BuildResult:
         self._setup()
-        started = self.clock.now()
+        started = self.clock.now() if self.started is None else self.started  # wall time
         plan = self.plan
         planned = events.Planned(self.graph.specs, plan.to_run, plan.up_to_date, self.keys,
                                  plan.reasons)
@@ -327,6 +329,7 @@ class Scheduler:
         self.failures = 0
         self.stopping = False
         self.done = 0
+        self.cut = 0  # tasks planned to run that early cutoff found up to date
         self.next_id = 0
 
     def _slots_of(self, name: str) -> int:
@@ -601,7 +604,7 @@ class Scheduler:
                 error=error,
                 will_retry=retry,
                 done=self.done,
-                total=len(self.plan.to_run),
+                total=len(self.plan.to_run) - self.cut,
                 maxrss_kb=outcome.maxrss_kb,
                 attempt=self.attempts[i],
                 max_attempts=spec.retries + 1,
@@ -628,12 +631,14 @@ class Scheduler:
             self.cut_off.append(j)  # reported after the task that released it
 
     def _drain_cut_off(self) -> None:
-        """Count the tasks found up to date when they became ready, and release their dependents."""
+        """Take the tasks found up to date when they became ready out of the total (as Ninja
+        does for a restat edge: ``[k/N]`` then counts only what runs), and release their
+        dependents."""
         while self.cut_off:
             j = self.cut_off.pop()
             spec = self.graph.specs[j]
-            self.done += 1
-            total = len(self.plan.to_run)
+            self.cut += 1
+            total = len(self.plan.to_run) - self.cut
             self.reporter.handle(TaskCutOff(spec.name, spec.label, self.done, total))
             self._succeeded(j, TaskState.UP_TO_DATE)
 

@@ -95,9 +95,15 @@ class Session:
         on_wait: Callable[[str], None] | None = None,
         topology: Topology | None = None,
         on_result: Callable[[str, Any], None] | None = None,
+        overrides: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> None:
+        """``overrides``: [vars] values from the command line (``CFLAGS=-O0``); ``cwd``: the
+        folder the command was run in, where a target path is looked for first."""
         if (manifest_path is None) == (manifest is None):
             raise ValueError("give exactly one of manifest_path and manifest")
+        if overrides and manifest is not None:
+            raise ValueError("overrides replace [vars] of a manifest file: give manifest_path")
         self.manifest_path = os.path.abspath(manifest_path) if manifest_path else None
         # messages name the manifest as the user did (dagrun.toml:4: ...), not by absolute path
         self.manifest_name = os.path.normpath(manifest_path) if manifest_path else None
@@ -125,6 +131,8 @@ class Session:
         self._keys_after: tuple[BuildGraph, list[str | None]] | None = None  # the last keys
         self._seed: tuple[BuildGraph, list[str | None]] | None = None  # those, for this build
         self._topology = topology  # None: read this machine's when a core_pool needs it
+        self.overrides = dict(overrides or {})
+        self.cwd = cwd
         self.on_result = on_result  # streams function tasks' results as they finish (pycall.py)
         self.read_only: str | None = None  # why .dagrun cannot be written (lock), else None
         self._log_error: str | None = None  # the completion log could not be appended to
@@ -133,6 +141,8 @@ class Session:
         self._ledger: tuple[Ledger, bool]  # this build's (or plan's), and whether it builds
         self._loaded: Manifest | None = None  # the manifest the graph in hand was compiled from
         self._excluded: frozenset[str] = frozenset()  # dead outputs no input matches (_bury)
+        self._forced: set[int] = set()  # the tasks --force names (this build's)
+        self._started: float | None = None  # the clock when this build began
         # keep the last build's graph and state until this session goes (the CLI: until exit,
         # which frees them at once rather than object by object)
         self.keep_last = False
@@ -150,6 +160,7 @@ class Session:
         explain: bool = False,
         delta: fresh.Delta | None = None,
         changed: Collection[str] | None = None,
+        force: bool = False,
     ) -> BuildResult:
         """Build ``targets`` (the defaults when None).
 
@@ -158,17 +169,21 @@ class Session:
         paths that changed since this Session's previous build, vouching that nothing else
         did.  Either one lets the build re-key and decide only the tasks the changes reach,
         when the state is still the one proven after the previous build; otherwise it is
-        ignored and every task is checked.
+        ignored and every task is checked.  ``force`` runs the named targets (every selected
+        task without targets) even when they are up to date.
         """
         with self.lock():
-            delta = self._usable_delta(delta, changed)
+            self._started = self.clock.now()  # the summary's time: from here, as a wall clock
+            delta = None if force else self._usable_delta(delta, changed)
             fresh.forget(self.state_dir)
             self._seed, self._keys_after = self._keys_after, None  # again if this one ends well
             self._proof = None
             self._log_error = None
             if self.read_only is None:
                 _remove_stale_temporaries(self.state_dir)
-            prep = self._prepare(targets, explain=explain, delta=delta, building=True)
+            prep = self._prepare(
+                targets, explain=explain, delta=delta, force=force, building=True
+            )
             self._refuse_if_read_only(prep)
             try:
                 result = self._run(prep, reporter, jobs, failures_allowed, explain)
@@ -185,6 +200,30 @@ class Session:
             # the cache now holds these keys: a next build of this graph may start from them
             self._keys_after = (prep.graph, prep.keys.keys) if self.read_only is None else None
             return result
+
+    def touch(self, targets: Iterable[str] | None = None) -> list[str]:
+        """Record every task a build of ``targets`` would run as done, without running it
+        (touch.py); DagrunError, and nothing recorded, when one of them cannot be."""
+        from .touch import refusal
+
+        with self.lock():
+            fresh.forget(self.state_dir)
+            prep = self._prepare(targets, explain=False)
+            chosen = [i for i in prep.plan.to_run if not prep.graph.specs[i].always]
+            try:
+                self._refuse_if_read_only(prep)
+                problem = refusal(prep.graph, chosen, self.identities)
+                assert prep.ledger is not None
+                for i in chosen if problem is None else ():
+                    problem = prep.ledger.succeeded(i, Outcome(0, 0, 0.0))
+                    if problem is not None:
+                        break
+            finally:
+                self._save(prep)
+                prep.log.close()
+            if problem is not None:
+                raise DagrunError(problem)
+            return [prep.graph.specs[i].name for i in chosen]
 
     def _usable_delta(
         self, delta: fresh.Delta | None, changed: Collection[str] | None
@@ -222,6 +261,10 @@ class Session:
         """
         if self.manifest_path is None or not result.ok or self.warnings or self.read_only:
             return
+        if self.overrides:  # the proof is of the manifest as written: a plain build checks
+            return
+        if targets and self.cwd is not None and self.cwd != self.root:
+            return  # its targets may be paths relative to the subfolder (see entry.py)
         if not isinstance(self.fs, LocalFileSystem):
             return
         delta = prep.delta
@@ -290,22 +333,27 @@ class Session:
                 outputs[o] = ident
         return True
 
-    def plan(self, targets: Iterable[str] | None = None, *, explain: bool = True) -> Prepared:
+    def plan(
+        self, targets: Iterable[str] | None = None, *, explain: bool = True, force: bool = False
+    ) -> Prepared:
         """The plan without running anything (``-n``, ``list``, ``graph``)."""
-        with self.lock():
-            prep = self._prepare(targets, explain=explain)
+        with self._reading():
+            prep = self._prepare(targets, explain=explain, force=force)
             self._save(prep)
             prep.log.close()
             return prep
 
     def clean(self, targets: Iterable[str] | None = None, *, dead: bool = False) -> list[str]:
-        """Remove the named tasks' declared outputs (all without targets); forget their keys.
+        """Remove the named tasks' declared outputs (all without targets), their depfiles and
+        function results (leftovers.py); forget their keys.
 
         ``dead``: instead, the outputs the log records for tasks no longer in the
         manifest (as ``ninja -t cleandead``).  Only paths inside the project are
         removed, never the project, its parent or .dagrun, and never through a
         symlink that leads out of the project.
         """
+        from . import leftovers
+
         with self.lock():
             if self.read_only is not None:
                 why = f"{self.state_dir} cannot be written ({self.read_only})"
@@ -318,8 +366,14 @@ class Session:
                 if dead:
                     chosen = _dead_outputs(graph, log)
                 else:
-                    picked = graph.resolve(targets) if targets else range(len(graph.specs))
+                    everything = range(len(graph.specs))
+                    picked = graph.resolve(targets, self.cwd) if targets else everything
                     chosen = {graph.specs[i].name: graph.specs[i].outputs for i in picked}
+                every = not dead and not targets
+                leftovers.remove_results(self.state_dir, log, chosen, every)
+                for depfile in leftovers.depfiles(graph, chosen):
+                    if os.path.lexists(os.path.join(self.root, depfile)):
+                        self._remove_output(depfile)
                 for task, outputs in chosen.items():
                     removed += [out for out in outputs if self._remove_output(out)]
                     log.forget(task)
@@ -374,6 +428,17 @@ class Session:
         finally:
             os.close(fd)  # closing releases the lock
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """The lock for a command that only reads: none where .dagrun does not exist yet, so
+        ``list``, ``show``, ``graph``, ``tree`` and ``-n`` in a fresh tree create nothing."""
+        if os.path.isdir(self.state_dir):
+            with self.lock():
+                yield
+            return
+        self.read_only = "not created by a command that only reads"
+        yield
+
     def _open_lock(self, path: str) -> int | None:
         """The lock file, open to write; None (``read_only`` says why) if .dagrun is read-only."""
         import errno
@@ -409,7 +474,12 @@ class Session:
     # ------------------------------------------------------------ preparing
 
     def _prepare(
-        self, targets: Iterable[str] | None, *, explain: bool, delta: fresh.Delta | None = None,
+        self,
+        targets: Iterable[str] | None,
+        *,
+        explain: bool,
+        delta: fresh.Delta | None = None,
+        force: bool = False,
         building: bool = False,
     ) -> Prepared:
         cache = self._load_cache()
@@ -418,7 +488,11 @@ class Session:
         log = self._open_log(cache)
         if not reused and log.index.latest:
             graph = self._bury(graph, log, building)
-        selected = graph.select(targets)
+        targets = list(targets or ())
+        selected = graph.select(targets, self.cwd)
+        self._forced = set()
+        if force:
+            self._forced = set(graph.resolve(targets, self.cwd) if targets else selected)
         stats = StatCache(self.fs, cache.get("stats") if cache else None)
         kenv = {n: self.environ.get(n) for n in key_env_names(graph)}
         previous = None
@@ -549,6 +623,7 @@ class Session:
             decide,
             parts=keys.parts if explain else None,
             upstream_changed=ledger.upstream_changed,
+            forced=self._forced,
         )
         if decide is not selected:
             run = set(plan.to_run)
@@ -675,7 +750,9 @@ class Session:
         from .manifest import load
 
         assert self.manifest_path is not None
-        return load(self.manifest_path, source=self._source_name(), data=data)
+        return load(
+            self.manifest_path, source=self._source_name(), data=data, overrides=self.overrides
+        )
 
     def _source_name(self) -> str:
         """The manifest as messages name it: as the user gave it if relative, else absolute."""
@@ -686,6 +763,8 @@ class Session:
     def _source_id(self, data: bytes | None) -> tuple[Any, ...]:
         if data is None:
             return ("api", self.root, digest_bytes(repr(self._manifest).encode()))
+        if self.overrides:  # another graph: cached apart from the file's own
+            data += repr(sorted(self.overrides.items())).encode()
         return ("file", self.manifest_path, digest_bytes(data))
 
     def _open_log(self, cache: dict[str, Any] | None) -> CompletionLog:
@@ -745,6 +824,7 @@ class Session:
             factory=self.executor_factory,
             stops=self.stops,
             say=self.on_wait,  # messages for the user (the URL workers connect to)
+            started=self._started,
         )
         check = cutoff.Cutoff(keys, prep.waits, log.done, ledger.intact, ledger.upstream_changed)
         result = build.run(

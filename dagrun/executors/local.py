@@ -166,9 +166,10 @@ class LocalExecutor:
             except OSError as exc:
                 os.close(out)
                 os.close(err)
-                self._done.append(
-                    Outcome(job.id, None, 0.0, error=f"cannot start: {exc.strerror or exc}")
-                )
+                why = exc.strerror or str(exc)
+                if not os.path.isdir(job.local_cwd):  # made by no task before it, or removed
+                    why = f"its cwd {job.local_cwd} does not exist"
+                self._done.append(Outcome(job.id, None, 0.0, error=f"cannot start: {why}"))
                 return
             pidfd = os.pidfd_open(pid)
             deadline = started + job.timeout if job.timeout else None
