@@ -462,3 +462,16 @@ def test_a_result_replaced_while_the_build_runs_is_not_loaded_by_its_dependent(p
     (project.root / "plant.py").write_text("")
     assert project.run("build").code == 0
     assert not marker.exists()
+
+
+def test_a_forced_non_deterministic_producer_reruns_its_dependents(project):
+    project.manifest(NONDET)
+    assert project.run("build").code == 0
+    run = project.run("build", "--force", "fetch")
+    assert run.code == 0 and "2 succeeded" in run.out, run.out
+    assert project.read("combined.txt") == project.read("stamp.txt")
+    project.manifest(DET)
+    assert project.run("build").code == 0
+    run = project.run("build", "-B", "gen")
+    assert run.code == 0 and "1 succeeded, 1 up to date" in run.out, run.out
+    assert project.read("runs.log") == "ran\n"
