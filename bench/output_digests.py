@@ -69,14 +69,6 @@ def timed(cmd: list[str], cwd: str) -> tuple[float, float]:
     return took, cpu
 
 
-def clean(project: str, outputs: list[str]) -> None:
-    shutil.rmtree(os.path.join(project, ".dagrun"), ignore_errors=True)
-    for o in outputs:
-        shutil.rmtree(os.path.join(project, o), ignore_errors=True)
-        if os.path.exists(os.path.join(project, o)):
-            os.unlink(os.path.join(project, o))
-
-
 def big_project(where: str, mib: int) -> None:
     os.makedirs(where)
     with open(os.path.join(where, "dagrun.toml"), "w") as f:
@@ -103,26 +95,25 @@ def main() -> int:
             "before": venv(os.path.join(work, "venv-before"), before_src),
             "after": venv(os.path.join(work, "venv-after"), ROOT),
         }
-        wide = os.path.join(work, "wide")
-        gen.gen(args.tasks, "wide", wide, peers=False)
-        big = os.path.join(work, "big")
-        big_project(big, args.size_mib)
         rows: dict[str, dict[str, list[tuple[float, float]]]] = {}
-        for _ in range(args.rounds):
+        for n in range(args.rounds):
             for name, dagrun in tools.items():
+                # a new folder for every cold build: nothing is deleted while measuring (ext4's
+                # inode allocator is slow for minutes after a mass deletion; bench/RESULTS.md)
+                project = os.path.join(work, f"wide-{n}-{name}")
+                gen.gen(args.tasks, "wide", project, peers=False)
+                big = os.path.join(work, f"big-{n}-{name}")
+                big_project(big, args.size_mib)
                 r = rows.setdefault(name, {})
-                project = wide
-                clean(project, ["out"])
-                os.makedirs(os.path.join(project, "out"))
                 r.setdefault(f"cold {args.tasks // 1000}k", []).append(
                     timed([dagrun, "build", "-j2", "-q"], project))
                 r.setdefault(f"no-op {args.tasks // 1000}k", []).append(
                     timed([dagrun, "build", "-j2", "-q"], project))
-                clean(big, ["big.bin"])
                 r.setdefault(f"cold, one task writing {args.size_mib} MiB", []).append(
                     timed([dagrun, "build", "-q"], big))
                 r.setdefault(f"no-op, {args.size_mib} MiB output", []).append(
                     timed([dagrun, "build", "-q"], big))
+                os.unlink(os.path.join(big, "big.bin"))  # one file: no mass deletion
         print("| figure | before: wall / dagrun CPU (s) | after: wall / dagrun CPU (s) "
               "| after / before (wall, CPU) |")
         print("|---|---|---|---|")
