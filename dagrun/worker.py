@@ -10,6 +10,13 @@ Three threads, so that no wait holds up another:
 Only the standard library's http.client: a worker must start fast and stay light.
 The worker exits by itself when the build is over (the server says so) or when the
 server has been gone for ``grace`` seconds; SIGTERM or Ctrl-C kill its tasks first.
+
+At most one attempt of a task is alive at a time, so a worker's tasks never
+outlive their lease: a ``guard`` process kills them when the worker dies
+(``kill -9``), and a worker that has not had a lease confirmed for 3/4 of the
+server's ``lease_timeout`` (a network split, a server too busy to answer) kills
+that task itself, before the server gives it to another worker, and does not
+report it (the server ends it as lost, which costs no retry).
 """
 
 from __future__ import annotations
@@ -31,10 +38,12 @@ from urllib.parse import quote, urlsplit
 
 from .executors import Job, Outcome
 from .executors.local import LocalExecutor
+from .guard import Guard
 from .scheduler import run_dir_name
 
 SHOWN = 256 * 1024  # bytes of each stream sent back; the whole file stays here
 EXIT_DONE, EXIT_GONE, EXIT_REFUSED = 0, 1, 2
+FENCE = 0.75  # of the lease timeout: a lease unconfirmed for that long is killed here
 
 
 class Refused(Exception):
@@ -155,6 +164,9 @@ class Worker:
         self.free = jobs
         self.heartbeat = 1.0
         self.leases: dict[str, int] = {}  # lease -> local job id (read by the heartbeater)
+        self.confirmed: dict[str, float] = {}  # lease -> when the last request that renewed it
+        self.fenced: set[int] = set()  # local job ids killed unconfirmed: never reported
+        self.lease_timeout: float | None = None  # the server's, once it said
         self.wire: dict[int, dict[str, Any]] = {}  # local job id -> the job as served
         self.next_id = 0
         self.stopping = threading.Event()
@@ -181,11 +193,12 @@ class Worker:
             reply = self._post(client, "/lease", body)
             if reply is None:
                 continue
+            sent = time.monotonic()  # a long poll: granted at its end, not when asked
             jobs = reply.get("jobs") or []
             with self.cond:
                 self.free -= sum(self._need(job) for job in jobs)
             for job in jobs:
-                self.inbox.put("job", job)
+                self.inbox.put("job", (job, sent))
             self._news(reply)
 
     def _heartbeater(self) -> None:
@@ -197,10 +210,16 @@ class Worker:
                     self.cond.wait(self.heartbeat)
                     continue
             body = {"worker": self.id, "leases": leases, "wait": self.heartbeat}
+            sent = time.monotonic()
             reply = self._post(client, "/heartbeat", body)
             if reply is None:
                 continue
-            for lease in (reply.get("cancel") or []) + (reply.get("unknown") or []):
+            unknown = reply.get("unknown") or []
+            with self.cond:
+                for lease in leases:
+                    if lease in self.confirmed and lease not in unknown:
+                        self.confirmed[lease] = max(self.confirmed[lease], sent)
+            for lease in (reply.get("cancel") or []) + unknown:
                 self.inbox.put("cancel", lease)
             self._news(reply)
 
@@ -228,6 +247,9 @@ class Worker:
         beat = reply.get("heartbeat")
         if isinstance(beat, (int, float)) and 0.05 <= beat <= 60:
             self.heartbeat = float(beat)
+        limit = reply.get("lease_timeout")
+        if isinstance(limit, (int, float)) and limit > 0:
+            self.lease_timeout = float(limit)
         if reply.get("done") is True:
             self._stop(EXIT_DONE, "the build is over")
 
@@ -244,6 +266,13 @@ class Worker:
 
     def run(self) -> int:
         os.makedirs(self.dir, exist_ok=True)
+        guard = Guard(self.local.mark_prefix)  # before any thread or task: a plain fork
+        try:
+            return self._run()
+        finally:
+            guard.close()
+
+    def _run(self) -> int:
         for target in (self._leaser, self._heartbeater):
             threading.Thread(target=target, daemon=True, name=f"dagrun-{target.__name__}").start()
         try:
@@ -265,21 +294,54 @@ class Worker:
         select.select([self.local.fileno(), self.inbox.fd], [], [], timeout)
         for kind, item in self.inbox.take():
             if kind == "job":
-                self._start(item)
+                self._start(*item)
             elif kind == "cancel":
                 self._cancel(item)
         for outcome in self.local.collect():
-            self._finish(outcome)
+            if outcome.job_id in self.fenced:
+                self._forget(outcome.job_id)
+            else:
+                self._finish(outcome)
+        self._fence(time.monotonic())  # after collecting: a task that ended is reported
         gone = time.monotonic() - max(c.last_ok for c in self.clients)
         if gone > self.grace:
             self._stop(EXIT_GONE, f"the server has not answered for {self.grace:g} s")
 
-    def _start(self, wire: dict[str, Any]) -> None:
+    def _fence(self, now: float) -> None:
+        """Kill the tasks whose lease the server may be about to give to another worker."""
+        if self.lease_timeout is None:
+            return
+        with self.cond:
+            late = [
+                lease for lease, since in self.confirmed.items()
+                if now - since > FENCE * self.lease_timeout
+            ]
+            for lease in late:
+                del self.confirmed[lease]
+                self.fenced.add(self.leases.pop(lease))
+        for lease in late:
+            self.say(
+                f"dagrun worker: lease {lease} not confirmed for {FENCE * self.lease_timeout:g} s "
+                "(the server is out of reach); killing its task before it runs elsewhere"
+            )
+        for job_id in self.fenced:
+            self.local.kill(job_id)
+
+    def _forget(self, job_id: int) -> None:
+        """A fenced job ended: no report (its lease expires on the server as lost)."""
+        self.fenced.discard(job_id)
+        wire = self.wire.pop(job_id)
+        with self.cond:
+            self.free += self._need(wire)
+            self.cond.notify_all()
+
+    def _start(self, wire: dict[str, Any], sent: float) -> None:
         self.next_id += 1
         job_id = self.next_id
         self.wire[job_id] = wire
         with self.cond:
             self.leases[str(wire.get("lease"))] = job_id
+            self.confirmed[str(wire.get("lease"))] = sent
             self.cond.notify_all()
         try:
             job = self._job(job_id, wire)
@@ -403,6 +465,7 @@ class Worker:
             )
         with self.cond:
             self.leases.pop(lease, None)
+            self.confirmed.pop(lease, None)
             self.free += self._need(wire)
             self.cond.notify_all()
 

@@ -228,7 +228,8 @@ class Broker:
                 lease.last = now
                 if lease.cancelled:
                     cancel.append(lease_id)
-            return {"cancel": cancel, "unknown": unknown, "done": self.done}
+            return {"cancel": cancel, "unknown": unknown, "done": self.done,
+                    "lease_timeout": self.lease_timeout}
 
     def report(self, worker: str, lease_id: str, r: Mapping[str, Any]) -> bool:
         """Record a worker's report; False (409) when the lease is not this worker's any more."""
@@ -471,7 +472,8 @@ class Routes:
         def poll(final: bool) -> Response | None:
             jobs = b.lease(body["worker"], slots, body) if slots else []
             if jobs or final or b.done:
-                return _json(200, {"jobs": jobs, "done": b.done, "heartbeat": b.heartbeat})
+                return _json(200, {"jobs": jobs, "done": b.done, "heartbeat": b.heartbeat,
+                                   "lease_timeout": b.lease_timeout})
             return None
 
         first = poll(wait == 0 or slots == 0)
