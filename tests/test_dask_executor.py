@@ -475,3 +475,29 @@ executor = "cluster"
     assert r.code == 1
     assert "ValueError: no good" in r.out and 'boom.py", line 3, in explode' in r.out
     assert logged_tasks(project.root) == []
+
+
+def test_a_local_cluster_leaves_port_8787_alone(tmp_path):
+    """Its scheduler serves no dashboard, and its HTTP server (metrics) sits on a free loopback
+    port: a second cluster (another build, another user) on the machine neither warns nor fails."""
+    from dagrun.executors.dask import DaskExecutor
+
+    holder = socket.socket()
+    try:
+        holder.bind(("0.0.0.0", 8787))  # taken by "another cluster" (or it already is)
+        holder.listen()
+    except OSError:
+        pass
+    ex = DaskExecutor("c", cluster="local", workers=1, state_dir=str(tmp_path))
+    try:
+        ex.start()  # pytest turns the "Port 8787 is already in use" warning into an error
+        ports = {c.laddr.port for c in psutil.Process().net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN}
+        http = ex.cluster.scheduler.http_server.port
+        assert http != 8787 and http in ports
+        host = {c.laddr.ip for c in psutil.Process().net_connections("tcp")
+                if c.laddr.port == http}
+        assert host == {"127.0.0.1"}
+    finally:
+        ex.close()
+        holder.close()

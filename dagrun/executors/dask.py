@@ -181,7 +181,8 @@ class DaskExecutor(ThreadedExecutor):
                 n_workers=self.workers,
                 threads_per_worker=self.threads_per_worker,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=None,  # no dashboard, and its HTTP server (it stays, for
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # metrics) not on :8787
                 silence_logs=logging.CRITICAL,
                 local_directory=scratch,
                 resources={"threads": self.threads_per_worker},
