@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -121,4 +123,96 @@ def test_http_workers_killed_at_random_never_leave_two_attempts_running(tmp_path
     runs = attempts(root / "stamps")
     assert sorted(runs) == tasks
     assert all(any(n == 60 for _, _, n in r) for r in runs.values())  # one whole attempt each
+    assert sum(len(r) for r in runs.values()) > len(tasks)  # some attempts were killed
+
+
+# -- SSH
+
+
+def test_the_ssh_wrapper_never_starts_a_command_once_its_connection_is_gone(tmp_path):
+    """The wrapper's connection is its stdin and stderr: at EOF, or unwritable, before the
+    command starts, the command never starts (nor does the child forked to run it)."""
+    from dagrun.executors.ssh import WRAPPER
+
+    for stdin, stderr in ((subprocess.DEVNULL, subprocess.PIPE), (subprocess.PIPE, "closed")):
+        ran = tmp_path / "ran"
+        r, w = os.pipe()
+        os.close(r)  # a stderr nobody reads any more: the first write fails
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRAPPER, f"touch {ran}", "1"], stdin=stdin,
+            stdout=subprocess.DEVNULL, stderr=w if stderr == "closed" else stderr,
+        )
+        os.close(w)
+        proc.communicate(timeout=30)
+        time.sleep(0.3)  # a child left to itself would have run by now
+        assert not ran.exists(), (stdin, stderr)
+
+
+def ssh_executor(sshd, root: Path, **options: object):
+    from dagrun.executors import Context
+    from dagrun.executors.ssh import SshExecutor
+
+    ctx = Context(str(root), str(root / ".dagrun"), dict(os.environ), 4, None)
+    ex = SshExecutor.from_options("lab", sshd.options(workspace=str(root), **options), ctx)
+    ex.start()
+    return ex
+
+
+def drop_connection(sshd, ex, rng: random.Random) -> None:
+    """Kill the master connection here, or its sshd over there (both ends, in turn)."""
+    import psutil
+
+    if rng.random() < 0.5 and ex.master_pid is not None:
+        victims = [psutil.Process(ex.master_pid)]
+    else:
+        victims = psutil.Process(sshd.proc.pid).children()
+    for p in victims:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+def test_ssh_connections_dropped_at_random_never_leave_two_attempts_running(sshd, shared_dir):
+    """20 connection drops at random moments, with tasks that ignore SIGTERM (cleaning up,
+    say): a lost attempt dies at once (no grace), before its task runs again."""
+    root = shared_dir
+    (root / "stamps").mkdir()
+    (root / "stamps").chmod(0o777)
+    ex = ssh_executor(sshd, root, max_jobs=3)
+    rng = random.Random(2424)
+
+    def killer() -> None:
+        for _ in range(20):
+            time.sleep(rng.uniform(0.3, 0.7))
+            drop_connection(sshd, ex, rng)
+
+    cmd = "trap '' INT TERM; " + STAMPS
+    tasks = [f"s{n}" for n in range(6)]
+    next_id = iter(range(1, 1000))
+    owner: dict[int, str] = {}
+
+    def submit(task: str) -> None:
+        owner[i := next(next_id)] = task
+        ex.submit(job(root, i, cmd, task=task, env={"DAGRUN_TASK": task}))
+
+    for task in tasks:
+        submit(task)
+    thread = threading.Thread(target=killer)
+    thread.start()
+    succeeded: set[str] = set()
+    try:
+        while len(succeeded) < len(tasks):
+            for o in ex.wait(timeout=60):
+                if o.ok:
+                    succeeded.add(owner[o.job_id])
+                else:
+                    assert o.lost, o
+                    submit(owner[o.job_id])
+    finally:
+        thread.join()
+        ex.close()
+    assert overlaps(root / "stamps") == []
+    runs = attempts(root / "stamps")
+    assert sorted(runs) == tasks
     assert sum(len(r) for r in runs.values()) > len(tasks)  # some attempts were killed

@@ -10,11 +10,15 @@ MaxSessions, 10 by default; one channel stays free to kill a job).
 On the host, a small python3 wrapper runs ``sh -c CMD`` in ``workspace``/cwd
 as the leader of a new session, with the job's environment and DAGRUN_*.  It
 prints the group id first and, at the end, the exit status, max RSS and
-duration (on stderr, stripped here).  It watches its stdin: when the channel
-closes (cancel, timeout, Ctrl-C, or the connection drops) it kills the whole
-process group, SIGINT+SIGTERM, then SIGKILL after ``grace_period``.  A
-``force`` cancel sends ``kill -KILL -PGID`` on a second channel.  A job
-whose end record never came back, and that was not cancelled, is *lost*.
+duration (on stderr, stripped here).  It watches its stdin: a cancel (timeout,
+Ctrl-C) says "c" and closes the channel, and the wrapper kills the whole
+process group, SIGINT+SIGTERM, then SIGKILL after ``grace_period``; a channel
+that closes without a word is a dropped connection, and the group gets SIGKILL
+at once, since the job will run again.  A wrapper whose connection is gone
+before the command starts never starts it.  A ``force`` cancel sends ``kill
+-KILL -PGID`` on a second channel.  A job whose end record never came back,
+and that was not cancelled, is *lost*: its group is killed over a new
+connection too (if the host can be reached) before it runs again.
 
 ``stage = "rsync"`` copies the job's declared inputs to the workspace before it
 runs, and its declared outputs back after, with ``tar`` over the same
@@ -44,8 +48,11 @@ END_MARK = "\n@@dagrun-end "
 _SOCKET_MAX = 100  # sun_path is 108 bytes; ssh appends a temporary suffix while binding
 
 # Runs on the host (any python3): CMD in its own session; the end record; kill on stdin EOF.
+# At most one attempt alive: the child starts CMD only when the wrapper says "x" (a wrapper
+# whose connection is gone before that never starts it); "c" on stdin is a cancel (grace, then
+# SIGKILL), a bare EOF a lost connection (SIGKILL at once: the task will run again elsewhere).
 WRAPPER = r"""
-import os, signal, sys, threading, time
+import os, select, signal, sys, threading, time
 cmd, grace = sys.argv[1], float(sys.argv[2])
 t0 = time.time()
 r, w = os.pipe()
@@ -53,12 +60,16 @@ pid = os.fork()
 if pid == 0:
     os.setsid()
     os.close(w)
-    os.read(r, 1)
+    if os.read(r, 1) != b"x":
+        os._exit(111)
     fd = os.open(os.devnull, os.O_RDONLY)
     os.dup2(fd, 0)
     os.execv("/bin/sh", ["/bin/sh", "-c", cmd])
+os.close(r)
 sys.stderr.write("@@dagrun-pgid %d\n" % pid)
 sys.stderr.flush()
+if select.select([0], [], [], 0)[0]:
+    sys.exit(0)
 os.write(w, b"x")
 state = {"killed": False}
 def kill(sig):
@@ -67,13 +78,18 @@ def kill(sig):
     except OSError:
         pass
 def watch():
+    data = b""
     while True:
         try:
-            if not os.read(0, 4096):
-                break
+            chunk = os.read(0, 4096)
         except OSError:
+            chunk = b""
+        if not chunk:
             break
+        data += chunk
     state["killed"] = True
+    if b"c" not in data:
+        kill(signal.SIGKILL)
     kill(signal.SIGINT)
     kill(signal.SIGTERM)
     time.sleep(grace)
@@ -233,10 +249,10 @@ class SshExecutor(ThreadedExecutor):
                 return
             self._open_master()
 
-    def _run_remote(self, script: str) -> subprocess.CompletedProcess[bytes]:
+    def _run_remote(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
             self.ssh_argv() + [_sh(script)], stdin=subprocess.DEVNULL,
-            capture_output=True, timeout=120, start_new_session=True,
+            capture_output=True, timeout=timeout, start_new_session=True,
         )
 
     def close(self) -> None:
@@ -311,6 +327,7 @@ class SshExecutor(ThreadedExecutor):
         stdout = _read_text(run + "stdout.txt")
         stderr, end = _strip_marks(_read_text(raw))
         _write(run + "stderr.txt", stderr)
+        pgid = _pgid(raw) if end is None else None
         _unlink(raw)
         cancelled = job.id in self._cancelled
         self._cancelled.discard(job.id)
@@ -321,6 +338,8 @@ class SshExecutor(ThreadedExecutor):
             if proc.returncode != 255:  # the host answered: it could not start the command
                 error = f"cannot start on {self.where}: {why}"
                 return Outcome(job.id, None, duration, stdout, stderr, error=error)
+            if pgid is not None:
+                self._kill_orphan(pgid)
             error = f"connection to {self.where} lost: {why}"
             return Outcome(job.id, None, duration, stdout, stderr, error=error, lost=True)
         code, rss, _remote_duration = end
@@ -341,13 +360,24 @@ class SshExecutor(ThreadedExecutor):
         finally:
             os.close(pidfd)
 
+    def _kill_orphan(self, pgid: int) -> None:
+        """A lost job's group, killed over a new connection before the job runs again: its
+        wrapper does so itself when its channel closes, unless the host never noticed (a
+        network split); if the host cannot be reached either, it will notice when it can."""
+        try:
+            self._ensure_master()
+            self._run_remote(f"kill -KILL -{pgid} 2>/dev/null; true", timeout=15)
+        except (ExecutorError, OSError, subprocess.TimeoutExpired):
+            pass
+
     def cancel(self, job_id: int) -> None:
-        """Close the job's channel: the wrapper on the host kills the job's process group."""
+        """Say "c" and close the job's channel: the wrapper on the host kills the job's process
+        group (SIGINT+SIGTERM, SIGKILL after the grace period)."""
         super().cancel(job_id)
         self._cancelled.add(job_id)
         proc = self._procs.get(job_id)
         if proc is not None:
-            _close(proc)
+            _close(proc, b"c")
         if self.force.is_set():
             self._kill_now(job_id)
 
@@ -505,8 +535,14 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _close(proc: subprocess.Popen[bytes]) -> None:
+def _close(proc: subprocess.Popen[bytes], say: bytes = b"") -> None:
     if proc.stdin is not None:
+        try:
+            if say and not proc.stdin.closed:
+                proc.stdin.write(say)
+                proc.stdin.flush()
+        except OSError:
+            pass
         try:
             proc.stdin.close()
         except OSError:
