@@ -279,7 +279,7 @@ class Scheduler:
                         interrupted = True
                         self._cancel_everything("interrupted", interrupted=True)
                         break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # a library's sys.exit() too: never a success
             interrupted = True
             self._cancel_everything("interrupted", interrupted=True)
         result = self._result(self.clock.now() - started, interrupted)
