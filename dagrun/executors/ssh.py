@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import select
 import shlex
+import signal
 import subprocess
 import tempfile
 import threading
@@ -46,6 +48,9 @@ from .threaded import ThreadedExecutor
 PGID_MARK = "@@dagrun-pgid "
 END_MARK = "\n@@dagrun-end "
 _SOCKET_MAX = 100  # sun_path is 108 bytes; ssh appends a temporary suffix while binding
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/._+-]+")
+PERSIST = 120  # seconds an idle master stays (not "yes": none may outlive a build for long)
+RECONNECT = 15.0  # seconds to keep trying to reopen a dropped master (an sshd restarting)
 
 # Runs on the host (any python3): CMD in its own session; the end record; kill on stdin EOF.
 # At most one attempt alive: the child starts CMD only when the wrapper says "x" (a wrapper
@@ -188,7 +193,7 @@ class SshExecutor(ThreadedExecutor):
         argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
         argv += ["-o", f"ControlPath={self.control_path}"]
         if master:
-            argv += ["-o", "ControlMaster=yes", "-o", "ControlPersist=yes"]
+            argv += ["-o", "ControlMaster=yes", "-o", f"ControlPersist={PERSIST}"]
         else:
             argv += ["-o", "ControlMaster=no"]
         if self.port:
@@ -243,11 +248,22 @@ class SshExecutor(ThreadedExecutor):
         return int(text.split("pid=", 1)[1].split(")", 1)[0])
 
     def _ensure_master(self) -> None:
-        """Reopen the master if it died (a dropped connection); jobs never handshake alone."""
+        """Reopen the master if it died (a dropped connection, an idle one timed out), trying
+        again with back-off for ``RECONNECT`` seconds (an sshd restarting); jobs never
+        handshake alone."""
         with self._master_lock:
             if self.master_pid is not None and _alive(self.master_pid):
                 return
-            self._open_master()
+            end, pause = time.monotonic() + RECONNECT, 0.1
+            while True:
+                try:
+                    self._open_master()
+                    return
+                except ExecutorError:
+                    if time.monotonic() + pause > end:
+                        raise
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def _run_remote(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
@@ -256,13 +272,20 @@ class SshExecutor(ThreadedExecutor):
         )
 
     def close(self) -> None:
+        """Stop the master: ``-O exit`` through its socket, or by its pid when the socket is
+        gone (removed by a task, a tmp cleaner): no authenticated connection outlives a build."""
         super().close()
         if self.master_pid is not None or os.path.exists(self.control_path):
             subprocess.run(
                 self.ssh_argv("-O", "exit"), stdin=subprocess.DEVNULL, capture_output=True,
                 timeout=30,
             )
-            self.master_pid = None
+        if self.master_pid is not None and _is_master(self.master_pid, self.control_path):
+            try:
+                os.kill(self.master_pid, signal.SIGTERM)
+            except OSError:
+                pass
+        self.master_pid = None
         _unlink(self.control_path)
 
     # -- one job, in its own thread
@@ -466,9 +489,11 @@ class SshExecutor(ThreadedExecutor):
 
 
 def control_path(state_dir: str, name: str, host: str) -> str:
-    """``.dagrun/ssh/NAME.sock``, or a short private path in /tmp when that is too long."""
+    """``.dagrun/ssh/NAME.sock``, or a short private path in /tmp when that is too long for a
+    socket or not a plain word for ssh (a space splits ``-o ControlPath=``, ``%`` starts a
+    token, quotes are parsed: a project in "my 100% files" could not connect)."""
     path = os.path.join(state_dir, "ssh", f"{name}.sock")
-    if len(path) <= _SOCKET_MAX:
+    if len(path) <= _SOCKET_MAX and _PLAIN_PATH.fullmatch(path):
         return path
     digest = hashlib.blake2b(f"{state_dir}\0{name}\0{host}".encode(), digest_size=8).hexdigest()
     return os.path.join(tempfile.gettempdir(), f"dagrun-{os.getuid()}", f"{digest}.sock")
@@ -533,6 +558,15 @@ def _alive(pid: int) -> bool:
             return f.read().split(b") ", 1)[1][:1] != b"Z"
     except (OSError, IndexError):
         return True
+
+
+def _is_master(pid: int, control_path: str) -> bool:
+    """Whether ``pid`` is still our master (an ssh with our socket), not a recycled pid."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f"ControlPath={control_path}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
 
 
 def _close(proc: subprocess.Popen[bytes], say: bytes = b"") -> None:
