@@ -414,6 +414,7 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
         "grace_period": _number_positive,
         "env_inherit": _bool,
         "connect_timeout": _number_positive,
+        "worker_timeout": _number_positive,
     },
 }
 

@@ -501,3 +501,25 @@ def test_a_local_cluster_leaves_port_8787_alone(tmp_path):
     finally:
         ex.close()
         holder.close()
+
+
+def test_a_cluster_with_no_worker_fails_its_tasks_after_worker_timeout(project):
+    """Every worker lost (or none ever started): the build fails with a message, not a hang."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=0, processes=False, dashboard_address=None,
+                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    try:
+        project.manifest(on_cluster(cluster.scheduler_address, """
+[tasks.a]
+cmd = "true"
+executor = "cluster"
+""", "worker_timeout = 1.5\nmax_jobs = 1"))
+        started = time.monotonic()
+        r = project.run("build")
+        assert r.code == 1, r.out + r.err
+        assert time.monotonic() - started < 30
+        assert ("executor 'cluster': no Dask worker for 1.5 s (the cluster lost every worker, "
+                "or none ever started; worker_timeout)") in r.out
+    finally:
+        cluster.close()
