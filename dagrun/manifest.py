@@ -400,6 +400,7 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
         "tls_cert": _nonempty_str,
         "tls_key": _nonempty_str,
         "grace_period": _number_positive,
+        "worker_timeout": _number_positive,
     },
     "dask": {
         "type": _str,

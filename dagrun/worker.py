@@ -44,6 +44,7 @@ from .scheduler import run_dir_name
 SHOWN = 256 * 1024  # bytes of each stream sent back; the whole file stays here
 EXIT_DONE, EXIT_GONE, EXIT_REFUSED = 0, 1, 2
 FENCE = 0.75  # of the lease timeout: a lease unconfirmed for that long is killed here
+REFUSED_GRACE = 2.0  # seconds a connection refused on first contact may last (a restart)
 
 
 class Refused(Exception):
@@ -64,6 +65,7 @@ class Client:
         self.timeout = timeout
         self.conn: HTTPConnection | None = None
         self.last_ok = time.monotonic()
+        self.answered = False  # the server answered once
 
     def _connect(self) -> HTTPConnection:
         if self.conn is None:
@@ -94,6 +96,7 @@ class Client:
             self.conn = None
             raise
         self.last_ok = time.monotonic()
+        self.answered = True
         if response.status == 401:
             raise Refused("the server refused the token (401)")
         if response.getheader("Connection", "").lower() == "close":
@@ -149,6 +152,7 @@ class Worker:
         self.url, self.token, self.cafile = url.rstrip("/"), token, cafile
         self.jobs = jobs
         self.grace = grace
+        self.started = time.monotonic()
         self.say = say or _say
         self.id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         if directory is None:
@@ -234,7 +238,8 @@ class Worker:
         except Refused as exc:
             self._stop(EXIT_REFUSED, str(exc))
             return None
-        except (OSError, HTTPException):
+        except (OSError, HTTPException) as exc:
+            self._refused(exc)
             time.sleep(min(1.0, self.heartbeat))
             return None
         if status != 200:
@@ -242,6 +247,14 @@ class Worker:
             time.sleep(min(1.0, self.heartbeat))
             return None
         return reply
+
+    def _refused(self, exc: Exception) -> None:
+        """Nothing listens at the URL, and nothing ever answered there: the build is over
+        (a worker a batch queue started late), so exit 0 at once rather than after ``grace``."""
+        if not isinstance(exc, ConnectionRefusedError) or any(c.answered for c in self.clients):
+            return
+        if time.monotonic() - self.started > REFUSED_GRACE:
+            self._stop(EXIT_DONE, f"nothing listens at {self.url}: its build is over")
 
     def _news(self, reply: dict[str, Any]) -> None:
         beat = reply.get("heartbeat")

@@ -184,3 +184,36 @@ executor = "pool"
     assert logs == [f"pool.provisioner-{n}.log" for n in (1, 2, 3)]
     workers = {(project / f"{m}.txt").read_text() for m in ("b", "c", "e")}
     assert len(workers) == 3
+
+
+def test_no_worker_within_worker_timeout_fails_the_build_with_progress(tmp_path):
+    tasks = """
+[tasks.a]
+cmd = "true"
+executor = "pool"
+"""
+    project = _project(tmp_path, "worker_timeout = 12", tasks)
+    proc = _build(project)
+    assert proc.wait(timeout=60) == 1, _output(project)
+    out = _output(project)
+    import re
+
+    assert re.search(r"executor 'pool': 0 workers connected, 1 task\(s\) waiting \(\d s left "
+                     r"of worker_timeout\)", out), out
+    assert "executor 'pool': no worker connected for 12 s (worker_timeout)" in out
+
+
+def test_a_failing_provisioner_fails_the_build_at_once(tmp_path):
+    tasks = """
+[tasks.a]
+cmd = "true"
+executor = "pool"
+"""
+    project = _project(tmp_path, 'provisioner = "echo no quota >&2; exit 3"', tasks)
+    started = time.monotonic()
+    proc = _build(project)
+    assert proc.wait(timeout=60) == 1, _output(project)
+    assert time.monotonic() - started < 30
+    assert ("executor 'pool': the provisioner exited with 3 (its output is in "
+            ".dagrun/http/pool.provisioner-1.log)") in _output(project)
+    assert (project / ".dagrun/http/pool.provisioner-1.log").read_text() == "no quota\n"

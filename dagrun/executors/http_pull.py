@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import ExecutorError
 from . import Context, Job, Outcome
+from .http_fleet import Fleet
 from .http_server import Awaits, Pending, Request, Response, Server
 from .threaded import Completions, wait_on
 
@@ -144,6 +145,15 @@ class Broker:
                 workers.add(lease.worker)
         for w in workers:
             self.wake(w)
+
+    def fail_waiting(self, why: str) -> None:
+        """End every job no worker has leased yet as failed, with ``why`` (no worker will come)."""
+        with self.lock:
+            waiting = [job_id for job_id in self.jobs if job_id not in self.lease_of]
+            for job_id in waiting:
+                self.jobs.pop(job_id)
+        for job_id in waiting:
+            self.completions.post(Outcome(job_id, None, 0.0, error=why))
 
     def abandon(self, why: str) -> None:
         """End every job still out (a worker that never answered a cancel)."""
@@ -582,6 +592,7 @@ class Options:
     tls_cert: str | None = None
     tls_key: str | None = None
     grace_period: float = 5.0
+    worker_timeout: float = 300.0
 
 
 class HttpExecutor:
@@ -606,8 +617,8 @@ class HttpExecutor:
         self.url = ""
         self.token_file = os.path.join(context.state_dir, "http", f"{name}.token")
         self._out: set[int] = set()
-        self._provisioned: list[tuple[float, Any]] = []  # (monotonic start, Popen)
         self._say: Callable[[str], None] = context.say or _stderr
+        self.fleet = Fleet(name, self.broker, options, context.root, context.environ, self._say)
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> HttpExecutor:
@@ -679,53 +690,14 @@ class HttpExecutor:
             f.write(self.token + "\n")
 
     def _provision(self) -> None:
-        import subprocess
-
-        assert self.options.provisioner is not None
-        env = dict(self.context.environ)
-        env["DAGRUN_TOKEN"] = self.token
-        n = len(self._provisioned) + 1
-        log_path = os.path.join(
-            os.path.dirname(self.token_file), f"{self.name}.provisioner-{n}.log"
-        )
-        with open(log_path, "wb") as log:
-            try:
-                proc = subprocess.Popen(
-                    f"{self.options.provisioner} {self.url}",
-                    shell=True,
-                    cwd=self.context.root,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                self._say(f"executor '{self.name}': cannot run the provisioner: {exc}")
-                return
-        self._provisioned.append((time.monotonic(), proc))
+        self.fleet.provision(self.url, self.token, os.path.dirname(self.token_file))
 
     def _tick(self) -> None:
-        """On the server's thread, every few tenths of a second: expiry, provisioning."""
+        """On the server's thread, every few tenths of a second: expiry, the workers' watch."""
         self.broker.expire()
-        for _, proc in self._provisioned:
-            if proc.returncode is None and proc.poll() not in (None, 0):
-                self._say(f"executor '{self.name}': the provisioner exited with {proc.returncode}")
-        if self.options.provisioner and self._workers_short():
+        self.fleet.tick(time.monotonic())
+        if self.options.provisioner and self.fleet.workers_short():
             self._provision()
-
-    def _workers_short(self) -> bool:
-        """Tasks wait beyond the free slots, and the last run's worker came (or it is late)."""
-        if not self._provisioned or len(self._provisioned) >= self.options.max_workers:
-            return False
-        now, b = time.monotonic(), self.broker
-        with b.lock:
-            alive = [w for w in b.workers.values() if now - w.seen <= b.lease_timeout]
-            idle = sum(max(0, w.slots - len(w.leases)) for w in alive)
-            waiting = len(b.jobs) - len(b.leases)
-            seen = len(b.workers)
-        late = now - self._provisioned[-1][0] > b.lease_timeout
-        return waiting > idle and (seen >= len(self._provisioned) or late)
 
     def _wake(self, worker: str | None) -> None:
         if self.server is None:
@@ -787,26 +759,12 @@ class HttpExecutor:
             self.server.wake_all()  # long polls answer "done": their workers exit
             time.sleep(0.2)
             self.server.stop()
-        self._reap_provisioners()
+        self.fleet.close()
         self.completions.close()
         try:
             os.unlink(self.token_file)
         except OSError:
             pass
-
-    def _reap_provisioners(self) -> None:
-        import signal
-
-        end = time.monotonic() + 2.0
-        for _, proc in self._provisioned:
-            while proc.poll() is None and time.monotonic() < end:
-                time.sleep(0.05)
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except OSError:
-                    pass
-                proc.wait()
 
     def status(self) -> dict[str, Any]:
         return self.broker.status()
