@@ -46,8 +46,6 @@ def test_a_flush_encodes_what_changed_not_every_running_job(tmp_path, monkeypatc
     after none does nothing (it used to rebuild them all before every wait)."""
     import json
 
-    from dagrun import pool_status
-
     path = str(tmp_path / SNAPSHOT)
     status = StatusReporter(path, None, {"local": 2, "pool": 1000})
     for n in range(1000):
