@@ -538,6 +538,7 @@ class Scheduler:
             numa_node=node,
             attempt=self.attempts[i],
             call=self._call(i) if spec.call else None,
+            depfile=spec.depfile,
         )
 
     def _call(self, i: int) -> Any:

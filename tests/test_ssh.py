@@ -470,3 +470,24 @@ def test_an_sshd_restarted_within_seconds_does_not_fail_the_build(root, project,
         assert (root / "attempts").read_text() == "try\ntry\n"
     finally:
         server.stop()
+
+
+def test_stage_rsync_brings_the_depfile_back(root, sshd, project, elsewhere):
+    (root / "src").mkdir()
+    (root / "src" / "a.c").write_text("int a;\n")
+    (root / "src" / "a.h").write_text("/* v1 */\n")
+    project.manifest(sshd.toml("lab", workspace=str(elsewhere), stage="rsync") + textwrap.dedent("""
+        [tasks.cc]
+        executor = "lab"
+        inputs = ["src/a.c"]
+        outputs = ["out/a.o"]
+        depfile = "out/a.d"
+        cmd = "cat src/a.c > out/a.o; echo 'out/a.o: src/a.c src/a.h' > out/a.d"
+    """))
+    r = project.run("build")
+    assert r.code == 0, r.out + r.err
+    assert (root / "out" / "a.d").read_text() == "out/a.o: src/a.c src/a.h\n"
+    (root / "src" / "a.h").write_text("/* v2 */\n")  # a header only the depfile names
+    r = project.run("build", "--explain")
+    assert r.code == 0, r.out + r.err
+    assert "input src/a.h changed (from depfile)" in r.out + r.err

@@ -454,15 +454,20 @@ class SshExecutor(ThreadedExecutor):
         return None
 
     def _fetch_outputs(self, job: Job) -> str | None:
+        """The declared outputs, and the depfile if the command wrote one (dagrun reads it here;
+        a missing one is the depfile check's to report)."""
         outs = [p for p in job.outputs if not p.startswith("/")]
-        if not outs:
+        if not outs and not job.depfile:
             return None
         ws = self._remote_dir(job)
         words = " ".join(shlex.quote(o) for o in outs)
+        depfile = shlex.quote(job.depfile) if job.depfile else ""
         script = (
             f"cd {ws} || exit 1; for f in {words}; do [ -e \"$f\" ] || "
             f"echo \"@@missing $f\" >&2; done; for f in {words}; do [ -e \"$f\" ] || exit 3; done; "
-            f"exec tar -cf - -- {words}"
+            + (f"[ -e {depfile} ] && set -- {depfile}; " if depfile else "set --; ")
+            + (f"exec tar -cf - -- {words} \"$@\"" if words else
+               "[ $# -gt 0 ] || exec tar -cf - -T /dev/null; exec tar -cf - -- \"$@\"")
         )
         ssh = subprocess.Popen(
             self.ssh_argv() + [_sh(script)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
