@@ -396,6 +396,9 @@ class Worker:
             os.makedirs(os.path.dirname(full), exist_ok=True)
             with open(full, "wb") as f:
                 f.write(data)
+            mode = (wire.get("modes") or {}).get(path)
+            if type(mode) is int:
+                os.chmod(full, mode & 0o777)  # an executable input stays one
 
     def _files(self, wire: dict[str, Any], path: str) -> str:
         return f"/files?lease={quote(str(wire['lease']))}&path={quote(path)}"
@@ -429,11 +432,13 @@ class Worker:
             try:
                 with open(full, "rb") as f:
                     data = f.read()
+                    mode = os.fstat(f.fileno()).st_mode & 0o777
             except OSError:
                 return f"declared output {path} was not produced"
             try:
                 status, _ = self.main.call(
-                    "PUT", self._files(wire, path), data, "application/octet-stream"
+                    "PUT", f"{self._files(wire, path)}&mode={mode:o}", data,
+                    "application/octet-stream",
                 )
             except (OSError, HTTPException) as exc:
                 return f"cannot upload {path}: {exc}"

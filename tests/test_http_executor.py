@@ -306,6 +306,26 @@ def test_staged_files_reach_a_worker_in_another_folder(tmp_path):
     assert not (root / "never.txt").exists()
 
 
+def test_staged_files_keep_their_executable_bit_both_ways(tmp_path):
+    ex, _ = make_executor(tmp_path, stage="http")
+    root = Path(ex.context.root)
+    (root / "tool.sh").write_text("#!/bin/sh\necho tool ran\n")
+    (root / "tool.sh").chmod(0o755)
+    (root / "plain.txt").write_text("x\n")
+    (root / "plain.txt").chmod(0o640)
+    try:
+        start_worker(ex, directory=tmp_path / "elsewhere")
+        ex.submit(job(root, 1, "./tool.sh; mkdir -p out; printf '#!/bin/sh\\n' > out/gen.sh; "
+                      "chmod 750 out/gen.sh; cp plain.txt out/plain.txt; chmod 604 out/plain.txt",
+                      inputs=("tool.sh", "plain.txt"), outputs=("out/gen.sh", "out/plain.txt")))
+        (done,) = collect(ex, 1)
+    finally:
+        ex.close()
+    assert done.ok and done.stdout == "tool ran\n", done
+    assert (root / "out" / "gen.sh").stat().st_mode & 0o777 == 0o750
+    assert (root / "out" / "plain.txt").stat().st_mode & 0o777 == 0o604
+
+
 def _self_signed(tmp_path: Path) -> tuple[str, str]:
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command to make a certificate")

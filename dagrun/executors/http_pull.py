@@ -204,6 +204,7 @@ class Broker:
         self.lease_of[job.id] = lease.id
         w.leases.add(lease.id)
         rel = self._relative if self.stage == "http" else (lambda p: p)
+        inputs = [rel(p) for p in job.inputs]
         return {
             "lease": lease.id,
             "job": job.id,
@@ -213,11 +214,12 @@ class Broker:
             "cwd": job.cwd,
             "env": dict(job.env),
             "timeout": job.timeout,
-            "inputs": [rel(p) for p in job.inputs],
+            "inputs": inputs,
             "outputs": [rel(p) for p in job.outputs],
             "threads": job.threads,
             "attempt": job.attempt,
             "stage": self.stage,
+            **({"modes": modes(self.root, inputs)} if self.stage == "http" else {}),
         }
 
     def _relative(self, path: str) -> str:
@@ -548,17 +550,36 @@ class Routes:
         if full is None:
             return _json(404, {"error": "not a declared output of a live lease"})
         try:
-            return _Upload(full)
+            return _Upload(full, _mode(request.query.get("mode", "")))
         except OSError as exc:
             return _json(400, {"error": f"cannot write {request.query['path']}: {exc.strerror}"})
+
+
+def _mode(text: str) -> int | None:
+    """Permission bits in octal ("755"), never setuid, setgid or sticky; None if not that."""
+    if not text or len(text) > 4 or not all(c in "01234567" for c in text):
+        return None
+    return int(text, 8) & 0o777
+
+
+def modes(root: str, paths: list[str]) -> dict[str, int]:
+    """The permission bits of staged inputs (root-relative paths), for the worker to keep."""
+    out = {}
+    for path in paths:
+        try:
+            out[path] = os.stat(os.path.join(root, path)).st_mode & 0o777
+        except OSError:
+            pass
+    return out
 
 
 class _Upload:
     """A staged output written beside its place, renamed over it once complete."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, mode: int | None = None) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self.path = path
+        self.mode = mode  # the file's permission bits on the worker (an executable stays one)
         self.tmp = f"{path}.dagrun-upload-{secrets.token_hex(4)}"
         self.f = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
 
@@ -567,6 +588,8 @@ class _Upload:
 
     def commit(self) -> Response:
         self.f.close()
+        if self.mode is not None:
+            os.chmod(self.tmp, self.mode)
         os.replace(self.tmp, self.path)
         return _json(200, {})
 
