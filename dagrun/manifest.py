@@ -330,6 +330,24 @@ def _adapt(v: Any) -> str | None:
     return f"must be a table such as {{ minimum = 0, maximum = 8 }}, not {v!r}"
 
 
+def _cluster(v: Any) -> str | None:
+    """"local", or a class by its dotted path (``dask_jobqueue.SLURMCluster``)."""
+    if isinstance(v, str) and v == "local":
+        return None
+    module, _, name = v.rpartition(".") if isinstance(v, str) else ("", "", "")
+    if module and name.isidentifier() and all(p.isidentifier() for p in module.split(".")):
+        return None
+    hint = ' (did you mean "local"?)' if isinstance(v, str) and _near(v, "local") else ""
+    return (f'must be "local" or a cluster class such as "dask_jobqueue.SLURMCluster", '
+            f"not {v!r}{hint}")
+
+
+def _near(word: str, target: str) -> bool:
+    import difflib
+
+    return bool(difflib.get_close_matches(word.lower(), [target], n=1, cutoff=0.6))
+
+
 DAGRUN_KEYS: dict[str, Check] = {
     "jobs": _int(1),
     "failures_allowed": _int(0),
@@ -405,7 +423,7 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
     "dask": {
         "type": _str,
         "scheduler": _str,
-        "cluster": _str,
+        "cluster": _cluster,
         "options": _any_table,
         "max_jobs": _int(1),
         "scale": _int(0),

@@ -523,3 +523,18 @@ executor = "cluster"
                 "or none ever started; worker_timeout)") in r.out
     finally:
         cluster.close()
+
+
+def test_a_refused_scheduler_port_fails_at_once_not_after_connect_timeout(project):
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    project.manifest(on_cluster(address, """
+[tasks.a]
+cmd = "touch ran"
+executor = "cluster"
+""", "connect_timeout = 60"))
+    started = time.monotonic()
+    r = project.run("build")
+    assert r.code == 2
+    assert time.monotonic() - started < 20  # not the 60 s of connect_timeout
+    assert (f"executor 'cluster': cannot reach the Dask scheduler at {address}: connection "
+            "refused (is the scheduler running?)") in r.err

@@ -491,3 +491,11 @@ def test_stage_rsync_brings_the_depfile_back(root, sshd, project, elsewhere):
     r = project.run("build", "--explain")
     assert r.code == 0, r.out + r.err
     assert "input src/a.h changed (from depfile)" in r.out + r.err
+
+
+def test_a_missing_identity_file_is_named(root, sshd, project):
+    project.manifest(sshd.toml("lab", workspace=str(root), identity_file="keys/nope")
+                     + '[tasks.a]\nexecutor = "lab"\ncmd = "true"\n')
+    r = project.run("build")
+    assert r.code == 2, r.out + r.err
+    assert f"dagrun: error: executor 'lab': identity_file {root}/keys/nope does not exist" in r.err

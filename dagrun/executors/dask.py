@@ -158,6 +158,28 @@ class DaskExecutor(ThreadedExecutor):
         except (ValueError, OSError) as exc:
             message = f"executor '{self.name}': bad Dask scheduler address {address!r}: {exc}"
             raise ExecutorError(message) from None
+        self._check_listening(address)
+
+    def _check_listening(self, address: str) -> None:
+        """A refused connection is an answer: stop at once (the Client would retry it until
+        ``connect_timeout``).  Anything else (no answer, TLS, another protocol) is the Client's."""
+        import socket
+
+        from distributed.comm.addressing import get_address_host_port
+
+        if not address.startswith("tcp://"):
+            return
+        try:
+            host, port = get_address_host_port(address)
+            with socket.create_connection((host, port), timeout=min(self.connect_timeout, 5.0)):
+                pass
+        except ConnectionRefusedError as exc:
+            raise ExecutorError(
+                f"executor '{self.name}': cannot reach the Dask scheduler at {address}: "
+                "connection refused (is the scheduler running?)"
+            ) from exc
+        except (OSError, ValueError):
+            pass
 
     def _connect(self, distributed: Any, target: Any) -> Any:
         try:

@@ -206,6 +206,11 @@ class SshExecutor(ThreadedExecutor):
 
     def start(self) -> None:
         """Open the master connection and check the host; ExecutorError if it cannot be used."""
+        if self.identity_file and not os.access(self.identity_file, os.R_OK):
+            why = "does not exist" if not os.path.exists(self.identity_file) else "is not readable"
+            raise ExecutorError(  # ssh only warns, then says "Permission denied"
+                f"executor '{self.name}': identity_file {self.identity_file} {why}"
+            )
         self._open_master()
         probe = self._run_remote("command -v python3 >/dev/null && echo ok")
         if probe.returncode != 0 or b"ok" not in probe.stdout:
