@@ -410,6 +410,7 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
     "http": {
         "type": _str,
         "provisioner": _str,
+        "deprovisioner": _str,
         "bind": _str,
         "max_jobs": _int(1),
         "lease_timeout": _number_positive,

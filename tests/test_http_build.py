@@ -217,3 +217,34 @@ executor = "pool"
     assert ("executor 'pool': the provisioner exited with 3 (its output is in "
             ".dagrun/http/pool.provisioner-1.log)") in _output(project)
     assert (project / ".dagrun/http/pool.provisioner-1.log").read_text() == "no quota\n"
+
+
+@pytest.mark.slurm
+def test_queued_sbatch_jobs_are_cancelled_at_the_end(slurm_cluster, tmp_path):
+    """A worker job still pending when the build ends is scancel'ed by the deprovisioner."""
+    for name in ("sbatch.sh", "scancel.sh"):
+        shutil.copy(EXAMPLES / name, tmp_path / name)
+    (tmp_path / "prov.sh").write_text(  # sbatch.sh, keeping the URL for the test's worker
+        f'echo "$1" > {tmp_path}/url; exec sh {tmp_path}/sbatch.sh "$1"\n')
+    tasks = """
+[tasks.a]
+cmd = "echo ran > a.txt"
+outputs = ["a.txt"]
+executor = "pool"
+"""
+    pool = (f'provisioner = "sh {tmp_path}/prov.sh"\n'
+            f'deprovisioner = "sh {tmp_path}/scancel.sh"')
+    project = _project(tmp_path, pool, tasks)
+    proc = _build(project, SLURM_LOG_DIR=str(tmp_path), SBATCH_OPTIONS="--begin=now+3600")
+    log = project / ".dagrun" / "http" / "pool.provisioner-1.log"
+    wait_for(lambda: log.exists() and log.read_text().strip().isdigit(), what="the job id")
+    job = log.read_text().strip()
+    url = (tmp_path / "url").read_text().strip()
+    worker = start_worker(url, str(project / ".dagrun" / "http" / "pool.token"))
+    assert proc.wait(timeout=60) == 0, _output(project)  # the queued job never started
+    assert worker.wait(timeout=20) == 0
+    state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
+                           text=True)
+    assert state.stdout.strip() in ("", "CANCELLED"), state.stdout + state.stderr
+    said = (project / ".dagrun" / "http" / "pool.deprovisioner.log").read_text()
+    assert said == ""  # scancel found the job pending and cancelled it

@@ -9,7 +9,11 @@
                     - while tasks wait and no worker is connected, "0 workers connected"
                       every PROGRESS seconds, and after ``worker_timeout`` the waiting tasks
                       fail, saying so (a build with no worker used to wait for ever).
-    Fleet.close()   waits briefly for provisioner runs, kills what is left of them.
+    Fleet.close()   waits briefly for provisioner runs, kills what is left of them, then runs
+                    the ``deprovisioner`` (if any) as ``DEPROVISIONER URL`` with
+                    DAGRUN_PROVISIONER_LOGS naming the runs' output files, one a line, so that
+                    it can cancel what they queued (examples/http/scancel.sh: pending Slurm
+                    jobs, which would start after the build with nothing to do).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
     from .http_pull import Broker
 
 PROGRESS = 10.0  # seconds between two "0 workers connected" lines
+DEPROVISION_TIMEOUT = 60.0  # seconds the deprovisioner may take at the end of a build
 
 
 class Fleet:
@@ -129,7 +134,30 @@ class Fleet:
 
     # -- the end
 
-    def close(self) -> None:
+    def close(self, url: str, log_dir: str) -> None:
+        self._reap()
+        if self.options.deprovisioner and self.runs:
+            self._deprovision(url, log_dir)
+
+    def _deprovision(self, url: str, log_dir: str) -> None:
+        env = dict(self.environ)
+        env["DAGRUN_PROVISIONER_LOGS"] = "\n".join(log for _, _, log in self.runs)
+        log_path = os.path.join(log_dir, f"{self.name}.deprovisioner.log")
+        try:
+            with open(log_path, "wb") as log:
+                rc = subprocess.run(
+                    f"{self.options.deprovisioner} {url}", shell=True, cwd=self.root, env=env,
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                    timeout=DEPROVISION_TIMEOUT,
+                ).returncode
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self.say(f"executor '{self.name}': the deprovisioner failed: {exc}")
+            return
+        if rc != 0:
+            rel = os.path.relpath(log_path, self.root)
+            self.say(f"executor '{self.name}': the deprovisioner exited with {rc} (see {rel})")
+
+    def _reap(self) -> None:
         end = time.monotonic() + 2.0
         for _, proc, _ in self.runs:
             while proc.poll() is None and time.monotonic() < end:

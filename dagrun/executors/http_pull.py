@@ -608,6 +608,7 @@ class _Upload:
 class Options:
     bind: str = "127.0.0.1:0"
     provisioner: str | None = None
+    deprovisioner: str | None = None
     max_workers: int = 1
     max_jobs: int = 64
     lease_timeout: float = DEFAULT_LEASE_TIMEOUT
@@ -782,7 +783,7 @@ class HttpExecutor:
             self.server.wake_all()  # long polls answer "done": their workers exit
             time.sleep(0.2)
             self.server.stop()
-        self.fleet.close()
+        self.fleet.close(self.url, os.path.dirname(self.token_file))
         self.completions.close()
         try:
             os.unlink(self.token_file)
