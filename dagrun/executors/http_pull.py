@@ -21,6 +21,7 @@ import os
 import posixpath
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -39,6 +40,7 @@ REPORT_LIMIT = 4 << 20  # a report carries (cut) output
 MAX_UPLOAD = 1 << 30  # one staged output file
 MAX_WAIT = 60.0  # the longest long poll a client may ask for
 DEFAULT_LEASE_TIMEOUT = 30.0
+SWITCH_INTERVAL = 0.0005  # seconds a thread holds the GIL while another waits for it
 
 
 def heartbeat_every(lease_timeout: float) -> float:
@@ -672,6 +674,9 @@ class HttpExecutor:
                 ) from None
         self.server = Server(Routes(self.broker, self.token), host, port, tls)
         self.server.tick_every = min(1.0, self.broker.heartbeat / 2)
+        # the server's thread shares the GIL with the scheduler's: let it in every 0.5 ms, not
+        # 5 ms (a request waits for the GIL several times; bench/RESULTS.md, issue 24)
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         try:
             self.server.start(self._tick)
         except OSError as exc:
