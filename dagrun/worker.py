@@ -13,7 +13,7 @@ server has been gone for ``grace`` seconds; SIGTERM or Ctrl-C kill its tasks fir
 
 At most one attempt of a task is alive at a time, so a worker's tasks never
 outlive their lease: a ``guard`` process kills them when the worker dies
-(``kill -9``), and a worker that has not had a lease confirmed for 3/4 of the
+(``kill -9``), and a worker that has not had a lease confirmed for 80 % of the
 server's ``lease_timeout`` (a network split, a server too busy to answer) kills
 that task itself, before the server gives it to another worker, and does not
 report it (the server ends it as lost, which costs no retry).
@@ -43,7 +43,7 @@ from .scheduler import run_dir_name
 
 SHOWN = 256 * 1024  # bytes of each stream sent back; the whole file stays here
 EXIT_DONE, EXIT_GONE, EXIT_REFUSED = 0, 1, 2
-FENCE = 0.75  # of the lease timeout: a lease unconfirmed for that long is killed here
+FENCE = 0.8  # of the lease timeout: a lease unconfirmed for that long is killed here
 REFUSED_GRACE = 2.0  # seconds a connection refused on first contact may last (a restart)
 
 

@@ -209,7 +209,7 @@ def _alive(pid: int) -> bool:
 
 def test_a_silent_lease_is_lost_and_a_late_report_is_refused(tmp_path):
     """SIGSTOP a worker mid-task: its lease moves on; resumed, its report gets 409."""
-    ex, _ = make_executor(tmp_path, lease_timeout=1.0)
+    ex, _ = make_executor(tmp_path, lease_timeout=2.0)  # a loaded machine delays heartbeats
     root = Path(ex.context.root)
     log = tmp_path / "stopped.log"
     try:
