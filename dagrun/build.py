@@ -84,18 +84,23 @@ def open_executors(graph: BuildGraph, plan: Plan, setup: BuildSetup) -> dict[str
     )
     opened: dict[str, Executor] = {}
     try:
-        for name in needed(graph, plan):
-            if name == FUNCTION_POOL:
-                opened[name] = create(FUNCTION_POOL, name, {}, context)
-                opened[name].start()
-                continue
-            spec = graph.manifest.executors[name]
-            opened[name] = create(spec.type, name, spec.options, context)
-            opened[name].start()
+        with interrupts.kept():  # dask_jobqueue's import sets SIGINT to sys.exit()
+            _open(graph, plan, context, opened)
     except BaseException:
         close_all(opened.values())
         raise
     return opened
+
+
+def _open(graph: BuildGraph, plan: Plan, context: Context, opened: dict[str, Executor]) -> None:
+    for name in needed(graph, plan):
+        if name == FUNCTION_POOL:
+            opened[name] = create(FUNCTION_POOL, name, {}, context)
+            opened[name].start()
+            continue
+        spec = graph.manifest.executors[name]
+        opened[name] = create(spec.type, name, spec.options, context)
+        opened[name].start()
 
 
 def close_all(executors: Any) -> None:

@@ -331,6 +331,24 @@ def _adapt(v: Any) -> str | None:
     return f"must be a table such as {{ minimum = 0, maximum = 8 }}, not {v!r}"
 
 
+def _cluster(v: Any) -> str | None:
+    """"local", or a class by its dotted path (``dask_jobqueue.SLURMCluster``)."""
+    if isinstance(v, str) and v == "local":
+        return None
+    module, _, name = v.rpartition(".") if isinstance(v, str) else ("", "", "")
+    if module and name.isidentifier() and all(p.isidentifier() for p in module.split(".")):
+        return None
+    hint = ' (did you mean "local"?)' if isinstance(v, str) and _near(v, "local") else ""
+    return (f'must be "local" or a cluster class such as "dask_jobqueue.SLURMCluster", '
+            f"not {v!r}{hint}")
+
+
+def _near(word: str, target: str) -> bool:
+    import difflib
+
+    return bool(difflib.get_close_matches(word.lower(), [target], n=1, cutoff=0.6))
+
+
 DAGRUN_KEYS: dict[str, Check] = {
     "jobs": _int(1),
     "failures_allowed": _int(0),
@@ -394,6 +412,7 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
     "http": {
         "type": _str,
         "provisioner": _str,
+        "deprovisioner": _str,
         "bind": _str,
         "max_jobs": _int(1),
         "lease_timeout": _number_positive,
@@ -402,11 +421,12 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
         "tls_cert": _nonempty_str,
         "tls_key": _nonempty_str,
         "grace_period": _number_positive,
+        "worker_timeout": _number_positive,
     },
     "dask": {
         "type": _str,
         "scheduler": _str,
-        "cluster": _str,
+        "cluster": _cluster,
         "options": _any_table,
         "max_jobs": _int(1),
         "scale": _int(0),
@@ -416,6 +436,7 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
         "grace_period": _number_positive,
         "env_inherit": _bool,
         "connect_timeout": _number_positive,
+        "worker_timeout": _number_positive,
     },
 }
 
@@ -732,13 +753,6 @@ class _Builder:
             hint = 'scheduler = "tcp://host:8786", or cluster = "local" or "module.Class"'
             raise self.error(f"{where} needs exactly one of 'scheduler' and 'cluster'",
                              table=path, hint=hint)
-        cluster = body.get("cluster", "local")
-        if kind == "dask" and cluster != "local" and "." not in cluster.strip("."):
-            import difflib
-
-            close = difflib.get_close_matches(cluster.lower(), ["local"], n=1)
-            problem = f"{where}: cluster {cluster!r} is neither \"local\" nor a \"module.Class\""
-            raise self.error(problem, key="cluster", table=path, hint=_did_you_mean(close))
         return ExecutorSpec(name, kind, dict(body))
 
     def task(self, name: str, body: Any) -> list[TaskSpec]:

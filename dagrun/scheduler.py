@@ -283,7 +283,7 @@ class Scheduler:
                         interrupted = True
                         self._cancel_everything("interrupted", interrupted=True)
                         break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # a library's sys.exit() too: never a success
             interrupted = True
             self._cancel_everything("interrupted", interrupted=True)
         result = self._result(self.clock.now() - started, interrupted)
@@ -543,6 +543,7 @@ class Scheduler:
             numa_node=node,
             attempt=self.attempts[i],
             call=self._call(i) if spec.call else None,
+            depfile=spec.depfile,
         )
 
     def _call(self, i: int) -> Any:

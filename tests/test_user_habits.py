@@ -509,8 +509,8 @@ def test_a_misspelt_dask_cluster_is_a_manifest_error(tree) -> None:
     r = tree.run("build", "-n")
     assert r.code == 2
     assert r.err == (
-        "dagrun: error: dagrun.toml:4: key 'cluster': [executors.farm]: cluster 'lokal' is "
-        'neither "local" nor a "module.Class" (did you mean \'local\'?)\n'
+        "dagrun: error: dagrun.toml:4: key 'cluster': must be \"local\" or a cluster class such "
+        'as "dask_jobqueue.SLURMCluster", not \'lokal\' (did you mean "local"?)\n'
     )
 
 

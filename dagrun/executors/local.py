@@ -125,6 +125,11 @@ class LocalExecutor:
     def running(self) -> int:
         return len(self._procs)
 
+    @property
+    def mark_prefix(self) -> str:
+        """The start of every job's mark (see sweep.py): ``sweep.sweep(it)`` kills them all."""
+        return f"{self._build}."
+
     def start(self) -> None:
         pass
 
@@ -144,6 +149,12 @@ class LocalExecutor:
         for p in self._procs.values():
             if p.job.id == job_id and p.kill_at is None:
                 self._terminate(p, now)
+
+    def kill(self, job_id: int) -> None:
+        """SIGKILL one job's group at once, no grace; its outcome comes through ``collect()``."""
+        for p in self._procs.values():
+            if p.job.id == job_id:
+                self._signal(p, signal.SIGKILL)  # killed by a signal: swept when reaped
 
     # -- starting
 
