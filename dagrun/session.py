@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from . import cutoff, fresh, globs, unchanged
+from . import cutoff, fresh, globs, outputs, unchanged
 from .clock import Clock, MonotonicClock
 from .completion_log import CompletionLog, Identity, LogIndex
 from .errors import DagrunError, LogError, ManifestError
@@ -525,11 +525,25 @@ class Session:
         found = self.identities([o for _, o, _ in dead])
         present = frozenset(o for _, o, _ in dead if found[o] is not None)
         if building and self.read_only is None:
-            kept = {t for t, o, was in dead if o in present and not self._remove_dead(t, o, was)}
+            kept = {
+                t for t, o, was in dead if o in present and not self._remove_dead(log, t, o, was)
+            }
             for task in {t for t, _, _ in dead} - kept:
                 log.forget(task)
         self._excluded = present
         return compile(self._loaded, present) if present else graph
+
+    def _same_bytes(self, log: CompletionLog, task: str, out: str) -> bool:
+        """Whether ``out`` has the digest the latest success of ``task`` recorded for it."""
+        record = log.latest(task) or {}
+        parts, digests = record.get("parts"), record.get("digests")
+        names = parts.get("outputs") if isinstance(parts, dict) else None
+        if not isinstance(names, list) or not isinstance(digests, list) or out not in names:
+            return False
+        n = names.index(out)
+        if n >= len(digests) or not digests[n]:
+            return False
+        return bool(outputs.digest(os.path.join(self.root, out)) == digests[n])
 
     def _rescan(self, prep: Prepared) -> None:
         """After a build that wrote into folders its globs read (``build/*.o``): when the
@@ -552,9 +566,10 @@ class Session:
         cache, _, kenv = self._state
         self._state = (cache, False, kenv)  # the graph is written again, with the new mtimes
 
-    def _remove_dead(self, task: str, out: str, was: Identity) -> bool:
-        """Remove an output of a task gone from the manifest if its run left it as it is."""
-        if self.identities([out])[out] != tuple(was):
+    def _remove_dead(self, log: CompletionLog, task: str, out: str, was: Identity) -> bool:
+        """Remove an output of a task gone from the manifest if its run left it as it is (the
+        same identity, or else the same digest: a tree moved or restored since)."""
+        if self.identities([out])[out] != tuple(was) and not self._same_bytes(log, task, out):
             self.warnings.append(
                 f"kept {out}: task '{task}' that wrote it is no longer in the manifest, but it "
                 "was changed since (remove it, or `dagrun clean --dead`)"
