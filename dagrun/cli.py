@@ -170,6 +170,8 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--executors", action="store_true", help="each executor's pool only")
     st.add_argument("--json", action="store_true", help="as JSON")
 
+    _steering_commands(command)
+
     tr = command("trace", "write the last build's Chrome trace (Perfetto, chrome://tracing)")
     tr.add_argument("output", nargs="?", default="-", metavar="FILE", help="default: stdout")
 
@@ -185,6 +187,16 @@ def parser() -> argparse.ArgumentParser:
     wk.add_argument("--grace", type=float, default=60.0, metavar="S",
                     help="exit once the server has not answered for S seconds (default 60)")
     return p
+
+
+def _steering_commands(command: Any) -> None:
+    """`tail` and `cancel`: the running build's tasks (live.py)."""
+    t = command("tail", "follow a task of the running build: its output until it ends")
+    t.add_argument("task", metavar="TASK")
+    t.add_argument("-n", "--lines", type=_count, default=10, metavar="N",
+                   help="first show the last N lines of each stream (default 10)")
+    c = command("cancel", "kill tasks of the running build (their dependents do not run)")
+    c.add_argument("tasks", nargs="+", metavar="TASK", help="a task, group or glob")
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -591,16 +603,39 @@ def cmd_status(args: argparse.Namespace) -> int:
         graph = session.load_graph()
     except DagrunError:
         graph = None
-    live = any(p.build_pid for p in pools)  # the running build's pool snapshot
-    build = views.build_status(graph, _last_build(session, record), live)
+    from . import live as live_status
+
+    running = live_status.running(session.state_dir)
+    live = running is not None or any(p.build_pid for p in pools)
+    records = _last_build(session, record)
+    build = views.build_status(graph, records, live)
+    tasks = [] if running is not None else live_status.task_table(records)
     if args.json:
         import json
 
-        sys.stdout.write(json.dumps(views.status(build, pools), indent=2) + "\n")
+        data = views.status(build, pools) | {"live": running, "tasks": tasks}
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return EXIT_OK
     text = views.build_status_text(build)
+    text += live_status.running_text(running) if running else live_status.table_text(tasks)
     sys.stdout.write(text + "".join(executor_pool_text(p) for p in pools))
     return EXIT_OK
+
+
+def _state_dir(args: argparse.Namespace) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(manifest_path(args))), ".dagrun")
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from .live import tail
+
+    return tail(_state_dir(args), args.task, args.lines)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from .live import cancel
+
+    return cancel(_state_dir(args), args.tasks)
 
 
 def executor_pool_text(p: Any) -> str:
@@ -685,6 +720,8 @@ _COMMANDS = {
     "list": cmd_list,
     "clean": cmd_clean,
     "status": cmd_status,
+    "tail": cmd_tail,
+    "cancel": cmd_cancel,
     "show": cmd_show,
     "trace": cmd_trace,
     "completion": cmd_completion,

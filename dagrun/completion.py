@@ -15,7 +15,7 @@ import argparse
 from dataclasses import dataclass
 
 SHELLS = ("bash", "zsh", "fish")
-TAKES_TASKS = ("build", "watch", "graph", "clean", "show")
+TAKES_TASKS = ("build", "watch", "graph", "clean", "show", "tail", "cancel")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,15 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any, NamedTuple
 
-from .events import BuildFinished, BuildStarted, Event, TaskFinished, TaskSkipped, TaskStarted
+from .events import (
+    BuildFinished,
+    BuildStarted,
+    Event,
+    TaskFinished,
+    TaskSkipped,
+    TaskStalled,
+    TaskStarted,
+)
 
 MAX_CMD_SHOWN = 4000  # characters of a failed command printed; command.txt has all of it
 
@@ -51,6 +59,15 @@ def failure_reason(ev: TaskFinished) -> str:
     if ev.exit_code is not None and ev.exit_code < 0:
         return f"killed by signal {-ev.exit_code}"
     return f"code={ev.exit_code}"
+
+
+def stall_line(ev: TaskStalled) -> str:
+    """The one warning of a task that seems stuck (stall_warning)."""
+    return (
+        f"dagrun: warning: {ev.label} printed nothing and used no CPU for {ev.seconds:g}s "
+        f"(still running; `dagrun tail {ev.task}` follows it, `dagrun cancel {ev.task}` stops "
+        "it)\n"
+    )
 
 
 class Style:
@@ -238,6 +255,8 @@ class PlainReporter:
                 self.text.skipped.append(event)
             case BuildFinished():
                 out = self.text.finished_build(event)
+            case TaskStalled():
+                out = stall_line(event)
             case _:
                 pass
         if out:
@@ -343,6 +362,8 @@ class RichReporter:
                     self.live.stop()
                     self.live = None
                 self._print(self.text.finished_build(event))
+            case TaskStalled():
+                self._print(stall_line(event))
             case _:
                 pass
 

@@ -1,0 +1,305 @@
+"""Requests to a running build (`dagrun status`, `tail`, `cancel`), answered on its own thread.
+
+The control server (control.py) runs in a thread of its own; it never touches
+the scheduler's state.  It posts a Request to the Mailbox, whose eventfd is
+one more descriptor in the scheduler's epoll: the scheduler wakes, calls
+``serve``, and answers every request between two waits, from what it knows
+(its running jobs, ready queues, attempts) and what each executor can tell of
+a job.  A build that nobody asks pays nothing: no snapshot is written, no
+thread wakes.
+
+Executors may offer, beyond the protocol (executors/__init__.py), three
+optional methods, looked up with ``getattr`` (a ``job_`` prefix: ssh.py has a ``where``)
+
+- ``job_where(job_id) -> str | None``: where the job runs now ("pid 123",
+  "worker w1", "ssh host", a Slurm job id); None: it waits for a worker;
+- ``job_output(job_id) -> (stdout, stderr) | None``: its output so far, each
+  an open descriptor of the executor's (read with ``pread``; duplicated here
+  before it leaves this thread) or the path of a file being written;
+- ``workers() -> list[str]``: the workers connected now (pull and cluster
+  executors).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+LAST_LINE_BYTES = 4096  # read from the end of a running job's output for its last line
+QUEUED_SHOWN = 50  # queued task names in one status answer (the count is always there)
+Source = int | str  # an open descriptor (ours to close) or a path
+
+
+class Request(NamedTuple):
+    kind: str  # "status", "cancel", "follow", "stall"
+    arg: Any
+    answered: threading.Event
+    answer: list[Any]  # filled by serve(): [answer]
+
+
+class Mailbox:
+    """Requests from other threads to the scheduler's thread; the Steering the scheduler serves."""
+
+    def __init__(self) -> None:
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._queue: deque[Request] = deque()
+        self._lock = threading.Lock()
+        self.ended: dict[int, str] = {}  # job id -> how it ended, for jobs being followed
+        self.followed: set[int] = set()
+        self.ended_cond = threading.Condition(self._lock)
+        self.closed = False
+        self.stalls = StallWatch()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def ask(self, kind: str, arg: Any = None, timeout: float = 5.0) -> Any:
+        """Post a request and wait for the scheduler's answer (None: it did not answer)."""
+        request = Request(kind, arg, threading.Event(), [])
+        with self._lock:
+            if self.closed:
+                return None
+            self._queue.append(request)
+            os.eventfd_write(self._fd, 1)
+        if not request.answered.wait(timeout):
+            return None
+        return request.answer[0]
+
+    def serve(self, scheduler: Scheduler) -> None:
+        try:
+            os.eventfd_read(self._fd)
+        except (BlockingIOError, OSError):
+            pass
+        while True:
+            with self._lock:
+                if not self._queue:
+                    return
+                request = self._queue.popleft()
+            try:
+                answer = _HANDLERS[request.kind](self, scheduler, request.arg)
+            except Exception as exc:  # noqa: BLE001 - a bad request must not stop the build
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            request.answer.append(answer)
+            request.answered.set()
+
+    def job_ended(self, job_id: int, state: str) -> None:
+        if self.followed and job_id in self.followed:
+            with self.ended_cond:
+                self.ended[job_id] = state
+                self.ended_cond.notify_all()
+        self.stalls.forget(job_id)
+
+    def wait_ended(self, job_id: int, timeout: float) -> str | None:
+        """How job ``job_id`` ended, once it has (None: still running after ``timeout``)."""
+        with self.ended_cond:
+            self.ended_cond.wait_for(lambda: job_id in self.ended or self.closed, timeout)
+            return self.ended.get(job_id, "the build ended" if self.closed else None)
+
+    def wait_closed(self, timeout: float) -> bool:
+        """Pause for ``timeout`` or until the build ends; True: it ended."""
+        with self.ended_cond:
+            return self.ended_cond.wait_for(lambda: self.closed, timeout)
+
+    def unfollow(self, job_id: int) -> None:
+        with self._lock:
+            self.followed.discard(job_id)
+            self.ended.pop(job_id, None)
+
+    def close(self) -> None:
+        """The build ended: unanswered requests get None, followers wake."""
+        with self.ended_cond:
+            self.closed = True
+            left, self._queue = list(self._queue), deque()
+            self.ended_cond.notify_all()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+        for request in left:
+            request.answer.append(None)
+            request.answered.set()
+
+
+# ---------------------------------------------------------------- answers (scheduler's thread)
+
+
+def _status(box: Mailbox, s: Scheduler, _: Any) -> dict[str, Any]:
+    """What runs where, what is queued, the workers: ``dagrun status`` while a build runs."""
+    specs = s.graph.specs
+    now = s.clock.now()
+    running = []
+    for job_id, run in s.running.items():
+        ex = s.executors[run.executor]
+        where = _ask(ex, "job_where", job_id, default=run.executor)
+        running.append({
+            "task": specs[run.task].name, "executor": run.executor, "where": where,
+            "state": "running" if where is not None else "queued",
+            "attempt": s.attempts[run.task], "elapsed": round(now - run.started, 3),
+            "cores": list(run.lease.cores) if run.lease is not None else [],
+            "last_line": last_line(_ask(ex, "job_output", job_id)),
+        })
+    queued = [specs[item[2]].name for heap in s.ready.values() for item in sorted(heap)]
+    queued += [specs[i].name for _, i in sorted(s.backoff)]
+    workers = {name: w for name, ex in s.executors.items()
+               if (w := _ask(ex, "workers", default=None)) is not None}
+    total = len(s.plan.to_run)
+    waiting = total - s.done - len(s.running) - len(queued) - len(s.withdrawn)
+    return {
+        "pid": os.getpid(), "done": s.done, "total": total, "failures": s.failures,
+        "running": running, "queued": queued[:QUEUED_SHOWN], "queued_count": len(queued),
+        "waiting": max(0, waiting), "stopping": s.stopping, "workers": workers,
+    }
+
+
+def _cancel(box: Mailbox, s: Scheduler, names: list[str]) -> dict[str, Any]:
+    """Cancel tasks by name, group or glob (every name is checked before any is cancelled)."""
+    from .errors import UnknownTargetError
+
+    try:
+        found = s.graph.resolve(names)
+    except UnknownTargetError as exc:
+        return {"unknown": str(exc)}
+    return {"said": [s.cancel(i) for i in found]}
+
+
+def _follow(box: Mailbox, s: Scheduler, name: str) -> dict[str, Any]:
+    """A running task's job and its output sources (descriptors duplicated), or its state."""
+    i = s.graph.index.get(name)
+    if i is None:
+        return {"state": "unknown"}
+    if not s.in_plan[i]:
+        return {"state": "not in this build"}
+    for job_id, run in s.running.items():
+        if run.task != i:
+            continue
+        sources = _ask(s.executors[run.executor], "job_output", job_id)
+        if sources is None:
+            return {"state": "starting" if run.executor != "http" else "no live output",
+                    "executor": run.executor}
+        with box.ended_cond:
+            box.followed.add(job_id)
+        return {"state": "running", "job": job_id, "executor": run.executor,
+                "sources": [os.dup(x) if isinstance(x, int) else x for x in sources]}
+    if i in s.status:
+        return {"state": s.status[i].value}
+    if i in s.withdrawn:
+        return {"state": "cancelled"}
+    if i in s.blocked_by:
+        return {"state": "not run", "why": f"dependency failed: {s.blocked_by[i]}"}
+    return {"state": "queued"}
+
+
+def _stall(box: Mailbox, s: Scheduler, _: Any) -> list[tuple[str, float]]:
+    """Check every running job for a stall; warn (an event) of each one newly found stalled."""
+    from .events import TaskStalled
+
+    found = box.stalls.check(s)
+    for task, seconds in found:
+        s.reporter.handle(TaskStalled(task, s.graph.specs[s.graph.index[task]].label, seconds))
+    return found
+
+
+_HANDLERS: dict[str, Callable[[Mailbox, Scheduler, Any], Any]] = {
+    "status": _status, "cancel": _cancel, "follow": _follow, "stall": _stall,
+}
+
+
+def _ask(executor: Any, method: str, *args: Any, default: Any = None) -> Any:
+    """An optional executor method's answer, or ``default`` when it has none."""
+    call = getattr(executor, method, None)
+    if call is None:
+        return default
+    try:
+        return call(*args)
+    except Exception:  # noqa: BLE001 - an executor's status must not break the build
+        return default
+
+
+def read_tail(source: Source, limit: int = LAST_LINE_BYTES) -> bytes:
+    """The last ``limit`` bytes of a job's output so far."""
+    fd = source if isinstance(source, int) else None
+    try:
+        if fd is None:
+            fd = os.open(str(source), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            return os.pread(fd, min(size, limit), max(0, size - limit))
+        finally:
+            if not isinstance(source, int):
+                os.close(fd)
+    except OSError:
+        return b""
+
+
+def last_line(sources: tuple[Source, Source] | None) -> str | None:
+    """The last line a job printed: of the stream written last (stdout when both are empty)."""
+    if sources is None:
+        return None
+    best: tuple[float, str] | None = None
+    for source in sources:
+        data = read_tail(source)
+        lines = [x for x in data.decode("utf-8", "replace").splitlines()
+                 if x.strip() and not x.startswith("@@dagrun-")]
+        if not lines:
+            continue
+        when = _mtime(source)
+        if best is None or when >= best[0]:
+            best = (when, lines[-1][-200:])
+    return best[1] if best else ""
+
+
+def _mtime(source: Source) -> float:
+    try:
+        st = os.fstat(source) if isinstance(source, int) else os.stat(source)
+    except OSError:
+        return 0.0
+    return st.st_mtime
+
+
+class StallWatch:
+    """Tasks that printed nothing and used no CPU for their ``stall_warning`` seconds."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[Any, float]] = {}  # job id -> (activity, since)
+        self.warned: set[int] = set()
+
+    def forget(self, job_id: int) -> None:
+        if self.seen:
+            self.seen.pop(job_id, None)
+            self.warned.discard(job_id)
+
+    def check(self, s: Scheduler) -> list[tuple[str, float]]:
+        now = s.clock.now()
+        found = []
+        for job_id, run in s.running.items():
+            spec = s.graph.specs[run.task]
+            limit = getattr(spec, "stall_warning", None)
+            if not limit or job_id in self.warned:
+                continue
+            activity = _activity(s.executors[run.executor], job_id)
+            last = self.seen.get(job_id)
+            if last is None or last[0] != activity:
+                self.seen[job_id] = (activity, now)
+                continue
+            if now - last[1] >= limit:
+                self.warned.add(job_id)
+                found.append((spec.name, round(now - last[1], 1)))
+        return found
+
+
+def _activity(executor: Any, job_id: int) -> Any:
+    """What changes while a job works: its output's sizes and, where known, its CPU time."""
+    sources = _ask(executor, "job_output", job_id)
+    sizes = []
+    for source in sources or ():
+        try:
+            sizes.append(os.fstat(source).st_size if isinstance(source, int)
+                         else os.stat(source).st_size)
+        except OSError:
+            sizes.append(-1)
+    return (tuple(sizes), _ask(executor, "job_cpu_time", job_id))
