@@ -11,7 +11,7 @@ The protocol: the client sends one JSON line, the server answers with JSON lines
     {"op": "status"}                         -> the status (steering._status), one line
     {"op": "cancel", "tasks": [NAME, ...]}   -> {"said": [...]} or {"unknown": message}
     {"op": "tail", "task": NAME, "lines": N} -> {"note": ...} {"o": text} {"e": text} ...
-                                                 {"end": state}
+                                                 {"end": state, "why": ...}
 
 The same thread ticks the stall check (steering.StallWatch) every few seconds.
 """
@@ -147,22 +147,30 @@ def _serve(conn: socket.socket, box: Mailbox, request: dict[str, Any]) -> None:
 
 
 def _tail(conn: socket.socket, box: Mailbox, task: str, lines: int) -> None:
-    """Stream a task's output until it ends; a queued task is waited for."""
-    noted = False
-    while True:
-        found = box.ask("follow", task)
-        if found is None:
-            return _send(conn, {"end": "no answer from the build"})
-        if found["state"] == "running":
+    """Stream a task's output until it ends.  A queued task is waited for (then shown whole);
+    a finished one shows what its run folder kept."""
+    found = box.ask("follow", (task, False))
+    waited = found is not None and found["state"] == "queued"
+    if waited:
+        _send(conn, {"note": f"{task} is queued; waiting for it to start"})
+        found = box.ask("follow", (task, True), timeout=None)
+    while found is not None and found["state"] == "starting":
+        if box.wait_closed(FOLLOW_EVERY):
+            found = None
             break
-        if found["state"] not in ("queued", "starting"):
-            return _send(conn, {"end": found["state"], "why": found.get("why")})
-        if not noted:
-            _send(conn, {"note": f"{task} is {found['state']}; waiting for it to start"})
-            noted = True
-        if box.wait_closed(0.2):
-            return _send(conn, {"end": "the build ended"})
-    _stream(conn, box, found["job"], found["sources"], lines)
+        found = box.ask("follow", (task, False))
+    if found is None:
+        return _send(conn, {"end": "the build ended"})
+    if found["state"] == "running":
+        return _stream(conn, box, found["job"], found["sources"], -1 if waited else lines)
+    if "run_dir" in found:
+        for name, key in (("stdout.txt", "o"), ("stderr.txt", "e")):
+            reader = _Reader(os.path.join(found["run_dir"], name), key, filtered=False)
+            text = reader.last_lines(-1 if waited else lines)
+            reader.close()
+            if text:
+                _send(conn, {key: text})
+    _send(conn, {"end": found["state"], "why": found.get("why")})
 
 
 def _stream(conn: socket.socket, box: Mailbox, job: int, sources: list[Source], n: int) -> None:
@@ -190,11 +198,11 @@ class _Reader:
     """Reads a growing output file from where it was last read (a path: from the remote side,
     whose dagrun lines ``@@dagrun-...`` are left out)."""
 
-    def __init__(self, source: Source, key: str) -> None:
+    def __init__(self, source: Source, key: str, filtered: bool = True) -> None:
         import codecs
 
         self.key = key
-        self.filtered = not isinstance(source, int)
+        self.filtered = filtered and not isinstance(source, int)
         self.fd = source if isinstance(source, int) else _open(source)
         self.offset = 0
         self.pending = ""
@@ -208,10 +216,9 @@ class _Reader:
         data = os.pread(self.fd, size - start, start)
         self.offset = size
         text = self._filter(data.decode("utf-8", "replace"), final=False)
-        if n <= 0:
-            return ""
-        kept = text.splitlines(keepends=True)[-n:]
-        return "".join(kept)
+        if n < 0:  # everything (of the last FIRST_BYTES)
+            return text
+        return "".join(text.splitlines(keepends=True)[-n:]) if n else ""
 
     def more(self, final: bool) -> str:
         if self.fd < 0:

@@ -226,6 +226,11 @@ class Steering(Protocol):
 
     def job_ended(self, job_id: int, state: str) -> None: ...
 
+    @property
+    def awaited(self) -> Mapping[int, Any]: ...  # tasks whose start someone waits for
+
+    def job_started(self, scheduler: Scheduler, i: int) -> None: ...
+
 
 class Scheduler:
     """Runs ``plan.to_run`` on the executors named by its tasks, each within its slots.
@@ -522,6 +527,9 @@ class Scheduler:
             self.executors[name].submit(job)
         except Exception as exc:  # noqa: BLE001 - reported as an error, never a traceback
             return self._submit_failed(job, name, exc)
+        steering = self.hooks.steering
+        if steering is not None and steering.awaited:  # a `tail` waits for this task?
+            steering.job_started(self, i)
         return True
 
     def _submit_failed(self, job: Job, name: str, exc: Exception) -> Exception:

@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .scheduler import run_dir_name
+
 if TYPE_CHECKING:
     from .scheduler import Scheduler
 
@@ -52,6 +54,7 @@ class Mailbox:
         self._lock = threading.Lock()
         self.ended: dict[int, str] = {}  # job id -> how it ended, for jobs being followed
         self.followed: set[int] = set()
+        self.awaited: dict[int, list[Request]] = {}  # task -> follows waiting for its start
         self.ended_cond = threading.Condition(self._lock)
         self.closed = False
         self.stalls = StallWatch()
@@ -59,7 +62,7 @@ class Mailbox:
     def fileno(self) -> int:
         return self._fd
 
-    def ask(self, kind: str, arg: Any = None, timeout: float = 5.0) -> Any:
+    def ask(self, kind: str, arg: Any = None, timeout: float | None = 5.0) -> Any:
         """Post a request and wait for the scheduler's answer (None: it did not answer)."""
         request = Request(kind, arg, threading.Event(), [])
         with self._lock:
@@ -85,7 +88,16 @@ class Mailbox:
                 answer = _HANDLERS[request.kind](self, scheduler, request.arg)
             except Exception as exc:  # noqa: BLE001 - a bad request must not stop the build
                 answer = {"error": f"{type(exc).__name__}: {exc}"}
+            if answer is _LATER:  # a follow of a queued task: answered when it starts
+                self.awaited.setdefault(scheduler.graph.index[request.arg[0]], []).append(request)
+                continue
             request.answer.append(answer)
+            request.answered.set()
+
+    def job_started(self, scheduler: Scheduler, i: int) -> None:
+        """Task ``i`` started: answer the follows that waited for it (``awaited``)."""
+        for request in self.awaited.pop(i, ()):
+            request.answer.append(_follow(self, scheduler, request.arg))
             request.answered.set()
 
     def job_ended(self, job_id: int, state: str) -> None:
@@ -116,6 +128,8 @@ class Mailbox:
         with self.ended_cond:
             self.closed = True
             left, self._queue = list(self._queue), deque()
+            left += [r for waiting in self.awaited.values() for r in waiting]
+            self.awaited.clear()
             self.ended_cond.notify_all()
             if self._fd >= 0:
                 os.close(self._fd)
@@ -167,8 +181,13 @@ def _cancel(box: Mailbox, s: Scheduler, names: list[str]) -> dict[str, Any]:
     return {"said": [s.cancel(i) for i in found]}
 
 
-def _follow(box: Mailbox, s: Scheduler, name: str) -> dict[str, Any]:
-    """A running task's job and its output sources (descriptors duplicated), or its state."""
+_LATER = object()  # an answer that comes later (steering.Mailbox.job_started)
+
+
+def _follow(box: Mailbox, s: Scheduler, arg: tuple[str, bool]) -> Any:
+    """A running task's job and its output sources (descriptors duplicated), or its state
+    (a finished one: with its run folder).  ``arg``: (task, wait for it to start)."""
+    name, wait = arg
     i = s.graph.index.get(name)
     if i is None:
         return {"state": "unknown"}
@@ -179,19 +198,27 @@ def _follow(box: Mailbox, s: Scheduler, name: str) -> dict[str, Any]:
             continue
         sources = _ask(s.executors[run.executor], "job_output", job_id)
         if sources is None:
-            return {"state": "starting" if run.executor != "http" else "no live output",
-                    "executor": run.executor}
+            state = "starting" if run.executor in ("local", "python") else "no live output"
+            return {"state": _job_state(s, job_id, run, state), "executor": run.executor}
         with box.ended_cond:
             box.followed.add(job_id)
         return {"state": "running", "job": job_id, "executor": run.executor,
                 "sources": [os.dup(x) if isinstance(x, int) else x for x in sources]}
-    if i in s.status:
-        return {"state": s.status[i].value}
     if i in s.withdrawn:
         return {"state": "cancelled"}
+    if i in s.status:
+        return {"state": s.status[i].value, "run_dir": os.path.join(
+            s.runs_dir, run_dir_name(name))}
     if i in s.blocked_by:
         return {"state": "not run", "why": f"dependency failed: {s.blocked_by[i]}"}
-    return {"state": "queued"}
+    return _LATER if wait else {"state": "queued"}
+
+
+def _job_state(s: Scheduler, job_id: int, run: Any, otherwise: str) -> str:
+    """A job an executor holds but has not started (an HTTP job with no worker): queued."""
+    if _ask(s.executors[run.executor], "job_where", job_id, default=run.executor) is None:
+        return "queued"
+    return otherwise
 
 
 def _stall(box: Mailbox, s: Scheduler, _: Any) -> list[tuple[str, float]]:
@@ -237,7 +264,7 @@ def read_tail(source: Source, limit: int = LAST_LINE_BYTES) -> bytes:
 
 
 def last_line(sources: tuple[Source, Source] | None) -> str | None:
-    """The last line a job printed: of the stream written last (stdout when both are empty)."""
+    """The last line a job printed: of the stream written last (stdout on a tie)."""
     if sources is None:
         return None
     best: tuple[float, str] | None = None
@@ -248,7 +275,7 @@ def last_line(sources: tuple[Source, Source] | None) -> str | None:
         if not lines:
             continue
         when = _mtime(source)
-        if best is None or when >= best[0]:
+        if best is None or when > best[0]:  # a tie (same clock tick): stdout
             best = (when, lines[-1][-200:])
     return best[1] if best else ""
 
