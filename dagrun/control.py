@@ -35,6 +35,7 @@ SOCKET = "control.sock"
 FOLLOW_EVERY = 0.1  # seconds between two reads of a followed task's output
 FIRST_BYTES = 1 << 16  # read from the end of each stream for ``tail -n N``
 _SUN_PATH = 100  # sun_path holds 108 bytes
+END_MARK = "@@dagrun-end "  # the end record of an SSH job's wrapper (executors/ssh.py), after "\n"
 
 
 class NoBuild(DagrunError):
@@ -238,9 +239,17 @@ class _Reader:
             return text
         text = self.pending + text
         cut = len(text) if final else text.rfind("\n") + 1  # whole lines only, until the end
-        self.pending = text[cut:]
         lines = text[:cut].splitlines(keepends=True)
-        return "".join(x for x in lines if not x.startswith("@@dagrun-"))
+        if not final and lines and lines[-1] == "\n":  # may be the start of the end record
+            lines.pop()
+            cut -= 1
+        self.pending = text[cut:]
+        kept = []
+        for n, line in enumerate(lines):
+            mark = lines[n + 1].startswith(END_MARK) if n + 1 < len(lines) else False
+            if not line.startswith("@@dagrun-") and not (line == "\n" and mark):
+                kept.append(line)
+        return "".join(kept)
 
     def close(self) -> None:
         if self.fd >= 0:

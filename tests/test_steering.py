@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -331,3 +332,59 @@ def test_commands_answer_quickly_while_a_1000_task_build_runs(tmp_path: Path):
         if build.poll() is None:
             build.kill()
             build.wait()
+
+
+# -- a remote task (tests/sshd.py: a real sshd on 127.0.0.1)
+
+
+@pytest.fixture
+def remote(shared_dir: Path, sshd) -> Iterator[DagrunProcs]:
+    """A project in a folder the ssh test user shares, with an ssh executor "lab" on it."""
+    from realproc import dagrun_procs
+
+    (shared_dir / "go").mkdir()
+    made = dagrun_procs(shared_dir)  # makes pids/
+    procs = next(made)
+    for sub in ("pids", "go"):
+        (shared_dir / sub).chmod(0o777)
+    yield procs
+    next(made, None)  # its cleanup
+
+
+def test_tail_and_cancel_a_task_on_an_ssh_host(remote: DagrunProcs, sshd):
+    from test_ssh import remote_leftovers
+
+    root = remote.root
+    remote.manifest(sshd.toml("lab", workspace=str(root)) + textwrap.dedent(f"""
+        [dagrun]
+        jobs = 2
+        [tasks.far]
+        executor = "lab"
+        cmd = "echo far 1; echo far err >&2; {gated('far', after='echo far done')}"
+        [tasks.stuck]
+        executor = "lab"
+        cmd = "sleep 301 & echo $$ > pids/stuck; wait"
+        [tasks.after_stuck]
+        cmd = "touch after-stuck-ran"
+        deps = ["stuck"]
+    """))
+    p = remote.start("build", stderr=root / "build.err")
+    remote.task_pid("far"), remote.task_pid("stuck")
+    state = live(root)
+    assert state is not None
+    where = {r["task"]: (r["where"], r["last_line"]) for r in state["running"]}
+    assert where == {"far": ("ssh dagrunssh@127.0.0.1:" + str(sshd.port), "far 1"),
+                     "stuck": ("ssh dagrunssh@127.0.0.1:" + str(sshd.port), "")}
+    tail = subprocess.Popen([sys.executable, "-m", "dagrun", "tail", "far", "-n", "5"],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert tail.stdout is not None
+    assert tail.stdout.readline() == "far 1\n"
+    assert cli(root, "cancel", "stuck")[:2] == (0, "dagrun: stuck: cancelled (killing it)\n")
+    assert remote_leftovers("sleep 301") == []  # its group on the host was killed
+    go(root, "far")
+    out, err = tail.communicate(timeout=DEADLINE)
+    assert (tail.returncode, out) == (0, "far done\n")
+    assert err == "far err\ndagrun: far: succeeded\n"
+    out, _ = p.communicate(timeout=DEADLINE)
+    assert p.returncode == 1, (root / "build.err").read_text()
+    assert "FAILED: [cancelled] stuck" in out and not (root / "after-stuck-ran").exists()
