@@ -128,6 +128,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (a testcase per task)")
     b.add_argument("--events", metavar="FILE", help="write the build's events as JSON lines")
     b.add_argument("--trace", metavar="FILE", help="write a Chrome trace (open it in Perfetto)")
+    b.add_argument("--html", metavar="FILE", help="write a report page (timeline, tasks, failures)")
 
     g = command("graph", "print the dependency graph")
     g.add_argument("targets", nargs="*", metavar="TARGET")
@@ -190,7 +191,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _steering_commands(command: Any) -> None:
-    """`tail` and `cancel`: the running build's tasks (live.py)."""
+    """`report`, and `tail` and `cancel`: the running build's tasks (live.py)."""
+    r = command("report", "write a self-contained HTML page of the last build")
+    r.add_argument("--html", metavar="FILE", required=True, help="the page to write")
     t = command("tail", "follow a task of the running build: its output until it ends")
     t.add_argument("task", metavar="TASK")
     t.add_argument("-n", "--lines", type=_count, default=10, metavar="N",
@@ -246,7 +249,8 @@ def plain_args(argv: Sequence[str]) -> Any:
         return None
     found: dict[str, Any] = dict(GLOBAL_DEFAULTS)
     found.update(command="build", jobs=None, keep_going=False, failures_allowed=None,
-                 dry_run=False, explain=False, junit=None, events=None, trace=None)
+                 dry_run=False, explain=False, junit=None, events=None, trace=None,
+                 html=None)
     implicit = not any(word in COMMANDS for word in argv)
     command = implicit  # whether argparse's first pass finds the command (see parse)
     i = 0
@@ -402,7 +406,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             reporter=reporter,
             jobs=args.jobs,
             failures_allowed=failures,
-            explain=args.explain or bool(args.events),  # --events: the reasons in full
+            explain=args.explain or bool(args.events or args.html),  # the reasons in full
             delta=args.delta,
         )
     finally:
@@ -474,6 +478,11 @@ def _build_reporter(args: argparse.Namespace, session: Any) -> Any:
         record.check_writable(args.trace, "trace")
         sinks.append(record.Collected(
             lambda rs: record.write_text(args.trace, dumps(rs)), wants_fresh=False
+        ))
+    if getattr(args, "html", None):
+        record.check_writable(args.html, "HTML report")
+        sinks.append(record.Collected(
+            lambda rs: record.write_text(args.html, _html(session, rs)), wants_fresh=False
         ))
     console = make_reporter(args.progress, options=_options(args, session))
     return Tee([record.Records(sinks), console])
@@ -556,6 +565,33 @@ def cmd_graph(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         sys.stdout.write(to_dot(g, plan.selected, plan.up_to_date))
+    return EXIT_OK
+
+
+def _html(session: Any, records: list[Any]) -> str:
+    """The report page of ``records``; the critical path needs the graph (if it still loads)."""
+    from .html_report import render
+
+    try:
+        g = session.load_graph()
+        deps = {s.name: [g.specs[d].name for d in g.deps[i]] for i, s in enumerate(g.specs)}
+    except DagrunError:
+        deps = None
+    title = f"dagrun build: {os.path.basename(session.root)}"
+    return render(records, deps=deps, runs_dir=os.path.join(session.state_dir, "runs"),
+                  title=title)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import record
+
+    session = _session(args)
+    records = _last_build(session, record)
+    if not records:
+        raise DagrunError("no build to report yet: run `dagrun build` (a build that runs a task)")
+    record.check_writable(args.html, "HTML report")
+    record.write_text(args.html, _html(session, records))
+    sys.stderr.write(f"dagrun: wrote {args.html}\n")
     return EXIT_OK
 
 
@@ -721,6 +757,7 @@ _COMMANDS = {
     "clean": cmd_clean,
     "status": cmd_status,
     "tail": cmd_tail,
+    "report": cmd_report,
     "cancel": cmd_cancel,
     "show": cmd_show,
     "trace": cmd_trace,
