@@ -388,3 +388,69 @@ def test_tail_and_cancel_a_task_on_an_ssh_host(remote: DagrunProcs, sshd):
     out, _ = p.communicate(timeout=DEADLINE)
     assert p.returncode == 1, (root / "build.err").read_text()
     assert "FAILED: [cancelled] stuck" in out and not (root / "after-stuck-ran").exists()
+
+
+# -- an HTTP pull executor (tests/http_workers.py: real `dagrun worker` processes)
+
+
+def test_http_tasks_are_queued_until_a_worker_leases_them_and_cancel_reaches_it(tmp_path):
+    from http_workers import start_worker, stop, worker_env
+
+    (tmp_path / "pids").mkdir()
+    (tmp_path / "dagrun.toml").write_text(textwrap.dedent("""
+        [executors.pool]
+        type = "http"
+        lease_timeout = 4
+        grace_period = 1
+        [tasks.remote]
+        executor = "pool"
+        cmd = "echo $$ > pids/remote; exec sleep 302"
+        [tasks.below]
+        cmd = "touch below-ran"
+        deps = ["remote"]
+    """))
+    out = tmp_path / "build.out"
+    with out.open("wb") as f:
+        build = subprocess.Popen([sys.executable, "-m", "dagrun", "--progress", "plain", "build"],
+                                 cwd=tmp_path, env=worker_env(), stdout=f,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: "dagrun worker http" in out.read_text(), "the worker command")
+        state = live(tmp_path)
+        assert state is not None
+        assert [(r["task"], r["state"], r["where"]) for r in state["running"]] == [
+            ("remote", "queued", None)]
+        assert state["workers"] == {"pool": []}
+        line = next(x for x in out.read_text().splitlines() if "dagrun worker http" in x)
+        url, _, token_file = line.split()[2:5]
+        worker = start_worker(url, token_file)
+        pid = int(wait_and_read(tmp_path / "pids" / "remote"))
+        state = live(tmp_path)
+        assert state is not None
+        (running,) = state["running"]
+        assert running["state"] == "running" and running["where"].startswith("worker ")
+        assert state["workers"]["pool"] == [running["where"].split(" ", 1)[1]]
+        code, said, _ = cli(tmp_path, "cancel", "remote")
+        assert (code, said) == (0, "dagrun: remote: cancelled (killing it)\n")
+        wait_for(lambda: not _alive(pid), "the worker killed the task")
+        assert build.wait(DEADLINE) == 1, out.read_text()
+        assert "FAILED: [cancelled] remote" in out.read_text()
+        assert not (tmp_path / "below-ran").exists()
+        stop(worker)
+    finally:
+        if build.poll() is None:
+            os.killpg(build.pid, 9)
+            build.wait()
+
+
+def wait_and_read(path: Path) -> str:
+    wait_for(lambda: path.exists() and path.read_text().endswith("\n"), f"{path} written")
+    return path.read_text()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
