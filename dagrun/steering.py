@@ -8,7 +8,7 @@ one more descriptor in the scheduler's epoll: the scheduler wakes, calls
 a job.  A build that nobody asks pays nothing: no snapshot is written, no
 thread wakes.
 
-Executors may offer, beyond the protocol (executors/__init__.py), three
+Executors may offer, beyond the protocol (executors/__init__.py), four
 optional methods, looked up with ``getattr`` (a ``job_`` prefix: ssh.py has a ``where``)
 
 - ``job_where(job_id) -> str | None``: where the job runs now ("pid 123",
@@ -16,8 +16,10 @@ optional methods, looked up with ``getattr`` (a ``job_`` prefix: ssh.py has a ``
 - ``job_output(job_id) -> (stdout, stderr) | None``: its output so far, each
   an open descriptor of the executor's (read with ``pread``; duplicated here
   before it leaves this thread) or the path of a file being written;
-- ``workers() -> list[str]``: the workers connected now (pull and cluster
-  executors).
+- ``connected_workers() -> list[str]``: the workers connected now (pull and cluster
+  executors);
+- ``job_cpu_time(job_id) -> float | None``: CPU seconds the job used so far (the
+  stall check watches only jobs whose executor can tell: local ones).
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ def _status(box: Mailbox, s: Scheduler, _: Any) -> dict[str, Any]:
     queued = [specs[item[2]].name for heap in s.ready.values() for item in sorted(heap)]
     queued += [specs[i].name for _, i in sorted(s.backoff)]
     workers = {name: w for name, ex in s.executors.items()
-               if (w := _ask(ex, "workers", default=None)) is not None}
+               if (w := _ask(ex, "connected_workers", default=None)) is not None}
     total = len(s.plan.to_run)
     waiting = total - s.done - len(s.running) - len(queued) - len(s.withdrawn)
     return {
@@ -309,6 +311,8 @@ class StallWatch:
             if not limit or job_id in self.warned:
                 continue
             activity = _activity(s.executors[run.executor], job_id)
+            if activity is None:  # no CPU figure (a remote job): "no CPU used" is not known
+                continue
             last = self.seen.get(job_id)
             if last is None or last[0] != activity:
                 self.seen[job_id] = (activity, now)
@@ -320,7 +324,11 @@ class StallWatch:
 
 
 def _activity(executor: Any, job_id: int) -> Any:
-    """What changes while a job works: its output's sizes and, where known, its CPU time."""
+    """What changes while a job works: its output's sizes and its CPU time (None: the executor
+    cannot tell its CPU time)."""
+    cpu = _ask(executor, "job_cpu_time", job_id)
+    if cpu is None:
+        return None
     sources = _ask(executor, "job_output", job_id)
     sizes = []
     for source in sources or ():
@@ -329,4 +337,4 @@ def _activity(executor: Any, job_id: int) -> Any:
                          else os.stat(source).st_size)
         except OSError:
             sizes.append(-1)
-    return (tuple(sizes), _ask(executor, "job_cpu_time", job_id))
+    return tuple(sizes), cpu

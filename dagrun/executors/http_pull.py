@@ -768,7 +768,7 @@ class HttpExecutor:
             lease = b.leases.get(b.lease_of.get(job_id, ""))
             return None if lease is None else f"worker {lease.worker}"
 
-    def workers(self) -> list[str]:
+    def connected_workers(self) -> list[str]:
         """The workers heard from within the lease timeout."""
         b = self.broker
         now = time.monotonic()
