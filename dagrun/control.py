@@ -113,7 +113,8 @@ class ControlServer:
         with conn:
             try:
                 conn.settimeout(5.0)
-                request = json.loads(conn.makefile("rb").readline() or b"{}")
+                with conn.makefile("rb") as f:
+                    request = json.loads(f.readline() or b"{}")
                 conn.settimeout(None)
                 _serve(conn, self.mailbox, request)
             except (OSError, ValueError, AttributeError, TypeError):

@@ -5,11 +5,12 @@ the scheduler's state.  It posts a Request to the Mailbox, whose eventfd is
 one more descriptor in the scheduler's epoll: the scheduler wakes, calls
 ``serve``, and answers every request between two waits, from what it knows
 (its running jobs, ready queues, attempts) and what each executor can tell of
-a job.  A build that nobody asks pays nothing: no snapshot is written, no
-thread wakes.
+a job.  A build that nobody asks pays next to nothing: no snapshot is
+written; the control thread wakes only for the stall check (every tenth of
+``stall_warning``, at most every 10 s), one scan of /proc.
 
 Executors may offer, beyond the protocol (executors/__init__.py), four
-optional methods, looked up with ``getattr`` (a ``job_`` prefix: ssh.py has a ``where``)
+optional methods, looked up with ``getattr`` (``job_``: ssh.py has a ``where`` already):
 
 - ``job_where(job_id) -> str | None``: where the job runs now ("pid 123",
   "worker w1", "ssh host", a Slurm job id); None: it waits for a worker;
