@@ -4,8 +4,9 @@
     python bench/status_poll.py --dagrun /tmp/venv-a/bin/dagrun --baseline /tmp/venv-b/bin/dagrun
 
 For each size (default 1k and 10k tasks, bench/gen.py's "wide" shape, -j2), each
-repetition times, in turn: the baseline (a dagrun without the control channel,
-e.g. the commit before it), dagrun, and dagrun while a poller asks the build's
+repetition times (wall, and the CPU time of dagrun with its tasks), in turn: the
+baseline (a dagrun without the control channel, e.g. the commit before it),
+dagrun, and dagrun while a poller asks the build's
 control socket for its status every 100 ms (what `dagrun status` sends; a
 thread of this process, so the poll's own Python start-up does not compete
 for the two cores).  Each build is cold: a newly generated folder.  The poller
@@ -68,7 +69,8 @@ class Poller:
         self.thread.join()
 
 
-def cold(dagrun: str, n: int, poll: bool, work: str) -> tuple[float, list[float]]:
+def cold(dagrun: str, n: int, poll: bool, work: str) -> tuple[float, float, list[float]]:
+    """(wall seconds, CPU seconds of dagrun and its tasks, the poll's answer times)."""
     folder = tempfile.mkdtemp(dir=work)
     gen.gen(n, "wide", folder, peers=False)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -77,14 +79,16 @@ def cold(dagrun: str, n: int, poll: bool, work: str) -> tuple[float, list[float]
     p = subprocess.Popen([dagrun, "--progress", "plain", "-q", "build", "-j", "2"], cwd=folder,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     poller = Poller(folder) if poll else None
-    code = p.wait()
+    _, status, usage = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
+    p.returncode = code = os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
     if poller is not None:
         poller.close()
     if code != 0:
         raise SystemExit(f"{dagrun} failed at {n} tasks (exit {code}) in {folder}")
     subprocess.run(["rm", "-rf", folder], check=True)
-    return wall, poller.answers if poller else []
+    return wall, cpu, poller.answers if poller else []
 
 
 def main() -> int:
@@ -99,19 +103,25 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as work:
         for n, reps in zip(args.sizes, args.reps, strict=True):
             walls: dict[str, list[float]] = {"baseline": [], "dagrun": [], "dagrun+poll": []}
+            cpus: dict[str, list[float]] = {k: [] for k in walls}
             latencies: list[float] = []
             for rep in range(reps):
-                walls["baseline"].append(cold(args.baseline, n, False, work)[0])
-                walls["dagrun"].append(cold(args.dagrun, n, False, work)[0])
-                wall, answers = cold(args.dagrun, n, True, work)
-                walls["dagrun+poll"].append(wall)
-                latencies += answers
+                for name, dagrun, poll in (("baseline", args.baseline, False),
+                                           ("dagrun", args.dagrun, False),
+                                           ("dagrun+poll", args.dagrun, True)):
+                    wall, cpu, answers = cold(dagrun, n, poll, work)
+                    walls[name].append(wall)
+                    cpus[name].append(cpu)
+                    latencies += answers
                 print(f"n={n} rep {rep + 1}/{reps}: " + ", ".join(
-                    f"{k} {v[-1]:.2f}s" for k, v in walls.items()), flush=True)
+                    f"{k} {v[-1]:.2f}s ({cpus[k][-1]:.2f}s CPU)" for k, v in walls.items()),
+                    flush=True)
             latencies.sort()
             results[str(n)] = {
                 "median_s": {k: round(statistics.median(v), 3) for k, v in walls.items()},
                 "all_s": {k: [round(x, 3) for x in v] for k, v in walls.items()},
+                "cpu_median_s": {k: round(statistics.median(v), 3) for k, v in cpus.items()},
+                "min_s": {k: round(min(v), 3) for k, v in walls.items()},
                 "answers": len(latencies),
                 "answer_ms_median": round(statistics.median(latencies) * 1000, 2),
                 "answer_ms_p95": round(latencies[int(len(latencies) * 0.95)] * 1000, 2),
