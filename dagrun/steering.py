@@ -25,6 +25,7 @@ optional methods, looked up with ``getattr`` (``job_``: ssh.py has a ``where`` a
 
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 from collections import deque
@@ -160,17 +161,27 @@ def _status(box: Mailbox, s: Scheduler, _: Any) -> dict[str, Any]:
             "cores": list(run.lease.cores) if run.lease is not None else [],
             "last_line": last_line(_ask(ex, "job_output", job_id)),
         })
-    queued = [specs[item[2]].name for heap in s.ready.values() for item in sorted(heap)]
-    queued += [specs[i].name for _, i in sorted(s.backoff)]
+    queued = [specs[item[2]].name for heap in s.ready.values() for item in _first(heap)]
+    queued += [specs[i].name for _, i in _first(s.backoff)]
+    queued_count = sum(map(len, s.ready.values())) + len(s.backoff)
     workers = {name: w for name, ex in s.executors.items()
                if (w := _ask(ex, "connected_workers", default=None)) is not None}
     total = len(s.plan.to_run)
-    waiting = total - s.done - len(s.running) - len(queued) - len(s.withdrawn)
+    waiting = total - s.done - len(s.running) - queued_count - len(s.withdrawn)
     return {
         "pid": os.getpid(), "done": s.done, "total": total, "failures": s.failures,
-        "running": running, "queued": queued[:QUEUED_SHOWN], "queued_count": len(queued),
+        "running": running, "queued": queued[:QUEUED_SHOWN], "queued_count": queued_count,
         "waiting": max(0, waiting), "stopping": s.stopping, "workers": workers,
     }
+
+
+def _first(heap: list[Any], n: int = QUEUED_SHOWN) -> list[Any]:
+    """The ``n`` smallest items of a heap, in order, without a sort of all of it (10k ready
+    tasks: a copy and n pops, ~50 us, not a sort, ~5 ms, at each status poll)."""
+    if len(heap) <= n:
+        return sorted(heap)
+    rest = list(heap)
+    return [heapq.heappop(rest) for _ in range(n)]
 
 
 def _cancel(box: Mailbox, s: Scheduler, names: list[str]) -> dict[str, Any]:
