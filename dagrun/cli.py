@@ -627,6 +627,18 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from . import live as live_status
+
+    if not args.json and not args.executors:  # a running build answers: nothing else to load
+        running = live_status.running(_state_dir(args))
+        if running is not None:
+            sys.stdout.write(live_status.running_text(running))
+            return EXIT_OK
+    return _status_in_full(args)
+
+
+def _status_in_full(args: argparse.Namespace) -> int:
+    from . import live as live_status
     from . import record, views
 
     session = _session(args)
@@ -639,8 +651,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         graph = session.load_graph()
     except DagrunError:
         graph = None
-    from . import live as live_status
-
     running = live_status.running(session.state_dir)
     live = running is not None or any(p.build_pid for p in pools)
     records = _last_build(session, record)

@@ -43,10 +43,11 @@ def running_text(live: dict[str, Any]) -> str:
                      r["last_line"] or ""))
     for name in live["queued"]:
         rows.append((name, "queued", "", "", "", ""))
-    lines = [f"running: {live['done']} of {live['total']} done, "
+    lines = [f"build: running: {live['done']} of {live['total']} done, "
              f"{sum(r['state'] == 'running' for r in live['running'])} running, "
              f"{live['queued_count'] + sum(r['state'] == 'queued' for r in live['running'])} "
-             f"queued, {live['waiting']} waiting (build pid {live['pid']})"]
+             f"queued, {live['waiting']} waiting, {live['failures']} failed "
+             f"(build pid {live['pid']})"]
     lines += _table(rows)
     if live["queued_count"] > len(live["queued"]):
         lines.append(f"... and {live['queued_count'] - len(live['queued'])} more queued")

@@ -87,9 +87,9 @@ def test_status_shows_running_and_queued_tasks_with_their_last_line(dagrun_proc:
     assert (state["done"], state["total"]) == (0, 4)
     code, text, _ = cli(root, "status")
     lines = text.splitlines()
-    assert lines[1] == "running: 0 of 4 done, 2 running, 1 queued, 1 waiting " \
+    assert lines[0] == "build: running: 0 of 4 done, 2 running, 1 queued, 1 waiting, 0 failed " \
         f"(build pid {p.pid})"
-    assert lines[2].split() == ["TASK", "STATE", "WHERE", "ELAPSED", "ATTEMPT", "LAST", "LINE"]
+    assert lines[1].split() == ["TASK", "STATE", "WHERE", "ELAPSED", "ATTEMPT", "LAST", "LINE"]
     row_a = next(x for x in lines if x.startswith("a "))
     assert "running" in row_a and row_a.endswith("third line")
     assert any(x.split() == ["c", "queued"] for x in lines)
