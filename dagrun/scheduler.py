@@ -367,8 +367,10 @@ class Scheduler:
                 poll.register(fd, select.EPOLLIN)
             for stop in self.hooks.stops:
                 poll.register(stop.fileno(), select.EPOLLIN)
+            self._steering_fd = -1
             if self.hooks.steering is not None:
-                poll.register(self.hooks.steering.fileno(), select.EPOLLIN)
+                self._steering_fd = self.hooks.steering.fileno()
+                poll.register(self._steering_fd, select.EPOLLIN)
             yield poll
         finally:
             poll.close()
@@ -387,9 +389,8 @@ class Scheduler:
         if any(stop.is_set() for stop in self.hooks.stops):
             return True
         ready = {fd for fd, _ in events}
-        steering = self.hooks.steering
-        if steering is not None and steering.fileno() in ready:
-            steering.serve(self)
+        if self._steering_fd in ready and self.hooks.steering is not None:
+            self.hooks.steering.serve(self)
         now = self.clock.now() if wake is not None else 0.0
         for fd, ex, due in deadlines:
             if fd in ready or (due is not None and due <= now):

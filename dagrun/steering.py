@@ -109,7 +109,8 @@ class Mailbox:
             with self.ended_cond:
                 self.ended[job_id] = state
                 self.ended_cond.notify_all()
-        self.stalls.forget(job_id)
+        if self.stalls.seen:  # (called once per task: cheap checks first)
+            self.stalls.forget(job_id)
 
     def wait_ended(self, job_id: int, timeout: float) -> str | None:
         """How job ``job_id`` ended, once it has (None: still running after ``timeout``)."""
@@ -310,9 +311,8 @@ class StallWatch:
         self.warned: set[int] = set()
 
     def forget(self, job_id: int) -> None:
-        if self.seen:
-            self.seen.pop(job_id, None)
-            self.warned.discard(job_id)
+        self.seen.pop(job_id, None)
+        self.warned.discard(job_id)
 
     def check(self, s: Scheduler) -> list[tuple[str, float]]:
         now = s.clock.now()
