@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -95,9 +96,12 @@ class ControlServer:
             sock = self._bind()
         except OSError:
             return  # no control channel: status is a convenience, never a build's failure
+        every = self.stall_every
+        tick = None if every is None else time.monotonic() + every
         with sock:
             while True:
-                ready, _, _ = select.select([sock.fileno(), self._stop_r], [], [], self.stall_every)
+                wait = None if tick is None else max(0.0, tick - time.monotonic())
+                ready, _, _ = select.select([sock.fileno(), self._stop_r], [], [], wait)
                 if self._stop_r in ready:
                     return
                 if sock.fileno() in ready:
@@ -106,8 +110,9 @@ class ControlServer:
                         target=self._answer, args=(conn,), name="dagrun-control-client",
                         daemon=True,
                     ).start()
-                elif self.stall_every:
-                    self.mailbox.ask("stall", timeout=0)
+                if tick is not None and every is not None and time.monotonic() >= tick:
+                    self.mailbox.ask("stall", timeout=0)  # not waited for
+                    tick = time.monotonic() + every
 
     def _answer(self, conn: socket.socket) -> None:
         with conn:

@@ -249,7 +249,13 @@ def test_a_stalled_task_gets_one_warning_a_busy_or_talking_one_none(dagrun_proc:
         text = events.read_text() if events.exists() else ""
         return [json.loads(x) for x in text.splitlines() if '"stalled"' in x]
 
-    wait_for(lambda: stalled() != [], "a stall warning", timeout=10)
+    def polled_and_stalled() -> bool:  # status asked every 10 ms: the stall check goes on
+        from dagrun import control
+
+        assert "running" in control.ask(str(root / ".dagrun"), {"op": "status"})
+        return stalled() != []
+
+    wait_for(polled_and_stalled, "a stall warning while status is polled", timeout=10)
     time.sleep(1.5)  # two more stall periods: still one warning, and none for the others
     for name in ("idle", "spin", "talk", "quiet"):
         go(root, name)
