@@ -303,10 +303,19 @@ def stream(state_dir: str, request: dict[str, Any], timeout: float | None = 10.0
     """The running build's answers, line by line, until it closes the connection."""
     sock = _connect(state_dir, 10.0 if timeout is None else timeout)
     with sock:
-        sock.sendall((json.dumps(request) + "\n").encode())
-        sock.settimeout(timeout)
+        sent = False
         with sock.makefile("rb") as f:
-            for line in f:
+            while True:
+                try:
+                    if not sent:
+                        sock.sendall((json.dumps(request) + "\n").encode())
+                        sock.settimeout(timeout)
+                        sent = True
+                    line = f.readline()
+                except OSError:  # reset (the build ended meanwhile) or no answer in time
+                    raise NoBuild("the build did not answer (it may have ended)") from None
+                if not line:
+                    return
                 try:
                     yield json.loads(line)
                 except ValueError:

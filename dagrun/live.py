@@ -109,9 +109,11 @@ def tail(state_dir: str, task: str, lines: int) -> int:
     """Print a running task's output as it comes (stdout to stdout, stderr to stderr) until it
     ends; 0 if it succeeded, 1 if not."""
     end = None
+    seen = False
     try:
         for record in control.stream(state_dir, {"op": "tail", "task": task, "lines": lines},
                                      timeout=None):
+            seen = True
             if "o" in record:
                 sys.stdout.write(record["o"])
                 sys.stdout.flush()
@@ -123,7 +125,8 @@ def tail(state_dir: str, task: str, lines: int) -> int:
             elif "end" in record:
                 end = record
     except control.NoBuild:
-        raise control.NoBuild(f"no build is running here: nothing to tail ({task})") from None
+        if not seen:
+            raise control.NoBuild(f"no build is running here: nothing to tail ({task})") from None
     if end is None:
         raise DagrunError(f"the build ended while following {task}")
     return _ended(task, end)
