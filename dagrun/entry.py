@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # them is a build, so `dagrun`, `dagrun -q` and `dagrun TARGET` all build
 COMMANDS = (
     "build", "watch", "graph", "list", "show", "clean", "status", "trace", "completion", "worker",
-    "tree",
+    "tree", "tail", "cancel", "report",
 )
 
 _CHOICES = {

@@ -79,6 +79,14 @@ class TaskCutOff(NamedTuple):
     total: int = 0
 
 
+class TaskStalled(NamedTuple):
+    """A running task printed nothing and used no CPU for ``seconds`` (its ``stall_warning``)."""
+
+    task: str
+    label: str
+    seconds: float
+
+
 class BuildFinished(NamedTuple):
     succeeded: int
     up_to_date: int
@@ -88,4 +96,7 @@ class BuildFinished(NamedTuple):
     interrupted: bool = False
 
 
-Event = BuildStarted | TaskStarted | TaskFinished | TaskSkipped | TaskCutOff | BuildFinished
+Event = (
+    BuildStarted | TaskStarted | TaskFinished | TaskSkipped | TaskCutOff | TaskStalled
+    | BuildFinished
+)

@@ -25,8 +25,8 @@ from . import globs
 from .errors import CycleError, ManifestError, UnknownTargetError
 from .manifest import ExecutorSpec, Manifest, TaskSpec, inside_root
 
-GRAPH_FORMAT = 7  # 4: TaskSpec gained the function-task fields; 5: depfile, restat; 6: columns
-# 7: desc
+GRAPH_FORMAT = 8  # 4: TaskSpec gained the function-task fields; 5: depfile, restat; 6: columns
+# 7: desc; 8: stall_warning
 
 
 @dataclass

@@ -23,6 +23,7 @@ from .errors import ManifestError
 MANIFEST_NAME = "dagrun.toml"
 STATE_DIR = globs.STATE_DIR
 MAX_SECONDS = 365 * 24 * 3600  # the longest timeout or grace period: a year
+STALL_WARNING = 300.0  # [dagrun] stall_warning's default
 MAX_TASKS = 1_000_000  # matrices are refused, before they are expanded, past this many tasks
 
 
@@ -55,6 +56,7 @@ class TaskSpec(NamedTuple):
     depfile: str = ""  # relative to the root, like inputs; "" when none
     restat: bool = False  # dependents key this task by its outputs' digests (early cutoff)
     desc: str = ""  # one line of description (list, show, tree); not in the key
+    stall_warning: float = STALL_WARNING  # seconds silent and idle before a warning; 0: never
 
     @property
     def label(self) -> str:
@@ -140,6 +142,11 @@ def _one_of(*choices: str) -> Check:
         return None
 
     return check
+
+
+def _seconds_or_zero(v: Any) -> str | None:
+    """A number of seconds, or 0 (off)."""
+    return None if v == 0 and not isinstance(v, bool) else _number_positive(v)
 
 
 def _number_positive(v: Any) -> str | None:
@@ -356,6 +363,7 @@ DAGRUN_KEYS: dict[str, Check] = {
     "key_env": _str_list,
     "resources": _count_table,
     "watch_debounce_ms": _int(0),
+    "stall_warning": _seconds_or_zero,
 }
 
 TASK_KEYS: dict[str, Check] = {
@@ -378,6 +386,7 @@ TASK_KEYS: dict[str, Check] = {
     "matrix": _matrix,
     "depfile": _nonempty_str,
     "restat": _bool,
+    "stall_warning": _seconds_or_zero,
     "call": _call,
     "args": _args,
     "kwargs": _any_table,
@@ -639,6 +648,7 @@ class _Builder:
         self.check_keys(settings, DAGRUN_KEYS, ("dagrun",))
         env = self.env(self.table(doc, "env"))
         self.vars = self.table(doc, "vars")
+        self.stall_warning = float(settings.get("stall_warning", STALL_WARNING))
         problem = _vars(self.vars)
         if problem:
             raise self.error(f"[vars] entry {problem}", key=problem.split("'")[1], table=("vars",))
@@ -990,6 +1000,7 @@ class _Builder:
             depfile=_norm(sub(body["depfile"]), cwd, self.root) if "depfile" in body else "",
             restat=body.get("restat", False),
             desc=sub(body.get("desc", "")),
+            stall_warning=float(body.get("stall_warning", self.stall_warning)),
         )
         if "call" in body:
             exact = self.typed_args(group, body, values)

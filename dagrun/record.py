@@ -12,6 +12,7 @@ per line, in the order things happened:
      "attempt", "executor", "cores", "timed_out", "error", "stderr_tail" (failures only)}
     {"event": "not_run", "t", "task", "why"}
     {"event": "up_to_date", "t", "task"}   # planned to run, found up to date (early cutoff)
+    {"event": "stalled", "t", "task", "seconds"}  # silent and idle for its stall_warning
     {"event": "build_finished", "t", "succeeded", "failed", "interrupted", "up_to_date",
      "not_run", "elapsed", "exit_status"}
 
@@ -38,6 +39,7 @@ from .events import (
     TaskCutOff,
     TaskFinished,
     TaskSkipped,
+    TaskStalled,
     TaskStarted,
 )
 
@@ -98,6 +100,8 @@ class Records:
                 self._emit({"event": "not_run", "t": self._t(), "task": task, "why": why})
             case TaskCutOff(task=task):
                 self._emit({"event": "up_to_date", "t": self._t(), "task": task})
+            case TaskStalled(task=task, seconds=seconds):
+                self._emit({"event": "stalled", "t": self._t(), "task": task, "seconds": seconds})
             case BuildFinished():
                 self._emit(self._build_finished(event))
                 for sink in self.active:

@@ -764,6 +764,20 @@ class HttpExecutor:
     def cancel(self, job_id: int) -> None:
         self.broker.cancel(job_id)
 
+    def job_where(self, job_id: int) -> str | None:
+        """The worker that leased the job; None while it waits for one (steering.py)."""
+        b = self.broker
+        with b.lock:
+            lease = b.leases.get(b.lease_of.get(job_id, ""))
+            return None if lease is None else f"worker {lease.worker}"
+
+    def connected_workers(self) -> list[str]:
+        """The workers heard from within the lease timeout."""
+        b = self.broker
+        now = time.monotonic()
+        with b.lock:
+            return [w.id for w in b.workers.values() if now - w.seen <= b.lease_timeout]
+
     def cancel_all(self, *, force: bool = False) -> list[Outcome]:
         """Tell every worker to kill its tasks; wait for their reports (or give up on them)."""
         self.broker.cancel_everything()

@@ -397,6 +397,16 @@ class SshExecutor(ThreadedExecutor):
             self._run_remote(f"kill -KILL -{pgid} 2>/dev/null; true", timeout=15)
         except (ExecutorError, OSError, subprocess.TimeoutExpired):
             pass
+    def job_where(self, job_id: int) -> str:
+        return f"ssh {self.where}"
+
+    def job_output(self, job_id: int) -> tuple[str, str] | None:
+        """The files the job's output comes into as it runs (None before its command starts);
+        the stderr one holds dagrun's ``@@dagrun-`` lines too."""
+        raw = self._pgids.get(job_id)
+        if raw is None:
+            return None
+        return os.path.join(os.path.dirname(raw), "stdout.txt"), raw
 
     def cancel(self, job_id: int) -> None:
         """Say "c" and close the job's channel: the wrapper on the host kills the job's process
