@@ -48,7 +48,7 @@ def _translate_part(part: str) -> str:
             if j < 0:
                 res.append(r"\[")
             else:
-                body = part[i:j].replace("\\", "\\\\")
+                body = part[i:j].replace("\\", "\\\\").replace("[", "\\[")
                 if body.startswith("!"):
                     body = "^" + body[1:]
                 res.append(f"[{body}]")
@@ -191,6 +191,11 @@ def folders_unchanged(scanned: dict[str, int]) -> bool:
     from .unchanged import folders_unchanged as unchanged
 
     return unchanged(scanned)
+
+
+def escape(path: str) -> str:
+    """A pattern matching exactly ``path``: each wildcard character in a class of its own."""
+    return _MAGIC.sub(lambda m: f"[{m.group()}]", path)
 
 
 def literal_prefix(pattern: str) -> str:

@@ -333,9 +333,11 @@ def _name_files(spec: TaskSpec, inputs: Iterable[str]) -> TaskSpec:
     """``spec`` with ``{inputs}`` / ``{outputs}`` in its cmd replaced by its files, shell-quoted.
 
     The paths are relative to the task's cwd, in the order declared (a glob's matches
-    sorted), an input folder as the folder itself, ``!`` exclusions applied.
+    sorted), an input folder as the folder itself, ``!`` exclusions applied.  The
+    matrix pass before this one quoted every file name it put in, so no name shows
+    this pass a placeholder (shellwords).
     """
-    import shlex
+    from . import shellwords
 
     def local(path: str) -> str:
         if spec.cwd == "." or path.startswith("/"):
@@ -343,9 +345,10 @@ def _name_files(spec: TaskSpec, inputs: Iterable[str]) -> TaskSpec:
         return os.path.relpath(path, spec.cwd)
 
     files = {"inputs": list(inputs), "outputs": list(spec.outputs)}
+    quoting = shellwords.quoting_at(spec.cmd, (m.start() for m in _OWN_FILES.finditer(spec.cmd)))
 
     def replace(m: re.Match[str]) -> str:
-        return " ".join(shlex.quote(local(p)) for p in files[m.group(1)])
+        return shellwords.words((local(p) for p in files[m.group(1)]), quoting[m.start()])
 
     return spec._replace(cmd=_OWN_FILES.sub(replace, spec.cmd))
 

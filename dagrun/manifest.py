@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from . import globs, tomlsplit
+from . import globs, shellwords, tomlsplit
 from .errors import ManifestError
 
 MANIFEST_NAME = "dagrun.toml"
@@ -879,7 +879,9 @@ class _Builder:
         group: str | None,
         line: int | None,
     ) -> TaskSpec:
-        sub = _Substituter(values, self.vars)
+        matrix = body.get("matrix", {})
+        found = [v for v in values if isinstance(matrix.get(v), dict) and "glob" in matrix[v]]
+        sub = _Substituter(values, self.vars, found)
         path = ("tasks", group or name)
         cwd = _norm(sub(body.get("cwd", ".")), ".", self.root)
         if cwd.startswith("/") or cwd == ".." or cwd.startswith("../"):
@@ -959,7 +961,7 @@ class _Builder:
                 )
                 raise self.error(problem, task=name, key=key, table=table)
             try:
-                items = sub.items(entry[1:] if negated else entry)
+                items = sub.items(entry[1:] if negated else entry, literal=key == "inputs")
             except ValueError as exc:
                 raise self.error(str(exc), task=name, key=key, table=table) from None
             for p in items:
@@ -1117,9 +1119,13 @@ class _Substituter:
     """
 
     def __init__(
-        self, values: dict[str, str], variables: Mapping[str, str | list[str]] | None = None
+        self,
+        values: dict[str, str],
+        variables: Mapping[str, str | list[str]] | None = None,
+        found: Iterable[str] = (),
     ) -> None:
         self.values: dict[str, str | list[str]] = {**(variables or {}), **values}
+        self.found = frozenset(found)  # matrix glob variables: file names, quoted in cmd
         if self.values:
             names = "|".join(re.escape(k) for k in sorted(self.values, key=len, reverse=True))
             self.pattern: re.Pattern[str] | None = re.compile(
@@ -1127,17 +1133,28 @@ class _Substituter:
             )
         else:
             self.pattern = None
-        self.quote = False
+        self.quote = self.literal = False
+        self.quoting: dict[int, str] = {}
         self.lists = any(isinstance(v, list) for v in self.values.values())
 
     def __call__(self, text: str, quote: bool = False) -> str:
+        """``text`` with its placeholders replaced, in one pass; ``quote``: ``text`` is a
+        command, where file names and list items are shell-quoted (see shellwords)."""
         if self.pattern is None or "{" not in text:
             return text
         self.quote = quote
+        if quote:
+            starts = (m.start() for m in self.pattern.finditer(text))
+            self.quoting = shellwords.quoting_at(text, starts)
         return self.pattern.sub(self._replace, text)
 
-    def items(self, text: str) -> list[str]:
-        """``text`` substituted; one string per item of the one [vars] list it names."""
+    def items(self, text: str, literal: bool = False) -> list[str]:
+        """``text`` substituted; one string per item of the one [vars] list it names.
+
+        ``literal``: ``text`` is a pattern, where a matrix glob's file name matches itself
+        only (its wildcard characters escaped).
+        """
+        self.literal = literal
         if not self.lists or "{" not in text:
             return [self(text)]
         assert self.pattern is not None
@@ -1150,17 +1167,24 @@ class _Substituter:
         (name,) = lists
         items = self.values[name]
         assert isinstance(items, list)
-        return [_Substituter({name: item}, self.values)(text) for item in items]
+        out = []
+        for item in items:
+            each = _Substituter({name: item}, self.values, self.found)
+            each.literal = literal
+            out.append(each(text))
+        return out
 
     def _replace(self, m: re.Match[str]) -> str:
         value = self.values[m.group(1)]
+        quoting = self.quoting.get(m.start(), shellwords.UNQUOTED)
         if isinstance(value, list):
             shown = [self._part(v, m.group(2)) for v in value]
+            return shellwords.words(shown, quoting) if self.quote else " ".join(shown)
+        if m.group(1) in self.found:
+            part = self._part(value, m.group(2))
             if self.quote:
-                import shlex
-
-                return " ".join(shlex.quote(v) for v in shown)
-            return " ".join(shown)
+                return shellwords.word(part, quoting)
+            return globs.escape(part) if self.literal else part
         return self._part(value, m.group(2))
 
     @staticmethod
