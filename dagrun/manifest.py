@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from . import globs, shellwords, tomlsplit
 from .errors import ManifestError
+from .fs import read_regular
 
 MANIFEST_NAME = "dagrun.toml"
 STATE_DIR = globs.STATE_DIR
@@ -426,8 +427,7 @@ TOP_KEYS = ("dagrun", "env", "vars", "tasks", "executors")
 def read(path: str) -> bytes:
     """A manifest file's bytes; ManifestError naming it when it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular(path)  # a FIFO or a device: an error, not a hang
     except FileNotFoundError:
         raise ManifestError("no such manifest file", source=path) from None
     except OSError as exc:
@@ -1307,8 +1307,7 @@ class _LineIndex:
 def _text_again(path: str, crc: int) -> str | None:
     """The manifest's text as it was parsed, or None if the file is gone or has changed."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path)
     except OSError:
         return None
     if zlib.crc32(data) != crc:

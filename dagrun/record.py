@@ -40,6 +40,7 @@ from .events import (
     TaskSkipped,
     TaskStarted,
 )
+from .fs import open_regular
 
 FORMAT = 1
 LAST_BUILD = "last-build.jsonl"  # in .dagrun/
@@ -277,7 +278,7 @@ def write_text(path: str, text: str) -> None:
 
 def read(path: str) -> Iterator[Record]:
     """The records of a JSON-lines file; a torn last line (a build still writing) is skipped."""
-    with open(path, encoding="utf-8") as f:
+    with open(open_regular(path), encoding="utf-8") as f:
         for line in f:
             try:
                 record = json.loads(line)

@@ -76,4 +76,4 @@ class Guarded:
 def guard_stdout() -> None:
     """Wrap sys.stdout in Guarded (once)."""
     if not isinstance(sys.stdout, Guarded):
-        sys.stdout = Guarded(sys.stdout)  # type: ignore[assignment]
+        sys.stdout = Guarded(sys.stdout)

@@ -16,6 +16,7 @@ problem; hashing.StatCache trusts source digests by the same rule).
 from __future__ import annotations
 
 import os
+from stat import S_ISREG
 
 RACY_NS = 50_000_000  # as hashing.RACY_NS (tests/test_unchanged.py checks they agree)
 
@@ -67,7 +68,10 @@ def manifest_unchanged(
         if (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino) == tuple(recorded_stat):
             return True
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no hang
+        with os.fdopen(fd, "rb") as f:
+            if not S_ISREG(os.fstat(fd).st_mode):
+                return False
             data = f.read()
     except OSError:
         return False

@@ -4,8 +4,10 @@ Real processes, real files."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,91 @@ def test_a_closed_stdout_lets_the_build_finish(tmp_path, redirect):
     assert (tmp_path / "b.txt").read_text() == "b\n"
     again = dagrun_sh(tmp_path, ">&-")
     assert again.returncode == 0
+
+
+def dagrun_run(root: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dagrun", *args], cwd=root, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def _fifo_or_device(root: Path, name: str, kind: str) -> None:
+
+    if kind == "fifo":
+        os.mkfifo(root / name)
+    else:
+        os.symlink("/dev/zero", root / name)
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"), [("fifo", "a FIFO"), ("zero", "a character device")]
+)
+def test_a_fifo_or_dev_zero_input_is_a_clear_error_at_once(tmp_path, kind, what):
+
+    _fifo_or_device(tmp_path, "in.txt", kind)
+    (tmp_path / "dagrun.toml").write_text(
+        '[tasks.a]\ncmd = "echo a > a.txt"\ninputs = ["in.txt"]\noutputs = ["a.txt"]\n'
+    )
+    start = time.monotonic()
+    p = dagrun_run(tmp_path, "build")
+    assert time.monotonic() - start < 10  # "within a second", with the loaded machine's margin
+    assert (p.returncode, p.stderr) == (
+        2,
+        "dagrun: error: dagrun.toml:3: task 'a', key 'inputs': input 'in.txt' cannot be read: "
+        f"is {what}, not a regular file\n",
+    )
+
+
+def test_a_fifo_depfile_fails_its_task(tmp_path):
+
+    os.mkfifo(tmp_path / "dep.d")
+    (tmp_path / "dagrun.toml").write_text(
+        '[tasks.a]\ncmd = "echo a > a.txt"\noutputs = ["a.txt"]\ndepfile = "dep.d"\n'
+    )
+    p = dagrun_run(tmp_path, "build")
+    assert p.returncode == 1
+    assert "[depfile dep.d: cannot be read: is a FIFO, not a regular file]" in p.stdout
+
+
+def test_a_depfile_naming_a_fifo_or_dev_zero_does_not_hang(tmp_path):
+
+    os.mkfifo(tmp_path / "ff")
+    os.symlink("/dev/zero", tmp_path / "zz")
+    (tmp_path / "dagrun.toml").write_text(
+        '[tasks.a]\ncmd = "echo a > a.txt; echo \'a.txt: ff zz\' > dep.d"\n'
+        'outputs = ["a.txt"]\ndepfile = "dep.d"\n'
+    )
+    # neither is read: they count as files that are not there (as a header deleted since)
+    assert dagrun_run(tmp_path, "build", timeout=20).returncode == 0
+    p = dagrun_run(tmp_path, "build", timeout=20)
+    assert (p.returncode, p.stdout) == (0, "dagrun: no work to do (1 up to date)\n")
+
+
+@pytest.mark.parametrize(
+    "name", ["cache", "fresh", "journal", "last-build.jsonl", "executors.json"]
+)
+def test_a_fifo_in_place_of_a_state_file_is_discarded(tmp_path, name):
+
+    (tmp_path / "dagrun.toml").write_text(TWO_TASKS)
+    assert dagrun_run(tmp_path, "build").returncode == 0
+    (tmp_path / ".dagrun" / name).unlink(missing_ok=True)
+    os.mkfifo(tmp_path / ".dagrun" / name)
+    (tmp_path / "dagrun.toml").write_text(TWO_TASKS + "# changed\n")
+    for args in (["build"], ["build"], ["list"], ["show", "b"], ["status"]):
+        p = dagrun_run(tmp_path, *args)
+        assert (p.returncode, p.stderr) == (0, ""), args
+
+
+@pytest.mark.parametrize("name", ["log", "lock"])
+def test_a_fifo_in_place_of_the_log_or_lock_is_a_clear_error(tmp_path, name):
+
+    (tmp_path / "dagrun.toml").write_text(TWO_TASKS)
+    assert dagrun_run(tmp_path, "build").returncode == 0
+    (tmp_path / ".dagrun" / name).unlink()
+    os.mkfifo(tmp_path / ".dagrun" / name)
+    (tmp_path / "dagrun.toml").write_text(TWO_TASKS + "# changed\n")
+    for args in (["build"], ["list"], ["show", "b"]):
+        p = dagrun_run(tmp_path, *args)
+        assert p.returncode == 2, args
+        assert f".dagrun/{name}" in p.stderr and "is a FIFO, not a regular file" in p.stderr
