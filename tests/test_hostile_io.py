@@ -150,3 +150,38 @@ def test_a_fifo_in_place_of_the_log_or_lock_is_a_clear_error(tmp_path, name):
         p = dagrun_run(tmp_path, *args)
         assert p.returncode == 2, args
         assert f".dagrun/{name}" in p.stderr and "is a FIFO, not a regular file" in p.stderr
+
+
+FUNCTIONS = '''
+import time
+
+def f():
+    time.sleep(0.3)
+    return 1
+
+def g():
+    time.sleep(0.3)
+    return 2
+'''
+
+
+@pytest.mark.parametrize("keep_going", [["-k"], []])
+def test_a_function_task_that_cannot_start_fails_alone(tmp_path, keep_going):
+    """g's run folder cannot be written (its command.txt is /dev/full): g fails with that error;
+    f, the shell task s and h after it are not touched by it."""
+    (tmp_path / "mod.py").write_text(FUNCTIONS)
+    (tmp_path / "dagrun.toml").write_text(
+        '[tasks.f]\ncall = "mod:f"\n\n[tasks.g]\ncall = "mod:g"\n\n'
+        '[tasks.s]\ncmd = "sleep 0.5; echo s > s.txt"\noutputs = ["s.txt"]\n\n'
+        '[tasks.h]\ncall = "mod:f"\ndeps = ["s"]\n\n[dagrun]\nfailures_allowed = 0\n'
+    )
+    (tmp_path / ".dagrun" / "runs" / "g").mkdir(parents=True)
+    os.symlink("/dev/full", tmp_path / ".dagrun" / "runs" / "g" / "command.txt")
+    p = dagrun_run(tmp_path, "build", "-j4", *keep_going)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert p.stderr == ""
+    assert "dagrun: 3 succeeded, 0 up to date, 1 failed" in p.stdout
+    assert (
+        "  g  [cannot prepare the run folder .dagrun/runs/g: No space left on device]"
+        in p.stdout
+    )
