@@ -43,7 +43,7 @@ class BuildGraph:
     order: Sequence[int]  # range(n) when the manifest's order is topological already
     groups: dict[str, list[int]]
     sources: list[tuple[str, ...]]  # per task: hashed source inputs (globs expanded)
-    scanned: dict[str, int] = field(default_factory=dict)  # folders read by globs -> mtime_ns
+    scanned: dict[str, int] = field(default_factory=dict)  # folder read -> its stamp
     _index: dict[str, int] | None = None
     _producers: dict[str, int] | None = None
     _dependents: list[tuple[int, ...]] | None = None
@@ -294,11 +294,11 @@ def compile(manifest: Manifest) -> BuildGraph:
         inputs.listed.clear()
         for pattern in s.inputs:
             if pattern.startswith("!"):
-                inputs.exclude(pattern[1:], found, explicit, srcs)
+                inputs.exclude(inputs.real(pattern[1:]), found, explicit, srcs)
             elif globs.has_magic(pattern):
-                inputs.glob(i, pattern, found, srcs)
+                inputs.glob(i, inputs.real(pattern), found, srcs)
             else:
-                inputs.path(i, pattern, found, srcs)
+                inputs.path(i, inputs.real(pattern), found, srcs)
         deps.append(tuple(found))
         found_sources = tuple(sorted(srcs))
         sources.append(s.inputs if found_sources == s.inputs else found_sources)  # one tuple
@@ -378,9 +378,39 @@ class _Inputs:
         self.outputs = list(producers)
         self.prefix = manifest.root.rstrip("/") + "/"
         self.subdirs: dict[str, frozenset[str]] = {}  # folder -> its subfolders' names
+        self.real_root = os.path.realpath(manifest.root)
+        self.real_dirs: dict[str, str] = {}  # a folder an input names -> the one it leads to
         # for the task being compiled: each dependency's files, and every input in order
         self.via: dict[int, list[str]] = {}
         self.listed: dict[str, None] = {}
+
+    def real(self, pattern: str) -> str:
+        """``pattern`` with a symlink to a folder inside the project, in its fixed part, replaced
+        by that folder: ``src/gen/*.txt`` with ``src/gen -> ../gen`` reads ``gen/*.txt``, and
+        so meets the task that writes ``gen/x.txt`` (one realpath per folder named)."""
+        if pattern.startswith("/"):
+            return pattern
+        parts = pattern.split("/")
+        fixed = 0
+        while fixed < len(parts) - 1 and not globs.has_magic(parts[fixed]):
+            fixed += 1
+        if fixed == len(parts) - 1 and not globs.has_magic(parts[-1]):
+            if self.is_dir(self.prefix + pattern):
+                fixed += 1  # a folder input: it may be the link itself
+        if fixed == 0:
+            return pattern
+        folder = "/".join(parts[:fixed])
+        real = self.real_dirs.get(folder)
+        if real is None:
+            real = self.real_dirs[folder] = self._real_dir(folder)
+        return pattern if real == folder else real + pattern[len(folder) :]
+
+    def _real_dir(self, folder: str) -> str:
+        full = os.path.realpath(self.prefix + folder)
+        base = self.real_root.rstrip("/") + "/"
+        if full == base + folder or not full.startswith(base):
+            return folder  # no link on the way, or one that leads out of the project
+        return full[len(base) :]
 
     def need(self, producer: int, path: str, found: dict[int, None]) -> None:
         found[producer] = None
