@@ -345,10 +345,16 @@ def _name_files(spec: TaskSpec, inputs: Iterable[str]) -> TaskSpec:
         return os.path.relpath(path, spec.cwd)
 
     files = {"inputs": list(inputs), "outputs": list(spec.outputs)}
-    quoting = shellwords.quoting_at(spec.cmd, (m.start() for m in _OWN_FILES.finditer(spec.cmd)))
+    quoting: dict[int, str] = {}
 
     def replace(m: re.Match[str]) -> str:
-        return shellwords.words((local(p) for p in files[m.group(1)]), quoting[m.start()])
+        paths = [local(p) for p in files[m.group(1)]]
+        if all(map(shellwords.safe, paths)):
+            return " ".join(paths)
+        if not quoting:  # read once, and only for names that need quoting
+            starts = (x.start() for x in _OWN_FILES.finditer(spec.cmd))
+            quoting.update(shellwords.quoting_at(spec.cmd, starts))
+        return shellwords.words(paths, quoting[m.start()])
 
     return spec._replace(cmd=_OWN_FILES.sub(replace, spec.cmd))
 

@@ -1134,7 +1134,8 @@ class _Substituter:
         else:
             self.pattern = None
         self.quote = self.literal = False
-        self.quoting: dict[int, str] = {}
+        self.text = ""
+        self.quoting: dict[int, str] | None = None
         self.lists = any(isinstance(v, list) for v in self.values.values())
 
     def __call__(self, text: str, quote: bool = False) -> str:
@@ -1142,11 +1143,16 @@ class _Substituter:
         command, where file names and list items are shell-quoted (see shellwords)."""
         if self.pattern is None or "{" not in text:
             return text
-        self.quote = quote
-        if quote:
-            starts = (m.start() for m in self.pattern.finditer(text))
-            self.quoting = shellwords.quoting_at(text, starts)
+        self.quote, self.text, self.quoting = quote, text, None
         return self.pattern.sub(self._replace, text)
+
+    def _quoting_at(self, start: int) -> str:
+        """The shell quoting around the placeholder at ``start``, read once per command."""
+        if self.quoting is None:
+            assert self.pattern is not None
+            starts = (m.start() for m in self.pattern.finditer(self.text))
+            self.quoting = shellwords.quoting_at(self.text, starts)
+        return self.quoting[start]
 
     def items(self, text: str, literal: bool = False) -> list[str]:
         """``text`` substituted; one string per item of the one [vars] list it names.
@@ -1176,15 +1182,16 @@ class _Substituter:
 
     def _replace(self, m: re.Match[str]) -> str:
         value = self.values[m.group(1)]
-        quoting = self.quoting.get(m.start(), shellwords.UNQUOTED)
         if isinstance(value, list):
             shown = [self._part(v, m.group(2)) for v in value]
-            return shellwords.words(shown, quoting) if self.quote else " ".join(shown)
+            if not self.quote or all(map(shellwords.safe, shown)):
+                return " ".join(shown)
+            return shellwords.words(shown, self._quoting_at(m.start()))
         if m.group(1) in self.found:
             part = self._part(value, m.group(2))
-            if self.quote:
-                return shellwords.word(part, quoting)
-            return globs.escape(part) if self.literal else part
+            if self.quote and not shellwords.safe(part):
+                return shellwords.word(part, self._quoting_at(m.start()))
+            return globs.escape(part) if self.literal and not self.quote else part
         return self._part(value, m.group(2))
 
     @staticmethod

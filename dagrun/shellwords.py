@@ -23,6 +23,12 @@ UNQUOTED, SINGLE, DOUBLE = "", "'", '"'
 
 # a quoted value never shows these to a later substitution pass (graph's {inputs})
 _RESERVED = re.compile(r"\{(inputs|outputs)\}")
+_UNSAFE = re.compile(r"[^\w@%+=:,./-]", re.ASCII)  # as shlex.quote's
+
+
+def safe(value: str) -> bool:
+    """Whether ``value`` reads as itself in any quoting (so the quoting need not be read)."""
+    return bool(value) and _UNSAFE.search(value) is None
 
 
 def quoting_at(text: str, positions: Iterable[int]) -> dict[int, str]:

@@ -33,8 +33,9 @@ outputs = ["l{n}.txt"]
 )
 
 
-def _limit_descriptors(soft: int) -> None:
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+def _limit_descriptors(soft: int, hard: int | None) -> None:
+    if hard is None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
@@ -63,7 +64,9 @@ def _flood(host: str, port: int, n: int) -> list[socket.socket]:
     return socks
 
 
-def test_two_thousand_idle_connections_leave_the_build_running(tmp_path):
+@pytest.mark.parametrize("hard", [None, 1024], ids=["soft-1024", "hard-1024"])
+def test_two_thousand_idle_connections_leave_the_build_running(tmp_path, hard):
+    """With the hard limit at 1,024 too, raising the soft one cannot help: the cap must."""
     project = tmp_path / "project"
     project.mkdir()
     (project / "dagrun.toml").write_text(f'[executors.pool]\ntype = "http"\n{TASKS}')
@@ -72,7 +75,7 @@ def test_two_thousand_idle_connections_leave_the_build_running(tmp_path):
         build = subprocess.Popen(
             [sys.executable, "-m", "dagrun", "--progress", "plain", "build", "-j", "4"],
             cwd=project, env=worker_env(), stdout=f, stderr=subprocess.STDOUT,
-            preexec_fn=lambda: _limit_descriptors(1024),
+            preexec_fn=lambda: _limit_descriptors(1024, hard),
         )
     socks: list[socket.socket] = []
     worker = None

@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlsplit
 HEAD_LIMIT = 16 * 1024  # request line + headers
 IDLE = 30.0  # seconds a connection may sit without sending a whole request
 PREAUTH_IDLE = 5.0  # the same, before its first request with the token
-PREAUTH_LIMIT = 256  # connections without a request with the token yet: past it, the oldest goes
+PREAUTH_LIMIT = 256  # connections without the token yet (at most 1/8 of the descriptor limit)
 BODY_TIMEOUT = 120.0  # seconds to receive a body once its head arrived
 MAX_CONNECTIONS = 20000
 DRAIN_LIMIT = 16 << 20  # a refused body up to this size is read (and dropped) before the 413
@@ -122,6 +122,7 @@ class Server:
         # connections that have not yet sent a request with the token, oldest first
         self._strangers: dict[asyncio.StreamWriter, None] = {}
         self.max_connections = MAX_CONNECTIONS
+        self.preauth_limit = PREAUTH_LIMIT
         self._thread = threading.Thread(target=self._run, name="dagrun-http", daemon=True)
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -157,7 +158,9 @@ class Server:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.max_connections = min(MAX_CONNECTIONS, _raise_descriptor_limit() // 2)
+        limit = _raise_descriptor_limit()
+        self.max_connections = min(MAX_CONNECTIONS, limit // 2)
+        self.preauth_limit = min(PREAUTH_LIMIT, max(8, limit // 8))
         self.loop.set_exception_handler(_quiet_on_emfile)
         try:
             self._server = self.loop.run_until_complete(
@@ -245,7 +248,7 @@ class Server:
         if len(self._connections) >= self.max_connections:
             writer.transport.abort()
             return
-        if len(self._strangers) >= PREAUTH_LIMIT:  # idle or half-sent connections: drop the
+        if len(self._strangers) >= self.preauth_limit:  # idle or half-sent connections: drop the
             oldest = next(iter(self._strangers))  # oldest, so a worker still gets in
             del self._strangers[oldest]
             oldest.transport.abort()
