@@ -30,7 +30,7 @@ inputs = ["r{n}.txt"]
 outputs = ["l{n}.txt"]
 """
     for n in range(12)
-)
+) + '\n[tasks.limit]\ncmd = "ulimit -Sn > limit.txt"\noutputs = ["limit.txt"]\n'
 
 
 def _limit_descriptors(soft: int, hard: int | None) -> None:
@@ -96,6 +96,8 @@ def test_two_thousand_idle_connections_leave_the_build_running(tmp_path, hard):
         if worker is not None:
             stop(worker)
     text = out.read_text()
-    assert "24 succeeded" in text, text
+    assert "25 succeeded" in text, text
+    raised = hard if hard is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert int((project / "limit.txt").read_text()) == raised  # the soft limit, raised at start
     assert "Traceback" not in text
     assert all((project / f"l{n}.txt").read_text() == f"{n}\n" for n in range(12))
