@@ -396,16 +396,15 @@ class _Inputs:
         so meets the task that writes ``gen/x.txt`` (one realpath per folder named)."""
         if pattern.startswith("/"):
             return pattern
-        parts = pattern.split("/")
-        fixed = 0
-        while fixed < len(parts) - 1 and not globs.has_magic(parts[fixed]):
-            fixed += 1
-        if fixed == len(parts) - 1 and not globs.has_magic(parts[-1]):
-            if self.is_dir(self.prefix + pattern):
-                fixed += 1  # a folder input: it may be the link itself
-        if fixed == 0:
+        lit = globs.literal_prefix(pattern)
+        if lit != pattern:
+            folder = lit.rpartition("/")[0]  # the folders before the first wildcard
+        elif self.is_dir(self.prefix + pattern):
+            folder = pattern  # a folder input: it may be the link itself
+        else:
+            folder = pattern.rpartition("/")[0]
+        if not folder:
             return pattern
-        folder = "/".join(parts[:fixed])
         real = self.real_dirs.get(folder)
         if real is None:
             real = self.real_dirs[folder] = self._real_dir(folder)
