@@ -110,3 +110,20 @@ def test_only_declared_outputs_are_moved_in_and_a_device_is_refused(tmp_path):
     problem = fetched.adopt(str(staging), str(root), ["out/b", "out/p"])
     assert problem == "fetched output out/p is not a file or a folder"
     assert not (root / "out" / "b").exists()
+
+
+def test_a_fetched_folder_is_merged_and_never_written_through_a_link(tmp_path):
+    from dagrun.executors import fetched
+
+    staging, root, outside = tmp_path / "staging", tmp_path / "root", tmp_path / "outside"
+    (staging / "out" / "sub").mkdir(parents=True)
+    (staging / "out" / "sub" / "new").write_text("new\n")
+    (root / "out").mkdir(parents=True)
+    (root / "out" / "other").write_text("another task's\n")
+    outside.mkdir()
+    os.symlink(outside, root / "out" / "sub")  # in the way: replaced, not followed
+    assert fetched.adopt(str(staging), str(root), ["out"]) is None
+    assert (root / "out" / "other").read_text() == "another task's\n"
+    assert not (root / "out" / "sub").is_symlink()
+    assert (root / "out" / "sub" / "new").read_text() == "new\n"
+    assert list(outside.iterdir()) == []

@@ -30,10 +30,27 @@ def adopt(staging: str, root: str, outputs: list[str]) -> str | None:
     for out in outputs:
         dest = os.path.join(root, out)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        if os.path.isdir(dest) and not os.path.islink(dest):
-            shutil.rmtree(dest)
-        os.replace(os.path.join(staging, out), dest)
+        _move(os.path.join(staging, out), dest)
     return None
+
+
+def _move(src: str, dest: str) -> None:
+    """``src`` to ``dest``; a folder merged into the one there (files of other tasks may lie in
+    it, as tar would have left them), never written through a link that is in the way."""
+    if not _is_dir(src):
+        if _is_dir(dest):
+            shutil.rmtree(dest)
+        os.replace(src, dest)
+        return
+    if os.path.lexists(dest) and not _is_dir(dest):
+        os.unlink(dest)
+    os.makedirs(dest, exist_ok=True)
+    for name in os.listdir(src):
+        _move(os.path.join(src, name), os.path.join(dest, name))
+
+
+def _is_dir(path: str) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path)
 
 
 def _check_tree(staging: str, root: str, out: str) -> str | None:
