@@ -74,6 +74,13 @@ class Guarded:
 
 
 def guard_stdout() -> None:
-    """Wrap sys.stdout in Guarded (once)."""
-    if not isinstance(sys.stdout, Guarded):
-        sys.stdout = Guarded(sys.stdout)
+    """Wrap sys.stdout in Guarded (once); a file name that is not UTF-8 is written as its
+    bytes (as ``ls`` or ``echo`` would), not a UnicodeEncodeError, whatever the locale."""
+    if isinstance(sys.stdout, Guarded):
+        return
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        try:
+            sys.stdout.reconfigure(errors="surrogateescape")
+        except (OSError, ValueError):
+            pass
+    sys.stdout = Guarded(sys.stdout)

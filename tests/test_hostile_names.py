@@ -212,3 +212,25 @@ def test_random_names_reach_the_command_as_single_words(names, vnames, onames):
         assert made == expected
         assert build(root) == 0  # and again: up to date, the same words
         assert len(records(root)) == len(got)
+
+
+def test_a_name_that_is_not_utf8_is_printed_and_kept_in_any_locale(tmp_path):
+    """Under a strict UTF-8 stdout (en_US.UTF-8), a failing task named after a non-UTF-8 file:
+    its report, command.txt and summary, no UnicodeEncodeError."""
+    import subprocess
+    import sys
+
+    (tmp_path / "d").mkdir()
+    with open(os.path.join(os.fsencode(tmp_path), b"d", b"a\xff b"), "wb") as f:
+        f.write(b"1")
+    (tmp_path / "dagrun.toml").write_text(
+        '[tasks.bad]\nmatrix = { f = { glob = "d/*" } }\ncmd = "echo {f}; exit 3"\n'
+    )
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    p = subprocess.run([sys.executable, "-m", "dagrun", "build"], cwd=tmp_path, env=env,
+                       capture_output=True, timeout=60)
+    assert p.returncode == 1, p.stderr
+    assert b"Traceback" not in p.stderr + p.stdout
+    assert b"FAILED: [code=3] bad[f=d/a\xff b]\necho 'd/a\xff b'; exit 3\n" in p.stdout
+    (run,) = (tmp_path / ".dagrun" / "runs").iterdir()
+    assert (run / "command.txt").read_bytes().startswith(b"echo 'd/a\xff b'; exit 3\n")

@@ -291,7 +291,7 @@ class SshExecutor(ThreadedExecutor):
     def _execute(self, job: Job, cancel: threading.Event, started: float) -> Outcome:
         run = job.run_dir + "/"
         script = self.script(job)
-        with open(run + "command.txt", "w", encoding="utf-8") as f:
+        with open(run + "command.txt", "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(f"{job.cmd}\n\n# task: {job.task}\n# host: {self.where} ({self.name})\n"
                     f"# cwd: {self.workspace or job.root}/{job.cwd}\n")
         raw = run + "stderr.raw"
