@@ -1161,6 +1161,12 @@ class _Substituter:
         only (its wildcard characters escaped).
         """
         self.literal = literal
+        try:
+            return self._items(text, literal)
+        finally:
+            self.literal = False
+
+    def _items(self, text: str, literal: bool) -> list[str]:
         if not self.lists or "{" not in text:
             return [self(text)]
         assert self.pattern is not None
