@@ -279,6 +279,7 @@ def compile(manifest: Manifest) -> BuildGraph:
     deps: list[tuple[int, ...]] = []
     sources: list[tuple[str, ...]] = []
     inputs = _Inputs(manifest, producers, scanned)
+    inputs.real_outputs()
     named: list[TaskSpec] = []  # specs with {inputs} and {outputs} replaced in their cmd
     for i, s in enumerate(specs):
         found: dict[int, None] = {}
@@ -409,6 +410,20 @@ class _Inputs:
         if real is None:
             real = self.real_dirs[folder] = self._real_dir(folder)
         return pattern if real == folder else real + pattern[len(folder) :]
+
+    def real_outputs(self) -> None:
+        """Each output written through a symlinked folder is also known by the folder it leads
+        to (``src/gen/x.txt`` as ``gen/x.txt``), so every spelling of an input meets it."""
+        real_dirs = self.real_dirs
+        for out, i in list(self.producers.items()):
+            folder = out.rpartition("/")[0]
+            if not folder or out.startswith("/"):
+                continue
+            real = real_dirs.get(folder)
+            if real is None:
+                real = real_dirs[folder] = self._real_dir(folder)
+            if real != folder and self.producers.setdefault(real + out[len(folder) :], i) == i:
+                self.outputs.append(real + out[len(folder) :])
 
     def _real_dir(self, folder: str) -> str:
         full = os.path.realpath(self.prefix + folder)

@@ -126,3 +126,33 @@ def test_a_folder_listed_within_the_racy_window_is_never_trusted(tmp_path):
     assert not unchanged.folders_unchanged({str(tmp_path): racy})
     later = st.st_mtime_ns + unchanged.RACY_NS + 1
     assert unchanged.folder_stamp(st, later) == stamp
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [("src/gen/x.txt", "src/gen/*.txt"), ("src/gen/x.txt", "gen/*.txt"),
+     ("gen/x.txt", "src/gen/x.txt"), ("src/gen/x.txt", "gen/x.txt")],
+)
+def test_any_spelling_through_the_link_meets_the_producer(project, written, read):
+    (project.root / "src").mkdir()
+    (project.root / "gen").mkdir()
+    os.symlink("../gen", project.root / "src" / "gen")
+    project.write("seed.txt", "1\n")
+    project.manifest(
+        f"""
+        [tasks.use]
+        cmd = "cat {read} > use.txt"
+        inputs = ["{read}"]
+        outputs = ["use.txt"]
+
+        [tasks.gen]
+        cmd = "cp seed.txt {written}"
+        inputs = ["seed.txt"]
+        outputs = ["{written}"]
+        """
+    )
+    r = project.run("build", "-j1")
+    assert r.out.splitlines()[:2] == ["[1/2] gen", "[2/2] use"], r.out + r.err
+    project.write("seed.txt", "2\n")
+    project.run("build", "-j1")
+    assert project.read("use.txt") == "2\n"
