@@ -5,6 +5,7 @@ Real processes, real files."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -184,4 +185,45 @@ def test_a_function_task_that_cannot_start_fails_alone(tmp_path, keep_going):
     assert (
         "  g  [cannot prepare the run folder .dagrun/runs/g: No space left on device]"
         in p.stdout
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+@pytest.mark.parametrize("option", ["--junit", "--trace", "--events"])
+def test_a_report_to_a_full_device_is_a_clear_error_and_the_device_stays(tmp_path, option):
+    """A report path that is a device is written to, never replaced by a regular file (as root,
+    `--junit /dev/full` used to replace /dev/full itself).  A private node: c 1 7 is /dev/full."""
+    full = tmp_path / "full"
+    os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    (tmp_path / "dagrun.toml").write_text(TWO_TASKS)
+    p = dagrun_run(tmp_path, "build", option, str(full))
+    assert (p.returncode, p.stderr) == (
+        2, f"dagrun: error: cannot write {full}: No space left on device\n"
+    )
+    assert stat.S_ISCHR(os.lstat(full).st_mode)
+
+
+def test_a_report_to_a_fifo_goes_to_its_reader(tmp_path):
+    import threading
+
+    fifo = tmp_path / "junit.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    (tmp_path / "dagrun.toml").write_text(TWO_TASKS)
+    p = dagrun_run(tmp_path, "build", "--junit", str(fifo))
+    reader.join(10)
+    assert p.returncode == 0, p.stderr
+    assert got and got[0].startswith(b"<?xml")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+@pytest.mark.parametrize("option", ["--junit", "--events"])
+def test_a_report_to_a_fifo_nobody_reads_is_a_clear_error(tmp_path, option):
+    os.mkfifo(tmp_path / "r.fifo")
+    (tmp_path / "dagrun.toml").write_text(TWO_TASKS)
+    p = dagrun_run(tmp_path, "build", option, "r.fifo")
+    assert (p.returncode, p.stderr) == (
+        2, "dagrun: error: cannot write r.fifo: a FIFO that nobody reads\n"
     )
