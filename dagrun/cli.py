@@ -322,6 +322,10 @@ def main(
         args = parse(words)
     args.noop_checked = noop_checked
     args.delta = delta
+    from . import stdio
+
+    stdout = sys.stdout
+    stdio.guard_stdout()  # a failed write: OutputError (exit 2) or BrokenPipeError, below
     try:
         if args.directory != ".":
             try:
@@ -338,9 +342,9 @@ def main(
         sys.stderr.write(f"dagrun: error: {exc}\n")
         return exc.exit_code
     except BrokenPipeError:  # e.g. `dagrun graph | head`: fine; a build cut short is not
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED if args.command == "build" else EXIT_OK
+    finally:
+        sys.stdout = stdout
 
 
 def manifest_path(args: argparse.Namespace) -> str:

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from . import globs, placeholders, tomlsplit
+from . import globs, placeholders, shellwords, tomlsplit
 from .errors import ManifestError
+from .fs import read_regular
 
 MANIFEST_NAME = "dagrun.toml"
 STATE_DIR = globs.STATE_DIR
@@ -311,7 +312,7 @@ def _range(v: Any) -> str | None:
         return "step must not be 0"
     if not range(*v):
         return f"{v!r} has no values (stop is exclusive, as in Python)"
-    if len(range(*v)) > 1_000_000:
+    if range(*v)[1_000_000:]:  # not len(): past 2**63 values it raises OverflowError
         return f"{v!r} has more than 1,000,000 values"
     return None
 
@@ -458,8 +459,7 @@ TOP_KEYS = ("dagrun", "env", "vars", "tasks", "executors")
 def read(path: str) -> bytes:
     """A manifest file's bytes; ManifestError naming it when it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular(path)  # a FIFO or a device: an error, not a hang
     except FileNotFoundError:
         raise ManifestError("no such manifest file", source=path) from None
     except OSError as exc:
@@ -970,7 +970,9 @@ class _Builder:
         group: str | None,
         line: int | None,
     ) -> TaskSpec:
-        sub = _Substituter(values, self.vars)
+        matrix = body.get("matrix", {})
+        found = [v for v in values if isinstance(matrix.get(v), dict) and "glob" in matrix[v]]
+        sub = _Substituter(values, self.vars, found)
         path = ("tasks", group or name)
         cwd = _norm(sub(body.get("cwd", ".")), ".", self.root)
         if cwd.startswith("/") or cwd == ".." or cwd.startswith("../"):
@@ -1078,7 +1080,7 @@ class _Builder:
                 )
                 raise self.error(problem, task=name, key=key, table=table)
             try:
-                items = sub.items(entry[1:] if negated else entry)
+                items = sub.items(entry[1:] if negated else entry, literal=key == "inputs")
             except ValueError as exc:
                 raise self.error(str(exc), task=name, key=key, table=table) from None
             for p in items:
@@ -1237,9 +1239,13 @@ class _Substituter:
     """
 
     def __init__(
-        self, values: dict[str, str], variables: Mapping[str, str | list[str]] | None = None
+        self,
+        values: dict[str, str],
+        variables: Mapping[str, str | list[str]] | None = None,
+        found: Iterable[str] = (),
     ) -> None:
         self.values: dict[str, str | list[str]] = {**(variables or {}), **values}
+        self.found = frozenset(found)  # matrix glob variables: file names, quoted in cmd
         if self.values:
             names = "|".join(re.escape(k) for k in sorted(self.values, key=len, reverse=True))
             self.pattern: re.Pattern[str] | None = re.compile(
@@ -1247,17 +1253,40 @@ class _Substituter:
             )
         else:
             self.pattern = None
-        self.quote = False
+        self.quote = self.literal = False
+        self.text = ""
+        self.quoting: dict[int, str] | None = None
         self.lists = any(isinstance(v, list) for v in self.values.values())
 
     def __call__(self, text: str, quote: bool = False) -> str:
+        """``text`` with its placeholders replaced, in one pass; ``quote``: ``text`` is a
+        command, where file names and list items are shell-quoted (see shellwords)."""
         if self.pattern is None or "{" not in text:
             return text
-        self.quote = quote
+        self.quote, self.text, self.quoting = quote, text, None
         return self.pattern.sub(self._replace, text)
 
-    def items(self, text: str) -> list[str]:
-        """``text`` substituted; one string per item of the one [vars] list it names."""
+    def _quoting_at(self, start: int) -> str:
+        """The shell quoting around the placeholder at ``start``, read once per command."""
+        if self.quoting is None:
+            assert self.pattern is not None
+            starts = (m.start() for m in self.pattern.finditer(self.text))
+            self.quoting = shellwords.quoting_at(self.text, starts)
+        return self.quoting[start]
+
+    def items(self, text: str, literal: bool = False) -> list[str]:
+        """``text`` substituted; one string per item of the one [vars] list it names.
+
+        ``literal``: ``text`` is a pattern, where a matrix glob's file name matches itself
+        only (its wildcard characters escaped).
+        """
+        self.literal = literal
+        try:
+            return self._items(text, literal)
+        finally:
+            self.literal = False
+
+    def _items(self, text: str, literal: bool) -> list[str]:
         if not self.lists or "{" not in text:
             return [self(text)]
         assert self.pattern is not None
@@ -1270,17 +1299,25 @@ class _Substituter:
         (name,) = lists
         items = self.values[name]
         assert isinstance(items, list)
-        return [_Substituter({name: item}, self.values)(text) for item in items]
+        out = []
+        for item in items:
+            each = _Substituter({name: item}, self.values, self.found)
+            each.literal = literal
+            out.append(each(text))
+        return out
 
     def _replace(self, m: re.Match[str]) -> str:
         value = self.values[m.group(1)]
         if isinstance(value, list):
             shown = [self._part(v, m.group(2)) for v in value]
-            if self.quote:
-                import shlex
-
-                return " ".join(shlex.quote(v) for v in shown)
-            return " ".join(shown)
+            if not self.quote or all(map(shellwords.safe, shown)):
+                return " ".join(shown)
+            return shellwords.words(shown, self._quoting_at(m.start()))
+        if m.group(1) in self.found:
+            part = self._part(value, m.group(2))
+            if self.quote and not shellwords.safe(part):
+                return shellwords.word(part, self._quoting_at(m.start()))
+            return globs.escape(part) if self.literal and not self.quote else part
         return self._part(value, m.group(2))
 
     @staticmethod
@@ -1403,8 +1440,7 @@ class _LineIndex:
 def _text_again(path: str, crc: int) -> str | None:
     """The manifest's text as it was parsed, or None if the file is gone or has changed."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path)
     except OSError:
         return None
     if zlib.crc32(data) != crc:

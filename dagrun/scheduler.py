@@ -130,7 +130,8 @@ def run_dir_name(task: str) -> str:
     if safe != task or safe in (".", "..") or len(safe) > _LONGEST:
         import zlib
 
-        safe = f"{safe[:_LONGEST]}-{zlib.crc32(task.encode()):08x}"  # names are at most 255 bytes
+        crc = zlib.crc32(task.encode(errors="surrogateescape"))
+        safe = f"{safe[:_LONGEST]}-{crc:08x}"  # names are at most 255 bytes
     return safe
 
 

@@ -384,7 +384,8 @@ def _keep_run_files(job: Job, outcome: Outcome, worker: str, run_dir: Any) -> No
             "stderr.txt": outcome.stderr,
         }
         for name, text in files.items():
-            with open(os.path.join(job.run_dir, name), "w", encoding="utf-8") as f:
+            with open(os.path.join(job.run_dir, name), "w", encoding="utf-8",
+                      errors="surrogateescape") as f:
                 f.write(text)
     except OSError:
         pass  # the outcome carries the output; the run folder is a convenience

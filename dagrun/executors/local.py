@@ -574,7 +574,7 @@ def _link_fd(fd: int, path: str) -> None:
 def _write_text(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        data = text.encode("utf-8")
+        data = text.encode("utf-8", "surrogateescape")  # a file name need not be UTF-8
         while data:
             data = data[os.write(fd, data) :]
     finally:
