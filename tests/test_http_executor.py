@@ -236,7 +236,7 @@ def test_a_silent_lease_is_lost_and_a_late_report_is_refused(tmp_path):
 
 
 def test_a_killed_worker_loses_its_job_to_another_worker(tmp_path):
-    ex, _ = make_executor(tmp_path, lease_timeout=1.0)
+    ex, _ = make_executor(tmp_path, lease_timeout=2.0)  # a loaded machine delays heartbeats
     root = Path(ex.context.root)
     try:
         first = start_worker(ex)

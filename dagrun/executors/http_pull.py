@@ -40,6 +40,7 @@ REPORT_LIMIT = 4 << 20  # a report carries (cut) output
 MAX_UPLOAD = 1 << 30  # one staged output file
 MAX_WAIT = 60.0  # the longest long poll a client may ask for
 DEFAULT_LEASE_TIMEOUT = 30.0
+STATUS_EVERY = 1.0  # seconds between two looks at the leases for the status snapshot
 SWITCH_INTERVAL = 0.0005  # seconds a thread holds the GIL while another waits for it
 
 
@@ -742,7 +743,9 @@ class HttpExecutor:
         return self.completions.fileno()
 
     def deadline(self) -> float | None:
-        return None
+        """Once a second while jobs are out: the status snapshot shows which ones a worker took
+        (it is written before the scheduler waits; workers lease without waking it)."""
+        return time.monotonic() + STATUS_EVERY if self._out else None
 
     def submit(self, job: Job) -> None:
         self._out.add(job.id)
@@ -797,6 +800,17 @@ class HttpExecutor:
 
     def status(self) -> dict[str, Any]:
         return self.broker.status()
+
+    def describe(self) -> dict[str, Any]:
+        """For ``dagrun status``: the workers connected, and which submitted tasks a worker has
+        (the others are queued, not running)."""
+        b, now = self.broker, time.monotonic()
+        with b.lock:
+            connected = sum(1 for w in b.workers.values() if now - w.seen <= b.lease_timeout)
+            leased = sorted(x.job.task for x in b.leases.values())
+            queued = len(b.jobs) - len(b.leases)
+        return {"type": "http", "address": self.url, "workers": connected, "leased": leased,
+                "queued": queued, "slots": self.slots}
 
 
 def _split_bind(name: str, bind: str) -> tuple[str, int]:
