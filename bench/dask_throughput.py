@@ -73,7 +73,8 @@ def main() -> int:
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                            dashboard_address=None, silence_logs=logging.ERROR,
                            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                           resources={"threads": 1}, local_directory=scratch)
+                           resources=None if os.environ.get("NO_RESOURCES") else {"threads": 1},
+                           local_directory=scratch)
     client = Client(cluster)
     try:
         plain(client, 50)  # warm
