@@ -769,7 +769,10 @@ def executor_pool_text(p: Any) -> str:
         rows.append(("reachable", reach))
     if p.type == "dask":
         rows.extend(_cluster_rows(p))
-    running = str(len(p.running))
+    queued = _queued(p)
+    if p.type == "http" and p.cluster is not None:
+        rows.append(("workers", f"{p.cluster.get('workers')} connected"))
+    running = str(len(p.running) - len(queued))
     if p.slots is not None:
         running += f" of {p.slots} slots"
     running += f" (build pid {p.build_pid})" if p.build_pid else " (no build running)"
@@ -779,10 +782,20 @@ def executor_pool_text(p: Any) -> str:
         rows.append((f"node {u.node}", f"cores {format_cpulist(u.cores)}, free {free}"))
     for j in p.running:
         pinned = f"cores {format_cpulist(j.cores)}" if j.cores else "not pinned"
+        if j.task in queued:
+            pinned = "queued (no worker has it yet)"
         rows.append((f"  {j.task}", pinned))
     width = max(len(k) for k, _ in rows)
     lines = [f"{p.name} ({p.type})"] + [f"  {k:<{width}}  {v}" for k, v in rows]
     return "\n".join(lines) + "\n"
+
+
+def _queued(p: Any) -> set[str]:
+    """An http executor's submitted tasks that no worker has leased yet (not running)."""
+    if p.type != "http" or p.cluster is None:
+        return set()
+    leased = set(p.cluster.get("leased", ()))
+    return {j.task for j in p.running if j.task not in leased}
 
 
 def _cluster_rows(p: Any) -> list[tuple[str, str]]:

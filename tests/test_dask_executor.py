@@ -373,7 +373,7 @@ executor = "cluster"
     block = out[out.index("cluster (dask)"):]
     assert block.startswith(
         f"cluster (dask)\n  cluster       external at {dask_scheduler}\n"
-        "  workers       2 (2 threads)\n  running jobs  1 of 2 slots (build pid "
+        "  workers       2 (2 threads)\n  running jobs  1 of 4 slots (build pid "
     ), block
     assert "\n    hold " in block
 
@@ -538,3 +538,16 @@ executor = "cluster"
     assert time.monotonic() - started < 20  # not the 60 s of connect_timeout
     assert (f"executor 'cluster': cannot reach the Dask scheduler at {address}: connection "
             "refused (is the scheduler running?)") in r.err
+
+
+def test_max_jobs_defaults_to_a_queue_behind_each_worker_thread(tmp_path, dask_scheduler):
+    """One job per thread left the workers idle for a round trip between jobs."""
+    from dagrun.executors.dask import DaskExecutor
+
+    ex = DaskExecutor("c", scheduler=dask_scheduler, state_dir=str(tmp_path))
+    try:
+        ex.start()
+        assert ex.slots == 4  # 2 workers x 1 thread, x 2
+    finally:
+        ex.close()
+    assert DaskExecutor("l", cluster="local", workers=3, threads_per_worker=2).slots == 12

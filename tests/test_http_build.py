@@ -101,13 +101,12 @@ cmd = "echo $$ >> pids; sleep 1; echo done > slow.txt"
 outputs = ["slow.txt"]
 executor = "pool"
 """
-    project = _project(tmp_path, "lease_timeout = 1", tasks)
+    project = _project(tmp_path, "lease_timeout = 2", tasks)
     proc = _build(project)
     url, _, token_file = _worker_command(project)
     first = start_worker(url, token_file)
     wait_for(lambda: _written(project / "pids"), what="the task to start")
-    stop(first)  # kill -9 the worker ...
-    os.killpg(int((project / "pids").read_text()), signal.SIGKILL)  # ... and its node's tasks
+    stop(first)  # kill -9 the worker (its guard kills its task)
     second = start_worker(url, token_file)
     assert proc.wait(timeout=60) == 0, _output(project)
     assert len((project / "pids").read_text().split()) == 2  # it ran twice
@@ -248,3 +247,40 @@ executor = "pool"
     assert state.stdout.strip() in ("", "CANCELLED"), state.stdout + state.stderr
     said = (project / ".dagrun" / "http" / "pool.deprovisioner.log").read_text()
     assert said == ""  # scancel found the job pending and cancelled it
+
+
+def test_status_tells_queued_tasks_from_running_ones(tmp_path):
+    tasks = """
+[tasks.a]
+cmd = "echo go > started; sleep 30"
+executor = "pool"
+[tasks.b]
+cmd = "sleep 30"
+executor = "pool"
+"""
+    project = _project(tmp_path, "max_jobs = 2", tasks)
+    proc = _build(project)
+    try:
+        wait_for(lambda: (project / ".dagrun" / "executors.json").exists(), what="the snapshot")
+        time.sleep(1.5)  # the status snapshot asks the executor once a second
+
+        def status() -> str:
+            r = subprocess.run([sys.executable, "-m", "dagrun", "status", "--executors"],
+                               cwd=project, env=worker_env(), capture_output=True, text=True)
+            return " ".join(r.stdout.split())
+
+        words = status()
+        assert "workers 0 connected running jobs 0 of 2 slots" in words, words
+        assert "a queued (no worker has it yet)" in words and \
+            "b queued (no worker has it yet)" in words
+        url, _, token_file = _worker_command(project)
+        worker = start_worker(url, token_file)
+        wait_for(lambda: (project / "started").exists(), what="a task to start")
+        wait_for(lambda: "running jobs 1 of 2 slots" in status(), what="one task running")
+        words = status()
+        assert "workers 1 connected" in words and "a not pinned" in words
+        assert "b queued (no worker has it yet)" in words
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+    stop(worker)

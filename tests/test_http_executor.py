@@ -172,6 +172,26 @@ def test_status_counts_at_each_stage(tmp_path):
         ex.close()
 
 
+def test_status_is_encoded_again_only_when_something_changed(tmp_path):
+    ex, _ = make_executor(tmp_path)
+    root = Path(ex.context.root)
+    built: list[int] = []
+    real = ex.broker.status
+
+    def counting() -> dict:
+        built.append(1)
+        return real()
+
+    ex.broker.status = counting  # type: ignore[method-assign]
+    try:
+        first = status(ex)
+        assert status(ex) == first and len(built) == 1  # nothing changed: the same bytes
+        ex.submit(job(root, 1, "true"))
+        assert status(ex)["ready"] == 1 and len(built) == 2
+    finally:
+        ex.close()
+
+
 def test_cancel_one_job_and_cancel_all_kill_the_tasks_on_the_worker(tmp_path):
     ex, _ = make_executor(tmp_path)
     root = Path(ex.context.root)
@@ -236,7 +256,7 @@ def test_a_silent_lease_is_lost_and_a_late_report_is_refused(tmp_path):
 
 
 def test_a_killed_worker_loses_its_job_to_another_worker(tmp_path):
-    ex, _ = make_executor(tmp_path, lease_timeout=1.0)
+    ex, _ = make_executor(tmp_path, lease_timeout=2.0)  # a loaded machine delays heartbeats
     root = Path(ex.context.root)
     try:
         first = start_worker(ex)

@@ -216,3 +216,23 @@ def test_ssh_connections_dropped_at_random_never_leave_two_attempts_running(sshd
     runs = attempts(root / "stamps")
     assert sorted(runs) == tasks
     assert sum(len(r) for r in runs.values()) > len(tasks)  # some attempts were killed
+
+
+def test_an_ssh_task_whose_connection_dies_is_killed_within_2_s(sshd, shared_dir):
+    """Even one that ignores SIGTERM (the grace period is for cancels, not for lost ones)."""
+    root = shared_dir
+    ex = ssh_executor(sshd, root)
+    try:
+        ex.submit(job(root, 1, "trap '' INT TERM; echo $$ > pid; sleep 100 & sleep 101"))
+        wait_for(lambda: (root / "pid").exists() and marked("sleep 101"), what="the task")
+        pgid = int((root / "pid").read_text())
+        import psutil
+
+        psutil.Process(ex.master_pid).kill()  # the connection drops
+        dropped = time.monotonic()
+        wait_for(lambda: not group_alive(pgid), timeout=10, what="the task's group to die")
+        assert time.monotonic() - dropped < 2.0
+        (lost,) = ex.wait(timeout=30)
+        assert lost.lost, lost
+    finally:
+        ex.close()

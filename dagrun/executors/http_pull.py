@@ -40,6 +40,7 @@ REPORT_LIMIT = 4 << 20  # a report carries (cut) output
 MAX_UPLOAD = 1 << 30  # one staged output file
 MAX_WAIT = 60.0  # the longest long poll a client may ask for
 DEFAULT_LEASE_TIMEOUT = 30.0
+STATUS_EVERY = 1.0  # seconds between two looks at the leases for the status snapshot
 SWITCH_INTERVAL = 0.0005  # seconds a thread holds the GIL while another waits for it
 
 
@@ -105,6 +106,7 @@ class Broker:
         self.counts = _Counts()
         self.done = False
         self.run_files: dict[int, tuple[Job, str, Any]] = {}  # reported, files not written yet
+        self.version = 0  # bumped by every change /status shows but a heartbeat's time
 
     # -- the scheduler's side
 
@@ -116,6 +118,7 @@ class Broker:
         with self.lock:
             self.jobs[job.id] = job
             self.ready.append(job.id)
+            self.version += 1
         self.wake(None)
 
     def _stage_problem(self, job: Job) -> str | None:
@@ -128,6 +131,7 @@ class Broker:
         with self.lock:
             lease_id = self.lease_of.get(job_id)
             if lease_id is None:
+                self.version += 1
                 if self.jobs.pop(job_id, None) is not None:  # not leased yet: ends here
                     self.completions.post(Outcome(job_id, None, 0.0, error="cancelled"))
                 return
@@ -137,6 +141,7 @@ class Broker:
 
     def cancel_everything(self) -> None:
         with self.lock:
+            self.version += 1
             for job_id in list(self.jobs):
                 if job_id not in self.lease_of:
                     self.jobs.pop(job_id)
@@ -154,6 +159,7 @@ class Broker:
             waiting = [job_id for job_id in self.jobs if job_id not in self.lease_of]
             for job_id in waiting:
                 self.jobs.pop(job_id)
+            self.version += 1
         for job_id in waiting:
             self.completions.post(Outcome(job_id, None, 0.0, error=why))
 
@@ -171,6 +177,7 @@ class Broker:
         w = self.workers.get(worker)
         if w is None:
             w = self.workers[worker] = _Worker(worker)
+            self.version += 1
         w.seen, w.seen_wall = time.monotonic(), time.time()
         if isinstance(body.get("host"), str):
             w.host = body["host"][:200]
@@ -202,6 +209,7 @@ class Broker:
 
     def _grant(self, w: _Worker, job: Job) -> dict[str, Any]:
         lease = _Lease(secrets.token_hex(8), job, w.id, time.monotonic())
+        self.version += 1
         self.leases[lease.id] = lease
         self.lease_of[job.id] = lease.id
         w.leases.add(lease.id)
@@ -252,6 +260,7 @@ class Broker:
             lease = self.leases.get(lease_id)
             if lease is None or lease.worker != worker:
                 self.counts.refused += 1
+                self.version += 1
                 return False
             self._end_lease(lease_id)
             job = self.jobs.pop(lease.job.id)
@@ -268,6 +277,7 @@ class Broker:
         if outcome.exit_code == 0 and outcome.error:
             outcome = Outcome(**{**_fields(outcome), "exit_code": None})
         with self.lock:
+            self.version += 1
             if outcome.ok:
                 self.counts.succeeded += 1
             else:
@@ -279,6 +289,7 @@ class Broker:
 
     def _end_lease(self, lease_id: str | None) -> None:
         lease = self.leases.pop(lease_id, None) if lease_id is not None else None
+        self.version += 1
         if lease is not None:
             self.lease_of.pop(lease.job.id, None)
             w = self.workers.get(lease.worker)
@@ -440,6 +451,7 @@ class Routes:
     def __init__(self, broker: Broker, token: str) -> None:
         self.broker = broker
         self.expected = ("Bearer " + token).encode()
+        self._status_cache: tuple[int, float, Response] | None = None
 
     def authorized(self, headers: dict[str, str]) -> bool:
         given = headers.get("authorization", "").encode("latin-1", "replace")
@@ -528,7 +540,15 @@ class Routes:
         return _json(200, {"done": self.broker.done})
 
     def _status(self, request: Request) -> Response:
-        return _json(200, self.broker.status())
+        """The broker's status, encoded again only when something changed (or a second
+        passed: the workers' ``seconds_ago``), not for every dashboard's request."""
+        now, version = time.monotonic(), self.broker.version
+        cached = self._status_cache
+        if cached is not None and cached[0] == version and now - cached[1] < STATUS_EVERY:
+            return cached[2]
+        response = _json(200, self.broker.status())
+        self._status_cache = (version, now, response)
+        return response
 
     def _download(self, request: Request) -> Response:
         full = self.broker.file_for(
@@ -743,7 +763,9 @@ class HttpExecutor:
         return self.completions.fileno()
 
     def deadline(self) -> float | None:
-        return None
+        """Once a second while jobs are out: the status snapshot shows which ones a worker took
+        (it is written before the scheduler waits; workers lease without waking it)."""
+        return time.monotonic() + STATUS_EVERY if self._out else None
 
     def submit(self, job: Job) -> None:
         self._out.add(job.id)
@@ -799,6 +821,7 @@ class HttpExecutor:
             self.cancel_all(force=True)
         with self.broker.lock:
             self.broker.done = True
+            self.broker.version += 1
         if self.server is not None:
             self.server.wake_all()  # long polls answer "done": their workers exit
             time.sleep(0.2)
@@ -812,6 +835,17 @@ class HttpExecutor:
 
     def status(self) -> dict[str, Any]:
         return self.broker.status()
+
+    def describe(self) -> dict[str, Any]:
+        """For ``dagrun status``: the workers connected, and which submitted tasks a worker has
+        (the others are queued, not running)."""
+        b, now = self.broker, time.monotonic()
+        with b.lock:
+            connected = sum(1 for w in b.workers.values() if now - w.seen <= b.lease_timeout)
+            leased = sorted(x.job.task for x in b.leases.values())
+            queued = len(b.jobs) - len(b.leases)
+        return {"type": "http", "address": self.url, "workers": connected, "leased": leased,
+                "queued": queued, "slots": self.slots}
 
 
 def _split_bind(name: str, bind: str) -> tuple[str, int]:

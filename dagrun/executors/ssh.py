@@ -463,10 +463,9 @@ class SshExecutor(ThreadedExecutor):
         tar.stdout.close()
         tar_err = tar.stderr.read().decode(errors="replace").strip()
         tar.stderr.close()
-        if tar.wait() != 0:
-            return f"cannot send the inputs to {self.where}: {tar_err}"
-        if ssh.returncode != 0:
-            return f"cannot send the inputs to {self.where}: {_last(ssh.stderr)}"
+        if tar.wait() != 0 or ssh.returncode != 0:  # every line: the first says what failed
+            why = " / ".join(x for x in (tar_err, ssh.stderr.decode(errors="replace").strip()) if x)
+            return f"cannot send the inputs to {self.where}: {' / '.join(why.splitlines())}"
         return None
 
     def _fetch_outputs(self, job: Job) -> str | None:
