@@ -35,7 +35,8 @@ cmd = "true"
 class BrokenSubmit(FakeExecutor):
     def submit(self, job: Job) -> None:
         deadline = time.monotonic() + 10
-        while not (Path(job.root) / "slow.pid").exists():  # the local task runs by now
+        pid = Path(job.root) / "slow.pid"
+        while not pid.exists() or not pid.read_text().strip():  # the local task runs by now
             assert time.monotonic() < deadline
             time.sleep(0.01)
         raise ExecutorError("the cluster went away")
