@@ -173,8 +173,8 @@ def run(
     finally:
         close_all(distinct)
         status.close()
+        mailbox.close()  # first: a `tail` waiting for a job's end wakes and sends it
         control.close()
-        mailbox.close()
 
 
 def _control(graph: BuildGraph, plan: Plan, setup: BuildSetup) -> tuple[Mailbox, ControlServer]:
