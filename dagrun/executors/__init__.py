@@ -61,6 +61,7 @@ class Job:
     numa_node: int | None = None
     attempt: int = 1
     call: Call | None = None  # a Python function task (``cmd`` is then only its description)
+    slurm: tuple[tuple[str, Any], ...] = ()  # the task's ``slurm = {...}`` (executors/slurm.py)
 
     @property
     def local_cwd(self) -> str:
@@ -143,6 +144,7 @@ REGISTRY = {
     "ssh": "ssh:SshExecutor",
     "http": "http_pull:HttpExecutor",
     "dask": "dask:DaskExecutor",
+    "slurm": "slurm:SlurmExecutor",
     # not a manifest type: where the local executor's Python function tasks (job.call) run
     "python": "pyfunc:FunctionPool",
 }
