@@ -23,6 +23,7 @@ from .clock import Clock
 from .errors import ExecutorError
 from .executors import Context, Executor, create
 from .graph import BuildGraph
+from .placement import GROUP
 from .plan import Plan
 from .scheduler import (
     FUNCTION_POOL,
@@ -70,9 +71,28 @@ def local_slots(graph: BuildGraph, jobs: int, pool: CorePool | None) -> int:
 
 
 def needed(graph: BuildGraph, plan: Plan) -> list[str]:
-    """The executors the plan has tasks for, local first."""
-    names = {executor_of(graph.specs[i]) for i in plan.to_run}
+    """The executors the plan has tasks for (a group's: its members), local first."""
+    names: set[str] = set()
+    for name in {executor_of(graph.specs[i]) for i in plan.to_run}:
+        spec = graph.manifest.executors.get(name)
+        names.update(spec.options["members"] if spec and spec.type == GROUP else (name,))
     return sorted(names, key=lambda n: (n != "local", n))
+
+
+def groups(graph: BuildGraph, plan: Plan) -> dict[str, Any]:
+    """The executor groups the plan has tasks for (executors/group.py), by name."""
+    specs = graph.manifest.executors
+    used = {graph.specs[i].executor for i in plan.to_run}
+    named = [n for n in used if n in specs and specs[n].type == GROUP]
+    if not named:
+        return {}
+    from .executors.group import Group
+
+    return {
+        n: Group(n, specs[n].options["members"],
+                 {m: specs[m].options.get("env") or {} for m in specs[n].options["members"]})
+        for n in named
+    }
 
 
 def open_executors(graph: BuildGraph, plan: Plan, setup: BuildSetup) -> dict[str, Executor]:
@@ -140,7 +160,7 @@ def run(
         plan,
         keys,
         executors,
-        limits=Limits(slots, dict(m.resources), leases, limits),
+        limits=Limits(slots, dict(m.resources), leases, limits, groups(graph, plan)),
         policy=Policy(
             setup.failures_allowed,
             setup.environ.get("DAGRUN_SCHEDULE", "critical-path"),  # see bench/RESULTS.md

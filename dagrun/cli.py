@@ -634,6 +634,7 @@ def executor_pool_text(p: Any) -> str:
         rows.append((f"node {u.node}", f"cores {format_cpulist(u.cores)}, free {free}"))
     for j in p.running:
         pinned = f"cores {format_cpulist(j.cores)}" if j.cores else "not pinned"
+        pinned = f"job {j.job}" if j.job else pinned
         rows.append((f"  {j.task}", pinned))
     width = max(len(k) for k, _ in rows)
     lines = [f"{p.name} ({p.type})"] + [f"  {k:<{width}}  {v}" for k, v in rows]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .events import Event, TaskFinished, TaskStarted
+from .events import Event, TaskFinished, TaskPlaced, TaskStarted
 from .manifest import Manifest
 
 if TYPE_CHECKING:  # numa: imported where a core pool is configured
@@ -33,6 +33,7 @@ class RunningJob:
     task: str
     executor: str
     cores: tuple[int, ...] = ()
+    job: str | None = None  # the executor's own id for it (a Slurm job id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +81,17 @@ class StatusReporter:
             self.jobs_running[event.task] = RunningJob(event.task, event.executor, event.cores)
         elif isinstance(event, TaskFinished):
             self.jobs_running.pop(event.task, None)
+        elif isinstance(event, TaskPlaced) and event.task in self.jobs_running:
+            j = self.jobs_running[event.task]
+            self.jobs_running[event.task] = RunningJob(j.task, j.executor, j.cores, event.ref)
 
     def flush(self) -> None:
         data: dict[str, Any] = {
             "version": _VERSION,
             "pid": os.getpid(),
             "jobs": self.slots.get("local"),
-            "running": [[j.task, j.executor, list(j.cores)] for j in self.jobs_running.values()],
+            "running": [[j.task, j.executor, list(j.cores), j.job]
+                        for j in self.jobs_running.values()],
             "free": self._free(),
             "executors": {
                 name: {"slots": n, "reachable": self.reachable.get(name)}
@@ -163,7 +168,8 @@ def executor_pools(
     probes: Mapping[str, bool] | None = None,
 ) -> list[ExecutorPool]:
     """Every executor of the manifest, with live figures from ``snapshot`` when a build runs."""
-    running = [RunningJob(t, e, tuple(c)) for t, e, c in (snapshot or {}).get("running", [])]
+    running = [RunningJob(r[0], r[1], tuple(r[2]), r[3] if len(r) > 3 else None)
+               for r in (snapshot or {}).get("running", [])]
     free_by_node = (snapshot or {}).get("free") or {}
     live = (snapshot or {}).get("executors") or {}
     out = []

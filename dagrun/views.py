@@ -111,7 +111,8 @@ def _last_run(
             if best is None or when > float(best.get("time") or 0.0) + 0.5:
                 best = {"time": when, "status": r.get("status"),
                         "exit_status": r.get("exit_status"), "duration": r.get("duration"),
-                        "maxrss_kb": r.get("maxrss_kb"), "key": None}
+                        "maxrss_kb": r.get("maxrss_kb"), "key": None, "job": r.get("job"),
+                        "executor": r.get("executor")}
     return best
 
 
@@ -149,6 +150,7 @@ def _run_text(run: dict[str, Any] | None) -> str:
     return (
         f"{when:%Y-%m-%d %H:%M:%S} UTC: {run['status']} in {float(run['duration'] or 0):.2f}s, "
         f"max RSS {rss / 1024:.1f} MB, exit status {run['exit_status']}"
+        + (f", on {run['executor']} as job {run['job']}" if run.get("job") else "")
     )
 
 
@@ -179,6 +181,8 @@ def build_status(
         elif kind == "started":
             last[r["task"]] = "running"
             running[r["task"]] = r
+        elif kind == "placed" and r["task"] in running:
+            running[r["task"]] = {**running[r["task"]], "job": r.get("job")}
         elif kind == "finished":
             last[r["task"]] = "running" if r["status"] == "retry" else r["status"]
             running.pop(r["task"], None)
@@ -206,7 +210,7 @@ def build_status(
         "counts": counts,
         "running": [
             {"task": t, "executor": r.get("executor"), "cores": r.get("cores") or [],
-             "since": round(started_at + float(r.get("t") or 0.0), 3)}
+             "since": round(started_at + float(r.get("t") or 0.0), 3), "job": r.get("job")}
             for t, r in running.items()
         ],
     }

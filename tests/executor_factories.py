@@ -141,6 +141,6 @@ KITS: dict[str, Kit] = {
     "local": Kit(_local),
     "ssh": Kit(_ssh, _drop_ssh, skip=can_run),
     "http": Kit(_http, _kill_http_workers),
-    "dask": Kit(_dask, skip=_no_dask),
-    "slurm": Kit(_slurm, _down_slurm_node, skip=_no_slurm, fixture="slurm_cluster"),  # a killed worker's job is rerun by the executor itself
+    "dask": Kit(_dask, skip=_no_dask),  # a killed worker's job is rerun by the executor itself
+    "slurm": Kit(_slurm, _down_slurm_node, skip=_no_slurm, fixture="slurm_cluster"),
 }
