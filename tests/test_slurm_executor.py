@@ -1,0 +1,206 @@
+"""The Slurm executor (``type = "slurm"``) on the real single-node Slurm of tests/slurm.py.
+
+Builds whose tasks are batch jobs: their resources as ``scontrol`` sees them,
+exit codes, timeouts, Ctrl-C, a job cancelled or lost under dagrun, and the
+job id in events, ``status``, ``show`` and JUnit.  Run under
+``flock /tmp/slurm.lock`` when another developer may start a Slurm too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from realproc import wait_for
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+EXECUTOR = """
+[executors.hpc]
+type = "slurm"
+mem = "100M"
+max_jobs = 8
+grace_period = 0.5
+"""
+
+
+def events(root: Path) -> list[dict[str, object]]:
+    path = root / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def job_ids(root: Path) -> dict[str, str]:
+    """task -> its latest Slurm job id, from the build's ``placed`` events."""
+    return {str(e["task"]): str(e["job"]) for e in events(root) if e["event"] == "placed"}
+
+
+def job_info(job: str) -> str:
+    return subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def active(ids: list[str]) -> str:
+    """What squeue still lists of ``ids`` (running, pending, completing)."""
+    return subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_a_dag_of_jobs_runs_each_with_its_own_resources(project, slurm_cluster):
+    project.manifest(EXECUTOR + """
+[tasks.prep]
+cmd = "echo $SLURM_JOB_ID $SLURM_CPUS_PER_TASK > prep.txt"
+outputs = ["prep.txt"]
+executor = "hpc"
+
+[tasks.big]
+cmd = "cat prep.txt > big.txt; echo $SLURM_JOB_ID $SLURM_CPUS_PER_TASK $GREETING >> big.txt"
+inputs = ["prep.txt"]
+outputs = ["big.txt"]
+executor = "hpc"
+threads = 2
+timeout = 100
+env = { GREETING = "hello" }
+slurm = { mem = "200M", sbatch_options = ["--comment=dagrun-test"] }
+""")
+    r = project.run("build", "--events", "events.jsonl", "--junit", "junit.xml")
+    assert r.code == 0, r.out + r.err
+    ids = job_ids(project.root)
+    assert project.read("big.txt").splitlines() == [
+        f"{ids['prep']} 1", f"{ids['big']} 2 hello"
+    ]
+    prep, big = job_info(ids["prep"]), job_info(ids["big"])
+    assert "MinMemoryNode=100M" in prep and "CPUs/Task=1" in prep
+    assert "MinMemoryNode=200M" in big and "CPUs/Task=2" in big
+    assert "Comment=dagrun-test" in big
+    assert "TimeLimit=00:03:00" in big  # 100 s + grace, in whole minutes, one more
+    assert "TimeLimit=UNLIMITED" in prep or "TimeLimit=00:00:00" not in prep
+    finished = [e for e in events(project.root) if e["event"] == "finished"]
+    assert {str(e["task"]): e["job"] for e in finished} == ids
+    assert f'<property name="job" value="{ids["big"]}" />' in project.read("junit.xml")
+    shown = project.run("show", "big")
+    assert f"on hpc as job {ids['big']}" in shown.out
+
+
+def test_a_failing_job_gives_its_exit_code_and_output(project, slurm_cluster):
+    project.manifest(EXECUTOR + """
+[tasks.broken]
+cmd = "echo partial; echo broken >&2; exit 3"
+executor = "hpc"
+""")
+    r = project.run("build", "--events", "events.jsonl")
+    assert r.code == 1
+    [end] = [e for e in events(project.root) if e["event"] == "finished"]
+    assert end["exit_status"] == 3 and end["status"] == "failed"
+    assert "broken" in r.out + r.err and "partial" in r.out + r.err
+
+
+def test_a_timeout_ends_the_job(project, slurm_cluster):
+    project.manifest(EXECUTOR + """
+[tasks.slow]
+cmd = "sleep 60"
+executor = "hpc"
+timeout = 1
+""")
+    started = time.monotonic()
+    r = project.run("build", "--events", "events.jsonl")
+    assert r.code == 1
+    assert time.monotonic() - started < 30
+    [end] = [e for e in events(project.root) if e["event"] == "finished"]
+    assert end["timed_out"] is True
+    assert active(list(job_ids(project.root).values())) == ""
+
+
+def test_ctrl_c_scancels_every_job_and_status_showed_their_ids(dagrun_proc, slurm_cluster):
+    root = dagrun_proc.root
+    dagrun_proc.manifest(EXECUTOR + """
+[tasks.a]
+cmd = "sleep 120"
+executor = "hpc"
+
+[tasks.b]
+cmd = "sleep 120"
+executor = "hpc"
+""")
+    p = dagrun_proc.start("build", "--events", "events.jsonl")
+    wait_for(lambda: len(job_ids(root)) == 2, "both jobs submitted", timeout=60)
+    ids = job_ids(root)
+    wait_for(lambda: active(list(ids.values())).count("RUNNING") == 2, "both jobs running",
+             timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "dagrun", "status"], cwd=root, capture_output=True, text=True
+    )
+    assert f"job {ids['a']}" in status.stdout and f"job {ids['b']}" in status.stdout
+    os.killpg(p.pid, signal.SIGINT)
+    p.communicate(timeout=60)
+    assert p.returncode == 130
+    assert active(list(ids.values())) == ""
+
+
+def test_a_job_cancelled_outside_dagrun_is_reported(dagrun_proc, slurm_cluster):
+    root = dagrun_proc.root
+    dagrun_proc.manifest(EXECUTOR + """
+[tasks.victim]
+cmd = "sleep 120"
+executor = "hpc"
+""")
+    p = dagrun_proc.start("build", "--events", "events.jsonl")
+    wait_for(lambda: "victim" in job_ids(root), "the job submitted", timeout=60)
+    job = job_ids(root)["victim"]
+    wait_for(lambda: "RUNNING" in active([job]), "the job running", timeout=60)
+    subprocess.run(["scancel", job], check=True)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1
+    assert f"Slurm job {job} was cancelled outside dagrun (scancel)" in out + err
+
+
+def test_a_job_lost_with_its_node_runs_again(dagrun_proc, slurm_cluster):
+    """NODE_FAIL: the attempt is lost (no retry used up) and a second job runs the task."""
+    root = dagrun_proc.root
+    dagrun_proc.manifest(EXECUTOR + """
+[tasks.survivor]
+cmd = "if [ -e first.pid ]; then echo again > done.txt; else echo $$ > first.pid; sleep 120; fi"
+outputs = ["done.txt"]
+executor = "hpc"
+""")
+    p = dagrun_proc.start("build", "--events", "events.jsonl")
+    wait_for(lambda: (root / "first.pid").exists(), "the first attempt running", timeout=60)
+    first = job_ids(root)["survivor"]
+    node = socket.gethostname().split(".")[0]
+    for state in ("down reason=dagrun-test", "resume"):
+        subprocess.run(["scontrol", "update", f"nodename={node}", *f"state={state}".split()],
+                       check=True)
+    out, err = p.communicate(timeout=90)
+    assert p.returncode == 0, out + err
+    ends = [e for e in events(root) if e["event"] == "finished"]
+    assert [e["status"] for e in ends] == ["retry", "succeeded"]
+    assert f"Slurm job {first} ended NODE_FAIL" in str(ends[0]["error"])
+    assert job_ids(root)["survivor"] != first
+    assert (root / "done.txt").read_text() == "again\n"
+
+
+def test_cancel_of_one_job_scancels_it(tmp_path, slurm_cluster):
+    from dagrun.executors import Context, Job, create
+
+    ex = create("slurm", "hpc", {"grace_period": 0.5},
+                Context(str(tmp_path), str(tmp_path / ".dagrun"), dict(os.environ), 2))
+    ex.start()
+    try:
+        job = Job(1, "t", "sleep 120", str(tmp_path), ".", {}, str(tmp_path / "runs" / "t"))
+        ex.submit(job)
+        slurm_id = ex.where(1)  # type: ignore[attr-defined]
+        wait_for(lambda: "RUNNING" in active([slurm_id]), "the job running", timeout=60)
+        ex.cancel(1)
+        [outcome] = ex.wait(60)
+        assert not outcome.ok and outcome.error == "cancelled"
+        wait_for(lambda: active([slurm_id]) == "", "the job gone from squeue", timeout=30)
+    finally:
+        ex.close()
