@@ -528,8 +528,8 @@ class Scheduler:
 
     def _placed(self, job: Job, name: str) -> None:
         """An executor that names its jobs (a Slurm job id) says so: a TaskPlaced event."""
-        where = getattr(self.executors[name], "where", None)
-        ref = where(job.id) if where is not None else None
+        job_ref = getattr(self.executors[name], "job_ref", None)
+        ref = job_ref(job.id) if job_ref is not None else None
         if ref:
             self.reporter.handle(TaskPlaced(job.task, name, ref))
 

@@ -196,7 +196,7 @@ def test_cancel_of_one_job_scancels_it(tmp_path, slurm_cluster):
     try:
         job = Job(1, "t", "sleep 120", str(tmp_path), ".", {}, str(tmp_path / "runs" / "t"))
         ex.submit(job)
-        slurm_id = ex.where(1)  # type: ignore[attr-defined]
+        slurm_id = ex.job_ref(1)  # type: ignore[attr-defined]
         wait_for(lambda: "RUNNING" in active([slurm_id]), "the job running", timeout=60)
         ex.cancel(1)
         [outcome] = ex.wait(60)

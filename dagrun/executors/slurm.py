@@ -128,7 +128,7 @@ class SlurmExecutor:
     def deadline(self) -> float | None:
         return self._next_look if self.jobs else None
 
-    def where(self, job_id: int) -> str | None:
+    def job_ref(self, job_id: int) -> str | None:
         """The Slurm job id of a running job (shown by status, show, events and JUnit)."""
         sub = self.jobs.get(job_id)
         return sub.slurm_id if sub is not None else None
