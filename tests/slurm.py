@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,13 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     """``{"SLURM_CONF": path, "partition": "debug"}`` of a running single-node Slurm."""
     if os.geteuid() != 0 or not shutil.which("slurmctld") or not shutil.which("slurmd"):
         pytest.skip("needs root and slurm-wlm (slurmctld, slurmd, munge)")
-    d = tmp_path_factory.mktemp("slurm")
+    with slurm_up(tmp_path_factory.mktemp("slurm")) as info:
+        yield info
+
+
+@contextmanager
+def slurm_up(d: Path) -> Iterator[dict[str, str]]:
+    """A single-node Slurm with its state in ``d``, SLURM_CONF set meanwhile (also for bench/)."""
     for sub in ("state", "spool", "log"):
         (d / sub).mkdir()
     conf = d / "slurm.conf"
