@@ -74,7 +74,7 @@ def build(dagrun: str, n: int, base: Path) -> tuple[float, dict[str, int]]:
 
 
 @contextlib.contextmanager
-def slurm(start: bool) -> Iterator[None]:
+def slurm(start: bool, sched: str) -> Iterator[None]:
     if not start:
         if not os.environ.get("SLURM_CONF"):
             raise SystemExit("SLURM_CONF is not set: start a Slurm or pass --start")
@@ -83,7 +83,7 @@ def slurm(start: bool) -> Iterator[None]:
     sys.path.insert(0, str(HERE.parent / "tests"))
     from slurm import slurm_up  # the test suite's single-node Slurm
 
-    with tempfile.TemporaryDirectory(prefix="bench-slurm-") as d, slurm_up(Path(d)):
+    with tempfile.TemporaryDirectory(prefix="bench-slurm-") as d, slurm_up(Path(d), sched):
         yield
 
 
@@ -93,8 +93,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--start", action="store_true", help="start the tests' single-node Slurm")
     ap.add_argument("--dagrun", default=f"{sys.executable} -m dagrun")
+    ap.add_argument("--sched", default="", help="SchedulerParameters of the started Slurm, "
+                    "e.g. batch_sched_delay=0 (Slurm's default delays batch jobs up to 3 s)")
+    ap.add_argument("--raw", action="store_true", help="also time plain sbatch --wrap true")
     args = ap.parse_args()
-    with slurm(args.start), tempfile.TemporaryDirectory(prefix="bench-slurm-jobs-") as base:
+    base_dir = tempfile.TemporaryDirectory(prefix="bench-slurm-jobs-")
+    with slurm(args.start, args.sched), base_dir as base:
         for n in args.tasks:
             runs = [build(args.dagrun, n, Path(base)) for _ in range(args.repeat)]
             times = [t for t, _ in runs]
@@ -102,6 +106,20 @@ def main() -> None:
             print(f"{n} tasks: median {statistics.median(times):.1f} s "
                   f"(runs: {', '.join(f'{t:.1f}' for t in times)}); per build: "
                   f"{calls['sbatch']} sbatch, {calls['squeue']} squeue, {calls['sacct']} sacct")
+            if args.raw:
+                print(f"{n} plain sbatch jobs, submitted and waited for: {raw(n):.1f} s")
+
+
+def raw(n: int) -> float:
+    """Slurm alone: n ``sbatch --wrap true`` jobs, until squeue lists none of them."""
+    started = time.perf_counter()
+    ids = [subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "true"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+           for _ in range(n)]
+    while subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True,
+                         text=True).stdout.strip():
+        time.sleep(0.1)
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":
