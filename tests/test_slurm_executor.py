@@ -204,3 +204,16 @@ def test_cancel_of_one_job_scancels_it(tmp_path, slurm_cluster):
         wait_for(lambda: active([slurm_id]) == "", "the job gone from squeue", timeout=30)
     finally:
         ex.close()
+
+
+def test_the_slurm_example_builds_on_the_test_slurm(tmp_path, slurm_cluster):
+    import shutil
+
+    root = tmp_path / "slurm"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "examples" / "slurm", root)
+    done = subprocess.run([sys.executable, "-m", "dagrun", "--progress", "plain", "build"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (root / "out" / "total.txt").read_text() == f"{sum(range(1, 401))}\n"
+    jobs = (root / "out" / "jobs.log").read_text().splitlines()
+    assert len(jobs) == 4 and all(line.endswith(", 2 cpus") for line in jobs)

@@ -24,6 +24,8 @@ The contract, which ``tests/test_executor_contract.py`` checks on every executor
   host); its Outcome still comes through ``collect()``.  ``cancel_all()`` kills
   every job and returns their outcomes (Ctrl-C); ``force`` skips the grace
   period.  ``close()`` releases connections, clusters and threads.
+- Optional: ``job_ref(job_id)`` names a submitted job in the executor's own terms (a Slurm
+  job id); the scheduler passes it on as a TaskPlaced event (status, show, events, JUnit).
 
 A Job travels: its paths are relative to the manifest's folder (``root``), its
 ``env`` holds only the declared environment plus ``DAGRUN_*``; an executor adds
