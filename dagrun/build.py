@@ -79,20 +79,25 @@ def needed(graph: BuildGraph, plan: Plan) -> list[str]:
     return sorted(names, key=lambda n: (n != "local", n))
 
 
-def groups(graph: BuildGraph, plan: Plan) -> dict[str, Any]:
-    """The executor groups the plan has tasks for (executors/group.py), by name."""
+def groups(
+    graph: BuildGraph, plan: Plan, opened: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The executor groups the plan has tasks for (executors/group.py), by name; with
+    ``opened``, only their members that started (ExecutorError if a group has none)."""
     specs = graph.manifest.executors
     used = {graph.specs[i].executor for i in plan.to_run}
-    named = [n for n in used if n in specs and specs[n].type == GROUP]
+    named = sorted(n for n in used if n in specs and specs[n].type == GROUP)
     if not named:
         return {}
     from .executors.group import Group
 
-    return {
-        n: Group(n, specs[n].options["members"],
-                 {m: specs[m].options.get("env") or {} for m in specs[n].options["members"]})
-        for n in named
-    }
+    out = {}
+    for n in named:
+        members = [m for m in specs[n].options["members"] if opened is None or m in opened]
+        if not members:
+            raise ExecutorError(f"no member of group '{n}' could start")
+        out[n] = Group(n, members, {m: specs[m].options.get("env") or {} for m in members})
+    return out
 
 
 def open_executors(graph: BuildGraph, plan: Plan, setup: BuildSetup) -> dict[str, Executor]:
@@ -102,6 +107,7 @@ def open_executors(graph: BuildGraph, plan: Plan, setup: BuildSetup) -> dict[str
         setup.say,
     )
     opened: dict[str, Executor] = {}
+    spare = _group_only(graph, plan)
     try:
         for name in needed(graph, plan):
             if name == FUNCTION_POOL:
@@ -110,11 +116,24 @@ def open_executors(graph: BuildGraph, plan: Plan, setup: BuildSetup) -> dict[str
                 continue
             spec = graph.manifest.executors[name]
             opened[name] = create(spec.type, name, spec.options, context)
-            opened[name].start()
+            try:
+                opened[name].start()
+            except ExecutorError as exc:
+                if name not in spare:
+                    raise
+                opened.pop(name).close()  # its groups go on with the other members
+                if setup.say is not None:
+                    setup.say(f"warning: {exc}; its groups run their tasks on the others")
     except BaseException:
         close_all(opened.values())
         raise
     return opened
+
+
+def _group_only(graph: BuildGraph, plan: Plan) -> set[str]:
+    """Executors the plan reaches only through groups: a group can do without one of them."""
+    direct = {executor_of(graph.specs[i]) for i in plan.to_run}
+    return {m for g in groups(graph, plan).values() for m in g.members} - direct
 
 
 def close_all(executors: Any) -> None:
@@ -149,6 +168,11 @@ def run(
     executors = _executors(graph, plan, setup)
     by_name = executors if isinstance(executors, dict) else {"local": executors}
     distinct = list({id(e): e for e in by_name.values()}.values())
+    try:
+        grouped = groups(graph, plan, by_name if setup.factory is None else None)
+    except ExecutorError:
+        close_all(distinct)
+        raise
     limits = {name: (slots if name == "local" else ex.slots) for name, ex in by_name.items()}
     status = StatusReporter(
         os.path.join(setup.state_dir, SNAPSHOT), setup.pool, limits,
@@ -160,7 +184,7 @@ def run(
         plan,
         keys,
         executors,
-        limits=Limits(slots, dict(m.resources), leases, limits, groups(graph, plan)),
+        limits=Limits(slots, dict(m.resources), leases, limits, grouped),
         policy=Policy(
             setup.failures_allowed,
             setup.environ.get("DAGRUN_SCHEDULE", "critical-path"),  # see bench/RESULTS.md

@@ -240,3 +240,37 @@ def _peak(intervals: list[tuple[float, float]]) -> int:
         peak = max(peak, now)
     return peak
 
+
+
+@pytest.mark.slow
+def test_a_member_that_cannot_start_leaves_its_group_to_the_others(project):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: ssh is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    project.manifest(f"""
+[executors.gone]
+type = "ssh"
+host = "127.0.0.1"
+port = {port}
+ssh_options = ["-o", "ConnectTimeout=2", "-o", "BatchMode=yes"]
+
+[executors.farm]
+type = "group"
+members = ["gone", "local"]
+
+[tasks.t]
+matrix = {{ n = [1, 2, 3] }}
+cmd = "echo $DAGRUN_EXECUTOR > t{{n}}.txt"
+outputs = ["t{{n}}.txt"]
+executor = "farm"
+""")
+    r = project.run("build")
+    assert r.code == 0, r.out + r.err
+    assert "executor 'gone'" in r.err and "its groups run their tasks on the others" in r.err
+    assert [project.read(f"t{n}.txt") for n in (1, 2, 3)] == ["local\n"] * 3
+    project.manifest(project.read("dagrun.toml").replace('"gone", "local"', '"gone"'))
+    assert project.run("clean").code == 0
+    r = project.run("build")
+    assert r.code == 2 and "no member of group 'farm' could start" in r.err
