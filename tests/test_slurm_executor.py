@@ -217,3 +217,67 @@ def test_the_slurm_example_builds_on_the_test_slurm(tmp_path, slurm_cluster):
     assert (root / "out" / "total.txt").read_text() == f"{sum(range(1, 401))}\n"
     jobs = (root / "out" / "jobs.log").read_text().splitlines()
     assert len(jobs) == 4 and all(line.endswith(", 2 cpus") for line in jobs)
+
+
+def test_a_controller_that_does_not_answer_loses_no_job(tmp_path, slurm_cluster):
+    """While squeue fails, nothing is judged; a job cancelled meanwhile is reported after."""
+    import shutil
+
+    from dagrun.executors import Context, Job, create
+
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    broken = tmp_path / "broken"
+    (shims / "squeue").write_text(
+        f"#!/bin/sh\n[ -e {broken} ] && {{ echo 'Unable to contact slurm controller' >&2; "
+        f"exit 1; }}\nexec {shutil.which('squeue')} \"$@\"\n")
+    (shims / "squeue").chmod(0o755)
+    environ = dict(os.environ, PATH=f"{shims}{os.pathsep}{os.environ['PATH']}")
+    ex = create("slurm", "hpc", {"grace_period": 0.5},
+                Context(str(tmp_path), str(tmp_path / ".dagrun"), environ, 2))
+    ex.start()
+    try:
+        job = Job(1, "t", "sleep 120", str(tmp_path), ".", {}, str(tmp_path / "runs" / "t"),
+                  slurm=(("sbatch_options", ("--begin=now+60",)),))  # pending: never runs
+        ex.submit(job)
+        slurm_id = ex.job_ref(1)  # type: ignore[attr-defined]
+        broken.touch()
+        subprocess.run(["scancel", slurm_id], check=True)  # ends with no report
+        assert ex.wait(8) == []  # before: "lost" after 5 s, though Slurm never said so
+        broken.unlink()
+        [outcome] = ex.wait(30)
+        assert not outcome.ok and not outcome.lost
+        assert outcome.error == f"Slurm job {slurm_id} was cancelled outside dagrun (scancel)"
+    finally:
+        ex.close()
+
+
+def test_one_squeue_call_watches_every_job(project, slurm_cluster, monkeypatch):
+    """squeue runs for all unfinished jobs at once, never more often than every 0.2 s."""
+    import shutil
+
+    shims = project.root / "bin"
+    shims.mkdir()
+    log = project.root / "squeue.calls"
+    (shims / "squeue").write_text(f'#!/bin/sh\necho "$(date +%s.%N) $*" >> {log}\n'
+                                  f'exec {shutil.which("squeue")} "$@"\n')
+    (shims / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    project.manifest(EXECUTOR + """
+[tasks.t]
+matrix = { n = [1, 2, 3, 4, 5, 6] }
+cmd = "sleep 1"
+executor = "hpc"
+""")
+    started = time.time()
+    r = project.run("build", "--events", "events.jsonl")
+    took = time.time() - started
+    assert r.code == 0, r.out + r.err
+    calls = [line.split() for line in log.read_text().splitlines()]
+    watching = [c for c in calls if "--states=all" in c]
+    assert watching, calls
+    first = watching[0][watching[0].index("-j") + 1].split(",")
+    assert sorted(first) == sorted(job_ids(project.root).values())  # every job in one call
+    times = [float(c[0]) for c in watching]
+    assert all(b - a >= 0.19 for a, b in zip(times, times[1:])), times
+    assert len(watching) <= took / 0.2 + 1

@@ -189,6 +189,8 @@ class SlurmExecutor:
         if unsure and now >= self._next_squeue:
             states = self._states([sub.slurm_id for sub, _ in unsure])
             for sub, report in unsure:
+                if states is None:
+                    break
                 outcome = self._judge(sub, report, states.get(sub.slurm_id), now)
                 if outcome is not None:
                     ended.append(outcome)
@@ -197,14 +199,18 @@ class SlurmExecutor:
             self.jobs.pop(outcome.job_id, None)
         return ended
 
-    def _states(self, ids: Sequence[str]) -> dict[str, str]:
-        """Slurm's state of each job it still knows (one squeue for all of them)."""
+    def _states(self, ids: Sequence[str]) -> dict[str, str] | None:
+        """Slurm's state of each job it still knows (one squeue for all of them); None when
+        Slurm does not answer (then nothing is judged: a busy controller loses no job)."""
         argv = ["squeue", "-h", "--states=all", "-o", "%i %T", "-j", ",".join(ids)]
         done = self._slurm(argv, timeout=30)
         states = parse_squeue(done.stdout)
         if done.returncode != 0 and not states:  # a job id it forgot makes squeue refuse all
             mine = ["squeue", "-h", "--states=all", "-o", "%i %T", "-u", str(os.getuid())]
-            states = parse_squeue(self._slurm(mine, timeout=30).stdout)
+            done = self._slurm(mine, timeout=30)
+            if done.returncode != 0:
+                return None
+            states = parse_squeue(done.stdout)
         return states
 
     def _judge(self, sub: _Submitted, report: Report | None, state: str | None,
