@@ -19,6 +19,7 @@ and says so.  ``cancel`` and ``cancel_all`` (Ctrl-C) call ``scancel``, and
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -47,7 +48,7 @@ from .slurm_job import (
     script_text,
     time_limit,
 )
-from .threaded import Completions, wait_on
+from .threaded import Completions
 
 POLL_MIN = 0.2  # seconds between looks at the report files while jobs end
 POLL_MAX = 1.0  # ... when nothing has ended for a while
@@ -294,7 +295,16 @@ class SlurmExecutor:
     # -- cancelling
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
-        return wait_on(self, lambda: bool(self.jobs), timeout)
+        """Until a job ends (or ``timeout``): its ends are seen at ``deadline()``, not on the fd."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            outcomes = self.collect()
+            now = time.monotonic()
+            if outcomes or not self.jobs or (end is not None and now >= end):
+                return outcomes
+            due = self.deadline()
+            left = [t - now for t in (end, due) if t is not None]
+            select.select([self.fileno()], [], [], max(0.0, min(left)) if left else None)
 
     def cancel(self, job_id: int) -> None:
         sub = self.jobs.get(job_id)
