@@ -90,7 +90,7 @@ class StatusReporter:
             "version": _VERSION,
             "pid": os.getpid(),
             "jobs": self.slots.get("local"),
-            "running": [[j.task, j.executor, list(j.cores), j.job]
+            "running": [[j.task, j.executor, list(j.cores), *([j.job] if j.job else [])]
                         for j in self.jobs_running.values()],
             "free": self._free(),
             "executors": {
