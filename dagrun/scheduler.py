@@ -479,11 +479,10 @@ class Scheduler:
     def _try_start(self, i: int) -> bool | Exception:
         spec = self.graph.specs[i]
         name = self._executor_of(i)
-        if name in self.groups:
-            member = self._member_for(i, name)
-            if member is None:
+        if name in self.groups:  # a member with room takes it, or it waits
+            name = self._member_for(i, name) or ""
+            if not name:
                 return False
-            name = member
         free = self.free[_pool(name)]
         # io_bound function tasks wait on I/O on the pool's event loop: no slot, no cores
         slots = 0 if spec.io_bound else min(spec.threads, self._slots_of(_pool(name)))
@@ -514,12 +513,17 @@ class Scheduler:
                 executor=name,
             )
         )
+        return self._submit(i, job, name)
+
+    def _submit(self, i: int, job: Job, name: str) -> bool | Exception:
+        """Hand the job to its executor; one that refuses it stops the build (a group's member:
+        the job is lost, and another member takes it)."""
         try:
             if self.hooks.on_start is not None:
                 self.hooks.on_start(i)
             self.executors[name].submit(job)
         except Exception as exc:  # noqa: BLE001 - reported as an error, never a traceback
-            if self._executor_of(i) in self.groups:  # another member takes it
+            if self._executor_of(i) in self.groups:
                 self._finished(Outcome(job.id, None, 0.0, error=str(exc), lost=True))
                 return True
             return self._submit_failed(job, name, exc)
@@ -608,14 +612,11 @@ class Scheduler:
             if reason is not None:
                 ok, error = False, reason
         retry = False
-        group = self.groups.get(spec.executor)
+        if spec.executor in self.groups:
+            self._group_saw(i, run.executor, ok, outcome.lost and cancelled is None)
         if ok:
-            if group is not None:
-                self.ran_on[i] = run.executor
             self._succeeded(i)
         elif outcome.lost and cancelled is None and not self.stopping:
-            if group is not None:
-                group.lost(run.executor)
             retry, error = self._lost(i, outcome)
         elif cancelled is None and not self.stopping and self._retries_left(i):
             retry = True
@@ -650,6 +651,14 @@ class Scheduler:
             )
         )
         self._drain_cut_off()
+
+    def _group_saw(self, i: int, member: str, ok: bool, lost: bool) -> None:
+        """A group's task ended on ``member``: where it ran (its dependents' inputs are there),
+        or that the member lost it (no new task of the group goes there)."""
+        if ok:
+            self.ran_on[i] = member
+        elif lost:
+            self.groups[self.graph.specs[i].executor].lost(member)
 
     def _succeeded(self, i: int, state: TaskState = TaskState.SUCCEEDED) -> None:
         self.status[i] = state
