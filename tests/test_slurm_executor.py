@@ -54,7 +54,8 @@ def active(ids: list[str]) -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
-def test_a_dag_of_jobs_runs_each_with_its_own_resources(project, slurm_cluster):
+def test_a_dag_of_jobs_runs_each_with_its_own_resources(project, slurm_cluster, monkeypatch):
+    monkeypatch.setenv("SBATCH_TIMELIMIT", "5")  # the user's own sbatch default holds
     project.manifest(EXECUTOR + """
 [tasks.prep]
 cmd = "echo $SLURM_JOB_ID $SLURM_CPUS_PER_TASK > prep.txt"
@@ -82,7 +83,7 @@ slurm = { mem = "200M", sbatch_options = ["--comment=dagrun-test"] }
     assert "MinMemoryNode=200M" in big and "CPUs/Task=2" in big
     assert "Comment=dagrun-test" in big
     assert "TimeLimit=00:03:00" in big  # 100 s + grace, in whole minutes, one more
-    assert "TimeLimit=UNLIMITED" in prep or "TimeLimit=00:00:00" not in prep
+    assert "TimeLimit=00:05:00" in prep  # no timeout: SBATCH_TIMELIMIT from the environment
     finished = [e for e in events(project.root) if e["event"] == "finished"]
     assert {str(e["task"]): e["job"] for e in finished} == ids
     assert f'<property name="job" value="{ids["big"]}" />' in project.read("junit.xml")
@@ -281,3 +282,18 @@ executor = "hpc"
     times = [float(c[0]) for c in watching]
     assert all(b - a >= 0.19 for a, b in zip(times, times[1:], strict=False)), times
     assert len(watching) <= took / 0.2 + 1
+
+
+def test_the_sbatch_line_keeps_percent_signs_and_puts_the_tasks_options_last():
+    """No Slurm needed: sbatch's filename patterns (%j) must not rewrite a folder's name."""
+    from dagrun.executors.slurm_job import merged, sbatch_argv
+
+    options = merged({"mem": "1G", "partition": "a", "sbatch_options": ("--exclusive",)},
+                     (("mem", "8G"), ("sbatch_options", ("--gres=gpu:1",))))
+    argv = sbatch_argv(task="sim[n=1]", cwd="/p/100%", run_dir="/p/100%/.dagrun/runs/sim",
+                       threads=4, limit="3", options=options, script="/s.sh")
+    assert argv == [
+        "sbatch", "--parsable", "--job-name=dagrun:sim[n=1]", "--chdir=/p/100%",
+        "--output=/p/100%%/.dagrun/runs/sim/slurm.out", "--no-requeue", "--cpus-per-task=4",
+        "--time=3", "--partition=a", "--mem=8G", "--exclusive", "--gres=gpu:1", "/s.sh",
+    ]

@@ -132,7 +132,7 @@ def sbatch_argv(
     """The sbatch command line; ``options`` are the executor's merged with the task's."""
     argv = [
         "sbatch", "--parsable", f"--job-name=dagrun:{_NAME.sub('_', task)[:100]}",
-        f"--chdir={cwd}", f"--output={os.path.join(run_dir, SLURM_OUT)}",
+        f"--chdir={cwd}", f"--output={os.path.join(run_dir, SLURM_OUT).replace('%', '%%')}",
         "--no-requeue", f"--cpus-per-task={threads}",
     ]
     if limit is not None:
