@@ -148,9 +148,14 @@ class Graph:
         failures_allowed: int | None = None,
         explain: bool = False,
         reporter: Reporter | None = None,
+        force: bool = False,
         **session_options: Any,
     ) -> BuildResult:
-        """Build ``targets`` (default: the default targets) and what they depend on."""
+        """Build ``targets`` (default: the default targets) and what they depend on.
+
+        ``force``: run the named targets even when up to date (``build --force``);
+        ``overrides={"CFLAGS": "-O0"}`` (a session option, for a graph loaded from a file)
+        replaces [vars] values."""
         if reporter is None:
             from .report import make_reporter
 
@@ -163,7 +168,13 @@ class Graph:
             jobs=jobs,
             failures_allowed=failures_allowed,
             explain=explain,
+            force=force,
         )
+
+    def touch(self, targets: Iterable[str] | None = None, **session_options: Any) -> list[str]:
+        """Record what a build of ``targets`` would run as done, without running it
+        (``build --touch``); the names of the tasks recorded."""
+        return self.session(**session_options).touch(targets)
 
     def iter_build(
         self, targets: Iterable[str] | None = None, **build_options: Any

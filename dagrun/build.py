@@ -57,6 +57,7 @@ class BuildSetup(NamedTuple):  # not a dataclass: ~0.7 ms less per start (bench/
     factory: ExecutorFactory | None = None
     stops: tuple[StopFlag, ...] = ()
     say: Callable[[str], None] | None = None
+    started: float | None = None  # the clock when the build began: the summary's time is wall time
 
 
 def local_slots(graph: BuildGraph, jobs: int, pool: CorePool | None) -> int:
@@ -109,21 +110,8 @@ def open_executors(graph: BuildGraph, plan: Plan, setup: BuildSetup) -> dict[str
     opened: dict[str, Executor] = {}
     spare = _group_only(graph, plan)
     try:
-        for name in needed(graph, plan):
-            if name == FUNCTION_POOL:
-                opened[name] = create(FUNCTION_POOL, name, {}, context)
-                opened[name].start()
-                continue
-            spec = graph.manifest.executors[name]
-            opened[name] = create(spec.type, name, spec.options, context)
-            try:
-                opened[name].start()
-            except ExecutorError as exc:
-                if name not in spare:
-                    raise
-                opened.pop(name).close()  # its groups go on with the other members
-                if setup.say is not None:
-                    setup.say(f"warning: {exc}; its groups run their tasks on the others")
+        with interrupts.kept():  # dask_jobqueue's import sets SIGINT to sys.exit()
+            _open(graph, plan, context, opened, spare, setup.say)
     except BaseException:
         close_all(opened.values())
         raise
@@ -134,6 +122,27 @@ def _group_only(graph: BuildGraph, plan: Plan) -> set[str]:
     """Executors the plan reaches only through groups: a group can do without one of them."""
     direct = {executor_of(graph.specs[i]) for i in plan.to_run}
     return {m for g in groups(graph, plan).values() for m in g.members} - direct
+
+
+def _open(
+    graph: BuildGraph, plan: Plan, context: Context, opened: dict[str, Executor],
+    spare: set[str], say: Callable[[str], None] | None,
+) -> None:
+    for name in needed(graph, plan):
+        if name == FUNCTION_POOL:
+            opened[name] = create(FUNCTION_POOL, name, {}, context)
+            opened[name].start()
+            continue
+        spec = graph.manifest.executors[name]
+        opened[name] = create(spec.type, name, spec.options, context)
+        try:
+            opened[name].start()
+        except ExecutorError as exc:
+            if name not in spare:
+                raise
+            opened.pop(name).close()  # its groups go on with the other members
+            if say is not None:
+                say(f"warning: {exc}; its groups run their tasks on the others")
 
 
 def close_all(executors: Any) -> None:
@@ -154,6 +163,7 @@ def run(
     durations: Mapping[str, float],
     on_start: Callable[[int], None] | None = None,
     still_needed: Callable[[int], bool] | None = None,
+    result_digest: Callable[[str], str] | None = None,
 ) -> BuildResult:
     """Run the plan on its executors; every executor is closed when it ends."""
     from .pool_status import SNAPSHOT, StatusReporter, Tee
@@ -192,11 +202,13 @@ def run(
             setup.explain,
         ),
         hooks=Hooks(
-            Tee(status, reporter), on_success, status.flush, setup.stops, on_start, still_needed
+            Tee(status, reporter), on_success, status.flush, setup.stops, on_start, still_needed,
+            result_digest,
         ),
         clock=setup.clock,
         base_env=dict(m.env),
         runs_dir=os.path.join(setup.state_dir, "runs"),
+        started=setup.started,
     )
     try:
         with interrupts.raised():  # SIGTERM stops the build like Ctrl-C does

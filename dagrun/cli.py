@@ -112,7 +112,10 @@ def parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, parents=[common])
 
     b = command("build", "build targets (default: the default targets)")
-    b.add_argument("targets", nargs="*", metavar="TARGET")
+    b.add_argument(
+        "targets", nargs="*", metavar="TARGET", help="a task, group, glob or output; NAME=value "
+        "sets a [vars] value for this build"
+    )
     b.add_argument("-j", "--jobs", type=_positive, metavar="N", help="run N tasks at once")
     b.add_argument("-k", "--keep-going", action="store_true", help="do not stop after failures")
     b.add_argument(
@@ -125,6 +128,14 @@ def parser() -> argparse.ArgumentParser:
         "-n", "--dry-run", action="store_true", help="print what would run and why; run nothing"
     )
     b.add_argument("--explain", action="store_true", help="print why each task runs")
+    b.add_argument(
+        "-B", "--force", action="store_true",
+        help="run the named targets (every task without targets) even when up to date",
+    )
+    b.add_argument(
+        "--touch", action="store_true",
+        help="record what would run as done, without running it (its outputs must exist)",
+    )
     b.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (a testcase per task)")
     b.add_argument("--events", metavar="FILE", help="write the build's events as JSON lines")
     b.add_argument("--trace", metavar="FILE", help="write a Chrome trace (open it in Perfetto)")
@@ -136,6 +147,11 @@ def parser() -> argparse.ArgumentParser:
         "--dot", action="store_const", dest="format", const="dot", help="Graphviz DOT (default)"
     )
     fmt.add_argument("--json", action="store_const", dest="format", const="json", help="JSON")
+
+    t = command("tree", "print the dependency tree as indented text, marking what would run")
+    t.add_argument(
+        "targets", nargs="*", metavar="TARGET", help="default: every task nothing depends on"
+    )
 
     ls = command("list", "list tasks and whether they are up to date")
     ls.add_argument("--json", action="store_true", help="as JSON")
@@ -206,7 +222,22 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
             setattr(args, name, value)
     if args.quiet and args.verbose:
         p.error("-q and -v cannot be used together")
+    _split_overrides(p, args)
+    if getattr(args, "force", False) and args.touch:
+        p.error("--force and --touch cannot be used together")
     return args
+
+
+def _split_overrides(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``NAME=value`` words among the targets go to ``args.overrides`` ([vars] values)."""
+    from .entry import assignment
+
+    words = getattr(args, "targets", None) or []
+    args.overrides = dict(w.split("=", 1) for w in words if assignment(w))
+    if args.overrides:
+        args.targets = [w for w in words if not assignment(w)]
+        if args.command == "watch":
+            p.error("NAME=value is for build, graph, tree and clean, not watch")
 
 
 # a plain build's options (dagrun.entry.plain_build) that take a value, and that are flags
@@ -234,7 +265,8 @@ def plain_args(argv: Sequence[str]) -> Any:
         return None
     found: dict[str, Any] = dict(GLOBAL_DEFAULTS)
     found.update(command="build", jobs=None, keep_going=False, failures_allowed=None,
-                 dry_run=False, explain=False, junit=None, events=None, trace=None)
+                 dry_run=False, explain=False, junit=None, events=None, trace=None,
+                 force=False, touch=False, overrides={})
     implicit = not any(word in COMMANDS for word in argv)
     command = implicit  # whether argparse's first pass finds the command (see parse)
     i = 0
@@ -320,7 +352,8 @@ def _session(args: argparse.Namespace) -> Any:
         sys.stderr.write(f"dagrun: {message}\n")
         sys.stderr.flush()
 
-    return Session(manifest_path=path, on_wait=on_wait)
+    overrides = getattr(args, "overrides", None)
+    return Session(manifest_path=path, on_wait=on_wait, overrides=overrides, cwd=os.getcwd())
 
 
 def _warn(session: Any) -> None:
@@ -378,10 +411,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     _KEPT.append(session)  # freed by the exit, not one object at a time (entry.run)
     session.keep_last = True
     if args.dry_run:
-        prep = session.plan(args.targets, explain=True)
+        prep = session.plan(args.targets, explain=True, force=args.force)
         _warn(session)
         print_plan(prep)
         return EXIT_OK
+    if args.touch:
+        return _touch(args, session)
     reporter = _build_reporter(args, session)
     failures = 0 if args.keep_going else args.failures_allowed
     try:
@@ -392,10 +427,23 @@ def cmd_build(args: argparse.Namespace) -> int:
             failures_allowed=failures,
             explain=args.explain or bool(args.events),  # --events: the reasons in full
             delta=args.delta,
+            force=args.force,
         )
     finally:
         _warn(session)
     return int(result.exit_code)
+
+
+def _touch(args: argparse.Namespace, session: Any) -> int:
+    """``build --touch``: what would run is recorded as done, and named."""
+    try:
+        touched = _command_typo(args, session.touch)(args.targets)
+    finally:
+        _warn(session)
+    if not args.quiet:
+        sys.stdout.write("".join(f"touched: {name}\n" for name in touched))
+    sys.stdout.write(f"dagrun: touched {len(touched)} task(s), ran nothing\n")
+    return EXIT_OK
 
 
 def _command_typo(args: argparse.Namespace, build: Any) -> Any:
@@ -511,7 +559,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     session = _session(args)
     graph = session.load_graph()
-    i = views.one_task(graph, args.task)
+    i = views.one_task(graph, args.task, session.cwd)
     prep = session.plan([graph.specs[i].name], explain=True)
     _warn(session)
     data = views.show(prep, i, session.state_dir, _last_build(session, record))
@@ -544,6 +592,19 @@ def cmd_graph(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         sys.stdout.write(to_dot(g, plan.selected, plan.up_to_date))
+    return EXIT_OK
+
+
+def cmd_tree(args: argparse.Namespace) -> int:
+    from . import tree
+
+    session = _session(args)
+    prep = session.plan(args.targets or None, explain=True)
+    _warn(session)
+    g, plan = prep.graph, prep.plan
+    named = g.resolve(args.targets, session.cwd) if args.targets else None
+    lines = tree.lines(g, tree.roots(g, plan.selected, named), plan.reasons)
+    sys.stdout.write("".join(line + "\n" for line in lines))
     return EXIT_OK
 
 
@@ -688,5 +749,6 @@ _COMMANDS = {
     "status": cmd_status,
     "show": cmd_show,
     "trace": cmd_trace,
+    "tree": cmd_tree,
     "completion": cmd_completion,
 }

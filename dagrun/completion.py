@@ -15,7 +15,7 @@ import argparse
 from dataclasses import dataclass
 
 SHELLS = ("bash", "zsh", "fish")
-TAKES_TASKS = ("build", "watch", "graph", "clean", "show")
+TAKES_TASKS = ("build", "watch", "graph", "clean", "show", "tree")
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,16 @@ _dagrun_names() {
     done
     dagrun "${args[@]}" list --names 2>/dev/null
 }
+_dagrun_tasks() {  # names matching the word as typed: bash splits cc[c=src/m at = (and :)
+    local full="$cur" line="${COMP_LINE:0:COMP_POINT}" i
+    [[ -n "$COMP_LINE" ]] && full="${line##*[[:space:]]}"
+    local IFS=$'\n'
+    COMPREPLY=($(compgen -W "$(_dagrun_names)" -- "$full"))
+    local head="${full%"$cur"}"  # what bash keeps before the word it replaces
+    if [[ -n "$head" ]]; then
+        for i in "${!COMPREPLY[@]}"; do COMPREPLY[i]="${COMPREPLY[i]#"$head"}"; done
+    fi
+}
 _dagrun() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" i
     case "$prev" in
@@ -122,8 +132,7 @@ _dagrun() {
     elif [[ "$cmd" == completion ]]; then
         COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur"))
     elif [[ " @@TASKS@@ " == *" $cmd "* || " @@COMMANDS@@ " != *" $cmd "* ]]; then
-        local IFS=$'\n'
-        COMPREPLY=($(compgen -W "$(_dagrun_names)" -- "$cur"))
+        _dagrun_tasks
     fi
 }
 complete -F _dagrun dagrun

@@ -5,7 +5,8 @@ per line; each ends with ``"crc"``, the zlib.crc32 (8 hex digits) of the line's
 bytes before ``,"crc"``:
 
     {"start":"cc","crc":"…"}               # before each attempt at running cc
-    {"task":"cc","key":"…","duration":0.12,"outputs":[[size,mtime_ns,inode,kind],…],
+    {"task":"cc","key":"…","duration":0.12,"outputs":[[size,ctime_ns,inode,kind],…],
+     "fp":"…","seen":"…","digests":["…",…],"result":"…","upstream_fp":{…},
      "maxrss":5120,"time":1.7e9,"parts":{…},"crc":"…"}   # cc exited 0, its outputs exist
     {"forget":"cc","crc":"…"}              # written by `dagrun clean`
 
@@ -13,9 +14,18 @@ A task is done with key K only when its *latest* record is a success with key
 K: a ``start`` record written before each attempt invalidates the task until
 the attempt's success is recorded, so a failed, timed-out, interrupted or lost
 attempt (even a ``kill -9`` of dagrun) leaves it to run again.  A success
-records each declared output's identity (size, mtime_ns, inode, kind: 0 a
+records each declared output's identity (size, ctime_ns, inode, kind: 0 a
 file, 1 a folder (inode only), 2 a symlink), so an output edited, replaced or
-deleted since is seen (plan.py).
+deleted since is seen (plan.py), and its content digest (``digests``), which
+decides when the identity differs: a tree restored elsewhere, or an output
+rewritten with the same bytes, is still what the run left (outputs.py).
+
+``fp`` (the fingerprint of what the run made: its outputs' digests and, for a
+function task, its result's digest; for a task that makes nothing, its
+``seen``) and ``seen`` (the fingerprints of its dependencies when it ran,
+combined; ``upstream_fp`` has them one by one) let a task rerun when a
+dependency's output changed although that dependency's key did not (a
+forced, cleaned or ``always`` rerun of a non-deterministic producer).
 
 A record whose checksum does not match is skipped with a warning, never half
 trusted; a torn last line (a crash mid-write) is cut off; an unknown header
@@ -52,10 +62,14 @@ _HEX = re.compile(rb"[0-9a-f]{8}")
 _RECORD = re.compile(
     rb'^\{"task":("(?:[^"\\]|\\.)*"),"key":"([0-9a-f]+)","duration":([-0-9.e+]+),'
     rb'"outputs":(\[(?:\[[-0-9,]*\],?)*\])'
+    rb'(?:,"fp":"([0-9a-f]*)","seen":"([0-9a-f]*)"(?:,"result":"([0-9a-f]*)")?)?'
 )
 _OTHER = re.compile(rb'^\{"(start|forget)":("(?:[^"\\]|\\.)*")$')
 
-Identity = tuple[int, int, int, int]  # size, mtime_ns, inode, kind (0 file, 1 folder, 2 symlink)
+Identity = tuple[int, int, int, int]  # size, ctime_ns, inode, kind (0 file, 1 folder, 2 symlink)
+# a task's latest success: key, offset, output identities, fp, seen (None: an older record),
+# and its result's digest (a function task; "" otherwise)
+Entry = tuple[str, int, tuple[Identity, ...], "str | None", "str | None", str]
 
 
 @dataclass
@@ -64,8 +78,8 @@ class LogIndex:
 
     ino: int = 0
     size: int = 0
-    # task -> (key, offset, output identities) of its latest successful run
-    latest: dict[str, tuple[str, int, tuple[Identity, ...]]] = field(default_factory=dict)
+    # task -> (key, offset, output identities, fp, seen, result) of its latest successful run
+    latest: dict[str, Entry] = field(default_factory=dict)
     unfinished: set[str] = field(default_factory=set)  # tasks whose last attempt did not succeed
     durations: dict[str, float] = field(default_factory=dict)
     records: int = 0
@@ -84,6 +98,26 @@ class LogIndex:
         if not all(isinstance(v, t) for v, t in shapes) or not isinstance(durations, dict):
             return None
         return cls(ino, size, latest, unfinished, durations, records)
+
+
+@dataclass(frozen=True)
+class Made:
+    """What a successful run made, beside its outputs' identities (see the module's doc)."""
+
+    fp: str
+    seen: str
+    digests: tuple[str, ...] = ()
+    result: str = ""
+    upstream: dict[str, str] = field(default_factory=dict)  # dependency -> its fp
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"fp": self.fp, "seen": self.seen}
+        if self.result:
+            out["result"] = self.result
+        out["digests"] = list(self.digests)
+        if self.upstream:
+            out["upstream_fp"] = self.upstream
+        return out
 
 
 def record_line(record: dict[str, Any]) -> bytes:
@@ -120,6 +154,21 @@ class CompletionLog:
         """(key, output identities) of the task's latest successful run; None if none."""
         entry = self.index.latest.get(task)
         return None if entry is None else (entry[0], entry[2])
+
+    def fingerprint(self, task: str) -> str | None:
+        """``fp`` of the task's latest successful run (None: none, or an older record)."""
+        entry = self.index.latest.get(task)
+        return None if entry is None else entry[3]
+
+    def result(self, task: str) -> str:
+        """The digest of the result its latest successful run left ("": none on record)."""
+        entry = self.index.latest.get(task)
+        return "" if entry is None else entry[5]
+
+    def seen(self, task: str) -> str | None:
+        """``seen`` of the task's latest successful run (None: none, or an older record)."""
+        entry = self.index.latest.get(task)
+        return None if entry is None else entry[4]
 
     def unfinished(self, task: str) -> bool:
         """True when an attempt at the task started after its latest success and did not succeed."""
@@ -168,19 +217,38 @@ class CompletionLog:
         maxrss: int,
         when: float,
         outputs: Sequence[Identity] = (),
+        made: Made | None = None,
     ) -> None:
-        record = {
+        record: dict[str, Any] = {
             "task": task,
             "key": key,
             "duration": round(duration, 6),
             "outputs": [list(o) for o in outputs],
-            "maxrss": maxrss,
-            "time": round(when, 3),
-            "parts": parts,
         }
+        if made is not None:
+            record |= made.fields()
+        record |= {"maxrss": maxrss, "time": round(when, 3), "parts": parts}
+        self._add(task, key, record, outputs, duration)
+
+    def refresh(self, task: str, outputs: Sequence[Identity]) -> bool:
+        """Record the task's latest success again with its outputs' identities as they are now
+        (their digests vouched that they are what the run left); False if there is none."""
+        record = self.latest(task)
+        if record is None or task in self.index.unfinished:
+            return False
+        record["outputs"] = [list(o) for o in outputs]
+        self._add(task, record["key"], record, outputs, float(record.get("duration", 0.0)))
+        return True
+
+    def _add(
+        self, task: str, key: str, record: dict[str, Any], outputs: Sequence[Identity],
+        duration: float,
+    ) -> None:
         offset = self._write_line(record_line(record))
         idx = self.index
-        idx.latest[task] = (key, offset, tuple((o[0], o[1], o[2], o[3]) for o in outputs))
+        fp, seen, result = record.get("fp"), record.get("seen"), record.get("result", "")
+        ids = tuple((o[0], o[1], o[2], o[3]) for o in outputs)
+        idx.latest[task] = (key, offset, ids, fp, seen, result)
         idx.unfinished.discard(task)
         idx.durations[task] = duration
         idx.records += 1
@@ -207,10 +275,8 @@ class CompletionLog:
         """Rewrite the log with each task's latest success, then a start for each unfinished one."""
         lines = []
         with open(self.path, "rb") as f:
-            for _task, (_key, offset, _o) in sorted(
-                self.index.latest.items(), key=lambda kv: kv[1][1]
-            ):
-                f.seek(offset)
+            for entry in sorted(self.index.latest.values(), key=lambda e: e[1]):
+                f.seek(entry[1])
                 lines.append(f.readline())
         lines += [record_line({"start": t}) for t in sorted(self.index.unfinished)]
         tmp = self.path + ".tmp"
@@ -325,7 +391,12 @@ class CompletionLog:
             if outputs is not None:
                 task = json.loads(m.group(1))
                 idx = self.index
-                idx.latest[task] = (m.group(2).decode(), offset, outputs)
+                fp, seen, result = m.group(5), m.group(6), m.group(7)
+                idx.latest[task] = (
+                    m.group(2).decode(), offset, outputs,
+                    None if fp is None else fp.decode(), None if seen is None else seen.decode(),
+                    "" if result is None else result.decode(),
+                )
                 idx.unfinished.discard(task)
                 idx.durations[task] = float(m.group(3))
                 idx.records += 1

@@ -77,23 +77,26 @@ def learn(keys: Keys, i: int) -> str | None:
 
 
 def pending(graph: BuildGraph, plan: Plan, by_outputs: list[bool]) -> dict[int, str]:
-    """Tasks whose keys wait on a task the plan runs: task -> the name of that task.
+    """Tasks whose decision waits on a task the plan runs: task -> the name of that task.
 
-    That is every selected task below a task of ``plan.to_run`` that its dependents key
-    by its outputs: until that task has run, its outputs (and so the keys below) are
-    not known.
+    Below a task of ``plan.to_run`` that its dependents key by its outputs, every
+    selected task waits: until that task has run, its outputs (and so the keys below)
+    are not known.  Below any other task of ``plan.to_run``, the tasks the plan finds up
+    to date wait: the task may make something else with the same key (a download, a
+    timestamp), and then they run too (outputs.py: fingerprints).
     """
     selected = set(plan.selected)
+    fresh = set(plan.up_to_date)
     out: dict[int, str] = {}
+    dependents = graph.dependents
     for i in plan.to_run:
-        if not by_outputs[i]:
-            continue
-        stack = [j for j in graph.dependents[i] if j in selected]
+        within = selected if by_outputs[i] else fresh
+        stack = [j for j in dependents[i] if j in within]
         while stack:
             j = stack.pop()
             if j not in out:
                 out[j] = graph.specs[i].name
-                stack.extend(k for k in graph.dependents[j] if k in selected)
+                stack.extend(k for k in dependents[j] if k in within)
     return out
 
 
@@ -123,11 +126,14 @@ class Cutoff:
         waits: Mapping[int, str],
         done: Callable[[str, str], bool],
         intact: Callable[[int], bool],
+        upstream_changed: Callable[[int], str | None] = lambda i: None,
     ) -> None:
         self.keys = keys
         self.waits = waits
         self.done = done  # (task, key) -> the task's latest record is a success with that key
         self.intact = intact  # task -> its outputs are what its latest successful run left
+        # task -> why a dependency made something else since it ran (ledger.upstream_changed)
+        self.upstream_changed = upstream_changed
         self.skipped: list[int] = []
 
     def still_needed(self, i: int) -> bool:
@@ -135,10 +141,15 @@ class Cutoff:
         if i not in self.waits:
             return True
         keys = self.keys
-        key = key_of(keys.parts(i))
-        keys.keys[i] = key
+        key = keys.keys[i]
+        waits, by_outputs = self.waits, keys.by_outputs
+        if key is None or any(by_outputs[d] or d in waits for d in keys.graph.deps[i]):
+            key = key_of(keys.parts(i))  # keyed by outputs now written, or by keys learnt
+            keys.keys[i] = key
         spec = keys.graph.specs[i]
         if spec.always or not self.done(spec.name, key) or not self.intact(i):
+            return True
+        if self.upstream_changed(i) is not None:
             return True
         self.skipped.append(i)
         return False

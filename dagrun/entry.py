@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 # them is a build, so `dagrun`, `dagrun -q` and `dagrun TARGET` all build
 COMMANDS = (
     "build", "watch", "graph", "list", "show", "clean", "status", "trace", "completion", "worker",
+    "tree",
 )
 
 _CHOICES = {
@@ -160,12 +161,17 @@ def answer_noop(directory: str, file: str | None, targets: Sequence[str]) -> Any
     from .locate import find
 
     path = find(directory, file)
-    if path is None:
-        return None
+    if path is None or (targets and not _at_root(path, directory)):
+        return None  # a target path from a subfolder is relative to it: the proof's are not
     from .fresh import examine, no_work_line
 
     found = examine(path, targets, os.environ)
     return _say(no_work_line(found) + "\n") if isinstance(found, int) else found
+
+
+def _at_root(manifest: str, directory: str) -> bool:
+    """Whether ``directory`` is the manifest's folder."""
+    return os.path.dirname(os.path.abspath(manifest)) == os.path.abspath(directory)
 
 
 def _say(line: str) -> int:
@@ -198,7 +204,7 @@ def plain_build(argv: Sequence[str]) -> tuple[str, str | None, list[str]] | None
         elif not building and argv[i] == "build":
             building = True
             i += 1
-        elif not building or argv[i].startswith("-") or after_targets:
+        elif not building or argv[i].startswith("-") or after_targets or assignment(argv[i]):
             return None
         else:
             targets.append(argv[i])
@@ -236,6 +242,13 @@ def _build_option(argv: Sequence[str], i: int) -> int:
     if eq and name in ("--jobs", "--failures-allowed"):
         return 1 if _number(value, 1 if name == "--jobs" else 0) else 0
     return 0
+
+
+def assignment(word: str) -> bool:
+    """Whether a target word is ``NAME=value``: a [vars] value for this build (Make's
+    ``CFLAGS=-O0``), not a target (a matrix task's name has its ``=`` inside brackets)."""
+    name, eq, _ = word.partition("=")
+    return bool(eq) and name.isidentifier() and name.isascii()
 
 
 def _number(text: str, minimum: int) -> bool:

@@ -14,7 +14,7 @@ up-to-date checks were computed from, in the cheapest form to check again:
   cache trusted it when hashing: the same stat means the same digest, hence the
   same keys, all of which the unchanged log holds (a source hashed while racily
   clean gets ``NEVER``, which no file matches);
-- every declared output's identity (size, mtime_ns, inode, kind) as the
+- every declared output's identity (size, ctime_ns, inode, kind) as the
   completion log recorded it: an output edited, replaced or deleted since
   makes its task run again.
 
@@ -47,7 +47,7 @@ FORMAT = 5  # 5: the manifest's settled stat; 4: rows as a string of paths and a
 FILE = "fresh"
 
 StatKey = tuple[int, int, int, int]  # mtime_ns, ctime_ns, size, inode
-Identity = tuple[int, int, int, int]  # an output's size, mtime_ns, inode, kind (completion_log)
+Identity = tuple[int, int, int, int]  # an output's size, ctime_ns, inode, kind (completion_log)
 _S_IFMT, _S_IFDIR, _S_IFLNK = 0o170000, 0o040000, 0o120000
 NEVER = (-1, 0, 0, 0)  # a source row's stat that no file has (inode 0): always "changed"
 
@@ -57,7 +57,7 @@ def identity(st: os.stat_result) -> Identity:
     kind = st.st_mode & _S_IFMT
     if kind == _S_IFDIR:
         return (0, 0, st.st_ino, 1)
-    return (st.st_size, st.st_mtime_ns, st.st_ino, 2 if kind == _S_IFLNK else 0)
+    return (st.st_size, st.st_ctime_ns, st.st_ino, 2 if kind == _S_IFLNK else 0)
 
 
 def identities(root: str, paths: Iterable[str]) -> dict[str, Identity | None]:
@@ -361,7 +361,7 @@ def _changed_outputs(fd: int, outputs: Rows) -> set[str]:
     ``identity(lstat(p)) != recorded`` for each, inline: this runs once per output."""
     lstat = os.lstat
     changed = set()
-    for p, size, mtime, ino, kind in outputs:
+    for p, size, ctime, ino, kind in outputs:
         try:
             st = lstat(p, dir_fd=fd)
         except FileNotFoundError:
@@ -369,6 +369,6 @@ def _changed_outputs(fd: int, outputs: Rows) -> set[str]:
             continue
         if st.st_ino != ino:  # another file, folder or link (a new kind means a new inode)
             changed.add(p)
-        elif kind != 1 and (st.st_mtime_ns != mtime or st.st_size != size):
+        elif kind != 1 and (st.st_ctime_ns != ctime or st.st_size != size):
             changed.add(p)
     return changed

@@ -25,7 +25,8 @@ from . import globs
 from .errors import CycleError, ManifestError, UnknownTargetError
 from .manifest import ExecutorSpec, Manifest, TaskSpec, inside_root
 
-GRAPH_FORMAT = 6  # 4: TaskSpec gained the function-task fields; 5: depfile, restat; 6: columns
+GRAPH_FORMAT = 7  # 4: TaskSpec gained the function-task fields; 5: depfile, restat; 6: columns
+# 7: desc
 
 
 @dataclass
@@ -110,22 +111,26 @@ class BuildGraph:
 
     # -- targets
 
-    def resolve(self, targets: Iterable[str]) -> list[int]:
-        """Task numbers named by targets: names, groups, globs over names, or output paths."""
+    def resolve(self, targets: Iterable[str], cwd: str | None = None) -> list[int]:
+        """Task numbers named by targets: names, groups, globs over names, or output paths
+        (relative to ``cwd`` when given and that names an output, else to the root)."""
         found: dict[int, None] = {}
         for target in targets:
-            hits = self._resolve_one(target)
+            hits = self._resolve_one(target, cwd)
             if hits is None:
                 raise UnknownTargetError(self._unknown_message(target))
             found.update(dict.fromkeys(hits))
         return list(found)
 
-    def _resolve_one(self, target: str) -> list[int] | None:
+    def _resolve_one(self, target: str, cwd: str | None = None) -> list[int] | None:
         """The tasks ``target`` names ([] for an empty matrix group); None if it names nothing."""
         if target in self.index:
             return [self.index[target]]
         if target in self.groups:
             return list(self.groups[target])
+        here = inside_root(os.path.join(cwd, target), self.root) if cwd else None
+        if here is not None and here in self.producers:
+            return [self.producers[here]]
         path = inside_root(target, self.root) or os.path.normpath(target)
         if path in self.producers:
             return [self.producers[path]]
@@ -161,9 +166,9 @@ class BuildGraph:
             return self.resolve(self.manifest.default)
         return list(range(len(self.specs)))
 
-    def select(self, targets: Iterable[str] | None) -> list[int]:
+    def select(self, targets: Iterable[str] | None, cwd: str | None = None) -> list[int]:
         targets = list(targets or ())
-        roots = self.resolve(targets) if targets else self.default_targets()
+        roots = self.resolve(targets, cwd) if targets else self.default_targets()
         return self.closure(roots)
 
     # -- export
@@ -266,8 +271,11 @@ def _column(specs: tuple[TaskSpec, ...], f: int) -> Any:
     return col
 
 
-def compile(manifest: Manifest) -> BuildGraph:
-    """Resolve every dependency, expand input globs and order the tasks."""
+def compile(manifest: Manifest, exclude: frozenset[str] = frozenset()) -> BuildGraph:
+    """Resolve every dependency, expand input globs and order the tasks.
+
+    ``exclude``: files no glob or folder input matches (outputs of tasks gone from the
+    manifest, ledger.dead_outputs)."""
     specs = manifest.tasks
     index = {s.name: i for i, s in enumerate(specs)}
     groups: dict[str, list[int]] = {g: [] for g in manifest.groups}
@@ -279,6 +287,7 @@ def compile(manifest: Manifest) -> BuildGraph:
     deps: list[tuple[int, ...]] = []
     sources: list[tuple[str, ...]] = []
     inputs = _Inputs(manifest, producers, scanned)
+    inputs.dead = exclude
     named: list[TaskSpec] = []  # specs with {inputs} and {outputs} replaced in their cmd
     for i, s in enumerate(specs):
         found: dict[int, None] = {}
@@ -378,6 +387,7 @@ class _Inputs:
         # for the task being compiled: each dependency's files, and every input in order
         self.via: dict[int, list[str]] = {}
         self.listed: dict[str, None] = {}
+        self.dead: frozenset[str] = frozenset()  # never matched (compile's exclude)
 
     def need(self, producer: int, path: str, found: dict[int, None]) -> None:
         found[producer] = None
@@ -417,6 +427,8 @@ class _Inputs:
                 if rx.match(out):
                     matches.add(out)
         for path in globs.expand(pattern, self.manifest.root, self.scanned):
+            if path in self.dead:
+                continue
             if self.producer(path) is None:
                 srcs[path] = None
             matches.add(path)
@@ -438,7 +450,7 @@ class _Inputs:
             if out.startswith(below) and self.producers[out] != i:
                 self.need(self.producers[out], out, found)
         for f in globs.tree(path, self.manifest.root, self.scanned):
-            if self.producer(f) is None:
+            if self.producer(f) is None and f not in self.dead:
                 srcs[f] = None
 
     def producer(self, path: str) -> int | None:

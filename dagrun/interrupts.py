@@ -15,6 +15,12 @@ it and gives it back.
         ...
         with interrupts.HOLD:     # but not in here
             pid = spawn(); record(pid)
+
+A library imported while executors start may take a signal over for itself
+(``dask_jobqueue`` sets SIGINT to ``sys.exit()``, which ended a build with
+status 0 and no summary): executors start under ``kept()``, which puts the
+handlers back; a ``SystemExit`` that still lands inside a build is an
+interrupt (the scheduler's concern), never a success.
 """
 
 from __future__ import annotations
@@ -77,6 +83,24 @@ def _default(sig: int, handler: object) -> bool:
     return handler == signal.SIG_DFL  # SIGHUP under nohup stays ignored
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def kept() -> Iterator[None]:
+    """The signal handlers as they were before the block, whatever it installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.getsignal(sig) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            if handler is not None and signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
+
+
 @contextmanager
 def raised() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt (held), unless ignored or taken.
@@ -88,7 +112,7 @@ def raised() -> Iterator[None]:
         yield  # signals are only ever handled on the main thread
         return
     taken = {}
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in _SIGNALS:
         old = signal.getsignal(sig)
         if _default(sig, old):
             signal.signal(sig, _handler)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from . import globs, placement, tomlsplit
+from . import globs, placeholders, placement, tomlsplit
 from .errors import ManifestError
 
 MANIFEST_NAME = "dagrun.toml"
@@ -54,6 +54,7 @@ class TaskSpec(NamedTuple):
     io_bound: bool = False  # runs on the io worker's event loop and takes no slot
     depfile: str = ""  # relative to the root, like inputs; "" when none
     restat: bool = False  # dependents key this task by its outputs' digests (early cutoff)
+    desc: str = ""  # one line of description (list, show, tree); not in the key
     slurm: tuple[tuple[str, Any], ...] = ()  # sbatch settings over its executor's (placement.py)
 
     @property
@@ -331,6 +332,24 @@ def _adapt(v: Any) -> str | None:
     return f"must be a table such as {{ minimum = 0, maximum = 8 }}, not {v!r}"
 
 
+def _cluster(v: Any) -> str | None:
+    """"local", or a class by its dotted path (``dask_jobqueue.SLURMCluster``)."""
+    if isinstance(v, str) and v == "local":
+        return None
+    module, _, name = v.rpartition(".") if isinstance(v, str) else ("", "", "")
+    if module and name.isidentifier() and all(p.isidentifier() for p in module.split(".")):
+        return None
+    hint = ' (did you mean "local"?)' if isinstance(v, str) and _near(v, "local") else ""
+    return (f'must be "local" or a cluster class such as "dask_jobqueue.SLURMCluster", '
+            f"not {v!r}{hint}")
+
+
+def _near(word: str, target: str) -> bool:
+    import difflib
+
+    return bool(difflib.get_close_matches(word.lower(), [target], n=1, cutoff=0.6))
+
+
 DAGRUN_KEYS: dict[str, Check] = {
     "jobs": _int(1),
     "failures_allowed": _int(0),
@@ -346,6 +365,7 @@ TASK_KEYS: dict[str, Check] = {
     "outputs": _str_list,
     "deps": _str_list,
     "display": _str,
+    "desc": _str,
     "env": _env_table,
     "cwd": _nonempty_str,
     "threads": _int(1),
@@ -394,6 +414,7 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
     "http": {
         "type": _str,
         "provisioner": _str,
+        "deprovisioner": _str,
         "bind": _str,
         "max_jobs": _int(1),
         "lease_timeout": _number_positive,
@@ -402,11 +423,12 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
         "tls_cert": _nonempty_str,
         "tls_key": _nonempty_str,
         "grace_period": _number_positive,
+        "worker_timeout": _number_positive,
     },
     "dask": {
         "type": _str,
         "scheduler": _str,
-        "cluster": _str,
+        "cluster": _cluster,
         "options": _any_table,
         "max_jobs": _int(1),
         "scale": _int(0),
@@ -416,6 +438,7 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
         "grace_period": _number_positive,
         "env_inherit": _bool,
         "connect_timeout": _number_positive,
+        "worker_timeout": _number_positive,
     },
     "slurm": {
         "type": _str,
@@ -451,11 +474,16 @@ def read(path: str) -> bytes:
 
 
 def load(
-    path: str | os.PathLike[str], *, source: str | None = None, data: bytes | None = None
+    path: str | os.PathLike[str],
+    *,
+    source: str | None = None,
+    data: bytes | None = None,
+    overrides: Mapping[str, str] | None = None,
 ) -> Manifest:
     """Read and parse a manifest file; ``source`` is how messages name it (default: ``path``).
 
-    ``data``: the file's bytes, when the caller has read them already.
+    ``data``: the file's bytes, when the caller has read them already; ``overrides``: [vars]
+    values given on the command line (``dagrun build CFLAGS=-O0``).
     """
     path = os.fspath(path)
     if data is None:
@@ -465,21 +493,29 @@ def load(
     except UnicodeDecodeError as exc:
         problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
         raise ManifestError(problem, source=path) from None
-    manifest = parse(text, source=source or path, root=os.path.dirname(os.path.abspath(path)))
+    root = os.path.dirname(os.path.abspath(path))
+    manifest = parse(text, source=source or path, root=root, overrides=overrides)
     if manifest.line_index is not None:  # its text is read again if an error needs a line
         manifest.line_index.keep_file(path, zlib.crc32(data))
     return manifest
 
 
-def parse(text: str, *, source: str = MANIFEST_NAME, root: str | None = None) -> Manifest:
-    """Parse manifest text.  ``root`` is the folder paths are relative to (default: cwd)."""
+def parse(
+    text: str,
+    *,
+    source: str = MANIFEST_NAME,
+    root: str | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Manifest:
+    """Parse manifest text.  ``root`` is the folder paths are relative to (default: cwd);
+    ``overrides`` replace [vars] values (see load)."""
     root = os.path.abspath(root if root is not None else os.getcwd())
     if text.startswith("\ufeff"):  # a UTF-8 byte order mark, as some editors write
         text = text[1:]
     parts = tomlsplit.split(text)
     if parts is not None:  # a big manifest: its tasks made batch by batch, tables dropped
         try:
-            return _Builder(text, source, root, headers=False).build(*parts)
+            return _Builder(text, source, root, headers=False, overrides=overrides).build(*parts)
         except (tomlsplit.Unsplittable, ManifestError):
             pass  # the whole text at once says what is wrong, as it would without batches
     try:
@@ -489,7 +525,7 @@ def parse(text: str, *, source: str = MANIFEST_NAME, root: str | None = None) ->
     except RecursionError:
         problem = "invalid TOML: arrays or tables nested too deeply"
         raise ManifestError(problem, source=source) from None
-    return _Builder(text, source, root).build(doc)
+    return _Builder(text, source, root, overrides=overrides).build(doc)
 
 
 def _toml_error(msg: str, text: str, source: str) -> ManifestError:
@@ -533,8 +569,17 @@ def build_manifest(
 class _Builder:
     """Validates a parsed document and expands it into a Manifest."""
 
-    def __init__(self, text: str, source: str, root: str, *, headers: bool = True) -> None:
+    def __init__(
+        self,
+        text: str,
+        source: str,
+        root: str,
+        *,
+        headers: bool = True,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
         self.text = text
+        self.overrides = dict(overrides or {})
         self.source = source
         self.root = root
         self.lines = _LineIndex(text, headers=headers) if text else None
@@ -550,6 +595,8 @@ class _Builder:
         # groups made by a task's executor = [...]: name -> spec, and the first task naming it
         self.implicit: dict[str, ExecutorSpec] = {}
         self.implicit_by: dict[str, tuple[str, tuple[str, ...]]] = {}
+        # matrix group -> variable -> {value as text: value as written} (numbers, booleans)
+        self.typed: dict[str, dict[str, dict[str, Any]]] = {}
         self.count = 0  # tasks so far, to refuse a matrix of millions before making it
 
     # -- errors
@@ -614,6 +661,7 @@ class _Builder:
         problem = _vars(self.vars)
         if problem:
             raise self.error(f"[vars] entry {problem}", key=problem.split("'")[1], table=("vars",))
+        self.override_vars()
         executors = self.executors(self.table(doc, "executors"))
         bodies = self.table(doc, "tasks")
         per_task: dict[str, list[TaskSpec]] = {}
@@ -654,6 +702,31 @@ class _Builder:
             warnings=tuple(self.empty.values()),
             line_index=self.lines,
         )
+
+    def override_vars(self) -> None:
+        """``NAME=value`` words of the command line replace [vars] values; a list variable
+        takes the value split as a shell would split it."""
+        for name, value in self.overrides.items():
+            if name not in self.vars:
+                import difflib
+
+                close = difflib.get_close_matches(name, list(self.vars), n=1)
+                known = ", ".join(self.vars) or "none"
+                hint = _did_you_mean(close) or f"[vars] has: {known}"
+                raise ManifestError(
+                    f"{name}={value} on the command line names no [vars] entry",
+                    source=self.source, hint=hint,
+                )
+            if isinstance(self.vars[name], list):
+                import shlex
+
+                try:
+                    self.vars[name] = shlex.split(value)
+                except ValueError as exc:  # an unmatched quote
+                    problem = f"{name}={value} on the command line: {exc}"
+                    raise ManifestError(problem, source=self.source) from None
+            else:
+                self.vars[name] = value
 
     def table(self, doc: Mapping[str, Any], key: str) -> dict[str, Any]:
         value = doc.get(key, {})
@@ -795,8 +868,16 @@ class _Builder:
         if clash:
             problem = f"matrix variable '{clash[0]}' has the name of a [vars] entry"
             raise self.error(problem, task=name, key="matrix", table=path)
+        self.check_placeholders(name, body, path)
         combos = self.combinations(name, body)
         return [self.spec(n, body, values, name, line) for n, values in combos]
+
+    def check_placeholders(self, name: str, body: dict[str, Any], path: tuple[str, ...]) -> None:
+        """A misspelt part of a matrix variable (``{f.stme}``) is an error, not text."""
+        misspelt = placeholders.check(body, body["matrix"])
+        if misspelt is not None:
+            raise self.error(misspelt.message, task=name, key=misspelt.key, table=path,
+                             hint=misspelt.hint)
 
     def produced_matrices(
         self, bodies: Mapping[str, Any], per_task: dict[str, list[TaskSpec]]
@@ -987,20 +1068,47 @@ class _Builder:
             line=line,
             depfile=_norm(sub(body["depfile"]), cwd, self.root) if "depfile" in body else "",
             restat=body.get("restat", False),
+            desc=sub(body.get("desc", "")),
             slurm=placement.slurm_pairs(body["slurm"]) if "slurm" in body else (),
         )
         if "call" in body:
-            spec = spec._replace(**self.function_fields(spec, body, sub, path))
+            exact = self.typed_args(group, body, values)
+            spec = spec._replace(**self.function_fields(spec, body, sub, path, exact))
         return spec
 
+    def typed_args(
+        self, group: str | None, body: dict[str, Any], values: dict[str, str]
+    ) -> dict[str, Any]:
+        """``"{n}"`` -> the value of matrix variable ``n`` as written (an int from a range, a
+        number or boolean from a list), for the arguments that are exactly a placeholder."""
+        if group is None:
+            return {}
+        typed = self.typed.get(group)
+        if typed is None:
+            typed = self.typed[group] = {}
+            for var, axis in body["matrix"].items():
+                if isinstance(axis, dict) and "range" in axis:
+                    typed[var] = {str(n): n for n in range(*axis["range"])}
+                elif isinstance(axis, list):
+                    typed[var] = {_scalar(v): v for v in axis if not isinstance(v, str)}
+        return {
+            f"{{{var}}}": found[values[var]] for var, found in typed.items()
+            if values[var] in found
+        }
+
     def function_fields(
-        self, spec: TaskSpec, body: dict[str, Any], sub: _Substituter, path: tuple[str, ...]
+        self,
+        spec: TaskSpec,
+        body: dict[str, Any],
+        sub: _Substituter,
+        path: tuple[str, ...],
+        exact: dict[str, Any],
     ) -> dict[str, Any]:
         """A function task's fields; its module's source becomes one of its inputs."""
         from . import pycall
 
-        args = [_substitute(a, sub) for a in body.get("args", ())]
-        kwargs = {k: _substitute(v, sub) for k, v in body.get("kwargs", {}).items()}
+        args = [_substitute(a, sub, exact) for a in body.get("args", ())]
+        kwargs = {k: _substitute(v, sub, exact) for k, v in body.get("kwargs", {}).items()}
         try:
             blob = pycall.pack_args(args, kwargs)
         except ValueError as exc:
@@ -1142,14 +1250,15 @@ def _executor_hint(name: str, executors: Mapping[str, ExecutorSpec]) -> str:
     return _did_you_mean(close) or f"defined: {defined}; add an [executors.{name}] table"
 
 
-def _substitute(value: Any, sub: _Substituter) -> Any:
-    """Matrix placeholders replaced in every string inside an argument."""
+def _substitute(value: Any, sub: _Substituter, exact: Mapping[str, Any]) -> Any:
+    """Matrix placeholders replaced in every string inside an argument; a string that is
+    exactly one of ``exact`` (``"{n}"``) becomes its value, typed (typed_args)."""
     if isinstance(value, str):
-        return sub(value)
+        return exact[value] if value in exact else sub(value)
     if isinstance(value, list):
-        return [_substitute(v, sub) for v in value]
+        return [_substitute(v, sub, exact) for v in value]
     if isinstance(value, dict):
-        return {k: _substitute(v, sub) for k, v in value.items()}
+        return {k: _substitute(v, sub, exact) for k, v in value.items()}
     return value
 
 

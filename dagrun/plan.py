@@ -2,7 +2,7 @@
 
 A task is up to date only when its key equals the key of its latest run in
 the log, that run succeeded (no attempt started since: completion_log.py), and
-each declared output still has the identity (size, mtime_ns, inode, kind) the
+each declared output still has the identity (size, ctime_ns, inode, kind) the
 run left; an older key in the log does not count.  ``always`` tasks never are
 up to date.  ``explain`` compares the new key's parts with the parts of the
 task's last successful run and names what changed.
@@ -10,7 +10,7 @@ task's last successful run and names what changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,7 +18,7 @@ from .graph import BuildGraph
 from .hashing import MISSING, KeyParts
 from .manifest import TaskSpec
 
-Identity = tuple[int, int, int, int]  # an output's size, mtime_ns, inode, kind (completion_log)
+Identity = tuple[int, int, int, int]  # an output's size, ctime_ns, inode, kind (completion_log)
 
 
 class LogView(Protocol):
@@ -49,22 +49,35 @@ def make(
     *,
     parts: Callable[[int], KeyParts] | None = None,
     always_run: bool = False,
+    upstream_changed: Callable[[int], str | None] | None = None,
+    forced: Collection[int] = (),
 ) -> Plan:
     """Decide each selected task.  With ``parts`` the reasons say exactly what changed.
 
-    ``identity`` gives an output's identity now, None when it does not exist.
+    ``identity`` gives an output's identity now, None when it does not exist;
+    ``upstream_changed`` why a task whose key and outputs are as recorded must run all
+    the same (a dependency made something else since: ledger.py), asked only when none
+    of its dependencies runs in this plan (those decide when they have run: cutoff.py);
+    ``forced`` tasks run even when up to date (``build --force``).
     """
     to_run: list[int] = []
     fresh: list[int] = []
     reasons: dict[int, tuple[str, ...]] = {}
     specs = graph.specs
+    running: set[int] = set()
     for i in selected:
         spec = specs[i]
         if spec.always or always_run:
             why = ["always = true" if spec.always else "forced"]
+        elif i in forced:
+            why = ["forced (--force)"]
         else:
             why = _stale(spec, keys[i], log, identity, parts, i)
+            if not why and upstream_changed is not None and running.isdisjoint(graph.deps[i]):
+                changed = upstream_changed(i)
+                why = [changed] if changed else []
         if why:
+            running.add(i)
             to_run.append(i)
             reasons[i] = tuple(why)
         else:

@@ -14,7 +14,11 @@ modules is not followed: list such files in the task's ``inputs``.
 Results are pickled to ``.dagrun/results/<key>``: pickle because a result is
 any Python value (a DataFrame, a model, a dict of arrays) and both sides of
 the file are the same Python with the same code; a key names exactly one run,
-so a result is never stale, and deleting the folder only costs reruns.
+so a result is never stale, and deleting the folder only costs reruns.  A
+result's digest is kept in its task's success record in the log, and a result
+is loaded only when its bytes have that digest (``load_result``): a damaged or
+planted file is never unpickled (unpickling runs code), and the planner reruns
+its producer instead (``results_view``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +47,8 @@ class Call:
     target: str  # "package.module:qualname"
     code_file: str  # the module's source file, absolute; "" for a compiled module
     args: bytes  # pickle of (args, kwargs)
-    upstream: tuple[tuple[str, str, str], ...]  # (task, matrix group or "", key) of function deps
+    # (task, matrix group or "", key, result digest) of function deps
+    upstream: tuple[tuple[str, str, str, str], ...]
     key: str  # the result goes to results_dir/key
     results_dir: str
     io_bound: bool = False
@@ -161,13 +166,60 @@ def _parse(path: str, module: str) -> ast.Module:
 
 
 def pack_args(args: Any, kwargs: Any) -> bytes:
-    """The task's own arguments as one blob (hashed into its key); ValueError if unpicklable."""
+    """The task's own arguments as one blob (hashed into its key); ValueError if unpicklable.
+
+    Sets are pickled with their items sorted: in their own order, which follows
+    PYTHONHASHSEED, the blob (and the key) would change from one process to the next.
+    (Sets inside other objects' state are not reached: pass such objects as plain values.)
+    """
     import pickle
 
+    value = (tuple(args), dict(kwargs))
     try:
-        return pickle.dumps((tuple(args), dict(kwargs)), protocol=4)
+        blob = pickle.dumps(value, protocol=4)
     except Exception as exc:  # noqa: BLE001 - pickling raises many kinds
         raise ValueError(f"args/kwargs cannot be pickled: {exc}") from None
+    if _SET_OPCODES.search(blob):  # maybe a set (or just such a byte): order them
+        try:
+            blob = pickle.dumps(_sorted_sets(value), protocol=4)
+        except RecursionError:  # a value that holds itself: pickle copes, _sorted_sets not
+            pass
+    return blob
+
+
+_SET_OPCODES = re.compile(rb"[\x8f\x91]")  # pickle's EMPTY_SET and FROZENSET
+
+
+class _SortedSet(tuple[Any, ...]):
+    """A set's items in a fixed order; unpickles as the set (or frozenset) itself."""
+
+    kind: type = set
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.kind, (list(self),))
+
+
+def _sorted_sets(value: Any) -> Any:
+    """``value`` with every set inside it (in tuples, lists, dicts) made a _SortedSet; the same
+    object when it holds none, so the blob of set-free arguments keeps its bytes."""
+    import pickle
+
+    kind = type(value)
+    if kind in (set, frozenset):
+        items = [_sorted_sets(v) for v in value]
+        ordered = _SortedSet(sorted(items, key=lambda v: pickle.dumps(v, protocol=4)))
+        ordered.kind = kind
+        return ordered
+    if kind in (tuple, list):
+        items = [_sorted_sets(v) for v in value]
+        changed = any(a is not b for a, b in zip(items, value, strict=True))
+        return kind(items) if changed else value
+    if kind is dict:
+        pairs = [(_sorted_sets(k), _sorted_sets(v)) for k, v in value.items()]
+        changed = any(k is not k0 or v is not v0
+                      for (k, v), (k0, v0) in zip(pairs, value.items(), strict=True))
+        return dict(pairs) if changed else value
+    return value
 
 
 # ---------------------------------------------------------------- the code part of a key
@@ -202,15 +254,16 @@ def _digest_source(code_file: str, target: str) -> str:
     top = _top_level(tree)
     todo = [target.partition(":")[2].split(".")[0]]
     seen: set[str] = set()
-    parts = [target]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
         for node in top.get(name, ()):
-            parts.append(ast.dump(node))
             todo.extend(n for n in _free_names(node) if n in top and n not in seen)
+    # by name, not in the order found: a set's order follows PYTHONHASHSEED, so it would
+    # change from one process to the next (and the key with it)
+    parts = [target, *(ast.dump(node) for name in sorted(seen) for node in top.get(name, ()))]
     return digest_bytes("\0".join(parts).encode())
 
 
@@ -277,8 +330,12 @@ def _defined(stmt: ast.stmt) -> list[str]:
 # ---------------------------------------------------------------- jobs and results
 
 
-def make_call(graph: BuildGraph, i: int, keys: list[str | None], results_dir: str) -> Call:
-    """The Call of function task ``i``: its upstream results are those of its function deps."""
+def make_call(
+    graph: BuildGraph, i: int, keys: list[str | None], results_dir: str,
+    digest_of: Callable[[str], str] = lambda task: "",
+) -> Call:
+    """The Call of function task ``i``: its upstream results are those of its function deps,
+    each with the digest its success record holds (``digest_of``)."""
     specs = graph.specs
     spec = specs[i]
     upstream = []
@@ -286,7 +343,7 @@ def make_call(graph: BuildGraph, i: int, keys: list[str | None], results_dir: st
         dep = specs[d]
         key = keys[d]
         if dep.call and key is not None:
-            upstream.append((dep.name, dep.group or "", key))
+            upstream.append((dep.name, dep.group or "", key, digest_of(dep.name)))
     return Call(
         target=spec.call,
         code_file=spec.code_file if spec.code_file.startswith("/") or not spec.code_file
@@ -299,19 +356,46 @@ def make_call(graph: BuildGraph, i: int, keys: list[str | None], results_dir: st
     )
 
 
-class Results(Mapping[str, Any]):
-    """Task name -> result, read from ``.dagrun/results/`` on first access."""
+def result_digest(path: str) -> str | None:
+    """The digest of a result file's bytes (None: it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return digest_bytes(f.read())
+    except OSError:
+        return None
 
-    def __init__(self, paths: Mapping[str, str]) -> None:
+
+def load_result(path: str, digest: str, task: str) -> Any:
+    """The result in ``path``, unpickled only if its bytes have ``digest`` (its success
+    record's); LookupError saying why otherwise (a missing, damaged or planted file)."""
+    import pickle
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise LookupError(f"the cached result of task '{task}' is missing ({path})") from None
+    if not digest or digest_bytes(data) != digest:
+        raise LookupError(
+            f"the cached result of task '{task}' ({path}) is not the one its run left "
+            "(damaged or replaced): not loaded"
+        )
+    return pickle.loads(data)
+
+
+class Results(Mapping[str, Any]):
+    """Task name -> result, read from ``.dagrun/results/`` on first access and checked
+    against the digest in the task's success record (``digests``)."""
+
+    def __init__(self, paths: Mapping[str, str], digests: Mapping[str, str]) -> None:
         self._paths = dict(paths)
+        self._digests = digests
         self._values: dict[str, Any] = {}
 
     def __getitem__(self, task: str) -> Any:
         if task not in self._values:
-            import pickle
-
-            with open(self._paths[task], "rb") as f:
-                self._values[task] = pickle.load(f)
+            path = self._paths[task]
+            self._values[task] = load_result(path, self._digests.get(task, ""), task)
         return self._values[task]
 
     def __iter__(self) -> Iterator[str]:
@@ -336,8 +420,9 @@ def results_of(graph: BuildGraph, keys: list[str | None], state_dir: str) -> dic
 
 
 class _ResultsView:
-    """The completion log as the planner sees it: a function task whose result file is gone
-    is not up to date (deleting ``.dagrun/results`` only costs reruns)."""
+    """The completion log as the planner sees it: a function task whose result file is gone,
+    or is not the one its run left, is not up to date (deleting ``.dagrun/results`` only costs
+    reruns; a damaged or planted result reruns its producer)."""
 
     def __init__(self, log: Any, missing: set[str]) -> None:
         self.log = log
@@ -356,10 +441,23 @@ class _ResultsView:
         return record
 
 
-def results_view(graph: BuildGraph, keys: list[str | None], log: Any, state_dir: str) -> Any:
+def results_view(
+    graph: BuildGraph, keys: list[str | None], log: Any, state_dir: str,
+    digest: Callable[[str], str | None] = result_digest,
+) -> Any:
+    """``log`` as the planner sees it; ``digest`` gives a result file's digest (a stat cache's,
+    so that an unchanged file is not read again)."""
     paths = results_of(graph, keys, state_dir)
     if not paths:
         return log
-    missing = {os.path.basename(p) for p in paths.values() if not os.path.exists(p)}
+    missing = set()
+    for task, path in paths.items():
+        key = os.path.basename(path)
+        done = log.success(task)
+        if done is None or done[0] != key:
+            continue  # it runs anyway
+        recorded = log.result(task)
+        if not recorded or digest(path) != recorded:
+            missing.add(key)
     return _ResultsView(log, missing) if missing else log
 

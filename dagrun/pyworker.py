@@ -42,7 +42,7 @@ class Request:
     target: str  # "package.module:qualname"
     code_file: str  # the module's source (used to load "__main__" scripts); "" if none
     args: bytes  # pickle of (args tuple, kwargs dict)
-    upstream: tuple[tuple[str, str, str], ...]  # (task, matrix group or "", key) of function deps
+    upstream: tuple[tuple[str, str, str, str], ...]  # (task, group or "", key, digest): pycall
     result_path: str  # where the pickled result goes (atomically)
     results_dir: str  # where upstream results are
     cwd: str  # absolute
@@ -131,15 +131,13 @@ def _main_script(path: str) -> Any:
 
 
 def load_upstream(req: Request) -> dict[str, Any]:
-    values = {}
-    for task, _, key in req.upstream:
-        path = os.path.join(req.results_dir, key)
-        try:
-            with open(path, "rb") as f:
-                values[task] = pickle.load(f)
-        except FileNotFoundError:
-            raise LookupError(f"the cached result of task '{task}' is missing ({path})") from None
-    return values
+    """Each upstream result, checked against its success record's digest before unpickling."""
+    from .pycall import load_result
+
+    return {
+        task: load_result(os.path.join(req.results_dir, key), digest, task)
+        for task, _, key, digest in req.upstream
+    }
 
 
 def arguments(
@@ -157,7 +155,7 @@ def arguments(
     kwargs = dict(kwargs)
     params = inspect.signature(fn).parameters
     groups: dict[str, dict[str, Any]] = {}
-    for task, group, _ in req.upstream:
+    for task, group, *_ in req.upstream:
         if group:
             groups.setdefault(group, {})[task] = values[task]
     taken = set(kwargs)
@@ -182,7 +180,7 @@ def arguments(
 
 
 def _in_group(task: str, req: Request, taken: set[str]) -> bool:
-    return any(t == task and g in taken for t, g, _ in req.upstream)
+    return any(t == task and g in taken for t, g, *_ in req.upstream)
 
 
 def user_traceback(exc: BaseException) -> str:

@@ -23,7 +23,15 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any, NamedTuple
 
-from .events import BuildFinished, BuildStarted, Event, TaskFinished, TaskSkipped, TaskStarted
+from .events import (
+    BuildFinished,
+    BuildStarted,
+    Event,
+    TaskCutOff,
+    TaskFinished,
+    TaskSkipped,
+    TaskStarted,
+)
 
 MAX_CMD_SHOWN = 4000  # characters of a failed command printed; command.txt has all of it
 
@@ -289,6 +297,7 @@ class RichReporter:
         self.done = 0
         self.total = 0
         self.failed = 0
+        self.interrupted = 0  # killed by Ctrl-C: not failures of their own
         self.started_at = time.monotonic()
         self.live: Any = None
         self.lock = threading.Lock()
@@ -332,10 +341,14 @@ class RichReporter:
                     self._print(out + "\n")
             case TaskFinished():
                 self.running.pop(event.task, None)
-                self.done = event.done
-                if not event.ok and not event.will_retry:
+                self.done, self.total = event.done, event.total or self.total
+                if event.interrupted:
+                    self.interrupted += 1
+                elif not event.ok and not event.will_retry:
                     self.failed += 1
                 self._print(self.text.finished(event))
+            case TaskCutOff():
+                self.total = event.total  # found up to date: out of the total
             case TaskSkipped():
                 self.text.skipped.append(event)
             case BuildFinished():
@@ -356,6 +369,7 @@ class RichReporter:
         filled = int(bar_width * self.done / self.total) if self.total else bar_width
         bar = "#" * filled + "-" * (bar_width - filled)
         failed = f"  {self.failed} failed" if self.failed else ""
+        failed += f"  {self.interrupted} interrupted" if self.interrupted else ""
         grid.add_row(
             Text(
                 f"[{self.done}/{self.total}] [{bar}] {now - self.started_at:5.1f}s  "

@@ -211,6 +211,8 @@ class Hooks(NamedTuple):  # not a dataclass: ~0.7 ms less per start (bench/IMPOR
     on_start: Callable[[int], None] | None = None  # before each attempt (the log's start record)
     # asked when a task becomes ready: False means it is up to date after all (early cutoff)
     still_needed: Callable[[int], bool] | None = None
+    # a function task's result digest as its success record holds it (pycall.load_result)
+    result_digest: Callable[[str], str] | None = None
 
 
 class Scheduler:
@@ -233,8 +235,10 @@ class Scheduler:
         policy: Policy | None = None,
         base_env: Mapping[str, str] | None = None,  # the declared [env]; executors add their own
         runs_dir: str,
+        started: float | None = None,  # the clock when the build began (executors' start-up)
     ) -> None:
         self.graph = graph
+        self.started = started
         self.plan = plan
         self.keys = keys
         if isinstance(executors, Mapping):
@@ -259,7 +263,7 @@ class Scheduler:
 
     def run(self) -> BuildResult:
         self._setup()
-        started = self.clock.now()
+        started = self.clock.now() if self.started is None else self.started  # wall time
         plan = self.plan
         planned = events.Planned(self.graph.specs, plan.to_run, plan.up_to_date, self.keys,
                                  plan.reasons)
@@ -281,7 +285,7 @@ class Scheduler:
                         interrupted = True
                         self._cancel_everything("interrupted", interrupted=True)
                         break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # a library's sys.exit() too: never a success
             interrupted = True
             self._cancel_everything("interrupted", interrupted=True)
         result = self._result(self.clock.now() - started, interrupted)
@@ -331,6 +335,7 @@ class Scheduler:
         self.failures = 0
         self.stopping = False
         self.done = 0
+        self.cut = 0  # tasks planned to run that early cutoff found up to date
         self.next_id = 0
 
     def _slots_of(self, name: str) -> int:
@@ -580,6 +585,7 @@ class Scheduler:
             numa_node=node,
             attempt=self.attempts[i],
             call=self._call(i) if spec.call else None,
+            depfile=spec.depfile,
             slurm=spec.slurm,
         )
 
@@ -587,7 +593,10 @@ class Scheduler:
         """A function task's Call: its target, args and the keys of the results it receives."""
         from .pycall import RESULTS, make_call
 
-        return make_call(self.graph, i, self.keys, os.path.join(self.state_dir, RESULTS))
+        digest_of = self.hooks.result_digest or (lambda task: "")
+        return make_call(
+            self.graph, i, self.keys, os.path.join(self.state_dir, RESULTS), digest_of
+        )
 
     @property
     def state_dir(self) -> str:
@@ -641,7 +650,7 @@ class Scheduler:
                 error=error,
                 will_retry=retry,
                 done=self.done,
-                total=len(self.plan.to_run),
+                total=len(self.plan.to_run) - self.cut,
                 maxrss_kb=outcome.maxrss_kb,
                 attempt=self.attempts[i],
                 max_attempts=spec.retries + 1,
@@ -676,12 +685,14 @@ class Scheduler:
             self.cut_off.append(j)  # reported after the task that released it
 
     def _drain_cut_off(self) -> None:
-        """Count the tasks found up to date when they became ready, and release their dependents."""
+        """Take the tasks found up to date when they became ready out of the total (as Ninja
+        does for a restat edge: ``[k/N]`` then counts only what runs), and release their
+        dependents."""
         while self.cut_off:
             j = self.cut_off.pop()
             spec = self.graph.specs[j]
-            self.done += 1
-            total = len(self.plan.to_run)
+            self.cut += 1
+            total = len(self.plan.to_run) - self.cut
             self.reporter.handle(TaskCutOff(spec.name, spec.label, self.done, total))
             self._succeeded(j, TaskState.UP_TO_DATE)
 

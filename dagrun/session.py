@@ -41,15 +41,16 @@ from typing import TYPE_CHECKING, Any
 from . import cutoff, fresh, globs, unchanged
 from .clock import Clock, MonotonicClock
 from .completion_log import CompletionLog, Identity, LogIndex
-from .errors import DagrunError, DepfileError, LogError, ManifestError
+from .errors import DagrunError, LogError, ManifestError
 from .executors import Outcome
 from .fs import FileSystem, LocalFileSystem
 from .fs import unlink_quietly as _unlink
 from .graph import BuildGraph, compile, gc_paused
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
+from .ledger import Ledger, dead_outputs
 from .manifest import Manifest, output_problem
 from .manifest import read as read_manifest
-from .plan import Plan, make, output_changes
+from .plan import Plan, make
 from .pycall import Results, results_of, results_view
 from .scheduler import BuildResult, Reporter, StopFlag
 
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from .numa import CorePool, Topology  # imported where a core pool is configured
 
 STATE_DIR = ".dagrun"
-CACHE_VERSION = 7  # 7: the graph in pieces (BuildGraph.to_cache)
+CACHE_VERSION = 8  # 8: the log index holds fp and seen; 7: the graph in pieces
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Prepared:
     waits: Mapping[int, str] = field(default_factory=dict)  # pending task -> the task it waits on
     delta: fresh.Delta | None = None  # a partial build: what changed since the proof
     decided: tuple[int, ...] = ()  # a partial build: the selected tasks it looked at
+    ledger: Ledger | None = None  # what the build records (ledger.py)
 
 
 class Session:
@@ -93,9 +95,15 @@ class Session:
         on_wait: Callable[[str], None] | None = None,
         topology: Topology | None = None,
         on_result: Callable[[str, Any], None] | None = None,
+        overrides: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> None:
+        """``overrides``: [vars] values from the command line (``CFLAGS=-O0``); ``cwd``: the
+        folder the command was run in, where a target path is looked for first."""
         if (manifest_path is None) == (manifest is None):
             raise ValueError("give exactly one of manifest_path and manifest")
+        if overrides and manifest is not None:
+            raise ValueError("overrides replace [vars] of a manifest file: give manifest_path")
         self.manifest_path = os.path.abspath(manifest_path) if manifest_path else None
         # messages name the manifest as the user did (dagrun.toml:4: ...), not by absolute path
         self.manifest_name = os.path.normpath(manifest_path) if manifest_path else None
@@ -123,11 +131,18 @@ class Session:
         self._keys_after: tuple[BuildGraph, list[str | None]] | None = None  # the last keys
         self._seed: tuple[BuildGraph, list[str | None]] | None = None  # those, for this build
         self._topology = topology  # None: read this machine's when a core_pool needs it
+        self.overrides = dict(overrides or {})
+        self.cwd = cwd
         self.on_result = on_result  # streams function tasks' results as they finish (pycall.py)
         self.read_only: str | None = None  # why .dagrun cannot be written (lock), else None
         self._log_error: str | None = None  # the completion log could not be appended to
         self._proof: fresh.Delta | None = None  # the proof this session wrote last (no changes)
         self._journal: Journal | None = None  # the cache's journal, as loaded or last written
+        self._ledger: tuple[Ledger, bool]  # this build's (or plan's), and whether it builds
+        self._loaded: Manifest | None = None  # the manifest the graph in hand was compiled from
+        self._excluded: frozenset[str] = frozenset()  # dead outputs no input matches (_bury)
+        self._forced: set[int] = set()  # the tasks --force names (this build's)
+        self._started: float | None = None  # the clock when this build began
         # keep the last build's graph and state until this session goes (the CLI: until exit,
         # which frees them at once rather than object by object)
         self.keep_last = False
@@ -145,6 +160,7 @@ class Session:
         explain: bool = False,
         delta: fresh.Delta | None = None,
         changed: Collection[str] | None = None,
+        force: bool = False,
     ) -> BuildResult:
         """Build ``targets`` (the defaults when None).
 
@@ -153,20 +169,26 @@ class Session:
         paths that changed since this Session's previous build, vouching that nothing else
         did.  Either one lets the build re-key and decide only the tasks the changes reach,
         when the state is still the one proven after the previous build; otherwise it is
-        ignored and every task is checked.
+        ignored and every task is checked.  ``force`` runs the named targets (every selected
+        task without targets) even when they are up to date.
         """
         with self.lock():
-            delta = self._usable_delta(delta, changed)
+            self._started = self.clock.now()  # the summary's time: from here, as a wall clock
+            delta = None if force else self._usable_delta(delta, changed)
             fresh.forget(self.state_dir)
             self._seed, self._keys_after = self._keys_after, None  # again if this one ends well
             self._proof = None
             self._log_error = None
             if self.read_only is None:
                 _remove_stale_temporaries(self.state_dir)
-            prep = self._prepare(targets, explain=explain, delta=delta)
+            prep = self._prepare(
+                targets, explain=explain, delta=delta, force=force, building=True
+            )
             self._refuse_if_read_only(prep)
             try:
                 result = self._run(prep, reporter, jobs, failures_allowed, explain)
+                if result.ok:
+                    self._rescan(prep)
             finally:
                 self._save(prep)
                 prep.log.close()
@@ -178,6 +200,30 @@ class Session:
             # the cache now holds these keys: a next build of this graph may start from them
             self._keys_after = (prep.graph, prep.keys.keys) if self.read_only is None else None
             return result
+
+    def touch(self, targets: Iterable[str] | None = None) -> list[str]:
+        """Record every task a build of ``targets`` would run as done, without running it
+        (touch.py); DagrunError, and nothing recorded, when one of them cannot be."""
+        from .touch import refusal
+
+        with self.lock():
+            fresh.forget(self.state_dir)
+            prep = self._prepare(targets, explain=False)
+            chosen = [i for i in prep.plan.to_run if not prep.graph.specs[i].always]
+            try:
+                self._refuse_if_read_only(prep)
+                problem = refusal(prep.graph, chosen, self.identities)
+                assert prep.ledger is not None
+                for i in chosen if problem is None else ():
+                    problem = prep.ledger.succeeded(i, Outcome(0, 0, 0.0))
+                    if problem is not None:
+                        break
+            finally:
+                self._save(prep)
+                prep.log.close()
+            if problem is not None:
+                raise DagrunError(problem)
+            return [prep.graph.specs[i].name for i in chosen]
 
     def _usable_delta(
         self, delta: fresh.Delta | None, changed: Collection[str] | None
@@ -215,6 +261,10 @@ class Session:
         """
         if self.manifest_path is None or not result.ok or self.warnings or self.read_only:
             return
+        if self.overrides:  # the proof is of the manifest as written: a plain build checks
+            return
+        if targets and self.cwd is not None and self.cwd != self.root:
+            return  # its targets may be paths relative to the subfolder (see entry.py)
         if not isinstance(self.fs, LocalFileSystem):
             return
         delta = prep.delta
@@ -283,22 +333,27 @@ class Session:
                 outputs[o] = ident
         return True
 
-    def plan(self, targets: Iterable[str] | None = None, *, explain: bool = True) -> Prepared:
+    def plan(
+        self, targets: Iterable[str] | None = None, *, explain: bool = True, force: bool = False
+    ) -> Prepared:
         """The plan without running anything (``-n``, ``list``, ``graph``)."""
-        with self.lock():
-            prep = self._prepare(targets, explain=explain)
+        with self._reading():
+            prep = self._prepare(targets, explain=explain, force=force)
             self._save(prep)
             prep.log.close()
             return prep
 
     def clean(self, targets: Iterable[str] | None = None, *, dead: bool = False) -> list[str]:
-        """Remove the named tasks' declared outputs (all without targets); forget their keys.
+        """Remove the named tasks' declared outputs (all without targets), their depfiles and
+        function results (leftovers.py); forget their keys.
 
         ``dead``: instead, the outputs the log records for tasks no longer in the
         manifest (as ``ninja -t cleandead``).  Only paths inside the project are
         removed, never the project, its parent or .dagrun, and never through a
         symlink that leads out of the project.
         """
+        from . import leftovers
+
         with self.lock():
             if self.read_only is not None:
                 why = f"{self.state_dir} cannot be written ({self.read_only})"
@@ -311,8 +366,14 @@ class Session:
                 if dead:
                     chosen = _dead_outputs(graph, log)
                 else:
-                    picked = graph.resolve(targets) if targets else range(len(graph.specs))
+                    everything = range(len(graph.specs))
+                    picked = graph.resolve(targets, self.cwd) if targets else everything
                     chosen = {graph.specs[i].name: graph.specs[i].outputs for i in picked}
+                every = not dead and not targets
+                leftovers.remove_results(self.state_dir, log, chosen, every)
+                for depfile in leftovers.depfiles(graph, chosen):
+                    if os.path.lexists(os.path.join(self.root, depfile)):
+                        self._remove_output(depfile)
                 for task, outputs in chosen.items():
                     removed += [out for out in outputs if self._remove_output(out)]
                     log.forget(task)
@@ -367,6 +428,17 @@ class Session:
         finally:
             os.close(fd)  # closing releases the lock
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """The lock for a command that only reads: none where .dagrun does not exist yet, so
+        ``list``, ``show``, ``graph``, ``tree`` and ``-n`` in a fresh tree create nothing."""
+        if os.path.isdir(self.state_dir):
+            with self.lock():
+                yield
+            return
+        self.read_only = "not created by a command that only reads"
+        yield
+
     def _open_lock(self, path: str) -> int | None:
         """The lock file, open to write; None (``read_only`` says why) if .dagrun is read-only."""
         import errno
@@ -402,21 +474,36 @@ class Session:
     # ------------------------------------------------------------ preparing
 
     def _prepare(
-        self, targets: Iterable[str] | None, *, explain: bool, delta: fresh.Delta | None = None
+        self,
+        targets: Iterable[str] | None,
+        *,
+        explain: bool,
+        delta: fresh.Delta | None = None,
+        force: bool = False,
+        building: bool = False,
     ) -> Prepared:
         cache = self._load_cache()
         graph, reused = self._graph(cache)
         self.warnings.extend(graph.manifest.warnings)
-        selected = graph.select(targets)
+        log = self._open_log(cache)
+        if not reused and log.index.latest:
+            graph = self._bury(graph, log, building)
+        targets = list(targets or ())
+        selected = graph.select(targets, self.cwd)
+        self._forced = set()
+        if force:
+            self._forced = set(graph.resolve(targets, self.cwd) if targets else selected)
         stats = StatCache(self.fs, cache.get("stats") if cache else None)
         kenv = {n: self.environ.get(n) for n in key_env_names(graph)}
         previous = None
         if reused and cache is not None and cache.get("kenv") == kenv:
             previous = cache.get("keys")
         keys = Keys(graph, stats, self.environ, previous)
-        log = self._open_log(cache)
         keys.found = self.found = cutoff.found_in_log(graph, log)
         self._state = (cache, reused, kenv)
+        ledger = Ledger(graph, keys, log, self.fs, self.state_dir, self.identities,
+                        self.clock.wall)
+        self._ledger = (ledger, building)
         pool = self._core_pool(graph)
         if delta is not None and previous is not None and self._journal_intact():
             part = self._partial(graph, keys, delta, selected)
@@ -427,6 +514,70 @@ class Session:
         if others:  # keep every key current, so the cache never holds a stale one
             self._compute_quietly(keys, others)
         return self._plan(graph, keys, log, pool, selected, selected, explain, None)
+
+    def _bury(self, graph: BuildGraph, log: CompletionLog, building: bool) -> BuildGraph:
+        """Outputs of tasks gone from the manifest: a build removes those still as their run
+        left them (and says so) and keeps an edited one (with a warning); either way no
+        input matches them (the graph is compiled again without them)."""
+        dead = dead_outputs(graph, log)
+        if not dead or self._loaded is None:
+            return graph
+        found = self.identities([o for _, o, _ in dead])
+        present = frozenset(o for _, o, _ in dead if found[o] is not None)
+        if building and self.read_only is None:
+            kept = {t for t, o, was in dead if o in present and not self._remove_dead(t, o, was)}
+            for task in {t for t, _, _ in dead} - kept:
+                log.forget(task)
+        self._excluded = present
+        return compile(self._loaded, present) if present else graph
+
+    def _rescan(self, prep: Prepared) -> None:
+        """After a build that wrote into folders its globs read (``build/*.o``): when the
+        manifest and its globs still make the same graph (only declared outputs came and went),
+        keep the folders' new mtimes, so that the graph cache and the no-op proof hold and the
+        next no-op takes the fast path instead of compiling the manifest again."""
+        graph = prep.graph
+        if self.manifest_path is None or self.read_only is not None:
+            return
+        if globs.folders_unchanged(graph.scanned):
+            return
+        try:
+            again = compile(self._load_manifest(read_manifest(self.manifest_path)), self._excluded)
+        except DagrunError:
+            return
+        if (again.specs, again.deps, again.sources) != (graph.specs, graph.deps, graph.sources):
+            return
+        graph.scanned.clear()
+        graph.scanned.update(again.scanned)
+        cache, _, kenv = self._state
+        self._state = (cache, False, kenv)  # the graph is written again, with the new mtimes
+
+    def _remove_dead(self, task: str, out: str, was: Identity) -> bool:
+        """Remove an output of a task gone from the manifest if its run left it as it is."""
+        if self.identities([out])[out] != tuple(was):
+            self.warnings.append(
+                f"kept {out}: task '{task}' that wrote it is no longer in the manifest, but it "
+                "was changed since (remove it, or `dagrun clean --dead`)"
+            )
+            return False
+        if not self._remove_output(out):
+            return False
+        if self.on_wait is not None:
+            self.on_wait(f"removed {out} (its task '{task}' is no longer in the manifest)")
+        return True
+
+    def _result_digest(self, keys: Keys) -> Callable[[str], str | None]:
+        """A result file's digest through the stat cache (an unchanged file is not read)."""
+        stats, prefix = keys.stats, self.root.rstrip("/") + "/"
+
+        def digest(path: str) -> str | None:
+            rel = path[len(prefix):] if path.startswith(prefix) else path
+            try:
+                return stats.digest(rel)
+            except OSError:
+                return None
+
+        return digest
 
     def _readers(self, graph: BuildGraph, changed: set[str]) -> dict[str, list[int]]:
         """The tasks whose source inputs include each changed path.  The first partial build of
@@ -462,13 +613,17 @@ class Session:
         """The plan over ``decide`` (every selected task, or a partial build's few); the other
         selected tasks are up to date."""
         found = self.identities([o for i in decide for o in graph.specs[i].outputs])
+        ledger, building = self._ledger
+        ledger.vouch(decide, found, refresh=building and self.read_only is None)
         plan = make(
             graph,
             keys.keys,
-            results_view(graph, keys.keys, log, self.state_dir),
+            results_view(graph, keys.keys, log, self.state_dir, self._result_digest(keys)),
             found.get,
             decide,
             parts=keys.parts if explain else None,
+            upstream_changed=ledger.upstream_changed,
+            forced=self._forced,
         )
         if decide is not selected:
             run = set(plan.to_run)
@@ -478,7 +633,7 @@ class Session:
             )
         waits = cutoff.pending(graph, plan, keys.by_outputs)
         plan = cutoff.with_pending(plan, waits)
-        return Prepared(graph, keys, log, plan, pool, waits, delta, tuple(decide))
+        return Prepared(graph, keys, log, plan, pool, waits, delta, tuple(decide), ledger)
 
     def _partial(
         self, graph: BuildGraph, keys: Keys, delta: fresh.Delta, selected: list[int]
@@ -522,7 +677,7 @@ class Session:
         found: dict[str, Identity | None] = {}
         for p in paths:
             st = self.fs.stat(p)
-            found[p] = None if st is None else (st.size, st.mtime_ns, st.ino, 0)
+            found[p] = None if st is None else (st.size, st.ctime_ns, st.ino, 0)
         return found
 
     def _core_pool(self, graph: BuildGraph) -> CorePool | None:
@@ -576,7 +731,8 @@ class Session:
                 if self.manifest_name is not None:  # named as the user names it today
                     graph[1].manifest = replace(graph[1].manifest, source=self._source_name())
                 return graph[1], True
-        return compile(self._load_manifest(data)), False
+        self._loaded = self._load_manifest(data)  # as written: _bury may compile it again
+        return compile(self._loaded), False
 
     def _read_manifest(self) -> bytes | None:
         if self._manifest is not None:
@@ -594,7 +750,9 @@ class Session:
         from .manifest import load
 
         assert self.manifest_path is not None
-        return load(self.manifest_path, source=self._source_name(), data=data)
+        return load(
+            self.manifest_path, source=self._source_name(), data=data, overrides=self.overrides
+        )
 
     def _source_name(self) -> str:
         """The manifest as messages name it: as the user gave it if relative, else absolute."""
@@ -605,6 +763,8 @@ class Session:
     def _source_id(self, data: bytes | None) -> tuple[Any, ...]:
         if data is None:
             return ("api", self.root, digest_bytes(repr(self._manifest).encode()))
+        if self.overrides:  # another graph: cached apart from the file's own
+            data += repr(sorted(self.overrides.items())).encode()
         return ("file", self.manifest_path, digest_bytes(data))
 
     def _open_log(self, cache: dict[str, Any] | None) -> CompletionLog:
@@ -635,21 +795,19 @@ class Session:
         m = graph.manifest
         specs = graph.specs
 
+        ledger = prep.ledger
+        assert ledger is not None
+
         def on_success(i: int, outcome: Outcome) -> str | None:
-            problem = self._record_success(prep, i, outcome)
+            problem = ledger.succeeded(i, outcome)
+            if ledger.error is not None:
+                self._log_error = ledger.error
             if problem is None and specs[i].call:
                 stream(i)
             return problem
 
-        def on_start(i: int) -> None:
-            try:
-                log.started(specs[i].name)  # an attempt that does not succeed leaves it to run
-            except OSError as exc:
-                why = f"cannot write the completion log {log.path}: {exc.strerror}"
-                raise LogError(why) from None
-
         results = results_of(graph, keys.keys, self.state_dir)
-        stream = functools.partial(_stream, self.on_result, graph, results)
+        stream = functools.partial(_stream, self.on_result, graph, results, log)
         if self.on_result is not None and results:
             for i in prep.plan.up_to_date:
                 stream(i)
@@ -666,50 +824,18 @@ class Session:
             factory=self.executor_factory,
             stops=self.stops,
             say=self.on_wait,  # messages for the user (the URL workers connect to)
+            started=self._started,
         )
-        check = cutoff.Cutoff(keys, prep.waits, log.done, lambda i: self._outputs_intact(prep, i))
+        check = cutoff.Cutoff(keys, prep.waits, log.done, ledger.intact, ledger.upstream_changed)
         result = build.run(
             graph, prep.plan, keys.keys, reporter, setup, on_success, log.index.durations,
-            on_start,
+            ledger.started,
             check.still_needed,
+            log.result,
         )
         done = {*result.succeeded, *result.up_to_date}
         values = {t: p for t, p in results.items() if t in done}
-        return dataclasses.replace(result, values=Results(values))
-
-    def _outputs_intact(self, prep: Prepared, i: int) -> bool:
-        """Task ``i``'s outputs are what its latest successful run left (early cutoff's check)."""
-        spec = prep.graph.specs[i]
-        done = prep.log.success(spec.name)
-        if done is None:
-            return False
-        return not output_changes(spec, done[1], self.identities(spec.outputs).get)
-
-    def _record_success(self, prep: Prepared, i: int, outcome: Outcome) -> str | None:
-        """Log a task that exited 0, or say why it did not succeed (an output not written, a
-        full disk): the scheduler then counts it as failed with that error."""
-        spec, key, log = prep.graph.specs[i], prep.keys.keys[i], prep.log
-        found = self.identities(spec.outputs)
-        outputs: list[Identity] = []
-        for out in spec.outputs:
-            identity = found[out]
-            if identity is None:
-                return f"declared output {out} was not written"
-            outputs.append(identity)
-        try:
-            key = cutoff.learn(prep.keys, i) or key  # a depfile's files join the key
-        except DepfileError as exc:
-            return str(exc)
-        if key is None:
-            return None
-        parts = prep.keys.parts(i).to_json()
-        try:
-            log.append(spec.name, key, parts, outcome.duration, outcome.maxrss_kb,
-                       self.clock.wall(), outputs)
-        except OSError as exc:
-            self._log_error = f"cannot write the completion log {log.path}: {exc.strerror}"
-            return self._log_error
-        return None
+        return dataclasses.replace(result, values=Results(values, _Digests(log)))
 
     def executor_pools(self, *, probe: bool = True) -> list[Any]:
         """Each executor's pool (``dagrun status --executors``), live while a build runs.
@@ -1017,12 +1143,28 @@ def _escapes(root: str, out: str) -> str | None:
 
 def _stream(
     on_result: Callable[[str, Any], None] | None, graph: BuildGraph, results: Mapping[str, str],
-    i: int,
+    log: CompletionLog, i: int,
 ) -> None:
     """Hand function task ``i``'s result to ``on_result``, if one was given."""
     name = graph.specs[i].name
     if on_result is not None and name in results:
-        on_result(name, Results(results)[name])
+        on_result(name, Results(results, _Digests(log))[name])
+
+
+class _Digests(Mapping[str, str]):
+    """Task -> its result's digest, as the log's index holds it now."""
+
+    def __init__(self, log: CompletionLog) -> None:
+        self.log = log
+
+    def __getitem__(self, task: str) -> str:
+        return self.log.result(task)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.log.index.latest)
+
+    def __len__(self) -> int:
+        return len(self.log.index.latest)
 
 
 def _remove_stale_temporaries(state_dir: str) -> None:

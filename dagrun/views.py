@@ -32,7 +32,8 @@ def task_list(prep: Any) -> dict[str, Any]:
         state = "up to date" if i in fresh else "will run" if i in plan.reasons else "not selected"
         tasks.append(
             {
-                "name": spec.name, "display": spec.display or None, "group": spec.group,
+                "name": spec.name, "display": spec.display or None, "desc": spec.desc or None,
+                "group": spec.group,
                 "executor": spec.executor, "threads": spec.threads, "state": state,
                 "reasons": list(plan.reasons.get(i, ())), "key": prep.keys.keys[i],
                 "outputs": list(spec.outputs),
@@ -50,6 +51,7 @@ def list_text(data: dict[str, Any], dim: Any = str) -> str:
         if state == "will run":
             state = "will run: " + "; ".join(t["reasons"])
         shown = f"  [{t['display']}]" if t["display"] else ""
+        shown += f"  # {t['desc']}" if t.get("desc") else ""
         line = f"{t['name']:<{width}}  {state}{shown}"
         lines.append(dim(line) if t["state"] == "up to date" else line)
     return "".join(line + "\n" for line in lines)
@@ -63,11 +65,12 @@ def names(graph: BuildGraph) -> list[str]:
 # ---------------------------------------------------------------- show
 
 
-def one_task(graph: BuildGraph, name: str) -> int:
-    """The task ``show`` describes: exactly one, by name (a group or glob must match one)."""
+def one_task(graph: BuildGraph, name: str, cwd: str | None = None) -> int:
+    """The task ``show`` describes: exactly one, by name (a group or glob must match one), or
+    an output path (relative to ``cwd``, else to the root)."""
     if name in graph.index:
         return graph.index[name]
-    found = graph.resolve([name])  # UnknownTargetError (with a suggestion) when nothing matches
+    found = graph.resolve([name], cwd)  # UnknownTargetError (with a hint) when nothing matches
     if len(found) == 1:
         return found[0]
     some = ", ".join(graph.specs[i].name for i in found[:5])
@@ -83,7 +86,8 @@ def show(prep: Any, i: int, state_dir: str, last_build: Iterable[record.Record])
     runs = os.path.join(state_dir, "runs", run_dir_name(spec.name))
     here = os.path.relpath(runs)
     return {
-        "name": spec.name, "display": spec.display or None, "command": spec.cmd,
+        "name": spec.name, "display": spec.display or None, "desc": spec.desc or None,
+        "command": spec.cmd,
         "cwd": spec.cwd, "executor": spec.executor, "threads": spec.threads,
         "state": state, "reasons": list(plan.reasons.get(i, ())),
         "key": prep.keys.keys[i], "key_parts": prep.keys.parts(i).to_json(),
@@ -120,6 +124,8 @@ def _last_run(
 
 def show_text(d: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = [("task", d["name"])]
+    if d.get("desc"):
+        rows.append(("desc", d["desc"]))
     if d["display"]:
         rows.append(("display", d["display"]))
     rows += [("command", d["command"]), ("cwd", d["cwd"]),
@@ -128,17 +134,30 @@ def show_text(d: dict[str, Any]) -> str:
     rows += [("state", state), ("key", d["key"] or "-")]
     rows += _parts_rows(d["key_parts"])
     rows.append(("last run", _run_text(d["last_run"])))
-    out = d["output"]
-    rows.append(("output", "  ".join(out.values()) if out else "none kept (never ran here)"))
+    rows.append(("output", _output_text(d["output"], d["last_run"])))
     width = max(len(k) for k, _ in rows)
     return "".join(f"{k:<{width}}  {v}\n" for k, v in rows)
 
 
+def _output_text(out: dict[str, str], last_run: dict[str, Any] | None) -> str:
+    if out:
+        return "  ".join(out.values())
+    if last_run is None:
+        return "none kept (never ran here)"
+    return "none kept (its last run printed nothing)"
+
+
 def _parts_rows(parts: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every part of the key, as ``--json`` has it: a function's code and args, the files a
+    depfile listed, a key_env variable that is not set."""
     rows = [("  command", parts["cmd"]), ("  cwd", parts["cwd"])]
+    if "code" in parts:
+        rows += [("  code", parts["code"]), ("  args", parts["args"])]
     rows += [("  env", f"{k}={v}") for k, v in parts["env"].items()]
-    rows += [("  key_env", f"{k}={v}") for k, v in parts["key_env"].items()]
+    rows += [("  key_env", f"{k}={v}" if v is not None else f"{k} (not set)")
+             for k, v in parts["key_env"].items()]
     rows += [("  input", f"{p}  {h}") for p, h in parts["inputs"].items()]
+    rows += [("  from depfile", f"{p}  {h}") for p, h in parts.get("found", {}).items()]
     rows += [("  dependency", f"{t}  {k}") for t, k in parts["upstream"].items()]
     rows += [("  output", p) for p in parts["outputs"]]
     return [("key parts", "")] + rows
@@ -148,10 +167,11 @@ def _run_text(run: dict[str, Any] | None) -> str:
     if run is None:
         return "never"
     when = datetime.datetime.fromtimestamp(float(run["time"] or 0.0), datetime.timezone.utc)
-    rss = run.get("maxrss_kb") or 0
+    rss = run.get("maxrss_kb") or 0  # 0: not measured (a function task, a remote one)
+    memory = f"max RSS {rss / 1024:.1f} MB, " if rss else ""
     return (
         f"{when:%Y-%m-%d %H:%M:%S} UTC: {run['status']} in {float(run['duration'] or 0):.2f}s, "
-        f"max RSS {rss / 1024:.1f} MB, exit status {run['exit_status']}"
+        f"{memory}exit status {run['exit_status']}"
         + (f", on {run['executor']} as job {run['job']}" if run.get("job") else "")
     )
 
@@ -190,6 +210,8 @@ def build_status(
             running.pop(r["task"], None)
         elif kind == "not_run":
             last[r["task"]] = "not_run"
+        elif kind == "up_to_date":  # planned to run, found up to date (early cutoff)
+            last[r["task"]] = "up_to_date"
         elif kind == "build_finished":
             finished = r
     stopped = bool(head) and finished is None and not live

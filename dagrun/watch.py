@@ -342,7 +342,7 @@ class Watcher:
         self._cancel = StopFlag()  # set by a change with --restart: the build stops at once
         self.session = Session(
             manifest_path=manifest_path, on_wait=self._say, on_plan=self._on_plan,
-            stops=(self._cancel,),
+            stops=(self._cancel,), cwd=os.getcwd(),  # target paths: from the current folder
         )
         self._ws = manifest_set(manifest_path)
         self._graph: BuildGraph | None = None
@@ -352,6 +352,7 @@ class Watcher:
         self._stop: threading.Event = threading.Event()
         self._building = False
         self._planned: tuple[str, ...] | None = None
+        self._maybe = 0  # tasks the plan may run (below a restat task), not counted in it
         self._changed: tuple[str, ...] = ()
         self._matrix: tuple[tuple[int, ...], list[str]] = ((), [])
         # the next build may be told exactly what changed (Session.build's changed=): only
@@ -648,7 +649,9 @@ class Watcher:
         self._owned = frozenset(
             os.path.normpath(os.path.join(root, o)) for i in plan.to_run for o in specs[i].outputs
         )
-        self._planned = tuple(graph.specs[i].name for i in plan.to_run)
+        maybe = {i for i in plan.to_run if plan.reasons.get(i, ("",))[0].startswith("may run")}
+        self._planned = tuple(graph.specs[i].name for i in plan.to_run if i not in maybe)
+        self._maybe = len(maybe)
         self._header(len(plan.up_to_date))
 
     def _header(self, up_to_date: int = 0) -> None:
@@ -657,8 +660,9 @@ class Watcher:
         names = self._planned
         if names is None:
             todo = "cannot build"
-        elif names:
-            todo = f"running {len(names)}: {_names(names)}"
+        elif names or self._maybe:
+            todo = f"running {len(names)}: {_names(names)}" if names else "running 0"
+            todo += f" ({self._maybe} more if their inputs change)" if self._maybe else ""
         else:
             todo = f"nothing to run ({up_to_date} up to date)"
         self.out.write(f"[{when}] {what} -> {todo}\n")

@@ -10,6 +10,13 @@ Three threads, so that no wait holds up another:
 Only the standard library's http.client: a worker must start fast and stay light.
 The worker exits by itself when the build is over (the server says so) or when the
 server has been gone for ``grace`` seconds; SIGTERM or Ctrl-C kill its tasks first.
+
+At most one attempt of a task is alive at a time, so a worker's tasks never
+outlive their lease: a ``guard`` process kills them when the worker dies
+(``kill -9``), and a worker that has not had a lease confirmed for 80 % of the
+server's ``lease_timeout`` (a network split, a server too busy to answer) kills
+that task itself, before the server gives it to another worker, and does not
+report it (the server ends it as lost, which costs no retry).
 """
 
 from __future__ import annotations
@@ -31,10 +38,13 @@ from urllib.parse import quote, urlsplit
 
 from .executors import Job, Outcome
 from .executors.local import LocalExecutor
+from .guard import Guard
 from .scheduler import run_dir_name
 
 SHOWN = 256 * 1024  # bytes of each stream sent back; the whole file stays here
 EXIT_DONE, EXIT_GONE, EXIT_REFUSED = 0, 1, 2
+FENCE = 0.8  # of the lease timeout: a lease unconfirmed for that long is killed here
+REFUSED_GRACE = 2.0  # seconds a connection refused on first contact may last (a restart)
 
 
 class Refused(Exception):
@@ -55,6 +65,7 @@ class Client:
         self.timeout = timeout
         self.conn: HTTPConnection | None = None
         self.last_ok = time.monotonic()
+        self.answered = False  # the server answered once
 
     def _connect(self) -> HTTPConnection:
         if self.conn is None:
@@ -85,6 +96,7 @@ class Client:
             self.conn = None
             raise
         self.last_ok = time.monotonic()
+        self.answered = True
         if response.status == 401:
             raise Refused("the server refused the token (401)")
         if response.getheader("Connection", "").lower() == "close":
@@ -140,6 +152,7 @@ class Worker:
         self.url, self.token, self.cafile = url.rstrip("/"), token, cafile
         self.jobs = jobs
         self.grace = grace
+        self.started = time.monotonic()
         self.say = say or _say
         self.id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         if directory is None:
@@ -155,6 +168,9 @@ class Worker:
         self.free = jobs
         self.heartbeat = 1.0
         self.leases: dict[str, int] = {}  # lease -> local job id (read by the heartbeater)
+        self.confirmed: dict[str, float] = {}  # lease -> when the last request that renewed it
+        self.fenced: set[int] = set()  # local job ids killed unconfirmed: never reported
+        self.lease_timeout: float | None = None  # the server's, once it said
         self.wire: dict[int, dict[str, Any]] = {}  # local job id -> the job as served
         self.next_id = 0
         self.stopping = threading.Event()
@@ -181,11 +197,12 @@ class Worker:
             reply = self._post(client, "/lease", body)
             if reply is None:
                 continue
+            sent = time.monotonic()  # a long poll: granted at its end, not when asked
             jobs = reply.get("jobs") or []
             with self.cond:
                 self.free -= sum(self._need(job) for job in jobs)
             for job in jobs:
-                self.inbox.put("job", job)
+                self.inbox.put("job", (job, sent))
             self._news(reply)
 
     def _heartbeater(self) -> None:
@@ -197,10 +214,16 @@ class Worker:
                     self.cond.wait(self.heartbeat)
                     continue
             body = {"worker": self.id, "leases": leases, "wait": self.heartbeat}
+            sent = time.monotonic()
             reply = self._post(client, "/heartbeat", body)
             if reply is None:
                 continue
-            for lease in (reply.get("cancel") or []) + (reply.get("unknown") or []):
+            unknown = reply.get("unknown") or []
+            with self.cond:
+                for lease in leases:
+                    if lease in self.confirmed and lease not in unknown:
+                        self.confirmed[lease] = max(self.confirmed[lease], sent)
+            for lease in (reply.get("cancel") or []) + unknown:
                 self.inbox.put("cancel", lease)
             self._news(reply)
 
@@ -215,7 +238,8 @@ class Worker:
         except Refused as exc:
             self._stop(EXIT_REFUSED, str(exc))
             return None
-        except (OSError, HTTPException):
+        except (OSError, HTTPException) as exc:
+            self._refused(exc)
             time.sleep(min(1.0, self.heartbeat))
             return None
         if status != 200:
@@ -224,10 +248,21 @@ class Worker:
             return None
         return reply
 
+    def _refused(self, exc: Exception) -> None:
+        """Nothing listens at the URL, and nothing ever answered there: the build is over
+        (a worker a batch queue started late), so exit 0 at once rather than after ``grace``."""
+        if not isinstance(exc, ConnectionRefusedError) or any(c.answered for c in self.clients):
+            return
+        if time.monotonic() - self.started > REFUSED_GRACE:
+            self._stop(EXIT_DONE, f"nothing listens at {self.url}: its build is over")
+
     def _news(self, reply: dict[str, Any]) -> None:
         beat = reply.get("heartbeat")
         if isinstance(beat, (int, float)) and 0.05 <= beat <= 60:
             self.heartbeat = float(beat)
+        limit = reply.get("lease_timeout")
+        if isinstance(limit, (int, float)) and limit > 0:
+            self.lease_timeout = float(limit)
         if reply.get("done") is True:
             self._stop(EXIT_DONE, "the build is over")
 
@@ -244,6 +279,13 @@ class Worker:
 
     def run(self) -> int:
         os.makedirs(self.dir, exist_ok=True)
+        guard = Guard(self.local.mark_prefix)  # before any thread or task: a plain fork
+        try:
+            return self._run()
+        finally:
+            guard.close()
+
+    def _run(self) -> int:
         for target in (self._leaser, self._heartbeater):
             threading.Thread(target=target, daemon=True, name=f"dagrun-{target.__name__}").start()
         try:
@@ -265,21 +307,54 @@ class Worker:
         select.select([self.local.fileno(), self.inbox.fd], [], [], timeout)
         for kind, item in self.inbox.take():
             if kind == "job":
-                self._start(item)
+                self._start(*item)
             elif kind == "cancel":
                 self._cancel(item)
         for outcome in self.local.collect():
-            self._finish(outcome)
+            if outcome.job_id in self.fenced:
+                self._forget(outcome.job_id)
+            else:
+                self._finish(outcome)
+        self._fence(time.monotonic())  # after collecting: a task that ended is reported
         gone = time.monotonic() - max(c.last_ok for c in self.clients)
         if gone > self.grace:
             self._stop(EXIT_GONE, f"the server has not answered for {self.grace:g} s")
 
-    def _start(self, wire: dict[str, Any]) -> None:
+    def _fence(self, now: float) -> None:
+        """Kill the tasks whose lease the server may be about to give to another worker."""
+        if self.lease_timeout is None:
+            return
+        with self.cond:
+            late = [
+                lease for lease, since in self.confirmed.items()
+                if now - since > FENCE * self.lease_timeout
+            ]
+            for lease in late:
+                del self.confirmed[lease]
+                self.fenced.add(self.leases.pop(lease))
+        for lease in late:
+            self.say(
+                f"dagrun worker: lease {lease} not confirmed for {FENCE * self.lease_timeout:g} s "
+                "(the server is out of reach); killing its task before it runs elsewhere"
+            )
+        for job_id in self.fenced:
+            self.local.kill(job_id)
+
+    def _forget(self, job_id: int) -> None:
+        """A fenced job ended: no report (its lease expires on the server as lost)."""
+        self.fenced.discard(job_id)
+        wire = self.wire.pop(job_id)
+        with self.cond:
+            self.free += self._need(wire)
+            self.cond.notify_all()
+
+    def _start(self, wire: dict[str, Any], sent: float) -> None:
         self.next_id += 1
         job_id = self.next_id
         self.wire[job_id] = wire
         with self.cond:
             self.leases[str(wire.get("lease"))] = job_id
+            self.confirmed[str(wire.get("lease"))] = sent
             self.cond.notify_all()
         try:
             job = self._job(job_id, wire)
@@ -321,6 +396,9 @@ class Worker:
             os.makedirs(os.path.dirname(full), exist_ok=True)
             with open(full, "wb") as f:
                 f.write(data)
+            mode = (wire.get("modes") or {}).get(path)
+            if type(mode) is int:
+                os.chmod(full, mode & 0o777)  # an executable input stays one
 
     def _files(self, wire: dict[str, Any], path: str) -> str:
         return f"/files?lease={quote(str(wire['lease']))}&path={quote(path)}"
@@ -354,11 +432,13 @@ class Worker:
             try:
                 with open(full, "rb") as f:
                     data = f.read()
+                    mode = os.fstat(f.fileno()).st_mode & 0o777
             except OSError:
                 return f"declared output {path} was not produced"
             try:
                 status, _ = self.main.call(
-                    "PUT", self._files(wire, path), data, "application/octet-stream"
+                    "PUT", f"{self._files(wire, path)}&mode={mode:o}", data,
+                    "application/octet-stream",
                 )
             except (OSError, HTTPException) as exc:
                 return f"cannot upload {path}: {exc}"
@@ -403,6 +483,7 @@ class Worker:
             )
         with self.cond:
             self.leases.pop(lease, None)
+            self.confirmed.pop(lease, None)
             self.free += self._need(wire)
             self.cond.notify_all()
 

@@ -37,6 +37,7 @@ def shared_scheduler() -> str:
         with dask.config.set(config):
             cluster = LocalCluster(
                 n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # not :8787
                 silence_logs=logging.CRITICAL, local_directory=scratch,
                 resources={"threads": 1},
             )

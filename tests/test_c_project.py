@@ -128,3 +128,20 @@ def test_a_malformed_depfile_fails_the_task_clearly(c_project):
     r = c_project.run("build", "main")
     assert r.code == 1
     assert "depfile build/main.d" in r.out + r.err and "line 1" in r.out + r.err
+
+
+def test_cflags_on_the_command_line_rebuilds_with_them_and_the_environment_does_not(
+    c_project, monkeypatch
+):
+    """examples/c takes CFLAGS from [vars]: ``dagrun build CFLAGS=...`` (issue 26) recompiles
+    with those flags; CFLAGS in the environment is not read, so it reruns nothing."""
+    assert len(build(c_project)) == 6
+    monkeypatch.setenv("CFLAGS", "-O0")
+    assert build(c_project) == []
+    monkeypatch.delenv("CFLAGS")
+    r = c_project.run("build", "-v", "CFLAGS=-O0 -g -Wall -Iinclude")
+    assert r.code == 0, r.err
+    compiles = [ln for ln in r.out.splitlines() if "-c " in ln]
+    assert len(compiles) == 3 and all(" -O0 -g -Wall " in ln for ln in compiles)
+    assert hello(c_project) == "Hello, X!\n"
+    assert len(build(c_project)) == 6  # the manifest's own flags again: other objects

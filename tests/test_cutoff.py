@@ -48,12 +48,22 @@ def test_everything_below_a_running_restat_task_waits_on_it(tmp_path):
     assert n["other"] in shown.up_to_date and n["lib"] not in shown.up_to_date
 
 
-def test_a_plain_task_that_runs_makes_nothing_pending(tmp_path):
+def test_a_plain_task_that_runs_makes_only_the_up_to_date_tasks_below_it_wait(tmp_path):
+    """A plain task that runs with an unchanged key (forced, cleaned, always) may make other
+    bytes: the tasks below it that the plan finds up to date wait for its fingerprint; those
+    the plan runs anyway (their keys changed) do not wait."""
     g = compiled(tmp_path)
     n = g.index
     plan = Plan(tuple(g.order), (n["plain"],), tuple(i for i in g.order if i != n["plain"]), {})
-    assert cutoff.pending(g, plan, [s.restat for s in g.specs]) == {}
-    assert cutoff.with_pending(plan, {}) is plan
+    waits = cutoff.pending(g, plan, [s.restat for s in g.specs])
+    assert waits == {n["lib"]: "plain", n["app"]: "plain", n["other"]: "plain"}
+    running = (n["plain"], n["lib"])  # lib runs: it does not wait, app waits on it
+    plan = Plan(tuple(g.order), running, tuple(i for i in g.order if i not in running), {})
+    waits = cutoff.pending(g, plan, [s.restat for s in g.specs])
+    assert waits == {n["app"]: "lib", n["other"]: "plain"}
+    nothing = Plan(tuple(g.order), (), tuple(g.order), {})
+    assert cutoff.pending(g, nothing, [s.restat for s in g.specs]) == {}
+    assert cutoff.with_pending(nothing, {}) is nothing
 
 
 def test_watch_watches_the_files_a_depfile_listed(tmp_path):

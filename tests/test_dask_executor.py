@@ -475,3 +475,66 @@ executor = "cluster"
     assert r.code == 1
     assert "ValueError: no good" in r.out and 'boom.py", line 3, in explode' in r.out
     assert logged_tasks(project.root) == []
+
+
+def test_a_local_cluster_leaves_port_8787_alone(tmp_path):
+    """Its scheduler serves no dashboard, and its HTTP server (metrics) sits on a free loopback
+    port: a second cluster (another build, another user) on the machine neither warns nor fails."""
+    from dagrun.executors.dask import DaskExecutor
+
+    holder = socket.socket()
+    try:
+        holder.bind(("0.0.0.0", 8787))  # taken by "another cluster" (or it already is)
+        holder.listen()
+    except OSError:
+        pass
+    ex = DaskExecutor("c", cluster="local", workers=1, state_dir=str(tmp_path))
+    try:
+        ex.start()  # pytest turns the "Port 8787 is already in use" warning into an error
+        ports = {c.laddr.port for c in psutil.Process().net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN}
+        http = ex.cluster.scheduler.http_server.port
+        assert http != 8787 and http in ports
+        host = {c.laddr.ip for c in psutil.Process().net_connections("tcp")
+                if c.laddr.port == http}
+        assert host == {"127.0.0.1"}
+    finally:
+        ex.close()
+        holder.close()
+
+
+def test_a_cluster_with_no_worker_fails_its_tasks_after_worker_timeout(project):
+    """Every worker lost (or none ever started): the build fails with a message, not a hang."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=0, processes=False, dashboard_address=None,
+                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    try:
+        project.manifest(on_cluster(cluster.scheduler_address, """
+[tasks.a]
+cmd = "true"
+executor = "cluster"
+""", "worker_timeout = 1.5\nmax_jobs = 1"))
+        started = time.monotonic()
+        r = project.run("build")
+        assert r.code == 1, r.out + r.err
+        assert time.monotonic() - started < 30
+        assert ("executor 'cluster': no Dask worker for 1.5 s (the cluster lost every worker, "
+                "or none ever started; worker_timeout)") in r.out
+    finally:
+        cluster.close()
+
+
+def test_a_refused_scheduler_port_fails_at_once_not_after_connect_timeout(project):
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    project.manifest(on_cluster(address, """
+[tasks.a]
+cmd = "touch ran"
+executor = "cluster"
+""", "connect_timeout = 60"))
+    started = time.monotonic()
+    r = project.run("build")
+    assert r.code == 2
+    assert time.monotonic() - started < 20  # not the 60 s of connect_timeout
+    assert (f"executor 'cluster': cannot reach the Dask scheduler at {address}: connection "
+            "refused (is the scheduler running?)") in r.err

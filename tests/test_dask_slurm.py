@@ -100,3 +100,40 @@ executor = "hpc"
         return queue.stdout.strip() == ""
 
     wait_for(queue_empty, "the Slurm queue to empty")
+
+
+WAITING = """
+[executors.hpc]
+type = "dask"
+cluster = "dask_jobqueue.SLURMCluster"
+options = {options}
+
+[tasks.a]
+cmd = "sleep 60"
+executor = "hpc"
+"""
+
+
+def test_ctrl_c_with_a_slurm_cluster_executor_exits_130(dagrun_proc):
+    """Importing dask_jobqueue sets SIGINT to sys.exit(): a build ended with status 0, no
+    summary.  No scale: no worker ever comes (no Slurm needed), the task waits."""
+    import os
+    import signal
+    import time
+
+    dagrun_proc.manifest(WAITING.format(options=_toml(OPTIONS)))
+    p = dagrun_proc.start("build")
+    snapshot = dagrun_proc.root / ".dagrun" / "executors.json"
+    wait_for(lambda: '"a"' in _read(snapshot), "the task to be submitted", timeout=60)
+    time.sleep(0.5)
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, out + err
+    assert "interrupted" in out and "Traceback" not in err
+
+
+def _read(path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

@@ -184,3 +184,67 @@ executor = "pool"
     assert logs == [f"pool.provisioner-{n}.log" for n in (1, 2, 3)]
     workers = {(project / f"{m}.txt").read_text() for m in ("b", "c", "e")}
     assert len(workers) == 3
+
+
+def test_no_worker_within_worker_timeout_fails_the_build_with_progress(tmp_path):
+    tasks = """
+[tasks.a]
+cmd = "true"
+executor = "pool"
+"""
+    project = _project(tmp_path, "worker_timeout = 12", tasks)
+    proc = _build(project)
+    assert proc.wait(timeout=60) == 1, _output(project)
+    out = _output(project)
+    import re
+
+    assert re.search(r"executor 'pool': 0 workers connected, 1 task\(s\) waiting \(\d s left "
+                     r"of worker_timeout\)", out), out
+    assert "executor 'pool': no worker connected for 12 s (worker_timeout)" in out
+
+
+def test_a_failing_provisioner_fails_the_build_at_once(tmp_path):
+    tasks = """
+[tasks.a]
+cmd = "true"
+executor = "pool"
+"""
+    project = _project(tmp_path, 'provisioner = "echo no quota >&2; exit 3"', tasks)
+    started = time.monotonic()
+    proc = _build(project)
+    assert proc.wait(timeout=60) == 1, _output(project)
+    assert time.monotonic() - started < 30
+    assert ("executor 'pool': the provisioner exited with 3 (its output is in "
+            ".dagrun/http/pool.provisioner-1.log)") in _output(project)
+    assert (project / ".dagrun/http/pool.provisioner-1.log").read_text() == "no quota\n"
+
+
+@pytest.mark.slurm
+def test_queued_sbatch_jobs_are_cancelled_at_the_end(slurm_cluster, tmp_path):
+    """A worker job still pending when the build ends is scancel'ed by the deprovisioner."""
+    for name in ("sbatch.sh", "scancel.sh"):
+        shutil.copy(EXAMPLES / name, tmp_path / name)
+    (tmp_path / "prov.sh").write_text(  # sbatch.sh, keeping the URL for the test's worker
+        f'echo "$1" > {tmp_path}/url; exec sh {tmp_path}/sbatch.sh "$1"\n')
+    tasks = """
+[tasks.a]
+cmd = "echo ran > a.txt"
+outputs = ["a.txt"]
+executor = "pool"
+"""
+    pool = (f'provisioner = "sh {tmp_path}/prov.sh"\n'
+            f'deprovisioner = "sh {tmp_path}/scancel.sh"')
+    project = _project(tmp_path, pool, tasks)
+    proc = _build(project, SLURM_LOG_DIR=str(tmp_path), SBATCH_OPTIONS="--begin=now+3600")
+    log = project / ".dagrun" / "http" / "pool.provisioner-1.log"
+    wait_for(lambda: log.exists() and log.read_text().strip().isdigit(), what="the job id")
+    job = log.read_text().strip()
+    url = (tmp_path / "url").read_text().strip()
+    worker = start_worker(url, str(project / ".dagrun" / "http" / "pool.token"))
+    assert proc.wait(timeout=60) == 0, _output(project)  # the queued job never started
+    assert worker.wait(timeout=20) == 0
+    state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
+                           text=True)
+    assert state.stdout.strip() in ("", "CANCELLED"), state.stdout + state.stderr
+    said = (project / ".dagrun" / "http" / "pool.deprovisioner.log").read_text()
+    assert said == ""  # scancel found the job pending and cancelled it

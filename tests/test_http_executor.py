@@ -209,7 +209,7 @@ def _alive(pid: int) -> bool:
 
 def test_a_silent_lease_is_lost_and_a_late_report_is_refused(tmp_path):
     """SIGSTOP a worker mid-task: its lease moves on; resumed, its report gets 409."""
-    ex, _ = make_executor(tmp_path, lease_timeout=1.0)
+    ex, _ = make_executor(tmp_path, lease_timeout=2.0)  # a loaded machine delays heartbeats
     root = Path(ex.context.root)
     log = tmp_path / "stopped.log"
     try:
@@ -243,8 +243,7 @@ def test_a_killed_worker_loses_its_job_to_another_worker(tmp_path):
         j = job(root, 1, "echo $$ >> pids; sleep 1; echo ok")
         ex.submit(j)
         wait_for(lambda: _written(root / "pids"), what="the task to start")
-        stop(first)  # kill -9
-        os.killpg(int((root / "pids").read_text()), signal.SIGKILL)  # the node is gone
+        stop(first)  # kill -9: its guard kills the task (tests/test_one_attempt.py)
         (lost,) = collect(ex, 1, timeout=15)
         assert lost.lost
         ex.submit(j)
@@ -261,9 +260,11 @@ def test_a_worker_started_after_the_build_ended_exits_by_itself(tmp_path):
     ex.close()
     token_file = tmp_path / "token"
     token_file.write_text(token)
-    proc = start_worker(url, str(token_file), grace=1.0, log=tmp_path / "late.log")
-    assert proc.wait(timeout=30) == 1
-    assert "has not answered for 1 s" in (tmp_path / "late.log").read_text()
+    started = time.monotonic()
+    proc = start_worker(url, str(token_file), grace=60.0, log=tmp_path / "late.log")
+    assert proc.wait(timeout=30) == 0  # a batch job started late: not a failure
+    assert time.monotonic() - started < 15  # at once, not after --grace
+    assert f"nothing listens at {url}: its build is over" in (tmp_path / "late.log").read_text()
 
 
 def test_a_wrong_token_stops_a_worker_at_once(tmp_path):
@@ -303,6 +304,26 @@ def test_staged_files_reach_a_worker_in_another_folder(tmp_path):
     assert got[2].exit_code is None and "never.txt was not produced" in (got[2].error or "")
     assert "outside the project folder" in (got[3].error or "")
     assert not (root / "never.txt").exists()
+
+
+def test_staged_files_keep_their_executable_bit_both_ways(tmp_path):
+    ex, _ = make_executor(tmp_path, stage="http")
+    root = Path(ex.context.root)
+    (root / "tool.sh").write_text("#!/bin/sh\necho tool ran\n")
+    (root / "tool.sh").chmod(0o755)
+    (root / "plain.txt").write_text("x\n")
+    (root / "plain.txt").chmod(0o640)
+    try:
+        start_worker(ex, directory=tmp_path / "elsewhere")
+        ex.submit(job(root, 1, "./tool.sh; mkdir -p out; printf '#!/bin/sh\\n' > out/gen.sh; "
+                      "chmod 750 out/gen.sh; cp plain.txt out/plain.txt; chmod 604 out/plain.txt",
+                      inputs=("tool.sh", "plain.txt"), outputs=("out/gen.sh", "out/plain.txt")))
+        (done,) = collect(ex, 1)
+    finally:
+        ex.close()
+    assert done.ok and done.stdout == "tool ran\n", done
+    assert (root / "out" / "gen.sh").stat().st_mode & 0o777 == 0o750
+    assert (root / "out" / "plain.txt").stat().st_mode & 0o777 == 0o604
 
 
 def _self_signed(tmp_path: Path) -> tuple[str, str]:

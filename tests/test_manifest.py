@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -58,9 +59,47 @@ def test_matrix_substitutes_in_every_string_key() -> None:
 def test_other_braces_are_left_alone() -> None:
     t = tasks(
         "[tasks.s]\nmatrix = { n = [7] }\n"
-        'cmd = "echo ${n} ${HOME} {a,b} {m} {n.bogus} {} {{n}} {n}"\n'
+        'cmd = "echo ${n} ${n.x} ${HOME} {a,b} {m} {m.bogus} {} {{n}} {n} {print $1}"\n'
     )
-    assert t["s[n=7]"].cmd == "echo ${n} ${HOME} {a,b} {m} {n.bogus} {} {7} 7"
+    assert t["s[n=7]"].cmd == "echo ${n} ${n.x} ${HOME} {a,b} {m} {m.bogus} {} {7} 7 {print $1}"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "line"),
+    [
+        ("cmd", '"wc -l < {f} > {f.stme}.n"', 4),
+        ("inputs", '["{f}", "{f.parnet}/x"]', 5),
+        ("outputs", '["out/{f.nmae}"]', 6),
+        ("display", '"COUNT {f.Stem}"', 7),
+        ("env", '{ A = "{f.sufix}" }', 8),
+    ],
+)
+def test_a_misspelt_part_of_a_matrix_variable_is_an_error(key: str, value: str, line: int) -> None:
+    keys = {"cmd": '"true"', "inputs": "[]", "outputs": "[]", "display": '""', "env": "{}"}
+    keys[key] = value
+    text = '\n[tasks.count]\nmatrix = { f = ["a.csv"], n = [1] }\n' + "".join(
+        f"{k} = {v}\n" for k, v in keys.items()
+    )
+    e = error(text)
+    placeholder = re.search(r"\{f\.\w+\}", value)
+    assert placeholder is not None
+    part = placeholder.group(0)[3:-1]
+    close = {"stme": "stem", "parnet": "parent", "nmae": "name", "Stem": "stem", "sufix": "suffix"}
+    assert str(e) == (
+        f"m.toml:{line}: task 'count', key '{key}': unknown placeholder '{placeholder.group(0)}': "
+        f"a matrix value has no part '{part}' (did you mean '{{f.{close[part]}}}'?)"
+    )
+
+
+def test_a_misspelt_placeholder_in_a_function_tasks_arguments_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text("def f(*args, **kwargs):\n    return args\n")
+    text = '[tasks.t]\nmatrix = { i = { range = [1, 3] } }\ncall = "m:f"\nargs = ["{i.xyz}"]\n'
+    assert str(error(text, tmp_path)) == (
+        "m.toml:4: task 't', key 'args': unknown placeholder '{i.xyz}': a matrix value has no "
+        "part 'xyz' (a path's parts are {i.stem}, {i.name}, {i.parent}, {i.suffix})"
+    )
+    kwargs = text.replace('args = ["{i.xyz}"]', 'kwargs = { a = ["x", "{i.nam}"] }')
+    assert "key 'kwargs': unknown placeholder '{i.nam}'" in str(error(kwargs, tmp_path))
 
 
 def test_a_task_without_matrix_keeps_its_braces() -> None:

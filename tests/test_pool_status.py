@@ -39,3 +39,35 @@ def test_running_jobs_slots_and_free_cores_follow_the_events(tmp_path):
     assert [j.task for j in lab.running] == ["r2"]
     status.close()
     assert not os.path.exists(path)  # gone when the build ends
+
+
+def test_a_flush_encodes_what_changed_not_every_running_job(tmp_path, monkeypatch):
+    """With 1,000 jobs running, a flush after one change encodes that job only, and a flush
+    after none does nothing (it used to rebuild them all before every wait)."""
+    import json
+
+    path = str(tmp_path / SNAPSHOT)
+    status = StatusReporter(path, None, {"local": 2, "pool": 1000})
+    for n in range(1000):
+        status.handle(TaskStarted(f"t{n}", f"t{n}", 1, executor="pool"))
+    status.flush()
+    encoded: list[object] = []
+    real = json.dumps
+
+    def counting(value: object, **kw: object) -> str:
+        encoded.append(value)
+        return real(value, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(json, "dumps", counting)
+    status.flush()
+    assert encoded == []  # nothing changed: nothing done
+    status.handle(finished("t0", "pool"))
+    status.handle(TaskStarted("new", "new", 1, executor="pool"))
+    status.flush()
+    jobs = [v for v in encoded if isinstance(v, list)]
+    assert jobs == [["new", "pool", []]]
+    snapshot = read_snapshot(path)
+    assert snapshot is not None and len(snapshot["running"]) == 1000
+    assert ["new", "pool", []] in snapshot["running"] and ["t0", "pool", []] not in \
+        snapshot["running"]
+    status.close()

@@ -110,7 +110,8 @@ def test_functions_pass_results_to_dependents_and_mix_with_commands(pipeline: Pa
     assert "shout" not in result.values  # a command has no result
     assert (pipeline / "report.txt").read_text() == "sum=20\n"
     assert (pipeline / "shout.txt").read_text() == "shout\n"
-    assert (pipeline / ".dagrun/runs/load/command.txt").read_text().startswith("call pipe:load\n")
+    # it printed nothing: no run folder, as for a command (a failed one keeps its command.txt)
+    assert not (pipeline / ".dagrun/runs/load").exists()
 
 
 def test_an_up_to_date_task_hands_its_cached_result_to_a_dependent_that_reruns(
@@ -218,6 +219,30 @@ def test_matrix_args_are_substituted_and_a_group_parameter_gets_every_result(
         ("gather", ([("square[n=1]", 1), ("square[n=2]", 4), ("square[n=3]", 9)], [])),
         ("square[n=1]", 1),
     ]
+
+
+def test_numbers_from_a_matrix_reach_the_arguments_as_numbers(tmp_path: Path) -> None:
+    write(tmp_path, "m.py", """
+        def double(i, label, scale=1, flag=None, parts=()):
+            return i * 2 * scale, label, flag, list(parts)
+    """)
+    write(tmp_path, "dagrun.toml", """
+        [tasks.double]
+        call = "m:double"
+        matrix = { i = { range = [5, 11, 5] }, s = [1, 0.5], flag = [true, "no"] }
+        args = ["{i}", "i={i}"]
+        kwargs = { scale = "{s}", flag = "{flag}", parts = ["{i}", "{s}!"] }
+    """)
+    result, reporter = build(tmp_path)
+    assert result.ok, finished(reporter)
+    assert len(result.values) == 8
+    assert result.values["double[i=5,s=1,flag=true]"] == (10, "i=5", True, [5, "1!"])
+    assert result.values["double[i=10,s=0.5,flag=no]"] == (10.0, "i=10", "no", [10, "0.5!"])
+    before = result.values["double[i=10,s=1,flag=true]"]
+    assert before == (20, "i=10", True, [10, "1!"])
+    again, reporter = build(tmp_path)  # the typed arguments key the same way again
+    assert again.ok and again.succeeded == (), finished(reporter)
+    assert again.values["double[i=10,s=1,flag=true]"] == before
 
 
 def test_retries_always_and_threads_mean_the_same_for_functions(tmp_path: Path) -> None:

@@ -254,6 +254,22 @@ def test_interrupt_cancels_and_raises(fake_clock, recorder):
     assert all(e.error == "interrupted" for e in recorder.of(TaskFinished))
 
 
+def test_a_system_exit_inside_a_build_is_an_interrupt_not_a_success(fake_clock, recorder):
+    """A library's ``sys.exit()`` (dask_jobqueue's SIGINT handler) ended builds with 0."""
+
+    class Exiting(FakeExecutor):
+        def collect(self):
+            if self.started == ["a", "b"]:
+                raise SystemExit
+            return super().collect()
+
+    ex = Exiting(clock=fake_clock)
+    with pytest.raises(Interrupted) as info:
+        schedule(tasks(t("a"), t("b"), t("c", ["a"])), ex, recorder)
+    assert sorted(ex.cancelled) == ["a", "b"]
+    assert info.value.result.interrupted and info.value.result.exit_code == 130
+
+
 def test_outcome_that_could_not_start(fake_clock, recorder):
     ex = FakeExecutor(lambda job: Outcome(job.id, None, 0.0, error="cannot start: EPERM"),
                       clock=fake_clock)

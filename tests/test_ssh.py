@@ -390,3 +390,112 @@ def test_a_second_ctrl_c_kills_a_remote_task_that_ignores_signals(root, sshd, da
     p.communicate(timeout=15)  # well before the 60 s grace period
     assert p.returncode == 130, (root / "dagrun.err").read_text()
     assert remote_leftovers("sleep 66", "sleep 67") == []
+
+
+def test_a_project_path_with_spaces_percent_and_quotes_works(root, sshd, project):
+    weird = root / 'my "proj" 100% x'
+    weird.mkdir()
+    weird.chmod(0o777)
+    write(weird, sshd.toml("lab") + f"workspace = '{weird}'\n" + textwrap.dedent("""
+        [tasks.a]
+        executor = "lab"
+        cmd = "pwd > where.txt"
+        outputs = ["where.txt"]
+    """))
+    r = project.run("-C", str(weird), "build")
+    assert r.code == 0, r.out + r.err
+    assert (weird / "where.txt").read_text() == f"{weird}\n"
+
+
+def masters(sock: Path) -> list[int]:
+    return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+            if f"ControlPath={sock}" in (p.info["cmdline"] or []) and "-N" in p.info["cmdline"]]
+
+
+def test_no_master_connection_outlives_a_build_whose_socket_was_removed(root, sshd, project):
+    project.manifest(sshd.toml("lab", workspace=str(root)) + textwrap.dedent("""
+        [tasks.a]
+        executor = "lab"
+        cmd = "echo a > a.out"
+        [tasks.b]
+        deps = ["a"]
+        cmd = "rm -f .dagrun/ssh/lab.sock"
+    """))
+    r = project.run("build")
+    assert r.code == 0, r.out + r.err
+    sock = root / ".dagrun" / "ssh" / "lab.sock"
+    wait_for(lambda: masters(sock) == [], "the master connection to end")
+
+
+def restart(server: SshServer, pause: float) -> None:
+    """Stop the sshd and every connection it serves; start it again ``pause`` s later."""
+    import subprocess
+
+    kids = psutil.Process(server.proc.pid).children(recursive=True)
+    server.proc.terminate()
+    server.proc.wait()
+    for kid in kids:
+        try:
+            kid.kill()
+        except psutil.Error:
+            pass
+    time.sleep(pause)
+    server.proc = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-e", "-f", str(server.folder / "sshd_config")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def test_an_sshd_restarted_within_seconds_does_not_fail_the_build(root, project, tmp_path):
+    from sshd import start_sshd
+
+    server = start_sshd(tmp_path / "sshd")
+    try:
+        project.manifest(server.toml("lab", workspace=str(root)) + textwrap.dedent("""
+            [tasks.long]
+            executor = "lab"
+            cmd = "echo try >> attempts; sleep 1.5; echo done > long.out"
+            outputs = ["long.out"]
+        """))
+
+        def restart_once_started() -> None:
+            wait_for(lambda: (root / "attempts").exists(), "the first attempt started")
+            restart(server, 3.0)
+
+        thread = threading.Thread(target=restart_once_started)
+        thread.start()
+        r = project.run("build")
+        thread.join()
+        assert r.code == 0, r.out + r.err
+        assert (root / "attempts").read_text() == "try\ntry\n"
+    finally:
+        server.stop()
+
+
+def test_stage_rsync_brings_the_depfile_back(root, sshd, project, elsewhere):
+    (root / "src").mkdir()
+    (root / "src" / "a.c").write_text("int a;\n")
+    (root / "src" / "a.h").write_text("/* v1 */\n")
+    project.manifest(sshd.toml("lab", workspace=str(elsewhere), stage="rsync") + textwrap.dedent("""
+        [tasks.cc]
+        executor = "lab"
+        inputs = ["src/a.c"]
+        outputs = ["out/a.o"]
+        depfile = "out/a.d"
+        cmd = "cat src/a.c > out/a.o; echo 'out/a.o: src/a.c src/a.h' > out/a.d"
+    """))
+    r = project.run("build")
+    assert r.code == 0, r.out + r.err
+    assert (root / "out" / "a.d").read_text() == "out/a.o: src/a.c src/a.h\n"
+    (root / "src" / "a.h").write_text("/* v2 */\n")  # a header only the depfile names
+    r = project.run("build", "--explain")
+    assert r.code == 0, r.out + r.err
+    assert "input src/a.h changed (from depfile)" in r.out + r.err
+
+
+def test_a_missing_identity_file_is_named(root, sshd, project):
+    project.manifest(sshd.toml("lab", workspace=str(root), identity_file="keys/nope")
+                     + '[tasks.a]\nexecutor = "lab"\ncmd = "true"\n')
+    r = project.run("build")
+    assert r.code == 2, r.out + r.err
+    assert f"dagrun: error: executor 'lab': identity_file {root}/keys/nope does not exist" in r.err

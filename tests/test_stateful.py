@@ -1,14 +1,20 @@
 """Correct after any history (issue 8): a hypothesis state machine over a small real project.
 
 A generated DAG of 3-6 tasks (``cat`` of source files and upstream outputs, a short sleep, a
-``flags/tK`` file that makes task K fail after writing a partial output) is edited, reverted,
-broken and repaired at random: inputs edited and reverted, commands changed and changed back,
-outputs deleted or tampered with, tasks made to fail and pass, tasks cleaned, a byte of
-``.dagrun/cache``, ``cache.journal``, ``log`` or ``fresh`` flipped, a real ``dagrun build``
-killed with SIGKILL (tasks and all) at a random instant.  After every build that succeeds (of
-everything, or of one target), every output it brought up to date must equal what a
-from-scratch build of a copy of the tree (manifest and inputs only) produces, and the same build
-again must have nothing to do.
+``flags/tK`` file that makes task K fail after writing a partial output), beside a matrix over
+``mat/*.txt`` with a task that reads all its outputs (``out/m-*``), a function task (``call``,
+keyed by its code) and a non-deterministic producer (``nd`` writes the time, ``ndc`` copies
+it), is edited, reverted, broken and repaired at random: inputs edited and reverted, matrix
+inputs added and removed, commands changed and changed back, outputs deleted or tampered with,
+tasks made to fail and pass, tasks cleaned (``nd`` too: its new bytes must reach ``ndc``),
+``nd`` made ``always``, a byte of ``.dagrun/cache``, ``cache.journal``, ``log`` or ``fresh``
+flipped, the whole tree moved elsewhere through a tarball (a CI cache restore), a real
+``dagrun build`` killed with SIGKILL (tasks and all) at a random instant.  Every build is a new
+process with its own random ``PYTHONHASHSEED`` (keys must not depend on it).  After every build
+that succeeds (of everything, or of one target), every output it brought up to date must equal
+what a from-scratch build of a copy of the tree (manifest and inputs only) produces, no output
+of a removed matrix input is left, ``ndc`` equals ``nd``, and the same build again must have
+nothing to do.
 
 CI runs a few examples; a long local run is one command:
 
@@ -29,9 +35,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 import pytest
@@ -41,13 +49,54 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from dagrun.cli import main as cli_main
 
-EXAMPLES = int(os.environ.get("DAGRUN_STATEFUL_EXAMPLES", "8"))
-STEPS = int(os.environ.get("DAGRUN_STATEFUL_STEPS", "25"))
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(120, EXAMPLES * STEPS))]
+EXAMPLES = int(os.environ.get("DAGRUN_STATEFUL_EXAMPLES", "5"))
+STEPS = int(os.environ.get("DAGRUN_STATEFUL_STEPS", "20"))
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(600, 6 * EXAMPLES * STEPS))]
 REPORT = os.environ.get("DAGRUN_STATEFUL_REPORT")
 SOURCES = 3
 CONTENTS = ("one\n", "two\n", "three\n", "")
 STATE_FILES = ("cache", "cache.journal", "log", "fresh")
+MATRIX = 3  # mat/x0.txt .. mat/x2.txt, each there or not
+# a function task whose code uses two module-level names (their order once followed the seed)
+STEPS_PY = '''
+PREFIX = "fn:"
+SUFFIX = "!\\n"
+
+
+def fn():
+    with open("in/i0") as f:
+        text = f.read()
+    with open("out/fn", "w") as f:
+        f.write(PREFIX + text.upper() + SUFFIX)
+    return len(text)
+'''
+FIXED = """
+[tasks.m]
+matrix = {{ f = {{ glob = "mat/*.txt", allow_empty = true }} }}
+cmd = "cat {{f}} > out/m-{{f.stem}}"
+inputs = ["{{f}}"]
+outputs = ["out/m-{{f.stem}}"]
+
+[tasks.mall]
+cmd = "cat {{inputs}} > out/mall"
+inputs = ["in/i1", "out/m-*"]
+outputs = ["out/mall"]
+
+[tasks.fn]
+call = "steps:fn"
+inputs = ["in/i0"]
+outputs = ["out/fn"]
+
+[tasks.nd]
+cmd = "date +%s%N > out/nd"
+outputs = ["out/nd"]
+{always}
+[tasks.ndc]
+cmd = "cp out/nd out/ndc"
+inputs = ["out/nd"]
+outputs = ["out/ndc"]
+"""
+COMPARED_FIXED = ("fn", "mall")  # nd's output differs by design: checked as ndc == nd
 
 
 @dataclass
@@ -73,6 +122,16 @@ def dag() -> st.SearchStrategy[list[Task]]:
         return tasks
 
     return build()
+
+
+def run_cli(root: str, *args: str, seed: int) -> tuple[int, str, str]:
+    """The real CLI in a new process, with its own PYTHONHASHSEED."""
+    p = subprocess.run(
+        [sys.executable, "-m", "dagrun", "-C", root, "--progress", "plain", *args],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONHASHSEED": str(seed)},
+    )
+    return p.returncode, p.stdout, p.stderr
 
 
 def run_in_process(root: str, *args: str) -> tuple[int, str, str]:
@@ -122,6 +181,10 @@ class History(RuleBasedStateMachine):
         self.compared = 0
         self.kills = 0  # builds killed before they ended
         self.flips = 0  # bytes flipped in a state file that existed
+        self.builds = 0  # builds run (new processes)
+        self.moves = 0  # trees moved elsewhere through a tarball
+        self.matrix: list[bool] = [True, False, False]  # which mat/xJ.txt exist
+        self.nd_always = False
 
     # -- the project
 
@@ -140,7 +203,12 @@ class History(RuleBasedStateMachine):
                 f"[tasks.t{k}]\ncmd = {json.dumps(cmd)}\ninputs = {json.dumps(reads)}\n"
                 f'outputs = ["out/t{k}"]\n'
             )
+        parts.append(FIXED.format(always="always = true\n" if self.nd_always else ""))
         return "\n".join(parts)
+
+    def cli(self, *args: str) -> tuple[int, str, str]:
+        self.builds += 1
+        return run_cli(self.root, *args, seed=(self.builds * 2654435761) % 4294967295)
 
     def write(self, rel: str, text: str) -> None:
         with open(self.path(rel), "w") as f:
@@ -155,6 +223,10 @@ class History(RuleBasedStateMachine):
         self.variant = [0] * len(tasks)
         os.makedirs(self.path("in"))
         os.makedirs(self.path("flags"))
+        os.makedirs(self.path("mat"))
+        os.makedirs(self.path("out"))
+        self.write("steps.py", STEPS_PY)
+        self.write("mat/x0.txt", "x0\n")
         self.inputs = list(contents)
         self.previous = list(contents)
         for j, text in enumerate(contents):
@@ -165,8 +237,8 @@ class History(RuleBasedStateMachine):
         if REPORT:
             with open(REPORT, "a") as f:
                 f.write(
-                    f"steps {self.steps} compared {self.compared} kills {self.kills} "
-                    f"flips {self.flips}\n"
+                    f"steps {self.steps} builds {self.builds} compared {self.compared} "
+                    f"kills {self.kills} flips {self.flips} moves {self.moves}\n"
                 )
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(self.ref, ignore_errors=True)
@@ -184,6 +256,38 @@ class History(RuleBasedStateMachine):
         self.steps += 1
         self.previous[j], self.inputs[j] = self.inputs[j], self.previous[j]
         self.write(f"in/i{j}", self.inputs[j])
+
+    @rule(j=st.integers(0, MATRIX - 1), there=st.booleans())
+    def matrix_input(self, j: int, there: bool) -> None:
+        """Add or remove one input of the matrix: a removed one's output must go."""
+        self.steps += 1
+        self.matrix[j] = there
+        if there:
+            self.write(f"mat/x{j}.txt", f"x{j}\n")
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(f"mat/x{j}.txt"))
+
+    @rule(always=st.booleans())
+    def nd_always(self, always: bool) -> None:
+        self.steps += 1
+        self.nd_always = always
+        self.write_manifest()
+
+    @rule()
+    def move_elsewhere(self) -> None:
+        """The tree, state and outputs, moved to another folder through a tarball."""
+        self.steps += 1
+        self.moves += 1
+        new = tempfile.mkdtemp(prefix="dagrun-stateful-moved-")
+        ball = new + ".tar"
+        with tarfile.open(ball, "w") as t:
+            t.add(self.root, arcname=".")
+        with tarfile.open(ball) as t:
+            t.extractall(new, filter="tar")
+        os.unlink(ball)
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root = new
 
     @rule(k=st.integers(0, 5), variant=st.integers(0, 2))
     def change_command(self, k: int, variant: int) -> None:
@@ -238,13 +342,13 @@ class History(RuleBasedStateMachine):
     @rule()
     def build(self) -> None:
         self.steps += 1
-        code, out, err = run_in_process(self.root, "build")
+        code, out, err = self.cli("build")
         self.check(code, out, err)
 
     @rule()
     def build_one_at_a_time_with_reasons(self) -> None:
         self.steps += 1
-        code, out, err = run_in_process(self.root, "build", "-j1", "--explain")
+        code, out, err = self.cli("build", "-j1", "--explain")
         self.check(code, out, err)
 
     @rule(k=st.integers(0, 5))
@@ -252,25 +356,29 @@ class History(RuleBasedStateMachine):
         """``dagrun build tK``: tK and what it needs are built, the rest is left alone."""
         self.steps += 1
         k %= len(self.tasks)
-        code, out, err = run_in_process(self.root, "build", f"t{k}")
+        code, out, err = self.cli("build", f"t{k}")
         self.check(code, out, err, target=k)
 
-    @rule(k=st.integers(0, 5))
+    @rule(k=st.integers(0, 6))
     def clean(self, k: int) -> None:
+        """``dagrun clean tK``, or ``clean nd`` (its rerun makes other bytes)."""
         self.steps += 1
-        code, out, err = run_in_process(self.root, "clean", f"t{k % len(self.tasks)}")
+        name = "nd" if k == 6 else f"t{k % len(self.tasks)}"
+        code, out, err = self.cli("clean", name)
         assert (code, "Traceback" in err) == (0, False), (out, err)
 
     @rule(delay=st.one_of(st.floats(0.0, 0.5), st.just(None)))
     def kill_9_a_build(self, delay: float | None) -> None:
         """A real ``dagrun build`` killed at a random instant, tasks and all (None: not killed)."""
         self.steps += 1
+        self.builds += 1
         p = subprocess.Popen(
             [sys.executable, "-m", "dagrun", "--progress", "plain", "build"],
             cwd=self.root,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, "PYTHONHASHSEED": str(self.builds % 4294967295)},
         )
         if delay is not None:
             time.sleep(delay)
@@ -293,15 +401,26 @@ class History(RuleBasedStateMachine):
         built = self.closure(target)
         expected = self.from_scratch()
         assert self.outputs(built) == {t: expected[t] for t in built}, (out, err)
+        if target is None:
+            assert self.read("out/ndc") == self.read("out/nd"), (out, err)
+            made = sorted(n for n in os.listdir(self.path("out")) if n.startswith("m-"))
+            assert made == expected["m-files"], (made, out, err)
         self.compared += 1
         targets = [] if target is None else [f"t{target}"]
-        code, again, err = run_in_process(self.root, "build", *targets)
+        code, again, err = self.cli("build", *targets)
+        if self.nd_always and target is None:  # nd runs at every build, and ndc after it
+            assert code == 0 and self.read("out/ndc") == self.read("out/nd"), (again, err)
+            return
         assert (code, again.startswith("dagrun: no work to do")) == (0, True), (again, err)
+
+    def read(self, rel: str) -> str:
+        with open(self.path(rel)) as f:
+            return f.read()
 
     def closure(self, target: int | None) -> list[str]:
         """The tasks a build of ``target`` (None: every task) brings up to date."""
         if target is None:
-            return [f"t{k}" for k in range(len(self.tasks))]
+            return [f"t{k}" for k in range(len(self.tasks))] + list(COMPARED_FIXED)
         seen, stack = set(), [target]
         while stack:
             k = stack.pop()
@@ -320,20 +439,26 @@ class History(RuleBasedStateMachine):
     def from_scratch(self) -> dict[str, str]:
         """The outputs a first build of a copy of the manifest and the inputs makes."""
         manifest = self.manifest()
-        key = (manifest, tuple(self.inputs))
+        key = (manifest, tuple(self.inputs), tuple(self.matrix))
         if key not in self.expected:
             shutil.rmtree(self.ref, ignore_errors=True)
-            os.makedirs(os.path.join(self.ref, "in"))
-            os.makedirs(os.path.join(self.ref, "flags"))
-            shutil.copy(self.path("dagrun.toml"), os.path.join(self.ref, "dagrun.toml"))
+            for folder in ("in", "flags", "mat", "out"):
+                os.makedirs(os.path.join(self.ref, folder))
+            for rel in ("dagrun.toml", "steps.py"):
+                shutil.copy(self.path(rel), os.path.join(self.ref, rel))
             for j in range(SOURCES):
                 shutil.copy(self.path(f"in/i{j}"), os.path.join(self.ref, f"in/i{j}"))
+            for j in range(MATRIX):
+                if self.matrix[j]:
+                    shutil.copy(self.path(f"mat/x{j}.txt"), os.path.join(self.ref, f"mat/x{j}.txt"))
             code, out, err = run_in_process(self.ref, "build")
             assert code == 0, (out, err)
-            found = {}
-            for k in range(len(self.tasks)):
-                with open(os.path.join(self.ref, f"out/t{k}")) as f:
-                    found[f"t{k}"] = f.read()
+            found: dict[str, Any] = {}
+            for name in [f"t{k}" for k in range(len(self.tasks))] + list(COMPARED_FIXED):
+                with open(os.path.join(self.ref, f"out/{name}")) as f:
+                    found[name] = f.read()
+            out_dir = os.path.join(self.ref, "out")
+            found["m-files"] = sorted(n for n in os.listdir(out_dir) if n.startswith("m-"))
             self.expected[key] = found
         return self.expected[key]
 

@@ -63,6 +63,7 @@ class Job:
     numa_node: int | None = None
     attempt: int = 1
     call: Call | None = None  # a Python function task (``cmd`` is then only its description)
+    depfile: str = ""  # relative to root: written by the command, read here after it (staged back)
     slurm: tuple[tuple[str, Any], ...] = ()  # the task's ``slurm = {...}`` (executors/slurm.py)
 
     @property

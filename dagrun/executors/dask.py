@@ -22,6 +22,10 @@ same path (a shared file system).
 declare it (a LocalCluster's do: ``threads_per_worker`` each); on workers that
 declare no resources, each task takes one Dask thread whatever its ``threads``.
 
+A cluster with no worker at all for ``worker_timeout`` seconds (default 300:
+every worker lost, or none ever started) fails the jobs waiting on it, with a
+message, instead of waiting for ever.
+
 A worker that dies mid-task: its command is killed (it would otherwise keep
 running, orphaned) and the job is submitted again, at most ``MAX_LOST`` times;
 it is logged once, when it ends.  Dask must not rerun it by itself meanwhile,
@@ -52,6 +56,7 @@ MAX_LOST = 3  # submissions of one job whose worker died, before the job fails
 CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler
 WORKERS_AGE = 2.0  # seconds a look at the scheduler's workers stays good
 KILL_WAIT = 5.0  # seconds to wait for the workers to kill a job's command
+WORKER_TIMEOUT = 300.0  # seconds a job waits while the cluster has no worker at all
 
 
 class DaskExecutor(ThreadedExecutor):
@@ -75,6 +80,7 @@ class DaskExecutor(ThreadedExecutor):
         state_dir: str | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         default_slots: int = 1,
+        worker_timeout: float = WORKER_TIMEOUT,
     ) -> None:
         if (scheduler is None) == (cluster is None):
             raise ExecutorError(f"executor '{name}': give exactly one of 'scheduler' and 'cluster'")
@@ -91,6 +97,8 @@ class DaskExecutor(ThreadedExecutor):
         self.environ = dict(os.environ if environ is None else environ)
         self.state_dir = state_dir
         self.connect_timeout = connect_timeout
+        self.worker_timeout = worker_timeout
+        self._empty_since: float | None = None  # when the cluster was last seen with no worker
         self.default_slots = default_slots  # when max_jobs is unset and no worker is up yet
         self.token = uuid.uuid4().hex  # names this build's markers on the workers
         self.client: Any = None
@@ -120,6 +128,7 @@ class DaskExecutor(ThreadedExecutor):
             state_dir=context.state_dir,
             connect_timeout=float(options.get("connect_timeout", CONNECT_TIMEOUT)),
             default_slots=context.jobs,
+            worker_timeout=float(options.get("worker_timeout", WORKER_TIMEOUT)),
         )
 
     # -- starting and stopping
@@ -149,6 +158,28 @@ class DaskExecutor(ThreadedExecutor):
         except (ValueError, OSError) as exc:
             message = f"executor '{self.name}': bad Dask scheduler address {address!r}: {exc}"
             raise ExecutorError(message) from None
+        self._check_listening(address)
+
+    def _check_listening(self, address: str) -> None:
+        """A refused connection is an answer: stop at once (the Client would retry it until
+        ``connect_timeout``).  Anything else (no answer, TLS, another protocol) is the Client's."""
+        import socket
+
+        from distributed.comm.addressing import get_address_host_port
+
+        if not address.startswith("tcp://"):
+            return
+        try:
+            host, port = get_address_host_port(address)
+            with socket.create_connection((host, port), timeout=min(self.connect_timeout, 5.0)):
+                pass
+        except ConnectionRefusedError as exc:
+            raise ExecutorError(
+                f"executor '{self.name}': cannot reach the Dask scheduler at {address}: "
+                "connection refused (is the scheduler running?)"
+            ) from exc
+        except (OSError, ValueError):
+            pass
 
     def _connect(self, distributed: Any, target: Any) -> Any:
         try:
@@ -181,7 +212,8 @@ class DaskExecutor(ThreadedExecutor):
                 n_workers=self.workers,
                 threads_per_worker=self.threads_per_worker,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=None,  # no dashboard, and its HTTP server (it stays, for
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # metrics) not on :8787
                 silence_logs=logging.CRITICAL,
                 local_directory=scratch,
                 resources={"threads": self.threads_per_worker},
@@ -270,16 +302,17 @@ class DaskExecutor(ThreadedExecutor):
         import traceback
 
         from .. import pyworker
+        from ..pycall import load_result
 
         call = job.call
         assert call is not None
         started = time.monotonic()
         try:
-            values = {}
-            for task, _, key in call.upstream:
-                with open(os.path.join(call.results_dir, key), "rb") as f:
-                    values[task] = pickle.load(f)
-        except (OSError, pickle.UnpicklingError) as exc:
+            values = {
+                task: load_result(os.path.join(call.results_dir, key), digest, task)
+                for task, _, key, digest in call.upstream
+            }
+        except (OSError, LookupError, pickle.UnpicklingError) as exc:
             return Outcome(job.id, None, 0.0, error=f"cannot read an upstream result: {exc}")
         future = self.client.submit(
             pyworker.apply, call, values, pure=False, retries=0,
@@ -310,11 +343,33 @@ class DaskExecutor(ThreadedExecutor):
         """The job's outcome, or None when its worker died."""
         done = threading.Event()
         future.add_done_callback(lambda _: done.set())
-        started = time.monotonic()
+        started = look = time.monotonic()
         while not done.wait(0.05):
             if cancel.is_set():
                 return self._stop(job, future, done, started)
+            if time.monotonic() >= look:
+                look = time.monotonic() + 1.0
+                if self._without_workers() > self.worker_timeout:
+                    future.cancel()
+                    return Outcome(job.id, None, time.monotonic() - started, error=(
+                        f"executor '{self.name}': no Dask worker for {self.worker_timeout:g} s "
+                        "(the cluster lost every worker, or none ever started; worker_timeout)"
+                    ))
         return self._result(job, future, time.monotonic() - started)
+
+    def _without_workers(self) -> float:
+        """How long the cluster has had no worker at all (0 while it has one)."""
+        try:
+            up = bool(self._workers())
+        except Exception:  # noqa: BLE001 - the scheduler is gone: the future says so itself
+            up = True
+        now = time.monotonic()
+        with self._lock:
+            if up:
+                self._empty_since = None
+            elif self._empty_since is None:
+                self._empty_since = now
+            return 0.0 if self._empty_since is None else now - self._empty_since
 
     def _stop(self, job: Job, future: Any, done: threading.Event, started: float) -> Outcome:
         forced = self.force.is_set()

@@ -21,6 +21,7 @@ import os
 import posixpath
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from typing import Any
 
 from ..errors import ExecutorError
 from . import Context, Job, Outcome
+from .http_fleet import Fleet
 from .http_server import Awaits, Pending, Request, Response, Server
 from .threaded import Completions, wait_on
 
@@ -38,6 +40,7 @@ REPORT_LIMIT = 4 << 20  # a report carries (cut) output
 MAX_UPLOAD = 1 << 30  # one staged output file
 MAX_WAIT = 60.0  # the longest long poll a client may ask for
 DEFAULT_LEASE_TIMEOUT = 30.0
+SWITCH_INTERVAL = 0.0005  # seconds a thread holds the GIL while another waits for it
 
 
 def heartbeat_every(lease_timeout: float) -> float:
@@ -145,6 +148,15 @@ class Broker:
         for w in workers:
             self.wake(w)
 
+    def fail_waiting(self, why: str) -> None:
+        """End every job no worker has leased yet as failed, with ``why`` (no worker will come)."""
+        with self.lock:
+            waiting = [job_id for job_id in self.jobs if job_id not in self.lease_of]
+            for job_id in waiting:
+                self.jobs.pop(job_id)
+        for job_id in waiting:
+            self.completions.post(Outcome(job_id, None, 0.0, error=why))
+
     def abandon(self, why: str) -> None:
         """End every job still out (a worker that never answered a cancel)."""
         with self.lock:
@@ -194,6 +206,7 @@ class Broker:
         self.lease_of[job.id] = lease.id
         w.leases.add(lease.id)
         rel = self._relative if self.stage == "http" else (lambda p: p)
+        inputs = [rel(p) for p in job.inputs]
         return {
             "lease": lease.id,
             "job": job.id,
@@ -203,11 +216,12 @@ class Broker:
             "cwd": job.cwd,
             "env": dict(job.env),
             "timeout": job.timeout,
-            "inputs": [rel(p) for p in job.inputs],
+            "inputs": inputs,
             "outputs": [rel(p) for p in job.outputs],
             "threads": job.threads,
             "attempt": job.attempt,
             "stage": self.stage,
+            **({"modes": modes(self.root, inputs)} if self.stage == "http" else {}),
         }
 
     def _relative(self, path: str) -> str:
@@ -228,7 +242,8 @@ class Broker:
                 lease.last = now
                 if lease.cancelled:
                     cancel.append(lease_id)
-            return {"cancel": cancel, "unknown": unknown, "done": self.done}
+            return {"cancel": cancel, "unknown": unknown, "done": self.done,
+                    "lease_timeout": self.lease_timeout}
 
     def report(self, worker: str, lease_id: str, r: Mapping[str, Any]) -> bool:
         """Record a worker's report; False (409) when the lease is not this worker's any more."""
@@ -471,7 +486,8 @@ class Routes:
         def poll(final: bool) -> Response | None:
             jobs = b.lease(body["worker"], slots, body) if slots else []
             if jobs or final or b.done:
-                return _json(200, {"jobs": jobs, "done": b.done, "heartbeat": b.heartbeat})
+                return _json(200, {"jobs": jobs, "done": b.done, "heartbeat": b.heartbeat,
+                                   "lease_timeout": b.lease_timeout})
             return None
 
         first = poll(wait == 0 or slots == 0)
@@ -536,17 +552,36 @@ class Routes:
         if full is None:
             return _json(404, {"error": "not a declared output of a live lease"})
         try:
-            return _Upload(full)
+            return _Upload(full, _mode(request.query.get("mode", "")))
         except OSError as exc:
             return _json(400, {"error": f"cannot write {request.query['path']}: {exc.strerror}"})
+
+
+def _mode(text: str) -> int | None:
+    """Permission bits in octal ("755"), never setuid, setgid or sticky; None if not that."""
+    if not text or len(text) > 4 or not all(c in "01234567" for c in text):
+        return None
+    return int(text, 8) & 0o777
+
+
+def modes(root: str, paths: list[str]) -> dict[str, int]:
+    """The permission bits of staged inputs (root-relative paths), for the worker to keep."""
+    out = {}
+    for path in paths:
+        try:
+            out[path] = os.stat(os.path.join(root, path)).st_mode & 0o777
+        except OSError:
+            pass
+    return out
 
 
 class _Upload:
     """A staged output written beside its place, renamed over it once complete."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, mode: int | None = None) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self.path = path
+        self.mode = mode  # the file's permission bits on the worker (an executable stays one)
         self.tmp = f"{path}.dagrun-upload-{secrets.token_hex(4)}"
         self.f = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
 
@@ -555,6 +590,8 @@ class _Upload:
 
     def commit(self) -> Response:
         self.f.close()
+        if self.mode is not None:
+            os.chmod(self.tmp, self.mode)
         os.replace(self.tmp, self.path)
         return _json(200, {})
 
@@ -573,6 +610,7 @@ class _Upload:
 class Options:
     bind: str = "127.0.0.1:0"
     provisioner: str | None = None
+    deprovisioner: str | None = None
     max_workers: int = 1
     max_jobs: int = 64
     lease_timeout: float = DEFAULT_LEASE_TIMEOUT
@@ -580,6 +618,7 @@ class Options:
     tls_cert: str | None = None
     tls_key: str | None = None
     grace_period: float = 5.0
+    worker_timeout: float = 300.0
 
 
 class HttpExecutor:
@@ -604,8 +643,8 @@ class HttpExecutor:
         self.url = ""
         self.token_file = os.path.join(context.state_dir, "http", f"{name}.token")
         self._out: set[int] = set()
-        self._provisioned: list[tuple[float, Any]] = []  # (monotonic start, Popen)
         self._say: Callable[[str], None] = context.say or _stderr
+        self.fleet = Fleet(name, self.broker, options, context.root, context.environ, self._say)
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> HttpExecutor:
@@ -635,6 +674,9 @@ class HttpExecutor:
                 ) from None
         self.server = Server(Routes(self.broker, self.token), host, port, tls)
         self.server.tick_every = min(1.0, self.broker.heartbeat / 2)
+        # the server's thread shares the GIL with the scheduler's: let it in every 0.5 ms, not
+        # 5 ms (a request waits for the GIL several times; bench/RESULTS.md, issue 24)
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         try:
             self.server.start(self._tick)
         except OSError as exc:
@@ -677,53 +719,14 @@ class HttpExecutor:
             f.write(self.token + "\n")
 
     def _provision(self) -> None:
-        import subprocess
-
-        assert self.options.provisioner is not None
-        env = dict(self.context.environ)
-        env["DAGRUN_TOKEN"] = self.token
-        n = len(self._provisioned) + 1
-        log_path = os.path.join(
-            os.path.dirname(self.token_file), f"{self.name}.provisioner-{n}.log"
-        )
-        with open(log_path, "wb") as log:
-            try:
-                proc = subprocess.Popen(
-                    f"{self.options.provisioner} {self.url}",
-                    shell=True,
-                    cwd=self.context.root,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                self._say(f"executor '{self.name}': cannot run the provisioner: {exc}")
-                return
-        self._provisioned.append((time.monotonic(), proc))
+        self.fleet.provision(self.url, self.token, os.path.dirname(self.token_file))
 
     def _tick(self) -> None:
-        """On the server's thread, every few tenths of a second: expiry, provisioning."""
+        """On the server's thread, every few tenths of a second: expiry, the workers' watch."""
         self.broker.expire()
-        for _, proc in self._provisioned:
-            if proc.returncode is None and proc.poll() not in (None, 0):
-                self._say(f"executor '{self.name}': the provisioner exited with {proc.returncode}")
-        if self.options.provisioner and self._workers_short():
+        self.fleet.tick(time.monotonic())
+        if self.options.provisioner and self.fleet.workers_short():
             self._provision()
-
-    def _workers_short(self) -> bool:
-        """Tasks wait beyond the free slots, and the last run's worker came (or it is late)."""
-        if not self._provisioned or len(self._provisioned) >= self.options.max_workers:
-            return False
-        now, b = time.monotonic(), self.broker
-        with b.lock:
-            alive = [w for w in b.workers.values() if now - w.seen <= b.lease_timeout]
-            idle = sum(max(0, w.slots - len(w.leases)) for w in alive)
-            waiting = len(b.jobs) - len(b.leases)
-            seen = len(b.workers)
-        late = now - self._provisioned[-1][0] > b.lease_timeout
-        return waiting > idle and (seen >= len(self._provisioned) or late)
 
     def _wake(self, worker: str | None) -> None:
         if self.server is None:
@@ -785,26 +788,12 @@ class HttpExecutor:
             self.server.wake_all()  # long polls answer "done": their workers exit
             time.sleep(0.2)
             self.server.stop()
-        self._reap_provisioners()
+        self.fleet.close(self.url, os.path.dirname(self.token_file))
         self.completions.close()
         try:
             os.unlink(self.token_file)
         except OSError:
             pass
-
-    def _reap_provisioners(self) -> None:
-        import signal
-
-        end = time.monotonic() + 2.0
-        for _, proc in self._provisioned:
-            while proc.poll() is None and time.monotonic() < end:
-                time.sleep(0.05)
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except OSError:
-                    pass
-                proc.wait()
 
     def status(self) -> dict[str, Any]:
         return self.broker.status()

@@ -115,6 +115,7 @@ class Server:
         self._server: asyncio.Server | None = None
         self._tick: Callable[[], None] | None = None
         self.tick_every = 1.0
+        self._ready_woken = False  # a _dispatch_woken is scheduled and has not begun
 
     # -- from any thread
 
@@ -127,7 +128,11 @@ class Server:
             raise self._error
 
     def wake_ready(self) -> None:
-        self.loop.call_soon_threadsafe(self._dispatch_ready)
+        """New jobs: one wake-up, however many jobs come before the loop gets to it (20,000
+        jobs submitted at once were 20,000 callbacks and self-pipe writes)."""
+        if not self._ready_woken:
+            self._ready_woken = True
+            self.loop.call_soon_threadsafe(self._dispatch_woken)
 
     def wake_worker(self, worker: str) -> None:
         self.loop.call_soon_threadsafe(self._dispatch_news, worker)
@@ -183,6 +188,10 @@ class Server:
         for writer in list(self._connections):
             writer.transport.abort()
         self.loop.call_later(0.05, self.loop.stop)
+
+    def _dispatch_woken(self) -> None:
+        self._ready_woken = False  # first: a job added from now on wakes the loop again
+        self._dispatch_ready()
 
     def _dispatch_ready(self) -> None:
         waiters = self._lease_waiters

@@ -11,9 +11,12 @@ Speed matters here (a no-logic spawn costs ~1.2 ms on our machines), so:
   ~0.9 ms of a ``sh``); everything else runs as ``sh -c CMD``;
 - ends are awaited on pidfds with one epoll, never by polling.
 
-Every job leads its own session (so a terminal's Ctrl-C reaches dagrun, not the
-tasks); killing a job signals its whole process group: SIGINT and SIGTERM,
-then SIGKILL once ``grace`` seconds have passed.
+Every job leads its own process group within dagrun's session (so a terminal's
+Ctrl-C reaches dagrun, the foreground group, not the tasks; and, unlike a session
+of its own, the kernel's autogroup scheduling gives the tasks dagrun's share of
+the CPU, as Make's and Ninja's get, not one share each); killing a job signals
+its whole process group: SIGINT and SIGTERM, then SIGKILL once ``grace``
+seconds have passed.
 """
 
 from __future__ import annotations
@@ -122,6 +125,11 @@ class LocalExecutor:
     def running(self) -> int:
         return len(self._procs)
 
+    @property
+    def mark_prefix(self) -> str:
+        """The start of every job's mark (see sweep.py): ``sweep.sweep(it)`` kills them all."""
+        return f"{self._build}."
+
     def start(self) -> None:
         pass
 
@@ -141,6 +149,12 @@ class LocalExecutor:
         for p in self._procs.values():
             if p.job.id == job_id and p.kill_at is None:
                 self._terminate(p, now)
+
+    def kill(self, job_id: int) -> None:
+        """SIGKILL one job's group at once, no grace; its outcome comes through ``collect()``."""
+        for p in self._procs.values():
+            if p.job.id == job_id:
+                self._signal(p, signal.SIGKILL)  # killed by a signal: swept when reaped
 
     # -- starting
 
@@ -163,9 +177,10 @@ class LocalExecutor:
             except OSError as exc:
                 os.close(out)
                 os.close(err)
-                self._done.append(
-                    Outcome(job.id, None, 0.0, error=f"cannot start: {exc.strerror or exc}")
-                )
+                why = exc.strerror or str(exc)
+                if not os.path.isdir(job.local_cwd):  # made by no task before it, or removed
+                    why = f"its cwd {job.local_cwd} does not exist"
+                self._done.append(Outcome(job.id, None, 0.0, error=f"cannot start: {why}"))
                 return
             pidfd = os.pidfd_open(pid)
             deadline = started + job.timeout if job.timeout else None
@@ -312,7 +327,7 @@ class LocalExecutor:
             try:
                 if program is not None:  # found once: the child does not search the PATH again
                     return os.posix_spawn(
-                        program, argv, env, file_actions=actions, setsid=True,
+                        program, argv, env, file_actions=actions, setpgroup=0,
                         setsigdef=_DEFAULT_SIGNALS,
                     )
                 return os.posix_spawnp(
@@ -320,7 +335,7 @@ class LocalExecutor:
                     argv,
                     env,
                     file_actions=actions,
-                    setsid=True,
+                    setpgroup=0,
                     setsigdef=_DEFAULT_SIGNALS,
                 )
             except FileNotFoundError:
@@ -333,7 +348,7 @@ class LocalExecutor:
                     sh,
                     env,
                     file_actions=actions,
-                    setsid=True,
+                    setpgroup=0,
                     setsigdef=_DEFAULT_SIGNALS,
                 )
         finally:

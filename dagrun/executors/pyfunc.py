@@ -29,7 +29,7 @@ from typing import Any
 from ..interrupts import HOLD
 from ..pyworker import Request, decode_frames, encode, write_all
 from . import Context, Job, Outcome
-from .local import _make_dir, _read_back, _write_text
+from .local import _make_dir, _read_back, _remove_run_files, _write_text
 
 # The worker imports this very dagrun package (wherever it is, whatever sys.path a fresh
 # interpreter has), without putting its folder on sys.path ahead of the standard library.
@@ -221,6 +221,8 @@ class FunctionPool:
         self, r: _Running, code: int | None, error: str | None, *, timed_out: bool = False
     ) -> Outcome:
         stdout, stderr = _read_file(r.out), _read_file(r.err)
+        if code == 0 and error is None and not (timed_out or r.timed_out or stdout or stderr):
+            _remove_run_files(r.job.run_dir)  # as a local task's: kept when it printed or failed
         return Outcome(
             r.job.id, code, time.monotonic() - r.started, stdout, stderr,
             timed_out=timed_out or r.timed_out, error=error,
@@ -350,3 +352,4 @@ def _death(status: int) -> str:
             name = f"signal {-status}"
         return f"died ({name}); a new worker takes the next job"
     return f"exited with status {status} (os._exit?); a new worker takes the next job"
+

@@ -10,11 +10,15 @@ MaxSessions, 10 by default; one channel stays free to kill a job).
 On the host, a small python3 wrapper runs ``sh -c CMD`` in ``workspace``/cwd
 as the leader of a new session, with the job's environment and DAGRUN_*.  It
 prints the group id first and, at the end, the exit status, max RSS and
-duration (on stderr, stripped here).  It watches its stdin: when the channel
-closes (cancel, timeout, Ctrl-C, or the connection drops) it kills the whole
-process group, SIGINT+SIGTERM, then SIGKILL after ``grace_period``.  A
-``force`` cancel sends ``kill -KILL -PGID`` on a second channel.  A job
-whose end record never came back, and that was not cancelled, is *lost*.
+duration (on stderr, stripped here).  It watches its stdin: a cancel (timeout,
+Ctrl-C) says "c" and closes the channel, and the wrapper kills the whole
+process group, SIGINT+SIGTERM, then SIGKILL after ``grace_period``; a channel
+that closes without a word is a dropped connection, and the group gets SIGKILL
+at once, since the job will run again.  A wrapper whose connection is gone
+before the command starts never starts it.  A ``force`` cancel sends ``kill
+-KILL -PGID`` on a second channel.  A job whose end record never came back,
+and that was not cancelled, is *lost*: its group is killed over a new
+connection too (if the host can be reached) before it runs again.
 
 ``stage = "rsync"`` copies the job's declared inputs to the workspace before it
 runs, and its declared outputs back after, with ``tar`` over the same
@@ -25,8 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import select
 import shlex
+import signal
 import subprocess
 import tempfile
 import threading
@@ -42,10 +48,16 @@ from .threaded import ThreadedExecutor
 PGID_MARK = "@@dagrun-pgid "
 END_MARK = "\n@@dagrun-end "
 _SOCKET_MAX = 100  # sun_path is 108 bytes; ssh appends a temporary suffix while binding
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/._+-]+")
+PERSIST = 120  # seconds an idle master stays (not "yes": none may outlive a build for long)
+RECONNECT = 15.0  # seconds to keep trying to reopen a dropped master (an sshd restarting)
 
 # Runs on the host (any python3): CMD in its own session; the end record; kill on stdin EOF.
+# At most one attempt alive: the child starts CMD only when the wrapper says "x" (a wrapper
+# whose connection is gone before that never starts it); "c" on stdin is a cancel (grace, then
+# SIGKILL), a bare EOF a lost connection (SIGKILL at once: the task will run again elsewhere).
 WRAPPER = r"""
-import os, signal, sys, threading, time
+import os, select, signal, sys, threading, time
 cmd, grace = sys.argv[1], float(sys.argv[2])
 t0 = time.time()
 r, w = os.pipe()
@@ -53,12 +65,16 @@ pid = os.fork()
 if pid == 0:
     os.setsid()
     os.close(w)
-    os.read(r, 1)
+    if os.read(r, 1) != b"x":
+        os._exit(111)
     fd = os.open(os.devnull, os.O_RDONLY)
     os.dup2(fd, 0)
     os.execv("/bin/sh", ["/bin/sh", "-c", cmd])
+os.close(r)
 sys.stderr.write("@@dagrun-pgid %d\n" % pid)
 sys.stderr.flush()
+if select.select([0], [], [], 0)[0]:
+    sys.exit(0)
 os.write(w, b"x")
 state = {"killed": False}
 def kill(sig):
@@ -67,13 +83,18 @@ def kill(sig):
     except OSError:
         pass
 def watch():
+    data = b""
     while True:
         try:
-            if not os.read(0, 4096):
-                break
+            chunk = os.read(0, 4096)
         except OSError:
+            chunk = b""
+        if not chunk:
             break
+        data += chunk
     state["killed"] = True
+    if b"c" not in data:
+        kill(signal.SIGKILL)
     kill(signal.SIGINT)
     kill(signal.SIGTERM)
     time.sleep(grace)
@@ -172,7 +193,7 @@ class SshExecutor(ThreadedExecutor):
         argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
         argv += ["-o", f"ControlPath={self.control_path}"]
         if master:
-            argv += ["-o", "ControlMaster=yes", "-o", "ControlPersist=yes"]
+            argv += ["-o", "ControlMaster=yes", "-o", f"ControlPersist={PERSIST}"]
         else:
             argv += ["-o", "ControlMaster=no"]
         if self.port:
@@ -185,6 +206,11 @@ class SshExecutor(ThreadedExecutor):
 
     def start(self) -> None:
         """Open the master connection and check the host; ExecutorError if it cannot be used."""
+        if self.identity_file and not os.access(self.identity_file, os.R_OK):
+            why = "does not exist" if not os.path.exists(self.identity_file) else "is not readable"
+            raise ExecutorError(  # ssh only warns, then says "Permission denied"
+                f"executor '{self.name}': identity_file {self.identity_file} {why}"
+            )
         self._open_master()
         probe = self._run_remote("command -v python3 >/dev/null && echo ok")
         if probe.returncode != 0 or b"ok" not in probe.stdout:
@@ -227,26 +253,44 @@ class SshExecutor(ThreadedExecutor):
         return int(text.split("pid=", 1)[1].split(")", 1)[0])
 
     def _ensure_master(self) -> None:
-        """Reopen the master if it died (a dropped connection); jobs never handshake alone."""
+        """Reopen the master if it died (a dropped connection, an idle one timed out), trying
+        again with back-off for ``RECONNECT`` seconds (an sshd restarting); jobs never
+        handshake alone."""
         with self._master_lock:
             if self.master_pid is not None and _alive(self.master_pid):
                 return
-            self._open_master()
+            end, pause = time.monotonic() + RECONNECT, 0.1
+            while True:
+                try:
+                    self._open_master()
+                    return
+                except ExecutorError:
+                    if time.monotonic() + pause > end:
+                        raise
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
-    def _run_remote(self, script: str) -> subprocess.CompletedProcess[bytes]:
+    def _run_remote(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
             self.ssh_argv() + [_sh(script)], stdin=subprocess.DEVNULL,
-            capture_output=True, timeout=120, start_new_session=True,
+            capture_output=True, timeout=timeout, start_new_session=True,
         )
 
     def close(self) -> None:
+        """Stop the master: ``-O exit`` through its socket, or by its pid when the socket is
+        gone (removed by a task, a tmp cleaner): no authenticated connection outlives a build."""
         super().close()
         if self.master_pid is not None or os.path.exists(self.control_path):
             subprocess.run(
                 self.ssh_argv("-O", "exit"), stdin=subprocess.DEVNULL, capture_output=True,
                 timeout=30,
             )
-            self.master_pid = None
+        if self.master_pid is not None and _is_master(self.master_pid, self.control_path):
+            try:
+                os.kill(self.master_pid, signal.SIGTERM)
+            except OSError:
+                pass
+        self.master_pid = None
         _unlink(self.control_path)
 
     # -- one job, in its own thread
@@ -311,6 +355,7 @@ class SshExecutor(ThreadedExecutor):
         stdout = _read_text(run + "stdout.txt")
         stderr, end = _strip_marks(_read_text(raw))
         _write(run + "stderr.txt", stderr)
+        pgid = _pgid(raw) if end is None else None
         _unlink(raw)
         cancelled = job.id in self._cancelled
         self._cancelled.discard(job.id)
@@ -321,6 +366,8 @@ class SshExecutor(ThreadedExecutor):
             if proc.returncode != 255:  # the host answered: it could not start the command
                 error = f"cannot start on {self.where}: {why}"
                 return Outcome(job.id, None, duration, stdout, stderr, error=error)
+            if pgid is not None:
+                self._kill_orphan(pgid)
             error = f"connection to {self.where} lost: {why}"
             return Outcome(job.id, None, duration, stdout, stderr, error=error, lost=True)
         code, rss, _remote_duration = end
@@ -341,13 +388,24 @@ class SshExecutor(ThreadedExecutor):
         finally:
             os.close(pidfd)
 
+    def _kill_orphan(self, pgid: int) -> None:
+        """A lost job's group, killed over a new connection before the job runs again: its
+        wrapper does so itself when its channel closes, unless the host never noticed (a
+        network split); if the host cannot be reached either, it will notice when it can."""
+        try:
+            self._ensure_master()
+            self._run_remote(f"kill -KILL -{pgid} 2>/dev/null; true", timeout=15)
+        except (ExecutorError, OSError, subprocess.TimeoutExpired):
+            pass
+
     def cancel(self, job_id: int) -> None:
-        """Close the job's channel: the wrapper on the host kills the job's process group."""
+        """Say "c" and close the job's channel: the wrapper on the host kills the job's process
+        group (SIGINT+SIGTERM, SIGKILL after the grace period)."""
         super().cancel(job_id)
         self._cancelled.add(job_id)
         proc = self._procs.get(job_id)
         if proc is not None:
-            _close(proc)
+            _close(proc, b"c")
         if self.force.is_set():
             self._kill_now(job_id)
 
@@ -401,15 +459,20 @@ class SshExecutor(ThreadedExecutor):
         return None
 
     def _fetch_outputs(self, job: Job) -> str | None:
+        """The declared outputs, and the depfile if the command wrote one (dagrun reads it here;
+        a missing one is the depfile check's to report)."""
         outs = [p for p in job.outputs if not p.startswith("/")]
-        if not outs:
+        if not outs and not job.depfile:
             return None
         ws = self._remote_dir(job)
         words = " ".join(shlex.quote(o) for o in outs)
+        depfile = shlex.quote(job.depfile) if job.depfile else ""
         script = (
             f"cd {ws} || exit 1; for f in {words}; do [ -e \"$f\" ] || "
             f"echo \"@@missing $f\" >&2; done; for f in {words}; do [ -e \"$f\" ] || exit 3; done; "
-            f"exec tar -cf - -- {words}"
+            + (f"[ -e {depfile} ] && set -- {depfile}; " if depfile else "set --; ")
+            + (f"exec tar -cf - -- {words} \"$@\"" if words else
+               "[ $# -gt 0 ] || exec tar -cf - -T /dev/null; exec tar -cf - -- \"$@\"")
         )
         ssh = subprocess.Popen(
             self.ssh_argv() + [_sh(script)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -436,9 +499,11 @@ class SshExecutor(ThreadedExecutor):
 
 
 def control_path(state_dir: str, name: str, host: str) -> str:
-    """``.dagrun/ssh/NAME.sock``, or a short private path in /tmp when that is too long."""
+    """``.dagrun/ssh/NAME.sock``, or a short private path in /tmp when that is too long for a
+    socket or not a plain word for ssh (a space splits ``-o ControlPath=``, ``%`` starts a
+    token, quotes are parsed: a project in "my 100% files" could not connect)."""
     path = os.path.join(state_dir, "ssh", f"{name}.sock")
-    if len(path) <= _SOCKET_MAX:
+    if len(path) <= _SOCKET_MAX and _PLAIN_PATH.fullmatch(path):
         return path
     digest = hashlib.blake2b(f"{state_dir}\0{name}\0{host}".encode(), digest_size=8).hexdigest()
     return os.path.join(tempfile.gettempdir(), f"dagrun-{os.getuid()}", f"{digest}.sock")
@@ -505,8 +570,23 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _close(proc: subprocess.Popen[bytes]) -> None:
+def _is_master(pid: int, control_path: str) -> bool:
+    """Whether ``pid`` is still our master (an ssh with our socket), not a recycled pid."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f"ControlPath={control_path}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _close(proc: subprocess.Popen[bytes], say: bytes = b"") -> None:
     if proc.stdin is not None:
+        try:
+            if say and not proc.stdin.closed:
+                proc.stdin.write(say)
+                proc.stdin.flush()
+        except OSError:
+            pass
         try:
             proc.stdin.close()
         except OSError:

@@ -1,0 +1,214 @@
+"""The ledger: what a build records of its tasks, and how it tells a task's outputs are intact.
+
+One object per build over the completion log (completion_log.py):
+
+- ``started(i)``: before each attempt (the log's ``start`` record);
+- ``succeeded(i, outcome)``: after a task exited 0: its outputs' identities and
+  digests, its result's digest, its fingerprint and what it saw of its
+  dependencies (outputs.py), or the reason it did not succeed after all;
+- ``intact(i)``: its outputs are what its latest successful run left: the same
+  identity, or, where the identity differs, the same content digest;
+- ``upstream_changed(i)``: why it must run again although its key and outputs
+  are as recorded: a dependency made something else since it ran;
+- ``vouch(tasks, found)``: before planning, outputs whose identity changed but
+  whose digest did not count as intact (a restored or copied tree), and their
+  records are written again with the new identities (``refresh``), so the next
+  build's fast check passes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from . import cutoff, outputs
+from .completion_log import CompletionLog, Identity, Made
+from .errors import DepfileError, LogError
+from .executors import Outcome
+from .fs import FileSystem, LocalFileSystem
+from .graph import BuildGraph
+from .hashing import Keys, digest_bytes
+from .pycall import RESULTS, result_digest
+
+
+class Ledger:
+    def __init__(
+        self,
+        graph: BuildGraph,
+        keys: Keys,
+        log: CompletionLog,
+        fs: FileSystem,
+        state_dir: str,
+        identities: Callable[[Iterable[str]], dict[str, Identity | None]],
+        wall: Callable[[], float],
+    ) -> None:
+        self.graph = graph
+        self.keys = keys
+        self.log = log
+        self.fs = fs
+        self.state_dir = state_dir
+        self.identities = identities
+        self.wall = wall
+        self.error: str | None = None  # the log could not be appended to
+        self.refreshed: list[str] = []  # tasks whose records vouch() wrote again
+
+    # ------------------------------------------------------------ recording
+
+    def started(self, i: int) -> None:
+        log = self.log
+        try:
+            log.started(self.graph.specs[i].name)  # an attempt that does not succeed: rerun
+        except OSError as exc:
+            why = f"cannot write the completion log {log.path}: {exc.strerror}"
+            raise LogError(why) from None
+
+    def succeeded(self, i: int, outcome: Outcome) -> str | None:
+        """Log a task that exited 0, or say why it did not succeed (an output not written, a
+        full disk): the scheduler then counts it as failed with that error."""
+        spec, log = self.graph.specs[i], self.log
+        found = self.identities(spec.outputs)
+        ids: list[Identity] = []
+        for out in spec.outputs:
+            identity = found[out]
+            if identity is None:
+                return f"declared output {out} was not written"
+            ids.append(identity)
+        try:
+            key = cutoff.learn(self.keys, i) or self.keys.keys[i]  # a depfile's files join it
+        except DepfileError as exc:
+            return str(exc)
+        if key is None:
+            return None
+        parts = self.keys.parts(i).to_json()
+        try:
+            log.append(spec.name, key, parts, outcome.duration, outcome.maxrss_kb,
+                       self.wall(), ids, self.made(i, key))
+        except OSError as exc:
+            self.error = f"cannot write the completion log {log.path}: {exc.strerror}"
+            return self.error
+        return None
+
+    def made(self, i: int, key: str) -> Made:
+        """What task ``i`` made, digested now (its outputs are hot in the page cache)."""
+        spec = self.graph.specs[i]
+        made = self.digests(spec.outputs)
+        result = ""
+        if spec.call:
+            result = result_digest(os.path.join(self.state_dir, RESULTS, key)) or ""
+        upstream = self.upstream(i)
+        seen = outputs.combine(upstream.items())
+        return Made(outputs.fingerprint(made, result, seen), seen, made, result, upstream)
+
+    def upstream(self, i: int) -> dict[str, str]:
+        """Each dependency's fingerprint now ("" where it has none on record)."""
+        specs, log = self.graph.specs, self.log
+        return {specs[d].name: log.fingerprint(specs[d].name) or "" for d in self.graph.deps[i]}
+
+    def digests(self, paths: tuple[str, ...]) -> tuple[str, ...]:
+        if isinstance(self.fs, LocalFileSystem):
+            return outputs.digests(self.fs.root, paths)
+        out = []
+        for p in paths:
+            chunks = self.fs.read_chunks(p)
+            out.append("" if chunks is None else digest_bytes(*chunks))
+        return tuple(out)
+
+    # ------------------------------------------------------------ checking
+
+    def upstream_changed(self, i: int) -> str | None:
+        """Why task ``i`` must run although its key and outputs are as its latest success left
+        them: a dependency made something else since; None when none did (or the record is
+        older than fingerprints)."""
+        spec = self.graph.specs[i]
+        recorded = self.log.seen(spec.name)
+        if recorded is None or not self.graph.deps[i]:
+            return None
+        now = self.upstream(i)
+        if outputs.combine(now.items()) == recorded:
+            return None
+        record = self.log.latest(spec.name) or {}
+        was = record.get("upstream_fp")
+        was = was if isinstance(was, dict) else {}
+        changed = sorted(n for n, f in now.items() if was.get(n) != f)
+        if not changed:
+            return "a dependency's output changed since it ran"
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        return f"output of dependency {changed[0]}{more} changed since it ran"
+
+    def intact(self, i: int) -> bool:
+        """Task ``i``'s outputs are what its latest successful run left (early cutoff's check)."""
+        spec = self.graph.specs[i]
+        done = self.log.success(spec.name)
+        if done is None or len(done[1]) != len(spec.outputs):
+            return False
+        found = self.identities(spec.outputs)
+        return self._vouched(i, done[1], found, refresh=True)
+
+    def vouch(self, tasks: Iterable[int], found: dict[str, Identity | None], *, refresh: bool
+              ) -> None:
+        """For each of ``tasks`` whose key is its latest success's: outputs whose identity
+        changed but whose digest did not are put in ``found`` with the recorded identity (the
+        plan sees them intact); with ``refresh`` the task's record is written again."""
+        specs, keys, log = self.graph.specs, self.keys.keys, self.log
+        for i in tasks:
+            spec = specs[i]
+            if not spec.outputs:
+                continue
+            done = log.success(spec.name)
+            if done is None or done[0] != keys[i] or len(done[1]) != len(spec.outputs):
+                continue
+            if all(found.get(o) == tuple(w) for o, w in zip(spec.outputs, done[1], strict=True)):
+                continue
+            if self._vouched(i, done[1], found, refresh=refresh) and not (
+                self.refreshed and self.refreshed[-1] == spec.name
+            ):  # not written again (-n, a read-only log): the plan sees the recorded ones
+                for o, was in zip(spec.outputs, done[1], strict=True):
+                    found[o] = tuple(was)  # type: ignore[assignment]
+
+    def _vouched(
+        self, i: int, recorded: Any, found: Mapping[str, Identity | None], *, refresh: bool
+    ) -> bool:
+        spec = self.graph.specs[i]
+        changed = [
+            n for n, (o, was) in enumerate(zip(spec.outputs, recorded, strict=True))
+            if found.get(o) != tuple(was)
+        ]
+        if not changed:
+            return True
+        if any(found.get(spec.outputs[n]) is None for n in changed):
+            return False
+        record = self.log.latest(spec.name) or {}
+        was = record.get("digests")
+        if not isinstance(was, list) or len(was) != len(spec.outputs):
+            return False  # an older record: no digests to decide with
+        now = self.digests(tuple(spec.outputs[n] for n in changed))
+        if any(d != was[n] or not d for n, d in zip(changed, now, strict=True)):
+            return False
+        if refresh and self.log.writable:
+            ids = [found[o] for o in spec.outputs]
+            try:
+                if self.log.refresh(spec.name, ids):  # type: ignore[arg-type]
+                    self.refreshed.append(spec.name)
+            except OSError:
+                pass  # only the next build's fast check is lost
+        return True
+
+
+def dead_outputs(graph: BuildGraph, log: CompletionLog) -> list[tuple[str, str, Identity]]:
+    """(task, output, identity its run left) for each output the log records of a task the
+    manifest no longer has (and no task of the manifest declares)."""
+    out: list[tuple[str, str, Identity]] = []
+    index, producers = graph.index, graph.producers
+    for task, entry in list(log.index.latest.items()):
+        if task in index:
+            continue
+        record = log.latest(task) or {}
+        parts = record.get("parts")
+        names = parts.get("outputs") if isinstance(parts, dict) else None
+        if not isinstance(names, list) or len(names) != len(entry[2]):
+            continue
+        for name, identity in zip(names, entry[2], strict=True):
+            if isinstance(name, str) and name not in producers:
+                out.append((task, name, identity))
+    return out

@@ -1,0 +1,218 @@
+"""At most one live attempt per task: kill the thing under a task at random moments, then check,
+from the tasks' own time stamps, that no two attempts of a task ever ran at the same time."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from http_workers import collect, job, make_executor, start_worker, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+# one attempt: a stamp every 50 ms for ~3 s (longer than the lease timeout), in a file of its own
+STAMPS = 'f=stamps/$DAGRUN_TASK.$$; for i in $(seq 60); do date +%s.%N >> $f; sleep 0.05; done'
+
+
+def attempts(stamps: Path) -> dict[str, list[tuple[float, float, int]]]:
+    """Each task's attempts: (first stamp, last stamp, stamps), in order of start."""
+    out: dict[str, list[tuple[float, float, int]]] = {}
+    for f in stamps.iterdir():
+        times = [float(x) for x in f.read_text().split()]
+        if times:
+            task = f.name.rsplit(".", 1)[0]
+            out.setdefault(task, []).append((min(times), max(times), len(times)))
+    return {task: sorted(runs) for task, runs in out.items()}
+
+
+def overlaps(stamps: Path) -> list[str]:
+    found = []
+    for task, runs in attempts(stamps).items():
+        for (s1, e1, _), (s2, e2, _) in zip(runs, runs[1:], strict=False):
+            if s2 <= e1:
+                found.append(f"{task}: {s1:.2f}-{e1:.2f} and {s2:.2f}-{e2:.2f}")
+    return found
+
+
+def group_alive(pgid: int) -> list[int]:
+    import psutil
+
+    left = []
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(p.info["pid"]) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                left.append(p.info["pid"])
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return left
+
+
+def marked(word: str) -> list[int]:
+    import psutil
+
+    return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline", "status"])
+            if word in " ".join(p.info["cmdline"] or []) and p.info["status"] != "zombie"]
+
+
+def test_kill_9_of_a_worker_kills_its_tasks_within_2_s(tmp_path):
+    ex, _ = make_executor(tmp_path, lease_timeout=30.0)
+    root = Path(ex.context.root)
+    worker = start_worker(ex, directory=tmp_path / "w")
+    try:
+        ex.submit(job(root, 1, "echo $$ > pid; sleep 100 & setsid sleep 101 & sleep 102"))
+        wait_for(lambda: (root / "pid").exists() and marked("sleep 101"), what="the task")
+        pgid = int((root / "pid").read_text())
+        assert group_alive(pgid)
+        os.kill(worker.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: not group_alive(pgid) and not marked("sleep 101"), timeout=5,
+                 what="the task's processes to die")
+        assert time.monotonic() - killed < 2.0
+    finally:
+        stop(worker)
+        ex.close()
+
+
+def test_http_workers_killed_at_random_never_leave_two_attempts_running(tmp_path):
+    """20 kill -9 of workers at random moments; lost tasks run again, never alongside."""
+    ex, _ = make_executor(tmp_path, lease_timeout=1.0, max_jobs=3)
+    root = Path(ex.context.root)
+    (root / "stamps").mkdir()
+    workers = [start_worker(ex, directory=tmp_path / f"w{n}") for n in range(3)]
+    rng = random.Random(24)
+
+    def killer() -> None:
+        for n in range(20):
+            time.sleep(rng.uniform(0.2, 0.6))
+            victim = workers.pop(rng.randrange(len(workers)))
+            os.kill(victim.pid, signal.SIGKILL)
+            workers.append(start_worker(ex, directory=tmp_path / f"w{n + 3}"))
+
+    tasks = [f"t{n}" for n in range(6)]
+    next_id = iter(range(1, 1000))
+    owner: dict[int, str] = {}
+    for task in tasks:
+        owner[i := next(next_id)] = task
+        ex.submit(job(root, i, STAMPS, task=task, env={"DAGRUN_TASK": task}))
+    thread = threading.Thread(target=killer)
+    thread.start()
+    succeeded: set[str] = set()
+    try:
+        while len(succeeded) < len(tasks):
+            for o in collect(ex, 1, timeout=60):
+                task = owner[o.job_id]
+                if o.ok:
+                    succeeded.add(task)
+                    continue
+                assert o.lost, o  # what the scheduler does with a lost job: run it again
+                owner[i := next(next_id)] = task
+                ex.submit(job(root, i, STAMPS, task=task, env={"DAGRUN_TASK": task}))
+    finally:
+        thread.join()
+        ex.close()
+        for w in workers:
+            stop(w)
+    assert overlaps(root / "stamps") == []
+    runs = attempts(root / "stamps")
+    assert sorted(runs) == tasks
+    assert all(any(n == 60 for _, _, n in r) for r in runs.values())  # one whole attempt each
+    assert sum(len(r) for r in runs.values()) > len(tasks)  # some attempts were killed
+
+
+# -- SSH
+
+
+def test_the_ssh_wrapper_never_starts_a_command_once_its_connection_is_gone(tmp_path):
+    """The wrapper's connection is its stdin and stderr: at EOF, or unwritable, before the
+    command starts, the command never starts (nor does the child forked to run it)."""
+    from dagrun.executors.ssh import WRAPPER
+
+    for stdin, stderr in ((subprocess.DEVNULL, subprocess.PIPE), (subprocess.PIPE, "closed")):
+        ran = tmp_path / "ran"
+        r, w = os.pipe()
+        os.close(r)  # a stderr nobody reads any more: the first write fails
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRAPPER, f"touch {ran}", "1"], stdin=stdin,
+            stdout=subprocess.DEVNULL, stderr=w if stderr == "closed" else stderr,
+        )
+        os.close(w)
+        proc.communicate(timeout=30)
+        time.sleep(0.3)  # a child left to itself would have run by now
+        assert not ran.exists(), (stdin, stderr)
+
+
+def ssh_executor(sshd, root: Path, **options: object):
+    from dagrun.executors import Context
+    from dagrun.executors.ssh import SshExecutor
+
+    ctx = Context(str(root), str(root / ".dagrun"), dict(os.environ), 4, None)
+    ex = SshExecutor.from_options("lab", sshd.options(workspace=str(root), **options), ctx)
+    ex.start()
+    return ex
+
+
+def drop_connection(sshd, ex, rng: random.Random) -> None:
+    """Kill the master connection here, or its sshd over there (both ends, in turn)."""
+    import psutil
+
+    if rng.random() < 0.5 and ex.master_pid is not None:
+        victims = [psutil.Process(ex.master_pid)]
+    else:
+        victims = psutil.Process(sshd.proc.pid).children()
+    for p in victims:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+def test_ssh_connections_dropped_at_random_never_leave_two_attempts_running(sshd, shared_dir):
+    """20 connection drops at random moments, with tasks that ignore SIGTERM (cleaning up,
+    say): a lost attempt dies at once (no grace), before its task runs again."""
+    root = shared_dir
+    (root / "stamps").mkdir()
+    (root / "stamps").chmod(0o777)
+    ex = ssh_executor(sshd, root, max_jobs=3)
+    rng = random.Random(2424)
+
+    def killer() -> None:
+        for _ in range(20):
+            time.sleep(rng.uniform(0.3, 0.7))
+            drop_connection(sshd, ex, rng)
+
+    cmd = "trap '' INT TERM; " + STAMPS
+    tasks = [f"s{n}" for n in range(6)]
+    next_id = iter(range(1, 1000))
+    owner: dict[int, str] = {}
+
+    def submit(task: str) -> None:
+        owner[i := next(next_id)] = task
+        ex.submit(job(root, i, cmd, task=task, env={"DAGRUN_TASK": task}))
+
+    for task in tasks:
+        submit(task)
+    thread = threading.Thread(target=killer)
+    thread.start()
+    succeeded: set[str] = set()
+    try:
+        while len(succeeded) < len(tasks):
+            for o in ex.wait(timeout=60):
+                if o.ok:
+                    succeeded.add(owner[o.job_id])
+                else:
+                    assert o.lost, o
+                    submit(owner[o.job_id])
+    finally:
+        thread.join()
+        ex.close()
+    assert overlaps(root / "stamps") == []
+    runs = attempts(root / "stamps")
+    assert sorted(runs) == tasks
+    assert sum(len(r) for r in runs.values()) > len(tasks)  # some attempts were killed
