@@ -38,7 +38,9 @@ from .scheduler import (
 )
 
 if TYPE_CHECKING:
+    from .control import ControlServer
     from .numa import CorePool
+    from .steering import Mailbox
 
 # tests: one executor for every task, or executors by name
 ExecutorFactory = Callable[[BuildGraph], "Executor | Mapping[str, Executor]"]
@@ -189,6 +191,7 @@ def run(
         {name: True for name in by_name if name != "local"},
         {name: ex.describe for name, ex in by_name.items() if hasattr(ex, "describe")},
     )
+    mailbox, control = _control(graph, plan, setup)
     scheduler = Scheduler(
         graph,
         plan,
@@ -204,6 +207,7 @@ def run(
         hooks=Hooks(
             Tee(status, reporter), on_success, status.flush, setup.stops, on_start, still_needed,
             result_digest,
+            mailbox,
         ),
         clock=setup.clock,
         base_env=dict(m.env),
@@ -216,6 +220,21 @@ def run(
     finally:
         close_all(distinct)
         status.close()
+        control.close()
+        mailbox.close()
+
+
+def _control(graph: BuildGraph, plan: Plan, setup: BuildSetup) -> tuple[Mailbox, ControlServer]:
+    """The build's control channel (`dagrun status`, `tail`, `cancel`) and the stall check,
+    ticked every tenth of the shortest ``stall_warning`` (at most every 10 s)."""
+    from .control import ControlServer
+    from .steering import Mailbox
+
+    limits = [graph.specs[i].stall_warning for i in plan.to_run]
+    shortest = min((x for x in limits if x), default=None)
+    every = None if shortest is None else max(0.05, min(10.0, shortest / 10))
+    mailbox = Mailbox()
+    return mailbox, ControlServer(setup.state_dir, mailbox, every)
 
 
 def _executors(

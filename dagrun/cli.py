@@ -139,6 +139,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (a testcase per task)")
     b.add_argument("--events", metavar="FILE", help="write the build's events as JSON lines")
     b.add_argument("--trace", metavar="FILE", help="write a Chrome trace (open it in Perfetto)")
+    b.add_argument("--html", metavar="FILE", help="write a report page (timeline, tasks, failures)")
 
     g = command("graph", "print the dependency graph")
     g.add_argument("targets", nargs="*", metavar="TARGET")
@@ -186,6 +187,8 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--executors", action="store_true", help="each executor's pool only")
     st.add_argument("--json", action="store_true", help="as JSON")
 
+    _steering_commands(command)
+
     tr = command("trace", "write the last build's Chrome trace (Perfetto, chrome://tracing)")
     tr.add_argument("output", nargs="?", default="-", metavar="FILE", help="default: stdout")
 
@@ -201,6 +204,18 @@ def parser() -> argparse.ArgumentParser:
     wk.add_argument("--grace", type=float, default=60.0, metavar="S",
                     help="exit once the server has not answered for S seconds (default 60)")
     return p
+
+
+def _steering_commands(command: Any) -> None:
+    """`report`, and `tail` and `cancel`: the running build's tasks (live.py)."""
+    r = command("report", "write a self-contained HTML page of the last build")
+    r.add_argument("--html", metavar="FILE", required=True, help="the page to write")
+    t = command("tail", "follow a task of the running build: its output until it ends")
+    t.add_argument("task", metavar="TASK")
+    t.add_argument("-n", "--lines", type=_count, default=10, metavar="N",
+                   help="first show the last N lines of each stream (default 10)")
+    c = command("cancel", "kill tasks of the running build (their dependents do not run)")
+    c.add_argument("tasks", nargs="+", metavar="TASK", help="a task, group or glob")
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -266,7 +281,7 @@ def plain_args(argv: Sequence[str]) -> Any:
     found: dict[str, Any] = dict(GLOBAL_DEFAULTS)
     found.update(command="build", jobs=None, keep_going=False, failures_allowed=None,
                  dry_run=False, explain=False, junit=None, events=None, trace=None,
-                 force=False, touch=False, overrides={})
+                 force=False, touch=False, overrides={}, html=None)
     implicit = not any(word in COMMANDS for word in argv)
     command = implicit  # whether argparse's first pass finds the command (see parse)
     i = 0
@@ -307,6 +322,10 @@ def main(
         args = parse(words)
     args.noop_checked = noop_checked
     args.delta = delta
+    from . import stdio
+
+    stdout = sys.stdout
+    stdio.guard_stdout()  # a failed write: OutputError (exit 2) or BrokenPipeError, below
     try:
         if args.directory != ".":
             try:
@@ -323,9 +342,9 @@ def main(
         sys.stderr.write(f"dagrun: error: {exc}\n")
         return exc.exit_code
     except BrokenPipeError:  # e.g. `dagrun graph | head`: fine; a build cut short is not
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED if args.command == "build" else EXIT_OK
+    finally:
+        sys.stdout = stdout
 
 
 def manifest_path(args: argparse.Namespace) -> str:
@@ -425,7 +444,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             reporter=reporter,
             jobs=args.jobs,
             failures_allowed=failures,
-            explain=args.explain or bool(args.events),  # --events: the reasons in full
+            explain=args.explain or bool(args.events or args.html),  # the reasons in full
             delta=args.delta,
             force=args.force,
         )
@@ -510,6 +529,11 @@ def _build_reporter(args: argparse.Namespace, session: Any) -> Any:
         record.check_writable(args.trace, "trace")
         sinks.append(record.Collected(
             lambda rs: record.write_text(args.trace, dumps(rs)), wants_fresh=False
+        ))
+    if getattr(args, "html", None):
+        record.check_writable(args.html, "HTML report")
+        sinks.append(record.Collected(
+            lambda rs: record.write_text(args.html, _html(session, rs)), wants_fresh=False
         ))
     console = make_reporter(args.progress, options=_options(args, session))
     return Tee([record.Records(sinks), console])
@@ -608,6 +632,33 @@ def cmd_tree(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _html(session: Any, records: list[Any]) -> str:
+    """The report page of ``records``; the critical path needs the graph (if it still loads)."""
+    from .html_report import render
+
+    try:
+        g = session.load_graph()
+        deps = {s.name: [g.specs[d].name for d in g.deps[i]] for i, s in enumerate(g.specs)}
+    except DagrunError:
+        deps = None
+    title = f"dagrun build: {os.path.basename(session.root)}"
+    return render(records, deps=deps, runs_dir=os.path.join(session.state_dir, "runs"),
+                  title=title)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import record
+
+    session = _session(args)
+    records = _last_build(session, record)
+    if not records:
+        raise DagrunError("no build to report yet: run `dagrun build` (a build that runs a task)")
+    record.check_writable(args.html, "HTML report")
+    record.write_text(args.html, _html(session, records))
+    sys.stderr.write(f"dagrun: wrote {args.html}\n")
+    return EXIT_OK
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from . import record
     from .trace import dumps
@@ -640,6 +691,18 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from . import live as live_status
+
+    if not args.json and not args.executors:  # a running build answers: nothing else to load
+        running = live_status.running(_state_dir(args))
+        if running is not None:
+            sys.stdout.write(live_status.running_text(running))
+            return EXIT_OK
+    return _status_in_full(args)
+
+
+def _status_in_full(args: argparse.Namespace) -> int:
+    from . import live as live_status
     from . import record, views
 
     session = _session(args)
@@ -652,16 +715,37 @@ def cmd_status(args: argparse.Namespace) -> int:
         graph = session.load_graph()
     except DagrunError:
         graph = None
-    live = any(p.build_pid for p in pools)  # the running build's pool snapshot
-    build = views.build_status(graph, _last_build(session, record), live)
+    running = live_status.running(session.state_dir)
+    live = running is not None or any(p.build_pid for p in pools)
+    records = _last_build(session, record)
+    build = views.build_status(graph, records, live)
+    tasks = [] if running is not None else live_status.task_table(records)
     if args.json:
         import json
 
-        sys.stdout.write(json.dumps(views.status(build, pools), indent=2) + "\n")
+        data = views.status(build, pools) | {"live": running, "tasks": tasks}
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return EXIT_OK
     text = views.build_status_text(build)
+    text += live_status.running_text(running) if running else live_status.table_text(tasks)
     sys.stdout.write(text + "".join(executor_pool_text(p) for p in pools))
     return EXIT_OK
+
+
+def _state_dir(args: argparse.Namespace) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(manifest_path(args))), ".dagrun")
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from .live import tail
+
+    return tail(_state_dir(args), args.task, args.lines)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from .live import cancel
+
+    return cancel(_state_dir(args), args.tasks)
 
 
 def executor_pool_text(p: Any) -> str:
@@ -747,6 +831,9 @@ _COMMANDS = {
     "list": cmd_list,
     "clean": cmd_clean,
     "status": cmd_status,
+    "tail": cmd_tail,
+    "report": cmd_report,
+    "cancel": cmd_cancel,
     "show": cmd_show,
     "trace": cmd_trace,
     "tree": cmd_tree,

@@ -15,7 +15,7 @@ import argparse
 from dataclasses import dataclass
 
 SHELLS = ("bash", "zsh", "fish")
-TAKES_TASKS = ("build", "watch", "graph", "clean", "show", "tree")
+TAKES_TASKS = ("build", "watch", "graph", "clean", "show", "tree", "tail", "cancel")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ was appended since.  ``writable=False`` opens the log read-only (a read-only
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -53,6 +54,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import LogError
+from .fs import open_regular
 from .fs import unlink_quietly as _unlink
 
 HEADER = b"# dagrun log v2\n"
@@ -324,7 +327,7 @@ class CompletionLog:
             self._open_read_only(cached)
             return
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = _open_log(self.path, os.O_RDWR | os.O_CREAT)
         try:
             self._read(fd, os.fstat(fd), cached)
         except BaseException:
@@ -335,7 +338,7 @@ class CompletionLog:
 
     def _open_read_only(self, cached: LogIndex | None) -> None:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = _open_log(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return
         try:
@@ -423,3 +426,17 @@ def _identities(text: bytes) -> tuple[Identity, ...] | None:
         return None
     return tuple((o[0], o[1], o[2], o[3]) for o in items)
 
+
+
+def _open_log(path: str, flags: int) -> int:
+    """The log's descriptor; a log that is not a regular file (a FIFO) is a LogError."""
+    try:
+        return open_regular(path, flags)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        raise LogError(
+            f"{path} {exc.strerror}: remove it (deleting .dagrun/ is always safe)"
+        ) from exc

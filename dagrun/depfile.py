@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterable
 
 from .errors import DepfileError
+from .fs import read_regular
 
 __all__ = ["DepfileError", "discovered", "parse", "read"]
 
@@ -45,8 +46,7 @@ def parse(text: str) -> list[str]:
 def read(path: str) -> list[str]:
     """``parse`` of the file at ``path``; DepfileError when it is missing or unreadable."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path)  # a FIFO or a device: an error, not a hang
     except FileNotFoundError:
         raise DepfileError("does not exist (did the command write it?)") from None
     except OSError as exc:

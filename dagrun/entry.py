@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # them is a build, so `dagrun`, `dagrun -q` and `dagrun TARGET` all build
 COMMANDS = (
     "build", "watch", "graph", "list", "show", "clean", "status", "trace", "completion", "worker",
-    "tree",
+    "tree", "tail", "cancel", "report",
 )
 
 _CHOICES = {
@@ -89,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; a signal at any moment before it is done exits 130."""
     import _signal  # type: ignore[import-not-found]  # loaded at start-up; `signal`: +0.6 ms
 
+    if sys.stdout is None or sys.stderr is None or sys.stdin is None:  # `dagrun >&-`
+        from .stdio import reopen_closed
+
+        reopen_closed()
     taken = []
     for sig in (_signal.SIGTERM, _signal.SIGHUP):
         if _signal.getsignal(sig) == _signal.SIG_DFL:  # not ignored (nohup) nor taken
@@ -178,10 +182,13 @@ def _say(line: str) -> int:
     try:
         sys.stdout.write(line)
         sys.stdout.flush()
-    except OSError:  # as cli.main (a closed pipe; also a full disk): a report cut short exits 1
+    except OSError as exc:  # as cli.main: a closed pipe exits 1; a full disk is an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        if isinstance(exc, BrokenPipeError):
+            return 1
+        sys.stderr.write(f"dagrun: error: cannot write to stdout: {exc.strerror or exc}\n")
+        return 2
     return 0
 
 

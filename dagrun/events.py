@@ -87,6 +87,14 @@ class TaskCutOff(NamedTuple):
     total: int = 0
 
 
+class TaskStalled(NamedTuple):
+    """A running task printed nothing and used no CPU for ``seconds`` (its ``stall_warning``)."""
+
+    task: str
+    label: str
+    seconds: float
+
+
 class BuildFinished(NamedTuple):
     succeeded: int
     up_to_date: int
@@ -98,5 +106,6 @@ class BuildFinished(NamedTuple):
 
 Event = (
     BuildStarted | TaskStarted | TaskPlaced | TaskFinished | TaskSkipped | TaskCutOff
+    | TaskStalled
     | BuildFinished
 )

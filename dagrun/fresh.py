@@ -37,6 +37,7 @@ import marshal
 import os
 import zlib
 from array import array
+from stat import S_ISREG
 
 TYPE_CHECKING = False  # typing and collections.abc stay out of a no-op's imports
 if TYPE_CHECKING:
@@ -303,8 +304,11 @@ def examine(
 def _check(
     state_dir: str, manifest_path: str, targets: tuple[str, ...], environ: Mapping[str, str]
 ) -> int | Delta | None:
-    with open(os.path.join(state_dir, FILE), "rb") as f:
+    fd = os.open(os.path.join(state_dir, FILE), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
         proof = os.fstat(f.fileno())
+        if not S_ISREG(proof.st_mode):  # a FIFO or a device: no proof (fs.open_regular)
+            return None
         raw = f.read()
     blob = checked(raw)
     if blob is None:

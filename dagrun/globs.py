@@ -1,6 +1,6 @@
 """Glob patterns over paths: expansion with ``**`` and a record of the folders read.
 
-The record (folder -> mtime_ns) lets a cached graph be trusted later: if no
+The record (folder -> its stamp: mtime, ctime and inode) lets a cached graph be trusted later: if no
 folder a glob read has changed, the glob still matches the same files.
 """
 
@@ -9,6 +9,9 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import time
+
+from .unchanged import ABSENT, folder_stamp
 
 _MAGIC = re.compile(r"[*?\[]")
 STATE_DIR = ".dagrun"  # dagrun's own state: never an input
@@ -48,7 +51,7 @@ def _translate_part(part: str) -> str:
             if j < 0:
                 res.append(r"\[")
             else:
-                body = part[i:j].replace("\\", "\\\\")
+                body = part[i:j].replace("\\", "\\\\").replace("[", "\\[")
                 if body.startswith("!"):
                     body = "^" + body[1:]
                 res.append(f"[{body}]")
@@ -171,15 +174,16 @@ def _join(rel: str, name: str) -> str:
 
 
 def _listdir(path: str, scanned: dict[str, int] | None) -> list[str]:
+    """The names in a folder, sorted; its stamp (unchanged.folder_stamp) put in ``scanned``."""
     try:
         st = os.stat(path)
         names = os.listdir(path)
     except OSError:
         if scanned is not None:
-            scanned[path] = -1
+            scanned[path] = ABSENT
         return []
     if scanned is not None:
-        scanned[path] = st.st_mtime_ns
+        scanned[path] = folder_stamp(st, time.time_ns())
     return sorted(names)
 
 
@@ -191,6 +195,11 @@ def folders_unchanged(scanned: dict[str, int]) -> bool:
     from .unchanged import folders_unchanged as unchanged
 
     return unchanged(scanned)
+
+
+def escape(path: str) -> str:
+    """A pattern matching exactly ``path``: each wildcard character in a class of its own."""
+    return _MAGIC.sub(lambda m: f"[{m.group()}]", path)
 
 
 def literal_prefix(pattern: str) -> str:

@@ -25,8 +25,8 @@ from . import globs
 from .errors import CycleError, ManifestError, UnknownTargetError
 from .manifest import ExecutorSpec, Manifest, TaskSpec, inside_root
 
-GRAPH_FORMAT = 7  # 4: TaskSpec gained the function-task fields; 5: depfile, restat; 6: columns
-# 7: desc
+GRAPH_FORMAT = 8  # 4: TaskSpec gained the function-task fields; 5: depfile, restat; 6: columns
+# 7: desc; 8: stall_warning
 
 
 @dataclass
@@ -44,7 +44,7 @@ class BuildGraph:
     order: Sequence[int]  # range(n) when the manifest's order is topological already
     groups: dict[str, list[int]]
     sources: list[tuple[str, ...]]  # per task: hashed source inputs (globs expanded)
-    scanned: dict[str, int] = field(default_factory=dict)  # folders read by globs -> mtime_ns
+    scanned: dict[str, int] = field(default_factory=dict)  # folder read -> its stamp
     _index: dict[str, int] | None = None
     _producers: dict[str, int] | None = None
     _dependents: list[tuple[int, ...]] | None = None
@@ -288,6 +288,7 @@ def compile(manifest: Manifest, exclude: frozenset[str] = frozenset()) -> BuildG
     sources: list[tuple[str, ...]] = []
     inputs = _Inputs(manifest, producers, scanned)
     inputs.dead = exclude
+    inputs.real_outputs()
     named: list[TaskSpec] = []  # specs with {inputs} and {outputs} replaced in their cmd
     for i, s in enumerate(specs):
         found: dict[int, None] = {}
@@ -303,11 +304,11 @@ def compile(manifest: Manifest, exclude: frozenset[str] = frozenset()) -> BuildG
         inputs.listed.clear()
         for pattern in s.inputs:
             if pattern.startswith("!"):
-                inputs.exclude(pattern[1:], found, explicit, srcs)
+                inputs.exclude(inputs.real(pattern[1:]), found, explicit, srcs)
             elif globs.has_magic(pattern):
-                inputs.glob(i, pattern, found, srcs)
+                inputs.glob(i, inputs.real(pattern), found, srcs)
             else:
-                inputs.path(i, pattern, found, srcs)
+                inputs.path(i, inputs.real(pattern), found, srcs)
         deps.append(tuple(found))
         found_sources = tuple(sorted(srcs))
         sources.append(s.inputs if found_sources == s.inputs else found_sources)  # one tuple
@@ -342,9 +343,11 @@ def _name_files(spec: TaskSpec, inputs: Iterable[str]) -> TaskSpec:
     """``spec`` with ``{inputs}`` / ``{outputs}`` in its cmd replaced by its files, shell-quoted.
 
     The paths are relative to the task's cwd, in the order declared (a glob's matches
-    sorted), an input folder as the folder itself, ``!`` exclusions applied.
+    sorted), an input folder as the folder itself, ``!`` exclusions applied.  The
+    matrix pass before this one quoted every file name it put in, so no name shows
+    this pass a placeholder (shellwords).
     """
-    import shlex
+    from . import shellwords
 
     def local(path: str) -> str:
         if spec.cwd == "." or path.startswith("/"):
@@ -352,9 +355,16 @@ def _name_files(spec: TaskSpec, inputs: Iterable[str]) -> TaskSpec:
         return os.path.relpath(path, spec.cwd)
 
     files = {"inputs": list(inputs), "outputs": list(spec.outputs)}
+    quoting: dict[int, str] = {}
 
     def replace(m: re.Match[str]) -> str:
-        return " ".join(shlex.quote(local(p)) for p in files[m.group(1)])
+        paths = [local(p) for p in files[m.group(1)]]
+        if all(map(shellwords.safe, paths)):
+            return " ".join(paths)
+        if not quoting:  # read once, and only for names that need quoting
+            starts = (x.start() for x in _OWN_FILES.finditer(spec.cmd))
+            quoting.update(shellwords.quoting_at(spec.cmd, starts))
+        return shellwords.words(paths, quoting[m.start()])
 
     return spec._replace(cmd=_OWN_FILES.sub(replace, spec.cmd))
 
@@ -384,10 +394,53 @@ class _Inputs:
         self.outputs = list(producers)
         self.prefix = manifest.root.rstrip("/") + "/"
         self.subdirs: dict[str, frozenset[str]] = {}  # folder -> its subfolders' names
+        self.real_root = os.path.realpath(manifest.root)
+        self.real_dirs: dict[str, str] = {}  # a folder an input names -> the one it leads to
         # for the task being compiled: each dependency's files, and every input in order
         self.via: dict[int, list[str]] = {}
         self.listed: dict[str, None] = {}
         self.dead: frozenset[str] = frozenset()  # never matched (compile's exclude)
+
+    def real(self, pattern: str) -> str:
+        """``pattern`` with a symlink to a folder inside the project, in its fixed part, replaced
+        by that folder: ``src/gen/*.txt`` with ``src/gen -> ../gen`` reads ``gen/*.txt``, and
+        so meets the task that writes ``gen/x.txt`` (one realpath per folder named)."""
+        if pattern.startswith("/"):
+            return pattern
+        lit = globs.literal_prefix(pattern)
+        if lit != pattern:
+            folder = lit.rpartition("/")[0]  # the folders before the first wildcard
+        elif self.is_dir(self.prefix + pattern):
+            folder = pattern  # a folder input: it may be the link itself
+        else:
+            folder = pattern.rpartition("/")[0]
+        if not folder:
+            return pattern
+        real = self.real_dirs.get(folder)
+        if real is None:
+            real = self.real_dirs[folder] = self._real_dir(folder)
+        return pattern if real == folder else real + pattern[len(folder) :]
+
+    def real_outputs(self) -> None:
+        """Each output written through a symlinked folder is also known by the folder it leads
+        to (``src/gen/x.txt`` as ``gen/x.txt``), so every spelling of an input meets it."""
+        real_dirs = self.real_dirs
+        for out, i in list(self.producers.items()):
+            folder = out.rpartition("/")[0]
+            if not folder or out.startswith("/"):
+                continue
+            real = real_dirs.get(folder)
+            if real is None:
+                real = real_dirs[folder] = self._real_dir(folder)
+            if real != folder and self.producers.setdefault(real + out[len(folder) :], i) == i:
+                self.outputs.append(real + out[len(folder) :])
+
+    def _real_dir(self, folder: str) -> str:
+        full = os.path.realpath(self.prefix + folder)
+        base = self.real_root.rstrip("/") + "/"
+        if full == base + folder or not full.startswith(base):
+            return folder  # no link on the way, or one that leads out of the project
+        return full[len(base) :]
 
     def need(self, producer: int, path: str, found: dict[int, None]) -> None:
         found[producer] = None

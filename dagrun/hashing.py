@@ -303,7 +303,7 @@ class Keys:
                 found = None
             if found is None:  # not written yet, or not a file: the key is exact
                 return self._key(d)
-            chunks.append(f"{p}\0{found}\0".encode())
+            chunks.append(f"{p}\0{found}\0".encode(errors="surrogateescape"))
         return "outputs:" + digest_bytes(*chunks)
 
     def _key(self, i: int) -> str:

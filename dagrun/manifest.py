@@ -17,12 +17,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from . import globs, placeholders, placement, tomlsplit
+from . import globs, placeholders, placement, shellwords, tomlsplit
 from .errors import ManifestError
+from .fs import read_regular
 
 MANIFEST_NAME = "dagrun.toml"
 STATE_DIR = globs.STATE_DIR
 MAX_SECONDS = 365 * 24 * 3600  # the longest timeout or grace period: a year
+STALL_WARNING = 300.0  # [dagrun] stall_warning's default
 MAX_TASKS = 1_000_000  # matrices are refused, before they are expanded, past this many tasks
 
 
@@ -55,6 +57,7 @@ class TaskSpec(NamedTuple):
     depfile: str = ""  # relative to the root, like inputs; "" when none
     restat: bool = False  # dependents key this task by its outputs' digests (early cutoff)
     desc: str = ""  # one line of description (list, show, tree); not in the key
+    stall_warning: float = STALL_WARNING  # seconds silent and idle before a warning; 0: never
     slurm: tuple[tuple[str, Any], ...] = ()  # sbatch settings over its executor's (placement.py)
 
     @property
@@ -141,6 +144,11 @@ def _one_of(*choices: str) -> Check:
         return None
 
     return check
+
+
+def _seconds_or_zero(v: Any) -> str | None:
+    """A number of seconds, or 0 (off)."""
+    return None if v == 0 and not isinstance(v, bool) else _number_positive(v)
 
 
 def _number_positive(v: Any) -> str | None:
@@ -305,7 +313,7 @@ def _range(v: Any) -> str | None:
         return "step must not be 0"
     if not range(*v):
         return f"{v!r} has no values (stop is exclusive, as in Python)"
-    if len(range(*v)) > 1_000_000:
+    if range(*v)[1_000_000:]:  # not len(): past 2**63 values it raises OverflowError
         return f"{v!r} has more than 1,000,000 values"
     return None
 
@@ -357,6 +365,7 @@ DAGRUN_KEYS: dict[str, Check] = {
     "key_env": _str_list,
     "resources": _count_table,
     "watch_debounce_ms": _int(0),
+    "stall_warning": _seconds_or_zero,
 }
 
 TASK_KEYS: dict[str, Check] = {
@@ -379,6 +388,7 @@ TASK_KEYS: dict[str, Check] = {
     "matrix": _matrix,
     "depfile": _nonempty_str,
     "restat": _bool,
+    "stall_warning": _seconds_or_zero,
     "call": _call,
     "args": _args,
     "kwargs": _any_table,
@@ -465,8 +475,7 @@ TOP_KEYS = ("dagrun", "env", "vars", "tasks", "executors")
 def read(path: str) -> bytes:
     """A manifest file's bytes; ManifestError naming it when it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular(path)  # a FIFO or a device: an error, not a hang
     except FileNotFoundError:
         raise ManifestError("no such manifest file", source=path) from None
     except OSError as exc:
@@ -658,6 +667,7 @@ class _Builder:
         self.check_keys(settings, DAGRUN_KEYS, ("dagrun",))
         env = self.env(self.table(doc, "env"))
         self.vars = self.table(doc, "vars")
+        self.stall_warning = float(settings.get("stall_warning", STALL_WARNING))
         problem = _vars(self.vars)
         if problem:
             raise self.error(f"[vars] entry {problem}", key=problem.split("'")[1], table=("vars",))
@@ -1039,7 +1049,9 @@ class _Builder:
         group: str | None,
         line: int | None,
     ) -> TaskSpec:
-        sub = _Substituter(values, self.vars)
+        matrix = body.get("matrix", {})
+        found = [v for v in values if isinstance(matrix.get(v), dict) and "glob" in matrix[v]]
+        sub = _Substituter(values, self.vars, found)
         path = ("tasks", group or name)
         cwd = _norm(sub(body.get("cwd", ".")), ".", self.root)
         if cwd.startswith("/") or cwd == ".." or cwd.startswith("../"):
@@ -1069,6 +1081,7 @@ class _Builder:
             depfile=_norm(sub(body["depfile"]), cwd, self.root) if "depfile" in body else "",
             restat=body.get("restat", False),
             desc=sub(body.get("desc", "")),
+            stall_warning=float(body.get("stall_warning", self.stall_warning)),
             slurm=placement.slurm_pairs(body["slurm"]) if "slurm" in body else (),
         )
         if "call" in body:
@@ -1147,7 +1160,7 @@ class _Builder:
                 )
                 raise self.error(problem, task=name, key=key, table=table)
             try:
-                items = sub.items(entry[1:] if negated else entry)
+                items = sub.items(entry[1:] if negated else entry, literal=key == "inputs")
             except ValueError as exc:
                 raise self.error(str(exc), task=name, key=key, table=table) from None
             for p in items:
@@ -1308,9 +1321,13 @@ class _Substituter:
     """
 
     def __init__(
-        self, values: dict[str, str], variables: Mapping[str, str | list[str]] | None = None
+        self,
+        values: dict[str, str],
+        variables: Mapping[str, str | list[str]] | None = None,
+        found: Iterable[str] = (),
     ) -> None:
         self.values: dict[str, str | list[str]] = {**(variables or {}), **values}
+        self.found = frozenset(found)  # matrix glob variables: file names, quoted in cmd
         if self.values:
             names = "|".join(re.escape(k) for k in sorted(self.values, key=len, reverse=True))
             self.pattern: re.Pattern[str] | None = re.compile(
@@ -1318,17 +1335,40 @@ class _Substituter:
             )
         else:
             self.pattern = None
-        self.quote = False
+        self.quote = self.literal = False
+        self.text = ""
+        self.quoting: dict[int, str] | None = None
         self.lists = any(isinstance(v, list) for v in self.values.values())
 
     def __call__(self, text: str, quote: bool = False) -> str:
+        """``text`` with its placeholders replaced, in one pass; ``quote``: ``text`` is a
+        command, where file names and list items are shell-quoted (see shellwords)."""
         if self.pattern is None or "{" not in text:
             return text
-        self.quote = quote
+        self.quote, self.text, self.quoting = quote, text, None
         return self.pattern.sub(self._replace, text)
 
-    def items(self, text: str) -> list[str]:
-        """``text`` substituted; one string per item of the one [vars] list it names."""
+    def _quoting_at(self, start: int) -> str:
+        """The shell quoting around the placeholder at ``start``, read once per command."""
+        if self.quoting is None:
+            assert self.pattern is not None
+            starts = (m.start() for m in self.pattern.finditer(self.text))
+            self.quoting = shellwords.quoting_at(self.text, starts)
+        return self.quoting[start]
+
+    def items(self, text: str, literal: bool = False) -> list[str]:
+        """``text`` substituted; one string per item of the one [vars] list it names.
+
+        ``literal``: ``text`` is a pattern, where a matrix glob's file name matches itself
+        only (its wildcard characters escaped).
+        """
+        self.literal = literal
+        try:
+            return self._items(text, literal)
+        finally:
+            self.literal = False
+
+    def _items(self, text: str, literal: bool) -> list[str]:
         if not self.lists or "{" not in text:
             return [self(text)]
         assert self.pattern is not None
@@ -1341,17 +1381,25 @@ class _Substituter:
         (name,) = lists
         items = self.values[name]
         assert isinstance(items, list)
-        return [_Substituter({name: item}, self.values)(text) for item in items]
+        out = []
+        for item in items:
+            each = _Substituter({name: item}, self.values, self.found)
+            each.literal = literal
+            out.append(each(text))
+        return out
 
     def _replace(self, m: re.Match[str]) -> str:
         value = self.values[m.group(1)]
         if isinstance(value, list):
             shown = [self._part(v, m.group(2)) for v in value]
-            if self.quote:
-                import shlex
-
-                return " ".join(shlex.quote(v) for v in shown)
-            return " ".join(shown)
+            if not self.quote or all(map(shellwords.safe, shown)):
+                return " ".join(shown)
+            return shellwords.words(shown, self._quoting_at(m.start()))
+        if m.group(1) in self.found:
+            part = self._part(value, m.group(2))
+            if self.quote and not shellwords.safe(part):
+                return shellwords.word(part, self._quoting_at(m.start()))
+            return globs.escape(part) if self.literal and not self.quote else part
         return self._part(value, m.group(2))
 
     @staticmethod
@@ -1474,8 +1522,7 @@ class _LineIndex:
 def _text_again(path: str, crc: int) -> str | None:
     """The manifest's text as it was parsed, or None if the file is gone or has changed."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path)
     except OSError:
         return None
     if zlib.crc32(data) != crc:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .events import Event, TaskFinished, TaskPlaced, TaskStarted
+from .fs import open_regular
 from .manifest import Manifest
 
 if TYPE_CHECKING:  # numa: imported where a core pool is configured
@@ -173,7 +174,7 @@ def read_snapshot(path: str) -> dict[str, Any] | None:
     data = None
     for _ in range(5):  # the build may be rewriting it right now
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(open_regular(path), encoding="utf-8") as f:
                 data = json.loads(f.readline())
             break
         except OSError:

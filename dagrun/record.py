@@ -14,6 +14,7 @@ per line, in the order things happened:
      "job" (when placed)}
     {"event": "not_run", "t", "task", "why"}
     {"event": "up_to_date", "t", "task"}   # planned to run, found up to date (early cutoff)
+    {"event": "stalled", "t", "task", "seconds"}  # silent and idle for its stall_warning
     {"event": "build_finished", "t", "succeeded", "failed", "interrupted", "up_to_date",
      "not_run", "elapsed", "exit_status"}
 
@@ -25,8 +26,10 @@ for them (``--events``): a big incremental build should not pay for them.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,8 +44,10 @@ from .events import (
     TaskFinished,
     TaskPlaced,
     TaskSkipped,
+    TaskStalled,
     TaskStarted,
 )
+from .fs import open_regular
 
 FORMAT = 1
 LAST_BUILD = "last-build.jsonl"  # in .dagrun/
@@ -106,6 +111,8 @@ class Records:
                 self._emit({"event": "not_run", "t": self._t(), "task": task, "why": why})
             case TaskCutOff(task=task):
                 self._emit({"event": "up_to_date", "t": self._t(), "task": task})
+            case TaskStalled(task=task, seconds=seconds):
+                self._emit({"event": "stalled", "t": self._t(), "task": task, "seconds": seconds})
             case BuildFinished():
                 self._emit(self._build_finished(event))
                 for sink in self.active:
@@ -209,9 +216,9 @@ class JsonLines:
     def add(self, record: Record) -> None:
         try:
             self._add(record)
-        except OSError:
+        except OSError as exc:
             if not self.tolerant:
-                raise
+                raise DagrunError(f"cannot write {self.path}: {_why(exc)}") from exc
             self.close()
             self.add = lambda record: None  # type: ignore[method-assign]
 
@@ -219,7 +226,7 @@ class JsonLines:
         line = _ENCODE(record) + "\n"
         with self.lock:
             if self.file is None:
-                self.file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (close())
+                self.file = open(_open_writing(self.path), "w", encoding="utf-8")  # noqa: SIM115
                 threading.Thread(target=self._flusher, name="dagrun-records", daemon=True).start()
             self.file.write(line)
             self.dirty = True
@@ -242,9 +249,10 @@ class JsonLines:
             if self.file is not None:
                 try:
                     self.file.close()
-                except OSError:
+                except OSError as exc:
+                    self.file = None
                     if not self.tolerant:
-                        raise
+                        raise DagrunError(f"cannot write {self.path}: {_why(exc)}") from exc
                 self.file = None
 
 
@@ -267,6 +275,11 @@ class Collected:
 def check_writable(path: str, what: str) -> None:
     """Fail before the build, not after it, when a report cannot be written."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return  # a FIFO's reader would take this open for the report; a device: at the end
+    except OSError:
+        pass
+    try:
         with open(path, "a", encoding="utf-8"):
             pass
     except OSError as exc:
@@ -274,21 +287,50 @@ def check_writable(path: str, what: str) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-    """Write a whole file at once (``-``: standard output)."""
+    """Write a whole file at once (``-``: standard output); DagrunError when it cannot be."""
     if path == "-":
         import sys
 
         sys.stdout.write(text)
         return
+    try:
+        _write_text(path, text)
+    except OSError as exc:
+        raise DagrunError(f"cannot write {path}: {_why(exc)}") from exc
+
+
+def _write_text(path: str, text: str) -> None:
+    try:
+        kind = os.stat(path).st_mode
+    except OSError:
+        kind = stat.S_IFREG
+    if not stat.S_ISREG(kind):  # /dev/stdout, a FIFO, a device: written to, never replaced
+        with open(_open_writing(path), "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(text)
+        return
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
         f.write(text)
     os.replace(tmp, path)
 
 
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ENXIO:
+        return "a FIFO that nobody reads"
+    return exc.strerror or str(exc)
+
+
+def _open_writing(path: str) -> int:
+    """A descriptor to write ``path`` from its start; a FIFO without a reader is an OSError
+    (ENXIO) at once, not a wait for one."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    os.set_blocking(fd, True)
+    return fd
+
+
 def read(path: str) -> Iterator[Record]:
     """The records of a JSON-lines file; a torn last line (a build still writing) is skipped."""
-    with open(path, encoding="utf-8") as f:
+    with open(open_regular(path), encoding="utf-8") as f:
         for line in f:
             try:
                 record = json.loads(line)

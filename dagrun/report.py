@@ -30,6 +30,7 @@ from .events import (
     TaskCutOff,
     TaskFinished,
     TaskSkipped,
+    TaskStalled,
     TaskStarted,
 )
 
@@ -59,6 +60,15 @@ def failure_reason(ev: TaskFinished) -> str:
     if ev.exit_code is not None and ev.exit_code < 0:
         return f"killed by signal {-ev.exit_code}"
     return f"code={ev.exit_code}"
+
+
+def stall_line(ev: TaskStalled) -> str:
+    """The one warning of a task that seems stuck (stall_warning)."""
+    return (
+        f"dagrun: warning: {ev.label} printed nothing and used no CPU for {ev.seconds:g}s "
+        f"(still running; `dagrun tail {ev.task}` follows it, `dagrun cancel {ev.task}` stops "
+        "it)\n"
+    )
 
 
 class Style:
@@ -246,6 +256,8 @@ class PlainReporter:
                 self.text.skipped.append(event)
             case BuildFinished():
                 out = self.text.finished_build(event)
+            case TaskStalled():
+                out = stall_line(event)
             case _:
                 pass
         if out:
@@ -356,6 +368,8 @@ class RichReporter:
                     self.live.stop()
                     self.live = None
                 self._print(self.text.finished_build(event))
+            case TaskStalled():
+                self._print(stall_line(event))
             case _:
                 pass
 

@@ -80,6 +80,7 @@ class _Running(NamedTuple):
     executor: str
     slots: int
     lease: Lease | None
+    started: float  # on the build's clock (``dagrun status``: elapsed)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,8 @@ def run_dir_name(task: str) -> str:
     if safe != task or safe in (".", "..") or len(safe) > _LONGEST:
         import zlib
 
-        safe = f"{safe[:_LONGEST]}-{zlib.crc32(task.encode()):08x}"  # names are at most 255 bytes
+        crc = zlib.crc32(task.encode(errors="surrogateescape"))
+        safe = f"{safe[:_LONGEST]}-{crc:08x}"  # names are at most 255 bytes
     return safe
 
 
@@ -213,6 +215,26 @@ class Hooks(NamedTuple):  # not a dataclass: ~0.7 ms less per start (bench/IMPOR
     still_needed: Callable[[int], bool] | None = None
     # a function task's result digest as its success record holds it (pycall.load_result)
     result_digest: Callable[[str], str] | None = None
+    steering: Steering | None = None  # requests from `dagrun status/tail/cancel` (steering.py)
+
+
+class Steering(Protocol):
+    """Requests from outside (another thread): readable ``fileno()`` means ``serve`` has some.
+
+    ``serve`` runs on the scheduler's thread, between two waits; ``job_ended`` is told
+    of every job's end (a ``tail`` follows a job until then).
+    """
+
+    def fileno(self) -> int: ...
+
+    def serve(self, scheduler: Scheduler) -> None: ...
+
+    def job_ended(self, job_id: int, state: str) -> None: ...
+
+    @property
+    def awaited(self) -> Mapping[int, Any]: ...  # tasks whose start someone waits for
+
+    def job_started(self, scheduler: Scheduler, i: int) -> None: ...
 
 
 class Scheduler:
@@ -331,6 +353,8 @@ class Scheduler:
         self.status: dict[int, TaskState] = {}
         self.cut_off: list[int] = []  # found up to date when ready (early cutoff), not yet counted
         self.blocked_by: dict[int, str] = {}
+        self.cancelled: dict[int, str] = {}  # job id -> why: `dagrun cancel` asked (cancel())
+        self.withdrawn: set[int] = set()  # tasks cancelled before they started
         self.order: list[str] = []
         self.failures = 0
         self.stopping = False
@@ -355,6 +379,10 @@ class Scheduler:
                 poll.register(fd, select.EPOLLIN)
             for stop in self.hooks.stops:
                 poll.register(stop.fileno(), select.EPOLLIN)
+            self._steering_fd = -1
+            if self.hooks.steering is not None:
+                self._steering_fd = self.hooks.steering.fileno()
+                poll.register(self._steering_fd, select.EPOLLIN)
             yield poll
         finally:
             poll.close()
@@ -373,6 +401,8 @@ class Scheduler:
         if any(stop.is_set() for stop in self.hooks.stops):
             return True
         ready = {fd for fd, _ in events}
+        if self._steering_fd in ready and self.hooks.steering is not None:
+            self.hooks.steering.serve(self)
         now = self.clock.now() if wake is not None else 0.0
         for fd, ex, due in deadlines:
             if fd in ready or (due is not None and due <= now):
@@ -392,7 +422,10 @@ class Scheduler:
 
     def _account(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
-            self._finished(outcome)
+            if self.cancelled and outcome.job_id in self.cancelled:
+                self._finished(outcome, cancelled=self.cancelled.pop(outcome.job_id))
+            else:
+                self._finished(outcome)
 
     def _cancel_everything(self, why: str, *, interrupted: bool = False) -> None:
         """Kill every running job on every executor; their ends count as failures (``why``)."""
@@ -506,7 +539,7 @@ class Scheduler:
         self.free[_pool(name)] = free - slots
         self.attempts[i] += 1
         job = self._job(i, lease, name)
-        self.running[job.id] = _Running(i, name, slots, lease)
+        self.running[job.id] = _Running(i, name, slots, lease, self.clock.now())
         self.order.append(spec.name)
         self.reporter.handle(
             TaskStarted(
@@ -533,6 +566,9 @@ class Scheduler:
                 return True
             return self._submit_failed(job, name, exc)
         self._placed(job, name)
+        steering = self.hooks.steering
+        if steering is not None and steering.awaited:  # a `tail` waits for this task?
+            steering.job_started(self, i)
         return True
 
     def _placed(self, job: Job, name: str) -> None:
@@ -620,22 +656,16 @@ class Scheduler:
             reason = self.hooks.on_success(i, outcome)
             if reason is not None:
                 ok, error = False, reason
-        retry = False
         if spec.executor in self.groups:
             self._group_saw(i, run.executor, ok, outcome.lost and cancelled is None)
-        if ok:
-            self._succeeded(i)
-        elif outcome.lost and cancelled is None and not self.stopping:
-            retry, error = self._lost(i, outcome)
-        elif cancelled is None and not self.stopping and self._retries_left(i):
-            retry = True
-            self._retry_later(i)
-        else:
-            self._failed(i)
+        retry, error = self._next_step(i, outcome, ok, error, cancelled)
         if not retry:
             self.done += 1
         if cancelled is not None and not ok:
             error = cancelled if interrupted or outcome.error is None else outcome.error
+        if self.hooks.steering is not None:
+            state = "succeeded" if ok else "retry" if retry else cancelled or "failed"
+            self.hooks.steering.job_ended(outcome.job_id, state)
         self.reporter.handle(
             TaskFinished(
                 task=spec.name,
@@ -669,6 +699,52 @@ class Scheduler:
         elif lost:
             self.groups[self.graph.specs[i].executor].lost(member)
 
+    def _next_step(
+        self, i: int, outcome: Outcome, ok: bool, error: str | None, cancelled: str | None
+    ) -> tuple[bool, str | None]:
+        """After an attempt: done, run again (lost, or a retry later), or failed.  (retry, error)
+
+        A task cancelled by `dagrun cancel` fails without counting towards
+        ``failures_allowed``: the rest of the build goes on.
+        """
+        if ok:
+            self._succeeded(i)
+        elif outcome.lost and cancelled is None and not self.stopping:
+            return self._lost(i, outcome)
+        elif cancelled is None and not self.stopping and self._retries_left(i):
+            self._retry_later(i)
+            return True, error
+        else:
+            self._failed(i, counted=cancelled is None or self.stopping)
+        return False, error
+
+    def cancel(self, i: int, why: str = "cancelled") -> str:
+        """Cancel task ``i`` (`dagrun cancel`): kill its running job, or withdraw it before it
+        starts.  It fails (``why``), its dependents are not run, the rest goes on.  What
+        happened, in words."""
+        name = self.graph.specs[i].name
+        if not self.in_plan[i]:
+            return f"{name}: not part of this build"
+        if i in self.status or i in self.withdrawn:
+            return f"{name}: already {self.status.get(i, TaskState.FAILED).value}"
+        for job_id, run in self.running.items():
+            if run.task == i:
+                if job_id not in self.cancelled:
+                    self.cancelled[job_id] = why
+                    self.executors[run.executor].cancel(job_id)
+                return f"{name}: cancelled (killing it)"
+        self.withdrawn.add(i)
+        ready = self.ready[self._executor_of(i)]
+        if any(item[2] == i for item in ready):
+            ready[:] = [item for item in ready if item[2] != i]
+            heapq.heapify(ready)
+        if any(item[1] == i for item in self.backoff):
+            self.backoff[:] = [item for item in self.backoff if item[1] != i]
+            heapq.heapify(self.backoff)
+        self.blocked_by.setdefault(i, why)  # never made ready
+        self._block_dependents(i)
+        return f"{name}: cancelled before it started"
+
     def _succeeded(self, i: int, state: TaskState = TaskState.SUCCEEDED) -> None:
         self.status[i] = state
         for j in self.below[i]:
@@ -696,9 +772,9 @@ class Scheduler:
             self.reporter.handle(TaskCutOff(spec.name, spec.label, self.done, total))
             self._succeeded(j, TaskState.UP_TO_DATE)
 
-    def _failed(self, i: int) -> None:
+    def _failed(self, i: int, counted: bool = True) -> None:
         self.status[i] = TaskState.FAILED
-        self.failures += 1
+        self.failures += counted
         self._block_dependents(i)
         allowed = self.policy.failures_allowed
         if allowed and self.failures >= allowed:
@@ -756,7 +832,9 @@ class Scheduler:
                 continue
             not_run.append(specs[i].name)
             why = (
-                f"dependency failed: {self.blocked_by[i]}"
+                self.blocked_by[i]
+                if i in self.withdrawn
+                else f"dependency failed: {self.blocked_by[i]}"
                 if i in self.blocked_by
                 else "build stopped"
             )

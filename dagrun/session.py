@@ -38,12 +38,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from . import cutoff, fresh, globs, unchanged
+from . import cutoff, fresh, globs, outputs, unchanged
 from .clock import Clock, MonotonicClock
 from .completion_log import CompletionLog, Identity, LogIndex
 from .errors import DagrunError, LogError, ManifestError
 from .executors import Outcome
-from .fs import FileSystem, LocalFileSystem
+from .fs import FileSystem, LocalFileSystem, open_regular, read_regular
 from .fs import unlink_quietly as _unlink
 from .graph import BuildGraph, compile, gc_paused
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
@@ -446,10 +446,11 @@ class Session:
         self.read_only = None
         try:
             os.makedirs(self.state_dir, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = open_regular(path, os.O_RDWR | os.O_CREAT)  # a FIFO there: an error, below
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise LogError(f"cannot use {self.state_dir}: {exc.strerror}") from None
+                where = path if exc.errno == errno.EINVAL else self.state_dir  # a FIFO
+                raise LogError(f"cannot use {where}: {exc.strerror}") from None
             self.read_only = exc.strerror or str(exc)
             return None
         if not os.access(self.state_dir, os.W_OK | os.X_OK):  # the lock file alone is writable
@@ -461,10 +462,12 @@ class Session:
     @contextmanager
     def _shared_lock(self, path: str) -> Iterator[None]:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:  # no lock file in a folder nobody may write to: nobody is building
+            fd = open_regular(path)
+        except FileNotFoundError:  # no lock file in a folder nobody may write to: no build
             yield
             return
+        except OSError as exc:
+            raise LogError(f"cannot use {path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             yield
@@ -525,11 +528,25 @@ class Session:
         found = self.identities([o for _, o, _ in dead])
         present = frozenset(o for _, o, _ in dead if found[o] is not None)
         if building and self.read_only is None:
-            kept = {t for t, o, was in dead if o in present and not self._remove_dead(t, o, was)}
+            kept = {
+                t for t, o, was in dead if o in present and not self._remove_dead(log, t, o, was)
+            }
             for task in {t for t, _, _ in dead} - kept:
                 log.forget(task)
         self._excluded = present
         return compile(self._loaded, present) if present else graph
+
+    def _same_bytes(self, log: CompletionLog, task: str, out: str) -> bool:
+        """Whether ``out`` has the digest the latest success of ``task`` recorded for it."""
+        record = log.latest(task) or {}
+        parts, digests = record.get("parts"), record.get("digests")
+        names = parts.get("outputs") if isinstance(parts, dict) else None
+        if not isinstance(names, list) or not isinstance(digests, list) or out not in names:
+            return False
+        n = names.index(out)
+        if n >= len(digests) or not digests[n]:
+            return False
+        return bool(outputs.digest(os.path.join(self.root, out)) == digests[n])
 
     def _rescan(self, prep: Prepared) -> None:
         """After a build that wrote into folders its globs read (``build/*.o``): when the
@@ -541,6 +558,7 @@ class Session:
             return
         if globs.folders_unchanged(graph.scanned):
             return
+        _settle(graph.scanned)
         try:
             again = compile(self._load_manifest(read_manifest(self.manifest_path)), self._excluded)
         except DagrunError:
@@ -552,9 +570,10 @@ class Session:
         cache, _, kenv = self._state
         self._state = (cache, False, kenv)  # the graph is written again, with the new mtimes
 
-    def _remove_dead(self, task: str, out: str, was: Identity) -> bool:
-        """Remove an output of a task gone from the manifest if its run left it as it is."""
-        if self.identities([out])[out] != tuple(was):
+    def _remove_dead(self, log: CompletionLog, task: str, out: str, was: Identity) -> bool:
+        """Remove an output of a task gone from the manifest if its run left it as it is (the
+        same identity, or else the same digest: a tree moved or restored since)."""
+        if self.identities([out])[out] != tuple(was) and not self._same_bytes(log, task, out):
             self.warnings.append(
                 f"kept {out}: task '{task}' that wrote it is no longer in the manifest, but it "
                 "was changed since (remove it, or `dagrun clean --dead`)"
@@ -859,8 +878,8 @@ class Session:
         if self._cache is not None:
             return self._cache
         try:
-            with open(os.path.join(self.state_dir, "cache"), "rb") as f:
-                data, self._graph_blob = _cache_loads(f.read())
+            raw = read_regular(os.path.join(self.state_dir, "cache"))  # a FIFO: discarded
+            data, self._graph_blob = _cache_loads(raw)
         except (OSError, EOFError, ValueError, TypeError):
             return None
         if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
@@ -1078,7 +1097,7 @@ def _cache_id(path: str) -> tuple[int, ...] | None:
     """The cache file's identity: a journal applies only to the file it was written over."""
     try:
         st = os.stat(path)
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:
             f.seek(-4, os.SEEK_END)
             crc = int.from_bytes(f.read(4), "little")
     except OSError:
@@ -1090,8 +1109,7 @@ def _apply_journal(state_dir: str, data: dict[str, Any]) -> Journal:
     """Apply the cache's journal to ``data`` (the cache as loaded); the journal to extend."""
     base = _cache_id(os.path.join(state_dir, "cache"))
     try:
-        with open(os.path.join(state_dir, JOURNAL), "rb") as f:
-            raw = f.read()
+        raw = read_regular(os.path.join(state_dir, JOURNAL))
     except OSError:
         return Journal(base, {}, {})
     blob = fresh.checked(raw)
@@ -1165,6 +1183,23 @@ class _Digests(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self.log.index.latest)
+
+
+def _settle(scanned: Mapping[str, int]) -> None:
+    """Wait until no folder of ``scanned`` changed within the racy window (at most ~50 ms): a
+    folder listed sooner is never trusted (unchanged.folder_stamp), and a build whose last task
+    wrote into a globbed folder would leave no proof behind."""
+    import time
+
+    newest = 0
+    for path in scanned:
+        try:
+            newest = max(newest, os.stat(path).st_mtime_ns)
+        except OSError:
+            continue
+    wait = unchanged.RACY_NS - (time.time_ns() - newest)
+    if 0 < wait <= unchanged.RACY_NS:
+        time.sleep(wait / 1e9 + 0.002)
 
 
 def _remove_stale_temporaries(state_dir: str) -> None:

@@ -16,21 +16,40 @@ problem; hashing.StatCache trusts source digests by the same rule).
 from __future__ import annotations
 
 import os
+from stat import S_ISREG
 
 RACY_NS = 50_000_000  # as hashing.RACY_NS (tests/test_unchanged.py checks they agree)
 
 StatKey = tuple[int, int, int, int]  # mtime_ns, ctime_ns, size, inode (as fresh.StatKey)
 
 
+ABSENT, RACY = -1, -2  # folder stamps: no folder there; listed too soon after a change
+
+
+def folder_stamp(st: os.stat_result, now_ns: int | None = None) -> int:
+    """A folder's identity as one exact int: its mtime, ctime and inode (a folder replaced by
+    one with the same mtime, or put back with ``touch -d``, differs in inode or ctime).
+
+    With ``now_ns`` (the time of its listing): RACY, which never matches, when its mtime is
+    within RACY_NS of it: an entry added in the same clock tick would leave the mtime as is
+    (the rule of hashing.StatCache and settled_stat for files).
+    """
+    if now_ns is not None and now_ns - st.st_mtime_ns <= RACY_NS:
+        return RACY
+    return (st.st_ino << 128) | (st.st_ctime_ns << 64) | st.st_mtime_ns
+
+
 def folders_unchanged(scanned: dict[str, int]) -> bool:
-    """True when every folder in ``scanned`` still has the recorded mtime (or is still absent)."""
+    """True when every folder in ``scanned`` still has the recorded stamp (or is still absent)."""
     stat = os.stat
-    for path, mtime in scanned.items():
+    for path, stamp in scanned.items():
         try:
-            now = stat(path).st_mtime_ns
+            st = stat(path)
         except OSError:
-            now = -1
-        if now != mtime:
+            if stamp != ABSENT:
+                return False
+            continue
+        if (st.st_ino << 128) | (st.st_ctime_ns << 64) | st.st_mtime_ns != stamp:
             return False
     return True
 
@@ -67,7 +86,10 @@ def manifest_unchanged(
         if (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino) == tuple(recorded_stat):
             return True
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no hang
+        with os.fdopen(fd, "rb") as f:
+            if not S_ISREG(os.fstat(fd).st_mode):
+                return False
             data = f.read()
     except OSError:
         return False

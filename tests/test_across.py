@@ -482,3 +482,22 @@ def test_a_forced_non_deterministic_producer_reruns_its_dependents(project):
     assert run.code == 0 and "1 succeeded" in run.out, run.out
     assert "no work to do" in project.run("build").out
     assert project.read("runs.log") == "ran\n"
+
+
+def test_a_dead_output_in_a_tree_moved_elsewhere_is_removed_by_its_digest(tmp_path):
+    """Moved through a tarball, a removed matrix input's output has a new identity but the
+    bytes its run left: it is removed, not kept as if edited."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    (one / "data").mkdir(parents=True)
+    (one / "build").mkdir()
+    (one / "dagrun.toml").write_text(MATRIX)
+    (one / "data/a.csv").write_text("1\n")
+    (one / "data/b.csv").write_text("1\n2\n")
+    assert dagrun(one, "build").returncode == 0
+    _tar(one, two)
+    (two / "data/b.csv").unlink()
+    run = dagrun(two, "build")
+    assert run.returncode == 0, run.stderr
+    assert "removed build/b.count" in run.stderr and "kept" not in run.stderr, run.stderr
+    assert not (two / "build/b.count").exists()
+    assert (two / "report.txt").read_text() == "1\n"

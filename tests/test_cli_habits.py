@@ -341,7 +341,7 @@ def test_bash_completion_completes_commands_options_and_task_names(tmp_path: Pat
     assert complete("dagrun", "build", "--progress", "p") == ["plain"]
     assert complete("dagrun", "completion", "") == ["bash", "fish", "zsh"]
     # without a command, dagrun builds: targets complete beside commands, and build's options
-    assert complete("dagrun", "c") == ["check", "clean", "compile", "completion"]
+    assert complete("dagrun", "c") == ["cancel", "check", "clean", "compile", "completion"]
     assert complete("dagrun", "-q", "compile", "ch") == ["check"]
     assert complete("dagrun", "compile", "--keep") == ["--keep-going"]
 
@@ -389,7 +389,7 @@ def test_fish_completion_in_fish(two_task_project) -> None:
         return sorted(row.split("\t")[0] for row in done.stdout.splitlines())
 
     assert complete("dagrun build c") == ["check", "compile"]
-    assert complete("dagrun c") == ["check", "clean", "compile", "completion"]
+    assert complete("dagrun c") == ["cancel", "check", "clean", "compile", "completion"]
     assert complete("dagrun build --ju") == ["--junit"]
     assert complete("dagrun --progress ") == ["auto", "plain", "rich"]
 
@@ -416,7 +416,7 @@ def test_zsh_completion_in_zsh(two_task_project) -> None:
         return sorted(w for w in done.stdout.split() if w.startswith(words[-1]) or w == "FILES")
 
     assert complete("dagrun", "build", "c") == ["check", "compile"]
-    assert complete("dagrun", "c") == ["check", "clean", "compile", "completion"]
+    assert complete("dagrun", "c") == ["cancel", "check", "clean", "compile", "completion"]
     assert complete("dagrun", "compile", "--k") == ["--keep-going"]
     assert complete("dagrun", "build", "--junit", "x") == ["FILES"]
 

@@ -87,12 +87,13 @@ def test_a_manifest_gone_is_changed(tmp_path: Path):
 def test_folders_are_unchanged_until_an_entry_comes_or_goes(tmp_path: Path):
     (tmp_path / "src").mkdir()
     absent = str(tmp_path / "gen")
-    scanned = {str(tmp_path / "src"): (tmp_path / "src").stat().st_mtime_ns, absent: -1}
+    scanned = {str(tmp_path / "src"): unchanged.folder_stamp((tmp_path / "src").stat()),
+               absent: unchanged.ABSENT}
     assert unchanged.folders_unchanged(scanned)
     time.sleep(0.01)  # a tick for coarse folder mtimes
     (tmp_path / "src" / "new.c").write_text("")
     assert not unchanged.folders_unchanged(scanned)
-    scanned[str(tmp_path / "src")] = (tmp_path / "src").stat().st_mtime_ns
+    scanned[str(tmp_path / "src")] = unchanged.folder_stamp((tmp_path / "src").stat())
     assert unchanged.folders_unchanged(scanned)
     os.mkdir(absent)
     assert not unchanged.folders_unchanged(scanned)
@@ -106,8 +107,8 @@ def test_the_stat_checks_import_neither_re_nor_blake3(tmp_path: Path):
     _age(path)
     stat, digest = _recorded(path)
     code = (
-        "import sys; from dagrun import unchanged as u; "
-        f"ok = u.folders_unchanged({{{str(tmp_path)!r}: {tmp_path.stat().st_mtime_ns}}}) "
+        f"import os, sys; from dagrun import unchanged as u; d = {str(tmp_path)!r}; "
+        "ok = u.folders_unchanged({d: u.folder_stamp(os.stat(d))}) "
         f"and u.manifest_unchanged({str(path)!r}, {stat!r}, {digest!r}); "
         "print(ok, [m for m in ('re', 'blake3', 'typing') if m in sys.modules])"
     )

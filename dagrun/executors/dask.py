@@ -455,6 +455,12 @@ class DaskExecutor(ThreadedExecutor):
             self._workers_seen = (now, workers)
         return workers
 
+    def connected_workers(self) -> list[str]:
+        """The cluster's workers now, for `dagrun status` (steering.py)."""
+        if self.client is None:
+            return []
+        return [str(w.get("id") or w.get("name")) for w in self._workers()]
+
     def _info(self) -> tuple[int, int]:
         workers = self._workers()
         return len(workers), sum(int(w.get("nthreads", 0)) for w in workers)
@@ -514,5 +520,5 @@ def _import_distributed(name: str) -> Any:
 
 
 def _write(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
         f.write(text)

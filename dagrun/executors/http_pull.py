@@ -384,7 +384,8 @@ def _keep_run_files(job: Job, outcome: Outcome, worker: str, run_dir: Any) -> No
             "stderr.txt": outcome.stderr,
         }
         for name, text in files.items():
-            with open(os.path.join(job.run_dir, name), "w", encoding="utf-8") as f:
+            with open(os.path.join(job.run_dir, name), "w", encoding="utf-8",
+                      errors="surrogateescape") as f:
                 f.write(text)
     except OSError:
         pass  # the outcome carries the output; the run folder is a convenience
@@ -763,6 +764,20 @@ class HttpExecutor:
 
     def cancel(self, job_id: int) -> None:
         self.broker.cancel(job_id)
+
+    def job_where(self, job_id: int) -> str | None:
+        """The worker that leased the job; None while it waits for one (steering.py)."""
+        b = self.broker
+        with b.lock:
+            lease = b.leases.get(b.lease_of.get(job_id, ""))
+            return None if lease is None else f"worker {lease.worker}"
+
+    def connected_workers(self) -> list[str]:
+        """The workers heard from within the lease timeout."""
+        b = self.broker
+        now = time.monotonic()
+        with b.lock:
+            return [w.id for w in b.workers.values() if now - w.seen <= b.lease_timeout]
 
     def cancel_all(self, *, force: bool = False) -> list[Outcome]:
         """Tell every worker to kill its tasks; wait for their reports (or give up on them)."""

@@ -5,6 +5,13 @@ bodies (no chunked encoding), JSON or raw bytes.  Hostile input never reaches
 the application unchecked: the head is capped (431), a body longer than the
 route allows is refused before it is read (413), a client that stalls is cut
 off after ``IDLE`` seconds, and any exception ends only that connection.
+Connections that have not yet sent a request with the token (anyone who can
+reach the port can open them) get ``PREAUTH_IDLE`` seconds and at most
+``PREAUTH_LIMIT`` descriptors: past it the oldest is dropped, so idle or
+half-sent connections never exhaust the build's descriptors, and a worker
+still gets in.  The soft descriptor limit is raised to the hard one at start,
+and ``accept`` out of descriptors (asyncio waits a second and tries again) is
+not reported.
 
 The application (``http_pull.App``) is synchronous and fast; a long poll comes
 back as a ``Pending`` that this server parks until the broker signals news or
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import ssl
 import threading
 from collections import deque
@@ -25,6 +33,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 HEAD_LIMIT = 16 * 1024  # request line + headers
 IDLE = 30.0  # seconds a connection may sit without sending a whole request
+PREAUTH_IDLE = 5.0  # the same, before its first request with the token
+PREAUTH_LIMIT = 256  # connections without the token yet (at most 1/8 of the descriptor limit)
 BODY_TIMEOUT = 120.0  # seconds to receive a body once its head arrived
 MAX_CONNECTIONS = 20000
 DRAIN_LIMIT = 16 << 20  # a refused body up to this size is read (and dropped) before the 413
@@ -109,6 +119,10 @@ class Server:
         self._lease_waiters: deque[tuple[Pending, asyncio.Future[Response | None]]] = deque()
         self._news_waiters: dict[str, list[tuple[Pending, asyncio.Future[Response | None]]]] = {}
         self._connections: set[asyncio.StreamWriter] = set()
+        # connections that have not yet sent a request with the token, oldest first
+        self._strangers: dict[asyncio.StreamWriter, None] = {}
+        self.max_connections = MAX_CONNECTIONS
+        self.preauth_limit = PREAUTH_LIMIT
         self._thread = threading.Thread(target=self._run, name="dagrun-http", daemon=True)
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -149,6 +163,10 @@ class Server:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
+        limit = _raise_descriptor_limit()
+        self.max_connections = min(MAX_CONNECTIONS, limit // 2)
+        self.preauth_limit = min(PREAUTH_LIMIT, max(8, limit // 8))
+        self.loop.set_exception_handler(_quiet_on_emfile)
         try:
             self._server = self.loop.run_until_complete(
                 asyncio.start_server(
@@ -158,6 +176,7 @@ class Server:
                     ssl=self.tls,
                     limit=HEAD_LIMIT,
                     backlog=4096,
+                    ssl_handshake_timeout=PREAUTH_IDLE if self.tls is not None else None,
                 )
             )
             self.port = self._server.sockets[0].getsockname()[1]
@@ -235,9 +254,14 @@ class Server:
         return response
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._connections) >= MAX_CONNECTIONS:
+        if len(self._connections) >= self.max_connections:
             writer.transport.abort()
             return
+        if len(self._strangers) >= self.preauth_limit:  # idle or half-sent connections: drop the
+            oldest = next(iter(self._strangers))  # oldest, so a worker still gets in
+            del self._strangers[oldest]
+            oldest.transport.abort()
+        self._strangers[writer] = None
         self._connections.add(writer)
         try:
             while await self._one_request(reader, writer):
@@ -248,6 +272,7 @@ class Server:
             _try_write(writer, Response(500, b'{"error": "internal error"}'), close=True)
         finally:
             self._connections.discard(writer)
+            self._strangers.pop(writer, None)
             writer.close()
 
     async def _one_request(
@@ -262,6 +287,7 @@ class Server:
             await _send(writer, parsed, close=True)
             return False
         request, length, close = parsed
+        self._strangers.pop(writer, None)  # it knows the token
         response = await self._response(reader, writer, request, length)
         close = close or response.status == 413  # its body may still be on the way
         await _send(writer, response, close)
@@ -270,7 +296,8 @@ class Server:
     async def _read_head(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bytes | Response | None:
-        timer = self.loop.call_later(IDLE, writer.transport.abort)  # a stalled client goes
+        idle = PREAUTH_IDLE if writer in self._strangers else IDLE
+        timer = self.loop.call_later(idle, writer.transport.abort)  # a stalled client goes
         try:
             return await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
@@ -335,6 +362,29 @@ class Server:
             target.abort()
             raise
         return target.commit()
+
+
+def _raise_descriptor_limit() -> int:
+    """Raise the soft limit on open descriptors to the hard one; the limit now in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (OSError, ValueError):
+            pass
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+def _quiet_on_emfile(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Out of descriptors, asyncio stops accepting for a second and tries again: no message."""
+    exc = context.get("exception")
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        return
+    loop.default_exception_handler(context)
 
 
 def _time_up(fut: asyncio.Future[Response | None]) -> None:

@@ -155,6 +155,27 @@ class LocalExecutor:
         for p in self._procs.values():
             if p.job.id == job_id:
                 self._signal(p, signal.SIGKILL)  # killed by a signal: swept when reaped
+    # -- what `dagrun status`, `tail` and the stall check ask (steering.py)
+
+    def _proc_of(self, job_id: int) -> _Proc | None:
+        for p in self._procs.values():
+            if p.job.id == job_id:
+                return p
+        return None
+
+    def job_where(self, job_id: int) -> str | None:
+        p = self._proc_of(job_id)
+        return "local" if p is None else f"pid {p.pid}"
+
+    def job_output(self, job_id: int) -> tuple[int, int] | None:
+        """The job's stdout and stderr so far: its (unnamed) files' descriptors."""
+        p = self._proc_of(job_id)
+        return None if p is None else (p.out, p.err)
+
+    def job_cpu_time(self, job_id: int) -> float | None:
+        """CPU seconds used by the processes of the job's group now, and by those it reaped."""
+        p = self._proc_of(job_id)
+        return None if p is None else group_cpu_times().get(p.pid, 0.0)
 
     # -- starting
 
@@ -553,7 +574,7 @@ def _link_fd(fd: int, path: str) -> None:
 def _write_text(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        data = text.encode("utf-8")
+        data = text.encode("utf-8", "surrogateescape")  # a file name need not be UTF-8
         while data:
             data = data[os.write(fd, data) :]
     finally:
@@ -571,6 +592,31 @@ def _read_back(fd: int) -> str:
             f"\n[dagrun: output cut at {MAX_SHOWN} of {size} bytes; the run folder has all of it]\n"
         )
     return text
+
+
+_CPU_SCAN: list[Any] = [0.0, {}]  # (when, {process group: CPU seconds}): one scan per check
+
+
+def group_cpu_times(fresh_for: float = 0.5) -> dict[int, float]:
+    """CPU seconds (user + system, with reaped children) per process group, from /proc."""
+    now = time.monotonic()
+    if now - _CPU_SCAN[0] < fresh_for:
+        return dict(_CPU_SCAN[1])
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, float] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        group = int(fields[2])  # state, ppid, pgrp, ...: field 5 of stat(5)
+        used = sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+        found[group] = found.get(group, 0.0) + used
+    _CPU_SCAN[:] = [now, found]
+    return dict(found)
 
 
 def find_numactl() -> str | None:

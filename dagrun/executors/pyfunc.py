@@ -29,7 +29,7 @@ from typing import Any
 from ..interrupts import HOLD
 from ..pyworker import Request, decode_frames, encode, write_all
 from . import Context, Job, Outcome
-from .local import _make_dir, _read_back, _remove_run_files, _write_text
+from .local import _make_dir, _read_back, _remove_run_files, _why, _write_text
 
 # The worker imports this very dagrun package (wherever it is, whatever sys.path a fresh
 # interpreter has), without putting its folder on sys.path ahead of the standard library.
@@ -136,11 +136,13 @@ class FunctionPool:
     def submit(self, job: Job) -> None:
         call = job.call
         assert call is not None, "only function jobs come here"
-        _make_dir(job.run_dir)
-        for path in job.outputs:
-            os.makedirs(os.path.dirname(job.local_path(path)), exist_ok=True)
-        run = job.run_dir + "/"
-        _write_text(run + "command.txt", describe(job))  # the worker truncates the output files
+        try:
+            run = self._prepare(job)
+        except OSError as exc:  # this task's own files: it fails, the build goes on (as local)
+            error = _why(f"cannot prepare the run folder {os.path.relpath(job.run_dir, job.root)}",
+                         exc)
+            self._done.append(Outcome(job.id, None, 0.0, error=error))
+            return
         req = Request(
             target=call.target, code_file=call.code_file, args=call.args,
             upstream=call.upstream, result_path=os.path.join(call.results_dir, call.key),
@@ -168,6 +170,16 @@ class FunctionPool:
                 running.worker = worker = self._worker_for(job)
                 worker.jobs[job.id] = running
             self._send_frame(worker, message)
+
+    @staticmethod
+    def _prepare(job: Job) -> str:
+        """The run folder (its path, with a slash), its command.txt, the outputs' folders."""
+        _make_dir(job.run_dir)
+        for path in job.outputs:
+            os.makedirs(os.path.dirname(job.local_path(path)), exist_ok=True)
+        run = job.run_dir + "/"
+        _write_text(run + "command.txt", describe(job))  # the worker truncates the output files
+        return run
 
     def _send_frame(self, worker: _Worker, frame: bytes) -> None:
         """A frame to a worker that may have died: its closed reply pipe reports that."""

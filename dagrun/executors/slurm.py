@@ -62,6 +62,7 @@ class _Submitted:
     slurm_id: str
     cancelled: bool = False
     ended_at: float | None = None  # when Slurm first said it ended while no report was there
+    state: str = "PENDING"  # as squeue last said
 
 
 class SlurmExecutor:
@@ -134,6 +135,21 @@ class SlurmExecutor:
         sub = self.jobs.get(job_id)
         return sub.slurm_id if sub is not None else None
 
+    def job_where(self, job_id: int) -> str | None:
+        """``dagrun status`` of a running build (steering.py): its job, and if it still waits."""
+        sub = self.jobs.get(job_id)
+        if sub is None:
+            return None
+        return f"job {sub.slurm_id}" + (", pending" if sub.state == "PENDING" else "")
+
+    def job_output(self, job_id: int) -> tuple[str, str] | None:
+        """``dagrun tail``: the files the job writes its output to (the run folder)."""
+        sub = self.jobs.get(job_id)
+        if sub is None:
+            return None
+        run = sub.job.run_dir
+        return os.path.join(run, "stdout.txt"), os.path.join(run, "stderr.txt")
+
     # -- submitting
 
     def submit(self, job: Job) -> None:
@@ -192,6 +208,7 @@ class SlurmExecutor:
             for sub, report in unsure:
                 if states is None:
                     break
+                sub.state = states.get(sub.slurm_id, sub.state)
                 outcome = self._judge(sub, report, states.get(sub.slurm_id), now)
                 if outcome is not None:
                     ended.append(outcome)

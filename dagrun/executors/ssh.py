@@ -32,6 +32,7 @@ import os
 import re
 import select
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -42,7 +43,7 @@ from typing import Any
 
 from ..errors import ExecutorError
 from ..fs import unlink_quietly as _unlink
-from . import Context, Job, Outcome
+from . import Context, Job, Outcome, fetched
 from .threaded import ThreadedExecutor
 
 PGID_MARK = "@@dagrun-pgid "
@@ -334,7 +335,7 @@ class SshExecutor(ThreadedExecutor):
     def _execute(self, job: Job, cancel: threading.Event, started: float) -> Outcome:
         run = job.run_dir + "/"
         script = self.script(job)
-        with open(run + "command.txt", "w", encoding="utf-8") as f:
+        with open(run + "command.txt", "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(f"{job.cmd}\n\n# task: {job.task}\n# host: {self.where} ({self.name})\n"
                     f"# cwd: {self.workspace or job.root}/{job.cwd}\n")
         raw = run + "stderr.raw"
@@ -397,6 +398,16 @@ class SshExecutor(ThreadedExecutor):
             self._run_remote(f"kill -KILL -{pgid} 2>/dev/null; true", timeout=15)
         except (ExecutorError, OSError, subprocess.TimeoutExpired):
             pass
+    def job_where(self, job_id: int) -> str:
+        return f"ssh {self.where}"
+
+    def job_output(self, job_id: int) -> tuple[str, str] | None:
+        """The files the job's output comes into as it runs (None before its command starts);
+        the stderr one holds dagrun's ``@@dagrun-`` lines too."""
+        raw = self._pgids.get(job_id)
+        if raw is None:
+            return None
+        return os.path.join(os.path.dirname(raw), "stdout.txt"), raw
 
     def cancel(self, job_id: int) -> None:
         """Say "c" and close the job's channel: the wrapper on the host kills the job's process
@@ -478,9 +489,22 @@ class SshExecutor(ThreadedExecutor):
             self.ssh_argv() + [_sh(script)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True,
         )
-        tar = subprocess.run(
-            ["tar", "-C", job.root, "-xf", "-"], stdin=ssh.stdout, capture_output=True
-        )
+        staging = _staging(job.root)  # the host is not trusted with this machine: fetched.py
+        try:
+            tar = subprocess.run(
+                ["tar", "-C", staging, *fetched.TAR_FLAGS, "-xf", "-", "--", *outs],
+                stdin=ssh.stdout, capture_output=True,
+            )
+            error = self._fetched(ssh, tar, staging, job.root, outs)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return error
+
+    def _fetched(
+        self, ssh: subprocess.Popen[bytes], tar: subprocess.CompletedProcess[bytes],
+        staging: str, root: str, outs: list[str],
+    ) -> str | None:
+        """The fetch's end: its errors, else the outputs checked and moved into the project."""
         assert ssh.stdout is not None and ssh.stderr is not None
         ssh.stdout.close()
         err = ssh.stderr.read().decode(errors="replace")
@@ -492,7 +516,8 @@ class SshExecutor(ThreadedExecutor):
         if rc != 0 or tar.returncode != 0:
             why = err.strip() or tar.stderr.decode(errors="replace").strip()
             return f"cannot fetch the outputs from {self.where}: {why}"
-        return None
+        problem = fetched.adopt(staging, root, outs)
+        return None if problem is None else f"{problem} (from {self.where})"
 
 
 # -- helpers
@@ -507,6 +532,13 @@ def control_path(state_dir: str, name: str, host: str) -> str:
         return path
     digest = hashlib.blake2b(f"{state_dir}\0{name}\0{host}".encode(), digest_size=8).hexdigest()
     return os.path.join(tempfile.gettempdir(), f"dagrun-{os.getuid()}", f"{digest}.sock")
+
+
+def _staging(root: str) -> str:
+    """A fresh private folder in ``.dagrun/ssh/`` (the project's file system) to unpack into."""
+    folder = os.path.join(root, ".dagrun", "ssh")
+    os.makedirs(folder, exist_ok=True)
+    return tempfile.mkdtemp(prefix="fetch-", dir=folder)
 
 
 def _sh(script: str) -> str:
