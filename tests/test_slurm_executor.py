@@ -120,7 +120,7 @@ timeout = 1
     assert active(list(job_ids(project.root).values())) == ""
 
 
-def test_ctrl_c_scancels_every_job_and_status_showed_their_ids(dagrun_proc, slurm_cluster):
+def test_status_cancel_and_ctrl_c_of_slurm_jobs(dagrun_proc, slurm_cluster):
     root = dagrun_proc.root
     dagrun_proc.manifest(EXECUTOR + """
 [tasks.a]
@@ -139,7 +139,12 @@ executor = "hpc"
     status = subprocess.run(
         [sys.executable, "-m", "dagrun", "status"], cwd=root, capture_output=True, text=True
     )
-    assert f"job {ids['a']}" in status.stdout and f"job {ids['b']}" in status.stdout
+    assert f"job {ids['a']}" in status.stdout and f"job {ids['b']}" in status.stdout, status
+    cancel = subprocess.run([sys.executable, "-m", "dagrun", "cancel", "a"], cwd=root,
+                            capture_output=True, text=True)
+    assert cancel.returncode == 0, cancel
+    wait_for(lambda: active([ids["a"]]) == "", "job a scancelled", timeout=60)
+    assert "RUNNING" in active([ids["b"]])  # the build goes on
     os.killpg(p.pid, signal.SIGINT)
     p.communicate(timeout=60)
     assert p.returncode == 130
