@@ -23,6 +23,7 @@ from .clock import Clock
 from .errors import ExecutorError
 from .executors import Context, Executor, create
 from .graph import BuildGraph
+from .placement import GROUP
 from .plan import Plan
 from .scheduler import (
     FUNCTION_POOL,
@@ -73,9 +74,33 @@ def local_slots(graph: BuildGraph, jobs: int, pool: CorePool | None) -> int:
 
 
 def needed(graph: BuildGraph, plan: Plan) -> list[str]:
-    """The executors the plan has tasks for, local first."""
-    names = {executor_of(graph.specs[i]) for i in plan.to_run}
+    """The executors the plan has tasks for (a group's: its members), local first."""
+    names: set[str] = set()
+    for name in {executor_of(graph.specs[i]) for i in plan.to_run}:
+        spec = graph.manifest.executors.get(name)
+        names.update(spec.options["members"] if spec and spec.type == GROUP else (name,))
     return sorted(names, key=lambda n: (n != "local", n))
+
+
+def groups(
+    graph: BuildGraph, plan: Plan, opened: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The executor groups the plan has tasks for (executors/group.py), by name; with
+    ``opened``, only their members that started (ExecutorError if a group has none)."""
+    specs = graph.manifest.executors
+    used = {graph.specs[i].executor for i in plan.to_run}
+    named = sorted(n for n in used if n in specs and specs[n].type == GROUP)
+    if not named:
+        return {}
+    from .executors.group import Group
+
+    out = {}
+    for n in named:
+        members = [m for m in specs[n].options["members"] if opened is None or m in opened]
+        if not members:
+            raise ExecutorError(f"no member of group '{n}' could start")
+        out[n] = Group(n, members, {m: specs[m].options.get("env") or {} for m in members})
+    return out
 
 
 def open_executors(graph: BuildGraph, plan: Plan, setup: BuildSetup) -> dict[str, Executor]:
@@ -85,16 +110,26 @@ def open_executors(graph: BuildGraph, plan: Plan, setup: BuildSetup) -> dict[str
         setup.say,
     )
     opened: dict[str, Executor] = {}
+    spare = _group_only(graph, plan)
     try:
         with interrupts.kept():  # dask_jobqueue's import sets SIGINT to sys.exit()
-            _open(graph, plan, context, opened)
+            _open(graph, plan, context, opened, spare, setup.say)
     except BaseException:
         close_all(opened.values())
         raise
     return opened
 
 
-def _open(graph: BuildGraph, plan: Plan, context: Context, opened: dict[str, Executor]) -> None:
+def _group_only(graph: BuildGraph, plan: Plan) -> set[str]:
+    """Executors the plan reaches only through groups: a group can do without one of them."""
+    direct = {executor_of(graph.specs[i]) for i in plan.to_run}
+    return {m for g in groups(graph, plan).values() for m in g.members} - direct
+
+
+def _open(
+    graph: BuildGraph, plan: Plan, context: Context, opened: dict[str, Executor],
+    spare: set[str], say: Callable[[str], None] | None,
+) -> None:
     for name in needed(graph, plan):
         if name == FUNCTION_POOL:
             opened[name] = create(FUNCTION_POOL, name, {}, context)
@@ -102,7 +137,14 @@ def _open(graph: BuildGraph, plan: Plan, context: Context, opened: dict[str, Exe
             continue
         spec = graph.manifest.executors[name]
         opened[name] = create(spec.type, name, spec.options, context)
-        opened[name].start()
+        try:
+            opened[name].start()
+        except ExecutorError as exc:
+            if name not in spare:
+                raise
+            opened.pop(name).close()  # its groups go on with the other members
+            if say is not None:
+                say(f"warning: {exc}; its groups run their tasks on the others")
 
 
 def close_all(executors: Any) -> None:
@@ -138,6 +180,11 @@ def run(
     executors = _executors(graph, plan, setup)
     by_name = executors if isinstance(executors, dict) else {"local": executors}
     distinct = list({id(e): e for e in by_name.values()}.values())
+    try:
+        grouped = groups(graph, plan, by_name if setup.factory is None else None)
+    except ExecutorError:
+        close_all(distinct)
+        raise
     limits = {name: (slots if name == "local" else ex.slots) for name, ex in by_name.items()}
     status = StatusReporter(
         os.path.join(setup.state_dir, SNAPSHOT), setup.pool, limits,
@@ -150,7 +197,7 @@ def run(
         plan,
         keys,
         executors,
-        limits=Limits(slots, dict(m.resources), leases, limits),
+        limits=Limits(slots, dict(m.resources), leases, limits, grouped),
         policy=Policy(
             setup.failures_allowed,
             setup.environ.get("DAGRUN_SCHEDULE", "critical-path"),  # see bench/RESULTS.md

@@ -784,6 +784,7 @@ def executor_pool_text(p: Any) -> str:
         pinned = f"cores {format_cpulist(j.cores)}" if j.cores else "not pinned"
         if j.task in queued:
             pinned = "queued (no worker has it yet)"
+        pinned = f"job {j.job}" if j.job else pinned
         rows.append((f"  {j.task}", pinned))
     width = max(len(k) for k, _ in rows)
     lines = [f"{p.name} ({p.type})"] + [f"  {k:<{width}}  {v}" for k, v in rows]

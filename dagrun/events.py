@@ -64,6 +64,14 @@ class TaskFinished(NamedTuple):
     cores: tuple[int, ...] = ()  # the local cores it held
 
 
+class TaskPlaced(NamedTuple):
+    """A started task's job got a name of its executor's own (a Slurm job id)."""
+
+    task: str
+    executor: str
+    ref: str
+
+
 class TaskSkipped(NamedTuple):
     task: str
     label: str
@@ -97,6 +105,7 @@ class BuildFinished(NamedTuple):
 
 
 Event = (
-    BuildStarted | TaskStarted | TaskFinished | TaskSkipped | TaskCutOff | TaskStalled
+    BuildStarted | TaskStarted | TaskPlaced | TaskFinished | TaskSkipped | TaskCutOff
+    | TaskStalled
     | BuildFinished
 )

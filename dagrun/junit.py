@@ -87,6 +87,9 @@ def to_xml(records: Iterable[Record], suite: str = "dagrun") -> str:
         total += case.time
         tc = ET.SubElement(ts, "testcase", name=_clean(case.name), classname="dagrun",
                            time=f"{case.time:.3f}")
+        if case.last is not None and case.last.get("job"):  # the executor's job id (Slurm)
+            props = ET.SubElement(tc, "properties")
+            ET.SubElement(props, "property", name="job", value=_clean(str(case.last["job"])))
         kind = _outcome(tc, case)
         if kind:
             counts[kind] += 1

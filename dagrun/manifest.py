@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from . import globs, placeholders, shellwords, tomlsplit
+from . import globs, placeholders, placement, shellwords, tomlsplit
 from .errors import ManifestError
 from .fs import read_regular
 
@@ -58,6 +58,7 @@ class TaskSpec(NamedTuple):
     restat: bool = False  # dependents key this task by its outputs' digests (early cutoff)
     desc: str = ""  # one line of description (list, show, tree); not in the key
     stall_warning: float = STALL_WARNING  # seconds silent and idle before a warning; 0: never
+    slurm: tuple[tuple[str, Any], ...] = ()  # sbatch settings over its executor's (placement.py)
 
     @property
     def label(self) -> str:
@@ -381,7 +382,7 @@ TASK_KEYS: dict[str, Check] = {
     "timeout": _number_positive,
     "retries": _int(0, 100),  # scheduler.MAX_RETRIES
     "always": _bool,
-    "executor": _nonempty_str,
+    "executor": placement.executor_ref,
     "key_env": _str_list,
     "resources": _count_table,
     "matrix": _matrix,
@@ -392,6 +393,7 @@ TASK_KEYS: dict[str, Check] = {
     "args": _args,
     "kwargs": _any_table,
     "io_bound": _bool,
+    "slurm": placement.slurm_table,
 }
 FUNCTION_KEYS = ("args", "kwargs", "io_bound")  # meaningful with call only
 FUNCTION_EXECUTORS = ("local", "dask")  # executor types that can run a function task
@@ -448,7 +450,21 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
         "connect_timeout": _number_positive,
         "worker_timeout": _number_positive,
     },
+    "slurm": {
+        "type": _str,
+        "max_jobs": _int(1),
+        "partition": _nonempty_str,
+        "account": _nonempty_str,
+        "qos": _nonempty_str,
+        "mem": _nonempty_str,
+        "sbatch_options": _str_list,
+        "python": _nonempty_str,
+        "grace_period": _number_positive,
+    },
+    placement.GROUP: {"type": _str, "members": placement.members_list},
 }
+for _keys in EXECUTOR_KEYS.values():
+    _keys["env"] = _env_table  # added to its tasks' environment (placement.py)
 
 TOP_KEYS = ("dagrun", "env", "vars", "tasks", "executors")
 
@@ -585,6 +601,9 @@ class _Builder:
         self.declared: dict[str, tuple[str, str | None]] = {}  # -> (task, its matrix group)
         self.saw: dict[str, frozenset[str]] = {}  # matrix group -> declared outputs its globs saw
         self.globbed: list[str] = []  # matrix groups with a glob variable
+        # groups made by a task's executor = [...]: name -> spec, and the first task naming it
+        self.implicit: dict[str, ExecutorSpec] = {}
+        self.implicit_by: dict[str, tuple[str, tuple[str, ...]]] = {}
         # matrix group -> variable -> {value as text: value as written} (numbers, booleans)
         self.typed: dict[str, dict[str, dict[str, Any]]] = {}
         self.count = 0  # tasks so far, to refuse a matrix of millions before making it
@@ -670,7 +689,10 @@ class _Builder:
             self.produced_matrices(globbed, per_task)
         tasks = [t for made in per_task.values() for t in made]
         del per_task
+        executors.update(self.implicit)
+        self.check_groups(executors)
         self.check_unique(tasks, executors)
+        tasks = self.with_executor_env(tasks, executors)
         if self.lines is not None:
             self.lines.shrink()
         return Manifest(
@@ -759,11 +781,68 @@ class _Builder:
         self.check_keys(body, EXECUTOR_KEYS[kind], path)
         if kind == "ssh" and "host" not in body:
             raise self.error(f"{where} has no 'host' (the machine to run tasks on)", table=path)
+        if kind == placement.GROUP and "members" not in body:
+            hint = 'members = ["lab1", "lab2"]: the executors it spreads tasks over'
+            raise self.error(f"{where} has no 'members'", table=path, hint=hint)
         if kind == "dask" and ("scheduler" in body) == ("cluster" in body):
             hint = 'scheduler = "tcp://host:8786", or cluster = "local" or "module.Class"'
             raise self.error(f"{where} needs exactly one of 'scheduler' and 'cluster'",
                              table=path, hint=hint)
         return ExecutorSpec(name, kind, dict(body))
+
+    def executor_name(self, value: str | list[str], task: str, table: tuple[str, ...]) -> str:
+        """A task's executor: a name, or the group its list makes (placement.py)."""
+        if isinstance(value, str):
+            return value
+        group = placement.implicit_name(value)
+        if len(value) > 1 and group not in self.implicit:
+            self.implicit[group] = ExecutorSpec(group, placement.GROUP, {"members": value})
+            self.implicit_by[group] = (task, table)
+        return group
+
+    def check_groups(self, executors: dict[str, ExecutorSpec]) -> None:
+        """Every group's members are executors, and none is a group."""
+        types = {name: spec.type for name, spec in executors.items()}
+        for name, spec in executors.items():
+            if spec.type != placement.GROUP:
+                continue
+            problem = placement.group_problem(name, spec.options["members"], types)
+            if problem is None:
+                continue
+            hint = "defined: " + ", ".join(sorted(n for n, t in types.items()
+                                                   if t != placement.GROUP))
+            if name in self.implicit_by:
+                task, table = self.implicit_by[name]
+                raise self.error(problem, task=task, key="executor", table=table, hint=hint)
+            raise self.error(problem, key="members", table=("executors", name), hint=hint)
+
+    def check_slurm(self, t: TaskSpec, executors: Mapping[str, ExecutorSpec],
+                    table: tuple[str, ...]) -> None:
+        """A task's ``slurm`` settings need a Slurm executor (or a group with one)."""
+        spec = executors[t.executor]
+        kinds = {spec.type}
+        if spec.type == placement.GROUP:
+            kinds = {executors[m].type for m in spec.options["members"]}
+        if not kinds & set(placement.SLURM_TYPES):
+            raise self.error(
+                f"'slurm' settings need a Slurm executor, and '{t.executor}' is of type "
+                f"{spec.type}", task=t.name, key="slurm", table=table,
+                hint='executor = "NAME" of an [executors.NAME] table with type = "slurm"',
+            )
+
+    def with_executor_env(self, tasks: list[TaskSpec],
+                          executors: Mapping[str, ExecutorSpec]) -> list[TaskSpec]:
+        """An executor's (or group's) ``env`` joins the declared env of the tasks naming it."""
+        envs = {n: e.options["env"] for n, e in executors.items() if e.options.get("env")}
+        if not envs:
+            return tasks
+        out = []
+        for t in tasks:
+            extra = envs.get(t.executor)
+            if extra:
+                t = t._replace(env=tuple(sorted({**extra, **dict(t.env)}.items())))
+            out.append(t)
+        return out
 
     def task(self, name: str, body: Any) -> list[TaskSpec]:
         path = ("tasks", name)
@@ -994,7 +1073,7 @@ class _Builder:
             timeout=float(body["timeout"]) if "timeout" in body else None,
             retries=body.get("retries", 0),
             always=body.get("always", False),
-            executor=body.get("executor", "local"),
+            executor=self.executor_name(body.get("executor", "local"), name, path),
             key_env=tuple(body.get("key_env", ())),
             resources=tuple(sorted(body.get("resources", {}).items())),
             group=group,
@@ -1003,6 +1082,7 @@ class _Builder:
             restat=body.get("restat", False),
             desc=sub(body.get("desc", "")),
             stall_warning=float(body.get("stall_warning", self.stall_warning)),
+            slurm=placement.slurm_pairs(body["slurm"]) if "slurm" in body else (),
         )
         if "call" in body:
             exact = self.typed_args(group, body, values)
@@ -1108,6 +1188,8 @@ class _Builder:
                 )
             self.check_paths(t, table)
             kind = executors[t.executor].type
+            if t.slurm:
+                self.check_slurm(t, executors, table)
             if t.call and kind not in FUNCTION_EXECUTORS:
                 raise self.error(
                     f"executor '{t.executor}' (type {kind}) cannot run Python function tasks",

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .events import Event, TaskFinished, TaskStarted
+from .events import Event, TaskFinished, TaskPlaced, TaskStarted
 from .fs import open_regular
 from .manifest import Manifest
 
@@ -41,6 +41,7 @@ class RunningJob:
     task: str
     executor: str
     cores: tuple[int, ...] = ()
+    job: str | None = None  # the executor's own id for it (a Slurm job id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,11 @@ class StatusReporter:
             if self.jobs_running.pop(event.task, None) is not None:
                 del self._encoded[event.task]
                 self._changed = True
+        elif isinstance(event, TaskPlaced) and event.task in self.jobs_running:
+            j = self.jobs_running[event.task]  # its job id (Slurm): a fourth element
+            self.jobs_running[event.task] = RunningJob(j.task, j.executor, j.cores, event.ref)
+            self._encoded[event.task] = _dumps([j.task, j.executor, list(j.cores), event.ref])
+            self._changed = True
 
     def flush(self) -> None:
         now = time.monotonic()
@@ -191,7 +197,8 @@ def executor_pools(
     probes: Mapping[str, bool] | None = None,
 ) -> list[ExecutorPool]:
     """Every executor of the manifest, with live figures from ``snapshot`` when a build runs."""
-    running = [RunningJob(t, e, tuple(c)) for t, e, c in (snapshot or {}).get("running", [])]
+    running = [RunningJob(r[0], r[1], tuple(r[2]), r[3] if len(r) > 3 else None)
+               for r in (snapshot or {}).get("running", [])]
     free_by_node = (snapshot or {}).get("free") or {}
     live = (snapshot or {}).get("executors") or {}
     out = []

@@ -8,8 +8,10 @@ per line, in the order things happened:
     {"event": "build_started", "t": 0.0, "time": EPOCH, "to_run": N, "up_to_date": M, "jobs": J}
     {"event": "planned", "t", "task", "display", "executor", "threads", "key", "run", "reason"}
     {"event": "started", "t", "task", "attempt", "executor", "cores", "key"}
+    {"event": "placed", "t", "task", "executor", "job"}  # the executor's job id (Slurm)
     {"event": "finished", "t", "task", "status", "exit_status", "duration", "maxrss_kb",
-     "attempt", "executor", "cores", "timed_out", "error", "stderr_tail" (failures only)}
+     "attempt", "executor", "cores", "timed_out", "error", "stderr_tail" (failures only),
+     "job" (when placed)}
     {"event": "not_run", "t", "task", "why"}
     {"event": "up_to_date", "t", "task"}   # planned to run, found up to date (early cutoff)
     {"event": "stalled", "t", "task", "seconds"}  # silent and idle for its stall_warning
@@ -40,6 +42,7 @@ from .events import (
     Event,
     TaskCutOff,
     TaskFinished,
+    TaskPlaced,
     TaskSkipped,
     TaskStalled,
     TaskStarted,
@@ -88,6 +91,7 @@ class Records:
         self.active: list[Sink] = []
         self.keys: dict[str, str | None] = {}
         self.interrupted = 0  # tasks killed by Ctrl-C: BuildFinished counts them as failed
+        self.jobs: dict[str, str] = {}  # task -> its executor's name for its job (Slurm job id)
 
     def handle(self, event: Event) -> None:
         match event:
@@ -99,6 +103,10 @@ class Records:
             case TaskFinished():
                 self.interrupted += event.interrupted
                 self._emit(self._task_finished(event))
+            case TaskPlaced(task=task, executor=executor, ref=ref):
+                self.jobs[task] = ref
+                self._emit({"event": "placed", "t": self._t(), "task": task,
+                            "executor": executor, "job": ref})
             case TaskSkipped(task=task, why=why):
                 self._emit({"event": "not_run", "t": self._t(), "task": task, "why": why})
             case TaskCutOff(task=task):
@@ -162,6 +170,9 @@ class Records:
             "maxrss_kb": ev.maxrss_kb, "attempt": ev.attempt, "executor": executor,
             "cores": list(cores), "timed_out": ev.timed_out, "error": ev.error,
         }
+        job = self.jobs.pop(ev.task, None)
+        if job is not None:
+            record["job"] = job
         if ev.label != ev.task:
             record["display"] = ev.label
         if not ev.ok:

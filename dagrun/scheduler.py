@@ -42,6 +42,7 @@ from .events import (
     Event,
     TaskCutOff,
     TaskFinished,
+    TaskPlaced,
     TaskSkipped,
     TaskStarted,
 )
@@ -187,6 +188,7 @@ class Limits(NamedTuple):  # not a dataclass: ~0.5 ms less per start (bench/IMPO
     resources: Mapping[str, int] = MappingProxyType({})  # [dagrun.resources]: global
     leases: Leases | None = None  # local cores; used by tasks of the executor named "local"
     slots: Mapping[str, int] = MappingProxyType({})  # per executor name, but "local"
+    groups: Mapping[str, Any] = MappingProxyType({})  # name -> executors.group.Group
 
 
 class Policy(NamedTuple):  # not a dataclass: ~0.5 ms less per start (bench/IMPORTS.md)
@@ -330,8 +332,12 @@ class Scheduler:
                 self.below[d].append(i)
         self.priority = self._priorities()
         self.pos = {i: pos for pos, i in enumerate(plan.to_run)}
-        # one ready queue per executor, so a full executor never holds up another's tasks
-        self.ready: dict[str, list[tuple[float, int, int]]] = {n: [] for n in self.executors}
+        # one ready queue per executor (and group), so a full one never holds up another's tasks
+        self.groups = {} if self._only is not None else dict(self.limits.groups)
+        self.ran_on: dict[int, str] = {}  # task -> the group member it succeeded on
+        self.ready: dict[str, list[tuple[float, int, int]]] = {
+            n: [] for n in (*self.executors, *self.groups)
+        }
         for pos, i in enumerate(plan.to_run):
             if self.waiting[i] == 0:
                 self.ready[self._executor_of(i)].append((-self.priority[i], pos, i))
@@ -456,7 +462,7 @@ class Scheduler:
         deferred = []
         failure = None
         for name, ready in self.ready.items():
-            while ready and self.free[_pool(name)] > 0 and failure is None:
+            while ready and self._has_room(name) and failure is None:
                 item = heapq.heappop(ready)
                 started = self._try_start(item[2])
                 if started is False:
@@ -466,9 +472,22 @@ class Scheduler:
             for item in deferred:
                 heapq.heappush(ready, item)
             deferred.clear()
-            if failure is None and self.has_io and ready and self.free[_pool(name)] <= 0:
+            if failure is None and self.has_io and ready and not self._has_room(name):
                 failure = self._start_io_bound(name)
         return failure
+
+    def _has_room(self, name: str) -> bool:
+        group = self.groups.get(name)
+        return group.has_room(self.free) if group is not None else self.free[_pool(name)] > 0
+
+    def _member_for(self, i: int, name: str) -> str | None:
+        """The member of group ``name`` that takes task ``i`` now (executors/group.py)."""
+        spec = self.graph.specs[i]
+        room = {m: self.free[m] for m in self.groups[name].members
+                if self.free[m] >= min(spec.threads, self._slots_of(m))}
+        near = [self.ran_on.get(d) for d in self.graph.deps[i]]
+        member: str | None = self.groups[name].choose(room, 1, near)
+        return member
 
     def _start_io_bound(self, name: str) -> Exception | None:
         """io_bound tasks take no slot: they start even when every slot is taken."""
@@ -498,6 +517,10 @@ class Scheduler:
     def _try_start(self, i: int) -> bool | Exception:
         spec = self.graph.specs[i]
         name = self._executor_of(i)
+        if name in self.groups:  # a member with room takes it, or it waits
+            name = self._member_for(i, name) or ""
+            if not name:
+                return False
         free = self.free[_pool(name)]
         # io_bound function tasks wait on I/O on the pool's event loop: no slot, no cores
         slots = 0 if spec.io_bound else min(spec.threads, self._slots_of(_pool(name)))
@@ -515,7 +538,7 @@ class Scheduler:
             self.free_resources[resource] -= count
         self.free[_pool(name)] = free - slots
         self.attempts[i] += 1
-        job = self._job(i, lease)
+        job = self._job(i, lease, name)
         self.running[job.id] = _Running(i, name, slots, lease, self.clock.now())
         self.order.append(spec.name)
         self.reporter.handle(
@@ -528,16 +551,32 @@ class Scheduler:
                 executor=name,
             )
         )
+        return self._submit(i, job, name)
+
+    def _submit(self, i: int, job: Job, name: str) -> bool | Exception:
+        """Hand the job to its executor; one that refuses it stops the build (a group's member:
+        the job is lost, and another member takes it)."""
         try:
             if self.hooks.on_start is not None:
                 self.hooks.on_start(i)
             self.executors[name].submit(job)
         except Exception as exc:  # noqa: BLE001 - reported as an error, never a traceback
+            if self._executor_of(i) in self.groups:
+                self._finished(Outcome(job.id, None, 0.0, error=str(exc), lost=True))
+                return True
             return self._submit_failed(job, name, exc)
+        self._placed(job, name)
         steering = self.hooks.steering
         if steering is not None and steering.awaited:  # a `tail` waits for this task?
             steering.job_started(self, i)
         return True
+
+    def _placed(self, job: Job, name: str) -> None:
+        """An executor that names its jobs (a Slurm job id) says so: a TaskPlaced event."""
+        job_ref = getattr(self.executors[name], "job_ref", None)
+        ref = job_ref(job.id) if job_ref is not None else None
+        if ref:
+            self.reporter.handle(TaskPlaced(job.task, name, ref))
 
     def _submit_failed(self, job: Job, name: str, exc: Exception) -> Exception:
         """The executor could not take the job: it fails, and the build stops with an error."""
@@ -546,15 +585,18 @@ class Scheduler:
         self._finished(Outcome(job.id, None, 0.0, error=str(exc)))
         return exc if isinstance(exc, LogError) else ExecutorError(message)  # the log: as it is
 
-    def _job(self, i: int, lease: Lease | None) -> Job:
+    def _job(self, i: int, lease: Lease | None, where: str) -> Job:
         g = self.graph
         spec = g.specs[i]
         env = dict(self.base_env)
+        group = self.groups.get(spec.executor)
+        if group is not None:  # a member's env: where it runs, not part of the key
+            env.update(group.env(where))
         if spec.env:
             env.update(spec.env)
         env["DAGRUN_TASK"] = spec.name
         env["DAGRUN_KEY"] = self.keys[i] or ""
-        env["DAGRUN_EXECUTOR"] = spec.executor
+        env["DAGRUN_EXECUTOR"] = spec.executor if group is None else where
         cores: tuple[int, ...] = ()
         node = None
         if lease is not None:
@@ -580,6 +622,7 @@ class Scheduler:
             attempt=self.attempts[i],
             call=self._call(i) if spec.call else None,
             depfile=spec.depfile,
+            slurm=spec.slurm,
         )
 
     def _call(self, i: int) -> Any:
@@ -613,6 +656,8 @@ class Scheduler:
             reason = self.hooks.on_success(i, outcome)
             if reason is not None:
                 ok, error = False, reason
+        if spec.executor in self.groups:
+            self._group_saw(i, run.executor, ok, outcome.lost and cancelled is None)
         retry, error = self._next_step(i, outcome, ok, error, cancelled)
         if not retry:
             self.done += 1
@@ -645,6 +690,14 @@ class Scheduler:
             )
         )
         self._drain_cut_off()
+
+    def _group_saw(self, i: int, member: str, ok: bool, lost: bool) -> None:
+        """A group's task ended on ``member``: where it ran (its dependents' inputs are there),
+        or that the member lost it (no new task of the group goes there)."""
+        if ok:
+            self.ran_on[i] = member
+        elif lost:
+            self.groups[self.graph.specs[i].executor].lost(member)
 
     def _next_step(
         self, i: int, outcome: Outcome, ok: bool, error: str | None, cancelled: str | None

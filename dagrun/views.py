@@ -112,10 +112,13 @@ def _last_run(
             start = float(r.get("time") or 0.0)
         elif r["event"] == "finished" and r.get("task") == task:
             when = round(start + float(r.get("t") or 0.0), 3)
+            if best is not None and r.get("job") and abs(when - float(best["time"] or 0)) <= 5:
+                best.update(job=r["job"], executor=r.get("executor"))  # the logged run: its job
             if best is None or when > float(best.get("time") or 0.0) + 0.5:
                 best = {"time": when, "status": r.get("status"),
                         "exit_status": r.get("exit_status"), "duration": r.get("duration"),
-                        "maxrss_kb": r.get("maxrss_kb"), "key": None}
+                        "maxrss_kb": r.get("maxrss_kb"), "key": None, "job": r.get("job"),
+                        "executor": r.get("executor")}
     return best
 
 
@@ -169,6 +172,7 @@ def _run_text(run: dict[str, Any] | None) -> str:
     return (
         f"{when:%Y-%m-%d %H:%M:%S} UTC: {run['status']} in {float(run['duration'] or 0):.2f}s, "
         f"{memory}exit status {run['exit_status']}"
+        + (f", on {run['executor']} as job {run['job']}" if run.get("job") else "")
     )
 
 
@@ -199,6 +203,8 @@ def build_status(
         elif kind == "started":
             last[r["task"]] = "running"
             running[r["task"]] = r
+        elif kind == "placed" and r["task"] in running:
+            running[r["task"]] = {**running[r["task"]], "job": r.get("job")}
         elif kind == "finished":
             last[r["task"]] = "running" if r["status"] == "retry" else r["status"]
             running.pop(r["task"], None)
@@ -228,7 +234,7 @@ def build_status(
         "counts": counts,
         "running": [
             {"task": t, "executor": r.get("executor"), "cores": r.get("cores") or [],
-             "since": round(started_at + float(r.get("t") or 0.0), 3)}
+             "since": round(started_at + float(r.get("t") or 0.0), 3), "job": r.get("job")}
             for t, r in running.items()
         ],
     }

@@ -29,6 +29,7 @@ class Kit:
     lose: Callable[[Executor], None] | None = None
     processes: bool = True
     skip: Callable[[], str | None] = lambda: None  # why it cannot run here, or None
+    fixture: str | None = None  # a fixture it needs (the real Slurm)
 
 
 def _context(tmp_path: Path) -> Context:
@@ -112,10 +113,34 @@ def _no_dask() -> str | None:
     return None
 
 
+def _slurm(tmp_path: Path) -> Executor:
+    """Jobs on the real single-node Slurm (the ``slurm_cluster`` fixture sets SLURM_CONF)."""
+    return create("slurm", "hpc", {"grace_period": 0.5, "max_jobs": 4}, _context(tmp_path))
+
+
+def _no_slurm() -> str | None:
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("slurmctld") or not shutil.which("sbatch"):
+        return "needs root and slurm-wlm (slurmctld, slurmd, munge)"
+    return None
+
+
+def _down_slurm_node(executor: Executor) -> None:
+    """The node fails under the running job (NODE_FAIL), and comes back at once."""
+    import socket
+
+    node = socket.gethostname().split(".")[0]
+    for state in ("down reason=dagrun-test", "resume"):
+        subprocess.run(["scontrol", "update", f"nodename={node}", *f"state={state}".split()],
+                       check=True, capture_output=True)
+
+
 KITS: dict[str, Kit] = {
     "fake": Kit(_fake, _lose_fake, processes=False),
     "local": Kit(_local),
     "ssh": Kit(_ssh, _drop_ssh, skip=can_run),
     "http": Kit(_http, _kill_http_workers),
     "dask": Kit(_dask, skip=_no_dask),  # a killed worker's job is rerun by the executor itself
+    "slurm": Kit(_slurm, _down_slurm_node, skip=_no_slurm, fixture="slurm_cluster"),
 }

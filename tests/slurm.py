@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def _munge_up() -> None:
     raise RuntimeError("munged did not start")
 
 
-def _config(d: Path) -> str:
+def _config(d: Path, scheduler_parameters: str = "") -> str:
     node = socket.gethostname().split(".")[0]
     cpus = os.cpu_count() or 1
     with open("/proc/meminfo") as f:
@@ -69,7 +70,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} State=UNKNOWN
 PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
-"""
+""" + (f"SchedulerParameters={scheduler_parameters}\n" if scheduler_parameters else "")
 
 
 @pytest.fixture(scope="session")
@@ -77,11 +78,18 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     """``{"SLURM_CONF": path, "partition": "debug"}`` of a running single-node Slurm."""
     if os.geteuid() != 0 or not shutil.which("slurmctld") or not shutil.which("slurmd"):
         pytest.skip("needs root and slurm-wlm (slurmctld, slurmd, munge)")
-    d = tmp_path_factory.mktemp("slurm")
+    with slurm_up(tmp_path_factory.mktemp("slurm")) as info:
+        yield info
+
+
+@contextmanager
+def slurm_up(d: Path, scheduler_parameters: str = "") -> Iterator[dict[str, str]]:
+    """A single-node Slurm with its state in ``d``, SLURM_CONF set meanwhile (also for bench/);
+    ``scheduler_parameters``: slurm.conf's SchedulerParameters (default: Slurm's own)."""
     for sub in ("state", "spool", "log"):
         (d / sub).mkdir()
     conf = d / "slurm.conf"
-    conf.write_text(_config(d))
+    conf.write_text(_config(d, scheduler_parameters))
     _munge_up()
     env = dict(os.environ, SLURM_CONF=str(conf))
     procs = []

@@ -26,6 +26,8 @@ def kit(request: pytest.FixtureRequest) -> Kit:
     why = kit.skip()
     if why is not None:
         pytest.skip(why)
+    if kit.fixture is not None:
+        request.getfixturevalue(kit.fixture)
     return kit
 
 

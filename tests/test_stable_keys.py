@@ -182,7 +182,7 @@ def test_every_task_key_is_the_same_in_processes_with_different_hash_seeds(tmp_p
     first = runs[SEEDS[0]]
     planned = {name for name, keys in first.items() if isinstance(keys, dict)}
     examples = {name for name in first if name.startswith("examples.")}
-    assert len(examples) == 7 and examples <= planned, first
+    assert len(examples) == 8 and examples <= planned, first  # slurm is the 8th
     assert {"functions", "manifests.full", "test_pytasks.MANIFEST"} <= planned, first
     assert len(planned) >= 30, sorted(set(first) - planned)
     assert len(first["functions"]) == 3 * 2 + 2, first["functions"]

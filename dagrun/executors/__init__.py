@@ -24,6 +24,8 @@ The contract, which ``tests/test_executor_contract.py`` checks on every executor
   host); its Outcome still comes through ``collect()``.  ``cancel_all()`` kills
   every job and returns their outcomes (Ctrl-C); ``force`` skips the grace
   period.  ``close()`` releases connections, clusters and threads.
+- Optional: ``job_ref(job_id)`` names a submitted job in the executor's own terms (a Slurm
+  job id); the scheduler passes it on as a TaskPlaced event (status, show, events, JUnit).
 
 A Job travels: its paths are relative to the manifest's folder (``root``), its
 ``env`` holds only the declared environment plus ``DAGRUN_*``; an executor adds
@@ -62,6 +64,7 @@ class Job:
     attempt: int = 1
     call: Call | None = None  # a Python function task (``cmd`` is then only its description)
     depfile: str = ""  # relative to root: written by the command, read here after it (staged back)
+    slurm: tuple[tuple[str, Any], ...] = ()  # the task's ``slurm = {...}`` (executors/slurm.py)
 
     @property
     def local_cwd(self) -> str:
@@ -144,6 +147,7 @@ REGISTRY = {
     "ssh": "ssh:SshExecutor",
     "http": "http_pull:HttpExecutor",
     "dask": "dask:DaskExecutor",
+    "slurm": "slurm:SlurmExecutor",
     # not a manifest type: where the local executor's Python function tasks (job.call) run
     "python": "pyfunc:FunctionPool",
 }
