@@ -185,8 +185,8 @@ class History(RuleBasedStateMachine):
         self.moves = 0  # trees moved elsewhere through a tarball
         self.matrix: list[bool] = [True, False, False]  # which mat/xJ.txt exist
         self.nd_always = False
-        # a byte of the log was flipped: the record of a task gone from the manifest may be lost
-        # with it, and then its output is a file like any other (no tool can tell it is dead)
+        # a byte of the log was flipped, or a build killed: the record of a task gone from the
+        # manifest may be lost (or never written), and then its output is a file like any other
         self.amnesia = False
 
     # -- the project
@@ -391,6 +391,9 @@ class History(RuleBasedStateMachine):
         out, err = p.communicate(timeout=30)
         if p.returncode == -signal.SIGKILL:
             self.kills += 1
+            # a task killed before its success was recorded may have written its output: if its
+            # matrix input goes later, the log never knew that file (docs/state.md: the limit)
+            self.amnesia = True
         else:
             self.check(p.returncode, out, err)
 
