@@ -23,10 +23,20 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .http_pull import Broker
+
+class Broker(Protocol):
+    """What the fleet reads of the HTTP executor's broker (http_pull.Broker), declared here so
+    that this module does not import the one that imports it."""
+
+    jobs: Any
+    leases: Any
+    workers: Any
+    lock: Any
+    lease_timeout: float
+
+    def fail_waiting(self, why: str) -> None: ...
 
 PROGRESS = 10.0  # seconds between two "0 workers connected" lines
 DEPROVISION_TIMEOUT = 60.0  # seconds the deprovisioner may take at the end of a build
