@@ -116,6 +116,7 @@ def run(
     on_start: Callable[[int], None] | None = None,
     still_needed: Callable[[int], bool] | None = None,
     result_digest: Callable[[str], str] | None = None,
+    cache: Any = None,
 ) -> BuildResult:
     """Run the plan on its executors; every executor is closed when it ends."""
     from .pool_status import SNAPSHOT, StatusReporter, Tee
@@ -150,7 +151,7 @@ def run(
         ),
         hooks=Hooks(
             Tee(status, reporter), on_success, status.flush, setup.stops, on_start, still_needed,
-            result_digest,
+            result_digest, cache,
         ),
         clock=setup.clock,
         base_env=dict(m.env),

@@ -128,6 +128,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (a testcase per task)")
     b.add_argument("--events", metavar="FILE", help="write the build's events as JSON lines")
     b.add_argument("--trace", metavar="FILE", help="write a Chrome trace (open it in Perfetto)")
+    b.add_argument(
+        "--cache", choices=("auto", "required", "off"), default="auto",
+        help="the shared cache ([cache]): a failure of it is a warning (auto), an error "
+        "(required), or it is not used (off)",
+    )
 
     g = command("graph", "print the dependency graph")
     g.add_argument("targets", nargs="*", metavar="TARGET")
@@ -344,6 +349,7 @@ _NOOP_NEUTRAL = frozenset(
         "quiet",
         "verbose",
         "implicit",
+        "cache",  # up to date is up to date, whatever the shared cache says
     }
 )
 
@@ -392,6 +398,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             failures_allowed=failures,
             explain=args.explain or bool(args.events),  # --events: the reasons in full
             delta=args.delta,
+            cache=getattr(args, "cache", "auto"),  # entry.py's fast path has no --cache
         )
     finally:
         _warn(session)

@@ -135,6 +135,7 @@ class Session:
         # keep the last build's graph and state until this session goes (the CLI: until exit,
         # which frees them at once rather than object by object)
         self.keep_last = False
+        self._cache_mode = "auto"  # the shared cache: auto, required or off (build's ``cache``)
         self._last: Prepared | None = None
 
     # ------------------------------------------------------------ public operations
@@ -149,8 +150,12 @@ class Session:
         explain: bool = False,
         delta: fresh.Delta | None = None,
         changed: Collection[str] | None = None,
+        cache: str = "auto",
     ) -> BuildResult:
         """Build ``targets`` (the defaults when None).
+
+        ``cache``: the shared cache ([cache]): "auto" (a failure of it is a warning),
+        "required" (an error) or "off" (not used).
 
         ``delta`` is the no-op check's finding (fresh.examine: the CLI asked it just before);
         ``changed`` is for a caller that watches files (``dagrun watch``): the root-relative
@@ -169,6 +174,7 @@ class Session:
                 _remove_stale_temporaries(self.state_dir)
             prep = self._prepare(targets, explain=explain, delta=delta, building=True)
             self._refuse_if_read_only(prep)
+            self._cache_mode = cache
             try:
                 result = self._run(prep, reporter, jobs, failures_allowed, explain)
             finally:
@@ -694,12 +700,17 @@ class Session:
         ledger = prep.ledger
         assert ledger is not None
 
+        shared = self._shared_cache(prep)
+
         def on_success(i: int, outcome: Outcome) -> str | None:
-            problem = ledger.succeeded(i, outcome)
+            restored = shared is not None and i in shared.restored
+            problem = ledger.succeeded(i, outcome, restored=restored)
             if ledger.error is not None:
                 self._log_error = ledger.error
             if problem is None and specs[i].call:
                 stream(i)
+            if problem is None and shared is not None and ledger.last is not None:
+                shared.succeeded(i, ledger.last.digests, ledger.last.result, outcome)
             return problem
 
         results = results_of(graph, keys.keys, self.state_dir)
@@ -722,15 +733,36 @@ class Session:
             say=self.on_wait,  # messages for the user (the URL workers connect to)
         )
         check = cutoff.Cutoff(keys, prep.waits, log.done, ledger.intact, ledger.upstream_changed)
-        result = build.run(
-            graph, prep.plan, keys.keys, reporter, setup, on_success, log.index.durations,
-            ledger.started,
-            check.still_needed,
-            log.result,
-        )
+        try:
+            result = build.run(
+                graph, prep.plan, keys.keys, reporter, setup, on_success, log.index.durations,
+                ledger.started,
+                check.still_needed,
+                log.result,
+                shared,
+            )
+        finally:
+            if shared is not None:
+                shared.close()
+        if shared is not None and shared.required and shared.problems:
+            from .cache import CacheError
+
+            raise CacheError(f"the shared cache failed (--cache=required): {shared.problems[0]}")
         done = {*result.succeeded, *result.up_to_date}
         values = {t: p for t, p in results.items() if t in done}
         return dataclasses.replace(result, values=Results(values, _Digests(log)))
+
+    def _shared_cache(self, prep: Prepared) -> Any:
+        """This build's SharedCache (cache/), or None: no [cache], --cache=off, nothing to run."""
+        settings = prep.graph.manifest.cache
+        mode = self._cache_mode
+        if settings is None or mode == "off" or not prep.plan.to_run:
+            return None
+        from .cache import SharedCache
+
+        say = self.on_wait or (lambda text: self.warnings.append(text))
+        return SharedCache(settings, prep.graph, prep.keys.keys, self.environ, self.state_dir,
+                           say, required=mode == "required")
 
     def executor_pools(self, *, probe: bool = True) -> list[Any]:
         """Each executor's pool (``dagrun status --executors``), live while a build runs.

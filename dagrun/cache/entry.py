@@ -1,0 +1,118 @@
+"""A task's entry in the shared cache: what its run made, by sha256, under a name from its key.
+
+The entry's name is sha256 over the task's key (hashing.py: no absolute path, no
+machine name) plus the OS and CPU architecture: a key is the same on every
+machine for the same sources, and an object file built on one architecture is no
+use on another.  sha256 because the layout is bazel-remote's (``cas/<sha256>``),
+whose servers check it; the entry's name is a sha256 too, so such a server
+takes it.
+
+The entry is JSON: the format, the task's name (for people reading the store;
+it is not trusted), and per declared output (in the manifest's order) its
+sha256, size and mode; the sha256 and size of the run's stdout, stderr and, for
+a function task, its result.  Nothing in it names a path to write: outputs are
+written where the manifest says, never where the store says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from typing import Any, NamedTuple
+
+FORMAT = "dagrun-cache/1"
+
+
+class Blob(NamedTuple):
+    sha256: str
+    size: int
+
+
+class Output(NamedTuple):
+    path: str  # as the manifest declares it (checked against it, never used to write)
+    sha256: str
+    size: int
+    mode: int  # permission bits (0o755, 0o644)
+
+
+class Entry(NamedTuple):
+    task: str
+    outputs: tuple[Output, ...]
+    stdout: Blob | None = None
+    stderr: Blob | None = None
+    result: Blob | None = None  # a function task's pickled result
+    duration: float = 0.0  # how long the run that made it took
+
+    def blobs(self) -> list[Blob]:
+        out = [Blob(o.sha256, o.size) for o in self.outputs]
+        out += [b for b in (self.stdout, self.stderr, self.result) if b is not None]
+        return out
+
+    def encode(self) -> bytes:
+        def blob(b: Blob | None) -> list[Any] | None:
+            return None if b is None else [b.sha256, b.size]
+
+        doc = {
+            "format": FORMAT, "task": self.task,
+            "outputs": [[o.path, o.sha256, o.size, o.mode] for o in self.outputs],
+            "stdout": blob(self.stdout), "stderr": blob(self.stderr), "result": blob(self.result),
+            "duration": round(self.duration, 3),
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> Entry | None:
+    """The entry in ``data``; None for anything that is not one (damaged, another format)."""
+    try:
+        doc = json.loads(data)
+        if doc.get("format") != FORMAT:
+            return None
+        outputs = tuple(_output(o) for o in doc["outputs"])
+        return Entry(
+            str(doc["task"]), outputs, _blob(doc["stdout"]), _blob(doc["stderr"]),
+            _blob(doc["result"]), float(doc.get("duration") or 0.0),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _blob(v: Any) -> Blob | None:
+    if v is None:
+        return None
+    sha, size = v
+    return Blob(_sha(sha), _size(size))
+
+
+def _output(v: Any) -> Output:
+    path, sha, size, mode = v
+    if not isinstance(path, str) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        raise ValueError("not an output")
+    return Output(path, _sha(sha), _size(size), mode)
+
+
+def _sha(v: Any) -> str:
+    if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+        raise ValueError("not a sha256")
+    return v
+
+
+def _size(v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ValueError("not a size")
+    return v
+
+
+def platform_tag() -> str:
+    """The OS and CPU architecture an entry was made on (``linux-x86_64``)."""
+    return f"{sys.platform}-{os.uname().machine}"
+
+
+def entry_name(key: str) -> str:
+    """The entry's name in ``ac/``: sha256 over the format, the task's key and the platform."""
+    return hashlib.sha256(f"{FORMAT}\0{key}\0{platform_tag()}".encode()).hexdigest()
+
+
+def sha256_bytes(data: bytes) -> Blob:
+    return Blob(hashlib.sha256(data).hexdigest(), len(data))
