@@ -748,7 +748,7 @@ class Session:
             from .cache import CacheError
 
             raise CacheError(f"the shared cache failed (--cache=required): {shared.problems[0]}")
-        done = {*result.succeeded, *result.up_to_date}
+        done = {*result.succeeded, *result.restored, *result.up_to_date}
         values = {t: p for t, p in results.items() if t in done}
         return dataclasses.replace(result, values=Results(values, _Digests(log)))
 

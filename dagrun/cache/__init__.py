@@ -175,7 +175,7 @@ class SharedCache:
                 with self._lock:
                     self.counts["misses"] += 1
                 if chunks is not None:
-                    self._warn(f"the shared cache's entry for '{spec.name}' is damaged: it runs")
+                    self._warn(f"shared cache: the entry of '{spec.name}' is damaged: it runs")
                 return Outcome(job_id, None, 0.0)
             got = restore(self.store, found, self.graph.root, spec.outputs)
         except StoreError as exc:
@@ -187,6 +187,7 @@ class SharedCache:
             return self._failed(job_id, why, said=True, store_down=False)
         if got.result is not None:
             self._write_result(key, got.result)
+        self._run_files(spec, got.stdout, got.stderr)
         with self._lock:
             self.counts["hits"] += 1
             self.restored.add(i)
@@ -201,6 +202,25 @@ class SharedCache:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, os.path.join(folder, key))
+
+    def _run_files(self, spec: TaskSpec, stdout: str, stderr: str) -> None:
+        """The run folder as a run that printed this leaves it (none for a silent one)."""
+        from ..scheduler import run_dir_name
+
+        folder = os.path.join(self.state_dir, "runs", run_dir_name(spec.name))
+        files = {"command.txt": spec.cmd + "\n", "stdout.txt": stdout, "stderr.txt": stderr}
+        if not stdout and not stderr:
+            for name in files:
+                try:
+                    os.unlink(os.path.join(folder, name))
+                except OSError:
+                    pass
+            return
+        os.makedirs(folder, exist_ok=True)
+        for name, text in files.items():
+            with open(os.path.join(folder, name), "w", encoding="utf-8",
+                      errors="surrogateescape") as f:
+                f.write(text)
 
     def _failed(self, job_id: int, why: str, *, said: bool = False,
                 store_down: bool = True) -> Outcome:
@@ -224,7 +244,7 @@ class SharedCache:
 
     def _warn(self, text: str) -> None:
         with self._lock:
-            self._said.append(text)
+            self._said.append(f"warning: {text}")
 
     # ------------------------------------------------------------ the scheduler's wait
 

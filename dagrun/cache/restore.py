@@ -49,15 +49,18 @@ def _checked(store: Store, blob: Blob, fd: int | None) -> Iterator[bytes]:
     if chunks is None:
         raise Damaged(f"blob {blob.sha256[:12]} is missing from the store")
     h, size = hashlib.sha256(), 0
-    for chunk in chunks:
-        size += len(chunk)
-        if size > blob.size:
-            raise Damaged(f"blob {blob.sha256[:12]} is longer than its entry says")
-        h.update(chunk)
-        if fd is None:
-            yield chunk
-        else:
-            _write_all(fd, chunk)
+    try:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > blob.size:
+                raise Damaged(f"blob {blob.sha256[:12]} is longer than its entry says")
+            h.update(chunk)
+            if fd is None:
+                yield chunk
+            else:
+                _write_all(fd, chunk)
+    finally:
+        chunks.close()  # type: ignore[attr-defined]  # a generator: its file or response
     if size != blob.size:
         raise Damaged(f"blob {blob.sha256[:12]} is truncated ({size} of {blob.size} bytes)")
     if h.hexdigest() != blob.sha256:
