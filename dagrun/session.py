@@ -722,7 +722,7 @@ class Session:
             self.on_plan(graph, prep.plan)
         setup = build.BuildSetup(
             state_dir=self.state_dir,
-            environ=self.environ,
+            environ=_without_token(self.environ, m.cache),
             clock=self.clock,
             jobs=jobs or m.jobs or default_jobs(),
             failures_allowed=m.failures_allowed if failures_allowed is None else failures_allowed,
@@ -1092,6 +1092,14 @@ class _Digests(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self.log.index.latest)
+
+
+def _without_token(environ: Mapping[str, str], cache: Any) -> Mapping[str, str]:
+    """dagrun's environment for its tasks: without the shared cache's token (it is dagrun's,
+    and a task printing its environment would put it in a run file, and in the store)."""
+    if cache is None or not cache.token_env or cache.token_env not in environ:
+        return environ
+    return {k: v for k, v in environ.items() if k != cache.token_env}
 
 
 def _remove_stale_temporaries(state_dir: str) -> None:

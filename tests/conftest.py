@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from dask_cluster import dask_scheduler  # noqa: F401  (a session fixture: a real LocalCluster)
+from nginx import NginxServer, nginx_binary, start_nginx
 from realproc import DagrunProcs, dagrun_procs
 from slurm import slurm_cluster  # noqa: F401  (a session fixture: a real single-node Slurm)
-from nginx import NginxServer, nginx_binary, start_nginx
 from sshd import SshServer, can_run, shared_server, start_sshd
 
 from dagrun.clock import FakeClock

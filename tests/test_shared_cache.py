@@ -35,7 +35,8 @@ url = "{url}"
 {extra}
 
 [tasks.gen]
-cmd = "echo gen >> $RUNLOG; echo making the header; echo a warning >&2; mkdir -p build; cat src.txt src.txt > build/gen.h"
+cmd = '''echo gen >> $RUNLOG; echo making the header; echo a warning >&2
+mkdir -p build; cat src.txt src.txt > build/gen.h'''
 inputs = ["src.txt"]
 outputs = ["build/gen.h"]
 
@@ -328,6 +329,17 @@ def test_a_store_that_hangs_costs_one_timeout(tmp_path: Path, hanging_server: in
     assert result.stderr.count("writing to it stops") == 1
 
 
+def test_a_required_store_that_refuses_put_fails_the_build(
+    tmp_path: Path, nginx: NginxServer
+) -> None:
+    a = make_project(tmp_path / "a", nginx.url("nowrite"))
+    result = dagrun(a, "build", "--cache=required")
+    assert result.returncode == 1
+    assert "dagrun: error: the shared cache failed (--cache=required):" in result.stderr
+    assert "answered 401" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(ran(a)) == ["gen", "stamp", "tool", "tree", "use"]  # a miss is no error
+
+
 def test_a_store_that_refuses_put_keeps_reads(tmp_path: Path, nginx: NginxServer) -> None:
     a = make_project(tmp_path / "a", nginx.url("nowrite"))
     result = dagrun(a, "build")
@@ -387,6 +399,9 @@ def test_the_token_is_sent_and_never_shown(tmp_path: Path, nginx: NginxServer) -
     extra = 'token_env = "CACHE_TOKEN"'
     env = {"CACHE_TOKEN": TOKEN}
     a = make_project(tmp_path / "alice", url, extra)
+    with open(a / "dagrun.toml", "a") as f:  # a task that prints its whole environment
+        f.write('[tasks.env]\ncmd = "mkdir -p out; env > out/env.txt; env"\n'
+                'outputs = ["out/env.txt"]\n')
     runs = [dagrun(a, "build", "--events", "ev.jsonl", "--junit", "j.xml", "--trace", "t.json",
                    "--explain", env=env)]
     assert runs[0].returncode == 0, runs[0].stderr
@@ -395,7 +410,8 @@ def test_the_token_is_sent_and_never_shown(tmp_path: Path, nginx: NginxServer) -
     shutil.copytree(a, b, ignore=shutil.ignore_patterns(".dagrun", "build", "out", "runlog.txt",
                                                         "*.jsonl", "*.xml", "*.json"))
     runs.append(dagrun(b, "build", "--events", "ev.jsonl", "-v", env=env))
-    assert "4 restored" in runs[1].stdout
+    assert "5 restored" in runs[1].stdout
+    assert "CACHE_TOKEN" not in (b / "out" / "env.txt").read_text()
     wrong = make_project(tmp_path / "eve", url, extra)
     runs.append(dagrun(wrong, "build", env={"CACHE_TOKEN": "wrong"}))
     assert "answered 401" in runs[2].stderr
