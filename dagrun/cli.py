@@ -129,9 +129,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--events", metavar="FILE", help="write the build's events as JSON lines")
     b.add_argument("--trace", metavar="FILE", help="write a Chrome trace (open it in Perfetto)")
     b.add_argument(
-        "--cache", choices=("auto", "required", "off"), default="auto",
+        "--cache", choices=("auto", "required", "read-only", "off"), default="auto",
         help="the shared cache ([cache]): a failure of it is a warning (auto), an error "
-        "(required), or it is not used (off)",
+        "(required); read-only: look up, never send (untrusted jobs); off: not used",
     )
 
     g = command("graph", "print the dependency graph")
@@ -239,7 +239,8 @@ def plain_args(argv: Sequence[str]) -> Any:
         return None
     found: dict[str, Any] = dict(GLOBAL_DEFAULTS)
     found.update(command="build", jobs=None, keep_going=False, failures_allowed=None,
-                 dry_run=False, explain=False, junit=None, events=None, trace=None)
+                 dry_run=False, explain=False, junit=None, events=None, trace=None,
+                 cache="auto")
     implicit = not any(word in COMMANDS for word in argv)
     command = implicit  # whether argparse's first pass finds the command (see parse)
     i = 0
@@ -398,7 +399,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             failures_allowed=failures,
             explain=args.explain or bool(args.events),  # --events: the reasons in full
             delta=args.delta,
-            cache=getattr(args, "cache", "auto"),  # entry.py's fast path has no --cache
+            cache=args.cache,
         )
     finally:
         _warn(session)

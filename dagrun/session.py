@@ -155,7 +155,7 @@ class Session:
         """Build ``targets`` (the defaults when None).
 
         ``cache``: the shared cache ([cache]): "auto" (a failure of it is a warning),
-        "required" (an error) or "off" (not used).
+        "required" (an error), "read-only" (looked up, never written) or "off" (not used).
 
         ``delta`` is the no-op check's finding (fresh.examine: the CLI asked it just before);
         ``changed`` is for a caller that watches files (``dagrun watch``): the root-relative
@@ -761,6 +761,8 @@ class Session:
         from .cache import SharedCache
 
         say = self.on_wait or (lambda text: self.warnings.append(text))
+        if mode == "read-only":
+            settings = settings._replace(write=False)
         return SharedCache(settings, prep.graph, prep.keys.keys, self.environ, self.state_dir,
                            say, required=mode == "required")
 

@@ -6,6 +6,7 @@ that behaves in one way:
 - ``/ok/``: a store (GET, HEAD, PUT);
 - ``/auth/``: the same, but every request needs ``Authorization: Bearer TOKEN``, else 401;
 - ``/nowrite/``: GET and HEAD answer, PUT is refused with 401;
+- ``/trusted/``: anyone reads, a PUT needs the token (a CI cache: trusted jobs write);
 - ``/broken/``: every request is a 500.
 
 Each test takes a fresh folder under a prefix (``NginxServer.url``).  Needs nginx built with
@@ -45,6 +46,13 @@ http {{
     location /nowrite/ {{
       if ($request_method = PUT) {{ return 401; }}
       root {d}/store;
+    }}
+    location /trusted/ {{
+      set $deny "";
+      if ($request_method = PUT) {{ set $deny "put"; }}
+      if ($http_authorization != "Bearer {token}") {{ set $deny "${{deny}}-no-token"; }}
+      if ($deny = "put-no-token") {{ return 401; }}
+      root {d}/store; dav_methods PUT; create_full_put_path on;
     }}
     location /broken/ {{ return 500; }}
   }}

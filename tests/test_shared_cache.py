@@ -392,6 +392,12 @@ def test_write_false_never_writes(tmp_path: Path, nginx: NginxServer) -> None:
     b = make_project(tmp_path / "b", f"file://{store}", "write = false")
     assert dagrun(b, "build").returncode == 0
     assert not store.exists()
+    c = make_project(tmp_path / "c", f"file://{store}")  # write = true, but a PR's job
+    assert dagrun(c, "build", "--cache=read-only").returncode == 0
+    assert not store.exists()
+    d = make_project(tmp_path / "d", f"file://{store}")
+    assert dagrun(d, "build", "--cache=off").returncode == 0
+    assert not store.exists()
 
 
 def test_the_token_is_sent_and_never_shown(tmp_path: Path, nginx: NginxServer) -> None:
@@ -436,3 +442,66 @@ def test_the_entry_name_covers_the_key_os_and_architecture(tmp_path: Path) -> No
     assert tag == f"{sys.platform}-{os.uname().machine}"
     expected = hashlib.sha256(f"dagrun-cache/1\0{key}\0{tag}".encode()).hexdigest()
     assert entry_name(key) == expected
+
+
+# ---------------------------------------------------------------- docs/ci.md's recipe
+
+
+def shared_cache_recipe() -> dict[str, object]:
+    """The second YAML block of docs/ci.md: the workflow with a shared cache."""
+    import yaml
+
+    blocks = (REPO / "docs" / "ci.md").read_text().split("```yaml\n")[1:]
+    assert len(blocks) >= 2, "docs/ci.md has the .dagrun/ recipe, then the shared-cache one"
+    flow: dict[str, object] = yaml.safe_load(blocks[1].split("```", 1)[0])
+    return flow
+
+
+def step_env(step: dict[str, str], trusted: bool) -> dict[str, str]:
+    """The step's `env:` as GitHub evaluates it for a push to main (trusted) or a pull
+    request: the two expressions the recipe uses, nothing else."""
+    out = {}
+    for name, value in step["env"].items():  # type: ignore[attr-defined]
+        if "secrets.DAGRUN_CACHE_TOKEN" in value:
+            out[name] = TOKEN if trusted else ""
+        elif "github.event_name == 'push' && github.ref == 'refs/heads/main'" in value:
+            out[name] = "true" if trusted else "false"
+        else:
+            raise AssertionError(f"an expression the test does not know: {value}")
+    return out
+
+
+def test_the_shared_cache_recipe_of_docs_ci_md_works_as_written(
+    tmp_path: Path, nginx: NginxServer
+) -> None:
+    flow = shared_cache_recipe()
+    steps = flow["jobs"]["build"]["steps"]  # type: ignore[index]
+    build = next(s for s in steps if s.get("name") == "Build")
+    assert "pull_request" in flow[True]  # type: ignore[index,operator]  # YAML reads on: as True
+    url = nginx.url("trusted")  # anyone reads; a PUT needs the token
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "dagrun").write_text(f'#!/bin/sh\nexec {sys.executable} -m dagrun "$@"\n')
+    (bindir / "dagrun").chmod(0o755)
+
+    def job(name: str, trusted: bool) -> tuple[Path, subprocess.CompletedProcess[str]]:
+        checkout = make_project(tmp_path / name, url, 'token_env = "DAGRUN_CACHE_TOKEN"')
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DAGRUN_")}
+        env.update(step_env(build, trusted), PYTHONPATH=str(REPO), CI="true",
+                   GITHUB_ACTIONS="true", RUNLOG=str(checkout / "runlog.txt"),
+                   PATH=f"{bindir}:{os.environ['PATH']}")
+        done = subprocess.run(["bash", "-e", "-c", build["run"]], cwd=checkout, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert (checkout / "dagrun-junit.xml").exists()
+        return checkout, done
+
+    pr, _ = job("pull-request-1", trusted=False)
+    assert sorted(ran(pr)) == ["gen", "stamp", "tool", "tree", "use"]
+    assert store_files(nginx.stored(url)) == []  # a pull request never writes
+    main, _ = job("main", trusted=True)
+    assert store_files(nginx.stored(url))  # a push to main does
+    pr2, done = job("pull-request-2", trusted=False)
+    assert sorted(ran(pr2)) == ["stamp", "tree"]
+    assert "4 restored" in done.stdout
+    assert outputs(pr2) == outputs(main)
