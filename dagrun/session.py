@@ -763,7 +763,7 @@ class Session:
         say = self.on_wait or (lambda text: self.warnings.append(text))
         if mode == "read-only":
             settings = settings._replace(write=False)
-        return SharedCache(settings, prep.graph, prep.keys.keys, self.environ, self.state_dir,
+        return SharedCache(settings, prep.graph, prep.keys, self.environ, self.state_dir,
                            say, required=mode == "required")
 
     def executor_pools(self, *, probe: bool = True) -> list[Any]:

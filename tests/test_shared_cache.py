@@ -505,3 +505,41 @@ def test_the_shared_cache_recipe_of_docs_ci_md_works_as_written(
     assert sorted(ran(pr2)) == ["stamp", "tree"]
     assert "4 restored" in done.stdout
     assert outputs(pr2) == outputs(main)
+
+
+# ---------------------------------------------------------------- depfiles (examples/c)
+
+
+def c_clone(where: Path, store: Path) -> Path:
+    shutil.copytree(REPO / "examples" / "c", where,
+                    ignore=shutil.ignore_patterns(".dagrun", "build"))
+    with open(where / "dagrun.toml", "a") as f:
+        f.write(f'\n[cache]\nurl = "file://{store}"\n')
+    return where
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_a_task_with_a_depfile_is_restored_only_where_its_headers_match(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    a = c_clone(tmp_path / "a", store)
+    assert dagrun(a, "build").returncode == 0
+    b = c_clone(tmp_path / "b", store)
+    first = dagrun(b, "build")
+    assert "0 succeeded, 6 restored" in first.stdout, first.stdout
+    assert (b / "build" / "hello").read_bytes() == (a / "build" / "hello").read_bytes()
+    edit = dagrun(b, "build", "--explain")  # the restored depfiles are the log's: a header
+    assert "no work to do" in edit.stdout  # edit is seen as the compile's would be
+    (b / "include" / "greet.h").write_text((b / "include" / "greet.h").read_text() + "// x\n")
+    edit = dagrun(b, "build", "--explain")
+    assert "input include/greet.h changed (from depfile)" in edit.stdout
+    assert "3 succeeded" in edit.stdout
+    c = c_clone(tmp_path / "c", store)  # a greet.h no build sent: its includers run
+    greet = c / "include" / "greet.h"
+    greet.write_text(greet.read_text() + "#define DAGRUN_TEST_ONLY 1\n")
+    third = dagrun(c, "build")
+    assert third.returncode == 0, third.stderr
+    for source in ("src/greet.c", "src/shout.c", "app/main.c"):
+        assert f"CC {source} (restored)" not in third.stdout
+        assert f"CC {source}" in third.stdout
+    out = subprocess.run([str(c / "build" / "hello"), "x"], capture_output=True, text=True)
+    assert out.stdout == "Hello, X!\n"

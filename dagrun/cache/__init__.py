@@ -35,6 +35,7 @@ from ..errors import DagrunError
 from ..executors import Outcome
 from ..executors.threaded import Completions
 from ..graph import BuildGraph
+from ..hashing import MISSING, Keys, digest_bytes, key_of
 from ..manifest import CacheSettings, TaskSpec
 from . import entry as entries
 from .restore import Damaged, restore
@@ -65,6 +66,8 @@ class Upload(NamedTuple):
     result: str  # a function task's result file ("" : none)
     result_digest: str
     duration: float
+    depfile: str = ""  # the task's depfile, sent with the files it listed (``found``)
+    found: tuple[tuple[str, str], ...] = ()
 
 
 def why_not(spec: TaskSpec) -> str | None:
@@ -73,8 +76,6 @@ def why_not(spec: TaskSpec) -> str | None:
         return "cache = false"
     if spec.always:
         return "always = true"
-    if spec.depfile:
-        return "it has a depfile (the files it reads are known only after it ran)"
     if not spec.cmd and not spec.call:
         return "it runs nothing"
     for out in spec.outputs:
@@ -107,7 +108,7 @@ class SharedCache:
         self,
         settings: CacheSettings,
         graph: BuildGraph,
-        keys: list[str | None],
+        keys: Keys,
         environ: Mapping[str, str],
         state_dir: str,
         say: Callable[[str], None],
@@ -121,7 +122,8 @@ class SharedCache:
         self.settings = settings
         self.state_dir = state_dir
         self.graph = graph
-        self.keys = keys
+        self.keyer = keys
+        self.keys = keys.keys
         self.say = say
         self.required = required
         self.read_down: str | None = None if settings.read else "read = false"
@@ -152,9 +154,18 @@ class SharedCache:
 
             self._downloads = ThreadPoolExecutor(DOWNLOADS, thread_name_prefix="dagrun-cache-get")
         self.pending[job_id] = i
+        self._downloads.submit(self._lookup, job_id, i, self.name_key(i))
+
+    def name_key(self, i: int) -> str:
+        """The key an entry is found by: the task's key; for a task with a depfile, its key
+        without the files the depfile listed (the entry says which they were, and where each
+        is what it was there, the task's whole key is the one its run had: ccache's way)."""
+        spec = self.graph.specs[i]
+        if spec.depfile:
+            return key_of(self.keyer.parts(i)._replace(found=()))
         key = self.keys[i]
         assert key is not None
-        self._downloads.submit(self._lookup, job_id, i, key)
+        return key
 
     def _lookup(self, job_id: int, i: int, key: str) -> None:
         started = time.monotonic()
@@ -177,7 +188,11 @@ class SharedCache:
                 if chunks is not None:
                     self._warn(f"shared cache: the entry of '{spec.name}' is damaged: it runs")
                 return Outcome(job_id, None, 0.0)
-            got = restore(self.store, found, self.graph.root, spec.outputs)
+            if spec.depfile and (found.depfile is None or not self._same_files(found.found)):
+                with self._lock:
+                    self.counts["misses"] += 1
+                return Outcome(job_id, None, 0.0)  # made with other headers: a miss
+            got = restore(self.store, found, self.graph.root, spec.outputs, spec.depfile)
         except StoreError as exc:
             self._down("read", str(exc))
             return self._failed(job_id, str(exc), said=True)
@@ -192,6 +207,23 @@ class SharedCache:
             self.counts["hits"] += 1
             self.restored.add(i)
         return Outcome(job_id, 0, time.monotonic() - started, got.stdout, got.stderr)
+
+    def _same_files(self, found: tuple[tuple[str, str], ...]) -> bool:
+        """Each file a depfile listed has here the digest it had where the entry was made."""
+        root = self.graph.root
+        for path, digest in found:
+            if path.startswith("/") or ".." in path.split("/"):
+                return False
+            try:
+                with open(os.path.join(root, path), "rb") as f:
+                    now = digest_bytes(f.read())
+            except FileNotFoundError:
+                now = MISSING
+            except OSError:
+                return False
+            if now != digest:
+                return False
+        return True
 
     def _write_result(self, key: str, data: bytes) -> None:
         from ..pycall import RESULTS
@@ -285,13 +317,14 @@ class SharedCache:
         key = self.keys[i]
         if key is None or why_not(spec) is not None:
             return
+        found = self.keyer.parts(i).found if spec.depfile else ()
         result = ""
         if spec.call:
             from ..pycall import RESULTS
 
             result = os.path.join(self.state_dir, RESULTS, key)
-        job = Upload(spec.name, key, spec.outputs, digests, outcome.stdout, outcome.stderr,
-                     result, result_digest, outcome.duration)
+        job = Upload(spec.name, self.name_key(i), spec.outputs, digests, outcome.stdout,
+                     outcome.stderr, result, result_digest, outcome.duration, spec.depfile, found)
         if self._uploads is None:
             from concurrent.futures import ThreadPoolExecutor
 

@@ -44,10 +44,14 @@ class Entry(NamedTuple):
     stderr: Blob | None = None
     result: Blob | None = None  # a function task's pickled result
     duration: float = 0.0  # how long the run that made it took
+    # a task with a depfile: the files it listed, with their digests (hashing.py's), and the
+    # depfile itself; the entry holds only where each of them is what it was
+    found: tuple[tuple[str, str], ...] = ()
+    depfile: Blob | None = None
 
     def blobs(self) -> list[Blob]:
         out = [Blob(o.sha256, o.size) for o in self.outputs]
-        out += [b for b in (self.stdout, self.stderr, self.result) if b is not None]
+        out += [b for b in (self.stdout, self.stderr, self.result, self.depfile) if b is not None]
         return out
 
     def encode(self) -> bytes:
@@ -60,6 +64,9 @@ class Entry(NamedTuple):
             "stdout": blob(self.stdout), "stderr": blob(self.stderr), "result": blob(self.result),
             "duration": round(self.duration, 3),
         }
+        if self.depfile is not None:
+            doc["found"] = [list(f) for f in self.found]
+            doc["depfile"] = blob(self.depfile)
         return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -70,9 +77,11 @@ def decode(data: bytes) -> Entry | None:
         if doc.get("format") != FORMAT:
             return None
         outputs = tuple(_output(o) for o in doc["outputs"])
+        found = tuple(_found(f) for f in doc.get("found", ()))
         return Entry(
             str(doc["task"]), outputs, _blob(doc["stdout"]), _blob(doc["stderr"]),
-            _blob(doc["result"]), float(doc.get("duration") or 0.0),
+            _blob(doc["result"]), float(doc.get("duration") or 0.0), found,
+            _blob(doc.get("depfile")),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -90,6 +99,13 @@ def _output(v: Any) -> Output:
     if not isinstance(path, str) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
         raise ValueError("not an output")
     return Output(path, _sha(sha), _size(size), mode)
+
+
+def _found(v: Any) -> tuple[str, str]:
+    path, digest = v
+    if not isinstance(path, str) or not isinstance(digest, str):
+        raise ValueError("not a file and its digest")
+    return path, digest
 
 
 def _sha(v: Any) -> str:

@@ -73,17 +73,22 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def restore(store: Store, entry: Entry, root: str, outputs: tuple[str, ...]) -> Restored:
-    """Write ``entry``'s outputs at ``outputs`` (root-relative, the manifest's); Damaged or
-    OSError when it cannot, with nothing changed."""
+def restore(
+    store: Store, entry: Entry, root: str, outputs: tuple[str, ...], depfile: str = ""
+) -> Restored:
+    """Write ``entry``'s outputs at ``outputs`` (root-relative, the manifest's), and its
+    depfile at ``depfile``; Damaged or OSError when it cannot, with nothing changed."""
     if tuple(o.path for o in entry.outputs) != outputs:
         raise Damaged("its entry names other outputs")
     small = [entry.stdout, entry.stderr, entry.result]
     got = [None if b is None else fetch(store, b) for b in small]
+    files = [(o.path, Blob(o.sha256, o.size), o.mode) for o in entry.outputs]
+    if depfile and entry.depfile is not None:
+        files.append((depfile, entry.depfile, 0o644))
     pending: list[_Pending] = []
     try:
-        for out in entry.outputs:
-            pending.append(_download(store, root, out.path, Blob(out.sha256, out.size), out.mode))
+        for path, blob, mode in files:
+            pending.append(_download(store, root, path, blob, mode))
         for p in pending:
             os.replace(p.tmp, p.name, src_dir_fd=p.dir_fd, dst_dir_fd=p.dir_fd)
     finally:

@@ -42,7 +42,12 @@ def send(store: Store, root: str, job: Upload) -> bool:
         if digest_bytes(data) != job.result_digest:
             return False
         result = _put(store, data)
-    made = Entry(job.task, tuple(outputs), printed[0], printed[1], result, job.duration)
+    depfile = None
+    if job.depfile:
+        with open(os.path.join(root, job.depfile), "rb") as f:
+            depfile = _put(store, f.read())
+    made = Entry(job.task, tuple(outputs), printed[0], printed[1], result, job.duration,
+                 job.found, depfile)
     store.put("ac", entry_name(job.key), made.encode())
     return True
 
