@@ -541,11 +541,14 @@ def build_manifest(
     env: Mapping[str, str],
     tasks: Mapping[str, Mapping[str, Any]],
     executors: Mapping[str, Mapping[str, Any]] | None = None,
+    cache: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Validate tables given as Python values (the API's path; same checks as a file)."""
     doc: dict[str, Any] = {"dagrun": dict(settings), "env": dict(env), "tasks": dict(tasks)}
     if executors:
         doc["executors"] = dict(executors)
+    if cache is not None:
+        doc["cache"] = dict(cache)
     return _Builder("", source, os.path.abspath(root)).build(doc)
 
 

@@ -543,3 +543,46 @@ def test_a_task_with_a_depfile_is_restored_only_where_its_headers_match(tmp_path
         assert f"CC {source}" in third.stdout
     out = subprocess.run([str(c / "build" / "hello"), "x"], capture_output=True, text=True)
     assert out.stdout == "Hello, X!\n"
+
+
+# ---------------------------------------------------------------- the API, manifest errors
+
+
+def test_the_api_says_what_the_manifest_says(tmp_path: Path) -> None:
+    import dagrun
+    from dagrun.report import RecordingReporter
+
+    store = tmp_path / "store"
+    results = []
+    for clone in ("one", "two"):
+        root = tmp_path / clone
+        root.mkdir()
+        (root / "in.txt").write_text("data\n")
+        g = dagrun.Graph(root=root, cache={"url": f"file://{store}", "write": clone == "one"})
+        g.add_task("copy", cmd="cp in.txt out.txt", inputs=["in.txt"], outputs=["out.txt"])
+        results.append(g.build(reporter=RecordingReporter(), cache="required"))
+        assert (root / "out.txt").read_text() == "data\n"
+    assert results[0].succeeded == ("copy",) and results[0].restored == ()
+    assert results[1].succeeded == () and results[1].restored == ("copy",)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("[cache]\nread = true\n",
+     "dagrun.toml:1: [cache] has no 'url' (where the shared cache is)"),
+    ('[cache]\nurl = "s3://bucket/prefix"\n',
+     "dagrun.toml:2: key 'url': s3:// stores are not supported"),
+    ('[cache]\nurl = "file://relative/path"\n',
+     "dagrun.toml:2: key 'url': must name an absolute folder"),
+    ('[cache]\nurl = "http://h/x"\nwrite = "no"\n',
+     "dagrun.toml:3: key 'write': must be true or false"),
+    ('[cache]\nurl = "http://h/x"\ntoken = "T"\n',
+     "dagrun.toml:3: key 'token': unknown key in [cache] (did you mean 'token_env'?)"),
+])
+def test_a_bad_cache_table_is_an_error_naming_file_and_line(
+    tmp_path: Path, table: str, message: str
+) -> None:
+    (tmp_path / "dagrun.toml").write_text(table + '[tasks.a]\ncmd = "true"\n')
+    result = dagrun(tmp_path, "build")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"dagrun: error: {message}"), result.stderr
+    assert "Traceback" not in result.stderr
