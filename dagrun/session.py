@@ -710,7 +710,7 @@ class Session:
             if problem is None and specs[i].call:
                 stream(i)
             if problem is None and shared is not None and ledger.last is not None:
-                shared.succeeded(i, ledger.last.digests, ledger.last.result, outcome)
+                shared.succeeded(i, ledger.last, outcome)
             return problem
 
         results = results_of(graph, keys.keys, self.state_dir)
@@ -763,8 +763,13 @@ class Session:
         say = self.on_wait or (lambda text: self.warnings.append(text))
         if mode == "read-only":
             settings = settings._replace(write=False)
-        return SharedCache(settings, prep.graph, prep.keys, self.environ, self.state_dir,
-                           say, required=mode == "required")
+        from .outputs import combine
+
+        ledger = prep.ledger
+        assert ledger is not None
+        return SharedCache(settings, prep.graph, prep.keys, self.environ, self.state_dir, say,
+                           seen=lambda i: combine(ledger.upstream(i).items()),
+                           required=mode == "required")
 
     def executor_pools(self, *, probe: bool = True) -> list[Any]:
         """Each executor's pool (``dagrun status --executors``), live while a build runs.

@@ -434,14 +434,44 @@ def test_the_token_is_sent_and_never_shown(tmp_path: Path, nginx: NginxServer) -
         assert p.is_dir() or secret not in p.read_bytes()
 
 
-def test_the_entry_name_covers_the_key_os_and_architecture(tmp_path: Path) -> None:
+def test_the_entry_name_covers_the_key_os_architecture_and_upstream(tmp_path: Path) -> None:
     from dagrun.cache.entry import entry_name, platform_tag
 
     key = "0" * 32
     tag = platform_tag()
     assert tag == f"{sys.platform}-{os.uname().machine}"
-    expected = hashlib.sha256(f"dagrun-cache/1\0{key}\0{tag}".encode()).hexdigest()
-    assert entry_name(key) == expected
+    expected = hashlib.sha256(f"dagrun-cache/1\0{key}\0{tag}\0seen".encode()).hexdigest()
+    assert entry_name(key, "seen") == expected
+
+
+def test_a_dependency_that_made_other_bytes_never_restores_what_old_ones_made(
+    tmp_path: Path,
+) -> None:
+    """`fetch` (always = true, a download) makes other bytes on every run, under one key: what
+    `process` made from another clone's download is not this clone's."""
+    store = tmp_path / "store"
+    text = f"""
+[cache]
+url = "file://{store}"
+[tasks.fetch]
+cmd = "mkdir -p out; head -c 16 /dev/urandom | od -An -tx1 > out/fetched.txt"
+outputs = ["out/fetched.txt"]
+always = true
+[tasks.process]
+cmd = "tr a-f A-F < out/fetched.txt > out/processed.txt"
+inputs = ["out/fetched.txt"]
+outputs = ["out/processed.txt"]
+"""
+    for clone in ("a", "b"):
+        (tmp_path / clone).mkdir()
+        (tmp_path / clone / "dagrun.toml").write_text(text)
+        result = dagrun(tmp_path / clone, "build")
+        assert result.returncode == 0, result.stderr
+        fetched = (tmp_path / clone / "out" / "fetched.txt").read_text()
+        processed = (tmp_path / clone / "out" / "processed.txt").read_text()
+        assert processed == fetched.upper()
+    assert "restored" not in result.stdout
+    assert len(list((store / "ac").iterdir())) == 2  # one entry per download
 
 
 # ---------------------------------------------------------------- docs/ci.md's recipe

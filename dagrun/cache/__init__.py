@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..completion_log import Made
 from ..errors import DagrunError
 from ..executors import Outcome
 from ..executors.threaded import Completions
@@ -58,7 +59,7 @@ class Upload(NamedTuple):
     """What the scheduler's thread knows of a success, for the upload thread."""
 
     task: str
-    key: str
+    name: str  # the entry's (entry.entry_name)
     outputs: tuple[str, ...]
     digests: tuple[str, ...]  # blake3 as the ledger recorded them: a file changed since is not sent
     stdout: str
@@ -113,6 +114,7 @@ class SharedCache:
         state_dir: str,
         say: Callable[[str], None],
         *,
+        seen: Callable[[int], str] = lambda i: "",
         required: bool = False,
         store: Store | None = None,
     ) -> None:
@@ -124,6 +126,8 @@ class SharedCache:
         self.graph = graph
         self.keyer = keys
         self.keys = keys.keys
+        self.seen = seen  # task -> its dependencies' fingerprints now (ledger.upstream)
+        self.reading = settings.read
         self.say = say
         self.required = required
         self.read_down: str | None = None if settings.read else "read = false"
@@ -144,7 +148,7 @@ class SharedCache:
     def wants(self, i: int) -> bool:
         """Look task ``i`` up before running it?"""
         spec = self.graph.specs[i]
-        if self.read_down is not None and not self.required:
+        if not self.reading or (self.read_down is not None and not self.required):
             return False
         return self.keys[i] is not None and why_not(spec) is None
 
@@ -154,7 +158,10 @@ class SharedCache:
 
             self._downloads = ThreadPoolExecutor(DOWNLOADS, thread_name_prefix="dagrun-cache-get")
         self.pending[job_id] = i
-        self._downloads.submit(self._lookup, job_id, i, self.name_key(i))
+        key = self.keys[i]
+        assert key is not None
+        name = entries.entry_name(self.name_key(i), self.seen(i))
+        self._downloads.submit(self._lookup, job_id, i, key, name)
 
     def name_key(self, i: int) -> str:
         """The key an entry is found by: the task's key; for a task with a depfile, its key
@@ -167,20 +174,20 @@ class SharedCache:
         assert key is not None
         return key
 
-    def _lookup(self, job_id: int, i: int, key: str) -> None:
+    def _lookup(self, job_id: int, i: int, key: str, name: str) -> None:
         started = time.monotonic()
         try:
-            outcome = self._fetch(job_id, i, key, started)
+            outcome = self._fetch(job_id, i, key, name, started)
         except Exception as exc:  # noqa: BLE001 - a bug here must cost a run, not the build
             outcome = self._failed(job_id, f"{type(exc).__name__}: {exc}")
         self.completions.post(outcome)
 
-    def _fetch(self, job_id: int, i: int, key: str, started: float) -> Outcome:
+    def _fetch(self, job_id: int, i: int, key: str, name: str, started: float) -> Outcome:
         spec = self.graph.specs[i]
         if self.read_down is not None:  # the store failed meanwhile
             return self._failed(job_id, self.read_down, said=True)
         try:
-            chunks = self.store.get("ac", entries.entry_name(key))
+            chunks = self.store.get("ac", name)
             found = None if chunks is None else entries.decode(b"".join(chunks))
             if found is None:
                 with self._lock:
@@ -308,9 +315,9 @@ class SharedCache:
 
     # ------------------------------------------------------------ uploading
 
-    def succeeded(self, i: int, digests: tuple[str, ...], result_digest: str, outcome: Outcome
-                  ) -> None:
-        """Task ``i`` ran and its success is recorded: send it (unless it was restored)."""
+    def succeeded(self, i: int, made: Made, outcome: Outcome) -> None:
+        """Task ``i`` ran and its success is recorded (``made``: what the ledger recorded):
+        send it (unless it was restored)."""
         if i in self.restored or self.write_down is not None:
             return
         spec = self.graph.specs[i]
@@ -323,8 +330,9 @@ class SharedCache:
             from ..pycall import RESULTS
 
             result = os.path.join(self.state_dir, RESULTS, key)
-        job = Upload(spec.name, self.name_key(i), spec.outputs, digests, outcome.stdout,
-                     outcome.stderr, result, result_digest, outcome.duration, spec.depfile, found)
+        name = entries.entry_name(self.name_key(i), made.seen)
+        job = Upload(spec.name, name, spec.outputs, made.digests, outcome.stdout,
+                     outcome.stderr, result, made.result, outcome.duration, spec.depfile, found)
         if self._uploads is None:
             from concurrent.futures import ThreadPoolExecutor
 

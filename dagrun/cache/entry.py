@@ -1,11 +1,13 @@
 """A task's entry in the shared cache: what its run made, by sha256, under a name from its key.
 
 The entry's name is sha256 over the task's key (hashing.py: no absolute path, no
-machine name) plus the OS and CPU architecture: a key is the same on every
-machine for the same sources, and an object file built on one architecture is no
-use on another.  sha256 because the layout is bazel-remote's (``cas/<sha256>``),
-whose servers check it; the entry's name is a sha256 too, so such a server
-takes it.
+machine name), the OS and CPU architecture, and what its dependencies made (their
+fingerprints, outputs.py): a key is the same on every machine for the same
+sources, an object file built on one architecture is no use on another, and a
+dependency that made other bytes under the same key (a download, a timestamp)
+must not restore what was made from the old ones.  sha256 because the layout is
+bazel-remote's (``cas/<sha256>``), whose servers check it; the entry's name is a
+sha256 too, so such a server takes it.
 
 The entry is JSON: the format, the task's name (for people reading the store;
 it is not trusted), and per declared output (in the manifest's order) its
@@ -125,9 +127,11 @@ def platform_tag() -> str:
     return f"{sys.platform}-{os.uname().machine}"
 
 
-def entry_name(key: str) -> str:
-    """The entry's name in ``ac/``: sha256 over the format, the task's key and the platform."""
-    return hashlib.sha256(f"{FORMAT}\0{key}\0{platform_tag()}".encode()).hexdigest()
+def entry_name(key: str, seen: str = "") -> str:
+    """The entry's name in ``ac/``: sha256 over the format, the task's key, the platform and
+    ``seen`` (its dependencies' fingerprints, combined: outputs.combine)."""
+    text = f"{FORMAT}\0{key}\0{platform_tag()}\0{seen}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def sha256_bytes(data: bytes) -> Blob:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..hashing import _hasher, digest_bytes
 from ..outputs import DIGEST_BYTES
-from .entry import Blob, Entry, Output, entry_name, sha256_bytes
+from .entry import Blob, Entry, Output, sha256_bytes
 from .store import CHUNK, Store
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def send(store: Store, root: str, job: Upload) -> bool:
             depfile = _put(store, f.read())
     made = Entry(job.task, tuple(outputs), printed[0], printed[1], result, job.duration,
                  job.found, depfile)
-    store.put("ac", entry_name(job.key), made.encode())
+    store.put("ac", job.name, made.encode())
     return True
 
 
