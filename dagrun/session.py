@@ -741,9 +741,12 @@ class Session:
                 log.result,
                 shared,
             )
-        finally:
+        except BaseException:
             if shared is not None:
-                shared.close()
+                shared.close(wait=False)  # interrupted: the queued uploads are dropped
+            raise
+        if shared is not None:
+            shared.close()
         if shared is not None and shared.required and shared.problems:
             from .cache import CacheError
 

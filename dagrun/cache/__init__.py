@@ -353,12 +353,14 @@ class SharedCache:
         except Exception as exc:  # noqa: BLE001 - a bug here must cost the upload only
             self._down("write", f"{type(exc).__name__}: {exc}")
 
-    def close(self) -> None:
-        """Wait for the uploads (the end of the build); drop the lookups still under way."""
+    def close(self, *, wait: bool = True) -> None:
+        """Wait for the uploads (the end of the build; ``wait=False``: Ctrl-C, the queued ones
+        are dropped); drop the lookups still under way."""
         if self._uploads is not None:
-            for f in self._sent:
-                f.result()
-            self._uploads.shutdown()
+            if wait:
+                for f in self._sent:
+                    f.result()
+            self._uploads.shutdown(wait=wait, cancel_futures=not wait)
         if self._downloads is not None:
             self._downloads.shutdown(wait=False, cancel_futures=True)
         self.flush()
