@@ -356,12 +356,16 @@ class Scheduler:
         self.done = 0
         self.next_id = 0
         self.looked = bytearray(n)  # looked up in the shared cache already
-        if self.hooks.cache is not None:  # lookups first: a hit never takes a slot
-            first = sorted(item for heap in self.ready.values() for item in heap)
-            for heap in self.ready.values():
-                heap.clear()
-            for item in first:
-                self._ready(item[2])
+        if self.hooks.cache is not None:
+            self._look_up_first()
+
+    def _look_up_first(self) -> None:
+        """The tasks ready at the start go to the shared cache first: a hit takes no slot."""
+        first = sorted(item for heap in self.ready.values() for item in heap)
+        for heap in self.ready.values():
+            heap.clear()
+        for item in first:
+            self._ready(item[2])
 
     def _slots_of(self, name: str) -> int:
         if name == "local" or self._only is not None:
