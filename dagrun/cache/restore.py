@@ -45,7 +45,7 @@ def fetch(store: Store, blob: Blob) -> bytes:
 
 
 def _checked(store: Store, blob: Blob, fd: int | None) -> Iterator[bytes]:
-    chunks = store.get("cas", blob.sha256)
+    chunks = store.get("cas", blob.sha256) if blob.data is None else _once(blob.data)
     if chunks is None:
         raise Damaged(f"blob {blob.sha256[:12]} is missing from the store")
     h, size = hashlib.sha256(), 0
@@ -60,11 +60,15 @@ def _checked(store: Store, blob: Blob, fd: int | None) -> Iterator[bytes]:
             else:
                 _write_all(fd, chunk)
     finally:
-        chunks.close()  # type: ignore[attr-defined]  # a generator: its file or response
+        chunks.close()  # type: ignore[attr-defined]  # a generator (a file, a response): done
     if size != blob.size:
         raise Damaged(f"blob {blob.sha256[:12]} is truncated ({size} of {blob.size} bytes)")
     if h.hexdigest() != blob.sha256:
         raise Damaged(f"blob {blob.sha256[:12]} does not have its digest (damaged)")
+
+
+def _once(data: bytes) -> Iterator[bytes]:
+    yield data
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -82,7 +86,7 @@ def restore(
         raise Damaged("its entry names other outputs")
     small = [entry.stdout, entry.stderr, entry.result]
     got = [None if b is None else fetch(store, b) for b in small]
-    files = [(o.path, Blob(o.sha256, o.size), o.mode) for o in entry.outputs]
+    files = [(o.path, o.blob, o.mode) for o in entry.outputs]
     if depfile and entry.depfile is not None:
         files.append((depfile, entry.depfile, 0o644))
     pending: list[_Pending] = []
@@ -139,7 +143,10 @@ def open_parent(root: str, path: str) -> tuple[int, str]:
             try:
                 sub = os.open(part, _DIR, dir_fd=fd)
             except FileNotFoundError:
-                os.mkdir(part, 0o777, dir_fd=fd)
+                try:
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                except FileExistsError:
+                    pass  # another restore made it meanwhile
                 sub = os.open(part, _DIR, dir_fd=fd)
             except OSError as exc:
                 raise Damaged(f"output {path}: {part} is a symlink or not a folder") from exc

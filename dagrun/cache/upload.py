@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..hashing import _hasher, digest_bytes
 from ..outputs import DIGEST_BYTES
-from .entry import Blob, Entry, Output, sha256_bytes
+from .entry import INLINE, Blob, Entry, Output, sha256_bytes
 from .store import CHUNK, Store
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def _text(store: Store, text: str) -> Blob | None:
 
 def _put(store: Store, data: bytes) -> Blob:
     blob = sha256_bytes(data)
-    if not store.has("cas", blob.sha256):
+    if blob.data is None and not store.has("cas", blob.sha256):
         store.put("cas", blob.sha256, data)
     return blob
 
@@ -88,7 +88,9 @@ def _output(store: Store, full: str, path: str, recorded: str) -> Output | None:
         os.close(fd)
     if str(blake.hexdigest(length=DIGEST_BYTES)) != recorded:
         return None  # changed since its run: not what the entry would promise
-    digest = sha.hexdigest()
+    digest, mode = sha.hexdigest(), st.st_mode & 0o777
+    if size <= INLINE and data is None:
+        return Output(path, digest, size, mode, b"".join(kept))  # held in the entry
     if not store.has("cas", digest):
         store.put("cas", digest, b"".join(kept) if data is None else full)
-    return Output(path, digest, size, st.st_mode & 0o777)
+    return Output(path, digest, size, mode)
