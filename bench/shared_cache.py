@@ -35,20 +35,26 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 
-def run(dagrun: str, folder: Path, jobs: int, restores: bool = False) -> float:
-    """The build's wall time; ``restores``: it must run no task (every one from the store)."""
+def run(dagrun: str, folder: Path, jobs: int, restores: bool = False) -> tuple[float, float]:
+    """The build's wall time and CPU time (dagrun's and its tasks', user + system: steadier
+    than wall on a shared machine); ``restores``: it must run no task (all from the store)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGRUN_")}
     env.update(DAGRUN_SERVER="0", CI="1")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     t0 = time.perf_counter()
-    done = subprocess.run([dagrun, "build", "-q", "-j", str(jobs)], cwd=folder, env=env,
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"build failed in {folder}:\n{done.stdout}{done.stderr}")
-    if restores and not done.stdout.startswith("dagrun: 0 succeeded, "):
-        raise SystemExit(f"the build from a warm store ran tasks:\n{done.stdout}{done.stderr}")
-    return wall
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen([dagrun, "build", "-q", "-j", str(jobs)], cwd=folder, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"build failed in {folder}:\n{text}")
+    if restores and not text.startswith("dagrun: 0 succeeded, "):
+        raise SystemExit(f"the build from a warm store ran tasks:\n{text}")
+    return wall, usage.ru_utime + usage.ru_stime
 
 
 def copy(template: Path, to: Path, cache: str | None) -> Path:
@@ -60,8 +66,9 @@ def copy(template: Path, to: Path, cache: str | None) -> Path:
 
 
 def rounds(template: Path, work: Path, dagrun: str, jobs: int, n: int,
-           fresh_store: Callable[[int], str]) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"cold": [], "cold + upload": [], "from warm": []}
+           fresh_store: Callable[[int], str]) -> dict[str, list[tuple[float, float]]]:
+    times: dict[str, list[tuple[float, float]]] = {"cold": [], "cold + upload": [],
+                                                   "from warm": []}
     for r in range(n):
         store = fresh_store(r)
         times["cold"].append(run(dagrun, copy(template, work / f"cold{r}", None), jobs))
@@ -73,12 +80,16 @@ def rounds(template: Path, work: Path, dagrun: str, jobs: int, n: int,
     return times
 
 
-def table(project: str, times: dict[str, list[float]]) -> list[str]:
-    med = {k: statistics.median(v) for k, v in times.items()}
+def table(project: str, times: dict[str, list[tuple[float, float]]]) -> list[str]:
+    wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
     rows = []
     for k, v in times.items():
-        ratio = "" if k == "cold" else f"{med[k] / med['cold']:.2f}x cold"
-        rows.append(f"| {project} | {k} | {med[k]:.3f} s ({min(v):.3f}-{max(v):.3f}) | {ratio} |")
+        walls = [w for w, _ in v]
+        ratio = "" if k == "cold" else (
+            f"{wall[k] / wall['cold']:.2f}x | {cpu[k] / cpu['cold']:.2f}x")
+        rows.append(f"| {project} | {k} | {wall[k]:.3f} s ({min(walls):.3f}-{max(walls):.3f}) "
+                    f"| {cpu[k]:.2f} s | {ratio or ' | '} |")
     return rows
 
 
@@ -108,7 +119,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--lua", type=Path, help="Lua 5.4's sources (the lupa sdist's lua54)")
     args = ap.parse_args()
-    rows = ["| project | build | wall, median (min-max) | ratio |", "|---|---|---|---|"]
+    rows = ["| project | build | wall, median (min-max) | CPU, median | wall ratio | CPU ratio |",
+            "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="dagrun-bench-cache-") as tmp:
         work = Path(tmp)
         if args.tasks > 0:  # 0: Lua only
