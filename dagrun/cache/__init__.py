@@ -363,6 +363,8 @@ class SharedCache:
             self._uploads.shutdown(wait=wait, cancel_futures=not wait)
         if self._downloads is not None:
             self._downloads.shutdown(wait=False, cancel_futures=True)
+        if wait and hasattr(self.store, "close"):
+            self.store.close()
         self.flush()
         self.completions.close()
 

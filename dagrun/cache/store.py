@@ -134,6 +134,14 @@ class HttpStore:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._local = threading.local()
+        self._opened: list[object] = []  # every thread's connection, closed by close()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()  # type: ignore[attr-defined]
 
     def _connection(self) -> object:
         conn = getattr(self._local, "conn", None)
@@ -146,6 +154,8 @@ class HttpStore:
             if conn.sock is not None:
                 conn.sock.settimeout(self.read_timeout)
             self._local.conn = conn
+            with self._lock:
+                self._opened.append(conn)
         return conn
 
     def _drop(self) -> None:
