@@ -43,10 +43,12 @@ from .restore import Damaged, restore
 from .store import Store, StoreError, open_store
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .upload import Uploader
 
 DOWNLOADS = 8  # tasks looked up and restored at once
-UPLOADS = 4  # tasks uploaded at once
+UPLOADS = 2  # tasks uploaded at once (more only fight the scheduler for the GIL)
 
 
 class CacheError(DagrunError):
@@ -139,8 +141,7 @@ class SharedCache:
         self._said: list[str] = []  # warnings from the threads, said on the scheduler's thread
         self._lock = threading.Lock()
         self._downloads: ThreadPoolExecutor | None = None
-        self._uploads: ThreadPoolExecutor | None = None
-        self._sent: list[Future[None]] = []
+        self._uploads: Uploader | None = None
         self.counts = {"hits": 0, "misses": 0, "uploaded": 0}
 
     # ------------------------------------------------------------ looking up
@@ -334,10 +335,10 @@ class SharedCache:
         job = Upload(spec.name, name, spec.outputs, made.digests, outcome.stdout,
                      outcome.stderr, result, made.result, outcome.duration, spec.depfile, found)
         if self._uploads is None:
-            from concurrent.futures import ThreadPoolExecutor
+            from .upload import Uploader
 
-            self._uploads = ThreadPoolExecutor(UPLOADS, thread_name_prefix="dagrun-cache-put")
-        self._sent.append(self._uploads.submit(self._upload, job))
+            self._uploads = Uploader(UPLOADS, self._upload)
+        self._uploads.put(job)
 
     def _upload(self, job: Upload) -> None:
         from .upload import send
@@ -357,10 +358,7 @@ class SharedCache:
         """Wait for the uploads (the end of the build; ``wait=False``: Ctrl-C, the queued ones
         are dropped); drop the lookups still under way."""
         if self._uploads is not None:
-            if wait:
-                for f in self._sent:
-                    f.result()
-            self._uploads.shutdown(wait=wait, cancel_futures=not wait)
+            self._uploads.close(wait=wait)
         if self._downloads is not None:
             self._downloads.shutdown(wait=False, cancel_futures=True)
         if wait and hasattr(self.store, "close"):
