@@ -89,7 +89,8 @@ class Lookups(Waitable, Protocol):
 
     def wants(self, i: int) -> bool: ...
 
-    def lookup(self, job_id: int, i: int) -> None: ...
+    def lookup(self, job_id: int, i: int) -> bool:
+        """Start looking task ``i`` up; False when it is a miss known at once (it runs)."""
 
 
 CACHE = "cache"  # the "executor" of a lookup in the shared cache
@@ -504,10 +505,9 @@ class Scheduler:
         cache = self.hooks.cache
         if cache is not None and not self.looked[i]:
             self.looked[i] = 1
-            if cache.wants(i):
+            if cache.wants(i) and cache.lookup(self.next_id + 1, i):
                 self.next_id += 1
                 self.running[self.next_id] = _Running(i, CACHE, 0, None)
-                cache.lookup(self.next_id, i)
                 return
         heapq.heappush(self.ready[self._executor_of(i)], (-self.priority[i], self.pos[i], i))
 

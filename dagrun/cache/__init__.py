@@ -40,7 +40,7 @@ from ..hashing import MISSING, Keys, digest_bytes, key_of
 from ..manifest import CacheSettings, TaskSpec
 from . import entry as entries
 from .restore import Damaged, restore
-from .store import Store, StoreError, open_store
+from .store import FolderStore, Store, StoreError, open_store
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -153,16 +153,27 @@ class SharedCache:
             return False
         return self.keys[i] is not None and why_not(spec) is None
 
-    def lookup(self, job_id: int, i: int) -> None:
+    def lookup(self, job_id: int, i: int) -> bool:
+        """Look task ``i`` up in a download thread; False: a miss known at once (a folder
+        store says so with one ``stat``, cheaper than a thread's round trip)."""
+        key = self.keys[i]
+        assert key is not None
+        name = entries.entry_name(self.name_key(i), self.seen(i))
+        if isinstance(self.store, FolderStore) and self.read_down is None:
+            try:
+                if not self.store.has("ac", name):
+                    with self._lock:
+                        self.counts["misses"] += 1
+                    return False
+            except OSError:
+                pass  # the thread says what is wrong
         if self._downloads is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._downloads = ThreadPoolExecutor(DOWNLOADS, thread_name_prefix="dagrun-cache-get")
         self.pending[job_id] = i
-        key = self.keys[i]
-        assert key is not None
-        name = entries.entry_name(self.name_key(i), self.seen(i))
         self._downloads.submit(self._lookup, job_id, i, key, name)
+        return True
 
     def name_key(self, i: int) -> str:
         """The key an entry is found by: the task's key; for a task with a depfile, its key
