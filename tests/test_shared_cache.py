@@ -632,3 +632,21 @@ def test_a_bad_cache_table_is_an_error_naming_file_and_line(
     assert result.returncode == 2
     assert result.stderr.startswith(f"dagrun: error: {message}"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_entry_reads_back_as_written_and_anything_else_is_no_entry() -> None:
+    from dagrun.cache.entry import Blob, Entry, Output, decode, sha256_bytes
+
+    big = b"x" * 5000
+    made = Entry("t", (Output("out/a", sha256_bytes(big).sha256, 5000, 0o755),
+                       Output("out/b", sha256_bytes(b"hi").sha256, 2, 0o644, b"hi")),
+                 sha256_bytes(b"printed\n"), None, None, 1.5, (("inc/x.h", "ab"),),
+                 Blob(sha256_bytes(b"d").sha256, 1, b"d"))
+    assert decode(made.encode()) == made
+    assert sha256_bytes(big).data is None and sha256_bytes(b"hi").data == b"hi"
+    text = made.encode().decode()
+    for bad in (b"", b"garbage", b"[]", b'{"format":"dagrun-cache/0"}',
+                text.replace('"aGk="', '"!!"').encode(),  # inlined data that is not base64
+                text.replace("493", "4096").encode(),  # a mode past 0o777
+                text.replace(sha256_bytes(big).sha256, "../../etc/passwd").encode()):
+        assert decode(bad) is None, bad
