@@ -650,3 +650,73 @@ def test_an_entry_reads_back_as_written_and_anything_else_is_no_entry() -> None:
                 text.replace("493", "4096").encode(),  # a mode past 0o777
                 text.replace(sha256_bytes(big).sha256, "../../etc/passwd").encode()):
         assert decode(bad) is None, bad
+
+
+def test_a_flipped_byte_served_by_nginx_costs_a_run(tmp_path: Path, nginx: NginxServer) -> None:
+    url = nginx.url()
+    a, b = two_clones(tmp_path, url)
+    flip_a_byte(nginx.stored(url))  # nginx hands back what its folder holds
+    result = dagrun(b, "build")
+    assert result.returncode == 0, result.stderr
+    assert "gen" in ran(b) and outputs(b) == outputs(a)
+    assert "does not have its digest" in result.stderr
+
+
+@pytest.fixture
+def slow_store(tmp_path: Path) -> Iterator[tuple[str, Path, list[int]]]:
+    """An HTTP server over a folder store's files that answers each GET after 0.2 s, and
+    counts how many requests it serves at once (its most, in the list)."""
+    import http.server
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    busy = [0, 0]  # now, most
+    lock = threading.Lock()
+
+    class Slow(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a: object, **kw: object) -> None:
+            super().__init__(*a, directory=str(folder), **kw)  # type: ignore[arg-type]
+
+        def do_GET(self) -> None:  # noqa: N802
+            with lock:
+                busy[0] += 1
+                busy[1] = max(busy)
+            try:
+                threading.Event().wait(0.2)
+                super().do_GET()
+            finally:
+                with lock:
+                    busy[0] -= 1
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", folder, busy
+    server.shutdown()
+    server.server_close()
+    t.join()
+
+
+def test_downloads_run_in_parallel_and_bounded(
+    tmp_path: Path, slow_store: tuple[str, Path, list[int]]
+) -> None:
+    url, served, busy = slow_store
+    store = tmp_path / "store"
+    tasks = "".join(
+        f'[tasks.t{n}]\ncmd = "echo {n} > out{n}.txt"\noutputs = ["out{n}.txt"]\n'
+        for n in range(24)
+    )
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "dagrun.toml").write_text(f'[cache]\nurl = "file://{store}"\n{tasks}')
+    assert dagrun(first, "build").returncode == 0
+    shutil.copytree(store, served, dirs_exist_ok=True)  # the same layout, over HTTP
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "dagrun.toml").write_text(f'[cache]\nurl = "{url}"\nwrite = false\n{tasks}')
+    result = dagrun(second, "build")
+    assert "0 succeeded, 24 restored" in result.stdout, result.stdout + result.stderr
+    assert 2 <= busy[1] <= 8, busy  # DOWNLOADS lookups at once, not one, not all 24
