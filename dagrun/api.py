@@ -42,6 +42,7 @@ class Graph:
         key_env: Iterable[str] = (),
         resources: Mapping[str, int] | None = None,
         executors: Mapping[str, Mapping[str, Any]] | None = None,
+        cache: Mapping[str, Any] | None = None,
     ) -> None:
         self.root = os.path.abspath(root)
         self.settings: dict[str, Any] = {"failures_allowed": failures_allowed}
@@ -55,6 +56,7 @@ class Graph:
             self.settings["resources"] = dict(resources)
         self.env = dict(env or {})
         self.executors = {k: dict(v) for k, v in (executors or {}).items()}
+        self.cache = dict(cache) if cache is not None else None  # [cache]: the shared cache
         self.tasks: dict[str, dict[str, Any]] = {}
         self._path: str | None = None
         self._loaded: Manifest | None = None
@@ -131,7 +133,7 @@ class Graph:
         if self._loaded is not None:
             return self._loaded
         return build_manifest(
-            "<api>", self.root, self.settings, self.env, self.tasks, self.executors
+            "<api>", self.root, self.settings, self.env, self.tasks, self.executors, self.cache
         )
 
     def session(self, **kwargs: Any) -> Session:
@@ -149,13 +151,15 @@ class Graph:
         explain: bool = False,
         reporter: Reporter | None = None,
         force: bool = False,
+        cache: str = "auto",
         **session_options: Any,
     ) -> BuildResult:
         """Build ``targets`` (default: the default targets) and what they depend on.
 
         ``force``: run the named targets even when up to date (``build --force``);
         ``overrides={"CFLAGS": "-O0"}`` (a session option, for a graph loaded from a file)
-        replaces [vars] values."""
+        replaces [vars] values; ``cache``: how the shared cache ([cache]) is used: "auto",
+        "required", "read-only" or "off" (as ``dagrun build --cache``)."""
         if reporter is None:
             from .report import make_reporter
 
@@ -169,6 +173,7 @@ class Graph:
             failures_allowed=failures_allowed,
             explain=explain,
             force=force,
+            cache=cache,
         )
 
     def touch(self, targets: Iterable[str] | None = None, **session_options: Any) -> list[str]:

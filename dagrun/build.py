@@ -166,6 +166,7 @@ def run(
     on_start: Callable[[int], None] | None = None,
     still_needed: Callable[[int], bool] | None = None,
     result_digest: Callable[[str], str] | None = None,
+    cache: Any = None,
 ) -> BuildResult:
     """Run the plan on its executors; every executor is closed when it ends."""
     from .pool_status import SNAPSHOT, StatusReporter, Tee
@@ -206,7 +207,7 @@ def run(
         ),
         hooks=Hooks(
             Tee(status, reporter), on_success, status.flush, setup.stops, on_start, still_needed,
-            result_digest,
+            result_digest, cache,
             mailbox,
         ),
         clock=setup.clock,

@@ -140,6 +140,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--events", metavar="FILE", help="write the build's events as JSON lines")
     b.add_argument("--trace", metavar="FILE", help="write a Chrome trace (open it in Perfetto)")
     b.add_argument("--html", metavar="FILE", help="write a report page (timeline, tasks, failures)")
+    b.add_argument(
+        "--cache", choices=("auto", "required", "read-only", "off"), default="auto",
+        help="the shared cache ([cache]): a failure of it is a warning (auto), an error "
+        "(required); read-only: look up, never send (untrusted jobs); off: not used",
+    )
 
     g = command("graph", "print the dependency graph")
     g.add_argument("targets", nargs="*", metavar="TARGET")
@@ -281,7 +286,7 @@ def plain_args(argv: Sequence[str]) -> Any:
     found: dict[str, Any] = dict(GLOBAL_DEFAULTS)
     found.update(command="build", jobs=None, keep_going=False, failures_allowed=None,
                  dry_run=False, explain=False, junit=None, events=None, trace=None,
-                 force=False, touch=False, overrides={}, html=None)
+                 force=False, touch=False, overrides={}, html=None, cache="auto")
     implicit = not any(word in COMMANDS for word in argv)
     command = implicit  # whether argparse's first pass finds the command (see parse)
     i = 0
@@ -396,6 +401,7 @@ _NOOP_NEUTRAL = frozenset(
         "quiet",
         "verbose",
         "implicit",
+        "cache",  # up to date is up to date, whatever the shared cache says
     }
 )
 
@@ -447,6 +453,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             explain=args.explain or bool(args.events or args.html),  # the reasons in full
             delta=args.delta,
             force=args.force,
+            cache=args.cache,
         )
     finally:
         _warn(session)

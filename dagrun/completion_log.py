@@ -112,6 +112,7 @@ class Made:
     digests: tuple[str, ...] = ()
     result: str = ""
     upstream: dict[str, str] = field(default_factory=dict)  # dependency -> its fp
+    restored: bool = False  # from the shared cache (cache/): it did not run here
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {"fp": self.fp, "seen": self.seen}
@@ -120,6 +121,8 @@ class Made:
         out["digests"] = list(self.digests)
         if self.upstream:
             out["upstream_fp"] = self.upstream
+        if self.restored:
+            out["restored"] = True
         return out
 
 

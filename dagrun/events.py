@@ -62,6 +62,7 @@ class TaskFinished(NamedTuple):
     interrupted: bool = False  # killed by Ctrl-C / SIGTERM, not a failure of its own
     executor: str = "local"
     cores: tuple[int, ...] = ()  # the local cores it held
+    restored: bool = False  # from the shared cache: nothing ran (stdout, stderr: the run's)
 
 
 class TaskPlaced(NamedTuple):
@@ -102,6 +103,7 @@ class BuildFinished(NamedTuple):
     not_run: int
     elapsed: float
     interrupted: bool = False
+    restored: int = 0  # tasks restored from the shared cache (not in succeeded)
 
 
 Event = (

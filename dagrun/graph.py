@@ -23,10 +23,10 @@ from typing import Any
 
 from . import globs
 from .errors import CycleError, ManifestError, UnknownTargetError
-from .manifest import ExecutorSpec, Manifest, TaskSpec, inside_root
+from .manifest import CacheSettings, ExecutorSpec, Manifest, TaskSpec, inside_root
 
-GRAPH_FORMAT = 8  # 4: TaskSpec gained the function-task fields; 5: depfile, restat; 6: columns
-# 7: desc; 8: stall_warning
+GRAPH_FORMAT = 9  # 4: TaskSpec gained the function-task fields; 5: depfile, restat; 6: columns
+# 7: desc; 8: stall_warning, slurm; 9: cache
 
 
 @dataclass
@@ -199,6 +199,7 @@ class BuildGraph:
         settings = (
             m.source, m.root, m.jobs, m.failures_allowed, m.default, m.env, m.key_env,
             m.resources, executors, m.watch_debounce_ms, m.warnings,
+            None if m.cache is None else tuple(m.cache),
         )
         n = len(self.specs)
         order = None if isinstance(self.order, range) else list(self.order)
@@ -225,13 +226,14 @@ class BuildGraph:
         for i, s in odd.items():
             sources[i] = s
         (source, root, jobs, failures_allowed, default, env, key_env, resources, executors,
-         debounce, said) = settings
+         debounce, said, cache) = settings
         manifest = Manifest(
             source=source, root=root, tasks=specs, jobs=jobs,
             failures_allowed=failures_allowed, default=tuple(default), env=tuple(env),
             key_env=tuple(key_env), resources=tuple(resources),
             executors={k: ExecutorSpec(k, t, o) for k, (t, o) in executors.items()},
             watch_debounce_ms=debounce, scanned={}, warnings=tuple(said),
+            cache=None if cache is None else CacheSettings(*cache),
         )
         return cls(
             manifest=manifest,

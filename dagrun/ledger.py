@@ -18,6 +18,7 @@ One object per build over the completion log (completion_log.py):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -52,6 +53,7 @@ class Ledger:
         self.wall = wall
         self.error: str | None = None  # the log could not be appended to
         self.refreshed: list[str] = []  # tasks whose records vouch() wrote again
+        self.last: Made | None = None  # what the latest success recorded made (the upload's)
 
     # ------------------------------------------------------------ recording
 
@@ -63,7 +65,7 @@ class Ledger:
             why = f"cannot write the completion log {log.path}: {exc.strerror}"
             raise LogError(why) from None
 
-    def succeeded(self, i: int, outcome: Outcome) -> str | None:
+    def succeeded(self, i: int, outcome: Outcome, *, restored: bool = False) -> str | None:
         """Log a task that exited 0, or say why it did not succeed (an output not written, a
         full disk): the scheduler then counts it as failed with that error."""
         spec, log = self.graph.specs[i], self.log
@@ -81,9 +83,13 @@ class Ledger:
         if key is None:
             return None
         parts = self.keys.parts(i).to_json()
+        made = self.made(i, key)
+        if restored:
+            made = dataclasses.replace(made, restored=True)
+        self.last = made
         try:
             log.append(spec.name, key, parts, outcome.duration, outcome.maxrss_kb,
-                       self.wall(), ids, self.made(i, key))
+                       self.wall(), ids, made)
         except OSError as exc:
             self.error = f"cannot write the completion log {log.path}: {exc.strerror}"
             return self.error

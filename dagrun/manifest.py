@@ -59,6 +59,7 @@ class TaskSpec(NamedTuple):
     desc: str = ""  # one line of description (list, show, tree); not in the key
     stall_warning: float = STALL_WARNING  # seconds silent and idle before a warning; 0: never
     slurm: tuple[tuple[str, Any], ...] = ()  # sbatch settings over its executor's (placement.py)
+    cache: bool = True  # false: never looked up in nor written to the shared cache ([cache])
 
     @property
     def label(self) -> str:
@@ -80,6 +81,17 @@ class ExecutorSpec:
         return value if isinstance(value, int) else None
 
 
+class CacheSettings(NamedTuple):
+    """The ``[cache]`` table: the shared cache's store and what this build may do with it."""
+
+    url: str  # file:///folder, http(s)://host/prefix
+    read: bool = True
+    write: bool = True
+    token_env: str = ""  # the variable holding a bearer token ("" : none)
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A whole manifest: settings plus the expanded tasks."""
@@ -95,6 +107,7 @@ class Manifest:
     resources: tuple[tuple[str, int], ...] = ()
     executors: Mapping[str, ExecutorSpec] = field(default_factory=dict)
     watch_debounce_ms: int = 200
+    cache: CacheSettings | None = None  # [cache], None without one
     # folders read by matrix globs -> mtime_ns, so a cached expansion can be checked
     scanned: Mapping[str, int] = field(default_factory=dict)
     # every matrix group's name, also of one whose glob matched no file (and so has no task)
@@ -394,6 +407,7 @@ TASK_KEYS: dict[str, Check] = {
     "kwargs": _any_table,
     "io_bound": _bool,
     "slurm": placement.slurm_table,
+    "cache": _bool,
 }
 FUNCTION_KEYS = ("args", "kwargs", "io_bound")  # meaningful with call only
 FUNCTION_EXECUTORS = ("local", "dask")  # executor types that can run a function task
@@ -466,7 +480,31 @@ EXECUTOR_KEYS: dict[str, dict[str, Check]] = {
 for _keys in EXECUTOR_KEYS.values():
     _keys["env"] = _env_table  # added to its tasks' environment (placement.py)
 
-TOP_KEYS = ("dagrun", "env", "vars", "tasks", "executors")
+TOP_KEYS = ("dagrun", "env", "vars", "tasks", "executors", "cache")
+
+
+def _cache_url(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return f"must be a string, not {_tname(v)}"
+    if v.startswith("file://"):
+        if not v[len("file://"):].startswith("/"):
+            return f"must name an absolute folder (file:///path/to/cache), not {v!r}"
+        return None
+    if v.startswith(("http://", "https://")):
+        return None if len(v.split("/")[2]) else f"has no host: {v!r}"
+    if v.startswith("s3://"):
+        return "s3:// stores are not supported (docs/cache.md says why); use http(s):// or file://"
+    return f"must start with file://, http:// or https://, not {v!r}"
+
+
+CACHE_KEYS: dict[str, Check] = {
+    "url": _cache_url,
+    "read": _bool,
+    "write": _bool,
+    "token_env": _nonempty_str,
+    "connect_timeout": _number_positive,
+    "read_timeout": _number_positive,
+}
 
 
 # ---------------------------------------------------------------- entry points
@@ -564,11 +602,14 @@ def build_manifest(
     env: Mapping[str, str],
     tasks: Mapping[str, Mapping[str, Any]],
     executors: Mapping[str, Mapping[str, Any]] | None = None,
+    cache: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Validate tables given as Python values (the API's path; same checks as a file)."""
     doc: dict[str, Any] = {"dagrun": dict(settings), "env": dict(env), "tasks": dict(tasks)}
     if executors:
         doc["executors"] = dict(executors)
+    if cache is not None:
+        doc["cache"] = dict(cache)
     return _Builder("", source, os.path.abspath(root)).build(doc)
 
 
@@ -673,6 +714,7 @@ class _Builder:
             raise self.error(f"[vars] entry {problem}", key=problem.split("'")[1], table=("vars",))
         self.override_vars()
         executors = self.executors(self.table(doc, "executors"))
+        cache = self.cache(doc)
         bodies = self.table(doc, "tasks")
         per_task: dict[str, list[TaskSpec]] = {}
         globbed: dict[str, Any] = {}  # the bodies of matrices over globs, expanded again
@@ -707,6 +749,7 @@ class _Builder:
             resources=tuple(sorted(settings.get("resources", {}).items())),
             executors=executors,
             watch_debounce_ms=settings.get("watch_debounce_ms", 200),
+            cache=cache,
             scanned=self.scanned,
             groups=tuple(self.groups),
             warnings=tuple(self.empty.values()),
@@ -751,6 +794,22 @@ class _Builder:
             if problem:
                 raise self.error(f"[env] entry {problem}", key=name, table=("env",))
         return tuple(sorted(table.items()))
+
+    def cache(self, doc: dict[str, Any]) -> CacheSettings | None:
+        """``[cache]``: None without one; a table without ``url`` is an error."""
+        if "cache" not in doc:
+            return None
+        body = self.table(doc, "cache")
+        self.check_keys(body, CACHE_KEYS, ("cache",))
+        if "url" not in body:
+            hint = 'url = "file:///mnt/cache" or "http://cache.internal:8080/dagrun"'
+            raise self.error("[cache] has no 'url' (where the shared cache is)", table=("cache",),
+                             hint=hint)
+        timeouts = {k: float(body[k]) for k in ("connect_timeout", "read_timeout") if k in body}
+        return CacheSettings(
+            body["url"].rstrip("/"), body.get("read", True), body.get("write", True),
+            body.get("token_env", ""), **timeouts,
+        )
 
     def executors(self, doc: dict[str, Any]) -> dict[str, ExecutorSpec]:
         out = {"local": ExecutorSpec("local", "local", {})}
@@ -1083,6 +1142,7 @@ class _Builder:
             desc=sub(body.get("desc", "")),
             stall_warning=float(body.get("stall_warning", self.stall_warning)),
             slurm=placement.slurm_pairs(body["slurm"]) if "slurm" in body else (),
+            cache=body.get("cache", True),
         )
         if "call" in body:
             exact = self.typed_args(group, body, values)

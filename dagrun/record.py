@@ -74,7 +74,7 @@ def tail(text: str, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str:
 
 def status_of(ev: TaskFinished) -> str:
     if ev.ok:
-        return "succeeded"
+        return "restored" if ev.restored else "succeeded"
     if ev.interrupted:
         return "interrupted"
     return "retry" if ev.will_retry else "failed"
@@ -163,7 +163,7 @@ class Records:
         }
 
     def _task_finished(self, ev: TaskFinished) -> Record:
-        executor, cores = self.running.pop(ev.task, ("local", ()))
+        executor, cores = self.running.pop(ev.task, (ev.executor, ()))
         record: Record = {
             "event": "finished", "t": self._t(), "task": ev.task, "status": status_of(ev),
             "exit_status": ev.exit_code, "duration": round(ev.duration, 6),
@@ -182,6 +182,7 @@ class Records:
     def _build_finished(self, ev: BuildFinished) -> Record:
         return {
             "event": "build_finished", "t": self._t(), "succeeded": ev.succeeded,
+            "restored": ev.restored,
             "failed": ev.failed - self.interrupted, "interrupted": self.interrupted,
             "up_to_date": ev.up_to_date, "not_run": ev.not_run, "elapsed": round(ev.elapsed, 6),
             "exit_status": 130 if ev.interrupted else 1 if ev.failed or ev.not_run else 0,

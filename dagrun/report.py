@@ -96,10 +96,13 @@ class Style:
 def summary_line(ev: BuildFinished, interrupted_tasks: int = 0, style: Style | None = None) -> str:
     """The build's last line; tasks killed by Ctrl-C count as interrupted, not failed."""
     st = style or Style(False)
-    ran = ev.succeeded + ev.failed + ev.not_run
+    ran = ev.succeeded + ev.failed + ev.not_run + ev.restored
     if ran == 0 and not ev.interrupted:
         return f"dagrun: no work to do ({ev.up_to_date} up to date)"
-    parts = [st.ok(f"{ev.succeeded} succeeded"), st.dim(f"{ev.up_to_date} up to date")]
+    parts = [st.ok(f"{ev.succeeded} succeeded")]
+    if ev.restored:
+        parts.append(st.ok(f"{ev.restored} restored"))
+    parts.append(st.dim(f"{ev.up_to_date} up to date"))
     failed = ev.failed - interrupted_tasks
     if failed:
         parts.append(st.bad(f"{failed} failed"))
@@ -192,6 +195,8 @@ class _TextReport:
         if self.o.quiet:
             return ""
         line = f"{self.style.ok(self._count(ev))} {self._title(ev)}"
+        if ev.restored:
+            line += self.style.dim(" (restored)")
         output = _block(ev.stdout, ev.stderr)
         if self.o.github and output:
             return f"::group::{line}\n{output}::endgroup::\n"

@@ -73,6 +73,30 @@ class Leases(Protocol):
     def release(self, lease: Lease) -> None: ...
 
 
+class Waitable(Protocol):
+    """What the loop waits on: an executor, or the shared cache's lookups (cache/)."""
+
+    def fileno(self) -> int: ...
+
+    def deadline(self) -> float | None: ...
+
+    def collect(self) -> list[Outcome]: ...
+
+    def cancel_all(self, *, force: bool = False) -> list[Outcome]: ...
+
+
+class Lookups(Waitable, Protocol):
+    """The shared cache as the scheduler sees it (cache.SharedCache)."""
+
+    def wants(self, i: int) -> bool: ...
+
+    def lookup(self, job_id: int, i: int) -> bool:
+        """Start looking task ``i`` up; False when it is a miss known at once (it runs)."""
+
+
+CACHE = "cache"  # the "executor" of a lookup in the shared cache
+
+
 class _Running(NamedTuple):
     """What a running job holds until it ends."""
 
@@ -91,6 +115,7 @@ class BuildResult:
     failed: tuple[str, ...] = ()
     up_to_date: tuple[str, ...] = ()
     not_run: tuple[str, ...] = ()
+    restored: tuple[str, ...] = ()  # from the shared cache, not run
     order: tuple[str, ...] = ()
     interrupted: bool = False
     elapsed: float = 0.0
@@ -148,6 +173,7 @@ class TaskState(Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     UP_TO_DATE = "up to date"  # planned as "may run", found up to date when it became ready
+    RESTORED = "restored"  # found in the shared cache
 
 
 class StopFlag(threading.Event):
@@ -215,6 +241,8 @@ class Hooks(NamedTuple):  # not a dataclass: ~0.7 ms less per start (bench/IMPOR
     still_needed: Callable[[int], bool] | None = None
     # a function task's result digest as its success record holds it (pycall.load_result)
     result_digest: Callable[[str], str] | None = None
+    # the shared cache: a task is looked up there when it becomes ready (cache/)
+    cache: Lookups | None = None
     steering: Steering | None = None  # requests from `dagrun status/tail/cancel` (steering.py)
 
 
@@ -361,6 +389,17 @@ class Scheduler:
         self.done = 0
         self.cut = 0  # tasks planned to run that early cutoff found up to date
         self.next_id = 0
+        self.looked = bytearray(n)  # looked up in the shared cache already
+        if self.hooks.cache is not None:
+            self._look_up_first()
+
+    def _look_up_first(self) -> None:
+        """The tasks ready at the start go to the shared cache first: a hit takes no slot."""
+        first = sorted(item for heap in self.ready.values() for item in heap)
+        for heap in self.ready.values():
+            heap.clear()
+        for item in first:
+            self._ready(item[2])
 
     def _slots_of(self, name: str) -> int:
         if name == "local" or self._only is not None:
@@ -371,9 +410,12 @@ class Scheduler:
     def _poller(self) -> Iterator[select.epoll]:
         """One epoll over every executor's descriptor (and the stop flag's)."""
         poll = select.epoll()
-        self._by_fd: dict[int, Executor] = {}
+        self._by_fd: dict[int, Waitable] = {}
+        waited: list[Waitable] = list({id(e): e for e in self.executors.values()}.values())
+        if self.hooks.cache is not None:
+            waited.append(self.hooks.cache)
         try:
-            for ex in {id(e): e for e in self.executors.values()}.values():
+            for ex in waited:
                 fd = ex.fileno()
                 self._by_fd[fd] = ex
                 poll.register(fd, select.EPOLLIN)
@@ -412,7 +454,7 @@ class Scheduler:
             self._ready(i)
         return False
 
-    def _wake(self, deadlines: list[tuple[int, Executor, float | None]]) -> float | None:
+    def _wake(self, deadlines: list[tuple[int, Waitable, float | None]]) -> float | None:
         """The earliest executor deadline or retry time, if any (the wait's timeout)."""
         wake = self.backoff[0][0] if self.backoff else None
         for _, _, due in deadlines:
@@ -431,7 +473,10 @@ class Scheduler:
         """Kill every running job on every executor; their ends count as failures (``why``)."""
         self.stopping = True
         self.backoff.clear()
-        for ex in {id(e): e for e in self.executors.values()}.values():
+        waited: list[Waitable] = list({id(e): e for e in self.executors.values()}.values())
+        if self.hooks.cache is not None:
+            waited.append(self.hooks.cache)
+        for ex in waited:
             for outcome in ex.cancel_all():
                 if outcome.job_id in self.running:
                     self._finished(outcome, cancelled=why, interrupted=interrupted)
@@ -512,6 +557,13 @@ class Scheduler:
         return "local" if self._only is not None else executor_of(self.graph.specs[i])
 
     def _ready(self, i: int) -> None:
+        cache = self.hooks.cache
+        if cache is not None and not self.looked[i]:
+            self.looked[i] = 1
+            if cache.wants(i) and cache.lookup(self.next_id + 1, i):
+                self.next_id += 1
+                self.running[self.next_id] = _Running(i, CACHE, 0, None, self.clock.now())
+                return
         heapq.heappush(self.ready[self._executor_of(i)], (-self.priority[i], self.pos[i], i))
 
     def _try_start(self, i: int) -> bool | Exception:
@@ -643,6 +695,9 @@ class Scheduler:
     ) -> None:
         run = self.running.pop(outcome.job_id)
         i = run.task
+        if run.executor == CACHE:
+            self._looked_up(i, outcome, cancelled)
+            return
         self.free[_pool(run.executor)] += run.slots
         spec = self.graph.specs[i]
         for resource, count in spec.resources:
@@ -731,7 +786,8 @@ class Scheduler:
             if run.task == i:
                 if job_id not in self.cancelled:
                     self.cancelled[job_id] = why
-                    self.executors[run.executor].cancel(job_id)
+                    if run.executor != CACHE:  # a lookup ends by itself; then it fails
+                        self.executors[run.executor].cancel(job_id)
                 return f"{name}: cancelled (killing it)"
         self.withdrawn.add(i)
         ready = self.ready[self._executor_of(i)]
@@ -744,6 +800,29 @@ class Scheduler:
         self.blocked_by.setdefault(i, why)  # never made ready
         self._block_dependents(i)
         return f"{name}: cancelled before it started"
+    def _looked_up(self, i: int, outcome: Outcome, cancelled: str | None) -> None:
+        """A lookup in the shared cache ended: a hit is done (restored), a miss runs."""
+        if outcome.exit_code is None and cancelled is None:
+            self._ready(i)
+            return
+        ok = outcome.ok and cancelled is None
+        if ok and self.hooks.on_success is not None and self.hooks.on_success(i, outcome):
+            self._ready(i)  # restored, but the ledger would not take it: it runs
+            return
+        self.done += 1
+        spec = self.graph.specs[i]
+        if ok:
+            self._succeeded(i, TaskState.RESTORED)
+        else:
+            self._failed(i, counted=cancelled is None)  # `dagrun cancel`: the rest goes on
+        self.reporter.handle(
+            TaskFinished(
+                spec.name, spec.label, spec.cmd, ok, outcome.exit_code, outcome.duration,
+                outcome.stdout, outcome.stderr, error=cancelled or outcome.error, done=self.done,
+                total=len(self.plan.to_run), executor=CACHE, restored=ok,
+            )
+        )
+        self._drain_cut_off()
 
     def _succeeded(self, i: int, state: TaskState = TaskState.SUCCEEDED) -> None:
         self.status[i] = state
@@ -823,6 +902,7 @@ class Scheduler:
         status = self.status
         to_run = self.plan.to_run
         succeeded = [specs[i].name for i in to_run if status.get(i) is TaskState.SUCCEEDED]
+        restored = [specs[i].name for i in to_run if status.get(i) is TaskState.RESTORED]
         failed = [specs[i].name for i in to_run if status.get(i) is TaskState.FAILED]
         cut = [i for i in to_run if status.get(i) is TaskState.UP_TO_DATE]
         up_to_date = [specs[i].name for i in (*self.plan.up_to_date, *cut)]
@@ -847,6 +927,7 @@ class Scheduler:
                 len(not_run),
                 elapsed,
                 interrupted,
+                len(restored),
             )
         )
         result = BuildResult(
@@ -854,6 +935,7 @@ class Scheduler:
             failed=tuple(failed),
             up_to_date=tuple(up_to_date),
             not_run=tuple(not_run),
+            restored=tuple(restored),
             order=tuple(self.order),
             interrupted=interrupted,
             elapsed=elapsed,

@@ -146,6 +146,7 @@ class Session:
         # keep the last build's graph and state until this session goes (the CLI: until exit,
         # which frees them at once rather than object by object)
         self.keep_last = False
+        self._cache_mode = "auto"  # the shared cache: auto, required or off (build's ``cache``)
         self._last: Prepared | None = None
 
     # ------------------------------------------------------------ public operations
@@ -161,8 +162,12 @@ class Session:
         delta: fresh.Delta | None = None,
         changed: Collection[str] | None = None,
         force: bool = False,
+        cache: str = "auto",
     ) -> BuildResult:
         """Build ``targets`` (the defaults when None).
+
+        ``cache``: the shared cache ([cache]): "auto" (a failure of it is a warning),
+        "required" (an error), "read-only" (looked up, never written) or "off" (not used).
 
         ``delta`` is the no-op check's finding (fresh.examine: the CLI asked it just before);
         ``changed`` is for a caller that watches files (``dagrun watch``): the root-relative
@@ -185,6 +190,7 @@ class Session:
                 targets, explain=explain, delta=delta, force=force, building=True
             )
             self._refuse_if_read_only(prep)
+            self._cache_mode = cache
             try:
                 result = self._run(prep, reporter, jobs, failures_allowed, explain)
                 if result.ok:
@@ -817,12 +823,17 @@ class Session:
         ledger = prep.ledger
         assert ledger is not None
 
+        shared = self._shared_cache(prep)
+
         def on_success(i: int, outcome: Outcome) -> str | None:
-            problem = ledger.succeeded(i, outcome)
+            restored = shared is not None and i in shared.restored
+            problem = ledger.succeeded(i, outcome, restored=restored)
             if ledger.error is not None:
                 self._log_error = ledger.error
             if problem is None and specs[i].call:
                 stream(i)
+            if problem is None and shared is not None and ledger.last is not None:
+                shared.succeeded(i, ledger.last, outcome)
             return problem
 
         results = results_of(graph, keys.keys, self.state_dir)
@@ -834,7 +845,7 @@ class Session:
             self.on_plan(graph, prep.plan)
         setup = build.BuildSetup(
             state_dir=self.state_dir,
-            environ=self.environ,
+            environ=_without_token(self.environ, m.cache),
             clock=self.clock,
             jobs=jobs or m.jobs or default_jobs(),
             failures_allowed=m.failures_allowed if failures_allowed is None else failures_allowed,
@@ -846,15 +857,46 @@ class Session:
             started=self._started,
         )
         check = cutoff.Cutoff(keys, prep.waits, log.done, ledger.intact, ledger.upstream_changed)
-        result = build.run(
-            graph, prep.plan, keys.keys, reporter, setup, on_success, log.index.durations,
-            ledger.started,
-            check.still_needed,
-            log.result,
-        )
-        done = {*result.succeeded, *result.up_to_date}
+        try:
+            result = build.run(
+                graph, prep.plan, keys.keys, reporter, setup, on_success, log.index.durations,
+                ledger.started,
+                check.still_needed,
+                log.result,
+                shared,
+            )
+        except BaseException:
+            if shared is not None:
+                shared.close(wait=False)  # interrupted: the queued uploads are dropped
+            raise
+        if shared is not None:
+            shared.close()
+        if shared is not None and shared.required and shared.problems:
+            from .cache import CacheError
+
+            raise CacheError(f"the shared cache failed (--cache=required): {shared.problems[0]}")
+        done = {*result.succeeded, *result.restored, *result.up_to_date}
         values = {t: p for t, p in results.items() if t in done}
         return dataclasses.replace(result, values=Results(values, _Digests(log)))
+
+    def _shared_cache(self, prep: Prepared) -> Any:
+        """This build's SharedCache (cache/), or None: no [cache], --cache=off, nothing to run."""
+        settings = prep.graph.manifest.cache
+        mode = self._cache_mode
+        if settings is None or mode == "off" or not prep.plan.to_run:
+            return None
+        from .cache import SharedCache
+
+        say = self.on_wait or (lambda text: self.warnings.append(text))
+        if mode == "read-only":
+            settings = settings._replace(write=False)
+        from .outputs import combine
+
+        ledger = prep.ledger
+        assert ledger is not None
+        return SharedCache(settings, prep.graph, prep.keys, self.environ, self.state_dir, say,
+                           seen=lambda i: combine(ledger.upstream(i).items()),
+                           required=mode == "required")
 
     def executor_pools(self, *, probe: bool = True) -> list[Any]:
         """Each executor's pool (``dagrun status --executors``), live while a build runs.
@@ -1200,6 +1242,12 @@ def _settle(scanned: Mapping[str, int]) -> None:
     wait = unchanged.RACY_NS - (time.time_ns() - newest)
     if 0 < wait <= unchanged.RACY_NS:
         time.sleep(wait / 1e9 + 0.002)
+def _without_token(environ: Mapping[str, str], cache: Any) -> Mapping[str, str]:
+    """dagrun's environment for its tasks: without the shared cache's token (it is dagrun's,
+    and a task printing its environment would put it in a run file, and in the store)."""
+    if cache is None or not cache.token_env or cache.token_env not in environ:
+        return environ
+    return {k: v for k, v in environ.items() if k != cache.token_env}
 
 
 def _remove_stale_temporaries(state_dir: str) -> None:

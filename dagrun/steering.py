@@ -153,7 +153,7 @@ def _status(box: Mailbox, s: Scheduler, _: Any) -> dict[str, Any]:
     now = s.clock.now()
     running = []
     for job_id, run in s.running.items():
-        ex = s.executors[run.executor]
+        ex = s.executors.get(run.executor)
         where = _ask(ex, "job_where", job_id, default=run.executor)
         running.append({
             "task": specs[run.task].name, "executor": run.executor, "where": where,
@@ -211,7 +211,7 @@ def _follow(box: Mailbox, s: Scheduler, arg: tuple[str, bool]) -> Any:
     for job_id, run in s.running.items():
         if run.task != i:
             continue
-        sources = _ask(s.executors[run.executor], "job_output", job_id)
+        sources = _ask(s.executors.get(run.executor), "job_output", job_id)
         if sources is None:
             state = "starting" if run.executor in ("local", "python") else "no live output"
             return {"state": _job_state(s, job_id, run, state), "executor": run.executor}
@@ -231,7 +231,7 @@ def _follow(box: Mailbox, s: Scheduler, arg: tuple[str, bool]) -> Any:
 
 def _job_state(s: Scheduler, job_id: int, run: Any, otherwise: str) -> str:
     """A job an executor holds but has not started (an HTTP job with no worker): queued."""
-    if _ask(s.executors[run.executor], "job_where", job_id, default=run.executor) is None:
+    if _ask(s.executors.get(run.executor), "job_where", job_id, default=run.executor) is None:
         return "queued"
     return otherwise
 
@@ -322,7 +322,7 @@ class StallWatch:
             limit = getattr(spec, "stall_warning", None)
             if not limit or job_id in self.warned:
                 continue
-            activity = _activity(s.executors[run.executor], job_id)
+            activity = _activity(s.executors.get(run.executor), job_id)
             if activity is None:  # no CPU figure (a remote job): "no CPU used" is not known
                 continue
             last = self.seen.get(job_id)

@@ -94,7 +94,18 @@ def show(prep: Any, i: int, state_dir: str, last_build: Iterable[record.Record])
         "last_run": _last_run(prep.log.latest(spec.name), spec.name, last_build),
         "output": {n: os.path.join(here, n) for n in ("command.txt", "stdout.txt", "stderr.txt")
                    if os.path.exists(os.path.join(runs, n))},
+        "shared_cache": _shared_cache(g, spec),
     }
+
+
+def _shared_cache(g: BuildGraph, spec: Any) -> str | None:
+    """Whether the task is looked up in and sent to the shared cache ([cache]); None: none."""
+    if g.manifest.cache is None:
+        return None
+    from .cache import why_not_now
+
+    reason = why_not_now(spec, g.root)
+    return "cached" if reason is None else f"not cached: {reason}"
 
 
 def _last_run(
@@ -103,7 +114,8 @@ def _last_run(
     """The latest of: the task's last successful run (the log), its last attempt (last build)."""
     best = None
     if logged is not None:
-        best = {"time": logged.get("time"), "status": "succeeded", "exit_status": 0,
+        status = "restored from the shared cache" if logged.get("restored") else "succeeded"
+        best = {"time": logged.get("time"), "status": status, "exit_status": 0,
                 "duration": logged.get("duration"), "maxrss_kb": logged.get("maxrss"),
                 "key": logged.get("key")}
     start = 0.0
@@ -134,6 +146,8 @@ def show_text(d: dict[str, Any]) -> str:
     rows += [("state", state), ("key", d["key"] or "-")]
     rows += _parts_rows(d["key_parts"])
     rows.append(("last run", _run_text(d["last_run"])))
+    if d.get("shared_cache"):
+        rows.append(("shared cache", d["shared_cache"]))
     rows.append(("output", _output_text(d["output"], d["last_run"])))
     width = max(len(k) for k, _ in rows)
     return "".join(f"{k:<{width}}  {v}\n" for k, v in rows)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from dask_cluster import dask_scheduler  # noqa: F401  (a session fixture: a real LocalCluster)
+from nginx import NginxServer, nginx_binary, start_nginx
 from realproc import DagrunProcs, dagrun_procs
 from slurm import slurm_cluster  # noqa: F401  (a session fixture: a real single-node Slurm)
 from sshd import SshServer, can_run, shared_server, start_sshd
@@ -124,3 +125,16 @@ def shared_dir() -> Iterator[Path]:
     folder.chmod(0o777)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxServer]:
+    """A private nginx with WebDAV PUT on 127.0.0.1 (tests/nginx.py), for the whole session."""
+    binary = nginx_binary()
+    if binary is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    if os.geteuid() != 0:
+        pytest.skip("the test nginx runs its workers as root (PLATFORM.md section 9)")
+    server = start_nginx(tmp_path_factory.mktemp("nginx"), binary)
+    yield server
+    server.stop()

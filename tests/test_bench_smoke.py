@@ -39,3 +39,20 @@ def test_smoke_benchmark_runs_every_tool_it_finds(tmp_path: Path) -> None:
     assert set(results["sched"]["modes"]) == {"fifo", "unweighted", "critical-path"}
     assert "| dagrun |" in proc.stdout
     assert "Targets of issue 12" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_shared_cache_benchmark_runs(tmp_path: Path) -> None:
+    """bench/shared_cache.py on 30 tasks, one round: its three builds work (no timing here)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "dagrun").write_text(f'#!/bin/sh\nexec {sys.executable} -m dagrun "$@"\n')
+    (bindir / "dagrun").chmod(0o755)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "shared_cache.py"), "--dagrun",
+         str(bindir / "dagrun"), "--tasks", "30", "--rounds", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| 30 tasks, folder store | from warm |" in proc.stdout
