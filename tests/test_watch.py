@@ -97,6 +97,7 @@ class Watching:
             out=self.out, err=self.out, on_round=self.rounds.put,
         )
         self.code: int | None = None
+        self.done = 0  # rounds handed out
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -104,11 +105,22 @@ class Watching:
         self.code = self.watcher.run(self.stop)
 
     def next_round(self, timeout: float = 10.0) -> Round:
+        """The next round, once the watcher watches again after it ("watching ...": a change
+        made before the new watches are armed would be one the test did not mean to race)."""
         try:
-            return self.rounds.get(timeout=timeout)
+            r = self.rounds.get(timeout=timeout)
         except queue.Empty:
             output = self.out.getvalue()
             raise AssertionError(f"no round within {timeout}s; output:\n{output}") from None
+        self.done += 1
+        deadline = time.monotonic() + timeout
+        while self.out.getvalue().count("Ctrl-C to stop") < self.done and not self.stop.is_set():
+            if self.thread is not None and not self.thread.is_alive():
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        return r
 
     def close(self) -> int | None:
         self.stop.set()
