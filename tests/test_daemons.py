@@ -85,16 +85,19 @@ def test_item16_sweep_finds_only_its_own_mark() -> None:
 
     from dagrun.executors import sweep
 
+    # a build id no process can have (above pid_max): an in-process build of another test
+    # still ending in a thread sweeps this process's own pid prefix, and must not find these
+    build = 4_194_304 + os.getpid()
     env = dict(os.environ)
-    env[sweep.MARK] = sweep.job_mark(os.getpid(), 7)
+    env[sweep.MARK] = sweep.job_mark(build, 7)
     mine = subprocess.Popen(["sleep", "60"], env=env)
-    env[sweep.MARK] = sweep.job_mark(os.getpid(), 70)
+    env[sweep.MARK] = sweep.job_mark(build, 70)
     other = subprocess.Popen(["sleep", "60"], env=env)
     try:
-        assert sweep.sweep(sweep.job_mark(os.getpid(), 7)) >= 1
+        assert sweep.sweep(sweep.job_mark(build, 7)) >= 1
         assert mine.wait(timeout=10) == -signal.SIGKILL
         assert other.poll() is None
-        assert sweep.sweep(f"{os.getpid()}.") >= 1
+        assert sweep.sweep(f"{build}.") >= 1
         assert other.wait(timeout=10) == -signal.SIGKILL
     finally:
         mine.kill()
