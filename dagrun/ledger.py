@@ -14,6 +14,9 @@ One object per build over the completion log (completion_log.py):
   whose digest did not count as intact (a restored or copied tree), and their
   records are written again with the new identities (``refresh``), so the next
   build's fast check passes.
+
+``dead_outputs`` and ``recorded_digests`` read the log for outputs of tasks gone
+from the manifest (session.py removes the untouched ones).
 """
 
 from __future__ import annotations
@@ -52,7 +55,6 @@ class Ledger:
         self.identities = identities
         self.wall = wall
         self.error: str | None = None  # the log could not be appended to
-        self.refreshed: list[str] = []  # tasks whose records vouch() wrote again
         self.last: Made | None = None  # what the latest success recorded made (the upload's)
 
     # ------------------------------------------------------------ recording
@@ -149,7 +151,11 @@ class Ledger:
         if done is None or len(done[1]) != len(spec.outputs):
             return False
         found = self.identities(spec.outputs)
-        return self._vouched(i, done[1], found, refresh=True)
+        if not self._same(i, done[1], found):
+            return False
+        if any(found[o] != tuple(w) for o, w in zip(spec.outputs, done[1], strict=True)):
+            self._rewrite(i, found)
+        return True
 
     def vouch(self, tasks: Iterable[int], found: dict[str, Identity | None], *, refresh: bool
               ) -> None:
@@ -166,55 +172,68 @@ class Ledger:
                 continue
             if all(found.get(o) == tuple(w) for o, w in zip(spec.outputs, done[1], strict=True)):
                 continue
-            if self._vouched(i, done[1], found, refresh=refresh) and not (
-                self.refreshed and self.refreshed[-1] == spec.name
-            ):  # not written again (-n, a read-only log): the plan sees the recorded ones
-                for o, was in zip(spec.outputs, done[1], strict=True):
-                    found[o] = tuple(was)  # type: ignore[assignment]
+            if not self._same(i, done[1], found):
+                continue
+            if refresh and self._rewrite(i, found):
+                continue  # the record has the identities in ``found`` now
+            for o, was in zip(spec.outputs, done[1], strict=True):
+                found[o] = tuple(was)  # type: ignore[assignment]
 
-    def _vouched(
-        self, i: int, recorded: Any, found: Mapping[str, Identity | None], *, refresh: bool
-    ) -> bool:
-        spec = self.graph.specs[i]
-        changed = [
-            n for n, (o, was) in enumerate(zip(spec.outputs, recorded, strict=True))
-            if found.get(o) != tuple(was)
-        ]
+    def _same(self, i: int, recorded: Any, found: Mapping[str, Identity | None]) -> bool:
+        """Whether task ``i``'s outputs, found with the identities ``found``, are what its
+        latest success recorded: the same identity, or else the same digest."""
+        outs = self.graph.specs[i].outputs
+        changed = [o for o, was in zip(outs, recorded, strict=True) if found.get(o) != tuple(was)]
         if not changed:
             return True
-        if any(found.get(spec.outputs[n]) is None for n in changed):
+        if any(found.get(o) is None for o in changed):
             return False
-        record = self.log.latest(spec.name) or {}
-        was = record.get("digests")
-        if not isinstance(was, list) or len(was) != len(spec.outputs):
-            return False  # an older record: no digests to decide with
-        now = self.digests(tuple(spec.outputs[n] for n in changed))
-        if any(d != was[n] or not d for n, d in zip(changed, now, strict=True)):
+        was = recorded_digests(self.log, self.graph.specs[i].name)
+        now = self.digests(tuple(changed))
+        return all(d and d == was.get(o) for o, d in zip(changed, now, strict=True))
+
+    def _rewrite(self, i: int, found: Mapping[str, Identity | None]) -> bool:
+        """Record task ``i``'s latest success again with the identities in ``found`` (they were
+        vouched for); False when it was not (a read-only log, or a write error, which only
+        costs the next build's fast check)."""
+        spec = self.graph.specs[i]
+        if not self.log.writable:
             return False
-        if refresh and self.log.writable:
-            ids = [found[o] for o in spec.outputs]
-            try:
-                if self.log.refresh(spec.name, ids):  # type: ignore[arg-type]
-                    self.refreshed.append(spec.name)
-            except OSError:
-                pass  # only the next build's fast check is lost
-        return True
+        try:
+            return self.log.refresh(spec.name, [found[o] for o in spec.outputs])  # type: ignore[misc]
+        except OSError:
+            return False
 
 
-def dead_outputs(graph: BuildGraph, log: CompletionLog) -> list[tuple[str, str, Identity]]:
-    """(task, output, identity its run left) for each output the log records of a task the
-    manifest no longer has (and no task of the manifest declares)."""
-    out: list[tuple[str, str, Identity]] = []
+def dead_outputs(
+    graph: BuildGraph, log: CompletionLog
+) -> dict[str, tuple[tuple[str, Identity], ...]]:
+    """Task -> (output, identity its run left) of each output the log records, for every task
+    it has a success of that the manifest no longer has (outputs another task of the manifest
+    declares are left out)."""
+    out: dict[str, tuple[tuple[str, Identity], ...]] = {}
     index, producers = graph.index, graph.producers
     for task, entry in list(log.index.latest.items()):
         if task in index:
             continue
         record = log.latest(task) or {}
         parts = record.get("parts")
-        names = parts.get("outputs") if isinstance(parts, dict) else None
+        names = parts.get("outputs", ()) if isinstance(parts, dict) else ()
         if not isinstance(names, list) or len(names) != len(entry[2]):
-            continue
-        for name, identity in zip(names, entry[2], strict=True):
-            if isinstance(name, str) and name not in producers:
-                out.append((task, name, identity))
+            names = []
+        out[task] = tuple(
+            (name, identity) for name, identity in zip(names, entry[2], strict=True)
+            if isinstance(name, str) and name not in producers
+        )
     return out
+
+
+def recorded_digests(log: CompletionLog, task: str) -> dict[str, str]:
+    """Output -> the content digest the latest success of ``task`` recorded (none for a record
+    older than digests, and none for an output whose digest was not taken)."""
+    record = log.latest(task) or {}
+    parts, digests = record.get("parts"), record.get("digests")
+    names = parts.get("outputs") if isinstance(parts, dict) else None
+    if not isinstance(names, list) or not isinstance(digests, list):
+        return {}
+    return {n: d for n, d in zip(names, digests, strict=False) if isinstance(n, str) and d}

@@ -47,7 +47,7 @@ from .fs import FileSystem, LocalFileSystem, open_regular, read_regular
 from .fs import unlink_quietly as _unlink
 from .graph import BuildGraph, compile, gc_paused
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
-from .ledger import Ledger, dead_outputs
+from .ledger import Ledger, dead_outputs, recorded_digests
 from .manifest import Manifest, output_problem
 from .manifest import read as read_manifest
 from .plan import Plan, make
@@ -370,7 +370,9 @@ class Session:
             removed = []
             try:
                 if dead:
-                    chosen = _dead_outputs(graph, log)
+                    chosen = {
+                        t: tuple(o for o, _ in outs) for t, outs in dead_outputs(graph, log).items()
+                    }
                 else:
                     everything = range(len(graph.specs))
                     picked = graph.resolve(targets, self.cwd) if targets else everything
@@ -528,31 +530,20 @@ class Session:
         """Outputs of tasks gone from the manifest: a build removes those still as their run
         left them (and says so) and keeps an edited one (with a warning); either way no
         input matches them (the graph is compiled again without them)."""
-        dead = dead_outputs(graph, log)
+        dead = [(t, o, was) for t, outs in dead_outputs(graph, log).items() for o, was in outs]
         if not dead or self._loaded is None:
             return graph
         found = self.identities([o for _, o, _ in dead])
         present = frozenset(o for _, o, _ in dead if found[o] is not None)
         if building and self.read_only is None:
             kept = {
-                t for t, o, was in dead if o in present and not self._remove_dead(log, t, o, was)
+                t for t, o, was in dead
+                if o in present and not self._remove_dead(log, t, o, found[o] == tuple(was))
             }
             for task in {t for t, _, _ in dead} - kept:
                 log.forget(task)
         self._excluded = present
         return compile(self._loaded, present) if present else graph
-
-    def _same_bytes(self, log: CompletionLog, task: str, out: str) -> bool:
-        """Whether ``out`` has the digest the latest success of ``task`` recorded for it."""
-        record = log.latest(task) or {}
-        parts, digests = record.get("parts"), record.get("digests")
-        names = parts.get("outputs") if isinstance(parts, dict) else None
-        if not isinstance(names, list) or not isinstance(digests, list) or out not in names:
-            return False
-        n = names.index(out)
-        if n >= len(digests) or not digests[n]:
-            return False
-        return bool(outputs.digest(os.path.join(self.root, out)) == digests[n])
 
     def _rescan(self, prep: Prepared) -> None:
         """After a build that wrote into folders its globs read (``build/*.o``): when the
@@ -576,10 +567,13 @@ class Session:
         cache, _, kenv = self._state
         self._state = (cache, False, kenv)  # the graph is written again, with the new mtimes
 
-    def _remove_dead(self, log: CompletionLog, task: str, out: str, was: Identity) -> bool:
+    def _remove_dead(self, log: CompletionLog, task: str, out: str, same_identity: bool) -> bool:
         """Remove an output of a task gone from the manifest if its run left it as it is (the
         same identity, or else the same digest: a tree moved or restored since)."""
-        if self.identities([out])[out] != tuple(was) and not self._same_bytes(log, task, out):
+        recorded = None if same_identity else recorded_digests(log, task).get(out)
+        if not same_identity and (
+            recorded is None or outputs.digest(os.path.join(self.root, out)) != recorded
+        ):
             self.warnings.append(
                 f"kept {out}: task '{task}' that wrote it is no longer in the manifest, but it "
                 "was changed since (remove it, or `dagrun clean --dead`)"
@@ -1171,21 +1165,6 @@ def _apply_journal(state_dir: str, data: dict[str, Any]) -> Journal:
             entries[p] = e
     data["keys"].update(keys)
     return Journal(base, dict(stats), dict(keys))
-
-
-def _dead_outputs(graph: BuildGraph, log: CompletionLog) -> dict[str, tuple[str, ...]]:
-    """Task -> outputs the log records, for each logged task that the manifest no longer has."""
-    dead = {}
-    for task in list(log.index.latest):
-        if task in graph.index:
-            continue
-        record = log.latest(task) or {}
-        parts = record.get("parts")
-        outputs = parts.get("outputs", ()) if isinstance(parts, dict) else ()
-        dead[task] = tuple(
-            o for o in outputs if isinstance(o, str) and o not in graph.producers
-        )
-    return dead
 
 
 def _escapes(root: str, out: str) -> str | None:
