@@ -26,14 +26,12 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import lua_bench  # noqa: E402
-from output_digests import venv  # noqa: E402
+from output_digests import before_and_after, bench_env  # noqa: E402
 
 
 def timed(cmd: list[str], cwd: str) -> float:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["CI"] = "1"
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
+    subprocess.run(cmd, cwd=cwd, env=bench_env(), check=True, capture_output=True)
     return time.perf_counter() - t
 
 
@@ -44,48 +42,49 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="dagrun-first-noop-")
-    before_src = os.path.join(work, "before-src")
-    subprocess.run(["git", "-C", ROOT, "worktree", "add", "-q", "--detach", before_src,
-                    args.before], check=True)
     try:
-        tools = {
-            "ninja": ["ninja", "-j", "2"],
-            "before": [venv(os.path.join(work, "venv-b"), before_src), "build", "-j2", "-q"],
-            "after": [venv(os.path.join(work, "venv-a"), ROOT), "build", "-j2", "-q"],
-        }
-        for name in ("make", "ninja", "dagrun"):  # lua_bench's layout and build files
-            folder = os.path.join(work, name)
-            os.makedirs(folder)
-            for f in os.listdir(args.lua):
-                if f.endswith((".c", ".h")):
-                    shutil.copy(os.path.join(args.lua, f), os.path.join(folder, f))
-        lua_bench.write_build_files(work)
-        for name in ("before", "after"):
-            shutil.copytree(os.path.join(work, "dagrun"), os.path.join(work, name))
-        for name, cmd in tools.items():
-            timed(cmd, os.path.join(work, name))  # the cold build
-        first: dict[str, list[float]] = {n: [] for n in tools}
-        second: dict[str, list[float]] = {n: [] for n in tools}
-        for n in range(args.rounds):
-            for name, cmd in tools.items():
-                folder = os.path.join(work, name)
-                lua_bench.append(os.path.join(folder, "ltable.c"), f"/* edit {n} */\n")
-                timed(cmd, folder)
-                first[name].append(timed(cmd, folder))
-                second[name].append(timed(cmd, folder))
-        print("| tool | first no-op after a build (ms) | ×ninja | second no-op (ms) | ×ninja |")
-        print("|---|---|---|---|---|")
-        n1, n2 = statistics.median(first["ninja"]), statistics.median(second["ninja"])
-        for name in tools:
-            a, b = statistics.median(first[name]), statistics.median(second[name])
-            print(f"| {name} | {a * 1000:.1f} ({min(first[name]) * 1000:.1f}-"
-                  f"{max(first[name]) * 1000:.1f}) | {a / n1:.1f} | {b * 1000:.1f} | "
-                  f"{b / n2:.1f} |")
-        print(f"\n(medians of {args.rounds} alternating rounds; Lua 5.4, 34 objects, -j2)")
+        with before_and_after(work, args.before) as installs:
+            tools = {
+                "ninja": ["ninja", "-j", "2"],
+                "before": [installs["before"], "build", "-j2", "-q"],
+                "after": [installs["after"], "build", "-j2", "-q"],
+            }
+            _measure(args, work, tools)
     finally:
-        subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", before_src])
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _measure(args: argparse.Namespace, work: str, tools: dict[str, list[str]]) -> None:
+    for name in ("make", "ninja", "dagrun"):  # lua_bench's layout and build files
+        folder = os.path.join(work, name)
+        os.makedirs(folder)
+        for f in os.listdir(args.lua):
+            if f.endswith((".c", ".h")):
+                shutil.copy(os.path.join(args.lua, f), os.path.join(folder, f))
+    lua_bench.write_build_files(work)
+    for name in ("before", "after"):
+        shutil.copytree(os.path.join(work, "dagrun"), os.path.join(work, name))
+    for name, cmd in tools.items():
+        timed(cmd, os.path.join(work, name))  # the cold build
+    first: dict[str, list[float]] = {n: [] for n in tools}
+    second: dict[str, list[float]] = {n: [] for n in tools}
+    for n in range(args.rounds):
+        for name, cmd in tools.items():
+            folder = os.path.join(work, name)
+            lua_bench.append(os.path.join(folder, "ltable.c"), f"/* edit {n} */\n")
+            timed(cmd, folder)
+            first[name].append(timed(cmd, folder))
+            second[name].append(timed(cmd, folder))
+    print("| tool | first no-op after a build (ms) | ×ninja | second no-op (ms) | ×ninja |")
+    print("|---|---|---|---|---|")
+    n1, n2 = statistics.median(first["ninja"]), statistics.median(second["ninja"])
+    for name in tools:
+        a, b = statistics.median(first[name]), statistics.median(second[name])
+        print(f"| {name} | {a * 1000:.1f} ({min(first[name]) * 1000:.1f}-"
+              f"{max(first[name]) * 1000:.1f}) | {a / n1:.1f} | {b * 1000:.1f} | "
+              f"{b / n2:.1f} |")
+    print(f"\n(medians of {args.rounds} alternating rounds; Lua 5.4, 34 objects, -j2)")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Prints a Markdown table of medians (seconds) and the ratio after/before.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -33,13 +35,36 @@ sys.path.insert(0, HERE)
 import gen  # noqa: E402
 
 
+def bench_env() -> dict[str, str]:
+    """The environment dagrun is measured in: bytecode written (as users run it), no terminal."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["CI"] = "1"
+    return env
+
+
 def venv(where: str, source: str) -> str:
     """A venv with dagrun installed from ``source`` as users install it; its dagrun script."""
     subprocess.run([sys.executable, "-m", "venv", where], check=True)
     pip = os.path.join(where, "bin", "pip")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    subprocess.run([pip, "install", "-q", source], check=True, env=env)
+    subprocess.run([pip, "install", "-q", source], check=True, env=bench_env())
     return os.path.join(where, "bin", "dagrun")
+
+
+@contextlib.contextmanager
+def before_and_after(work: str, before: str) -> Iterator[dict[str, str]]:
+    """Regular installs of the git revision ``before`` and of this tree, each in a venv under
+    ``work``: {"before": its dagrun script, "after": ...}; the revision's checkout goes at
+    the end."""
+    src = os.path.join(work, "before-src")
+    subprocess.run(["git", "-C", ROOT, "worktree", "add", "-q", "--detach", src, before],
+                   check=True)
+    try:
+        yield {
+            "before": venv(os.path.join(work, "venv-before"), src),
+            "after": venv(os.path.join(work, "venv-after"), ROOT),
+        }
+    finally:
+        subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", src])
 
 
 # dagrun's own CPU time (its threads, not its tasks'): what the digests add, whatever the load
@@ -56,8 +81,7 @@ _SELF_CPU = (
 
 def timed(cmd: list[str], cwd: str) -> tuple[float, float]:
     """(wall seconds, dagrun's own CPU seconds) of ``dagrun ARGS`` (cmd[0]: its script)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["CI"] = "1"
+    env = bench_env()
     python = os.path.join(os.path.dirname(cmd[0]), "python")
     t = time.perf_counter()
     p = subprocess.run([python, "-c", _SELF_CPU, *cmd[1:]], cwd=cwd, env=env,
@@ -87,46 +111,43 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=10000)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="dagrun-digests-")
-    before_src = os.path.join(work, "before-src")
-    subprocess.run(["git", "-C", ROOT, "worktree", "add", "-q", "--detach", before_src,
-                    args.before], check=True)
     try:
-        tools = {
-            "before": venv(os.path.join(work, "venv-before"), before_src),
-            "after": venv(os.path.join(work, "venv-after"), ROOT),
-        }
-        rows: dict[str, dict[str, list[tuple[float, float]]]] = {}
-        for n in range(args.rounds):
-            for name, dagrun in tools.items():
-                # a new folder for every cold build: nothing is deleted while measuring (ext4's
-                # inode allocator is slow for minutes after a mass deletion; bench/RESULTS.md)
-                project = os.path.join(work, f"wide-{n}-{name}")
-                gen.gen(args.tasks, "wide", project, peers=False)
-                big = os.path.join(work, f"big-{n}-{name}")
-                big_project(big, args.size_mib)
-                r = rows.setdefault(name, {})
-                r.setdefault(f"cold {args.tasks // 1000}k", []).append(
-                    timed([dagrun, "build", "-j2", "-q"], project))
-                r.setdefault(f"no-op {args.tasks // 1000}k", []).append(
-                    timed([dagrun, "build", "-j2", "-q"], project))
-                r.setdefault(f"cold, one task writing {args.size_mib} MiB", []).append(
-                    timed([dagrun, "build", "-q"], big))
-                r.setdefault(f"no-op, {args.size_mib} MiB output", []).append(
-                    timed([dagrun, "build", "-q"], big))
-                os.unlink(os.path.join(big, "big.bin"))  # one file: no mass deletion
-        print("| figure | before: wall / dagrun CPU (s) | after: wall / dagrun CPU (s) "
-              "| after / before (wall, CPU) |")
-        print("|---|---|---|---|")
-        for figure in rows["before"]:
-            bw, bc = (statistics.median(x) for x in zip(*rows["before"][figure], strict=True))
-            aw, ac = (statistics.median(x) for x in zip(*rows["after"][figure], strict=True))
-            print(f"| {figure} | {bw:.3f} / {bc:.3f} | {aw:.3f} / {ac:.3f} "
-                  f"| {aw / bw:.2f}, {ac / bc:.2f} |")
-        print(f"\n(medians of {args.rounds} alternating rounds, -j2)")
+        with before_and_after(work, args.before) as tools:
+            _measure(args, work, tools)
     finally:
-        subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", before_src])
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _measure(args: argparse.Namespace, work: str, tools: dict[str, str]) -> None:
+    rows: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for n in range(args.rounds):
+        for name, dagrun in tools.items():
+            # a new folder for every cold build: nothing is deleted while measuring (ext4's
+            # inode allocator is slow for minutes after a mass deletion; bench/RESULTS.md)
+            project = os.path.join(work, f"wide-{n}-{name}")
+            gen.gen(args.tasks, "wide", project, peers=False)
+            big = os.path.join(work, f"big-{n}-{name}")
+            big_project(big, args.size_mib)
+            r = rows.setdefault(name, {})
+            r.setdefault(f"cold {args.tasks // 1000}k", []).append(
+                timed([dagrun, "build", "-j2", "-q"], project))
+            r.setdefault(f"no-op {args.tasks // 1000}k", []).append(
+                timed([dagrun, "build", "-j2", "-q"], project))
+            r.setdefault(f"cold, one task writing {args.size_mib} MiB", []).append(
+                timed([dagrun, "build", "-q"], big))
+            r.setdefault(f"no-op, {args.size_mib} MiB output", []).append(
+                timed([dagrun, "build", "-q"], big))
+            os.unlink(os.path.join(big, "big.bin"))  # one file: no mass deletion
+    print("| figure | before: wall / dagrun CPU (s) | after: wall / dagrun CPU (s) "
+          "| after / before (wall, CPU) |")
+    print("|---|---|---|---|")
+    for figure in rows["before"]:
+        bw, bc = (statistics.median(x) for x in zip(*rows["before"][figure], strict=True))
+        aw, ac = (statistics.median(x) for x in zip(*rows["after"][figure], strict=True))
+        print(f"| {figure} | {bw:.3f} / {bc:.3f} | {aw:.3f} / {ac:.3f} "
+              f"| {aw / bw:.2f}, {ac / bc:.2f} |")
+    print(f"\n(medians of {args.rounds} alternating rounds, -j2)")
 
 
 if __name__ == "__main__":

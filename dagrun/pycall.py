@@ -385,17 +385,17 @@ def load_result(path: str, digest: str, task: str) -> Any:
 
 class Results(Mapping[str, Any]):
     """Task name -> result, read from ``.dagrun/results/`` on first access and checked
-    against the digest in the task's success record (``digests``)."""
+    against the digest in the task's success record (``digest_of``: the log's ``result``)."""
 
-    def __init__(self, paths: Mapping[str, str], digests: Mapping[str, str]) -> None:
+    def __init__(self, paths: Mapping[str, str], digest_of: Callable[[str], str]) -> None:
         self._paths = dict(paths)
-        self._digests = digests
+        self._digest_of = digest_of
         self._values: dict[str, Any] = {}
 
     def __getitem__(self, task: str) -> Any:
         if task not in self._values:
             path = self._paths[task]
-            self._values[task] = load_result(path, self._digests.get(task, ""), task)
+            self._values[task] = load_result(path, self._digest_of(task), task)
         return self._values[task]
 
     def __iter__(self) -> Iterator[str]:

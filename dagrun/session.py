@@ -871,7 +871,7 @@ class Session:
             raise CacheError(f"the shared cache failed (--cache=required): {shared.problems[0]}")
         done = {*result.succeeded, *result.restored, *result.up_to_date}
         values = {t: p for t, p in results.items() if t in done}
-        return dataclasses.replace(result, values=Results(values, _Digests(log)))
+        return dataclasses.replace(result, values=Results(values, log.result))
 
     def _shared_cache(self, prep: Prepared) -> Any:
         """This build's SharedCache (cache/), or None: no [cache], --cache=off, nothing to run."""
@@ -1187,23 +1187,7 @@ def _stream(
     """Hand function task ``i``'s result to ``on_result``, if one was given."""
     name = graph.specs[i].name
     if on_result is not None and name in results:
-        on_result(name, Results(results, _Digests(log))[name])
-
-
-class _Digests(Mapping[str, str]):
-    """Task -> its result's digest, as the log's index holds it now."""
-
-    def __init__(self, log: CompletionLog) -> None:
-        self.log = log
-
-    def __getitem__(self, task: str) -> str:
-        return self.log.result(task)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.log.index.latest)
-
-    def __len__(self) -> int:
-        return len(self.log.index.latest)
+        on_result(name, Results(results, log.result)[name])
 
 
 def _settle(scanned: Mapping[str, int]) -> None:
