@@ -494,6 +494,7 @@ class SshExecutor(ThreadedExecutor):
             tar = subprocess.run(
                 ["tar", "-C", staging, *fetched.TAR_FLAGS, "-xf", "-", "--", *names],
                 stdin=ssh.stdout, capture_output=True,
+                env={**os.environ, "LC_ALL": "C"},  # _only_absent reads its English messages
             )
             if job.depfile and tar.returncode != 0 and _only_absent(tar.stderr, job.depfile):
                 tar = subprocess.CompletedProcess(tar.args, 0, tar.stdout, b"")  # not written
