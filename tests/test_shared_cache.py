@@ -678,15 +678,17 @@ def slow_store(tmp_path: Path) -> Iterator[tuple[str, Path, list[int]]]:
             super().__init__(*a, directory=str(folder), **kw)  # type: ignore[arg-type]
 
         def do_GET(self) -> None:  # noqa: N802
+            # counted while the client waits for the answer: once the answer is on its way, the
+            # client's thread may already have sent its next request (a new connection)
             with lock:
                 busy[0] += 1
                 busy[1] = max(busy)
             try:
                 threading.Event().wait(0.2)
-                super().do_GET()
             finally:
                 with lock:
                     busy[0] -= 1
+            super().do_GET()
 
         def log_message(self, *args: object) -> None:
             pass
