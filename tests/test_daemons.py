@@ -94,6 +94,10 @@ def test_item16_sweep_finds_only_its_own_mark() -> None:
     env[sweep.MARK] = sweep.job_mark(build, 70)
     other = subprocess.Popen(["sleep", "60"], env=env)
     try:
+        # Popen returns once exec closed its pipe, which is before the kernel has set up the new
+        # program's environment: /proc/PID/environ reads empty for that moment (under load, long)
+        for proc, job in ((mine, 7), (other, 70)):
+            _wait_environ(proc.pid, f"{sweep.MARK}={sweep.job_mark(build, job)}")
         assert sweep.sweep(sweep.job_mark(build, 7)) >= 1
         assert mine.wait(timeout=10) == -signal.SIGKILL
         assert other.poll() is None
@@ -104,3 +108,15 @@ def test_item16_sweep_finds_only_its_own_mark() -> None:
         other.kill()
         mine.wait()
         other.wait()
+
+
+def _wait_environ(pid: int, entry: str, timeout: float = 10.0) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            if entry.encode() in f.read().split(b"\0"):
+                return
+        time.sleep(0.005)
+    raise AssertionError(f"{entry} never appeared in the environment of {pid}")
