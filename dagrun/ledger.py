@@ -2,10 +2,18 @@
 
 One object per build over the completion log (completion_log.py):
 
+The scheduler calls it from its loop (scheduler.Ledger), as Ninja's
+FinishCommand writes the build log:
+
 - ``started(i)``: before each attempt (the log's ``start`` record);
 - ``succeeded(i, outcome)``: after a task exited 0: its outputs' identities and
   digests, its result's digest, its fingerprint and what it saw of its
-  dependencies (outputs.py), or the reason it did not succeed after all;
+  dependencies (outputs.py), or the reason it did not succeed after all; then
+  a function task's result goes to whoever streams results (``stream_to``),
+  and the task to the shared cache to be uploaded (``shared``, cache/);
+- ``still_needed(i)``: when a pending task becomes ready, whether it must still
+  run (early cutoff: cutoff.Cutoff over the plan's ``awaits``);
+- ``result(task)``: a function task's result digest as its success holds it;
 - ``intact(i)``: its outputs are what its latest successful run left: the same
   identity, or, where the identity differs, the same content digest;
 - ``upstream_changed(i)``: why it must run again although its key and outputs
@@ -33,10 +41,12 @@ from .executors import Outcome
 from .fs import FileSystem, LocalFileSystem
 from .graph import BuildGraph
 from .hashing import Keys, digest_bytes
-from .pycall import RESULTS, result_digest
+from .pycall import RESULTS, Results, result_digest
 
 
 class Ledger:
+    """What one build records in the completion log, and what it knows from it."""
+
     def __init__(
         self,
         graph: BuildGraph,
@@ -56,6 +66,9 @@ class Ledger:
         self.wall = wall
         self.error: str | None = None  # the log could not be appended to
         self.last: Made | None = None  # what the latest success recorded made (the upload's)
+        self.shared: Any = None  # this build's shared cache (cache.SharedCache), if any
+        self._cutoff: cutoff.Cutoff | None = None  # the plan's pending tasks (awaits)
+        self._stream: tuple[Callable[[str, Any], None], Mapping[str, str]] | None = None
 
     # ------------------------------------------------------------ recording
 
@@ -67,9 +80,21 @@ class Ledger:
             why = f"cannot write the completion log {log.path}: {exc.strerror}"
             raise LogError(why) from None
 
-    def succeeded(self, i: int, outcome: Outcome, *, restored: bool = False) -> str | None:
-        """Log a task that exited 0, or say why it did not succeed (an output not written, a
-        full disk): the scheduler then counts it as failed with that error."""
+    def succeeded(self, i: int, outcome: Outcome) -> str | None:
+        """Log a task that exited 0 (or restored from the shared cache), or say why it did not
+        succeed (an output not written, a full disk): the scheduler then counts it as failed
+        with that error.  Then stream its result and hand it to the shared cache."""
+        shared = self.shared
+        problem = self._record(i, outcome, shared is not None and i in shared.restored)
+        if problem is not None:
+            return problem
+        if self.graph.specs[i].call:
+            self.stream(i)
+        if shared is not None and self.last is not None:
+            shared.succeeded(i, self.last, outcome)
+        return None
+
+    def _record(self, i: int, outcome: Outcome, restored: bool) -> str | None:
         spec, log = self.graph.specs[i], self.log
         found = self.identities(spec.outputs)
         ids: list[Identity] = []
@@ -97,6 +122,23 @@ class Ledger:
             return self.error
         return None
 
+    def stream_to(self, on_result: Callable[[str, Any], None], results: Mapping[str, str]) -> None:
+        """Hand each function task's result (``results``: task -> its file) to ``on_result``
+        as the task succeeds (``stream`` for one up to date)."""
+        self._stream = (on_result, results)
+
+    def stream(self, i: int) -> None:
+        if self._stream is None:
+            return
+        on_result, results = self._stream
+        name = self.graph.specs[i].name
+        if name in results:
+            on_result(name, Results(results, self.log.result)[name])
+
+    def result(self, task: str) -> str:
+        """The digest of task's result as its latest success records it ("": none)."""
+        return self.log.result(task)
+
     def made(self, i: int, key: str) -> Made:
         """What task ``i`` made, digested now (its outputs are hot in the page cache)."""
         spec = self.graph.specs[i]
@@ -123,6 +165,16 @@ class Ledger:
         return tuple(out)
 
     # ------------------------------------------------------------ checking
+
+    def awaits(self, waits: Mapping[int, str]) -> None:
+        """The plan's pending tasks (cutoff.pending: task -> the task it waits on)."""
+        self._cutoff = cutoff.Cutoff(
+            self.keys, waits, self.log.done, self.intact, self.upstream_changed
+        )
+
+    def still_needed(self, i: int) -> bool:
+        """Whether task ``i``, ready now, must still run (False: early cutoff)."""
+        return self._cutoff is None or self._cutoff.still_needed(i)
 
     def upstream_changed(self, i: int) -> str | None:
         """Why task ``i`` must run although its key and outputs are as its latest success left

@@ -161,8 +161,6 @@ def run_dir_name(task: str) -> str:
     return safe
 
 
-# on_success(i, outcome) -> None, or a reason that turns the success into a failure
-SuccessHook = Callable[[int, Outcome], "str | None"]
 MAX_LOST = 3  # a job lost this many times (connection, worker) fails instead of running again
 MAX_RETRIES = 100  # the manifest refuses more; the scheduler bounds it too
 
@@ -233,17 +231,43 @@ class Hooks(NamedTuple):  # not a dataclass: ~0.7 ms less per start (bench/IMPOR
     """Where the scheduler reports, and who may stop it."""
 
     reporter: Reporter
-    on_success: SuccessHook | None = None
     before_wait: Callable[[], None] | None = None  # e.g. the status snapshot's flush
     stops: tuple[StopFlag, ...] = ()  # any of them set: stop as on Ctrl-C
-    on_start: Callable[[int], None] | None = None  # before each attempt (the log's start record)
-    # asked when a task becomes ready: False means it is up to date after all (early cutoff)
-    still_needed: Callable[[int], bool] | None = None
-    # a function task's result digest as its success record holds it (pycall.load_result)
-    result_digest: Callable[[str], str] | None = None
     # the shared cache: a task is looked up there when it becomes ready (cache/)
     cache: Lookups | None = None
     steering: Steering | None = None  # requests from `dagrun status/tail/cancel` (steering.py)
+
+
+class Ledger(Protocol):
+    """What the build records (ledger.Ledger), called from the loop as Ninja's FinishCommand
+    writes its build log: ``started`` before each attempt; ``succeeded`` after one exited 0
+    (None, or why it did not succeed after all: it then fails with that error);
+    ``still_needed`` when a pending task becomes ready (False: up to date after all, early
+    cutoff); ``result`` a function task's result digest as its success record holds it."""
+
+    def started(self, i: int) -> None: ...
+
+    def succeeded(self, i: int, outcome: Outcome) -> str | None: ...
+
+    def still_needed(self, i: int) -> bool: ...
+
+    def result(self, task: str) -> str: ...
+
+
+class Unrecorded:
+    """A ledger that records nothing (tests of the scheduler alone)."""
+
+    def started(self, i: int) -> None:
+        pass
+
+    def succeeded(self, i: int, outcome: Outcome) -> str | None:
+        return None
+
+    def still_needed(self, i: int) -> bool:
+        return True
+
+    def result(self, task: str) -> str:
+        return ""
 
 
 class Steering(Protocol):
@@ -282,6 +306,7 @@ class Scheduler:
         limits: Limits,
         hooks: Hooks,
         clock: Clock,
+        ledger: Ledger | None = None,
         policy: Policy | None = None,
         base_env: Mapping[str, str] | None = None,  # the declared [env]; executors add their own
         runs_dir: str,
@@ -301,6 +326,7 @@ class Scheduler:
         self.jobs = max(1, limits.jobs)
         self.policy = policy or Policy()
         self.hooks = hooks
+        self.ledger = ledger if ledger is not None else Unrecorded()
         self.reporter = hooks.reporter
         self.clock = clock
         self.base_env = base_env or {}
@@ -609,8 +635,7 @@ class Scheduler:
         """Hand the job to its executor; one that refuses it stops the build (a group's member:
         the job is lost, and another member takes it)."""
         try:
-            if self.hooks.on_start is not None:
-                self.hooks.on_start(i)
+            self.ledger.started(i)
             self.executors[name].submit(job)
         except Exception as exc:  # noqa: BLE001 - reported as an error, never a traceback
             if self._executor_of(i) in self.groups:
@@ -681,9 +706,8 @@ class Scheduler:
         """A function task's Call: its target, args and the keys of the results it receives."""
         from .pycall import RESULTS, make_call
 
-        digest_of = self.hooks.result_digest or (lambda task: "")
         return make_call(
-            self.graph, i, self.keys, os.path.join(self.state_dir, RESULTS), digest_of
+            self.graph, i, self.keys, os.path.join(self.state_dir, RESULTS), self.ledger.result
         )
 
     @property
@@ -707,8 +731,8 @@ class Scheduler:
         # an end seen after Ctrl-C may be a task's trap exiting 0 half-way: never log it as done
         ok = outcome.ok and cancelled is None
         error = outcome.error
-        if ok and self.hooks.on_success is not None:
-            reason = self.hooks.on_success(i, outcome)
+        if ok:
+            reason = self.ledger.succeeded(i, outcome)
             if reason is not None:
                 ok, error = False, reason
         if spec.executor in self.groups:
@@ -806,7 +830,7 @@ class Scheduler:
             self._ready(i)
             return
         ok = outcome.ok and cancelled is None
-        if ok and self.hooks.on_success is not None and self.hooks.on_success(i, outcome):
+        if ok and self.ledger.succeeded(i, outcome) is not None:
             self._ready(i)  # restored, but the ledger would not take it: it runs
             return
         self.done += 1
@@ -832,9 +856,8 @@ class Scheduler:
                 self._now_ready(j)
 
     def _now_ready(self, j: int) -> None:
-        """A task whose dependencies are done: queued, unless the hook finds it up to date."""
-        ask = self.hooks.still_needed
-        if ask is None or ask(j):
+        """A task whose dependencies are done: queued, unless the ledger finds it up to date."""
+        if self.ledger.still_needed(j):
             self._ready(j)
         else:
             self.cut_off.append(j)  # reported after the task that released it

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import functools
 import itertools
 import marshal
 import os
@@ -652,6 +651,7 @@ class Session:
             )
         waits = cutoff.pending(graph, plan, keys.by_outputs)
         plan = cutoff.with_pending(plan, waits)
+        ledger.awaits(waits)
         return Prepared(graph, keys, log, plan, pool, waits, delta, tuple(decide), ledger)
 
     def _partial(
@@ -812,29 +812,17 @@ class Session:
 
         graph, keys, log = prep.graph, prep.keys, prep.log
         m = graph.manifest
-        specs = graph.specs
 
         ledger = prep.ledger
         assert ledger is not None
 
         shared = self._shared_cache(prep)
-
-        def on_success(i: int, outcome: Outcome) -> str | None:
-            restored = shared is not None and i in shared.restored
-            problem = ledger.succeeded(i, outcome, restored=restored)
-            if ledger.error is not None:
-                self._log_error = ledger.error
-            if problem is None and specs[i].call:
-                stream(i)
-            if problem is None and shared is not None and ledger.last is not None:
-                shared.succeeded(i, ledger.last, outcome)
-            return problem
-
+        ledger.shared = shared
         results = results_of(graph, keys.keys, self.state_dir)
-        stream = functools.partial(_stream, self.on_result, graph, results, log)
-        if self.on_result is not None and results:
-            for i in prep.plan.up_to_date:
-                stream(i)
+        if self.on_result is not None:
+            ledger.stream_to(self.on_result, results)
+            for i in prep.plan.up_to_date if results else ():
+                ledger.stream(i)
         if self.on_plan is not None:
             self.on_plan(graph, prep.plan)
         setup = build.BuildSetup(
@@ -850,19 +838,17 @@ class Session:
             say=self.on_wait,  # messages for the user (the URL workers connect to)
             started=self._started,
         )
-        check = cutoff.Cutoff(keys, prep.waits, log.done, ledger.intact, ledger.upstream_changed)
         try:
             result = build.run(
-                graph, prep.plan, keys.keys, reporter, setup, on_success, log.index.durations,
-                ledger.started,
-                check.still_needed,
-                log.result,
-                shared,
+                graph, prep.plan, keys.keys, reporter, setup, ledger, log.index.durations, shared
             )
         except BaseException:
             if shared is not None:
                 shared.close(wait=False)  # interrupted: the queued uploads are dropped
             raise
+        finally:
+            if ledger.error is not None:
+                self._log_error = ledger.error
         if shared is not None:
             shared.close()
         if shared is not None and shared.required and shared.problems:
@@ -1178,16 +1164,6 @@ def _escapes(root: str, out: str) -> str | None:
     if state == target or state.startswith(target + "/"):
         return f"it is or holds {STATE_DIR}"
     return None
-
-
-def _stream(
-    on_result: Callable[[str, Any], None] | None, graph: BuildGraph, results: Mapping[str, str],
-    log: CompletionLog, i: int,
-) -> None:
-    """Hand function task ``i``'s result to ``on_result``, if one was given."""
-    name = graph.specs[i].name
-    if on_result is not None and name in results:
-        on_result(name, Results(results, log.result)[name])
 
 
 def _settle(scanned: Mapping[str, int]) -> None:

@@ -13,7 +13,17 @@ from dagrun.graph import compile
 from dagrun.manifest import parse
 from dagrun.plan import Plan
 from dagrun.report import RecordingReporter
-from dagrun.scheduler import BuildResult, Hooks, Limits, Policy, Scheduler, run_dir_name
+from dagrun.scheduler import BuildResult, Hooks, Limits, Policy, Scheduler, Unrecorded, run_dir_name
+
+
+class _Successes(Unrecorded):
+    """A ledger that tells the test of each success (``on_success(i, outcome)``)."""
+
+    def __init__(self, on_success) -> None:
+        self.on_success = on_success
+
+    def succeeded(self, i, outcome):
+        return None if self.on_success is None else self.on_success(i, outcome)
 
 
 def schedule(
@@ -37,7 +47,7 @@ def schedule(
         graph, plan, keys, executor,
         limits=Limits(jobs, resources, leases),
         policy=Policy(failures_allowed, durations=durations or {}),
-        hooks=Hooks(reporter, on_success),
+        hooks=Hooks(reporter), ledger=_Successes(on_success),
         clock=executor.clock, runs_dir="/proj/.dagrun/runs",
     ).run()
 
