@@ -14,6 +14,7 @@ Limits: the local executor's slots are the smallest of ``-j``, its
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -23,8 +24,10 @@ from .clock import Clock
 from .errors import ExecutorError
 from .executors import Context, Executor, create
 from .graph import BuildGraph
+from .outputs import combine
 from .placement import GROUP
 from .plan import Plan
+from .pycall import Results, results_of
 from .scheduler import (
     FUNCTION_POOL,
     BuildResult,
@@ -41,6 +44,7 @@ from .scheduler import (
 if TYPE_CHECKING:
     from .control import ControlServer
     from .numa import CorePool
+    from .pipeline import Prepared
     from .steering import Mailbox
 
 # tests: one executor for every task, or executors by name
@@ -258,3 +262,69 @@ def probe(graph: BuildGraph, state_dir: str, environ: Mapping[str, str]) -> dict
         finally:
             ex.close()
     return out
+
+
+def run_prepared(
+    prep: Prepared, reporter: Reporter, setup: BuildSetup, *, cache_mode: str,
+    environ: Mapping[str, str], on_result: Callable[[str, Any], None] | None,
+    warn: Callable[[str], None],
+) -> BuildResult:
+    """Run a prepared plan (pipeline.py) with its ledger: the shared cache looked up and
+    written (``cache_mode``; ``environ`` is dagrun's, with the store's token, which the
+    tasks' ``setup.environ`` has not), function tasks' results streamed to ``on_result``;
+    the result holds the function tasks' values."""
+    graph, keys, log, ledger = prep.graph, prep.keys, prep.log, prep.ledger
+    assert ledger is not None
+    shared = ledger.shared = _shared_cache(prep, setup, cache_mode, environ, warn)
+    results = results_of(graph, keys.keys, setup.state_dir)
+    if on_result is not None:
+        ledger.stream_to(on_result, results)
+        for i in prep.plan.up_to_date if results else ():
+            ledger.stream(i)
+    try:
+        result = run(graph, prep.plan, keys.keys, reporter, setup, ledger, log.index.durations,
+                     shared)
+    except BaseException:
+        if shared is not None:
+            shared.close(wait=False)  # interrupted: the queued uploads are dropped
+        raise
+    if shared is not None:
+        shared.close()
+        if shared.required and shared.problems:
+            from .cache import CacheError  # only where [cache] is configured
+
+            raise CacheError(f"the shared cache failed (--cache=required): {shared.problems[0]}")
+    done = {*result.succeeded, *result.restored, *result.up_to_date}
+    values = {t: p for t, p in results.items() if t in done}
+    return dataclasses.replace(result, values=Results(values, log.result))
+
+
+def _shared_cache(
+    prep: Prepared, setup: BuildSetup, mode: str, environ: Mapping[str, str],
+    warn: Callable[[str], None],
+) -> Any:
+    """This build's SharedCache (cache/), or None: no [cache], --cache=off, nothing to run."""
+    settings = prep.graph.manifest.cache
+    if settings is None or mode == "off" or not prep.plan.to_run:
+        return None
+    from .cache import SharedCache  # only where [cache] is configured
+
+    if mode == "read-only":
+        settings = settings._replace(write=False)
+    ledger = prep.ledger
+    assert ledger is not None
+    return SharedCache(settings, prep.graph, prep.keys, environ, setup.state_dir,
+                       setup.say or warn, seen=lambda i: combine(ledger.upstream(i).items()),
+                       required=mode == "required")
+
+
+def without_token(environ: Mapping[str, str], cache: Any) -> Mapping[str, str]:
+    """dagrun's environment for its tasks: without the shared cache's token (it is dagrun's,
+    and a task printing its environment would put it in a run file, and in the store)."""
+    if cache is None or not cache.token_env or cache.token_env not in environ:
+        return environ
+    return {k: v for k, v in environ.items() if k != cache.token_env}
+
+
+def default_jobs() -> int:
+    return (os.cpu_count() or 1) + 2

@@ -2,7 +2,7 @@
 
 ``.dagrun/log`` starts with a ``# dagrun log v2`` header, then one JSON record
 per line; each ends with ``"crc"``, the zlib.crc32 (8 hex digits) of the line's
-bytes before ``,"crc"``:
+bytes before ``,"crc"`` (the state's one checksum: state/checksum.py):
 
     {"start":"cc","crc":"…"}               # before each attempt at running cc
     {"task":"cc","key":"…","duration":0.12,"outputs":[[size,ctime_ns,inode,kind],…],
@@ -49,7 +49,6 @@ import errno
 import json
 import os
 import re
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,11 +56,11 @@ from typing import Any
 from .errors import LogError
 from .fs import open_regular
 from .fs import unlink_quietly as _unlink
+from .state.checksum import seal_line
+from .state.checksum import unseal_line as checked
 
 HEADER = b"# dagrun log v2\n"
 _OLD_HEADER = b"# dagrun log v1\n"
-_CRC_TAIL = len(b',"crc":"00000000"}')
-_HEX = re.compile(rb"[0-9a-f]{8}")
 _RECORD = re.compile(
     rb'^\{"task":("(?:[^"\\]|\\.)*"),"key":"([0-9a-f]+)","duration":([-0-9.e+]+),'
     rb'"outputs":(\[(?:\[[-0-9,]*\],?)*\])'
@@ -127,20 +126,8 @@ class Made:
 
 
 def record_line(record: dict[str, Any]) -> bytes:
-    """One log line: the record's JSON with its checksum as the last field."""
-    body = json.dumps(record, separators=(",", ":"))[:-1].encode()
-    return body + b',"crc":"%08x"}\n' % zlib.crc32(body)
-
-
-def checked(line: bytes) -> bytes | None:
-    """The line's JSON without its checksum field and closing brace; None if it does not match."""
-    if len(line) <= _CRC_TAIL or line[-_CRC_TAIL:-10] != b',"crc":"' or line[-2:] != b'"}':
-        return None
-    digits = line[-10:-2]
-    if not _HEX.fullmatch(digits):
-        return None
-    body = line[:-_CRC_TAIL]
-    return body if zlib.crc32(body) == int(digits, 16) else None
+    """One log line: the record's JSON with its checksum as the last field (state/checksum.py)."""
+    return seal_line(json.dumps(record, separators=(",", ":"))[:-1].encode())
 
 
 class CompletionLog:

@@ -4,7 +4,7 @@ A plain build -- ``dagrun [GLOBAL...] [build] [TARGET...] [-j N] [-k]
 [--failures-allowed N]``, where GLOBAL (``-C DIR``, ``-f FILE``, ``--progress
 MODE``, ``--color WHEN``, ``-q``, ``-v``) may also stand after ``build``, and
 argv without a command is a build -- is first offered to the no-op fast path
-(dagrun/fresh.py), which needs neither argparse nor typing nor the build
+(dagrun/state/proof.py), which needs neither argparse nor typing nor the build
 machinery (together ~14 ms of CPU, a third of a 10k-task no-op).  The manifest
 is found as the CLI finds it (dagrun/locate.py: upward from the folder).
 Everything else (other commands, other options, anything this recogniser is
@@ -159,7 +159,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def answer_noop(directory: str, file: str | None, targets: Sequence[str]) -> Any:
-    """The no-op fast path (dagrun/fresh.py): the exit status (int) when it proved, and said,
+    """The no-op fast path (dagrun/state/proof.py): the exit status (int) when it proved, and said,
     that nothing needs to run; else the fresh.Delta of what changed since the proof, for the
     build to start from, or None when the full build must decide.  cli.py asks it too."""
     from .locate import find
@@ -167,7 +167,7 @@ def answer_noop(directory: str, file: str | None, targets: Sequence[str]) -> Any
     path = find(directory, file)
     if path is None or (targets and not _at_root(path, directory)):
         return None  # a target path from a subfolder is relative to it: the proof's are not
-    from .fresh import examine, no_work_line
+    from .state.proof import examine, no_work_line
 
     found = examine(path, targets, os.environ)
     return _say(no_work_line(found) + "\n") if isinstance(found, int) else found

@@ -11,10 +11,10 @@ import os
 import re
 import time
 
+from .state import STATE_DIR  # dagrun's own state: never an input
 from .unchanged import ABSENT, folder_stamp
 
 _MAGIC = re.compile(r"[*?\[]")
-STATE_DIR = ".dagrun"  # dagrun's own state: never an input
 
 
 def has_magic(pattern: str) -> bool:

@@ -1,6 +1,6 @@
 """Stat-only evidence that a file or folder read earlier is unchanged: the no-op's cheap checks.
 
-The no-op fast path (dagrun/fresh.py) runs before anything else is imported,
+The no-op fast path (dagrun/state/proof.py) runs before anything else is imported,
 so this module imports only ``os`` (``time`` when recording, blake3 only when
 a stat cannot decide).  Measured at 1k tasks: ``re`` (which ``globs`` needs for
 its patterns) costs ~7 ms of CPU and blake3 ~1.5 ms, against a whole no-op of

@@ -56,7 +56,8 @@ from .events import Event, TaskStarted
 from .graph import BuildGraph
 from .plan import Plan
 from .scheduler import BuildResult, Reporter, StopFlag
-from .session import STATE_DIR, Session
+from .session import Session
+from .state import STATE_DIR
 
 ChangeSet = Set[tuple[int, str]]  # (Change value, absolute path), as watchfiles yields them
 WatchFn = Callable[[Sequence[str], threading.Event], Iterable[ChangeSet]]

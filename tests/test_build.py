@@ -488,9 +488,9 @@ def test_stat_cache_forgets_files_that_are_no_longer_inputs(project):
     project.write("b.txt", "b")
     project.manifest('[tasks.t]\ncmd = "true"\ninputs = ["a.txt", "b.txt"]\n')
     project.run("build")
-    stats = Session(manifest_path=str(project.root / "dagrun.toml"))._load_cache()["stats"]
+    stats = Session(manifest_path=str(project.root / "dagrun.toml"))._cache.load()["stats"]
     assert sorted(stats) == ["a.txt", "b.txt"]
     project.manifest('[tasks.t]\ncmd = "true"\ninputs = ["a.txt"]\n')
     project.run("build")
-    stats = Session(manifest_path=str(project.root / "dagrun.toml"))._load_cache()["stats"]
+    stats = Session(manifest_path=str(project.root / "dagrun.toml"))._cache.load()["stats"]
     assert sorted(stats) == ["a.txt"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dagrun import fresh
+from dagrun.state import proof as fresh
 from dagrun.events import BuildFinished
 from dagrun.report import summary_line
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dagrun import fresh
+from dagrun.state import proof as fresh
 from dagrun.errors import ManifestError
 from dagrun.report import RecordingReporter
 from dagrun.session import Prepared, Session
@@ -321,7 +321,7 @@ def test_a_journal_over_another_cache_is_not_applied(chain):
 
 
 def test_the_journal_is_folded_into_the_cache_when_it_grows(chain, monkeypatch):
-    from dagrun import session as session_module
+    from dagrun.state import cache as session_module
 
     monkeypatch.setattr(session_module, "JOURNAL_MIN", 2)
     chain.write("s.txt", "two\n")

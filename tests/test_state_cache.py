@@ -7,20 +7,20 @@ import os
 
 import pytest
 
-from dagrun import session
+from dagrun.state import cache as state_cache
 
 
 def test_parts_round_trip_and_an_unchanged_graph_is_not_dumped_again():
     data = {"version": 5, "graph": (3, ["a"]), "stats": {"x": (1, 2)}, "keys": {"t": "k"},
             "log": ()}
     f = io.BytesIO()
-    session._cache_dump(data, f, None)
-    loaded, blob = session._cache_loads(f.getvalue())
+    state_cache.dump(data, f, None)
+    loaded, blob = state_cache.loads(f.getvalue())
     assert loaded == data
     assert blob is not None and blob[0] is loaded["graph"]
     marker = (blob[0], b"\x00not marshal")  # proves the blob is copied, not re-dumped
     out = io.BytesIO()
-    session._cache_dump(loaded, out, marker)
+    state_cache.dump(loaded, out, marker)
     assert b"\x00not marshal" in out.getvalue()
 
 
@@ -29,28 +29,28 @@ def test_a_graph_in_pieces_round_trips_and_is_written_back_piece_by_piece():
     data = {"version": 7, "graph": pieces, "stats": {"p": (1, 2, 3, 4, "d", True)},
             "keys": {"a": "k"}, "log": ()}
     f = io.BytesIO()
-    session._cache_dump(data, f, None)
-    loaded, blob = session._cache_loads(f.getvalue())
+    state_cache.dump(data, f, None)
+    loaded, blob = state_cache.loads(f.getvalue())
     assert loaded == data
     assert blob is not None and blob[0] is loaded["graph"] and len(blob[1]) == len(pieces)
     again = io.BytesIO()
-    session._cache_dump(loaded, again, blob)
+    state_cache.dump(loaded, again, blob)
     assert again.getvalue() == f.getvalue()
     raw = f.getvalue()
     for pos in range(0, len(raw), 3):
         damaged = bytearray(raw)
         damaged[pos] ^= 0x10
-        assert session._cache_loads(bytes(damaged))[0] is None, pos
+        assert state_cache.loads(bytes(damaged))[0] is None, pos
 
 
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, -1])
 def test_a_damaged_cache_is_no_cache(keep):
     f = io.BytesIO()
-    session._cache_dump({"version": 5, "graph": ("g",) * 50, "stats": {}, "keys": {}}, f, None)
+    state_cache.dump({"version": 5, "graph": ("g",) * 50, "stats": {}, "keys": {}}, f, None)
     raw = f.getvalue()
     damaged = raw[: int(len(raw) * keep)] if keep > 0 else raw + b"\xff"
     try:
-        loaded, _ = session._cache_loads(damaged)
+        loaded, _ = state_cache.loads(damaged)
     except (EOFError, ValueError, TypeError):
         loaded = None  # what _load_cache turns into "no cache"
     assert loaded is None
@@ -64,4 +64,4 @@ def test_builds_survive_a_damaged_cache_file(project):
     os.unlink(project.root / ".dagrun" / "fresh")
     run = project.run("build")
     assert (run.code, run.out) == (0, "dagrun: no work to do (1 up to date)\n")
-    assert session._cache_loads(cache.read_bytes())[0] is not None  # rewritten whole
+    assert state_cache.loads(cache.read_bytes())[0] is not None  # rewritten whole

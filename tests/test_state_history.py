@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from realproc import DagrunProcs
 
-from dagrun import fresh, session
+from dagrun.state import cache as state_cache
+from dagrun.state import proof as fresh
 
 COPY = '[tasks.copy]\ncmd = "cp in.txt out.txt"\ninputs = ["in.txt"]\noutputs = ["out.txt"]\n'
 
@@ -220,14 +221,14 @@ def test_item5_any_flipped_byte_makes_the_cache_no_cache():
     f = io.BytesIO()
     data = {"version": 6, "graph": ("g", "cp in.txt out.txt", ["in.txt"]), "stats": {"i": (1,)},
             "keys": {"t": "k" * 32}, "log": ()}
-    session._cache_dump(data, f, None)
+    state_cache.dump(data, f, None)
     raw = f.getvalue()
-    assert session._cache_loads(raw)[0] == data
+    assert state_cache.loads(raw)[0] == data
     for pos in range(len(raw)):
         for bit in (0x01, 0x80):
             damaged = bytearray(raw)
             damaged[pos] ^= bit
-            assert session._cache_loads(bytes(damaged))[0] is None, pos
+            assert state_cache.loads(bytes(damaged))[0] is None, pos
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """The no-op fast path: prove from ``stat`` alone that a build has nothing to do.
 
 After a build in which every selected task succeeded or was up to date,
-Session writes ``.dagrun/fresh``: what the selected tasks' keys and
+Session writes ``.dagrun/fresh`` (``prove``): what the selected tasks' keys and
 up-to-date checks were computed from, in the cheapest form to check again:
 
 - the manifest (path, content digest, and its stat when it was settled: see
@@ -19,25 +19,28 @@ up-to-date checks were computed from, in the cheapest form to check again:
   makes its task run again.
 
 The rows are kept as columns (``Rows``: one string of paths, one int64 array),
-so loading 10k of them is a split and a copy.  The file ends with a zlib.crc32
-of the rest: a damaged proof is no proof.  ``examine`` (run by ``dagrun build``
+so loading 10k of them is a split and a copy.  The file is sealed with the
+state's checksum (checksum.py): a damaged proof is no proof.  ``examine`` (run by ``dagrun build``
 before anything else is imported) answers "nothing to do, N tasks up to date"
 only when all of that still holds, under the build lock (taken through a
 read-only descriptor when ``.dagrun`` cannot be written: a no-op needs no
 write).  When only some rows differ, it names them (a ``Delta``) for a partial
 build (session.py); in every other case it answers None and the full build path
 decides, so it can make a build slower but never wrong.  No TOML, no graph, no
-hashing of inputs: imports are ``os``, ``marshal``, ``zlib`` and ``array``
-(blake3 only when the manifest's stat cannot decide).
+hashing of inputs: imports are ``os``, ``marshal``, ``zlib``, ``array`` and
+the state's lock and checksum (blake3 only when the manifest's stat cannot decide).
 """
 from __future__ import annotations
 
-import fcntl
 import marshal
 import os
-import zlib
 from array import array
 from stat import S_ISREG
+
+from ..unchanged import folders_unchanged, manifest_unchanged
+from . import STATE_DIR
+from .checksum import unseal, write_sealed
+from .lock import try_exclusive
 
 TYPE_CHECKING = False  # typing and collections.abc stay out of a no-op's imports
 if TYPE_CHECKING:
@@ -177,32 +180,7 @@ def record(
         count,
         root,
     )
-    write_checked(os.path.join(state_dir, FILE), marshal.dumps(data))
-
-
-def write_checked(path: str, blob: bytes) -> None:
-    """Write ``blob`` and its zlib.crc32 to ``path`` whole or not at all (a temporary file,
-    renamed; removed on failure).  ``checked`` reads it back."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.write(zlib.crc32(blob).to_bytes(4, "little"))  # no copy of the blob
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def checked(raw: bytes) -> memoryview | None:
-    """The blob ``write_checked`` wrote, or None when its checksum does not match."""
-    blob = memoryview(raw)[:-4]
-    if len(raw) < 4 or zlib.crc32(blob) != int.from_bytes(raw[-4:], "little"):
-        return None
-    return blob
+    write_sealed(os.path.join(state_dir, FILE), marshal.dumps(data))
 
 
 def forget(state_dir: str) -> None:
@@ -279,24 +257,14 @@ def examine(
 ) -> int | Delta | None:
     """As ``check``; and when only some sources or outputs changed, a Delta naming them."""
     manifest_path = os.path.abspath(manifest_path)
-    state_dir = os.path.join(os.path.dirname(manifest_path), ".dagrun")
-    path = os.path.join(state_dir, "lock")
+    state_dir = os.path.join(os.path.dirname(manifest_path), STATE_DIR)
+    lock = try_exclusive(state_dir)  # None: another dagrun is building, the full path waits
+    if lock is None:
+        return None
     try:
-        lock = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except OSError:  # a read-only .dagrun: a no-op writes nothing, so a lock to read will do
-        try:
-            lock = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
-    try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return None  # another dagrun is building: the full path waits for it
-        try:
-            return _check(state_dir, manifest_path, tuple(targets), environ)
-        except (OSError, ValueError, EOFError, TypeError):
-            return None
+        return _check(state_dir, manifest_path, tuple(targets), environ)
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
     finally:
         os.close(lock)  # releases the lock
 
@@ -304,31 +272,20 @@ def examine(
 def _check(
     state_dir: str, manifest_path: str, targets: tuple[str, ...], environ: Mapping[str, str]
 ) -> int | Delta | None:
-    fd = os.open(os.path.join(state_dir, FILE), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        proof = os.fstat(f.fileno())
-        if not S_ISREG(proof.st_mode):  # a FIFO or a device: no proof (fs.open_regular)
-            return None
-        raw = f.read()
-    blob = checked(raw)
-    if blob is None:
+    loaded = _load(state_dir)
+    if loaded is None:
         return None
-    data: Any = marshal.loads(blob)  # marshal.load(f) reads item by item: 10x slower
-    if not isinstance(data, tuple) or len(data) != 14 or data[0] != FORMAT:
-        return None
+    data, proof = loaded
     _, path, manifest_digest, manifest_stat, was_targets, kenv, scanned, log = data[:8]
     sources, outputs = Rows.unpack(*data[8:10]), Rows.unpack(*data[10:12])
     count, root = data[12:]
     if path != manifest_path or was_targets != targets:
         return None
-    for name, value in kenv.items():
-        if environ.get(name) != value:
-            return None
+    if any(environ.get(name) != value for name, value in kenv.items()):
+        return None
     st = os.stat(os.path.join(state_dir, "log"))
     if (st.st_ino, st.st_size) != log:
         return None
-    from .unchanged import folders_unchanged, manifest_unchanged
-
     if not folders_unchanged(scanned):
         return None
     if not manifest_unchanged(manifest_path, manifest_stat, manifest_digest):
@@ -343,6 +300,24 @@ def _check(
         return int(count)
     ident = (proof.st_ino, proof.st_mtime_ns, proof.st_size, *_state_id(state_dir, st))
     return Delta(changed_sources, changed_outputs, sources, outputs, ident)
+
+
+def _load(state_dir: str) -> tuple[Any, os.stat_result] | None:
+    """The proof's fields and its file's stat; None when it is not a whole proof of this
+    format."""
+    fd = os.open(os.path.join(state_dir, FILE), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        proof = os.fstat(f.fileno())
+        if not S_ISREG(proof.st_mode):  # a FIFO or a device: no proof (fs.open_regular)
+            return None
+        raw = f.read()
+    blob = unseal(raw)
+    if blob is None:
+        return None
+    data: Any = marshal.loads(blob)  # marshal.load(f) reads item by item: 10x slower
+    if not isinstance(data, tuple) or len(data) != 14 or data[0] != FORMAT:
+        return None
+    return data, proof
 
 
 def _changed_sources(fd: int, sources: Rows) -> set[str]:
@@ -376,3 +351,61 @@ def _changed_outputs(fd: int, outputs: Rows) -> set[str]:
         elif kind != 1 and (st.st_ctime_ns != ctime or st.st_size != size):
             changed.add(p)
     return changed
+
+
+def prove(state_dir: str, prep: Any, manifest: tuple[str, str, Any], targets: tuple[str, ...]
+          ) -> Delta | None:
+    """After a build that left every selected task up to date: write the proof of ``prep``
+    (pipeline.Prepared) and return it as a Delta with no changes (None when there can be
+    none).  ``manifest``: its path, the digest of the text the build was planned from, and
+    its settled stat.  After a partial build (``prep.delta``), the previous proof's rows are
+    kept for every task the build did not look at, and only the looked-at tasks' are new."""
+    delta = prep.delta
+    # a partial build's decided tasks, and the pending ones below a task it ran
+    tasks = prep.plan.selected if delta is None else (*prep.decided, *prep.plan.to_run)
+    rows = _rows(prep, tasks)
+    if rows is None:
+        return None
+    if delta is None:
+        source_rows, output_rows = Rows.of(rows[0]), Rows.of(rows[1])
+    else:  # the proof's other rows stay; a changed file no task reads any more goes
+        source_rows, output_rows = delta.source_rows, delta.output_rows
+        source_rows.update(rows[0], drop=delta.sources)
+        output_rows.update(rows[1])
+    try:
+        record(state_dir, manifest[0], manifest[1], manifest[2], targets, prep.basis.kenv,
+               prep.graph.scanned, source_rows, output_rows, len(prep.plan.selected))
+    except (OSError, OverflowError):  # OverflowError: a number beyond 64 bits (an inode)
+        forget(state_dir)
+        return None
+    proof = stamp(state_dir)
+    return None if proof is None else Delta(set(), set(), source_rows, output_rows, proof)
+
+
+def _rows(prep: Any, tasks: Iterable[int]) -> tuple[dict[str, StatKey], dict[str, Identity]] | None:
+    """The proof's rows of ``tasks``: their sources' stats and outputs' identities; None when
+    there can be no proof (an ``always`` task, a task without a success on record).
+
+    A source whose digest is not trusted yet (written within hashing.RACY_NS of being
+    hashed) gets a row that never matches, so the next check hands it to a partial build,
+    which hashes it again.
+    """
+    g, entries = prep.graph, prep.keys.stats.entries
+    latest, found = prep.log.index.latest, prep.keys.found
+    sources: dict[str, StatKey] = {}
+    outputs: dict[str, Identity] = {}
+    for i in tasks:
+        spec = g.specs[i]
+        if spec.always:
+            return None
+        for p in (*g.sources[i], *found.get(spec.name, ())):
+            e = entries.get(p)
+            if e is None:
+                return None
+            sources[p] = (e[0], e[1], e[2], e[3]) if e[5] else NEVER
+        entry = latest.get(spec.name)
+        if entry is None or len(entry[2]) != len(spec.outputs):
+            return None
+        for o, ident in zip(spec.outputs, entry[2], strict=True):
+            outputs[o] = ident
+    return sources, outputs
