@@ -4,8 +4,8 @@ For a built project, each sample rewrites the last task's source, then runs one
 ``dagrun build`` in a fresh interpreter with the phases of the build path timed
 by ``time.perf_counter`` wrappers (the wrappers cost a few microseconds each):
 the interpreter's start (``python -c pass``, measured apart), the imports, the
-no-op check that finds what changed (``fresh.examine``), loading the state
-cache, the graph, the partial plan (``Session._partial`` and ``_plan``), running
+no-op check that finds what changed (``proof.examine``), loading the state
+cache, the graph, the partial plan (``Planner._partial`` and ``_plan``), running
 the task, the journal and the proof.  Prints the median of each phase.
 
     python bench/incremental_phases.py --folder BUILT [--samples 15] [--python PY]
@@ -28,7 +28,8 @@ CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
 times = {}
-from dagrun import entry, fresh
+from dagrun import entry
+from dagrun.state import proof
 def wrap(obj, name, label):
     f = getattr(obj, name)
     def timed(*a, **k):
@@ -38,16 +39,19 @@ def wrap(obj, name, label):
         finally:
             times[label] = times.get(label, 0.0) + time.perf_counter() - t
     setattr(obj, name, timed)
-wrap(fresh, "examine", "check (fresh.examine)")
+wrap(proof, "examine", "check (proof.examine)")
 t_imp = time.perf_counter()
-from dagrun import cli, session, build, scheduler
+from dagrun import cli, session, build, scheduler, pipeline
+from dagrun.state import cache
 times["imports of the build path"] = time.perf_counter() - t_imp
-S = session.Session
-for name, label in (("_load_cache", "load the state cache"), ("_graph", "the graph"),
-                    ("_partial", "partial: re-key what the change reaches"),
-                    ("_plan", "plan the decided tasks"), ("_run", "run (scheduler, spawn, log)"),
-                    ("_save", "journal / cache"), ("_record_fresh", "the new proof")):
-    wrap(S, name, label)
+S, P = session.Session, pipeline.Planner
+for obj, name, label in (
+    (cache.StateCache, "load", "load the state cache"), (P, "graph", "the graph"),
+    (P, "_partial", "partial: re-key what the change reaches"),
+    (P, "_plan", "plan the decided tasks"), (S, "_run", "run (scheduler, spawn, log)"),
+    (S, "_save", "journal / cache"), (S, "_record_proof", "the new proof"),
+):
+    wrap(obj, name, label)
 sys.argv = ["dagrun", "build", "-j2", "-q"]
 code = entry.main()
 times["total (after the interpreter's start)"] = time.perf_counter() - t0

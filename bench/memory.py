@@ -12,7 +12,7 @@ imports (use a regular install's python, bytecode compiled, as bench/run.py does
   CPU time (user+sys, children included) of a cold build, 3 no-op builds and 3 incremental
   builds (the last task's input changed) per round; medians;
 - ``load``: in fresh processes (CPU time, medians of 21): marshal.loads of the cache's graph
-  part plus ``BuildGraph.from_cache``, and the whole ``session._cache_loads``.
+  part plus ``BuildGraph.from_cache``, and the whole ``state_cache.loads``.
 
 Usage::
 
@@ -57,8 +57,9 @@ def phases(project: str, trace: bool, incremental: bool) -> None:
         tracemalloc.start()
     import dagrun.build as build
     import dagrun.cli as cli
-    import dagrun.manifest as manifest
+    import dagrun.pipeline as pipeline
     import dagrun.session as session
+    import dagrun.state.cache as state_cache
 
     lines: list[str] = []
 
@@ -88,15 +89,14 @@ def phases(project: str, trace: bool, incremental: bool) -> None:
 
         setattr(owner, name, wrapped)
 
-    wrap(session.Session, "_load_cache", "load_cache")
-    wrap(manifest, "load", "manifest")
-    wrap(session, "compile", "compile")
-    wrap(session.Keys, "compute", "keys")
-    wrap(session, "make", "plan")
+    wrap(state_cache.StateCache, "load", "load_cache")
+    wrap(pipeline, "load", "manifest")
+    wrap(pipeline, "compile", "compile")
+    wrap(pipeline.Keys, "compute", "keys")
+    wrap(pipeline, "make", "plan")
     wrap(build, "run", "run")
-    wrap(session.Session, "_write_cache", "write_cache")
-    if hasattr(session.Session, "_record_fresh"):
-        wrap(session.Session, "_record_fresh", "record_fresh")
+    wrap(state_cache.StateCache, "write", "write_cache")
+    wrap(session.Session, "_record_proof", "record_fresh")
     if incremental:  # a built project: one input changed
         last = sorted(glob.glob(os.path.join(project, "src", "*")))[-1]
         with open(last, "a") as f:
@@ -155,9 +155,9 @@ def compare(project: str, rounds: int, venvs: list[str]) -> None:
 
 _LOAD = r"""
 import marshal, sys, time
-import dagrun.graph as graph, dagrun.session as session
+import dagrun.graph as graph, dagrun.state.cache as state_cache
 raw = open(sys.argv[1], "rb").read()
-data, blob = session._cache_loads(raw)
+data, blob = state_cache.loads(raw)
 blobs = blob[1] if isinstance(blob[1], list) else [blob[1]]
 del data, blob
 start = time.thread_time()
@@ -167,7 +167,7 @@ g = graph.BuildGraph.from_cache(pieces if len(pieces) > 1 else pieces[0])
 made = time.thread_time()
 del g, pieces
 again = time.thread_time()
-session._cache_loads(raw)
+state_cache.loads(raw)
 print(loaded - start, made - loaded, time.thread_time() - again)
 """
 

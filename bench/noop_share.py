@@ -107,11 +107,11 @@ def exists_only(fd: int, outputs: Any) -> set[str]:
 
 def in_process(folder: str, n: int, runs: int) -> dict[str, float]:
     """Median ms of fresh.check with the real output check, an existence check, none."""
-    from dagrun import fresh
+    from dagrun.state import proof as fresh
 
     real = getattr(fresh, "_changed_outputs", None)
     if real is None:
-        raise SystemExit("noop_share: dagrun.fresh has no _changed_outputs(fd, outputs) to vary")
+        raise SystemExit("noop_share: dagrun.state.proof has no _changed_outputs(fd, outputs)")
     variants: dict[str, Callable[..., set[str]]] = {
         "real": real, "exist": exists_only, "none": lambda fd, outputs: set()}
     manifest = os.path.join(folder, "dagrun.toml")

@@ -3,8 +3,8 @@
 Not a design: a measurement of the candidate costs, to choose one on evidence.  For a built
 project (default: a generated ``wide`` build of N tasks, built once with ``python -m dagrun``):
 
-- today: read, check and load ``.dagrun/cache`` whole (``session._cache_loads``), and write it
-  back whole (``session._cache_dump`` to a temporary file, then rename), as an incremental build
+- today: read, check and load ``.dagrun/cache`` whole (``state_cache.loads``), and write it
+  back whole (``state_cache.dump`` to a temporary file, then rename), as an incremental build
   does; loading the completion log through its cached index (``CompletionLog``);
 - SQLite in WAL mode: one table of N rows (task, key, stats, outputs); open, update one row,
   commit (synchronous NORMAL, then FULL), read one row by name; and ``import sqlite3``;
@@ -38,8 +38,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import gen  # noqa: E402
 
-from dagrun import session  # noqa: E402
 from dagrun.completion_log import CompletionLog, LogIndex  # noqa: E402
+from dagrun.state import cache as state_cache  # noqa: E402
 
 REPS = 21
 RECORD = 128
@@ -69,14 +69,14 @@ def today(state: str) -> dict[str, float]:
 
     def load() -> tuple[Any, Any]:
         with open(path, "rb") as f:
-            return session._cache_loads(f.read())
+            return state_cache.loads(f.read())
 
     data, blob = load()
 
     def rewrite() -> None:
         tmp = path + ".bench.tmp"
         with open(tmp, "wb") as f:
-            session._cache_dump(data, f, blob)
+            state_cache.dump(data, f, blob)
         os.replace(tmp, path)
 
     index = LogIndex.from_cache(data.get("log")) if data else None
@@ -186,14 +186,14 @@ def mmap_table(names: list[str], work: str) -> dict[str, float]:
 def kept(state: str) -> dict[str, float]:
     """What was built (issue 12, round 3): a partial build's journal instead of the whole cache,
     and the no-op proof's rows as columns instead of tuples."""
-    from dagrun import fresh
+    from dagrun.state import proof as fresh
 
     with open(os.path.join(state, "cache"), "rb") as f:
-        data, _ = session._cache_loads(f.read())
+        data, _ = state_cache.loads(f.read())
     assert data is not None
     some = dict(list(data["stats"].items())[:1])
     names = list(data["keys"].items())[:2]
-    journal = session.Journal((1, 2, 3, 4), some, dict(names))
+    journal = state_cache.Journal((1, 2, 3, 4), some, dict(names))
 
     def write_journal() -> None:
         journal.write(state)
@@ -223,7 +223,7 @@ def kept(state: str) -> dict[str, float]:
         "before: proof rows as tuples, load (proof format 3)": median_ms(load_tuples),
         "kept: proof rows as columns, update 1 row + dump": median_ms(rewrite_columns),
     }
-    os.unlink(os.path.join(state, session.JOURNAL))  # the bench's journal is not the cache's
+    os.unlink(os.path.join(state, state_cache.JOURNAL))  # the bench's journal is not the cache's
     return result
 
 
