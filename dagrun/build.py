@@ -27,6 +27,7 @@ from .graph import BuildGraph
 from .outputs import combine
 from .placement import GROUP
 from .plan import Plan
+from .pool_status import SNAPSHOT, StatusReporter, Tee
 from .pycall import Results, results_of
 from .scheduler import (
     FUNCTION_POOL,
@@ -170,49 +171,25 @@ def run(
     durations: Mapping[str, float],
     cache: Any = None,
 ) -> BuildResult:
-    """Run the plan on its executors; every executor is closed when it ends."""
-    from .pool_status import SNAPSHOT, StatusReporter, Tee
-
-    m = graph.manifest
-    slots = local_slots(graph, setup.jobs, setup.pool)
-    leases = None
-    if setup.pool is not None:
-        from .numa import CoreLeases
-
-        leases = CoreLeases(setup.pool)
+    """Run the plan on its executors, recording through ``ledger``; every executor is closed
+    when it ends."""
     executors = _executors(graph, plan, setup)
     by_name = executors if isinstance(executors, dict) else {"local": executors}
     distinct = list({id(e): e for e in by_name.values()}.values())
     try:
-        grouped = groups(graph, plan, by_name if setup.factory is None else None)
+        limits = _limits(graph, plan, setup, by_name)
     except ExecutorError:
         close_all(distinct)
         raise
-    limits = {name: (slots if name == "local" else ex.slots) for name, ex in by_name.items()}
-    status = StatusReporter(
-        os.path.join(setup.state_dir, SNAPSHOT), setup.pool, limits,
-        {name: True for name in by_name if name != "local"},
-        {name: ex.describe for name, ex in by_name.items() if hasattr(ex, "describe")},
-    )
+    status = _status(setup, by_name, limits.slots)
     mailbox, control = _control(graph, plan, setup)
+    schedule = setup.environ.get("DAGRUN_SCHEDULE", "critical-path")  # see bench/RESULTS.md
     scheduler = Scheduler(
-        graph,
-        plan,
-        keys,
-        executors,
-        limits=Limits(slots, dict(m.resources), leases, limits, grouped),
-        policy=Policy(
-            setup.failures_allowed,
-            setup.environ.get("DAGRUN_SCHEDULE", "critical-path"),  # see bench/RESULTS.md
-            durations,
-            setup.explain,
-        ),
+        graph, plan, keys, executors, limits=limits,
+        policy=Policy(setup.failures_allowed, schedule, durations, setup.explain),
         hooks=Hooks(Tee(status, reporter), status.flush, setup.stops, cache, mailbox),
-        clock=setup.clock,
-        ledger=ledger,
-        base_env=dict(m.env),
-        runs_dir=os.path.join(setup.state_dir, "runs"),
-        started=setup.started,
+        clock=setup.clock, ledger=ledger, base_env=dict(graph.manifest.env),
+        runs_dir=os.path.join(setup.state_dir, "runs"), started=setup.started,
     )
     try:
         with interrupts.raised():  # SIGTERM stops the build like Ctrl-C does
@@ -222,6 +199,33 @@ def run(
         status.close()
         mailbox.close()  # first: a `tail` waiting for a job's end wakes and sends it
         control.close()
+
+
+def _limits(
+    graph: BuildGraph, plan: Plan, setup: BuildSetup, by_name: Mapping[str, Executor]
+) -> Limits:
+    """How much may run at once: slots per executor, resources, cores, groups (ExecutorError
+    when a group has no member that started)."""
+    slots = local_slots(graph, setup.jobs, setup.pool)
+    leases = None
+    if setup.pool is not None:
+        from .numa import CoreLeases  # only where a core pool is configured
+
+        leases = CoreLeases(setup.pool)
+    grouped = groups(graph, plan, by_name if setup.factory is None else None)
+    limits = {name: (slots if name == "local" else ex.slots) for name, ex in by_name.items()}
+    return Limits(slots, dict(graph.manifest.resources), leases, limits, grouped)
+
+
+def _status(
+    setup: BuildSetup, by_name: Mapping[str, Executor], limits: Mapping[str, int]
+) -> StatusReporter:
+    """The snapshot `dagrun status` reads while the build runs."""
+    return StatusReporter(
+        os.path.join(setup.state_dir, SNAPSHOT), setup.pool, limits,
+        {name: True for name in by_name if name != "local"},
+        {name: ex.describe for name, ex in by_name.items() if hasattr(ex, "describe")},
+    )
 
 
 def _control(graph: BuildGraph, plan: Plan, setup: BuildSetup) -> tuple[Mailbox, ControlServer]:

@@ -66,16 +66,10 @@ def make(
     specs = graph.specs
     running: set[int] = set()
     for i in selected:
-        spec = specs[i]
-        if spec.always or always_run:
-            why = ["always = true" if spec.always else "forced"]
-        elif i in forced:
-            why = ["forced (--force)"]
-        else:
-            why = _stale(spec, keys[i], log, identity, parts, i)
-            if not why and upstream_changed is not None and running.isdisjoint(graph.deps[i]):
-                changed = upstream_changed(i)
-                why = [changed] if changed else []
+        why = _why(specs[i], i, keys[i], log, identity, parts, i in forced, always_run)
+        if not why and upstream_changed is not None and running.isdisjoint(graph.deps[i]):
+            changed = upstream_changed(i)
+            why = [changed] if changed else []
         if why:
             running.add(i)
             to_run.append(i)
@@ -83,6 +77,20 @@ def make(
         else:
             fresh.append(i)
     return Plan(tuple(selected), tuple(to_run), tuple(fresh), reasons)
+
+
+def _why(
+    spec: TaskSpec, i: int, key: str | None, log: LogView,
+    identity: Callable[[str], Identity | None], parts: Callable[[int], KeyParts] | None,
+    forced: bool, always_run: bool,
+) -> list[str]:
+    """Why task ``i`` runs: ``always``, forced, or stale (``_stale``); [] when it is as its
+    latest run left it."""
+    if spec.always or always_run:
+        return ["always = true" if spec.always else "forced"]
+    if forced:
+        return ["forced (--force)"]
+    return _stale(spec, key, log, identity, parts, i)
 
 
 def _stale(

@@ -5,33 +5,27 @@ limits allow, then wait for one to end and account for it; repeat until
 nothing runs.  Every executor has its own slots (``-j`` is the local one's);
 local cores are leased for local tasks only; ``[dagrun.resources]`` pools are
 global.  The wait is one epoll over every executor's ``fileno()`` (and a stop
-flag's), with a timeout at the earliest executor deadline or retry back-off;
-outcomes are accounted for here, so the log and reporters stay on this thread.
+flag's), with a timeout at the earliest executor deadline or retry back-off.
+Outcomes are accounted for here: the loop writes each success to the ledger
+(ledger.py, as Ninja's FinishCommand writes its log) and reports it, so the log
+and the reporters stay on this thread.
 
 A failed attempt is retried (``retries``, at most MAX_RETRIES) after an
 exponential back-off with jitter; a *lost* attempt (connection dropped) runs
 again at once without using a retry, up to ``max_lost`` times; it is never
 logged.  An executor whose ``submit`` raises stops the build: running jobs are
-cancelled, the summary is reported, and ExecutorError is raised.
-
-Ready tasks are ordered by critical path: a task's priority is its own
-expected duration (from the log) plus the longest chain of work that waits
-on it, so long chains start first.
+cancelled, the summary is reported, and ExecutorError is raised.  Ready tasks
+are ordered by critical path (scheduling.critical_path): long chains first.
+What the scheduler is given and gives back is in scheduling.py.
 """
 
 from __future__ import annotations
 
 import heapq
 import os
-import re
 import select
-import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from enum import Enum
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from . import events
 from .clock import Clock
@@ -39,7 +33,6 @@ from .errors import ExecutorError, Interrupted, LogError
 from .events import (
     BuildFinished,
     BuildStarted,
-    Event,
     TaskCutOff,
     TaskFinished,
     TaskPlaced,
@@ -48,245 +41,42 @@ from .events import (
 )
 from .executors import Executor, Job, Outcome
 from .graph import BuildGraph
-from .manifest import TaskSpec
 from .plan import Plan
-
-if TYPE_CHECKING:
-    import random
-
-
-class Reporter(Protocol):
-    def handle(self, event: Event) -> None: ...
-
-
-class Lease(Protocol):
-    @property
-    def cores(self) -> tuple[int, ...]: ...
-
-    @property
-    def node(self) -> int | None: ...  # read-only, so frozen records (numa.Lease) fit
-
-
-class Leases(Protocol):
-    def try_grant(self, n: int, node: int | None = None) -> Lease | None: ...
-
-    def release(self, lease: Lease) -> None: ...
-
-
-class Waitable(Protocol):
-    """What the loop waits on: an executor, or the shared cache's lookups (cache/)."""
-
-    def fileno(self) -> int: ...
-
-    def deadline(self) -> float | None: ...
-
-    def collect(self) -> list[Outcome]: ...
-
-    def cancel_all(self, *, force: bool = False) -> list[Outcome]: ...
-
-
-class Lookups(Waitable, Protocol):
-    """The shared cache as the scheduler sees it (cache.SharedCache)."""
-
-    def wants(self, i: int) -> bool: ...
-
-    def lookup(self, job_id: int, i: int) -> bool:
-        """Start looking task ``i`` up; False when it is a miss known at once (it runs)."""
-
-
-CACHE = "cache"  # the "executor" of a lookup in the shared cache
-
-
-class _Running(NamedTuple):
-    """What a running job holds until it ends."""
-
-    task: int
-    executor: str
-    slots: int
-    lease: Lease | None
-    started: float  # on the build's clock (``dagrun status``: elapsed)
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    """What a build did.  ``order`` lists tasks in the order they were started."""
-
-    succeeded: tuple[str, ...] = ()
-    failed: tuple[str, ...] = ()
-    up_to_date: tuple[str, ...] = ()
-    not_run: tuple[str, ...] = ()
-    restored: tuple[str, ...] = ()  # from the shared cache, not run
-    order: tuple[str, ...] = ()
-    interrupted: bool = False
-    elapsed: float = 0.0
-    reasons: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    values: Mapping[str, Any] = field(default_factory=dict)  # function task -> its result
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.not_run and not self.interrupted
-
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return 130
-        return 0 if self.ok else 1
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+@\[\]-]")
-_LONGEST = 120  # characters of a task name kept in its run folder's name
-
-
-FUNCTION_POOL = "python"  # where function tasks of the local executor run (executors/pyfunc.py)
-
-
-def executor_of(spec: TaskSpec) -> str:
-    """The executor that runs a task: a function task of the local executor, the function pool."""
-    return FUNCTION_POOL if spec.call and spec.executor == "local" else spec.executor
-
-
-def _pool(executor: str) -> str:
-    """The slots an executor's jobs take: the function pool's are the local ones."""
-    return "local" if executor == FUNCTION_POOL else executor
-
-
-def run_dir_name(task: str) -> str:
-    """A file-system-safe folder name for a task, unique per task name."""
-    safe = _UNSAFE.sub("_", task)
-    if safe != task or safe in (".", "..") or len(safe) > _LONGEST:
-        import zlib
-
-        crc = zlib.crc32(task.encode(errors="surrogateescape"))
-        safe = f"{safe[:_LONGEST]}-{crc:08x}"  # names are at most 255 bytes
-    return safe
-
-
-MAX_LOST = 3  # a job lost this many times (connection, worker) fails instead of running again
-MAX_RETRIES = 100  # the manifest refuses more; the scheduler bounds it too
-
-
-class TaskState(Enum):
-    """How a task of the plan ended."""
-
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    UP_TO_DATE = "up to date"  # planned as "may run", found up to date when it became ready
-    RESTORED = "restored"  # found in the shared cache
-
-
-class StopFlag(threading.Event):
-    """A threading.Event whose ``set()`` (from any thread) also wakes the scheduler's wait.
-
-    The build stops as on Ctrl-C: running jobs are cancelled, Interrupted is raised.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-
-    def set(self) -> None:
-        super().set()
-        if self._fd >= 0:
-            os.eventfd_write(self._fd, 1)
-
-    def clear(self) -> None:
-        super().clear()
-        try:
-            os.eventfd_read(self._fd)
-        except (BlockingIOError, OSError):
-            pass
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def __del__(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-class Limits(NamedTuple):  # not a dataclass: ~0.5 ms less per start (bench/IMPORTS.md)
-    """How much may run at once.  ``jobs`` is the local limit (-j); other executors: their slots."""
-
-    jobs: int
-    resources: Mapping[str, int] = MappingProxyType({})  # [dagrun.resources]: global
-    leases: Leases | None = None  # local cores; used by tasks of the executor named "local"
-    slots: Mapping[str, int] = MappingProxyType({})  # per executor name, but "local"
-    groups: Mapping[str, Any] = MappingProxyType({})  # name -> executors.group.Group
-
-
-class Policy(NamedTuple):  # not a dataclass: ~0.5 ms less per start (bench/IMPORTS.md)
-    """What to do when tasks fail, and in which order to start them."""
-
-    failures_allowed: int = 1  # 0: keep going
-    schedule: str = "critical-path"  # or "unweighted" / "fifo" for comparisons
-    durations: Mapping[str, float] = MappingProxyType({})  # from the log: priorities
-    explain: bool = False
-    retry_backoff: float = 0.5  # seconds before the first retry; doubles, with jitter
-    retry_backoff_max: float = 30.0
-    max_lost: int = MAX_LOST
-
-
-class Hooks(NamedTuple):  # not a dataclass: ~0.7 ms less per start (bench/IMPORTS.md)
-    """Where the scheduler reports, and who may stop it."""
-
-    reporter: Reporter
-    before_wait: Callable[[], None] | None = None  # e.g. the status snapshot's flush
-    stops: tuple[StopFlag, ...] = ()  # any of them set: stop as on Ctrl-C
-    # the shared cache: a task is looked up there when it becomes ready (cache/)
-    cache: Lookups | None = None
-    steering: Steering | None = None  # requests from `dagrun status/tail/cancel` (steering.py)
-
-
-class Ledger(Protocol):
-    """What the build records (ledger.Ledger), called from the loop as Ninja's FinishCommand
-    writes its build log: ``started`` before each attempt; ``succeeded`` after one exited 0
-    (None, or why it did not succeed after all: it then fails with that error);
-    ``still_needed`` when a pending task becomes ready (False: up to date after all, early
-    cutoff); ``result`` a function task's result digest as its success record holds it."""
-
-    def started(self, i: int) -> None: ...
-
-    def succeeded(self, i: int, outcome: Outcome) -> str | None: ...
-
-    def still_needed(self, i: int) -> bool: ...
-
-    def result(self, task: str) -> str: ...
-
-
-class Unrecorded:
-    """A ledger that records nothing (tests of the scheduler alone)."""
-
-    def started(self, i: int) -> None:
-        pass
-
-    def succeeded(self, i: int, outcome: Outcome) -> str | None:
-        return None
-
-    def still_needed(self, i: int) -> bool:
-        return True
-
-    def result(self, task: str) -> str:
-        return ""
-
-
-class Steering(Protocol):
-    """Requests from outside (another thread): readable ``fileno()`` means ``serve`` has some.
-
-    ``serve`` runs on the scheduler's thread, between two waits; ``job_ended`` is told
-    of every job's end (a ``tail`` follows a job until then).
-    """
-
-    def fileno(self) -> int: ...
-
-    def serve(self, scheduler: Scheduler) -> None: ...
-
-    def job_ended(self, job_id: int, state: str) -> None: ...
-
-    @property
-    def awaited(self) -> Mapping[int, Any]: ...  # tasks whose start someone waits for
-
-    def job_started(self, scheduler: Scheduler, i: int) -> None: ...
+from .pycall import RESULTS, make_call
+from .scheduling import (  # the scheduler's vocabulary, named from here by its users too
+    CACHE,
+    FUNCTION_POOL,
+    MAX_LOST,
+    MAX_RETRIES,
+    Backoff,
+    BuildResult,
+    Hooks,
+    Lease,
+    Leases,
+    Ledger,
+    Limits,
+    Lookups,
+    Policy,
+    Reporter,
+    Running,
+    Steering,
+    StopFlag,
+    TaskState,
+    Unrecorded,
+    Waitable,
+    critical_path,
+    executor_of,
+    job_env,
+    job_of,
+    pool_of,
+    run_dir_name,
+)
+
+__all__ = [
+    "FUNCTION_POOL", "MAX_LOST", "MAX_RETRIES", "BuildResult", "Hooks", "Lease", "Leases",
+    "Ledger", "Limits", "Lookups", "Policy", "Reporter", "Scheduler", "Steering", "StopFlag",
+    "TaskState", "Unrecorded", "Waitable", "executor_of", "run_dir_name",
+]
 
 
 class Scheduler:
@@ -333,7 +123,7 @@ class Scheduler:
         self.runs_dir = runs_dir
         self.leases = limits.leases
         self.free_resources = dict(limits.resources)
-        self._random: random.Random | None = None  # for retries' jitter, made when needed
+        self._backoff = Backoff(self.policy)  # a retry's delay
 
     # -- the loop
 
@@ -370,37 +160,13 @@ class Scheduler:
         return result
 
     def _setup(self) -> None:
-        g, plan = self.graph, self.plan
-        n = len(g.specs)
-        self.in_plan = bytearray(n)
-        for i in plan.to_run:
-            self.in_plan[i] = 1
-        self.waiting = [0] * n
-        # the plan's tasks below each task of the plan (graph.dependents, within the plan: a
-        # partial build's plan is a few tasks of a large graph)
-        self.below: dict[int, list[int]] = {i: [] for i in plan.to_run}
-        for i in plan.to_run:
-            above = [d for d in g.deps[i] if self.in_plan[d]]
-            self.waiting[i] = len(above)
-            for d in above:
-                self.below[d].append(i)
-        self.priority = self._priorities()
-        self.pos = {i: pos for pos, i in enumerate(plan.to_run)}
-        # one ready queue per executor (and group), so a full one never holds up another's tasks
-        self.groups = {} if self._only is not None else dict(self.limits.groups)
-        self.ran_on: dict[int, str] = {}  # task -> the group member it succeeded on
-        self.ready: dict[str, list[tuple[float, int, int]]] = {
-            n: [] for n in (*self.executors, *self.groups)
-        }
-        for pos, i in enumerate(plan.to_run):
-            if self.waiting[i] == 0:
-                self.ready[self._executor_of(i)].append((-self.priority[i], pos, i))
-        for heap in self.ready.values():
-            heapq.heapify(heap)
+        n = len(self.graph.specs)
+        self._link_plan(n)
+        self._queue_first()
         # the function pool ("python") shares the local slots: one -j for commands and functions
-        self.free = {_pool(name): self._slots_of(_pool(name)) for name in self.executors}
-        self.has_io = any(g.specs[i].io_bound for i in plan.to_run)
-        self.running: dict[int, _Running] = {}  # job id -> what it holds
+        self.free = {pool_of(name): self._slots_of(pool_of(name)) for name in self.executors}
+        self.has_io = any(self.graph.specs[i].io_bound for i in self.plan.to_run)
+        self.running: dict[int, Running] = {}  # job id -> what it holds
         self.attempts = [0] * n
         self.lost = [0] * n
         self.backoff: list[tuple[float, int]] = []  # (due on the clock, task): retries waiting
@@ -418,6 +184,38 @@ class Scheduler:
         self.looked = bytearray(n)  # looked up in the shared cache already
         if self.hooks.cache is not None:
             self._look_up_first()
+
+    def _link_plan(self, n: int) -> None:
+        """Each task of the plan: how many of its dependencies it waits for, the plan's tasks
+        below it (graph.dependents, within the plan: a partial build's plan is a few tasks of a
+        large graph), and its priority."""
+        g, to_run = self.graph, self.plan.to_run
+        self.in_plan = bytearray(n)
+        for i in to_run:
+            self.in_plan[i] = 1
+        self.waiting = [0] * n
+        self.below: dict[int, list[int]] = {i: [] for i in to_run}
+        for i in to_run:
+            above = [d for d in g.deps[i] if self.in_plan[d]]
+            self.waiting[i] = len(above)
+            for d in above:
+                self.below[d].append(i)
+        self.priority = critical_path(g, to_run, self.below, self.policy)
+        self.pos = {i: pos for pos, i in enumerate(to_run)}
+
+    def _queue_first(self) -> None:
+        """One ready queue per executor (and group), so a full one never holds up another's
+        tasks; the tasks that wait for nothing go in."""
+        self.groups = {} if self._only is not None else dict(self.limits.groups)
+        self.ran_on: dict[int, str] = {}  # task -> the group member it succeeded on
+        self.ready: dict[str, list[tuple[float, int, int]]] = {
+            n: [] for n in (*self.executors, *self.groups)
+        }
+        for pos, i in enumerate(self.plan.to_run):
+            if self.waiting[i] == 0:
+                self.ready[self._executor_of(i)].append((-self.priority[i], pos, i))
+        for heap in self.ready.values():
+            heapq.heapify(heap)
 
     def _look_up_first(self) -> None:
         """The tasks ready at the start go to the shared cache first: a hit takes no slot."""
@@ -507,25 +305,6 @@ class Scheduler:
                 if outcome.job_id in self.running:
                     self._finished(outcome, cancelled=why, interrupted=interrupted)
 
-    def _priorities(self) -> list[float]:
-        """Critical path by recorded durations; ``unweighted`` counts tasks; ``fifo``: none."""
-        g = self.graph
-        prio = [0.0] * len(g.specs)
-        if self.policy.schedule == "fifo":  # ready tasks start in topological (manifest) order
-            return prio
-        durations = {} if self.policy.schedule == "unweighted" else self.policy.durations
-        known = [
-            durations[g.specs[i].name] for i in self.plan.to_run if g.specs[i].name in durations
-        ]
-        default = sum(known) / len(known) if known else 1.0
-        for i in reversed(self.plan.to_run):
-            below = 0.0
-            for j in self.below[i]:
-                if prio[j] > below:
-                    below = prio[j]
-            prio[i] = durations.get(g.specs[i].name, default) + below
-        return prio
-
     def _start_ready(self) -> Exception | None:
         """Start what the limits allow; an executor's failure to take a job is returned."""
         if self.stopping:
@@ -549,7 +328,7 @@ class Scheduler:
 
     def _has_room(self, name: str) -> bool:
         group = self.groups.get(name)
-        return group.has_room(self.free) if group is not None else self.free[_pool(name)] > 0
+        return group.has_room(self.free) if group is not None else self.free[pool_of(name)] > 0
 
     def _member_for(self, i: int, name: str) -> str | None:
         """The member of group ``name`` that takes task ``i`` now (executors/group.py)."""
@@ -588,7 +367,7 @@ class Scheduler:
             self.looked[i] = 1
             if cache.wants(i) and cache.lookup(self.next_id + 1, i):
                 self.next_id += 1
-                self.running[self.next_id] = _Running(i, CACHE, 0, None, self.clock.now())
+                self.running[self.next_id] = Running(i, CACHE, 0, None, self.clock.now())
                 return
         heapq.heappush(self.ready[self._executor_of(i)], (-self.priority[i], self.pos[i], i))
 
@@ -599,25 +378,25 @@ class Scheduler:
             name = self._member_for(i, name) or ""
             if not name:
                 return False
-        free = self.free[_pool(name)]
+        free = self.free[pool_of(name)]
         # io_bound function tasks wait on I/O on the pool's event loop: no slot, no cores
-        slots = 0 if spec.io_bound else min(spec.threads, self._slots_of(_pool(name)))
+        slots = 0 if spec.io_bound else min(spec.threads, self._slots_of(pool_of(name)))
         if slots > free:
             return False
         for resource, count in spec.resources:
             if self.free_resources.get(resource, 0) < count:
                 return False
         lease = None
-        if self.leases is not None and _pool(name) == "local" and not spec.io_bound:
+        if self.leases is not None and pool_of(name) == "local" and not spec.io_bound:
             lease = self.leases.try_grant(spec.threads, spec.numa_node)
             if lease is None:
                 return False
         for resource, count in spec.resources:
             self.free_resources[resource] -= count
-        self.free[_pool(name)] = free - slots
+        self.free[pool_of(name)] = free - slots
         self.attempts[i] += 1
         job = self._job(i, lease, name)
-        self.running[job.id] = _Running(i, name, slots, lease, self.clock.now())
+        self.running[job.id] = Running(i, name, slots, lease, self.clock.now())
         self.order.append(spec.name)
         self.reporter.handle(
             TaskStarted(
@@ -663,79 +442,30 @@ class Scheduler:
         return exc if isinstance(exc, LogError) else ExecutorError(message)  # the log: as it is
 
     def _job(self, i: int, lease: Lease | None, where: str) -> Job:
-        g = self.graph
-        spec = g.specs[i]
-        env = dict(self.base_env)
-        group = self.groups.get(spec.executor)
-        if group is not None:  # a member's env: where it runs, not part of the key
-            env.update(group.env(where))
-        if spec.env:
-            env.update(spec.env)
-        env["DAGRUN_TASK"] = spec.name
-        env["DAGRUN_KEY"] = self.keys[i] or ""
-        env["DAGRUN_EXECUTOR"] = spec.executor if group is None else where
-        cores: tuple[int, ...] = ()
-        node = None
-        if lease is not None:
-            cores, node = lease.cores, lease.node
-            env["DAGRUN_CORES"] = ",".join(map(str, cores))
-            if node is not None:
-                env["DAGRUN_NUMA_NODE"] = str(node)
+        spec = self.graph.specs[i]
+        env = job_env(spec, self.base_env, self.groups.get(spec.executor), where, self.keys[i],
+                      lease)
         self.next_id += 1
-        return Job(
-            id=self.next_id,
-            task=spec.name,
-            cmd=spec.cmd,
-            root=g.root,
-            cwd=spec.cwd,
-            env=env,
-            run_dir=os.path.join(self.runs_dir, run_dir_name(spec.name)),
-            timeout=spec.timeout,
-            inputs=g.sources[i] + tuple(o for d in g.deps[i] for o in g.specs[d].outputs),
-            outputs=spec.outputs,
-            threads=spec.threads,
-            cores=cores,
-            numa_node=node,
-            attempt=self.attempts[i],
-            call=self._call(i) if spec.call else None,
-            depfile=spec.depfile,
-            slurm=spec.slurm,
-        )
-
-    def _call(self, i: int) -> Any:
-        """A function task's Call: its target, args and the keys of the results it receives."""
-        from .pycall import RESULTS, make_call
-
-        return make_call(
-            self.graph, i, self.keys, os.path.join(self.state_dir, RESULTS), self.ledger.result
-        )
-
-    @property
-    def state_dir(self) -> str:
-        return os.path.dirname(self.runs_dir)  # runs_dir is .dagrun/runs
+        call = None
+        if spec.call:  # its target, args and the keys of the results it receives
+            results = os.path.join(os.path.dirname(self.runs_dir), RESULTS)  # .dagrun/results
+            call = make_call(self.graph, i, self.keys, results, self.ledger.result)
+        return job_of(self.graph, i, self.next_id, env, lease, self.runs_dir, self.attempts[i],
+                      call)
 
     def _finished(
         self, outcome: Outcome, *, cancelled: str | None = None, interrupted: bool = False
     ) -> None:
+        """A job ended: free what it held, record a success in the ledger (as Ninja's
+        FinishCommand writes its log), decide the next step, report it."""
         run = self.running.pop(outcome.job_id)
         i = run.task
         if run.executor == CACHE:
             self._looked_up(i, outcome, cancelled)
             return
-        self.free[_pool(run.executor)] += run.slots
-        spec = self.graph.specs[i]
-        for resource, count in spec.resources:
-            self.free_resources[resource] += count
-        if run.lease is not None and self.leases is not None:
-            self.leases.release(run.lease)
-        # an end seen after Ctrl-C may be a task's trap exiting 0 half-way: never log it as done
-        ok = outcome.ok and cancelled is None
-        error = outcome.error
-        if ok:
-            reason = self.ledger.succeeded(i, outcome)
-            if reason is not None:
-                ok, error = False, reason
-        if spec.executor in self.groups:
+        self._release(run)
+        ok, error = self._recorded(i, outcome, cancelled)
+        if self.graph.specs[i].executor in self.groups:
             self._group_saw(i, run.executor, ok, outcome.lost and cancelled is None)
         retry, error = self._next_step(i, outcome, ok, error, cancelled)
         if not retry:
@@ -745,30 +475,40 @@ class Scheduler:
         if self.hooks.steering is not None:
             state = "succeeded" if ok else "retry" if retry else cancelled or "failed"
             self.hooks.steering.job_ended(outcome.job_id, state)
-        self.reporter.handle(
-            TaskFinished(
-                task=spec.name,
-                label=spec.label,
-                cmd=spec.cmd,
-                ok=ok,
-                exit_code=outcome.exit_code,
-                duration=outcome.duration,
-                stdout=outcome.stdout,
-                stderr=outcome.stderr,
-                timed_out=outcome.timed_out,
-                error=error,
-                will_retry=retry,
-                done=self.done,
-                total=len(self.plan.to_run) - self.cut,
-                maxrss_kb=outcome.maxrss_kb,
-                attempt=self.attempts[i],
-                max_attempts=spec.retries + 1,
-                interrupted=interrupted and not ok,
-                executor=run.executor,
-                cores=run.lease.cores if run.lease is not None else (),
-            )
-        )
+        self.reporter.handle(self._task_finished(run, outcome, ok, error, retry, interrupted))
         self._drain_cut_off()
+
+    def _release(self, run: Running) -> None:
+        """Give back a job's slots, resources and cores."""
+        self.free[pool_of(run.executor)] += run.slots
+        for resource, count in self.graph.specs[run.task].resources:
+            self.free_resources[resource] += count
+        if run.lease is not None and self.leases is not None:
+            self.leases.release(run.lease)
+
+    def _recorded(self, i: int, outcome: Outcome, cancelled: str | None) -> tuple[bool, str | None]:
+        """(ok, error) of an attempt, its success written to the ledger: a success the ledger
+        refuses (an output not written, a full disk) fails with its reason."""
+        # an end seen after Ctrl-C may be a task's trap exiting 0 half-way: never log it as done
+        if not outcome.ok or cancelled is not None:
+            return False, outcome.error
+        reason = self.ledger.succeeded(i, outcome)
+        return (True, outcome.error) if reason is None else (False, reason)
+
+    def _task_finished(
+        self, run: Running, outcome: Outcome, ok: bool, error: str | None, retry: bool,
+        interrupted: bool,
+    ) -> TaskFinished:
+        spec = self.graph.specs[run.task]
+        return TaskFinished(
+            task=spec.name, label=spec.label, cmd=spec.cmd, ok=ok, exit_code=outcome.exit_code,
+            duration=outcome.duration, stdout=outcome.stdout, stderr=outcome.stderr,
+            timed_out=outcome.timed_out, error=error, will_retry=retry, done=self.done,
+            total=len(self.plan.to_run) - self.cut, maxrss_kb=outcome.maxrss_kb,
+            attempt=self.attempts[run.task], max_attempts=spec.retries + 1,
+            interrupted=interrupted and not ok, executor=run.executor,
+            cores=run.lease.cores if run.lease is not None else (),
+        )
 
     def _group_saw(self, i: int, member: str, ok: bool, lost: bool) -> None:
         """A group's task ended on ``member``: where it ran (its dependents' inputs are there),
@@ -897,15 +637,7 @@ class Scheduler:
         return self.attempts[i] - self.lost[i] <= retries
 
     def _retry_later(self, i: int) -> None:
-        """Exponential back-off with jitter: base * 2**(n-1), capped, times 0.5..1."""
-        p = self.policy
-        n = self.attempts[i] - self.lost[i]
-        delay = min(p.retry_backoff * 2 ** min(n - 1, 30), p.retry_backoff_max)
-        if self._random is None:
-            import random  # not at the top: ~0.9 ms of every build, for retries only
-
-            self._random = random.Random()
-        delay *= 0.5 + 0.5 * self._random.random()
+        delay = self._backoff.delay(self.attempts[i] - self.lost[i])
         if delay <= 0:
             self._ready(i)
         else:
@@ -921,15 +653,32 @@ class Scheduler:
                     stack.append(j)
 
     def _result(self, elapsed: float, interrupted: bool) -> BuildResult:
-        specs = self.graph.specs
-        status = self.status
-        to_run = self.plan.to_run
-        succeeded = [specs[i].name for i in to_run if status.get(i) is TaskState.SUCCEEDED]
-        restored = [specs[i].name for i in to_run if status.get(i) is TaskState.RESTORED]
-        failed = [specs[i].name for i in to_run if status.get(i) is TaskState.FAILED]
+        """Report the tasks that did not run and the summary; the result (Interrupted, holding
+        it, after Ctrl-C)."""
+        specs, status, to_run = self.graph.specs, self.status, self.plan.to_run
+
+        def named(state: TaskState) -> tuple[str, ...]:
+            return tuple(specs[i].name for i in to_run if status.get(i) is state)
+
+        succeeded, restored, failed = (named(TaskState.SUCCEEDED), named(TaskState.RESTORED),
+                                       named(TaskState.FAILED))
         cut = [i for i in to_run if status.get(i) is TaskState.UP_TO_DATE]
-        up_to_date = [specs[i].name for i in (*self.plan.up_to_date, *cut)]
-        not_run = []
+        up_to_date = tuple(specs[i].name for i in (*self.plan.up_to_date, *cut))
+        not_run = self._not_run()
+        self.reporter.handle(BuildFinished(len(succeeded), len(up_to_date), len(failed),
+                                           len(not_run), elapsed, interrupted, len(restored)))
+        result = BuildResult(
+            succeeded=succeeded, failed=failed, up_to_date=up_to_date, not_run=not_run,
+            restored=restored, order=tuple(self.order), interrupted=interrupted,
+            elapsed=elapsed, reasons={specs[i].name: r for i, r in self.plan.reasons.items()},
+        )
+        if interrupted:
+            raise Interrupted("interrupted", result)
+        return result
+
+    def _not_run(self) -> tuple[str, ...]:
+        """The tasks of the plan that never ended, each reported with why (TaskSkipped)."""
+        specs, not_run = self.graph.specs, []
         for i in self.plan.to_run:
             if i in self.status:
                 continue
@@ -942,28 +691,4 @@ class Scheduler:
                 else "build stopped"
             )
             self.reporter.handle(TaskSkipped(specs[i].name, specs[i].label, why))
-        self.reporter.handle(
-            BuildFinished(
-                len(succeeded),
-                len(up_to_date),
-                len(failed),
-                len(not_run),
-                elapsed,
-                interrupted,
-                len(restored),
-            )
-        )
-        result = BuildResult(
-            succeeded=tuple(succeeded),
-            failed=tuple(failed),
-            up_to_date=tuple(up_to_date),
-            not_run=tuple(not_run),
-            restored=tuple(restored),
-            order=tuple(self.order),
-            interrupted=interrupted,
-            elapsed=elapsed,
-            reasons={specs[i].name: r for i, r in self.plan.reasons.items()},
-        )
-        if interrupted:
-            raise Interrupted("interrupted", result)
-        return result
+        return tuple(not_run)

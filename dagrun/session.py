@@ -70,9 +70,8 @@ class Session:
         p = self.project = Project.of(manifest_path, manifest, environ, fs, overrides, cwd)
         self.manifest_path, self.manifest_name, self.root = p.manifest_path, p.manifest_name, p.root
         self.environ, self.fs, self.state_dir, self.cwd = p.environ, p.fs, p.state_dir, p.cwd
-        self.overrides = dict(p.overrides)
+        self.overrides, self.executor_factory = dict(p.overrides), executor_factory
         self.clock = clock or MonotonicClock()
-        self.executor_factory = executor_factory
         self.on_plan = on_plan  # sees each plan before it runs (watch)
         self.stops = stops  # one set from another thread: the build stops as on Ctrl-C (watch)
         self.on_wait = on_wait  # messages for the user (waiting for the lock, a removed output)
@@ -80,9 +79,8 @@ class Session:
         # task -> the files its depfile listed (the plan's, then updated as tasks succeed)
         self.found: Mapping[str, tuple[str, ...]] = {}
         self.warnings: list[str] = []
-        # keep the last build's graph and state until this session goes (the CLI: until exit,
-        # which frees them at once rather than object by object)
-        self.keep_last = False
+        self.keep_last = False  # keep the last build's state until this session goes (the CLI:
+        # until exit, which frees it at once rather than object by object)
         self._lock = StateLock(p.state_dir, p.root, wait=wait_for_lock, on_wait=on_wait)
         self._cache = StateCache(p.state_dir, self.warnings)
         self._planner = Planner(p, self._cache, self._lock, self.warnings, self.clock.wall,
@@ -146,16 +144,19 @@ class Session:
             finally:
                 self._save(prep)
                 prep.log.close()
-            assert prep.ledger is not None
-            if prep.ledger.error is not None:
-                raise LogError(prep.ledger.error)
-            self._record_proof(prep, targets, result)
-            if self.keep_last:
-                self._last = prep
-            # the cache now holds these keys: a next build of this graph may start from them
-            planner = self._planner
-            planner.keys_after = (prep.graph, prep.keys.keys) if self.read_only is None else None
+            self._built(prep, targets, result)
             return result
+
+    def _built(self, prep: Prepared, targets: Iterable[str] | None, result: BuildResult) -> None:
+        """After the log is closed: a log write that failed is an error; else the no-op proof,
+        and the keys a next build of this graph may start from (the cache holds them now)."""
+        assert prep.ledger is not None
+        if prep.ledger.error is not None:
+            raise LogError(prep.ledger.error)
+        self._record_proof(prep, targets, result)
+        if self.keep_last:
+            self._last = prep
+        self._planner.keys_after = (prep.graph, prep.keys.keys) if self.read_only is None else None
 
     def _prepare_build(
         self, targets: Iterable[str] | None, explain: bool, delta: proof.Delta | None,
