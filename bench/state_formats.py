@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import gen  # noqa: E402
 
-from dagrun.completion_log import CompletionLog, LogIndex  # noqa: E402
+from dagrun.state.log import CompletionLog, LogIndex  # noqa: E402
 from dagrun.state import cache as state_cache  # noqa: E402
 
 REPS = 21

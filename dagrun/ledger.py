@@ -1,6 +1,6 @@
 """The ledger: what a build records of its tasks, and how it tells a task's outputs are intact.
 
-One object per build over the completion log (completion_log.py):
+One object per build over the completion log (state/log.py):
 
 The scheduler calls it from its loop (scheduler.Ledger), as Ninja's
 FinishCommand writes the build log:
@@ -35,13 +35,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from . import cutoff, outputs
-from .completion_log import CompletionLog, Identity, Made
 from .errors import DepfileError, LogError
 from .executors import Outcome
 from .fs import FileSystem, LocalFileSystem
 from .graph import BuildGraph
 from .hashing import Keys, digest_bytes
 from .pycall import RESULTS, Results, result_digest
+from .state.log import CompletionLog, Identity, Made
 
 
 class Ledger:

@@ -21,7 +21,6 @@ import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from .completion_log import CompletionLog
 from .fs import FileSystem, unlink_quietly
 from .graph import BuildGraph
 from .ledger import dead_outputs, recorded_digests
@@ -29,6 +28,7 @@ from .manifest import output_problem
 from .outputs import digest
 from .pycall import RESULTS
 from .state import STATE_DIR
+from .state.log import CompletionLog
 
 
 def clean(

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import cutoff, globs, leftovers, unchanged
-from .completion_log import CompletionLog, Identity, LogIndex
 from .errors import DagrunError, LogError, ManifestError
 from .executors import local_pool
 from .fs import FileSystem, LocalFileSystem
@@ -35,6 +34,7 @@ from .pycall import results_view
 from .state import STATE_DIR, proof
 from .state.cache import Basis, StateCache
 from .state.lock import StateLock
+from .state.log import CompletionLog, Identity, LogIndex
 
 if TYPE_CHECKING:
     from .numa import CorePool, Topology  # imported where a core pool is configured
@@ -102,7 +102,7 @@ class Request(NamedTuple):
 
 
 def identities(fs: FileSystem, paths: Iterable[str]) -> dict[str, Identity | None]:
-    """Each output's identity now (completion_log.Identity); None where it does not exist."""
+    """Each output's identity now (state/log.py); None where it does not exist."""
     if isinstance(fs, LocalFileSystem):
         return proof.identities(fs.root, paths)
     found: dict[str, Identity | None] = {}

@@ -1,7 +1,7 @@
 """Graph + keys + completion log + files -> Plan: what runs and why.  Pure.
 
 A task is up to date only when its key equals the key of its latest run in
-the log, that run succeeded (no attempt started since: completion_log.py), and
+the log, that run succeeded (no attempt started since: state/log.py), and
 each declared output still has the identity (size, ctime_ns, inode, kind) the
 run left; an older key in the log does not count.  ``always`` tasks never are
 up to date.  ``explain`` compares the new key's parts with the parts of the
@@ -18,7 +18,7 @@ from .graph import BuildGraph
 from .hashing import MISSING, KeyParts
 from .manifest import TaskSpec
 
-Identity = tuple[int, int, int, int]  # an output's size, ctime_ns, inode, kind (completion_log)
+Identity = tuple[int, int, int, int]  # an output's size, ctime_ns, inode, kind (state/log.py)
 
 
 class LogView(Protocol):

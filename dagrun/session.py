@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from . import build, leftovers
 from .clock import Clock, MonotonicClock
-from .completion_log import Identity
 from .errors import DagrunError, LogError
 from .executors import Outcome
 from .fs import FileSystem, LocalFileSystem
@@ -35,6 +34,7 @@ from .scheduler import BuildResult, Reporter, StopFlag
 from .state import STATE_DIR, proof
 from .state.cache import StateCache, remove_stale_temporaries
 from .state.lock import StateLock
+from .state.log import Identity
 from .touch import refusal
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class Session:
         return self._lock
 
     def identities(self, paths: Iterable[str]) -> dict[str, Identity | None]:
-        """Each output's identity now (completion_log.Identity); None where it does not exist."""
+        """Each output's identity now (state/log.py); None where it does not exist."""
         return self._planner.identities(paths)
 
     # ------------------------------------------------------------ public operations

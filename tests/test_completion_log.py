@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dagrun.completion_log import HEADER, CompletionLog, LogIndex
+from dagrun.state.log import HEADER, CompletionLog, LogIndex
 
 
 def add(log: CompletionLog, task: str, key: str, duration: float = 1.5) -> None:

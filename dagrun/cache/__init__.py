@@ -31,13 +31,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..completion_log import Made
 from ..errors import DagrunError
 from ..executors import Outcome
 from ..executors.threaded import Completions
 from ..graph import BuildGraph
 from ..hashing import MISSING, Keys, digest_bytes, key_of
 from ..manifest import CacheSettings, TaskSpec
+from ..state.log import Made
 from . import entry as entries
 from .restore import Damaged, restore
 from .store import FolderStore, Store, StoreError, open_store

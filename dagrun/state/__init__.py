@@ -1,7 +1,7 @@
 """dagrun's state on disk: everything it keeps lives in ``.dagrun/`` beside the manifest.
 
     lock            lock.py       one flock: a build, ``clean``, ``touch`` and the no-op check
-    log             ../completion_log.py   the completion log (the journal of what ran)
+    log             log.py        the completion log: the journal of what ran, and why
     cache           cache.py      compiled graph, stat cache, keys, the log's index
     cache.journal   cache.py      what partial builds changed in the cache since it was written
     fresh           proof.py      the no-op proof: what the last build's decisions rest on

@@ -51,7 +51,7 @@ FORMAT = 5  # 5: the manifest's settled stat; 4: rows as a string of paths and a
 FILE = "fresh"
 
 StatKey = tuple[int, int, int, int]  # mtime_ns, ctime_ns, size, inode
-Identity = tuple[int, int, int, int]  # an output's size, ctime_ns, inode, kind (completion_log)
+Identity = tuple[int, int, int, int]  # an output's size, ctime_ns, inode, kind (log.py)
 _S_IFMT, _S_IFDIR, _S_IFLNK = 0o170000, 0o040000, 0o120000
 NEVER = (-1, 0, 0, 0)  # a source row's stat that no file has (inode 0): always "changed"
 

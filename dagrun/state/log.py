@@ -53,11 +53,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import LogError
-from .fs import open_regular
-from .fs import unlink_quietly as _unlink
-from .state.checksum import seal_line
-from .state.checksum import unseal_line as checked
+from ..errors import LogError
+from ..regular import open_regular
+from ..regular import unlink_quietly as _unlink
+from .checksum import seal_line
+from .checksum import unseal_line as checked
 
 HEADER = b"# dagrun log v2\n"
 _OLD_HEADER = b"# dagrun log v1\n"
