@@ -14,6 +14,11 @@ FinishCommand writes the build log:
 - ``still_needed(i)``: when a pending task becomes ready, whether it must still
   run (early cutoff: cutoff.Cutoff over the plan's ``awaits``);
 - ``result(task)``: a function task's result digest as its success holds it;
+- ``touch(tasks)``: ``build --touch`` (Make's ``-t``, Snakemake's ``--touch``):
+  record tasks as done unrun, with their current keys and their outputs as they
+  are now, so the next build finds them up to date -- all of them, or none: a
+  task with a missing output, or a function task (its result exists only once it
+  ran), refuses the whole touch before anything is recorded;
 - ``intact(i)``: its outputs are what its latest successful run left: the same
   identity, or, where the identity differs, the same content digest;
 - ``upstream_changed(i)``: why it must run again although its key and outputs
@@ -120,6 +125,31 @@ class Ledger:
         except OSError as exc:
             self.error = f"cannot write the completion log {log.path}: {exc.strerror}"
             return self.error
+        return None
+
+    def touch(self, tasks: list[int]) -> str | None:
+        """Record ``tasks`` as done unrun (see the module's doc); why not, or None."""
+        problem = self._refusal(tasks)
+        for i in tasks if problem is None else ():
+            problem = self.succeeded(i, Outcome(0, 0, 0.0))
+            if problem is not None:
+                break
+        return problem
+
+    def _refusal(self, tasks: Iterable[int]) -> str | None:
+        """Why ``tasks`` cannot be touched; None when each of them can."""
+        for i in tasks:
+            spec = self.graph.specs[i]
+            if spec.call:
+                return f"cannot touch '{spec.name}': a function task's result comes only from a run"
+            found = self.identities(spec.outputs)
+            missing = [o for o in spec.outputs if found.get(o) is None]
+            if missing:
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                return (
+                    f"cannot touch '{spec.name}': its output {missing[0]}{more} is missing "
+                    "(build it, or create it first)"
+                )
         return None
 
     def stream_to(self, on_result: Callable[[str, Any], None], results: Mapping[str, str]) -> None:

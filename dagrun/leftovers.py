@@ -17,7 +17,6 @@ task's latest run in the log has that key.
 from __future__ import annotations
 
 import os
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
 
@@ -112,6 +111,8 @@ def remove_results(state_dir: str, log: CompletionLog, tasks: Iterable[str], eve
     ``every``: every task is cleaned, so the whole results folder goes."""
     folder = os.path.join(state_dir, RESULTS)
     if every:
+        import shutil  # not at the top: it imports bz2 and lzma, and builds import this module
+
         shutil.rmtree(folder, ignore_errors=True)
         return
     if not os.path.isdir(folder):

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from . import build, leftovers
 from .clock import Clock, MonotonicClock
 from .errors import DagrunError, LogError
-from .executors import Outcome
 from .fs import FileSystem, LocalFileSystem
 from .graph import BuildGraph
 from .manifest import Manifest
@@ -35,7 +34,6 @@ from .state import STATE_DIR, proof
 from .state.cache import StateCache, remove_stale_temporaries
 from .state.lock import StateLock
 from .state.log import Identity
-from .touch import refusal
 
 if TYPE_CHECKING:
     from .build import ExecutorFactory
@@ -177,19 +175,15 @@ class Session:
 
     def touch(self, targets: Iterable[str] | None = None) -> list[str]:
         """Record every task a build of ``targets`` would run as done, without running it
-        (touch.py); DagrunError, and nothing recorded, when one of them cannot be."""
+        (Ledger.touch); DagrunError, and nothing recorded, when one of them cannot be."""
         with self._lock:
             proof.forget(self.state_dir)
             prep = self._prepare(targets, explain=False)
             chosen = [i for i in prep.plan.to_run if not prep.graph.specs[i].always]
             try:
                 self._refuse_if_read_only(prep)
-                problem = refusal(prep.graph, chosen, self.identities)
                 assert prep.ledger is not None
-                for i in chosen if problem is None else ():
-                    problem = prep.ledger.succeeded(i, Outcome(0, 0, 0.0))
-                    if problem is not None:
-                        break
+                problem = prep.ledger.touch(chosen)
             finally:
                 self._save(prep)
                 prep.log.close()
