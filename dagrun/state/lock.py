@@ -6,8 +6,9 @@ another dagrun unless told not to; the holder's pid is written in the file.  Whe
 through a read-only descriptor (none when there is no lock file): what needs no
 write (a no-op, ``-n``) still works, the rest refuses.  The no-op check takes it
 without waiting (``try_exclusive``): when another dagrun holds it, the full path
-waits for that one.  Imports only ``os``, ``fcntl``, ``errno`` and regular.py: the
-no-op check runs before anything else.
+waits for that one.  The no-op check imports this module before anything else, and
+needs only ``os``, ``fcntl`` and ``errno``: ``StateLock`` imports errors.py and
+regular.py when a build takes the lock (``_error``, ``_open_regular``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import errno
 import fcntl
 import os
 
-from ..errors import LogError
-from ..regular import open_regular
-
 TYPE_CHECKING = False  # typing stays out of a no-op's imports
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from ..errors import LogError
 
 LOCK = "lock"
 
@@ -96,7 +96,7 @@ class StateLock:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             msg = f"another dagrun (pid {holder}) is running in {self.root}"
             if not self.wait:
-                raise LogError(msg) from None
+                raise _error(msg) from None
             if self.on_wait is not None:
                 self.on_wait(msg + "; waiting for it to finish")
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -108,11 +108,11 @@ class StateLock:
         self.read_only = None
         try:
             os.makedirs(self.state_dir, exist_ok=True)
-            fd = open_regular(path, os.O_RDWR | os.O_CREAT)  # a FIFO there: an error, below
+            fd = _open_regular(path, os.O_RDWR | os.O_CREAT)  # a FIFO there: an error, below
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 where = path if exc.errno == errno.EINVAL else self.state_dir  # a FIFO
-                raise LogError(f"cannot use {where}: {exc.strerror}") from None
+                raise _error(f"cannot use {where}: {exc.strerror}") from None
             self.read_only = exc.strerror or str(exc)
             return None
         if not os.access(self.state_dir, os.W_OK | os.X_OK):  # the lock file alone is writable
@@ -125,11 +125,11 @@ class StateLock:
         """A shared lock through a read-only descriptor; -1 when there is no lock file in a
         folder nobody may write to (then no build can run either)."""
         try:
-            fd = open_regular(path, os.O_RDONLY)
+            fd = _open_regular(path, os.O_RDONLY)
         except FileNotFoundError:
             return -1
         except OSError as exc:
-            raise LogError(f"cannot use {path}: {exc.strerror}") from None
+            raise _error(f"cannot use {path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
         except BaseException:
@@ -146,3 +146,15 @@ class _Unlocked:
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+def _error(message: str) -> LogError:
+    from ..errors import LogError  # not at the top: see the module's doc (the no-op check)
+
+    return LogError(message)
+
+
+def _open_regular(path: str, flags: int) -> int:
+    from ..regular import open_regular  # not at the top: see the module's doc
+
+    return open_regular(path, flags)
