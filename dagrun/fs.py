@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from typing import NamedTuple, Protocol
 
-from .regular import open_regular, read_regular, unlink_quietly  # noqa: F401 (fs's, as before)
+# fs's own names too, as before regular.py
+from .regular import open_regular as open_regular
+from .regular import read_regular as read_regular
+from .regular import unlink_quietly as unlink_quietly
 
 
 class Stat(NamedTuple):

@@ -11,7 +11,7 @@ import os
 import re
 import time
 
-from .state import STATE_DIR  # dagrun's own state: never an input
+from .state import STATE_DIR as STATE_DIR  # dagrun's own state: never an input
 from .unchanged import ABSENT, folder_stamp
 
 _MAGIC = re.compile(r"[*?\[]")

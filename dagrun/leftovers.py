@@ -20,12 +20,13 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from .fs import FileSystem, unlink_quietly
+from .fs import FileSystem
 from .graph import BuildGraph
 from .ledger import dead_outputs, recorded_digests
 from .manifest import output_problem
 from .outputs import digest
 from .pycall import RESULTS
+from .regular import unlink_quietly
 from .state import STATE_DIR
 from .state.log import CompletionLog
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -118,7 +118,8 @@ class Planner:
 
     def __init__(
         self, project: Project, cache: StateCache, lock: StateLock, warnings: list[str],
-        wall: Any, on_wait: Any = None, topology: Topology | None = None,
+        wall: Callable[[], float], on_wait: Callable[[str], None] | None = None,
+        topology: Topology | None = None,
     ) -> None:
         self.project = project
         self.cache = cache
@@ -218,7 +219,7 @@ class Planner:
         return replace(prep, plan=cutoff.with_pending(plan, waits), waits=waits, delta=delta,
                        decided=tuple(decide))
 
-    def _result_digest(self, keys: Keys) -> Any:
+    def _result_digest(self, keys: Keys) -> Callable[[str], str | None]:
         """A result file's digest through the stat cache (an unchanged file is not read)."""
         stats, prefix = keys.stats, self.project.root.rstrip("/") + "/"
 

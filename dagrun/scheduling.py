@@ -340,7 +340,7 @@ class Backoff:
     def delay(self, n: int) -> float:
         """The delay after the ``n``-th attempt failed."""
         p = self.policy
-        delay = min(p.retry_backoff * 2 ** min(n - 1, 30), p.retry_backoff_max)
+        delay: float = min(p.retry_backoff * 2 ** min(n - 1, 30), p.retry_backoff_max)
         if self._random is None:
             import random  # not at the top: ~0.9 ms of every build, for retries only
 

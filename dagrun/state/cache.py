@@ -181,7 +181,7 @@ class Basis:
     def previous_keys(self) -> dict[str, str] | None:
         """The cache's keys, when they are of this graph and these ``key_env`` values."""
         if self.reused and self.cached is not None and self.cached.get("kenv") == self.kenv:
-            return self.cached.get("keys")  # type: ignore[no-any-return]
+            return self.cached.get("keys")
         return None
 
 
