@@ -38,8 +38,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import gen  # noqa: E402
 
-from dagrun.state.log import CompletionLog, LogIndex  # noqa: E402
 from dagrun.state import cache as state_cache  # noqa: E402
+from dagrun.state.log import CompletionLog, LogIndex  # noqa: E402
 
 REPS = 21
 RECORD = 128

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dagrun.state import proof as fresh
 from dagrun.events import BuildFinished
 from dagrun.report import summary_line
+from dagrun.state import proof as fresh
 
 MANIFEST = """
 [dagrun]

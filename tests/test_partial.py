@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from dagrun.state import proof as fresh
 from dagrun.errors import ManifestError
 from dagrun.report import RecordingReporter
 from dagrun.session import Prepared, Session
+from dagrun.state import proof as fresh
 
 # a diamond with a depfile task, a restat task and a task outside the default targets
 MANIFEST = """
