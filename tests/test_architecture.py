@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dagrun"
 TABLE = ROOT / "docs" / "architecture.md"
@@ -129,49 +131,34 @@ def _layers() -> dict[str, int]:
     return layers
 
 
-def _cycles() -> list[frozenset[str]]:
-    """The strongly connected components of more than one module (Tarjan, iterative)."""
+def _edges() -> dict[str, set[str]]:
     edges: dict[str, set[str]] = {p: set() for p in _modules().values()}
     for imp in _imports():
         edges[imp.source].add(imp.target)
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found = []
-    for start in edges:
-        if start in index:
-            continue
-        work = [(start, iter(sorted(edges[start])))]
-        index[start] = low[start] = len(index)
-        stack.append(start)
-        on_stack.add(start)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = len(index)
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(edges[child]))))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                component = set()
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.add(member)
-                    if member == node:
-                        break
-                if len(component) > 1:
-                    found.append(frozenset(component))
-    return found
+    return edges
+
+
+def _reach(edges: dict[str, set[str]], start: str) -> set[str]:
+    """Every module that ``start`` imports, directly or not."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for target in edges[todo.pop()] - seen:
+            seen.add(target)
+            todo.append(target)
+    return seen
+
+
+def _cycles() -> list[frozenset[str]]:
+    """The groups of modules that import each other, directly or not (strongly connected
+    components of more than one module; ~80 modules: reachability from each is cheap)."""
+    edges = _edges()
+    reach = {module: _reach(edges, module) for module in edges}
+    found: set[frozenset[str]] = set()
+    for module, reached in reach.items():
+        if module in reached:
+            found.add(frozenset({module} | {m for m in reached if module in reach[m]}))
+    return sorted(found, key=sorted)
 
 
 def _cycle_path(component: frozenset[str]) -> str:
@@ -208,9 +195,11 @@ def _upward() -> list[Import]:
     ]
 
 
-# ---------------------------------------------------------------- the rules
+# ---------------------------------------------------------------- the rules (slow: the first
+# to run parses every module, ~0.3 s; the others reuse it)
 
 
+@pytest.mark.slow
 def test_every_module_is_in_the_layering_table() -> None:
     layers = _layers()
     modules = set(_modules().values())
@@ -226,11 +215,13 @@ def test_every_module_is_in_the_layering_table() -> None:
     assert not missing + gone, "\n".join(missing + gone)
 
 
+@pytest.mark.slow
 def test_no_import_cycles() -> None:
     cycles = [c for c in _cycles() if c not in ALLOWED_CYCLES]
     assert not cycles, "import cycles:\n" + "\n".join(_cycle_path(c) for c in cycles)
 
 
+@pytest.mark.slow
 def test_no_module_imports_one_from_a_layer_above() -> None:
     layers = _layers()
     found = [
@@ -241,6 +232,7 @@ def test_no_module_imports_one_from_a_layer_above() -> None:
     assert not found, "imports from a layer above:\n" + "\n".join(found)
 
 
+@pytest.mark.slow
 def test_the_allowlists_hold_only_what_is_still_there() -> None:
     cycles = _cycles()
     upward = {(i.source, i.target) for i in _upward()}
