@@ -23,7 +23,8 @@ from typing import Any
 
 from . import globs
 from .errors import CycleError, ManifestError, UnknownTargetError
-from .manifest import CacheSettings, ExecutorSpec, Manifest, TaskSpec, inside_root
+from .paths import inside_root
+from .records import CacheSettings, ExecutorSpec, Manifest, TaskSpec
 
 GRAPH_FORMAT = 9  # 4: TaskSpec gained the function-task fields; 5: depfile, restat; 6: columns
 # 7: desc; 8: stall_warning, slurm; 9: cache

@@ -48,8 +48,8 @@ from .events import (
 )
 from .executors import Executor, Job, Outcome
 from .graph import BuildGraph
-from .manifest import TaskSpec
 from .plan import Plan
+from .records import TaskSpec
 
 if TYPE_CHECKING:
     import random
