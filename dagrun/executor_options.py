@@ -158,7 +158,7 @@ TYPES: dict[str, ExecutorType] = {
         Option("env_inherit", "boolean", boolean, False, "jobs get dagrun's environment"),
         _GRACE,
         _ENV,
-    ), rules=(_has_host,)),
+    ), rules=(_has_host, _rsync_workspace)),
     "http": ExecutorType((
         _TYPE,
         Option("provisioner", "string", string, help="a command that starts workers"),
@@ -174,7 +174,7 @@ TYPES: dict[str, ExecutorType] = {
                "seconds between the interrupt and the kill of a cancelled job"),
         Option("worker_timeout", SECONDS, number_positive, 300.0, "a job waits for a worker"),
         _ENV,
-    ), rules=()),
+    ), rules=(_tls_pair,)),
     "dask": ExecutorType((
         _TYPE,
         Option("scheduler", "string", string, help="a running scheduler's address"),
