@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from .lines import LineIndex
 
 STALL_WARNING = 300.0  # [dagrun] stall_warning's default
+FUNCTION_POOL = "python"  # where function tasks of the local executor run (executors/pyfunc.py)
 
 
 class TaskSpec(NamedTuple):
@@ -53,6 +54,13 @@ class TaskSpec(NamedTuple):
     def label(self) -> str:
         """What the console shows for this task."""
         return self.display or self.name
+
+    @property
+    def runs_on(self) -> str:
+        """The executor that runs this task: the one it names, except that a function task
+        of the local executor runs in the function pool (the manifest allows function tasks
+        only on executor types that run them: executor_options.FUNCTION_EXECUTORS)."""
+        return FUNCTION_POOL if self.call and self.executor == "local" else self.executor
 
 
 @dataclass(frozen=True)
