@@ -19,9 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from .digest import DIGEST_BYTES as DIGEST_BYTES  # re-exported: hashing.digest_bytes & co.
-from .digest import _hasher as _hasher
-from .digest import digest_bytes as digest_bytes
+from .digest import digest_bytes as digest_bytes  # re-exported: callers take it from here
 from .errors import ManifestError
 from .fs import FileSystem
 from .graph import BuildGraph
