@@ -1,4 +1,4 @@
-"""Executor options are declared once (executor_options.py) and checked when the manifest is read."""
+"""Executor options are declared once (executor_options.py) and checked as the manifest is read."""
 
 from __future__ import annotations
 
