@@ -48,8 +48,8 @@ from .events import (
 )
 from .executors import Executor, Job, Outcome
 from .graph import BuildGraph
-from .manifest import TaskSpec
 from .plan import Plan
+from .records import FUNCTION_POOL, TaskSpec
 
 if TYPE_CHECKING:
     import random
@@ -137,12 +137,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._,=+@\[\]-]")
 _LONGEST = 120  # characters of a task name kept in its run folder's name
 
 
-FUNCTION_POOL = "python"  # where function tasks of the local executor run (executors/pyfunc.py)
-
-
 def executor_of(spec: TaskSpec) -> str:
-    """The executor that runs a task: a function task of the local executor, the function pool."""
-    return FUNCTION_POOL if spec.call and spec.executor == "local" else spec.executor
+    """The executor that runs a task (decided once: TaskSpec.runs_on)."""
+    return spec.runs_on
 
 
 def _pool(executor: str) -> str:

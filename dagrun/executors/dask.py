@@ -51,6 +51,7 @@ from typing import Any
 
 from .. import remote_run
 from ..errors import ExecutorError
+from ..executor_options import effective
 from . import Context, Job, Outcome
 from .threaded import ThreadedExecutor
 
@@ -115,24 +116,25 @@ class DaskExecutor(ThreadedExecutor):
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> DaskExecutor:
-        adapt = options.get("adapt")
+        opts = effective("dask", options)  # checked when the manifest was read
+        adapt = opts.get("adapt")
         return cls(
             name,
-            scheduler=options.get("scheduler"),
-            cluster=options.get("cluster"),
-            options=options.get("options"),
-            scale=options.get("scale"),
+            scheduler=opts.get("scheduler"),
+            cluster=opts.get("cluster"),
+            options=opts.get("options"),
+            scale=opts.get("scale"),
             adapt=dict(adapt) if adapt is not None else None,
-            workers=int(options.get("workers", 2)),
-            threads_per_worker=int(options.get("threads_per_worker", 1)),
-            max_jobs=options.get("max_jobs"),
-            grace=float(options.get("grace_period", 3.0)),
-            env_inherit=bool(options.get("env_inherit", False)),
+            workers=opts["workers"],
+            threads_per_worker=opts["threads_per_worker"],
+            max_jobs=opts.get("max_jobs"),
+            grace=opts["grace_period"],
+            env_inherit=opts["env_inherit"],
             environ=context.environ,
             state_dir=context.state_dir,
-            connect_timeout=float(options.get("connect_timeout", CONNECT_TIMEOUT)),
+            connect_timeout=opts["connect_timeout"],
             default_slots=context.jobs,
-            worker_timeout=float(options.get("worker_timeout", WORKER_TIMEOUT)),
+            worker_timeout=opts["worker_timeout"],
         )
 
     # -- starting and stopping

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ExecutorError
+from ..executor_options import effective
 from . import Context, Job, Outcome
 from .http_fleet import Fleet
 from .http_server import Awaits, Pending, Request, Response, Server
@@ -669,13 +670,7 @@ class HttpExecutor:
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> HttpExecutor:
-        known = {k: options[k] for k in Options.__dataclass_fields__ if k in options}
-        opts = Options(**known)
-        if opts.stage not in ("shared", "http"):
-            raise ExecutorError(f'executor \'{name}\': stage must be "shared" or "http"')
-        if (opts.tls_cert is None) != (opts.tls_key is None):
-            raise ExecutorError(f"executor '{name}': give both tls_cert and tls_key, or neither")
-        return cls(name, opts, context)
+        return cls(name, Options(**effective("http", options)), context)  # checked at load
 
     # -- starting
 

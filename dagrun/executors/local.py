@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ExecutorError
+from ..executor_options import effective
 from ..interrupts import HOLD
 from . import Context, Job, Outcome, sweep
 
@@ -116,10 +117,11 @@ class LocalExecutor:
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> LocalExecutor:
-        slots = min(context.jobs, int(options.get("max_jobs", context.jobs)))
-        grace = float(options.get("grace_period", 3.0))
-        numactl = find_numactl() if "core_pool" in options else None  # else sched_setaffinity
-        return cls(grace=grace, numactl=numactl, environ=context.environ, slots=slots)
+        opts = effective("local", options)  # checked when the manifest was read
+        slots = min(context.jobs, opts.get("max_jobs", context.jobs))
+        numactl = find_numactl() if "core_pool" in opts else None  # else sched_setaffinity
+        return cls(grace=opts["grace_period"], numactl=numactl, environ=context.environ,
+                   slots=slots)
 
     @property
     def running(self) -> int:

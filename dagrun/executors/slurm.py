@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ExecutorError
+from ..executor_options import effective
 from . import Context, Job, Outcome
 from .slurm_job import (
     ACTIVE,
@@ -95,15 +96,16 @@ class SlurmExecutor:
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> SlurmExecutor:
-        sbatch = {k: options[k] for k in (*SBATCH_KEYS, "sbatch_options") if k in options}
+        opts = effective("slurm", options)  # checked when the manifest was read
+        sbatch = {k: opts[k] for k in (*SBATCH_KEYS, "sbatch_options") if k in opts}
         return cls(
             name,
             state_dir=context.state_dir,
             environ=context.environ,
-            max_jobs=int(options.get("max_jobs", 256)),
+            max_jobs=opts["max_jobs"],
             sbatch=sbatch,
-            python=str(options.get("python", "python3")),
-            grace=float(options.get("grace_period", 3.0)),
+            python=opts["python"],
+            grace=opts["grace_period"],
         )
 
     @property

@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ExecutorError
+from ..executor_options import effective
 from ..fs import unlink_quietly as _unlink
 from . import Context, Job, Outcome, fetched
 from .threaded import ThreadedExecutor
@@ -155,31 +156,24 @@ class SshExecutor(ThreadedExecutor):
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> SshExecutor:
-        stage = str(options.get("stage", "shared"))
-        if stage not in ("shared", "rsync"):
-            raise ExecutorError(
-                f"executor '{name}': stage must be \"shared\" or \"rsync\", not {stage!r}"
-            )
-        workspace = options.get("workspace")
-        if stage == "rsync" and not workspace:
-            raise ExecutorError(f"executor '{name}': stage = \"rsync\" needs a workspace")
-        identity = options.get("identity_file")
+        opts = effective("ssh", options)  # checked when the manifest was read
+        identity = opts.get("identity_file")
         if identity:
-            identity = os.path.join(context.root, os.path.expanduser(str(identity)))
+            identity = os.path.join(context.root, os.path.expanduser(identity))
         return cls(
             name,
-            str(options["host"]),
+            opts["host"],
             state_dir=context.state_dir,
-            user=options.get("user") or None,
-            port=options.get("port"),
+            user=opts.get("user") or None,
+            port=opts.get("port"),
             identity_file=identity,
-            ssh_options=tuple(options.get("ssh_options", ())),
-            workspace=workspace,
-            max_jobs=int(options.get("max_jobs", 4)),
-            max_sessions=int(options.get("max_sessions", 10)),
-            stage=stage,
-            environ=context.environ if options.get("env_inherit") else None,
-            grace=float(options.get("grace_period", 3.0)),
+            ssh_options=tuple(opts["ssh_options"]),
+            workspace=opts.get("workspace"),
+            max_jobs=opts["max_jobs"],
+            max_sessions=opts["max_sessions"],
+            stage=opts["stage"],
+            environ=context.environ if opts["env_inherit"] else None,
+            grace=opts["grace_period"],
         )
 
     # -- the connection
