@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import heapq
 import os
-import re
 import select
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -50,6 +49,7 @@ from .executors import Executor, Job, Outcome
 from .graph import BuildGraph
 from .manifest import TaskSpec
 from .plan import Plan
+from .runs import run_dir_name as run_dir_name  # its home is runs.py; imported from here too
 
 if TYPE_CHECKING:
     import random
@@ -133,8 +133,6 @@ class BuildResult:
         return 0 if self.ok else 1
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+@\[\]-]")
-_LONGEST = 120  # characters of a task name kept in its run folder's name
 
 
 FUNCTION_POOL = "python"  # where function tasks of the local executor run (executors/pyfunc.py)
@@ -150,21 +148,21 @@ def _pool(executor: str) -> str:
     return "local" if executor == FUNCTION_POOL else executor
 
 
-def run_dir_name(task: str) -> str:
-    """A file-system-safe folder name for a task, unique per task name."""
-    safe = _UNSAFE.sub("_", task)
-    if safe != task or safe in (".", "..") or len(safe) > _LONGEST:
-        import zlib
-
-        crc = zlib.crc32(task.encode(errors="surrogateescape"))
-        safe = f"{safe[:_LONGEST]}-{crc:08x}"  # names are at most 255 bytes
-    return safe
-
-
 # on_success(i, outcome) -> None, or a reason that turns the success into a failure
 SuccessHook = Callable[[int, Outcome], "str | None"]
 MAX_LOST = 3  # a job lost this many times (connection, worker) fails instead of running again
 MAX_RETRIES = 100  # the manifest refuses more; the scheduler bounds it too
+
+
+def _cancel_all(ex: Waitable, force: bool) -> tuple[list[Outcome], bool]:
+    """``ex.cancel_all``, and whether to force from now on: a second Ctrl-C while executors
+    give their jobs the grace period means no more grace, here and in every executor after.
+    (An executor keeps the outcomes it has not returned yet, so the call can start over.)"""
+    while True:
+        try:
+            return ex.cancel_all(force=force), force
+        except KeyboardInterrupt:
+            force = True
 
 
 class TaskState(Enum):
@@ -476,8 +474,10 @@ class Scheduler:
         waited: list[Waitable] = list({id(e): e for e in self.executors.values()}.values())
         if self.hooks.cache is not None:
             waited.append(self.hooks.cache)
+        force = False
         for ex in waited:
-            for outcome in ex.cancel_all():
+            outcomes, force = _cancel_all(ex, force)
+            for outcome in outcomes:
                 if outcome.job_id in self.running:
                     self._finished(outcome, cancelled=why, interrupted=interrupted)
 

@@ -39,7 +39,7 @@ from urllib.parse import quote, urlsplit
 from .executors import Job, Outcome
 from .executors.local import LocalExecutor
 from .guard import Guard
-from .scheduler import run_dir_name
+from .runs import run_dir_name
 
 SHOWN = 256 * 1024  # bytes of each stream sent back; the whole file stays here
 EXIT_DONE, EXIT_GONE, EXIT_REFUSED = 0, 1, 2
@@ -413,16 +413,7 @@ class Worker:
         if outcome.ok and wire.get("stage") == "http":
             problem = self._upload_outputs(wire)
             if problem is not None:
-                outcome = Outcome(
-                    outcome.job_id,
-                    None,
-                    outcome.duration,
-                    outcome.stdout,
-                    outcome.stderr,
-                    False,
-                    outcome.maxrss_kb,
-                    problem,
-                )
+                outcome = outcome.failed(problem)
         self._report(outcome.job_id, outcome)
 
     def _upload_outputs(self, wire: dict[str, Any]) -> str | None:
@@ -538,7 +529,7 @@ def main(
         token = read_token(token_file)
         worker = Worker(url, token, jobs=jobs, cafile=cafile, directory=directory, grace=grace)
     except (OSError, ValueError, ssl.SSLError) as exc:
-        raise DagrunError(f"worker: {exc}") from None
+        raise DagrunError(f"worker: {exc}") from exc
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return worker.run()
