@@ -1,8 +1,9 @@
 """Runs a task's command as the leader of a process group of its own, and stops that group.
 
 The one runner for every place a task runs away from the local executor's
-epoll: a Dask worker imports this module by name, and an SSH host runs this
-file's own text (``python3 -I -S -c``, see ``ssh.WRAPPER``).  So it needs only
+epoll: a Dask worker imports this module by name, an SSH host runs this file's
+own text (``python3 -I -S -c``, see ``ssh.WRAPPER``), and so does a Slurm job
+(``.dagrun/slurm/wrapper.py``, see ``slurm_job.wrapper_text``).  So it needs only
 the standard library, imports nothing of dagrun, and imports at the top only
 what the SSH side needs (a host pays for its imports on every job).
 
@@ -18,6 +19,10 @@ is printed first (``PGID_MARK``) and the end last (``END_MARK``: exit status,
 max RSS, duration), both on stderr.  stdin is the connection: "c" then EOF is a
 cancel (the group is stopped with grace), a bare EOF a lost connection (SIGKILL
 at once: the task will run again elsewhere).
+
+In a Slurm job (``slurm_main``): the command's output goes straight to the run
+folder, the timeout and Slurm's SIGTERM stop the group, and a report file says
+how it ended (slurm_job.py reads it).
 
 On a Dask worker (``run_command``): the command's group is recorded in a
 *marker* file in a per-build folder of the worker's machine
@@ -162,6 +167,70 @@ def _watch_channel(pid: int, grace: float, reaped: threading.Event,
         stop_group(pid, grace, reaped.wait)
     else:
         killpg(pid, signal.SIGKILL)  # a lost connection: the task will run again elsewhere
+
+
+# -- in a Slurm job
+
+
+def slurm_main(argv: list[str]) -> None:
+    """``RUN TIMEOUT GRACE`` in a Slurm job: RUN/slurm-cmd.sh runs with its output going to
+    RUN's stdout.txt and stderr.txt; the timeout (0: none) and Slurm's SIGTERM (``scancel``,
+    its time limit, preemption) stop its group, a second one kills it; at the end
+    RUN/slurm-report.json, written by a rename (whole or absent)."""
+    run, timeout, grace = argv[0], float(argv[1]), float(argv[2])
+    with open(os.path.join(run, "slurm-cmd.sh")) as f:
+        cmd = f.read()
+    started = time.time()
+    pid = _fork_into(cmd, run)
+    why: dict[str, str] = {}
+    reaped = threading.Event()
+
+    def stop(reason: str) -> None:  # a signal handler: on the main thread, between bytecodes
+        if why:
+            killpg(pid, signal.SIGKILL)
+            return
+        why[reason] = reason
+        threading.Thread(target=stop_group, args=(pid, grace, reaped.wait), daemon=True).start()
+
+    signal.signal(signal.SIGALRM, lambda s, f: stop("timed_out"))
+    signal.signal(signal.SIGTERM, lambda s, f: stop("killed"))
+    signal.signal(signal.SIGINT, lambda s, f: stop("killed"))
+    if timeout > 0:
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+    _, status, usage = os.wait4(pid, 0)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    reaped.set()
+    killpg(pid, signal.SIGKILL)  # what the command left in its group
+    _report(run, {"job": os.environ.get("SLURM_JOB_ID"), "exit_code": exit_code(status),
+                  "maxrss_kb": usage.ru_maxrss, "duration": time.time() - started,
+                  "timed_out": "timed_out" in why, "killed": "killed" in why})
+
+
+def _fork_into(cmd: str, run: str) -> int:
+    """A child leading a new session that runs ``sh -c cmd``, its output into ``run``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    out = os.open(os.path.join(run, "stdout.txt"), flags, 0o644)
+    err = os.open(os.path.join(run, "stderr.txt"), flags, 0o644)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.execv("/bin/sh", ["/bin/sh", "-c", cmd])
+    os.close(out)
+    os.close(err)
+    return pid
+
+
+def _report(run: str, report: dict[str, Any]) -> None:
+    import json  # see marker_dir
+
+    tmp = os.path.join(run, ".slurm-report.tmp")
+    with open(tmp, "w") as f:
+        json.dump(report, f)
+    os.rename(tmp, os.path.join(run, "slurm-report.json"))
 
 
 # -- on a Dask worker

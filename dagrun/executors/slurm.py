@@ -39,7 +39,6 @@ from .slurm_job import (
     SBATCH_KEYS,
     SCRIPT,
     SLURM_OUT,
-    WRAPPER,
     Report,
     merged,
     parse_sacct,
@@ -48,6 +47,7 @@ from .slurm_job import (
     sbatch_argv,
     script_text,
     time_limit,
+    wrapper_text,
 )
 from .threaded import Completions
 
@@ -123,7 +123,7 @@ class SlurmExecutor:
         os.makedirs(os.path.dirname(self.wrapper), exist_ok=True)
         tmp = self.wrapper + f".{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(WRAPPER)
+            f.write(wrapper_text())
         os.replace(tmp, self.wrapper)
 
     def fileno(self) -> int:

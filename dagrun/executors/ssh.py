@@ -312,6 +312,8 @@ class SshExecutor(ThreadedExecutor):
         stdout = runs.read_file(run + "stdout.txt")
         stderr, end = _strip_marks(_read_text(raw))
         _write(run + "stderr.txt", stderr)
+        if len(stderr) > runs.MAX_SHOWN // 4:  # maybe over MAX_SHOWN bytes: cut, as stdout
+            stderr = runs.read_file(run + "stderr.txt")
         pgid = _pgid(raw) if end is None else None
         _unlink(raw)
         cancelled = job.id in self._cancelled
