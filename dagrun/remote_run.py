@@ -34,8 +34,8 @@ command running with no one waiting for it; ``kill_jobs`` kills such orphans
 at once (the marker names the worker process).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: a host's python3 may be 3.6 (RHEL 8's platform
+# python), so annotations that python would evaluate are strings.
 import os
 import select
 import signal
@@ -72,7 +72,8 @@ def ask_to_stop(pgid: int) -> None:
     killpg(pgid, signal.SIGTERM)
 
 
-def stop_group(pgid: int, grace: float, ended: Callable[[float], object] = time.sleep) -> None:
+def stop_group(pgid: int, grace: float,
+               ended: "Callable[[float], object]" = time.sleep) -> None:
     """Stop a task's group: ``ask_to_stop``, then SIGKILL once ``ended(grace)`` returns (it
     returns when the leader has ended or ``grace`` seconds have passed)."""
     ask_to_stop(pgid)
@@ -107,7 +108,7 @@ def exit_code(status: int) -> int:
 # -- on an SSH host
 
 
-def ssh_main(argv: list[str]) -> None:
+def ssh_main(argv: "list[str]") -> None:
     """``CMD GRACE``: run CMD in its own session, reporting on stderr; stdin is the channel."""
     cmd, grace = argv[0], float(argv[1])
     started = time.time()
@@ -133,7 +134,7 @@ def ssh_main(argv: list[str]) -> None:
         pass
 
 
-def _fork_held(cmd: str) -> tuple[int, int]:
+def _fork_held(cmd: str) -> "tuple[int, int]":
     """A child leading a new session that runs ``sh -c cmd`` once "x" comes down the returned
     pipe (and never if the pipe closes first): (its pid, the pipe's write end)."""
     r, w = os.pipe()
@@ -150,8 +151,8 @@ def _fork_held(cmd: str) -> tuple[int, int]:
     return pid, w
 
 
-def _watch_channel(pid: int, grace: float, reaped: threading.Event,
-                   stopped: threading.Event) -> None:
+def _watch_channel(pid: int, grace: float, reaped: "threading.Event",
+                   stopped: "threading.Event") -> None:
     """Read the channel to its end: "c" stops the group with grace, a bare end at once."""
     data = b""
     while True:
@@ -172,7 +173,7 @@ def _watch_channel(pid: int, grace: float, reaped: threading.Event,
 # -- in a Slurm job
 
 
-def slurm_main(argv: list[str]) -> None:
+def slurm_main(argv: "list[str]") -> None:
     """``RUN TIMEOUT GRACE`` in a Slurm job: RUN/slurm-cmd.sh runs with its output going to
     RUN's stdout.txt and stderr.txt; the timeout (0: none) and Slurm's SIGTERM (``scancel``,
     its time limit, preemption) stop its group, a second one kills it; at the end
@@ -182,7 +183,7 @@ def slurm_main(argv: list[str]) -> None:
         cmd = f.read()
     started = time.time()
     pid = _fork_into(cmd, run)
-    why: dict[str, str] = {}
+    why: "dict[str, str]" = {}
     reaped = threading.Event()
 
     def stop(reason: str) -> None:  # a signal handler: on the main thread, between bytecodes
@@ -224,7 +225,7 @@ def _fork_into(cmd: str, run: str) -> int:
     return pid
 
 
-def _report(run: str, report: dict[str, Any]) -> None:
+def _report(run: str, report: "dict[str, Any]") -> None:
     import json  # see marker_dir
 
     tmp = os.path.join(run, ".slurm-report.tmp")
@@ -236,7 +237,7 @@ def _report(run: str, report: dict[str, Any]) -> None:
 # -- on a Dask worker
 
 
-def dask_setup(worker: Any) -> None:
+def dask_setup(worker: "Any") -> None:
     """Dask preload hook for the LocalCluster dagrun starts: the worker leaves dagrun's process
     group, so a terminal's Ctrl-C stops the build (which then closes the cluster in order)
     instead of killing the workers under their running commands."""
@@ -258,12 +259,12 @@ def run_command(
     job_id: int,
     cmd: str,
     cwd: str,
-    env: Mapping[str, str],
+    env: "Mapping[str, str]",
     inherit: bool,
-    timeout: float | None,
+    timeout: "float | None",
     grace: float,
     limit: int = MAX_OUTPUT,
-) -> dict[str, Any]:
+) -> "dict[str, Any]":
     """Run ``cmd`` with ``sh -c`` in ``cwd``; ``inherit``: on top of this worker's environment.
     A plain dict: exit code, duration, max RSS, output (at most ``limit`` bytes a stream)."""
     import tempfile  # see marker_dir
@@ -295,8 +296,8 @@ def run_command(
         }
 
 
-def _start(cmd: str, cwd: str, env: Mapping[str, str], out: IO[bytes],
-           err: IO[bytes]) -> subprocess.Popen[bytes]:
+def _start(cmd: str, cwd: str, env: "Mapping[str, str]", out: "IO[bytes]",
+           err: "IO[bytes]") -> "subprocess.Popen[bytes]":
     import subprocess  # see marker_dir
 
     return subprocess.Popen(
@@ -306,8 +307,8 @@ def _start(cmd: str, cwd: str, env: Mapping[str, str], out: IO[bytes],
 
 
 def _wait(
-    proc: subprocess.Popen[bytes], base: str, timeout: float | None, grace: float
-) -> tuple[int, int, bool]:
+    proc: "subprocess.Popen[bytes]", base: str, timeout: "float | None", grace: float
+) -> "tuple[int, int, bool]":
     """Wait for the command, stopping it on timeout or a cancel file: (wait status, max RSS in
     KiB, timed out)."""
     pid = proc.pid
@@ -323,7 +324,7 @@ def _wait(
         os.close(fd)
 
 
-def _watch_marker(fd: int, base: str, timeout: float | None) -> str:
+def _watch_marker(fd: int, base: str, timeout: "float | None") -> str:
     """Until the command ends ("ended"), its timeout passes ("timeout") or a cancel file
     appears ("cancel")."""
     deadline = time.monotonic() + timeout if timeout else None
@@ -339,8 +340,8 @@ def _watch_marker(fd: int, base: str, timeout: float | None) -> str:
 
 
 def kill_jobs(
-    token: str, job_ids: list[int], force: bool = False, cancel: bool = True
-) -> list[int]:
+    token: str, job_ids: "list[int]", force: bool = False, cancel: bool = True
+) -> "list[int]":
     """Stop these jobs on this machine: cancel files (``cancel``: so none starts later), then
     signal their groups (``force``: SIGKILL, else SIGINT+SIGTERM); returns the ones found."""
     folder = marker_dir(token)
@@ -401,7 +402,7 @@ def _remove(path: str) -> None:
         pass
 
 
-def _read_back(f: IO[bytes], limit: int) -> str:
+def _read_back(f: "IO[bytes]", limit: int) -> str:
     size = f.seek(0, os.SEEK_END)
     if size == 0:
         return ""
