@@ -45,7 +45,7 @@ from .events import (
     TaskSkipped,
     TaskStarted,
 )
-from .executors import Executor, Job, Outcome
+from .executors import Executor, Job, Outcome, cancel_all
 from .graph import BuildGraph
 from .manifest import TaskSpec
 from .plan import Plan
@@ -133,8 +133,6 @@ class BuildResult:
         return 0 if self.ok else 1
 
 
-
-
 FUNCTION_POOL = "python"  # where function tasks of the local executor run (executors/pyfunc.py)
 
 
@@ -152,17 +150,6 @@ def _pool(executor: str) -> str:
 SuccessHook = Callable[[int, Outcome], "str | None"]
 MAX_LOST = 3  # a job lost this many times (connection, worker) fails instead of running again
 MAX_RETRIES = 100  # the manifest refuses more; the scheduler bounds it too
-
-
-def _cancel_all(ex: Waitable, force: bool) -> tuple[list[Outcome], bool]:
-    """``ex.cancel_all``, and whether to force from now on: a second Ctrl-C while executors
-    give their jobs the grace period means no more grace, here and in every executor after.
-    (An executor keeps the outcomes it has not returned yet, so the call can start over.)"""
-    while True:
-        try:
-            return ex.cancel_all(force=force), force
-        except KeyboardInterrupt:
-            force = True
 
 
 class TaskState(Enum):
@@ -476,7 +463,7 @@ class Scheduler:
             waited.append(self.hooks.cache)
         force = False
         for ex in waited:
-            outcomes, force = _cancel_all(ex, force)
+            outcomes, force = cancel_all(ex, force)
             for outcome in outcomes:
                 if outcome.job_id in self.running:
                     self._finished(outcome, cancelled=why, interrupted=interrupted)

@@ -36,7 +36,7 @@ from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from .executors import Job, Outcome
+from .executors import Job, Outcome, cancel_all
 from .executors.local import LocalExecutor
 from .guard import Guard
 from .runs import run_dir_name
@@ -295,7 +295,7 @@ class Worker:
             self.say("dagrun worker: interrupted; killing its tasks (their leases will expire)")
             self.exit_code = 130
         self.stopping.set()
-        self.local.cancel_all(force=self.exit_code != 130)
+        cancel_all(self.local, force=self.exit_code != 130)  # a second Ctrl-C: no more grace
         self.local.close()
         return self.exit_code
 

@@ -23,9 +23,10 @@ The contract, which ``tests/test_executor_contract.py`` checks on every executor
 - ``cancel(job_id)`` kills one job (its whole process group, also on a remote
   host); its Outcome still comes through ``collect()``.  ``cancel_all()`` kills
   every job and returns their outcomes (Ctrl-C); ``force`` skips the grace
-  period.  The scheduler decides force (a second Ctrl-C while it waits is one):
-  a ``cancel_all`` interrupted by KeyboardInterrupt keeps the outcomes it has
-  not returned, and the scheduler calls it again with ``force=True``.
+  period.  The loop decides force (a second Ctrl-C while it waits is one,
+  ``cancel_all(executor)`` below): a ``cancel_all`` interrupted by
+  KeyboardInterrupt keeps the outcomes it has not returned, and is called
+  again with ``force=True``.
   ``close()`` releases connections, clusters and threads.
 - There is no blocking ``wait()`` in the contract: the scheduler never blocks on
   one executor, it waits on every executor's ``fileno()`` and ``deadline()`` in
@@ -140,6 +141,22 @@ class Executor(Protocol):
         """Kill every job (``force``: at once, no grace) and return their outcomes."""
 
     def close(self) -> None: ...
+
+
+class Cancellable(Protocol):
+    def cancel_all(self, *, force: bool = False) -> list[Outcome]: ...
+
+
+def cancel_all(executor: Cancellable, force: bool = False) -> tuple[list[Outcome], bool]:
+    """``executor.cancel_all``, and whether to force from now on, for the loop that owns
+    Ctrl-C (the scheduler, ``dagrun worker``): a second Ctrl-C while jobs get their grace
+    period means no more grace, there and in every executor cancelled after.  (An executor
+    keeps the outcomes it has not returned yet, so the call can start over.)"""
+    while True:
+        try:
+            return executor.cancel_all(force=force), force
+        except KeyboardInterrupt:
+            force = True
 
 
 class Context(NamedTuple):  # not a dataclass: ~0.7 ms less per start (bench/IMPORTS.md)
