@@ -27,7 +27,7 @@ from typing import Any
 
 from .. import runs
 from ..errors import ExecutorError
-from . import Context, Job, Outcome
+from . import Context, Job, Outcome, cancel_all
 from .http_broker import DEFAULT_LEASE_TIMEOUT, Broker
 from .http_fleet import Fleet
 from .http_routes import STATUS_EVERY, Routes
@@ -239,7 +239,7 @@ class HttpExecutor:
 
     def close(self) -> None:
         if self._out:
-            self.cancel_all(force=True)
+            cancel_all(self, force=True)  # a Ctrl-C meanwhile: it goes on
         with self.broker.lock:
             self.broker.done = True
             self.broker.version += 1

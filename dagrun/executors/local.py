@@ -35,7 +35,7 @@ from .. import remote_run, runs
 from ..errors import ExecutorError
 from ..interrupts import HOLD
 from ..runs import make_dir, read_back, reason, write_text
-from . import Context, Job, Outcome, sweep
+from . import Context, Job, Outcome, cancel_all, sweep
 
 _SIMPLE = re.compile(r"[A-Za-z0-9_./+-][A-Za-z0-9_./:,+@%=-]*(?: +[A-Za-z0-9_./:,+@%=-]+)*")
 _SHELL_WORDS = frozenset(
@@ -461,7 +461,7 @@ class LocalExecutor:
 
     def close(self) -> None:
         if self._procs:
-            self.cancel_all(force=True)
+            cancel_all(self, force=True)  # a Ctrl-C meanwhile: it goes on
         self._sweep()
         self._epoll.close()
 

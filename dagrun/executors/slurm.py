@@ -30,7 +30,7 @@ from typing import Any
 
 from .. import runs
 from ..errors import ExecutorError
-from . import Context, Job, Outcome
+from . import Context, Job, Outcome, cancel_all
 from .slurm_job import (
     ACTIVE,
     CMD_FILE,
@@ -362,7 +362,7 @@ class SlurmExecutor:
 
     def close(self) -> None:
         if self.jobs:
-            self.cancel_all(force=True)
+            cancel_all(self, force=True)  # a Ctrl-C meanwhile: it goes on
         self.completions.close()
 
     def _slurm(self, argv: list[str], *, env: Mapping[str, str] | None = None,

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from . import Executor, Job, Outcome
+from . import Executor, Job, Outcome, cancel_all
 
 
 class Completions:
@@ -169,5 +169,5 @@ class ThreadedExecutor:
 
     def close(self) -> None:
         if self._threads:
-            self.cancel_all(force=True)
+            cancel_all(self, force=True)  # a Ctrl-C meanwhile: it goes on
         self.completions.close()
