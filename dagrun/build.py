@@ -29,8 +29,8 @@ from .placement import GROUP
 from .plan import Plan
 from .pool_status import SNAPSHOT, StatusReporter, Tee
 from .pycall import Results, results_of
+from .records import FUNCTION_POOL
 from .scheduler import (
-    FUNCTION_POOL,
     BuildResult,
     Hooks,
     Ledger,

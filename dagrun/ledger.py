@@ -28,8 +28,8 @@ FinishCommand writes the build log:
   records are written again with the new identities (``refresh``), so the next
   build's fast check passes.
 
-``dead_outputs`` and ``recorded_digests`` read the log for outputs of tasks gone
-from the manifest (session.py removes the untouched ones).
+What the log recorded of outputs of tasks gone from the manifest is read by
+leftovers.py (``dead_outputs``), which removes the untouched ones.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from .fs import FileSystem, LocalFileSystem
 from .graph import BuildGraph
 from .hashing import Keys, digest_bytes
 from .pycall import RESULTS, Results, result_digest
-from .state.log import CompletionLog, Identity, Made
+from .state.log import CompletionLog, Identity, Made, recorded_digests
 
 
 class Ledger:
@@ -285,37 +285,3 @@ class Ledger:
             return self.log.refresh(spec.name, [found[o] for o in spec.outputs])  # type: ignore[misc]
         except OSError:
             return False
-
-
-def dead_outputs(
-    graph: BuildGraph, log: CompletionLog
-) -> dict[str, tuple[tuple[str, Identity], ...]]:
-    """Task -> (output, identity its run left) of each output the log records, for every task
-    it has a success of that the manifest no longer has (outputs another task of the manifest
-    declares are left out)."""
-    out: dict[str, tuple[tuple[str, Identity], ...]] = {}
-    index, producers = graph.index, graph.producers
-    for task, entry in list(log.index.latest.items()):
-        if task in index:
-            continue
-        record = log.latest(task) or {}
-        parts = record.get("parts")
-        names = parts.get("outputs", ()) if isinstance(parts, dict) else ()
-        if not isinstance(names, list) or len(names) != len(entry[2]):
-            names = []
-        out[task] = tuple(
-            (name, identity) for name, identity in zip(names, entry[2], strict=True)
-            if isinstance(name, str) and name not in producers
-        )
-    return out
-
-
-def recorded_digests(log: CompletionLog, task: str) -> dict[str, str]:
-    """Output -> the content digest the latest success of ``task`` recorded (none for a record
-    older than digests, and none for an output whose digest was not taken)."""
-    record = log.latest(task) or {}
-    parts, digests = record.get("parts"), record.get("digests")
-    names = parts.get("outputs") if isinstance(parts, dict) else None
-    if not isinstance(names, list) or not isinstance(digests, list):
-        return {}
-    return {n: d for n, d in zip(names, digests, strict=False) if isinstance(n, str) and d}

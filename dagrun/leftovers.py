@@ -22,13 +22,12 @@ from collections.abc import Callable, Iterable
 
 from .fs import FileSystem
 from .graph import BuildGraph
-from .ledger import dead_outputs, recorded_digests
-from .manifest import output_problem
 from .outputs import digest
+from .paths import output_problem
 from .pycall import RESULTS
 from .regular import unlink_quietly
 from .state import STATE_DIR
-from .state.log import CompletionLog
+from .state.log import CompletionLog, Identity, recorded_digests
 
 
 def clean(
@@ -125,3 +124,26 @@ def remove_results(state_dir: str, log: CompletionLog, tasks: Iterable[str], eve
         entry = latest.get(task)
         if entry is not None and not kept[entry[0]]:
             unlink_quietly(os.path.join(folder, entry[0]))
+
+
+def dead_outputs(
+    graph: BuildGraph, log: CompletionLog
+) -> dict[str, tuple[tuple[str, Identity], ...]]:
+    """Task -> (output, identity its run left) of each output the log records, for every task
+    it has a success of that the manifest no longer has (outputs another task of the manifest
+    declares are left out)."""
+    out: dict[str, tuple[tuple[str, Identity], ...]] = {}
+    index, producers = graph.index, graph.producers
+    for task, entry in list(log.index.latest.items()):
+        if task in index:
+            continue
+        record = log.latest(task) or {}
+        parts = record.get("parts")
+        names = parts.get("outputs", ()) if isinstance(parts, dict) else ()
+        if not isinstance(names, list) or len(names) != len(entry[2]):
+            names = []
+        out[task] = tuple(
+            (name, identity) for name, identity in zip(names, entry[2], strict=True)
+            if isinstance(name, str) and name not in producers
+        )
+    return out

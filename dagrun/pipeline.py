@@ -26,7 +26,7 @@ from .executors import local_pool
 from .fs import FileSystem, LocalFileSystem
 from .graph import BuildGraph, compile
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
-from .ledger import Ledger, dead_outputs
+from .ledger import Ledger
 from .manifest import Manifest, load
 from .manifest import read as read_manifest
 from .plan import Plan, make
@@ -374,7 +374,8 @@ class Planner:
         """Outputs of tasks gone from the manifest: a build removes those still as their run
         left them (and says so) and keeps an edited one (with a warning); either way no
         input matches them (the graph is compiled again without them)."""
-        dead = [(t, o, was) for t, outs in dead_outputs(graph, log).items() for o, was in outs]
+        gone = leftovers.dead_outputs(graph, log)
+        dead = [(t, o, was) for t, outs in gone.items() for o, was in outs]
         if not dead or self._loaded is None:
             return graph
         found = self.identities([o for _, o, _ in dead])

@@ -39,13 +39,14 @@ from .events import (
     TaskSkipped,
     TaskStarted,
 )
-from .executors import Executor, Job, Outcome
+from .executors import Executor, Job, Outcome, cancel_all
 from .graph import BuildGraph
 from .plan import Plan
 from .pycall import RESULTS, make_call
+from .records import FUNCTION_POOL
+from .runs import run_dir_name  # its home is runs.py; imported from here too
 from .scheduling import (  # the scheduler's vocabulary, named from here by its users too
     CACHE,
-    FUNCTION_POOL,
     MAX_LOST,
     MAX_RETRIES,
     Backoff,
@@ -69,7 +70,6 @@ from .scheduling import (  # the scheduler's vocabulary, named from here by its 
     job_env,
     job_of,
     pool_of,
-    run_dir_name,
 )
 
 __all__ = [
@@ -300,8 +300,10 @@ class Scheduler:
         waited: list[Waitable] = list({id(e): e for e in self.executors.values()}.values())
         if self.hooks.cache is not None:
             waited.append(self.hooks.cache)
+        force = False
         for ex in waited:
-            for outcome in ex.cancel_all():
+            outcomes, force = cancel_all(ex, force)
+            for outcome in outcomes:
                 if outcome.job_id in self.running:
                     self._finished(outcome, cancelled=why, interrupted=interrupted)
 

@@ -4,7 +4,7 @@ Given: ``Limits`` (slots, resources, leases, groups), ``Policy`` (failures,
 order, retries), ``Hooks`` (the reporter, stop flags, the shared cache's
 lookups, steering) and the ``Ledger`` it records through (ledger.py).  Given
 back: a ``BuildResult``.  Pure helpers: the executor a task runs on, its run
-folder's name, its Job and environment, and critical-path priorities.
+folder's name (runs.py), its Job and environment, and critical-path priorities.
 NamedTuples rather than dataclasses where each start pays for them
 (bench/IMPORTS.md).
 """
@@ -12,9 +12,7 @@ NamedTuples rather than dataclasses where each start pays for them
 from __future__ import annotations
 
 import os
-import re
 import threading
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -24,7 +22,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from .events import Event
 from .executors import Job, Outcome
 from .graph import BuildGraph
-from .manifest import TaskSpec
+from .records import FUNCTION_POOL, TaskSpec
+from .runs import run_dir_name
 
 if TYPE_CHECKING:
     import random
@@ -108,30 +107,14 @@ class BuildResult:
         return 0 if self.ok else 1
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+@\[\]-]")
-_LONGEST = 120  # characters of a task name kept in its run folder's name
-
-
-FUNCTION_POOL = "python"  # where function tasks of the local executor run (executors/pyfunc.py)
-
-
 def executor_of(spec: TaskSpec) -> str:
-    """The executor that runs a task: a function task of the local executor, the function pool."""
-    return FUNCTION_POOL if spec.call and spec.executor == "local" else spec.executor
+    """The executor that runs a task (decided once: TaskSpec.runs_on)."""
+    return spec.runs_on
 
 
 def pool_of(executor: str) -> str:
     """The slots an executor's jobs take: the function pool's are the local ones."""
     return "local" if executor == FUNCTION_POOL else executor
-
-
-def run_dir_name(task: str) -> str:
-    """A file-system-safe folder name for a task, unique per task name."""
-    safe = _UNSAFE.sub("_", task)
-    if safe != task or safe in (".", "..") or len(safe) > _LONGEST:
-        crc = zlib.crc32(task.encode(errors="surrogateescape"))
-        safe = f"{safe[:_LONGEST]}-{crc:08x}"  # names are at most 255 bytes
-    return safe
 
 
 MAX_LOST = 3  # a job lost this many times (connection, worker) fails instead of running again

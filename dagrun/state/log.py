@@ -430,3 +430,14 @@ def _open_log(path: str, flags: int) -> int:
         raise LogError(
             f"{path} {exc.strerror}: remove it (deleting .dagrun/ is always safe)"
         ) from exc
+
+
+def recorded_digests(log: CompletionLog, task: str) -> dict[str, str]:
+    """Output -> the content digest the latest success of ``task`` recorded (none for a record
+    older than digests, and none for an output whose digest was not taken)."""
+    record = log.latest(task) or {}
+    parts, digests = record.get("parts"), record.get("digests")
+    names = parts.get("outputs") if isinstance(parts, dict) else None
+    if not isinstance(names, list) or not isinstance(digests, list):
+        return {}
+    return {n: d for n, d in zip(names, digests, strict=False) if isinstance(n, str) and d}
