@@ -46,6 +46,7 @@ from .fs import FileSystem, LocalFileSystem
 from .graph import BuildGraph
 from .hashing import Keys, digest_bytes
 from .pycall import RESULTS, Results, result_digest
+from .state import proof
 from .state.log import CompletionLog, Identity, Made, recorded_digests
 
 
@@ -59,7 +60,6 @@ class Ledger:
         log: CompletionLog,
         fs: FileSystem,
         state_dir: str,
-        identities: Callable[[Iterable[str]], dict[str, Identity | None]],
         wall: Callable[[], float],
     ) -> None:
         self.graph = graph
@@ -67,7 +67,6 @@ class Ledger:
         self.log = log
         self.fs = fs
         self.state_dir = state_dir
-        self.identities = identities
         self.wall = wall
         self.error: str | None = None  # the log could not be appended to
         self.last: Made | None = None  # what the latest success recorded made (the upload's)
@@ -101,7 +100,7 @@ class Ledger:
 
     def _record(self, i: int, outcome: Outcome, restored: bool) -> str | None:
         spec, log = self.graph.specs[i], self.log
-        found = self.identities(spec.outputs)
+        found = identities(self.fs, spec.outputs)
         ids: list[Identity] = []
         for out in spec.outputs:
             identity = found[out]
@@ -142,7 +141,7 @@ class Ledger:
             spec = self.graph.specs[i]
             if spec.call:
                 return f"cannot touch '{spec.name}': a function task's result comes only from a run"
-            found = self.identities(spec.outputs)
+            found = identities(self.fs, spec.outputs)
             missing = [o for o in spec.outputs if found.get(o) is None]
             if missing:
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -232,7 +231,7 @@ class Ledger:
         done = self.log.success(spec.name)
         if done is None or len(done[1]) != len(spec.outputs):
             return False
-        found = self.identities(spec.outputs)
+        found = identities(self.fs, spec.outputs)
         if not self._same(i, done[1], found):
             return False
         if any(found[o] != tuple(w) for o, w in zip(spec.outputs, done[1], strict=True)):
@@ -285,3 +284,14 @@ class Ledger:
             return self.log.refresh(spec.name, [found[o] for o in spec.outputs])  # type: ignore[misc]
         except OSError:
             return False
+
+
+def identities(fs: FileSystem, paths: Iterable[str]) -> dict[str, Identity | None]:
+    """Each output's identity now (state/log.py); None where it does not exist."""
+    if isinstance(fs, LocalFileSystem):
+        return proof.identities(fs.root, paths)
+    found: dict[str, Identity | None] = {}
+    for p in paths:
+        st = fs.stat(p)
+        found[p] = None if st is None else (st.size, st.ctime_ns, st.ino, 0)
+    return found

@@ -26,7 +26,7 @@ from .executors import local_pool
 from .fs import FileSystem, LocalFileSystem
 from .graph import BuildGraph, compile
 from .hashing import Keys, StatCache, digest_bytes, key_env_names
-from .ledger import Ledger
+from .ledger import Ledger, identities
 from .manifest import Manifest, load
 from .manifest import read as read_manifest
 from .plan import Plan, make
@@ -101,17 +101,6 @@ class Request(NamedTuple):
     building: bool = False  # a build: dead outputs are removed, vouched records refreshed
 
 
-def identities(fs: FileSystem, paths: Iterable[str]) -> dict[str, Identity | None]:
-    """Each output's identity now (state/log.py); None where it does not exist."""
-    if isinstance(fs, LocalFileSystem):
-        return proof.identities(fs.root, paths)
-    found: dict[str, Identity | None] = {}
-    for p in paths:
-        st = fs.stat(p)
-        found[p] = None if st is None else (st.size, st.ctime_ns, st.ino, 0)
-    return found
-
-
 class Planner:
     """Runs the pipeline for one Session, and keeps what its next build may start from: the
     graph in hand, its keys, and the index of which tasks read each source."""
@@ -154,8 +143,7 @@ class Planner:
         forced = self._forced(graph, request, selected)
         keys, basis = self._keys(graph, cached, reused)
         keys.found = cutoff.found_in_log(graph, log)
-        ledger = Ledger(graph, keys, log, self.project.fs, self.project.state_dir,
-                        self.identities, self.wall)
+        ledger = Ledger(graph, keys, log, self.project.fs, self.project.state_dir, self.wall)
         prep = Prepared(graph, keys, log, Plan((), (), (), {}), self.core_pool(graph),
                         ledger=ledger, basis=basis)
         delta = request.delta

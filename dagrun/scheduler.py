@@ -41,6 +41,7 @@ from .events import (
 )
 from .executors import Executor, Job, Outcome, cancel_all
 from .graph import BuildGraph
+from .ledger import Ledger
 from .plan import Plan
 from .pycall import RESULTS, make_call
 from .records import FUNCTION_POOL
@@ -54,7 +55,6 @@ from .scheduling import (  # the scheduler's vocabulary, named from here by its 
     Hooks,
     Lease,
     Leases,
-    Ledger,
     Limits,
     Lookups,
     Policy,
@@ -96,7 +96,7 @@ class Scheduler:
         limits: Limits,
         hooks: Hooks,
         clock: Clock,
-        ledger: Ledger | None = None,
+        ledger: Ledger | Unrecorded | None = None,
         policy: Policy | None = None,
         base_env: Mapping[str, str] | None = None,  # the declared [env]; executors add their own
         runs_dir: str,

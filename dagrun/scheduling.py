@@ -2,7 +2,7 @@
 
 Given: ``Limits`` (slots, resources, leases, groups), ``Policy`` (failures,
 order, retries), ``Hooks`` (the reporter, stop flags, the shared cache's
-lookups, steering) and the ``Ledger`` it records through (ledger.py).  Given
+lookups, steering) and the ledger it records through (ledger.py; ``Unrecorded`` in tests).  Given
 back: a ``BuildResult``.  Pure helpers: the executor a task runs on, its run
 folder's name (runs.py), its Job and environment, and critical-path priorities.
 NamedTuples rather than dataclasses where each start pays for them
@@ -194,24 +194,13 @@ class Hooks(NamedTuple):  # not a dataclass: ~0.7 ms less per start (bench/IMPOR
     steering: Steering | None = None  # requests from `dagrun status/tail/cancel` (steering.py)
 
 
-class Ledger(Protocol):
-    """What the build records (ledger.Ledger), called from the loop as Ninja's FinishCommand
-    writes its build log: ``started`` before each attempt; ``succeeded`` after one exited 0
-    (None, or why it did not succeed after all: it then fails with that error);
-    ``still_needed`` when a pending task becomes ready (False: up to date after all, early
-    cutoff); ``result`` a function task's result digest as its success record holds it."""
-
-    def started(self, i: int) -> None: ...
-
-    def succeeded(self, i: int, outcome: Outcome) -> str | None: ...
-
-    def still_needed(self, i: int) -> bool: ...
-
-    def result(self, task: str) -> str: ...
-
-
 class Unrecorded:
-    """A ledger that records nothing (tests of the scheduler alone)."""
+    """A ledger that records nothing (tests of the scheduler alone): what the scheduler asks of
+    ledger.Ledger, from its loop (as Ninja's FinishCommand writes its log): ``started``
+    before each attempt; ``succeeded`` after one exited 0 (None, or why it did not succeed
+    after all: it then fails with that error); ``still_needed`` when a pending task becomes
+    ready (False: up to date after all, early cutoff); ``result`` a function task's result
+    digest as its success record holds it."""
 
     def started(self, i: int) -> None:
         pass
