@@ -15,6 +15,7 @@ import sys
 
 from .argv import COMMANDS, plain_args
 from .errors import DagrunError, Interrupted, UnknownTargetError
+from .state import STATE_DIR
 
 TYPE_CHECKING = False  # argparse, typing, json, difflib: imported where used (argv.plain_args)
 if TYPE_CHECKING:
@@ -460,7 +461,7 @@ def _status_in_full(args: argparse.Namespace) -> int:
 
 
 def _state_dir(args: argparse.Namespace) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(manifest_path(args))), ".dagrun")
+    return os.path.join(os.path.dirname(os.path.abspath(manifest_path(args))), STATE_DIR)
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -480,7 +481,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from .watch import Watcher
 
     path = manifest_path(args)
-    runs = os.path.join(os.path.dirname(path), ".dagrun", "runs")
+    runs = os.path.join(os.path.dirname(path), STATE_DIR, "runs")
     options = _options(args, runs=os.path.normpath(runs))
     watcher = Watcher(
         path,

@@ -14,6 +14,8 @@ import os
 import shutil
 import stat
 
+from ..state import STATE_DIR
+
 # GNU tar, as the user that runs dagrun (root too): files owned by that user, modes through
 # its umask, no member over an existing folder's attributes
 TAR_FLAGS = ("--no-same-owner", "--no-same-permissions", "--no-overwrite-dir")
@@ -89,4 +91,4 @@ def _check_one(path: str, final: str, root: str, rel: str) -> str | None:
 
 
 def _in_state_dir(rel: str) -> bool:
-    return rel == ".dagrun" or rel.startswith(".dagrun" + os.sep)
+    return rel == STATE_DIR or rel.startswith(STATE_DIR + os.sep)

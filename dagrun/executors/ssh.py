@@ -48,6 +48,7 @@ from ..errors import ExecutorError
 from ..executor_options import effective
 from ..fs import unlink_quietly as _unlink
 from ..remote_run import END_MARK, PGID_MARK
+from ..state import STATE_DIR
 from . import Context, Job, Outcome, fetched
 from .threaded import ThreadedExecutor
 
@@ -499,7 +500,7 @@ def _only_absent(stderr: bytes, name: str) -> bool:
 
 def _staging(root: str) -> str:
     """A fresh private folder in ``.dagrun/ssh/`` (the project's file system) to unpack into."""
-    folder = os.path.join(root, ".dagrun", "ssh")
+    folder = os.path.join(root, STATE_DIR, "ssh")
     os.makedirs(folder, exist_ok=True)
     return tempfile.mkdtemp(prefix="fetch-", dir=folder)
 
