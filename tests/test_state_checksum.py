@@ -1,4 +1,4 @@
-"""The state's one integrity format (dagrun/state/checksum.py): a crc32 over what it covers."""
+"""The state's one integrity format (dagrun/state/__init__.py): a crc32 over what it covers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dagrun.state.checksum import Sealer, seal_line, unseal, unseal_line, write_sealed
+from dagrun.state import Sealer, seal_line, unseal, unseal_line, write_sealed
 
 
 def test_a_sealed_file_reads_back_and_one_flipped_byte_is_refused(tmp_path: Path) -> None:

@@ -1,11 +1,11 @@
 """The state cache: ``.dagrun/cache`` and its journal ``.dagrun/cache.journal``.
 
 The cache holds the compiled graph, the stat cache, every task's key and the
-completion log's index (marshal blobs, sealed with checksum.py: a damaged one is
-no cache; deleting it only costs time).  It is what makes a no-op build fast: no
-TOML, no networkx, no re-hashing of unchanged files.  After a partial build only
-its few new stat entries and keys are appended to the journal (``Journal``),
-which is folded into the cache when it grows.  A cache that cannot be written is
+completion log's index (marshal blobs, sealed with the state's checksum: a
+damaged one is no cache; deleting it only costs time).  It is what makes a no-op
+build fast: no TOML, no networkx, no re-hashing of unchanged files.  After a
+partial build only its few new stat entries and keys are appended to the journal
+(``Journal``), which is folded into the cache when it grows.  A cache that cannot be written is
 a warning (it is only a cache), and no temporary file is left behind.
 """
 
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from ..regular import open_regular, read_regular
 from ..regular import unlink_quietly as _unlink
 from ..unchanged import folders_unchanged
-from .checksum import Sealer, unseal, write_sealed
+from . import Sealer, unseal, write_sealed
 from .log import CompletionLog
 
 
@@ -210,7 +210,7 @@ GraphBlob = tuple[Any, bytes | list[memoryview]]  # (the graph part as loaded, i
 
 def dump(data: dict[str, Any], f: Any, known: GraphBlob | None) -> None:
     """MAGIC, the blobs of each part, the sizes (a list for a graph in pieces), their length,
-    and the crc32 of all that (checksum.py): a cache with one wrong byte is no cache."""
+    and the crc32 of all that (the state's checksum): a cache with one wrong byte is no cache."""
     sealed = Sealer(f)
     sealed.write(_MAGIC)
     sizes: list[Any] = []

@@ -2,7 +2,7 @@
 
 ``.dagrun/log`` starts with a ``# dagrun log v2`` header, then one JSON record
 per line; each ends with ``"crc"``, the zlib.crc32 (8 hex digits) of the line's
-bytes before ``,"crc"`` (the state's one checksum: state/checksum.py):
+bytes before ``,"crc"`` (the state's one checksum: state/__init__.py):
 
     {"start":"cc","crc":"…"}               # before each attempt at running cc
     {"task":"cc","key":"…","duration":0.12,"outputs":[[size,ctime_ns,inode,kind],…],
@@ -56,8 +56,8 @@ from typing import Any
 from ..errors import LogError
 from ..regular import open_regular
 from ..regular import unlink_quietly as _unlink
-from .checksum import seal_line
-from .checksum import unseal_line as checked
+from . import seal_line
+from . import unseal_line as checked
 
 HEADER = b"# dagrun log v2\n"
 _OLD_HEADER = b"# dagrun log v1\n"
@@ -126,7 +126,7 @@ class Made:
 
 
 def record_line(record: dict[str, Any]) -> bytes:
-    """One log line: the record's JSON with its checksum as the last field (state/checksum.py)."""
+    """One log line: the record's JSON with its checksum as the last field (state/__init__.py)."""
     return seal_line(json.dumps(record, separators=(",", ":"))[:-1].encode())
 
 

@@ -20,15 +20,15 @@ up-to-date checks were computed from, in the cheapest form to check again:
 
 The rows are kept as columns (``Rows``: one string of paths, one int64 array),
 so loading 10k of them is a split and a copy.  The file is sealed with the
-state's checksum (checksum.py): a damaged proof is no proof.  ``examine`` (run by ``dagrun build``
-before anything else is imported) answers "nothing to do, N tasks up to date"
+state's checksum (__init__.py): a damaged proof is no proof.  ``examine`` (run
+by ``dagrun build`` before anything else is imported) answers "nothing to do, N tasks up to date"
 only when all of that still holds, under the build lock (taken through a
 read-only descriptor when ``.dagrun`` cannot be written: a no-op needs no
 write).  When only some rows differ, it names them (a ``Delta``) for a partial
 build (session.py); in every other case it answers None and the full build path
 decides, so it can make a build slower but never wrong.  No TOML, no graph, no
-hashing of inputs: imports are ``os``, ``marshal``, ``zlib``, ``array`` and
-the state's lock and checksum (blake3 only when the manifest's stat cannot decide).
+hashing of inputs: imports are ``os``, ``marshal``, ``zlib``, ``array``, the
+state package and its lock (blake3 only when the manifest's stat cannot decide).
 """
 from __future__ import annotations
 
@@ -38,8 +38,7 @@ from array import array
 from stat import S_ISREG
 
 from ..unchanged import folders_unchanged, manifest_unchanged
-from . import STATE_DIR
-from .checksum import unseal, write_sealed
+from . import STATE_DIR, unseal, write_sealed
 from .lock import try_exclusive
 
 TYPE_CHECKING = False  # typing and collections.abc stay out of a no-op's imports
