@@ -140,7 +140,6 @@ class Batches:
             if e.future is not None:
                 self._by_key.pop(e.future.key, None)
             self._post(outcome)
-            self._cond.notify_all()  # the collector may be waiting for this
         return True
 
     # -- the submitting thread
