@@ -62,7 +62,9 @@ class Batches:
     def __init__(self, executor: DaskExecutor, post: Callable[[Outcome], None]) -> None:
         self.ex = executor
         self._post = post
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # the submitting thread waits on it
+        self._out = threading.Condition(self._lock)  # the collecting thread: futures given out
         self._entries: dict[int, _Entry] = {}  # every job whose outcome is not posted yet
         self._by_key: dict[str, _Entry] = {}  # the submitted ones, by their future's key
         self._queued: list[_Entry] = []  # for the submitting thread
@@ -82,37 +84,38 @@ class Batches:
 
     def add(self, job: Job) -> None:
         entry = _Entry(job, time.monotonic())
-        with self._cond:
+        with self._lock:
             if not self._threads:
                 self._start()
             self._entries[job.id] = entry
             self._queued.append(entry)
             if len(self._queued) == 1:
-                self._cond.notify_all()
+                self._work.notify()
 
     def owns(self, job_id: int) -> bool:
         return job_id in self._entries
 
     def cancel(self, job_id: int) -> None:
-        with self._cond:
+        with self._lock:
             if job_id in self._entries:
                 self._cancels.append(job_id)
-                self._cond.notify_all()
+                self._work.notify()
 
     def cancel_all(self) -> None:
-        with self._cond:
+        with self._lock:
             self._cancels.extend(self._entries)
-            self._cond.notify_all()
+            self._work.notify()
 
     def wake(self) -> None:
         """Look again now (a second Ctrl-C: kill the stopping jobs at once)."""
-        with self._cond:
-            self._cond.notify_all()
+        with self._lock:
+            self._work.notify()
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            self._work.notify()
+            self._out.notify()
         if self._ends is not None:
             self._ends.clear()  # its iterator stops: the collecting thread sees the close
         for thread in self._threads:
@@ -132,7 +135,7 @@ class Batches:
 
     def _end(self, e: _Entry, outcome: Outcome) -> bool:
         """Post the job's outcome unless another thread ended it first; forget it."""
-        with self._cond:
+        with self._lock:
             if self._entries.get(e.job.id) is not e:
                 return False
             del self._entries[e.job.id]
@@ -146,9 +149,9 @@ class Batches:
 
     def _submitting(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 while not (self._queued or self._cancels or self._closed):
-                    if not self._cond.wait(self._timeout()):
+                    if not self._work.wait(self._timeout()):
                         break  # time to look at the stopping jobs or the workers
                 if self._closed:
                     return
@@ -182,14 +185,14 @@ class Batches:
         for e in queued:
             if e.job.id in cancelled:
                 self._end(e, Outcome(e.job.id, None, 0.0, error="cancelled"))
-        with self._cond:
+        with self._lock:
             out = [self._entries.get(i) for i in ids]
         kill = [e for e in out if e is not None and e.future is not None and e.stop_at is None]
         if kill:
             forced = self.ex.force.is_set()
             self._kill(kill, force=forced)
             end = time.monotonic() + self.ex.grace + 2.0
-            with self._cond:
+            with self._lock:
                 for e in kill:
                     e.stop_at, e.forced = end, forced
                     self._stopping[e.job.id] = e
@@ -231,13 +234,15 @@ class Batches:
                 for e in group:
                     self._end(e, _lost(e, exc))
                 continue
-            with self._cond:
+            with self._lock:
+                idle = not self._by_key
                 for e, future in zip(group, futures, strict=True):
                     e.future = future
                     e.submissions += 1
                     self._by_key[future.key] = e
                 self._ends.update(futures)
-                self._cond.notify_all()
+                if idle:
+                    self._out.notify()
 
     def _map(self, group: list[_Entry], threads: int | None) -> list[Any]:
         ex = self.ex
@@ -258,7 +263,7 @@ class Batches:
     def _look(self) -> None:
         """Stopping jobs past their grace, a second Ctrl-C, and a cluster without workers."""
         now = time.monotonic()
-        with self._cond:
+        with self._lock:
             stopping = list(self._stopping.values())
         if stopping:
             if self.ex.force.is_set():
@@ -273,7 +278,7 @@ class Batches:
             return
         self._next_look = now + LOOK_EVERY
         if self.ex._without_workers() > self.ex.worker_timeout:
-            with self._cond:
+            with self._lock:
                 out = [e for e in self._entries.values() if e.future is not None]
             self._give_up(out, (
                 f"executor '{self.ex.name}': no Dask worker for {self.ex.worker_timeout:g} s "
@@ -297,9 +302,9 @@ class Batches:
     def _collecting(self) -> None:
         ends = self._ends
         while True:
-            with self._cond:
+            with self._lock:
                 while not self._by_key and not self._closed:
-                    self._cond.wait()
+                    self._out.wait()
                 if self._closed:
                     return
             got = False
@@ -313,8 +318,8 @@ class Batches:
             except Exception:  # noqa: BLE001, S110 - the client is closing: the jobs end there
                 pass
             if not got:  # never spin (a future that left as_completed without ending its job)
-                with self._cond:
-                    self._cond.wait(STOP_POLL)
+                with self._lock:
+                    self._out.wait(STOP_POLL)
 
     def _busy(self, ended: int) -> bool:
         """Whether every worker thread still has a job queued behind the one it runs."""
@@ -327,7 +332,7 @@ class Batches:
     def _collect(self, futures: list[Any]) -> None:
         """Ended futures of current attempts: results gathered at once, the lost run again."""
         now = time.monotonic()
-        with self._cond:
+        with self._lock:
             current = [(e, f) for f in futures
                        if (e := self._by_key.get(f.key)) is not None and e.future is f]
         finished = [f for _, f in current if f.status == "finished"]
@@ -391,14 +396,14 @@ class Batches:
                 self._end(e, Outcome(e.job.id, None, 0.0,
                                      error=f"its Dask worker died {MAX_LOST} times"))
             else:
-                with self._cond:
+                with self._lock:
                     if self._entries.get(e.job.id) is not e:
                         continue
                     if e.future is not None:
                         self._by_key.pop(e.future.key, None)
                     e.future = None
                     self._queued.append(e)
-                    self._cond.notify_all()
+                    self._work.notify()
 
 
 def _lost(e: _Entry, exc: BaseException) -> Outcome:
