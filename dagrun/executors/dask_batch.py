@@ -17,8 +17,8 @@ CPU per trivial task and ran at ~0.3x plain ``client.map``.  Here
   While every worker thread has a job queued behind it, it lets ends gather
   for COALESCE seconds first (no worker waits for that; each round trip saved
   is CPU the workers get, on a machine they share).  A job whose worker died
-  goes back to the submitting thread once its orphaned command is killed
-  (at most MAX_LOST submissions).
+  ends *lost* once its orphaned command is killed (and told never to start):
+  the scheduler decides whether it runs again.
 
 A job ends exactly once: whichever thread ends it takes it out of ``_entries``
 under the lock, and posts its outcome under the same lock.  No thread here
@@ -40,7 +40,6 @@ from . import Job, Outcome
 if TYPE_CHECKING:
     from .dask import DaskExecutor
 
-MAX_LOST = 3  # submissions of one job whose worker died, before the job fails
 COALESCE = 0.02  # seconds the collector lets ends gather while every worker thread has a queue
 LOOK_EVERY = 1.0  # seconds between two looks for workers while jobs are out
 STOP_POLL = 0.05  # seconds between two looks at stopping jobs (a second Ctrl-C)
@@ -51,7 +50,6 @@ class _Entry:
     job: Job
     queued: float  # monotonic, when add() took it
     future: Any = None  # its Dask future, while submitted
-    submissions: int = 0
     stop_at: float | None = None  # cancelled: when its future is given up
     forced: bool = False  # killed without grace already
 
@@ -134,7 +132,14 @@ class Batches:
             thread.start()
 
     def _end(self, e: _Entry, outcome: Outcome) -> bool:
-        """Post the job's outcome unless another thread ended it first; forget it."""
+        """Post the job's outcome unless another thread ended it first; forget it.  Its run
+        folder first (runs.py: kept when it printed something or failed)."""
+        if self._entries.get(e.job.id) is not e:
+            return False
+        try:
+            outcome = self.ex._settle(e.job, outcome)
+        except Exception:  # noqa: BLE001, S110 - the outcome carries the output
+            pass
         with self._lock:
             if self._entries.get(e.job.id) is not e:
                 return False
@@ -217,8 +222,7 @@ class Batches:
             return
         for e in entries:
             try:
-                if e.submissions == 0:
-                    ex._prepare(e.job)
+                ex._prepare(e.job)
                 problem = ex._too_big(e.job) if use else None
             except Exception as exc:  # noqa: BLE001 - as a job thread's exception was
                 self._end(e, _lost(e, exc))
@@ -238,7 +242,6 @@ class Batches:
                 idle = not self._by_key
                 for e, future in zip(group, futures, strict=True):
                     e.future = future
-                    e.submissions += 1
                     self._by_key[future.key] = e
                 self._ends.update(futures)
                 if idle:
@@ -343,13 +346,9 @@ class Batches:
             if outcome is None:
                 lost.append(e)
                 continue
-            try:
-                self.ex._write_output(e.job, outcome)
-            except OSError:
-                pass  # the outcome carries the output; the run folder is a convenience
             self._end(e, outcome)
         if lost:
-            self._again(lost)
+            self._lost(lost)
 
     def _gather(self, futures: list[Any]) -> dict[str, Any]:
         if not futures:
@@ -384,26 +383,16 @@ class Batches:
             r.get("timed_out", False), r.get("maxrss_kb", 0), r.get("error"),
         )
 
-    def _again(self, lost: list[_Entry]) -> None:
-        """Jobs whose worker died: their orphaned commands are killed wherever they still run,
-        then they go to the submitting thread again (a cancelled one ends; one lost MAX_LOST
-        times fails)."""
-        self._kill(lost, force=True, cancel=False)
+    def _lost(self, lost: list[_Entry]) -> None:
+        """Jobs whose worker died: their orphaned commands are killed wherever they still run
+        (and marked cancelled: never started again), then they end lost, or cancelled."""
+        self._kill(lost, force=True, cancel=True)
         for e in lost:
             if e.stop_at is not None:
                 self._end(e, Outcome(e.job.id, None, 0.0, error="cancelled"))
-            elif e.submissions >= MAX_LOST:
-                self._end(e, Outcome(e.job.id, None, 0.0,
-                                     error=f"its Dask worker died {MAX_LOST} times"))
             else:
-                with self._lock:
-                    if self._entries.get(e.job.id) is not e:
-                        continue
-                    if e.future is not None:
-                        self._by_key.pop(e.future.key, None)
-                    e.future = None
-                    self._queued.append(e)
-                    self._work.notify()
+                self._end(e, Outcome(e.job.id, None, 0.0, error="its Dask worker died",
+                                     lost=True))
 
 
 def _lost(e: _Entry, exc: BaseException) -> Outcome:
