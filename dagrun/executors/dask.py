@@ -13,17 +13,20 @@
 dagrun keeps the DAG, the keys and the log: a job is submitted only when its
 dependencies are done, as ``remote_run.run_command`` (``pure=False``), which
 runs the command with ``sh -c`` on the worker in its own session and returns
-its exit status, duration, max RSS and output.  Each running job has a thread
-here (``ThreadedExecutor``) that waits for its future; no Dask thread touches
-the log or the reporters.  The workers must see the manifest's folder at the
-same path (a shared file system).
+its exit status, duration, max RSS and output.  Jobs go to Dask in batches
+and their ends come back in batches, on two threads for all of them
+(dask_batch.py); a function task has a thread of its own (``ThreadedExecutor``).
+No Dask thread touches the log or the reporters.  The workers must see the
+manifest's folder at the same path (a shared file system).
 
 ``threads`` becomes the Dask worker resource ``threads`` when the workers
 declare it (a LocalCluster's do: ``threads_per_worker`` each) and some worker
 offers more than one; on workers that declare no resources, each task takes
-one Dask thread whatever its ``threads``.  ``max_jobs`` defaults to twice the
-workers' threads, so that the next job already waits on each worker when one
-ends (one job per thread left the workers idle for a round trip between jobs).
+one Dask thread whatever its ``threads``.  ``max_jobs`` defaults to QUEUE times
+the workers' threads: a queue behind each thread, so that the workers never wait
+for dagrun's round trip between two jobs, and jobs come back in batches (one
+job per thread left the workers idle between jobs; two per thread, ends one by
+one, each a round trip of its own).
 
 A cluster with no worker at all for ``worker_timeout`` seconds (default 300:
 every worker lost, or none ever started) fails the jobs waiting on it, with a
@@ -56,15 +59,16 @@ from .. import pyworker, remote_run, runs
 from ..errors import ExecutorError
 from ..executor_options import effective
 from ..pycall import load_result
-from . import Context, Job, Outcome
-from .threaded import ThreadedExecutor
+from . import Context, Job, Outcome, cancel_all
+from .dask_batch import Batches
+from .threaded import ThreadedExecutor, wait_on
 
 INSTALL_HINT = "pip install 'dagrun[dask]'"
 CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler
 WORKERS_AGE = 2.0  # seconds a look at the scheduler's workers stays good
 KILL_WAIT = 5.0  # seconds to wait for the workers to kill a job's command
 WORKER_TIMEOUT = 300.0  # seconds a job waits while the cluster has no worker at all
-QUEUE = 2  # default max_jobs: this many jobs per worker thread (one runs, the next is there)
+QUEUE = 8  # default max_jobs: this many jobs per worker thread (one runs, the rest queue)
 
 
 class DaskExecutor(ThreadedExecutor):
@@ -120,6 +124,7 @@ class DaskExecutor(ThreadedExecutor):
         self._empty_since: float | None = None  # when the cluster was last seen with no worker
         self._described: tuple[float, dict[str, Any]] | None = None
         self._workers_seen: tuple[float, list[dict[str, Any]]] | None = None
+        self._batches = Batches(self, self.completions.post)  # the command jobs
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> DaskExecutor:
@@ -263,6 +268,9 @@ class DaskExecutor(ThreadedExecutor):
         return cluster
 
     def close(self) -> None:
+        if self._batches.count:
+            cancel_all(self, force=True)  # a Ctrl-C meanwhile: it goes on
+        self._batches.close()
         super().close()
         if self.client is not None:
             if self.cluster_kind != "local":  # a last sweep: no command outlives the build
@@ -279,40 +287,39 @@ class DaskExecutor(ThreadedExecutor):
 
     # -- running
 
-    def run(self, job: Job, cancel: threading.Event) -> Outcome:
-        self._prepare(job)
-        if job.call is not None:
-            outcome = self._run_function(job, cancel)
+    def submit(self, job: Job) -> None:
+        if job.call is not None:  # a function: a thread waits for it (ThreadedExecutor)
+            super().submit(job)
         else:
-            outcome = self._run_command(job, cancel)
-        return self._settle(job, outcome)
+            self._batches.add(job)
 
-    def _run_command(self, job: Job, cancel: threading.Event) -> Outcome:
-        """The command on a worker (remote_run.run_command).  A worker that died under it: its
-        orphaned command is killed wherever it still runs and the job ends *lost*, so that the
-        scheduler decides whether it runs again (its rule for lost jobs)."""
-        use = self._resources()
-        problem = self._too_big(job) if use else None
-        if problem is not None:
-            return Outcome(job.id, None, 0.0, error=problem)
-        if cancel.is_set():
-            return Outcome(job.id, None, 0.0, error="cancelled")
-        env = dict(self.environ) if self.env_inherit else {}
-        env.update(job.env)
-        args = (self.token, job.id, job.cmd, job.local_cwd, env, not self.env_inherit,
-                job.timeout, self.grace)
-        future = self.client.submit(
-            remote_run.run_command, *args, pure=False, retries=0,
-            key=f"dagrun-{job.task}-{job.id}-{uuid.uuid4().hex[:8]}",
-            resources={"threads": job.threads} if use and self._multi() else None,
-        )
-        outcome = self._await(job, future, cancel)
-        if outcome is not None:
-            return outcome
-        self._kill([job.id], force=True, cancel=True)  # this attempt never starts again
-        if cancel.is_set():
-            return Outcome(job.id, None, 0.0, error="cancelled")
-        return Outcome(job.id, None, 0.0, error="its Dask worker died", lost=True)
+    @property
+    def running(self) -> int:
+        return len(self._threads) + self._batches.count
+
+    def wait(self, timeout: float | None = None) -> list[Outcome]:
+        return wait_on(self, lambda: bool(self._threads) or self._batches.count > 0, timeout)
+
+    def cancel(self, job_id: int) -> None:
+        if self._batches.owns(job_id):
+            self._batches.cancel(job_id)
+        else:
+            super().cancel(job_id)
+
+    def cancel_all(self, *, force: bool = False) -> list[Outcome]:
+        """The batched jobs are stopped by the batches' thread; their outcomes stay posted (and
+        are returned with the function tasks') so that a call interrupted here loses none."""
+        if force:
+            self.force.set()
+        self._batches.cancel_all()
+        while self._batches.count:
+            time.sleep(0.05)
+        return super().cancel_all(force=force)
+
+    def run(self, job: Job, cancel: threading.Event) -> Outcome:
+        """A function task, in its thread (commands go in batches: dask_batch.py)."""
+        self._prepare(job)
+        return self._settle(job, self._run_function(job, cancel))
 
     def _run_function(self, job: Job, cancel: threading.Event) -> Outcome:
         """A function task: the function itself is submitted (no shell), with its upstream
@@ -342,24 +349,6 @@ class DaskExecutor(ThreadedExecutor):
         problem = pyworker.store(value, os.path.join(call.results_dir, call.key))
         return Outcome(job.id, 1 if problem else 0, duration, error=problem)
 
-    def _await(self, job: Job, future: Any, cancel: threading.Event) -> Outcome | None:
-        """The job's outcome, or None when its worker died."""
-        done = threading.Event()
-        future.add_done_callback(lambda _: done.set())
-        started = look = time.monotonic()
-        while not done.wait(0.05):
-            if cancel.is_set():
-                return self._stop(job, future, done, started)
-            if time.monotonic() >= look:
-                look = time.monotonic() + 1.0
-                if self._without_workers() > self.worker_timeout:
-                    future.cancel()
-                    return Outcome(job.id, None, time.monotonic() - started, error=(
-                        f"executor '{self.name}': no Dask worker for {self.worker_timeout:g} s "
-                        "(the cluster lost every worker, or none ever started; worker_timeout)"
-                    ))
-        return self._result(job, future, time.monotonic() - started)
-
     def _without_workers(self) -> float:
         """How long the cluster has had no worker at all (0 while it has one)."""
         try:
@@ -373,37 +362,6 @@ class DaskExecutor(ThreadedExecutor):
             elif self._empty_since is None:
                 self._empty_since = now
             return 0.0 if self._empty_since is None else now - self._empty_since
-
-    def _stop(self, job: Job, future: Any, done: threading.Event, started: float) -> Outcome:
-        forced = self.force.is_set()
-        self._kill([job.id], force=forced, cancel=True)
-        end = time.monotonic() + self.grace + 2.0
-        while not done.wait(0.05) and time.monotonic() < end:
-            if self.force.is_set() and not forced:  # a second Ctrl-C: no more grace
-                forced = True
-                self._kill([job.id], force=True, cancel=True)
-        if done.is_set():
-            outcome = self._result(job, future, time.monotonic() - started)
-            if outcome is not None:
-                return outcome
-        future.cancel()
-        return Outcome(job.id, None, time.monotonic() - started, error="cancelled")
-
-    def _result(self, job: Job, future: Any, waited: float) -> Outcome | None:
-        from distributed.scheduler import KilledWorker
-
-        if future.status == "error":
-            exc = future.exception()
-            if isinstance(exc, KilledWorker):
-                return None
-            return Outcome(job.id, None, waited, error=f"{type(exc).__name__}: {exc}")
-        if future.status != "finished":  # cancelled: the scheduler or the connection went away
-            return Outcome(job.id, None, waited, error=f"Dask future {future.status}", lost=True)
-        r = future.result()
-        return Outcome(
-            job.id, r["code"], r["duration"], r.get("stdout", ""), r.get("stderr", ""),
-            r.get("timed_out", False), r.get("maxrss_kb", 0), r.get("error"),
-        )
 
     def _kill(self, job_ids: list[int], *, force: bool, cancel: bool) -> None:
         if self.cluster_kind == "local":  # its workers are on this machine: no round trip, and
