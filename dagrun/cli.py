@@ -145,6 +145,8 @@ def parser() -> argparse.ArgumentParser:
         help="the shared cache ([cache]): a failure of it is a warning (auto), an error "
         "(required); read-only: look up, never send (untrusted jobs); off: not used",
     )
+    b.add_argument("--no-server", action="store_true",
+                   help="build in this process, not through the build server (dagrun server)")
 
     g = command("graph", "print the dependency graph")
     g.add_argument("targets", nargs="*", metavar="TARGET")
@@ -193,6 +195,9 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="as JSON")
 
     _steering_commands(command)
+
+    sv = command("server", "the project's build server: start, stop or show it")
+    sv.add_argument("action", choices=("start", "stop", "status"))
 
     tr = command("trace", "write the last build's Chrome trace (Perfetto, chrome://tracing)")
     tr.add_argument("output", nargs="?", default="-", metavar="FILE", help="default: stdout")
@@ -267,7 +272,7 @@ _PLAIN_VALUES = {
 }
 _PLAIN_FLAGS = {
     "-q": "quiet", "--quiet": "quiet", "-v": "verbose", "--verbose": "verbose",
-    "-k": "keep_going", "--keep-going": "keep_going",
+    "-k": "keep_going", "--keep-going": "keep_going", "--no-server": "no_server",
 }
 _NUMBERS = ("jobs", "failures_allowed")
 
@@ -286,7 +291,8 @@ def plain_args(argv: Sequence[str]) -> Any:
     found: dict[str, Any] = dict(GLOBAL_DEFAULTS)
     found.update(command="build", jobs=None, keep_going=False, failures_allowed=None,
                  dry_run=False, explain=False, junit=None, events=None, trace=None,
-                 force=False, touch=False, overrides={}, html=None, cache="auto")
+                 force=False, touch=False, overrides={}, html=None, cache="auto",
+                 no_server=False)
     implicit = not any(word in COMMANDS for word in argv)
     command = implicit  # whether argparse's first pass finds the command (see parse)
     i = 0
@@ -367,6 +373,9 @@ def manifest_path(args: argparse.Namespace) -> str:
     return path
 
 
+RESIDENT: Any = None  # set by the build server (server.py) while it runs a request
+
+
 def _session(args: argparse.Namespace) -> Any:
     from .session import Session
 
@@ -377,6 +386,8 @@ def _session(args: argparse.Namespace) -> Any:
         sys.stderr.flush()
 
     overrides = getattr(args, "overrides", None)
+    if RESIDENT is not None:  # in the build server: its kept Session (server.py)
+        return RESIDENT.session(path, overrides, on_wait, args)
     return Session(manifest_path=path, on_wait=on_wait, overrides=overrides, cwd=os.getcwd())
 
 
@@ -402,6 +413,7 @@ _NOOP_NEUTRAL = frozenset(
         "verbose",
         "implicit",
         "cache",  # up to date is up to date, whatever the shared cache says
+        "no_server",
     }
 )
 
@@ -836,6 +848,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watcher.run()
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    from .client import command
+
+    return command(args.action, manifest_path(args))
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .worker import main as worker_main
 
@@ -858,4 +876,5 @@ _COMMANDS = {
     "trace": cmd_trace,
     "tree": cmd_tree,
     "completion": cmd_completion,
+    "server": cmd_server,
 }

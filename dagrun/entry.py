@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # them is a build, so `dagrun`, `dagrun -q` and `dagrun TARGET` all build
 COMMANDS = (
     "build", "watch", "graph", "list", "show", "clean", "status", "trace", "completion", "worker",
-    "tree", "tail", "cancel", "report",
+    "tree", "tail", "cancel", "report", "server",
 )
 
 _CHOICES = {
@@ -141,6 +141,13 @@ def run() -> None:
 def _main(argv: Sequence[str] | None) -> int:
     global _answered
     args = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("DAGRUN_SERVER") != "0" and "--no-server" not in args:
+        from .client import forward  # the build server (client.py), if one serves this project
+
+        code = forward(args)
+        if code is not None:
+            _answered = True
+            return code
     plain = plain_build(args)
     delta = None
     if plain is not None:
@@ -238,7 +245,7 @@ def _global_option(argv: Sequence[str], i: int, values: dict[str, str], flags: s
 def _build_option(argv: Sequence[str], i: int) -> int:
     """How many words the neutral build option at ``argv[i]`` takes (0: not one we know)."""
     word = argv[i]
-    if word in ("-k", "--keep-going"):
+    if word in ("-k", "--keep-going", "--no-server"):
         return 1
     if word in ("-j", "--jobs", "--failures-allowed"):
         ok = i + 1 < len(argv) and _number(argv[i + 1], 0 if word == "--failures-allowed" else 1)

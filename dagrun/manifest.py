@@ -379,6 +379,8 @@ DAGRUN_KEYS: dict[str, Check] = {
     "resources": _count_table,
     "watch_debounce_ms": _int(0),
     "stall_warning": _seconds_or_zero,
+    "server": lambda v: None if v == "auto" or v is False else 'must be "auto" or false',
+    "server_idle": _number_positive,  # both read by the build server (server.py), not a Manifest
 }
 
 TASK_KEYS: dict[str, Check] = {

@@ -1,0 +1,284 @@
+"""A Session kept in memory between builds, told by inotify what changed: the server's machinery.
+
+``dagrun watch`` (watch.py) holds a Session across its rounds and tells each
+build which paths changed (``Session.build(changed=...)``), so the build
+re-keys and decides only what those paths reach.  ``Resident`` is that
+machinery without the loop, for a caller that builds on request (the build
+server, server.py): before each build ``changes(request)`` answers the
+root-relative paths that changed since the last build, or None -- check
+everything -- and ``finished(ok)`` marks the end of a build.  It uses watch's
+``WatchSet`` (what to watch and what a change means) over every task of the
+graph, and inotify.py for the events.
+
+Any doubt is a full check (None), and a doubt about the state on disk is a new
+Session, read from disk as an in-process build reads it:
+
+- the first build; a build that did not succeed; other targets, working
+  folder or ``NAME=value`` words than the last build's (the proof is of a
+  selection);
+- a lost event (the kernel's queue overflowed: ``IN_Q_OVERFLOW``), a watcher
+  that failed (a watch limit reached, a watched folder gone) or that had to
+  move (the watched folders changed: events in a new one were not seen);
+- a watched folder on a file system that does not deliver events for every
+  change (NFS, FUSE, 9p, CIFS, ...: ``statfs`` type, ``untrusted``): then every
+  build checks everything;
+- a change of the manifest, of a folder a glob reads, of a declared output
+  that the build did not write (after the build's end mark);
+- the state files (log, cache, its journal, the proof) are not as the last
+  build through this Session left them: another dagrun built, cleaned or
+  touched beside the server -> a new Session.
+
+The Session itself checks the rest as it does for watch: ``key_env`` values
+(the keys are computed again when they differ) and, under the build lock,
+that the proof it built from is still the state's (``fresh.stamp``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
+
+from . import fresh, inotify
+from .errors import DagrunError
+from .graph import BuildGraph
+from .plan import Plan
+from .session import STATE_DIR, Session
+from .watch import Change, Kind, WatchSet, manifest_set, matrix_globs, watch_set
+
+SYNC = "server-sync"  # in the state folder: touched after each build (Resident.finished)
+
+# statfs f_type of file systems whose changes may come from elsewhere without an inotify event
+NO_EVENTS = {
+    0x6969: "nfs", 0x65735546: "fuse", 0x01021997: "9p", 0xFF534D42: "cifs",
+    0xFE534D42: "smb2", 0x517B: "smb", 0x00C36400: "ceph", 0x5346414F: "afs",
+    0x73757245: "coda", 0x01161970: "gfs2", 0x7461636F: "ocfs2", 0x0BD00BD0: "lustre",
+    0x47504653: "gpfs", 0x564C: "ncp", 0x6B414653: "kafs",
+}
+_TEST_FS = "DAGRUN_TEST_NO_EVENTS"  # tests: folders under this path count as such a mount
+
+
+def fs_type(folder: str) -> int | None:
+    """``statfs(folder).f_type``, or None where it cannot be read."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs: f_type is its first word
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.statfs(os.fsencode(folder), buf) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return int(ctypes.c_long.from_buffer(buf).value) & 0xFFFFFFFF
+
+
+def untrusted(folders: Iterable[str]) -> str | None:
+    """A folder (and its file system) whose changes inotify may not report, or None."""
+    fake = os.environ.get(_TEST_FS)
+    for folder in folders:
+        if fake and (folder == fake or folder.startswith(fake.rstrip("/") + "/")):
+            return f"{folder} (test)"
+        kind = fs_type(folder)
+        if kind in NO_EVENTS:
+            return f"{folder} ({NO_EVENTS[kind]})"
+    return None
+
+
+class ResidentSession(Session):
+    """A Session whose next build starts from what its Resident found changed (``changed``)."""
+
+    changed: Collection[str] | None = None
+
+    def build(self, targets: Iterable[str] | None = None, **kw: Any) -> Any:
+        if kw.get("changed") is None:
+            kw["changed"] = self.changed
+        self.changed = None
+        return super().build(targets, **kw)
+
+
+class _Feed:
+    """One watcher thread: inotify change sets of ``folders`` into ``sink`` until closed."""
+
+    def __init__(self, folders: Sequence[str], marks: Collection[str],
+                 sink: Callable[[set[tuple[int, str]]], None]) -> None:
+        self.folders = tuple(folders)
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.failed: str | None = None
+        self._marks = marks
+        self._sink = sink
+        self.thread = threading.Thread(target=self._pump, name="dagrun-resident", daemon=True)
+        self.thread.start()
+        self.ready.wait(timeout=10.0)
+
+    def _pump(self) -> None:
+        try:
+            for changes in inotify.watch(self.folders, self.stop, marks=self._marks):
+                self.ready.set()
+                if changes:
+                    self._sink(changes)
+        except Exception as exc:  # a folder went away, the watch limit, ...
+            self.failed = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.ready.set()
+
+    @property
+    def broken(self) -> bool:
+        return self.failed is not None or (not self.thread.is_alive() and not self.stop.is_set())
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=2.0)
+
+
+class Resident:
+    """One manifest's Session, kept between builds, and the changes seen since the last one."""
+
+    def __init__(self, manifest_path: str, on_doubt: Callable[[str], None] | None = None) -> None:
+        self.manifest_path = os.path.abspath(manifest_path)
+        self.root = os.path.dirname(self.manifest_path)
+        self.state_dir = os.path.join(self.root, STATE_DIR)
+        self.on_doubt = on_doubt  # told why a build checks everything (the server's log)
+        self.session = self._new_session()
+        self.builds = 0
+        self._lock = threading.Lock()  # the feed thread adds, the builder takes
+        self._changed: set[str] = set()
+        self._doubt: str | None = "the first build"
+        self._owned: frozenset[str] = frozenset()  # outputs the build may write, until SYNC
+        self._ws: WatchSet = manifest_set(self.manifest_path)
+        self._untrusted: str | None = None
+        self._feed: _Feed | None = None
+        self._graph: BuildGraph | None = None
+        self._request: Any = None  # what the last build was asked (targets, cwd, ...)
+        self._left: tuple[int, ...] | None = None  # the state files as the last build left them
+        try:
+            self._graph = self.session.load_graph()  # watch what it reads from the start
+        except DagrunError:
+            pass  # the first build reports it
+        self._watch()
+
+    def _new_session(self) -> ResidentSession:
+        return ResidentSession(manifest_path=self.manifest_path, on_plan=self._on_plan,
+                               cwd=self.root)
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        return self._ws.folders
+
+    # ------------------------------------------------------------ before and after a build
+
+    def changes(self, request: Any) -> Collection[str] | None:
+        """What changed since the last build (root-relative paths), or None: check everything.
+        ``request`` is what the build is asked, compared with the last one's."""
+        with self._lock:
+            changed, doubt = self._changed, self._doubt
+            self._changed, self._doubt = set(), None
+        if self._state_id() != self._left:
+            doubt = doubt or "the state in .dagrun changed (another dagrun built or cleaned)"
+            self.session = self._new_session()
+        elif doubt is None and self._feed is not None and self._feed.broken:
+            doubt = f"the file watcher failed ({self._feed.failed or 'stopped'})"
+        elif doubt is None and self._untrusted:
+            doubt = f"{self._untrusted} is on a file system that does not report every change"
+        elif doubt is None and request != self._request:
+            doubt = "other targets than the last build's"
+        self._request = request
+        if doubt is not None:
+            if self.on_doubt is not None:
+                self.on_doubt(doubt)
+            return None
+        return changed
+
+    def finished(self, ok: bool) -> None:
+        """After a build through ``session``: mark its end among the events, note the state it
+        left, and watch what its graph reads now."""
+        self.builds += 1
+        try:
+            with open(os.path.join(self.state_dir, SYNC), "a"):
+                pass
+        except OSError:
+            self._set_doubt("the build's end could not be marked")
+        if not ok:
+            self._set_doubt("the last build did not succeed")
+        self._left = self._state_id()
+        self._watch()
+
+    def forget(self) -> None:
+        """A build ran beside ``session`` (another Session of this process): start over."""
+        self._set_doubt("a build ran without the resident session")
+
+    def close(self) -> None:
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
+
+    # ------------------------------------------------------------ what to watch
+
+    def _on_plan(self, graph: BuildGraph, plan: Plan) -> None:
+        self._graph = graph
+        specs, root = graph.specs, self.root
+        self._owned = frozenset(
+            os.path.normpath(os.path.join(root, o)) for i in plan.to_run for o in specs[i].outputs
+        )
+
+    def _watch(self) -> None:
+        """Watch what the graph in hand reads (every task); a new watcher means doubt."""
+        graph = self._graph
+        if graph is not None:
+            ws = watch_set(graph, range(len(graph.specs)), self.manifest_path,
+                           matrix_globs(self.manifest_path), self.session.found)
+        else:
+            ws = manifest_set(self.manifest_path)
+        feed = self._feed
+        self._ws = ws
+        if feed is not None and not feed.broken and feed.folders == ws.folders:
+            return
+        self._untrusted = untrusted(ws.folders)
+        new = _Feed(ws.folders, {os.path.join(self.state_dir, SYNC)}, self._sink)
+        self._feed = new
+        if feed is not None:
+            feed.close()
+            self._set_doubt("the watched folders changed")
+
+    def _sink(self, changes: set[tuple[int, str]]) -> None:
+        """In the feed thread: note the relevant changes, or the doubt they cast."""
+        ws, mark = self._ws, os.path.join(self.state_dir, SYNC)
+        doubt = None
+        paths = []
+        synced = False
+        for change, path in changes:
+            if path == mark:
+                synced = True
+                continue
+            kind = ws.classify(change, path)
+            if kind is Kind.INPUT:
+                paths.append(os.path.relpath(os.path.normpath(path), self.root))
+            elif kind is Kind.OUTPUT:
+                if os.path.normpath(path) not in self._owned:
+                    doubt = doubt or f"{path}: a declared output changed outside the build"
+            elif kind is Kind.LOST or change == Change.LOST:
+                doubt = "the kernel dropped file events (its queue overflowed)"
+            elif kind is not None:
+                doubt = doubt or f"{path}: {kind.value} changed"
+        with self._lock:
+            self._changed.update(paths)
+            if doubt is not None and self._doubt is None:
+                self._doubt = doubt
+        if synced:
+            self._owned = frozenset()
+
+    def _set_doubt(self, why: str) -> None:
+        with self._lock:
+            if self._doubt is None:
+                self._doubt = why
+
+    def _state_id(self) -> tuple[int, ...]:
+        """The identity of the log, the cache, its journal and the proof now."""
+        found: list[int] = []
+        for name in ("log", "cache", "cache.journal", fresh.FILE):
+            try:
+                st = os.stat(os.path.join(self.state_dir, name))
+                found += (st.st_ino, st.st_mtime_ns, st.st_size)
+            except OSError:
+                found += (-1, -1, -1)
+        return tuple(found)
