@@ -141,7 +141,8 @@ def run() -> None:
 def _main(argv: Sequence[str] | None) -> int:
     global _answered
     args = list(sys.argv[1:] if argv is None else argv)
-    if os.environ.get("DAGRUN_SERVER") != "0" and "--no-server" not in args:
+    server = os.environ.get("DAGRUN_SERVER")  # "0": never; "1": also under CI
+    if server != "0" and (server == "1" or "CI" not in os.environ) and "--no-server" not in args:
         from .client import forward  # the build server (client.py), if one serves this project
 
         code = forward(args)

@@ -174,7 +174,8 @@ class Resident:
             changed, doubt = self._changed, self._doubt
             self._changed, self._doubt = set(), None
         if self._state_id() != self._left:
-            doubt = doubt or "the state in .dagrun changed (another dagrun built or cleaned)"
+            why = "the state in .dagrun changed (another dagrun built or cleaned)"
+            doubt = why if doubt is None or self._left is None else f"{doubt}; {why}"
             self.session = self._new_session()
         elif doubt is None and self._feed is not None and self._feed.broken:
             doubt = f"the file watcher failed ({self._feed.failed or 'stopped'})"
