@@ -151,6 +151,8 @@ class Resident:
         self._graph: BuildGraph | None = None
         self._request: Any = None  # what the last build was asked (targets, cwd, ...)
         self._left: tuple[int, ...] | None = None  # the state files as the last build left them
+        self._made: tuple[BuildGraph, dict[str, tuple[str, ...]], WatchSet] | None = None
+        self._matrix: tuple[tuple[int, ...], list[str]] = ((), [])
         try:
             self._graph = self.session.load_graph()  # watch what it reads from the start
         except DagrunError:
@@ -224,10 +226,13 @@ class Resident:
 
     def _watch(self) -> None:
         """Watch what the graph in hand reads (every task); a new watcher means doubt."""
-        graph = self._graph
-        if graph is not None:
+        graph, found = self._graph, self.session.found
+        if graph is not None and self._made is not None and self._made[:2] == (graph, found):
+            ws = self._made[2]  # the same graph reads the same files
+        elif graph is not None:
             ws = watch_set(graph, range(len(graph.specs)), self.manifest_path,
-                           matrix_globs(self.manifest_path), self.session.found)
+                           self._matrix_globs(), found)
+            self._made = (graph, dict(found), ws)
         else:
             ws = manifest_set(self.manifest_path)
         feed = self._feed
@@ -240,6 +245,17 @@ class Resident:
         if feed is not None:
             feed.close()
             self._set_doubt("the watched folders changed")
+
+    def _matrix_globs(self) -> list[str]:
+        """watch.matrix_globs() of the manifest, read again only when the file changed."""
+        try:
+            st = os.stat(self.manifest_path)
+        except OSError:
+            return []
+        stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+        if self._matrix[0] != stamp:
+            self._matrix = (stamp, matrix_globs(self.manifest_path))
+        return self._matrix[1]
 
     def _sink(self, changes: set[tuple[int, str]]) -> None:
         """In the feed thread: note the relevant changes, or the doubt they cast."""

@@ -313,12 +313,15 @@ class Server:
         threading.Thread(target=self._listen_for_interrupts, args=(conn, done, err),
                          daemon=True).start()
         self.building = True
+        t0 = time.perf_counter()
         try:
             code = self._run_cli(argv, cwd, environ, size, out, err)
         finally:
             done.set()
             self.building = False
             self.served += 1
+        self._log(f"build {self.served}: {' '.join(argv)} -> {code} in "
+                  f"{(time.perf_counter() - t0) * 1000:.1f} ms")
         try:
             send(conn, EXIT, str(code).encode())
         except OSError:
