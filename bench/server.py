@@ -111,6 +111,8 @@ def measure(n: int, reps: int, work: str, dagrun: list[str], ninja: str,
     pid = int(status["pid"])
     for _ in range(3):  # warm up: the first builds through it check everything
         run.timed(argv["server"], folder, envs["server"])
+    py = os.path.join(os.path.dirname(dagrun[0]), "python")
+    floor: list[float] = []  # `python -c pass`, measured between the no-ops
     noop: dict[str, list[float]] = {k: [] for k in argv}
     incr: dict[str, list[float]] = {k: [] for k in argv}
     rss: dict[str, list[int]] = {k: [] for k in argv}
@@ -119,6 +121,7 @@ def measure(n: int, reps: int, work: str, dagrun: list[str], ninja: str,
         for k in order:
             r = run.timed(argv[k], folders[k], envs[k])
             noop[k].append(r.wall)
+        floor.append(run.timed([py, "-c", "pass"], work).wall)
         for k in order:
             text = edit(folders[k], last, f"{rep}")
             r = run.timed(argv[k], folders[k], envs[k])
@@ -131,8 +134,6 @@ def measure(n: int, reps: int, work: str, dagrun: list[str], ninja: str,
     idle_cpu = (cpu_ticks(pid) - c0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0)
     server_rss = int(wait_server(folder)["rss"])
     stop_server(folder)
-    py = os.path.join(os.path.dirname(dagrun[0]), "python")
-    floor = [run.timed([py, "-c", "pass"], work).wall for _ in range(max(5, reps))]
 
     def med(xs: list[float]) -> float:
         return statistics.median(xs)

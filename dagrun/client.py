@@ -295,9 +295,9 @@ def _build_location(argv: Sequence[str]) -> tuple[str, str | None] | None:
 def _maybe_start(manifest: str, state_dir: str) -> None:
     """Start a server in the background for the next build, if this one may (see the module
     docstring), and say so on stderr."""
-    if not _auto(manifest):
+    if not _auto(manifest) or _starting(state_dir):
         return
-    pid = spawn(manifest, state_dir)
+    pid = spawn(manifest, state_dir, after=os.getpid())
     if pid is not None:
         sys.stderr.write(
             f"dagrun: started the build server (pid {pid}) for the next builds; "
@@ -332,29 +332,81 @@ def wanted(manifest: str) -> bool:
     return not isinstance(settings, dict) or settings.get("server", "auto") is not False
 
 
-def spawn(manifest: str, state_dir: str) -> int | None:
-    """Start ``python -m dagrun.server MANIFEST`` detached (its own session, stdio to
-    ``.dagrun/server.log``); its pid, or None when it could not be started."""
-    import subprocess
-
+def spawn(manifest: str, state_dir: str, after: int = 0) -> int | None:
+    """Start the server (``serve``) detached: its own session, stdin from /dev/null, stdout
+    and stderr to ``.dagrun/server.log``; its pid, or None when it could not be started.
+    ``after``: a pid (the build that starts it) whose end it waits for before loading the
+    project, so that the two do not compete for the CPU.  ``posix_spawn``, not subprocess:
+    ~8 ms less for the build that starts it."""
     try:
         os.makedirs(state_dir, exist_ok=True)
-        log = open(os.path.join(state_dir, LOG), "ab")
+        log = os.open(os.path.join(state_dir, LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                      | os.O_CLOEXEC, 0o600)
     except OSError:
         return None
-    with log:
-        env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the same dagrun
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    argv = [sys.executable, "-c", "from dagrun.client import serve; serve()",
+            os.path.abspath(manifest), str(after)]
+    try:
+        return os.posix_spawn(sys.executable, argv, env, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, log, 1),
+            (os.POSIX_SPAWN_DUP2, log, 2),
+        ])
+    except OSError:
+        return None
+    finally:
+        os.close(log)
+        os.close(null)
+
+
+def serve() -> None:
+    """The spawned server's first steps (``python -c``): wait for the build that started it,
+    then run it (server.py)."""
+    manifest, after = sys.argv[1], int(sys.argv[2])
+    lock = _server_lock(os.path.join(os.path.dirname(manifest), ".dagrun"))
+    if lock is None:
+        return  # another server runs, or starts, for this project
+    if after > 0:
         try:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "dagrun.server", os.path.abspath(manifest)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                close_fds=True, cwd=state_dir, env=env,
-            )
-        except OSError:
-            return None
-    return child.pid
+            fd = os.pidfd_open(after)
+        except OSError:  # gone already
+            fd = None
+        if fd is not None:
+            import select
+
+            select.select([fd], [], [], 60.0)
+            os.close(fd)
+    from .server import Server
+
+    raise SystemExit(Server(manifest).run(lock))
+
+
+def _server_lock(state_dir: str) -> int | None:
+    """The server lock (one server per project), taken; None when another holds it."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(state_dir, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _starting(state_dir: str) -> bool:
+    """Whether a server holds the lock (it is starting: no socket yet)."""
+    fd = _server_lock(state_dir)
+    if fd is None:
+        return os.path.exists(os.path.join(state_dir, LOCK))
+    os.close(fd)
+    return False
 
 
 # ------------------------------------------------------------------ dagrun server start|stop|status

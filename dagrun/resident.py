@@ -36,19 +36,23 @@ that the proof it built from is still the state's (``fresh.stamp``).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import threading
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import fresh, inotify
 from .errors import DagrunError
 from .graph import BuildGraph
+from .hashing import key_env_names
 from .plan import Plan
 from .session import STATE_DIR, Session
 from .watch import Change, Kind, WatchSet, manifest_set, matrix_globs, watch_set
 
 SYNC = "server-sync"  # in the state folder: touched after each build (Resident.finished)
+COOKIE = "server-cookie"  # ... and before each answer: once its event is read, so are all before
+_CATCH_UP = 2.0  # seconds the watcher may take to read up to the cookie; then: doubt
 
 # statfs f_type of file systems whose changes may come from elsewhere without an inotify event
 NO_EVENTS = {
@@ -57,6 +61,7 @@ NO_EVENTS = {
     0x73757245: "coda", 0x01161970: "gfs2", 0x7461636F: "ocfs2", 0x0BD00BD0: "lustre",
     0x47504653: "gpfs", 0x564C: "ncp", 0x6B414653: "kafs",
 }
+_TICK_MS = 1000  # an idle watcher wakes this often (the server's idle CPU)
 _TEST_FS = "DAGRUN_TEST_NO_EVENTS"  # tests: folders under this path count as such a mount
 
 
@@ -113,7 +118,8 @@ class _Feed:
 
     def _pump(self) -> None:
         try:
-            for changes in inotify.watch(self.folders, self.stop, marks=self._marks):
+            for changes in inotify.watch(self.folders, self.stop, marks=self._marks,
+                                         tick_ms=_TICK_MS):
                 self.ready.set()
                 if changes:
                     self._sink(changes)
@@ -151,6 +157,11 @@ class Resident:
         self._graph: BuildGraph | None = None
         self._request: Any = None  # what the last build was asked (targets, cwd, ...)
         self._left: tuple[int, ...] | None = None  # the state files as the last build left them
+        self._noop: tuple[Any, dict[str, str | None], int] | None = None  # see noop()
+        self._selected = 0  # the last plan's selected tasks
+        self._always = False  # ... and whether one of them is ``always``
+        self._seen = threading.Condition()  # the cookies the watcher read (_catch_up)
+        self._sent = self._cookies = 0
         self._made: tuple[BuildGraph, dict[str, tuple[str, ...]], WatchSet] | None = None
         self._matrix: tuple[tuple[int, ...], list[str]] = ((), [])
         try:
@@ -172,9 +183,12 @@ class Resident:
     def changes(self, request: Any) -> Collection[str] | None:
         """What changed since the last build (root-relative paths), or None: check everything.
         ``request`` is what the build is asked, compared with the last one's."""
+        caught_up = self._catch_up()
         with self._lock:
             changed, doubt = self._changed, self._doubt
             self._changed, self._doubt = set(), None
+        if doubt is None and not caught_up:
+            doubt = f"the file watcher did not catch up within {_CATCH_UP:g} s"
         if self._state_id() != self._left:
             why = "the state in .dagrun changed (another dagrun built or cleaned)"
             doubt = why if doubt is None or self._left is None else f"{doubt}; {why}"
@@ -192,19 +206,57 @@ class Resident:
             return None
         return changed
 
-    def finished(self, ok: bool) -> None:
+    def _catch_up(self) -> bool:
+        """Wait until the watcher has read every event that happened before now: touch the
+        cookie and wait for its event (the kernel queues events in order).  An edit saved just
+        before the build is then always among the changes, however late the thread runs."""
+        feed = self._feed
+        if feed is None or feed.broken:
+            return False
+        with self._seen:
+            self._sent += 1
+            target = self._sent
+        if not _touch(os.path.join(self.state_dir, COOKIE)):
+            return False
+        with self._seen:
+            return self._seen.wait_for(lambda: self._cookies >= target or feed.broken,
+                                       timeout=_CATCH_UP) and not feed.broken
+
+    def finished(self, ok: bool, plain: Any = None,
+                 environ: Mapping[str, str] | None = None) -> None:
         """After a build through ``session``: mark its end among the events, note the state it
-        left, and watch what its graph reads now."""
+        left, and watch what its graph reads now.  ``plain``: the request, when it was a plain
+        build (entry.plain_build) whose success leaves a no-op for the same request next."""
         self.builds += 1
-        try:
-            with open(os.path.join(self.state_dir, SYNC), "a"):
-                pass
-        except OSError:
+        self._noop = None
+        graph = self._graph
+        if ok and plain is not None and graph is not None and not self.session.warnings:
+            if not self._always:
+                self._noop = (plain, self._key_env(graph, environ or {}), self._selected)
+        if not _touch(os.path.join(self.state_dir, SYNC)):
             self._set_doubt("the build's end could not be marked")
         if not ok:
             self._set_doubt("the last build did not succeed")
         self._left = self._state_id()
         self._watch()
+
+    def noop(self, request: Any, changed: Collection[str] | None,
+             environ: Mapping[str, str]) -> int | None:
+        """The number of tasks up to date when the build ``request`` (as ``changes`` was told)
+        has provably nothing to do: the last build was the same plain build and succeeded
+        without warnings and without ``always`` tasks, nothing changed since (``changed`` is
+        empty: no event, no doubt, the state files as it left them) and the ``key_env`` values
+        are the same.  Else None: the build decides.  The caller holds the build lock."""
+        if changed is None or changed or self._noop is None or self._graph is None:
+            return None
+        plain, kenv, count = self._noop
+        if plain != request or self._key_env(self._graph, environ) != kenv:
+            return None
+        return count
+
+    @staticmethod
+    def _key_env(graph: BuildGraph, environ: Mapping[str, str]) -> dict[str, str | None]:
+        return {name: environ.get(name) for name in key_env_names(graph)}
 
     def forget(self) -> None:
         """A build ran beside ``session`` (another Session of this process): start over."""
@@ -220,6 +272,8 @@ class Resident:
     def _on_plan(self, graph: BuildGraph, plan: Plan) -> None:
         self._graph = graph
         specs, root = graph.specs, self.root
+        self._selected = len(plan.selected)
+        self._always = any(specs[i].always for i in plan.selected)
         self._owned = frozenset(
             os.path.normpath(os.path.join(root, o)) for i in plan.to_run for o in specs[i].outputs
         )
@@ -235,12 +289,15 @@ class Resident:
             self._made = (graph, dict(found), ws)
         else:
             ws = manifest_set(self.manifest_path)
+        if self.state_dir not in ws.folders and os.path.isdir(self.state_dir):
+            ws = dataclasses.replace(ws, folders=tuple(sorted({*ws.folders, self.state_dir})))
         feed = self._feed
         self._ws = ws
         if feed is not None and not feed.broken and feed.folders == ws.folders:
             return
         self._untrusted = untrusted(ws.folders)
-        new = _Feed(ws.folders, {os.path.join(self.state_dir, SYNC)}, self._sink)
+        marks = {os.path.join(self.state_dir, SYNC), os.path.join(self.state_dir, COOKIE)}
+        new = _Feed(ws.folders, marks, self._sink)
         self._feed = new
         if feed is not None:
             feed.close()
@@ -260,12 +317,16 @@ class Resident:
     def _sink(self, changes: set[tuple[int, str]]) -> None:
         """In the feed thread: note the relevant changes, or the doubt they cast."""
         ws, mark = self._ws, os.path.join(self.state_dir, SYNC)
+        cookie = os.path.join(self.state_dir, COOKIE)
         doubt = None
         paths = []
-        synced = False
+        synced = baked = False
         for change, path in changes:
             if path == mark:
                 synced = True
+                continue
+            if path == cookie:
+                baked = True
                 continue
             kind = ws.classify(change, path)
             if kind is Kind.INPUT:
@@ -283,6 +344,10 @@ class Resident:
                 self._doubt = doubt
         if synced:
             self._owned = frozenset()
+        if baked:  # every event before the cookie is noted: wake the build that waits
+            with self._seen:
+                self._cookies += 1
+                self._seen.notify_all()
 
     def _set_doubt(self, why: str) -> None:
         with self._lock:
@@ -299,3 +364,17 @@ class Resident:
             except OSError:
                 found += (-1, -1, -1)
         return tuple(found)
+
+
+def _touch(path: str) -> bool:
+    """Make an inotify event on ``path`` (its mtime; created if missing); False if it cannot."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError:
+            return False
+    except OSError:
+        return False
+    return True

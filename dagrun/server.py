@@ -105,10 +105,12 @@ class Server:
 
     # ------------------------------------------------------------ the process
 
-    def run(self) -> int:
-        lock = self._take_lock()
+    def run(self, lock: int | None = None) -> int:
+        """Serve until it is time to exit; ``lock``: the server lock, if taken already."""
+        lock = lock if lock is not None else self._take_lock()
         if lock is None:
             return 0  # another server runs (or starts) for this project
+        os.chdir(self.state_dir)  # never keep a user's folder busy
         try:
             self._listen()
             self._log(f"serving {self.manifest_path} (pid {os.getpid()}, dagrun {version()})")
@@ -315,7 +317,7 @@ class Server:
         self.building = True
         t0 = time.perf_counter()
         try:
-            code = self._run_cli(argv, cwd, environ, size, out, err)
+            code = self._answer(argv, cwd, environ, size, out, err)
         finally:
             done.set()
             self.building = False
@@ -327,12 +329,49 @@ class Server:
         except OSError:
             pass
 
-    def _run_cli(self, argv: list[str], cwd: str, environ: dict[str, str], size: Any,
-                 out: _Stream, err: _Stream) -> int:
-        from . import cli
+    def _answer(self, argv: list[str], cwd: str, environ: dict[str, str], size: Any,
+                out: _Stream, err: _Stream) -> int:
+        """A provable no-op is answered here, as the no-op fast path would (entry.py); every
+        other build is the CLI's."""
+        from .entry import plain_build
+        from .fresh import no_work_line
 
         resident = self.resident
         assert resident is not None
+        plain = plain_build(argv)
+        request = (cwd, *plain[:2], tuple(plain[2])) if plain is not None else (cwd, *argv)
+        changed = resident.changes(request)
+        if plain is not None and changed is not None and not changed:
+            lock = self._try_lock()
+            if lock is not None:
+                try:
+                    count = resident.noop(request, changed, environ)
+                    if count is not None:
+                        out.write(no_work_line(count) + "\n")
+                        return 0
+                finally:
+                    os.close(lock)
+        kept = _Kept(resident, changed, request if plain is not None else None, environ)
+        return self._run_cli(argv, cwd, environ, size, out, err, kept)
+
+    def _try_lock(self) -> int | None:
+        """The build lock, if no build holds it (a build beside the server may be changing
+        what the no-op answer rests on: the build decides then)."""
+        try:
+            fd = os.open(os.path.join(self.state_dir, "lock"), os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _run_cli(self, argv: list[str], cwd: str, environ: dict[str, str], size: Any,
+                 out: _Stream, err: _Stream, kept: _Kept) -> int:
+        from . import cli
+
         saved_env = dict(os.environ)
         saved_streams = sys.stdout, sys.stderr
         size_fn = os.get_terminal_size
@@ -341,7 +380,6 @@ class Server:
         if size is not None:
             os.get_terminal_size = lambda *_: os.terminal_size(size)  # type: ignore[assignment]
         sys.stdout, sys.stderr = out, err
-        kept = _Kept(resident)
         cli.RESIDENT = kept
         try:
             os.chdir(cwd)
@@ -399,36 +437,36 @@ class Server:
 
 
 class _Kept:
-    """cli.RESIDENT while a request runs: hands the CLI the resident Session for a build of
-    the server's manifest without ``NAME=value`` words, and a new Session otherwise."""
+    """cli.RESIDENT while a request runs: hands the CLI the resident Session, told what changed,
+    for a build of the server's manifest without ``NAME=value`` words; a new Session for any
+    other (and the resident one then checks everything next time)."""
 
-    def __init__(self, resident: Resident) -> None:
+    def __init__(self, resident: Resident, changed: Any, plain: Any,
+                 environ: dict[str, str]) -> None:
         self.resident = resident
-        self.used: Any = None  # the resident session, once the CLI took it
-        self.other = False  # a Session of this manifest other than the resident one ran
+        self.changed = changed  # what resident.changes() answered for this request
+        self.plain = plain  # the request, when it is a plain build
+        self.environ = environ
+        self.used = False  # the CLI took the resident session
 
     def session(self, path: str, overrides: Any, on_wait: Any, args: Any) -> Any:
         from .session import Session
 
         cwd = os.getcwd()
-        mine = os.path.abspath(path) == self.resident.manifest_path
-        if not mine or overrides:
-            self.other = mine
+        if os.path.abspath(path) != self.resident.manifest_path or overrides:
             return Session(manifest_path=path, on_wait=on_wait, overrides=overrides, cwd=cwd)
         session = self.resident.session
-        asked = (tuple(getattr(args, "targets", ()) or ()), cwd)
-        session.changed = self.resident.changes(asked)
-        session = self.resident.session  # a new one when the state changed underneath
+        session.changed = self.changed
         session.on_wait, session.cwd = on_wait, cwd
         session.manifest_name = os.path.normpath(path)
         session.warnings.clear()
-        self.used = session
+        self.used = True
         return session
 
     def after(self, code: int) -> None:
-        if self.used is not None:
-            self.resident.finished(code == 0)
-        elif self.other:
+        if self.used:
+            self.resident.finished(code == 0, self.plain, self.environ)
+        else:  # the changes it was told are lost with this request: check everything next
             self.resident.forget()
 
 

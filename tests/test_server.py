@@ -321,9 +321,11 @@ def test_a_killed_server_costs_one_warning_and_an_in_process_build(
     assert err.count("warning") == 1 and "not running" in err, err
     code, out, err = dagrun(root, "build")  # the stale socket is gone: no second warning
     assert code == 0 and err == "" and "no work to do" in out
-    found = s.status()  # the build that found it dead started a new one (DAGRUN_SERVER=1)
-    if found is not None:
-        s.pid = int(found["pid"])  # type: ignore[call-overload]
+    end = time.monotonic() + 15  # the build that found it dead started a new one
+    while (found := s.status()) is None and time.monotonic() < end:
+        time.sleep(0.05)
+    assert found is not None
+    s.pid = int(found["pid"])  # type: ignore[call-overload]
 
 
 def test_a_stopped_server_is_given_up_within_a_second(
