@@ -138,17 +138,19 @@ def measure(n: int, reps: int, work: str, dagrun: list[str], ninja: str,
     def med(xs: list[float]) -> float:
         return statistics.median(xs)
 
+    def ratio(xs: list[float], ninja: list[float]) -> float:
+        """The median of per-repetition ratios (each pair measured side by side)."""
+        return med([a / b for a, b in zip(xs, ninja, strict=True)])
+
     row = {
         "n": n,
         "ninja": {"noop": med(noop["ninja"]), "incremental": med(incr["ninja"])},
         "server": {"noop": med(noop["server"]), "incremental": med(incr["server"])},
         "in_process": {"noop": med(noop["alone"]), "incremental": med(incr["alone"])},
-        "ratio_server": {"noop": med([a / b for a, b in zip(noop["server"], noop["ninja"])]),
-                         "incremental": med([a / b for a, b in zip(incr["server"],
-                                                                    incr["ninja"])])},
-        "ratio_in_process": {"noop": med([a / b for a, b in zip(noop["alone"], noop["ninja"])]),
-                             "incremental": med([a / b for a, b in zip(incr["alone"],
-                                                                        incr["ninja"])])},
+        "ratio_server": {"noop": ratio(noop["server"], noop["ninja"]),
+                         "incremental": ratio(incr["server"], incr["ninja"])},
+        "ratio_in_process": {"noop": ratio(noop["alone"], noop["ninja"]),
+                             "incremental": ratio(incr["alone"], incr["ninja"])},
         "python_c_pass": med(floor),
         "starting_build": med(starting), "in_process_noop_before": med(plain_noop),
         "first_start_build": start.wall,
@@ -189,13 +191,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", default=os.path.join(HERE, "results-server.json"))
     ap.add_argument("--no-install", action="store_true", help="use bench/.venv/dagrun as it is")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     if not args.no_install:
         run.install_dagrun(say)

@@ -30,11 +30,10 @@ server = "auto"``, the default: on a terminal, without ``CI`` set; or whenever
 
 from __future__ import annotations
 
+import _socket
 import marshal
 import os
 import sys
-
-import _socket  # type: ignore[import-not-found]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -167,7 +166,8 @@ def _run(sock: Any, argv: Sequence[str], hello: tuple[Any, ...]) -> int | None:
             size = None
     request = (
         PROTOCOL, __version__, list(argv), os.getcwd(), dict(os.environ), ttys, size,
-        (getattr(out, "encoding", "utf-8"), getattr(out, "errors", "strict")),
+        tuple((getattr(s, "encoding", "utf-8"), getattr(s, "errors", "strict"))
+              for s in (out, err)),
     )
     try:
         send(sock, REQUEST, marshal.dumps(request))

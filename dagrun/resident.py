@@ -35,11 +35,12 @@ that the proof it built from is still the state's (``fresh.stamp``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import os
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from . import fresh, inotify
@@ -51,7 +52,8 @@ from .session import STATE_DIR, Session
 from .watch import Change, Kind, WatchSet, manifest_set, matrix_globs, watch_set
 
 SYNC = "server-sync"  # in the state folder: touched after each build (Resident.finished)
-COOKIE = "server-cookie"  # ... and before each answer: once its event is read, so are all before
+COOKIE = "server-cookie."  # + a number: made before each answer; once any event of it is read,
+# so is every event before it (a new name each time: one touch may make several events)
 _CATCH_UP = 2.0  # seconds the watcher may take to read up to the cookie; then: doubt
 
 # statfs f_type of file systems whose changes may come from elsewhere without an inotify event
@@ -87,6 +89,22 @@ def untrusted(folders: Iterable[str]) -> str | None:
         if kind in NO_EVENTS:
             return f"{folder} ({NO_EVENTS[kind]})"
     return None
+
+
+class _Marks(Collection[str]):
+    """inotify.watch's ``marks``: the sync file, and every cookie (a prefix)."""
+
+    def __init__(self, sync: str, cookie: str) -> None:
+        self.sync, self.cookie = sync, cookie
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and (path == self.sync or path.startswith(self.cookie))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.sync,))
+
+    def __len__(self) -> int:
+        return 1
 
 
 class ResidentSession(Session):
@@ -164,6 +182,10 @@ class Resident:
         self._sent = self._cookies = 0
         self._made: tuple[BuildGraph, dict[str, tuple[str, ...]], WatchSet] | None = None
         self._matrix: tuple[tuple[int, ...], list[str]] = ((), [])
+        with contextlib.suppress(OSError):  # cookies a killed server left
+            for name in os.listdir(self.state_dir):
+                if name.startswith(COOKIE):
+                    os.unlink(os.path.join(self.state_dir, name))
         try:
             self._graph = self.session.load_graph()  # watch what it reads from the start
         except DagrunError:
@@ -213,14 +235,18 @@ class Resident:
         feed = self._feed
         if feed is None or feed.broken:
             return False
-        with self._seen:
-            self._sent += 1
-            target = self._sent
-        if not _touch(os.path.join(self.state_dir, COOKIE)):
+        self._sent += 1
+        target = self._sent
+        path = os.path.join(self.state_dir, f"{COOKIE}{target}")
+        if not _touch(path):
             return False
-        with self._seen:
-            return self._seen.wait_for(lambda: self._cookies >= target or feed.broken,
-                                       timeout=_CATCH_UP) and not feed.broken
+        try:
+            with self._seen:
+                return self._seen.wait_for(lambda: self._cookies >= target or feed.broken,
+                                           timeout=_CATCH_UP) and not feed.broken
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def finished(self, ok: bool, plain: Any = None,
                  environ: Mapping[str, str] | None = None) -> None:
@@ -296,12 +322,14 @@ class Resident:
         if feed is not None and not feed.broken and feed.folders == ws.folders:
             return
         self._untrusted = untrusted(ws.folders)
-        marks = {os.path.join(self.state_dir, SYNC), os.path.join(self.state_dir, COOKIE)}
+        marks = _Marks(os.path.join(self.state_dir, SYNC), os.path.join(self.state_dir, COOKIE))
         new = _Feed(ws.folders, marks, self._sink)
         self._feed = new
         if feed is not None:
             feed.close()
-            self._set_doubt("the watched folders changed")
+            broken = feed.failed or ("stopped" if feed.broken else None)
+            why = f"the file watcher failed ({broken})" if broken else "the watched folders changed"
+            self._set_doubt(why)
 
     def _matrix_globs(self) -> list[str]:
         """watch.matrix_globs() of the manifest, read again only when the file changed."""
@@ -320,13 +348,14 @@ class Resident:
         cookie = os.path.join(self.state_dir, COOKIE)
         doubt = None
         paths = []
-        synced = baked = False
+        synced, baked = False, 0
         for change, path in changes:
             if path == mark:
                 synced = True
                 continue
-            if path == cookie:
-                baked = True
+            if path.startswith(cookie):
+                number = path[len(cookie):]
+                baked = max(baked, int(number) if number.isdigit() else 0)
                 continue
             kind = ws.classify(change, path)
             if kind is Kind.INPUT:
@@ -344,9 +373,9 @@ class Resident:
                 self._doubt = doubt
         if synced:
             self._owned = frozenset()
-        if baked:  # every event before the cookie is noted: wake the build that waits
+        if baked:  # every event before that cookie is noted: wake the build that waits
             with self._seen:
-                self._cookies += 1
+                self._cookies = max(self._cookies, baked)
                 self._seen.notify_all()
 
     def _set_doubt(self, why: str) -> None:

@@ -39,8 +39,20 @@ from typing import Any
 
 from . import __version__, client
 from .client import (
-    ERR, EXIT, HELLO, INCOMPATIBLE, INTERRUPT, LOCK, OUT, PROTOCOL, REFUSED, REQUEST, SOCKET,
-    STATUS, receive, send,
+    ERR,
+    EXIT,
+    HELLO,
+    INCOMPATIBLE,
+    INTERRUPT,
+    LOCK,
+    OUT,
+    PROTOCOL,
+    REFUSED,
+    REQUEST,
+    SOCKET,
+    STATUS,
+    receive,
+    send,
 )
 from .resident import Resident
 
@@ -190,6 +202,10 @@ class Server:
             except KeyboardInterrupt:
                 pass
             finally:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)  # wakes its interrupt listener
+                except OSError:
+                    pass
                 conn.close()
                 self.last_request = time.monotonic()
 
@@ -304,20 +320,20 @@ class Server:
     # ------------------------------------------------------------ one build
 
     def _serve(self, conn: Any, request: tuple[Any, ...]) -> None:
-        _, _, argv, cwd, environ, ttys, size, (encoding, errors) = request
+        _, _, argv, cwd, environ, ttys, size, codecs = request
         if not self._manifest_settings()[0]:
             self._decline(conn)
             self.stopping.set()
             return
-        out = _Stream(conn, OUT, ttys[0], encoding, errors)
-        err = _Stream(conn, ERR, ttys[1], encoding, errors)
+        out = _Stream(conn, OUT, ttys[0], *codecs[0])
+        err = _Stream(conn, ERR, ttys[1], *codecs[1])
         done = threading.Event()
         threading.Thread(target=self._listen_for_interrupts, args=(conn, done, err),
                          daemon=True).start()
         self.building = True
         t0 = time.perf_counter()
         try:
-            code = self._answer(argv, cwd, environ, size, out, err)
+            code = self._answer(argv, cwd, environ, size, out, err, done)
         finally:
             done.set()
             self.building = False
@@ -330,7 +346,7 @@ class Server:
             pass
 
     def _answer(self, argv: list[str], cwd: str, environ: dict[str, str], size: Any,
-                out: _Stream, err: _Stream) -> int:
+                out: _Stream, err: _Stream, done: threading.Event) -> int:
         """A provable no-op is answered here, as the no-op fast path would (entry.py); every
         other build is the CLI's."""
         from .entry import plain_build
@@ -352,7 +368,7 @@ class Server:
                 finally:
                     os.close(lock)
         kept = _Kept(resident, changed, request if plain is not None else None, environ)
-        return self._run_cli(argv, cwd, environ, size, out, err, kept)
+        return self._run_cli(argv, cwd, environ, size, out, err, kept, done)
 
     def _try_lock(self) -> int | None:
         """The build lock, if no build holds it (a build beside the server may be changing
@@ -369,7 +385,9 @@ class Server:
         return fd
 
     def _run_cli(self, argv: list[str], cwd: str, environ: dict[str, str], size: Any,
-                 out: _Stream, err: _Stream, kept: _Kept) -> int:
+                 out: _Stream, err: _Stream, kept: _Kept, done: threading.Event) -> int:
+        """The CLI in the client's folder and environment, printing to ``out`` and ``err``;
+        the server's own state is put back after, with no interrupt landing meanwhile."""
         from . import cli
 
         saved_env = dict(os.environ)
@@ -378,7 +396,7 @@ class Server:
         os.environ.clear()
         os.environ.update(environ)
         if size is not None:
-            os.get_terminal_size = lambda *_: os.terminal_size(size)  # type: ignore[assignment]
+            os.get_terminal_size = lambda *_: os.terminal_size(size)
         sys.stdout, sys.stderr = out, err
         cli.RESIDENT = kept
         try:
@@ -398,6 +416,8 @@ class Server:
             err.write("".join(traceback.format_exception(exc)))
             code = 1
         finally:
+            done.set()  # no more interrupts sent for this build ...
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # ... nor one in flight landing here
             cli.RESIDENT = None
             cli._KEPT.clear()
             try:
@@ -405,11 +425,12 @@ class Server:
             except Exception:
                 pass
             sys.stdout, sys.stderr = saved_streams
-            os.get_terminal_size = size_fn  # type: ignore[assignment]
+            os.get_terminal_size = size_fn
             os.environ.clear()
             os.environ.update(saved_env)
             os.chdir(self.state_dir)
             kept.after(code)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         return int(code)
 
     def _listen_for_interrupts(self, conn: Any, done: threading.Event, err: _Stream) -> None:
@@ -429,8 +450,10 @@ class Server:
                     return
 
     def _log(self, text: str) -> None:
-        sys.__stderr__.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}\n")
-        sys.__stderr__.flush()
+        log = sys.__stderr__
+        if log is not None:
+            log.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}\n")
+            log.flush()
 
     def _log_doubt(self, why: str) -> None:
         self._log(f"checking everything: {why}")

@@ -235,7 +235,7 @@ def test_a_lost_event_queue_makes_the_next_build_check_everything(
     finally:
         os.kill(s.pid, signal.SIGCONT)
     code, out, _ = dagrun(root, "build")
-    assert code == 0 and "2 succeeded" in out, out
+    assert code == 0 and "2 succeeded" in out, (out, s.log())
     assert (root / "out" / "b.txt").read_text() == "edited\n" * 2
     assert "queue overflowed" in s.log()
 
@@ -427,7 +427,9 @@ def test_server_false_keeps_builds_in_process(tmp_path: Path, servers: list[Runn
     assert s.wait_gone(10)
 
 
-def test_auto_start_needs_a_terminal_or_dagrun_server_1(tmp_path: Path, servers: list[Running]) -> None:
+def test_auto_start_needs_a_terminal_or_dagrun_server_1(
+    tmp_path: Path, servers: list[Running]
+) -> None:
     root = _project(tmp_path / "p")
     assert dagrun(root, "build", server=None)[0] == 0  # no terminal: in-process, no server
     assert not (root / ".dagrun" / "server.sock").exists()
@@ -452,3 +454,40 @@ def test_the_clients_command_words_are_the_clis() -> None:
     assert client._build_location(["list"]) is None
     assert client._build_location(["--no-server"]) is None
     assert client._build_location(["-Cx"]) is None
+
+
+def test_a_watch_limit_reached_is_a_full_check_every_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inotify_add_watch fails with ENOSPC past max_user_watches: the watcher is broken, and
+    every build checks everything (PLATFORM.md section 10)."""
+    import errno
+
+    root = _project(tmp_path / "p")
+    assert dagrun(root, "build", server="0")[0] == 0
+
+    def full(folders: object, stop: object, **kw: object) -> Iterator[set[tuple[int, str]]]:
+        raise OSError(errno.ENOSPC, "inotify_add_watch: No space left on device")
+        yield set()
+
+    monkeypatch.setattr(resident.inotify, "watch", full)
+    doubts: list[str] = []
+    r = resident.Resident(str(root / "dagrun.toml"), on_doubt=doubts.append)
+    try:
+        assert r.changes(("x",)) is None
+        r.finished(True)
+        assert r.changes(("x",)) is None
+        assert any("No space left on device" in d or "watcher" in d for d in doubts), doubts
+    finally:
+        r.close()
+
+
+def test_statfs_types_of_file_systems_without_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert resident.fs_type(str(tmp_path)) is not None
+    assert resident.untrusted([str(tmp_path)]) is None  # a local disk (this machine: ext4)
+    monkeypatch.setattr(resident, "fs_type", lambda folder: 0x6969)
+    assert resident.untrusted([str(tmp_path)]) == f"{tmp_path} (nfs)"
+    monkeypatch.setattr(resident, "fs_type", lambda folder: 0x65735546)
+    assert resident.untrusted([str(tmp_path)]) == f"{tmp_path} (fuse)"
