@@ -20,8 +20,9 @@ Session, read from disk as an in-process build reads it:
   that failed (a watch limit reached, a watched folder gone) or that had to
   move (the watched folders changed: events in a new one were not seen);
 - a watched folder on a file system that does not deliver events for every
-  change (NFS, FUSE, 9p, CIFS, ...: ``statfs`` type, ``untrusted``): then every
-  build checks everything;
+  change (NFS, FUSE, 9p, CIFS, ...: ``statfs`` type, ``untrusted``), or a source
+  that is a symlink or has other hard links (its edits may come through a
+  folder nobody watches: ``linked``): then every build checks everything;
 - a change of the manifest, of a folder a glob reads, of a declared output
   that the build did not write (after the build's end mark);
 - the state files (log, cache, its journal, the proof) are not as the last
@@ -88,6 +89,21 @@ def untrusted(folders: Iterable[str]) -> str | None:
         kind = fs_type(folder)
         if kind in NO_EVENTS:
             return f"{folder} ({NO_EVENTS[kind]})"
+    return None
+
+
+def linked(files: Iterable[str]) -> str | None:
+    """A source whose edits its folder's watch may not see: a symlink (the file it points to
+    is elsewhere) or a file with other hard links (written through another folder)."""
+    for path in files:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if (st.st_mode & 0o170000) == 0o120000:
+            return f"{path} (a symbolic link)"
+        if st.st_nlink > 1 and (st.st_mode & 0o170000) == 0o100000:
+            return f"{path} (a file with {st.st_nlink} hard links)"
     return None
 
 
@@ -180,6 +196,7 @@ class Resident:
         self._always = False  # ... and whether one of them is ``always``
         self._seen = threading.Condition()  # the cookies the watcher read (_catch_up)
         self._sent = self._cookies = 0
+        self._linked: str | None = None  # a source that is a symlink or a hard link
         self._made: tuple[BuildGraph, dict[str, tuple[str, ...]], WatchSet] | None = None
         self._matrix: tuple[tuple[int, ...], list[str]] = ((), [])
         with contextlib.suppress(OSError):  # cookies a killed server left
@@ -313,6 +330,7 @@ class Resident:
             ws = watch_set(graph, range(len(graph.specs)), self.manifest_path,
                            self._matrix_globs(), found)
             self._made = (graph, dict(found), ws)
+            self._linked = linked(ws.files)
         else:
             ws = manifest_set(self.manifest_path)
         if self.state_dir not in ws.folders and os.path.isdir(self.state_dir):
@@ -321,7 +339,7 @@ class Resident:
         self._ws = ws
         if feed is not None and not feed.broken and feed.folders == ws.folders:
             return
-        self._untrusted = untrusted(ws.folders)
+        self._untrusted = untrusted(ws.folders) or self._linked
         marks = _Marks(os.path.join(self.state_dir, SYNC), os.path.join(self.state_dir, COOKIE))
         new = _Feed(ws.folders, marks, self._sink)
         self._feed = new

@@ -104,6 +104,7 @@ class Server:
         self.root = os.path.dirname(self.manifest_path)
         self.state_dir = os.path.join(self.root, ".dagrun")
         self.started = time.time()
+        self.code = client.fingerprint()  # the code this server runs (a client compares)
         self.served = 0
         self.last_request = time.monotonic()
         self.building = False
@@ -280,8 +281,9 @@ class Server:
             conn.close()
         elif tag == REQUEST:
             request = marshal.loads(body)
-            if request[0] != PROTOCOL or request[1] != version():
-                send(conn, INCOMPATIBLE, version().encode())
+            if request[0] != PROTOCOL or request[1] != (version(), self.code):
+                what = version() if request[1][0] != version() else f"{version()} (other files)"
+                send(conn, INCOMPATIBLE, what.encode())
                 conn.close()
                 self._log(f"a client of dagrun {request[1]} asked: exiting for a current server")
                 self.stopping.set()

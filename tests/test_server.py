@@ -361,14 +361,22 @@ def test_two_clients_at_once_queue_like_two_builds(
 ) -> None:
     root = _project(tmp_path / "p", """
         [tasks.slow]
-        cmd = "echo start >> trace.txt; sleep 1; echo end >> trace.txt; date +%s%N > out/s.txt"
+        cmd = "echo start >> trace.txt; sleep 2; echo end >> trace.txt; date +%s%N > out/s.txt"
         outputs = ["out/s.txt"]
         always = true
     """)
     start(servers, root)
-    procs = [subprocess.Popen([sys.executable, "-m", "dagrun", "build"], cwd=root,
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+
+    def client_build() -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "dagrun", "build"], cwd=root, env=_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    procs = [client_build()]
+    end = time.monotonic() + 15
+    while not (root / "trace.txt").exists():  # the first one's task runs: the second waits
+        assert time.monotonic() < end
+        time.sleep(0.02)
+    procs.append(client_build())
     results = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     assert (root / "trace.txt").read_text() == "start\nend\nstart\nend\n"
@@ -491,3 +499,22 @@ def test_statfs_types_of_file_systems_without_events(
     assert resident.untrusted([str(tmp_path)]) == f"{tmp_path} (nfs)"
     monkeypatch.setattr(resident, "fs_type", lambda folder: 0x65735546)
     assert resident.untrusted([str(tmp_path)]) == f"{tmp_path} (fuse)"
+
+
+def test_a_symlinked_source_is_never_trusted_to_events(
+    tmp_path: Path, servers: list[Running]
+) -> None:
+    """An edit of the file a symlinked input points to happens in a folder nobody watches."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "real.txt").write_text("one\n")
+    root = _project(tmp_path / "p")
+    (root / "in.txt").unlink()
+    (root / "in.txt").symlink_to(elsewhere / "real.txt")
+    s = start(servers, root)
+    assert dagrun(root, "build")[0] == 0
+    assert dagrun(root, "build")[0] == 0
+    (elsewhere / "real.txt").write_text("two\n")
+    code, out, _ = dagrun(root, "build")
+    assert code == 0 and (root / "out" / "b.txt").read_text() == "two\ntwo\n", out
+    assert "a symbolic link" in s.log()
