@@ -44,7 +44,7 @@ PROTOCOL = 1
 SOCKET, LOG, LOCK = "server.sock", "server.log", "server.lock"
 HELLO_TIMEOUT = 0.7  # a live server answers within ms; the user waits at most this, then builds
 OUT, ERR, EXIT, HELLO, REFUSED, INCOMPATIBLE, STATUS = b"o", b"e", b"x", b"h", b"r", b"v", b"s"
-REQUEST, INTERRUPT = b"q", b"i"
+REQUEST, INTERRUPT, STOP = b"q", b"i", b"t"
 _MAX_ADDRESS = 100  # sun_path holds 108 bytes: a longer path is reached through /proc/self/fd
 
 
@@ -426,7 +426,6 @@ def _starting(state_dir: str) -> bool:
 
 # ------------------------------------------------------------------ dagrun server start|stop|status
 
-STOP = b"t"
 START_TIMEOUT = 30.0
 
 

@@ -262,20 +262,26 @@ class Server:
                 if self.stopping.is_set():
                     return
                 continue
-            try:
-                self._greet(conn)
-            except Exception as exc:  # a client that went away, a request that is not one
-                self._log(f"a request failed: {type(exc).__name__}: {exc}")
-                conn.close()
+            # a thread per greeting: a client stopped between connect and request (Ctrl-Z)
+            # must not keep the next ones from their hello
+            threading.Thread(target=self._greet, args=(conn,), daemon=True).start()
 
     def _greet(self, conn: Any) -> None:
+        try:
+            self._take(conn)
+        except Exception as exc:  # a client that went away, a request that is not one
+            self._log(f"a request failed: {type(exc).__name__}: {exc}")
+            conn.close()
+
+    def _take(self, conn: Any) -> None:
+        """Say hello; answer ``status`` and ``stop`` at once, queue a build."""
         conn.settimeout(10.0)
         send(conn, HELLO, marshal.dumps((PROTOCOL, version(), os.getpid())))
         tag, body = receive(conn)
         if tag == STATUS:
             send(conn, STATUS, marshal.dumps(self.status()))
             conn.close()
-        elif tag == b"t":  # stop
+        elif tag == client.STOP:
             self.stopping.set()
             send(conn, STATUS, marshal.dumps(self.status()))
             conn.close()
