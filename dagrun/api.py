@@ -97,12 +97,7 @@ class Graph:
         elif cmd is None:
             raise ManifestError("give cmd (a shell command) or fn (a function)", source="<api>",
                                 task=name)
-        if self._path is not None:
-            raise ManifestError(
-                "tasks cannot be added to a graph loaded from a file", source=self._path
-            )
-        if name in self.tasks:
-            raise ManifestError("two tasks have this name", source="<api>", task=name)
+        self._check_new(name)
         body: dict[str, Any] = {} if cmd is None else {"cmd": cmd}
         for key, value in (("inputs", inputs), ("outputs", outputs), ("deps", deps)):
             if value:
@@ -112,6 +107,15 @@ class Graph:
                 body[key] = list(value) if isinstance(value, tuple) and key != "args" else value
         self.tasks[name] = body
         return TaskRef(name)
+
+    def _check_new(self, name: str) -> None:
+        """A task may be added: the graph is not a file's, and no task has ``name`` yet."""
+        if self._path is not None:
+            raise ManifestError(
+                "tasks cannot be added to a graph loaded from a file", source=self._path
+            )
+        if name in self.tasks:
+            raise ManifestError("two tasks have this name", source="<api>", task=name)
 
     def task(
         self, name: str | None = None, **options: Any

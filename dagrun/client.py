@@ -35,6 +35,8 @@ import marshal
 import os
 import sys
 
+from .argv import COMMANDS
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -270,12 +272,6 @@ def _remove_stale(state_dir: str) -> None:
             os.close(fd)
 
 
-_COMMAND_WORDS = (
-    "build", "watch", "graph", "list", "show", "clean", "status", "trace", "completion", "worker",
-    "tree", "tail", "cancel", "report", "server",
-)  # entry.COMMANDS (tests/test_server.py checks they agree)
-
-
 def _build_location(argv: Sequence[str]) -> tuple[str, str | None] | None:
     """(-C DIR, -f FILE) when ``argv`` is a build whose -C and -f this reader is sure of."""
     directory, file = ".", None
@@ -296,7 +292,7 @@ def _build_location(argv: Sequence[str]) -> tuple[str, str | None] | None:
             continue
         if word.startswith(("-C", "-f")) and not word.startswith("--"):
             return None  # -CDIR, -fFILE: argparse's business
-        if command is None and word in _COMMAND_WORDS:
+        if command is None and word in COMMANDS:
             command = word
         i += 1
     if command not in (None, "build"):
@@ -363,7 +359,7 @@ def spawn(manifest: str, state_dir: str, after: int = 0) -> int | None:
     env = dict(os.environ)
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the same dagrun
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    argv = [sys.executable, "-c", "from dagrun.client import serve; serve()",
+    argv = [sys.executable, "-c", "from dagrun.server import serve; serve()",
             os.path.abspath(manifest), str(after)]
     try:
         return os.posix_spawn(sys.executable, argv, env, setsid=True, file_actions=[
@@ -377,29 +373,7 @@ def spawn(manifest: str, state_dir: str, after: int = 0) -> int | None:
         os.close(null)
 
 
-def serve() -> None:
-    """The spawned server's first steps (``python -c``): wait for the build that started it,
-    then run it (server.py)."""
-    manifest, after = sys.argv[1], int(sys.argv[2])
-    lock = _server_lock(os.path.join(os.path.dirname(manifest), ".dagrun"))
-    if lock is None:
-        return  # another server runs, or starts, for this project
-    if after > 0:
-        try:
-            fd = os.pidfd_open(after)
-        except OSError:  # gone already
-            fd = None
-        if fd is not None:
-            import select
-
-            select.select([fd], [], [], 60.0)
-            os.close(fd)
-    from .server import Server
-
-    raise SystemExit(Server(manifest).run(lock))
-
-
-def _server_lock(state_dir: str) -> int | None:
+def server_lock(state_dir: str) -> int | None:
     """The server lock (one server per project), taken; None when another holds it."""
     import fcntl
 
@@ -417,7 +391,7 @@ def _server_lock(state_dir: str) -> int | None:
 
 def _starting(state_dir: str) -> bool:
     """Whether a server holds the lock (it is starting: no socket yet)."""
-    fd = _server_lock(state_dir)
+    fd = server_lock(state_dir)
     if fd is None:
         return os.path.exists(os.path.join(state_dir, LOCK))
     os.close(fd)

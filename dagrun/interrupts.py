@@ -7,9 +7,11 @@ child is lost, never killed, and outlives dagrun.  Code that must finish once
 begun runs under ``HOLD``; a signal arriving meanwhile is raised as soon as
 the block ends.  (Blocking the signal with ``pthread_sigmask`` would not do:
 another thread, such as rich's refresh thread, would take it instead.)
-Before a build, the CLI's own early handler (``dagrun.entry.interrupt_early``)
-already turns SIGTERM and SIGHUP into an interrupt; ``raised`` takes over from
-it and gives it back.
+Which signals dagrun takes, and what they mean, is dagrun/signals.py's one
+rule (``may_take``); before a build, its early handler (installed by
+dagrun.entry) already turns SIGTERM and SIGHUP into an interrupt; ``raised``
+takes over from it and gives it back.  ``watch`` and ``worker`` run under
+``raised`` too.
 
     with interrupts.raised():     # while building: SIGINT, SIGTERM, SIGHUP raise
         ...
@@ -31,11 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType, TracebackType
 
-from .entry import (  # see entry for why not KeyboardInterrupt
-    SignalInterrupt,
-    interrupt_early,
-    pending,
-)
+from .signals import SignalInterrupt, may_take, pending  # why not KeyboardInterrupt: signals
 
 
 class _Hold:
@@ -70,19 +68,6 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     raise SignalInterrupt
 
 
-def _default(sig: int, handler: object) -> bool:
-    """Whether dagrun may take ``sig`` over from ``handler`` (not ignored, nobody else's)."""
-    if handler is None:  # installed outside Python: cannot be restored from here
-        return False
-    if handler is interrupt_early:  # the CLI's, until a build takes over
-        return True
-    if sig == signal.SIGINT:
-        return handler is signal.default_int_handler
-    if sig == signal.SIGTERM:
-        return handler is not signal.SIG_IGN  # as before: SIGTERM always stops a build
-    return handler == signal.SIG_DFL  # SIGHUP under nohup stays ignored
-
-
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -114,11 +99,11 @@ def raised() -> Iterator[None]:
     taken = {}
     for sig in _SIGNALS:
         old = signal.getsignal(sig)
-        if _default(sig, old):
+        if may_take(sig, old):
             signal.signal(sig, _handler)
             taken[sig] = old
     try:
-        if pending():  # a signal dagrun.entry caught before the build, but could not raise
+        if pending():  # a signal caught before the build (signals.interrupt_early), not raised
             raise KeyboardInterrupt
         yield
     finally:

@@ -336,20 +336,7 @@ class RichReporter:
     def _handle(self, event: Event) -> None:
         match event:
             case BuildStarted(total=total):
-                self.total = total
-                self.started_at = time.monotonic()
-                if total:
-                    from rich.live import Live
-
-                    self.live = Live(
-                        self,
-                        console=self.console,
-                        refresh_per_second=8,
-                        transient=True,
-                        redirect_stdout=False,
-                        redirect_stderr=False,
-                    )
-                    self.live.start()
+                self._build_started(total)
             case TaskStarted():
                 self.running[event.task] = time.monotonic()
                 self.labels[event.task] = event.label
@@ -377,6 +364,23 @@ class RichReporter:
                 self._print(stall_line(event))
             case _:
                 pass
+
+    def _build_started(self, total: int) -> None:
+        """Count the tasks; start the live display if any will run."""
+        self.total = total
+        self.started_at = time.monotonic()
+        if total:
+            from rich.live import Live
+
+            self.live = Live(
+                self,
+                console=self.console,
+                refresh_per_second=8,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self.live.start()
 
     def __rich__(self) -> Any:
         from rich.table import Table

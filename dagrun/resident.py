@@ -50,7 +50,7 @@ from .graph import BuildGraph
 from .hashing import key_env_names
 from .plan import Plan
 from .session import STATE_DIR, Session
-from .watch import Change, Kind, WatchSet, manifest_set, matrix_globs, watch_set
+from .watchset import Change, Kind, WatchSet, manifest_set, matrix_globs, watch_set
 
 SYNC = "server-sync"  # in the state folder: touched after each build (Resident.finished)
 COOKIE = "server-cookie."  # + a number: made before each answer; once any event of it is read,

@@ -54,7 +54,10 @@ from .client import (
     receive,
     send,
 )
-from .resident import Resident
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .resident import Resident
 
 IDLE_DEFAULT = 10800.0
 _CHECK = 1.0  # seconds between the idle loop's looks at the folder, the socket, the clock
@@ -129,6 +132,8 @@ class Server:
             self._log(f"serving {self.manifest_path} (pid {os.getpid()}, dagrun {version()})")
             signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            from .resident import Resident  # not before the build that started it is done
+
             self.resident = Resident(self.manifest_path, on_doubt=self._log_doubt)
             threading.Thread(target=self._accept, name="dagrun-accept", daemon=True).start()
             self._loop()
@@ -357,7 +362,7 @@ class Server:
                 out: _Stream, err: _Stream, done: threading.Event) -> int:
         """A provable no-op is answered here, as the no-op fast path would (entry.py); every
         other build is the CLI's."""
-        from .entry import plain_build
+        from .argv import plain_build
         from .fresh import no_work_line
 
         resident = self.resident
@@ -508,6 +513,26 @@ def _rss() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def serve() -> None:
+    """The spawned server's first steps (``python -c``): wait for the build that started it,
+    then run it (server.py)."""
+    manifest, after = sys.argv[1], int(sys.argv[2])
+    lock = client.server_lock(os.path.join(os.path.dirname(manifest), ".dagrun"))
+    if lock is None:
+        return  # another server runs, or starts, for this project
+    if after > 0:
+        try:
+            fd = os.pidfd_open(after)
+        except OSError:  # gone already
+            fd = None
+        if fd is not None:
+            import select
+
+            select.select([fd], [], [], 60.0)
+            os.close(fd)
+    raise SystemExit(Server(manifest).run(lock))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -204,8 +204,34 @@ def build_status(
     ``live``: a build is running now; if not, a record without its end is a build that
     was killed (``stopped``), whose running tasks are not running any more.
     """
+    head, last, running, finished = _replay(records)
+    stopped = bool(head) and finished is None and not live
+    if stopped:
+        running.clear()
+        gone = {"running": "interrupted", "planned": "not_run"}
+        last = {t: gone.get(v, v) for t, v in last.items()}
+    started_at = float(head.get("time") or 0.0)
+    return {
+        "state": "none" if not head else "finished" if finished else "stopped" if stopped
+        else "running",
+        "started": head.get("time"),
+        "exit_status": finished.get("exit_status") if finished else None,
+        "counts": _counts(graph, head, last),
+        "running": [
+            {"task": t, "executor": r.get("executor"), "cores": r.get("cores") or [],
+             "since": round(started_at + float(r.get("t") or 0.0), 3), "job": r.get("job")}
+            for t, r in running.items()
+        ],
+    }
+
+
+def _replay(records: Iterable[record.Record]) -> tuple[
+    record.Record, dict[str, str], dict[str, record.Record], record.Record | None
+]:
+    """The build's head record, each task's last state (planned / running / succeeded /
+    failed / ...), the tasks running with their start record, and the end record (or None)."""
     head: record.Record = {}
-    last: dict[str, str] = {}  # task -> planned / running / succeeded / failed / ...
+    last: dict[str, str] = {}
     running: dict[str, record.Record] = {}
     finished = None
     for r in records:
@@ -228,30 +254,18 @@ def build_status(
             last[r["task"]] = "up_to_date"
         elif kind == "build_finished":
             finished = r
-    stopped = bool(head) and finished is None and not live
-    if stopped:
-        running.clear()
-        gone = {"running": "interrupted", "planned": "not_run"}
-        last = {t: gone.get(v, v) for t, v in last.items()}
+    return head, last, running, finished
+
+
+def _counts(graph: BuildGraph | None, head: record.Record, last: dict[str, str]) -> dict[str, int]:
+    """How many tasks are in each state (COUNTS); a planned task is ready or waiting."""
     counts = dict.fromkeys(COUNTS, 0)
     counts["up_to_date"] = int(head.get("up_to_date") or 0)
     for task, state in last.items():
         if state == "planned":
             state = "ready" if _deps_done(graph, task, last) else "waiting"
         counts[state] = counts.get(state, 0) + 1
-    started_at = float(head.get("time") or 0.0)
-    return {
-        "state": "none" if not head else "finished" if finished else "stopped" if stopped
-        else "running",
-        "started": head.get("time"),
-        "exit_status": finished.get("exit_status") if finished else None,
-        "counts": counts,
-        "running": [
-            {"task": t, "executor": r.get("executor"), "cores": r.get("cores") or [],
-             "since": round(started_at + float(r.get("t") or 0.0), 3), "job": r.get("job")}
-            for t, r in running.items()
-        ],
-    }
+    return counts
 
 
 def _deps_done(graph: BuildGraph | None, task: str, last: dict[str, str]) -> bool:
@@ -271,3 +285,79 @@ def build_status_text(build: dict[str, Any]) -> str:
     c = build["counts"]
     shown = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in c.items() if v)
     return f"build: {build['state']}: {shown or 'no tasks'}\n"
+
+
+def executor_pool_text(p: Any) -> str:
+    """One executor's pool as ``dagrun status --executors`` prints it."""
+    rows = _host_rows(p)
+    if p.type == "dask":
+        rows.extend(_cluster_rows(p))
+    queued = _queued(p)
+    if p.type == "http" and p.cluster is not None:
+        rows.append(("workers", f"{p.cluster.get('workers')} connected"))
+    rows.extend(_job_rows(p, queued))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{p.name} ({p.type})"] + [f"  {k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _host_rows(p: Any) -> list[tuple[str, str]]:
+    """The local executor's cores, or a remote executor's host and whether it answers."""
+    from .numa import format_cpulist
+
+    def cores(c: tuple[int, ...]) -> str:
+        return f"{format_cpulist(c) or '-'} ({len(c)})"
+
+    rows = []
+    if p.type == "local":
+        rows.append(("logical cores", str(p.logical_cores)))
+        if p.configured is None:
+            rows.append(("configured cores", "none (no core_pool: tasks are not pinned)"))
+        else:
+            rows.append(("configured cores", cores(p.configured)))
+            rows.append(("free cores", cores(p.free)))
+    if p.host is not None:
+        reach = {True: "yes", False: "no", None: "not checked"}[p.reachable]
+        rows.append(("host", p.host))
+        rows.append(("reachable", reach))
+    return rows
+
+
+def _job_rows(p: Any, queued: set[str]) -> list[tuple[str, str]]:
+    """The running jobs (how many, in which build), the NUMA nodes, and each job."""
+    from .numa import format_cpulist
+
+    running = str(len(p.running) - len(queued))
+    if p.slots is not None:
+        running += f" of {p.slots} slots"
+    running += f" (build pid {p.build_pid})" if p.build_pid else " (no build running)"
+    rows = [("running jobs", running)]
+    for u in p.nodes:
+        free = format_cpulist(u.free) or "-"
+        rows.append((f"node {u.node}", f"cores {format_cpulist(u.cores)}, free {free}"))
+    for j in p.running:
+        pinned = f"cores {format_cpulist(j.cores)}" if j.cores else "not pinned"
+        if j.task in queued:
+            pinned = "queued (no worker has it yet)"
+        pinned = f"job {j.job}" if j.job else pinned
+        rows.append((f"  {j.task}", pinned))
+    return rows
+
+
+def _queued(p: Any) -> set[str]:
+    """An http executor's submitted tasks that no worker has leased yet (not running)."""
+    if p.type != "http" or p.cluster is None:
+        return set()
+    leased = set(p.cluster.get("leased", ()))
+    return {j.task for j in p.running if j.task not in leased}
+
+
+def _cluster_rows(p: Any) -> list[tuple[str, str]]:
+    """A dask executor's cluster: where it is, and its workers while a build uses it."""
+    c = p.cluster
+    if c is None:
+        return []
+    rows = [("cluster", f"{c.get('cluster')} at {c.get('address') or '?'}")]
+    if c.get("workers") is not None:
+        rows.append(("workers", f"{c['workers']} ({c.get('threads')} threads)"))
+    return rows

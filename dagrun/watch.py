@@ -5,13 +5,7 @@ The loop, stated once:
     build; then forever: wait for a relevant change, let the burst settle
     (no new change for ``debounce`` ms), print a header, rebuild what is out of date.
 
-What is watched (never the whole tree): the folder of every source input of
-the selected tasks, every folder a glob read (so a new file that matches a
-glob counts), the manifest's folder, and the folders of the declared outputs
-and of ``.dagrun/`` -- each one non-recursively.  A change is relevant when it
-touches the manifest, a source file, or adds or removes a visible file in a
-folder a glob read.  Declared outputs and ``.dagrun/`` never are, so a build
-cannot trigger itself.
+What is watched, and which changes matter: dagrun/watchset.py.
 
 What each build is told: after a round that succeeded, when the next one is
 caused by source files alone, the build gets their paths (``changed=``) and
@@ -35,30 +29,33 @@ task's process group.  With
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import gc
 import os
 import queue
-import re
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
-from . import globs
+from . import interrupts
 from .errors import DagrunError, Interrupted
 from .events import Event, TaskStarted
 from .graph import BuildGraph
 from .plan import Plan
 from .scheduler import BuildResult, Reporter, StopFlag
 from .session import STATE_DIR, Session
+from .watchset import (  # noqa: F401  # also dagrun.watch's names, as before watchset.py
+    Change,
+    ChangeSet,
+    Kind,
+    WatchSet,
+    manifest_set,
+    matrix_globs,
+    watch_set,
+)
 
-ChangeSet = Set[tuple[int, str]]  # (Change value, absolute path), as watchfiles yields them
 WatchFn = Callable[[Sequence[str], threading.Event], Iterable[ChangeSet]]
 
 EXIT_IDLE, EXIT_INTERRUPTED = 0, 130
@@ -66,171 +63,8 @@ _TICK_MS = 100  # the watcher yields an empty set this often; the first one mean
 _POLL = 0.05  # how often a waiting build or idle loop looks at the stop/restart events
 _SHOWN = 5  # names listed in a round header before "and N more"
 _SYNC = "watch-sync"  # in the state folder: touched after each build (Watcher._sync)
-# names that editors and tools write beside real files (watchfiles' DefaultFilter, plus vim's probe)
-_SCRATCH = re.compile(r"^\.|~$|\.sw.$|\.tmp$|^4913$|^#.*#$|\.py[cod]$|^flycheck_|\.___jb_...___$")
-
-
-class Change(enum.IntEnum):
-    """The kinds of change watchfiles reports (same values as ``watchfiles.Change``)."""
-
-    LOST = 0  # the watcher may have missed changes (inotify's queue overflowed): check everything
-    ADDED = 1
-    MODIFIED = 2
-    DELETED = 3
-
-
-class Kind(enum.Enum):
-    """Why a change is relevant."""
-
-    MANIFEST = "manifest"
-    INPUT = "input"
-    LISTING = "listing"  # a file that a glob matches appeared or went away
-    FOLDER = "folder"  # a folder that is watched, or would be, appeared or went away
-    LOST = "lost"  # changes may have been missed: the next build checks everything
-    OUTPUT = "output"  # a declared output: never a trigger; if not the build's own write, the
-    # next build checks everything
-
-
 _RESTARTING = frozenset({Kind.MANIFEST, Kind.INPUT, Kind.LISTING, Kind.LOST})  # not a folder alone
 _LOST_PATH = "*"  # how a Kind.LOST change is named among the changed paths
-
-
-@dataclass(frozen=True, slots=True)
-class WatchSet:
-    """What one graph makes worth watching, and the test of whether a change matters."""
-
-    root: str
-    manifest: str
-    files: frozenset[str]  # absolute source inputs of the selected tasks
-    listed: frozenset[str]  # absolute folders whose listing a glob depends on
-    missing: frozenset[str]  # folders that would matter but do not exist (yet)
-    outputs: frozenset[str]  # absolute declared outputs: never a trigger
-    folders: tuple[str, ...]  # what to watch, non-recursively; all exist
-    globs: tuple[re.Pattern[str], ...] = ()  # absolute-path regexes of the glob patterns
-    glob_dirs: tuple[re.Pattern[str], ...] = ()  # ... and of the folders those globs read
-    # folders of outputs (and the state folder) that did not exist: watched once they do
-    pending: frozenset[str] = frozenset()
-
-    def classify(self, change: int, path: str) -> Kind | None:
-        if change == Change.LOST:
-            return Kind.LOST
-        path = os.path.normpath(path)
-        if path == self.manifest:
-            return Kind.MANIFEST
-        state = os.path.join(self.root, STATE_DIR)
-        if path == state or path.startswith(state + os.sep):
-            return None
-        if path in self.outputs:
-            return Kind.OUTPUT
-        if path in self.files:
-            return Kind.INPUT
-        if change == Change.MODIFIED:
-            return None
-        if path in self.listed or any(m == path or m.startswith(path + os.sep)
-                                      for m in self.missing):
-            return Kind.FOLDER  # a folder a glob reads, or one on the way to it
-        folder, name = os.path.split(path)
-        if folder not in self.listed or _SCRATCH.search(name):
-            return None
-        if any(g.match(path) for g in self.globs):
-            return Kind.LISTING
-        if change == Change.ADDED and os.path.isdir(path):
-            if any(d.match(path) for d in self.glob_dirs):
-                return Kind.FOLDER  # a new folder that a ** glob will read
-        return None
-
-    def describe(self) -> str:
-        return f"{len(self.files)} input file(s) in {len(self.folders)} folder(s)"
-
-
-def watch_set(
-    graph: BuildGraph,
-    selected: Iterable[int],
-    manifest: str,
-    extra_globs: Iterable[str] = (),
-    found: Mapping[str, tuple[str, ...]] | None = None,
-) -> WatchSet:
-    """The WatchSet of the selected tasks (and the manifest) of ``graph``.
-
-    ``extra_globs`` are more root-relative patterns whose matches matter
-    (the manifest's matrix globs: a new match is a new task); ``found``: the files
-    each task's depfile listed (task name -> paths), inputs too.
-    """
-    root = os.path.normpath(graph.root)
-    selected = list(selected)
-    files = {os.path.normpath(os.path.join(root, p)) for i in selected for p in graph.sources[i]}
-    for i in selected:
-        for p in (found or {}).get(graph.specs[i].name, ()):
-            files.add(os.path.normpath(os.path.join(root, p)))
-    listed = {os.path.normpath(p) for p in graph.scanned}
-    outputs = {os.path.normpath(os.path.join(root, p)) for p in graph.producers}
-    patterns = [p for i in selected for p in graph.specs[i].inputs
-                if globs.has_magic(p) and not p.startswith("!")]
-    patterns += list(extra_globs)
-    ws = _make_set(root, os.path.normpath(manifest), files, listed, outputs,
-                   {os.path.join(root, STATE_DIR)})
-    absolute = sorted({os.path.normpath(os.path.join(root, p)) for p in patterns})
-    return dataclasses.replace(
-        ws,
-        globs=tuple(globs.translate(p) for p in absolute),
-        glob_dirs=tuple(globs.translate(os.path.dirname(p)) for p in absolute),
-    )
-
-
-def matrix_globs(manifest: str) -> list[str]:
-    """The manifest's matrix ``{ glob = ... }`` patterns, relative to its folder, or []."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-    try:
-        with open(manifest, "rb") as f:
-            doc = tomllib.load(f)
-    except (OSError, ValueError):
-        return []
-    tasks = doc.get("tasks")
-    found = []
-    for body in tasks.values() if isinstance(tasks, dict) else ():
-        matrix = body.get("matrix") if isinstance(body, dict) else None
-        cwd = body.get("cwd", ".") if isinstance(body, dict) else "."
-        for values in matrix.values() if isinstance(matrix, dict) else ():
-            if isinstance(values, dict) and isinstance(values.get("glob"), str):
-                found.append(os.path.join(cwd if isinstance(cwd, str) else ".", values["glob"]))
-    return found
-
-
-def manifest_set(manifest: str) -> WatchSet:
-    """Only the manifest: what is left to watch while it cannot be loaded at all."""
-    manifest = os.path.normpath(os.path.abspath(manifest))
-    return _make_set(os.path.dirname(manifest), manifest, set(), set(), set())
-
-
-def _make_set(
-    root: str, manifest: str, files: set[str], listed: set[str], outputs: set[str],
-    more: Iterable[str] = (),
-) -> WatchSet:
-    """Watch the folders of the manifest, the files and the globs (``missing``: those that
-    do not exist yet), and those of the outputs and ``more`` that exist (``pending``: the others;
-    the build makes them, which is no change to report)."""
-    wanted = {os.path.dirname(manifest)} | {os.path.dirname(f) for f in files} | listed
-    missing = {f for f in wanted if not os.path.isdir(f)}
-    quiet = ({os.path.dirname(f) for f in outputs} | set(more)) - wanted
-    pending = {f for f in quiet if not os.path.isdir(f)}
-    folders = sorted({_existing(f) for f in wanted} | (quiet - pending))
-    return WatchSet(
-        root, manifest, frozenset(files), frozenset(listed), frozenset(missing),
-        frozenset(outputs), tuple(folders), pending=frozenset(pending),
-    )
-
-
-def _existing(folder: str) -> str:
-    """``folder`` or its nearest ancestor that exists."""
-    while not os.path.isdir(folder):
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    return folder
 
 
 def watch_folders(
@@ -344,6 +178,10 @@ class Watcher:
             manifest_path=manifest_path, on_wait=self._say, on_plan=self._on_plan,
             stops=(self._cancel,), cwd=os.getcwd(),  # target paths: from the current folder
         )
+        self._init_watching(manifest_path)
+
+    def _init_watching(self, manifest_path: str) -> None:
+        """What the watcher knows between rounds: the graph, the watches, the changes queued."""
         self._ws = manifest_set(manifest_path)
         self._graph: BuildGraph | None = None
         self._retired: BuildGraph | None = None  # the previous round's graph, until this one ends
@@ -374,7 +212,7 @@ class Watcher:
         self._stop = stop if stop is not None else threading.Event()
         stops = (self._cancel, stop) if isinstance(stop, StopFlag) else (self._cancel,)
         self.session.stops = stops
-        with _sigterm_as_interrupt():
+        with interrupts.raised():  # SIGTERM, SIGHUP stop it as Ctrl-C does (signals.py)
             try:
                 return self._loop()
             except KeyboardInterrupt:
@@ -405,9 +243,34 @@ class Watcher:
         delta = self._delta(changed)
         if self.rounds > 1:
             self.out.write("\n")
-        error, restarted, result = None, False, None
         self._building = True
         collecting = gc.isenabled()
+        try:
+            built = self._build(delta, collecting)
+        finally:
+            if collecting:
+                gc.enable()
+            self._retired = None
+            self._building = False
+            self._warn()
+            synced = self._sync()
+        if built is None:
+            return EXIT_INTERRUPTED
+        result, error, restarted = built
+        self._exact = synced and not self._moved and result is not None and result.ok
+        self.out.flush()
+        if self.on_round is not None:
+            planned = self._planned or ()
+            self.on_round(
+                Round(self.rounds, tuple(changed), planned, result, error, restarted, delta)
+            )
+        return None
+
+    def _build(
+        self, delta: tuple[str, ...] | None, collecting: bool
+    ) -> tuple[BuildResult | None, str | None, bool] | None:
+        """Run the round's build: (result, the error that stopped it, restarted), or None when it
+        was interrupted.  ``collecting``: the garbage collector waits until a task started."""
         try:
             reporter = self._reporter_factory()
             if collecting:
@@ -417,34 +280,20 @@ class Watcher:
                 self.targets, reporter=reporter, jobs=self.jobs, changed=delta
             )
         except KeyboardInterrupt:  # Ctrl-C before any task started
-            return EXIT_INTERRUPTED
+            return None
         except Interrupted:
             if not self._cancel.is_set() or self._stop.is_set():
-                return EXIT_INTERRUPTED
-            restarted = True
+                return None
             self._say("restarting: inputs changed during the build")
+            return None, None, True
         except DagrunError as exc:
-            error = str(exc)
             if self._planned is None:
                 self._header()
-            self.err.write(f"dagrun: error: {error}\n")
+            self.err.write(f"dagrun: error: {exc}\n")
             self.err.flush()
             self._say("still watching; the next change retries")
-        finally:
-            if collecting:
-                gc.enable()
-            self._retired = None
-            self._building = False
-            self._warn()
-            synced = self._sync()
-        self._exact = synced and not self._moved and result is not None and result.ok
-        self.out.flush()
-        if self.on_round is not None:
-            planned = self._planned or ()
-            self.on_round(
-                Round(self.rounds, tuple(changed), planned, result, error, restarted, delta)
-            )
-        return None
+            return None, str(exc), False
+        return result, None, False
 
     def _delta(self, changed: dict[str, tuple[Kind, int]]) -> tuple[str, ...] | None:
         """What to tell the build changed: the paths, or None for "check everything"."""
@@ -724,20 +573,3 @@ def _names(names: Sequence[str]) -> str:
     if len(names) > _SHOWN:
         shown += f" and {len(names) - _SHOWN} more"
     return shown
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """While watching, SIGTERM stops like Ctrl-C does (idle or not)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import signal
 import socket
 import ssl
 import sys
@@ -539,12 +538,4 @@ def main(
         worker = Worker(url, token, jobs=jobs, cafile=cafile, directory=directory, grace=grace)
     except (OSError, ValueError, ssl.SSLError) as exc:
         raise DagrunError(f"worker: {exc}") from None
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return worker.run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    return worker.run()  # SIGTERM, SIGHUP, Ctrl-C: cli.cmd_worker runs it under interrupts.raised

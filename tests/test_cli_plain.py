@@ -82,9 +82,9 @@ def test_a_plain_build_does_not_import_argparse(project):
 
 
 def test_an_option_the_reader_does_not_know_is_left_to_argparse(monkeypatch):
-    import dagrun.entry
+    import dagrun.argv
 
     # as if the fast path's recogniser learned an option this reader has not: argparse decides
-    monkeypatch.setattr(dagrun.entry, "plain_build", lambda argv: (".", None, []))
+    monkeypatch.setattr(dagrun.argv, "plain_build", lambda argv: (".", None, []))
     assert plain_args(["build", "--explain"]) is None
     assert plain_args(["build", "-j", "2"]) is not None
