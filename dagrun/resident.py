@@ -194,6 +194,7 @@ class Resident:
         self._noop: tuple[Any, dict[str, str | None], int] | None = None  # see noop()
         self._selected = 0  # the last plan's selected tasks
         self._always = False  # ... and whether one of them is ``always``
+        self._always_in: tuple[BuildGraph, bool] | None = None  # whether any task of a graph is
         self._seen = threading.Condition()  # the cookies the watcher read (_catch_up)
         self._sent = self._cookies = 0
         self._linked: str | None = None  # a source that is a symlink or a hard link
@@ -316,7 +317,9 @@ class Resident:
         self._graph = graph
         specs, root = graph.specs, self.root
         self._selected = len(plan.selected)
-        self._always = any(specs[i].always for i in plan.selected)
+        if self._always_in is None or self._always_in[0] is not graph:  # once per graph
+            self._always_in = (graph, any(spec.always for spec in specs))
+        self._always = self._always_in[1] and any(specs[i].always for i in plan.selected)
         self._owned = frozenset(
             os.path.normpath(os.path.join(root, o)) for i in plan.to_run for o in specs[i].outputs
         )
