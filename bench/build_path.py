@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The path of one ``dagrun build``: the files it enters from the command line to the first
-spawned process and on to the log write (the success record), and how often a call runs back up the import graph.
+spawned process and on to the log write (the success record), and how often a call runs back
+up the import graph.
 
     python bench/build_path.py [--json]
 

@@ -25,8 +25,8 @@ from .executors import Context, Executor, create
 from .graph import BuildGraph
 from .placement import GROUP
 from .plan import Plan
+from .records import FUNCTION_POOL
 from .scheduler import (
-    FUNCTION_POOL,
     BuildResult,
     Hooks,
     Limits,

@@ -12,6 +12,7 @@ import re
 import time
 
 from .unchanged import ABSENT, folder_stamp
+from .unchanged import folders_unchanged as folders_unchanged  # re-exported (see unchanged.py)
 
 _MAGIC = re.compile(r"[*?\[]")
 STATE_DIR = ".dagrun"  # dagrun's own state: never an input
@@ -185,16 +186,6 @@ def _listdir(path: str, scanned: dict[str, int] | None) -> list[str]:
     if scanned is not None:
         scanned[path] = folder_stamp(st, time.time_ns())
     return sorted(names)
-
-
-def folders_unchanged(scanned: dict[str, int]) -> bool:
-    """True when every folder in ``scanned`` still has the recorded mtime (or is still absent).
-
-    It lives in dagrun/unchanged.py, which the no-op path imports instead of this module (``re``).
-    """
-    from .unchanged import folders_unchanged as unchanged
-
-    return unchanged(scanned)
 
 
 def escape(path: str) -> str:

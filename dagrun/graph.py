@@ -14,7 +14,6 @@ import gc
 import operator
 import os
 import re
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +22,9 @@ from typing import Any
 
 from . import globs
 from .errors import CycleError, ManifestError, UnknownTargetError
-from .manifest import CacheSettings, ExecutorSpec, Manifest, TaskSpec, inside_root
+from .paths import inside_root
+from .records import CacheSettings, ExecutorSpec, Manifest, TaskSpec
+from .task_inputs import Inputs
 
 GRAPH_FORMAT = 9  # 4: TaskSpec gained the function-task fields; 5: depfile, restat; 6: columns
 # 7: desc; 8: stall_warning, slurm; 9: cache
@@ -286,56 +287,69 @@ def compile(manifest: Manifest, exclude: frozenset[str] = frozenset()) -> BuildG
             groups.setdefault(s.group, []).append(i)
     producers = {p: i for i, s in enumerate(specs) for p in s.outputs}
     scanned: dict[str, int] = dict(manifest.scanned)
-    deps: list[tuple[int, ...]] = []
-    sources: list[tuple[str, ...]] = []
-    inputs = _Inputs(manifest, producers, scanned)
-    inputs.dead = exclude
-    inputs.real_outputs()
-    named: list[TaskSpec] = []  # specs with {inputs} and {outputs} replaced in their cmd
-    for i, s in enumerate(specs):
-        found: dict[int, None] = {}
-        for name in s.deps:
-            for d in _resolve_dep(manifest, index, groups, s, name):
-                if d != i:
-                    found[d] = None
-                else:
-                    raise CycleError([s.name, s.name], manifest.source)  # a task needs itself
-        explicit = set(found)
-        srcs: dict[str, None] = {}
-        inputs.via.clear()
-        inputs.listed.clear()
-        for pattern in s.inputs:
-            if pattern.startswith("!"):
-                inputs.exclude(inputs.real(pattern[1:]), found, explicit, srcs)
-            elif globs.has_magic(pattern):
-                inputs.glob(i, inputs.real(pattern), found, srcs)
-            else:
-                inputs.path(i, inputs.real(pattern), found, srcs)
-        deps.append(tuple(found))
-        found_sources = tuple(sorted(srcs))
-        sources.append(s.inputs if found_sources == s.inputs else found_sources)  # one tuple
-        named.append(_name_files(s, inputs.listed) if _OWN_FILES.search(s.cmd) else s)
+    inputs = Inputs(manifest, producers, scanned, exclude)
+    deps, sources, named = _resolve(manifest, index, groups, inputs)
     if named != list(specs):
         specs = tuple(named)
         manifest = dataclasses.replace(manifest, tasks=specs)
-    try:
-        order: Sequence[int] = _toposort(specs, deps, manifest.source)
-    except CycleError as exc:
-        links = _cycle_links(manifest, index, producers, exc.cycle)
-        raise CycleError(exc.cycle, manifest.source, links) from None
-    if order == list(range(len(specs))):
-        order = range(len(specs))  # no int per task
     graph = BuildGraph(  # without index and producers: made again if needed (less memory)
         manifest=manifest,
         specs=specs,
         deps=deps,
-        order=order,
+        order=_order(manifest, index, producers, deps),
         groups=groups,
         sources=sources,
         scanned=scanned,
     )
     _check_default(graph)
     return graph
+
+
+def _resolve(
+    manifest: Manifest, index: Mapping[str, int], groups: Mapping[str, list[int]], inputs: Inputs
+) -> tuple[list[tuple[int, ...]], list[tuple[str, ...]], list[TaskSpec]]:
+    """Per task: its dependencies (its ``deps`` and the producers of its inputs), its hashed
+    source files, and its spec with ``{inputs}`` and ``{outputs}`` replaced in its cmd."""
+    deps: list[tuple[int, ...]] = []
+    sources: list[tuple[str, ...]] = []
+    named: list[TaskSpec] = []
+    for i, s in enumerate(manifest.tasks):
+        found = _named_deps(manifest, index, groups, i)
+        srcs = inputs.of_task(i, found)
+        deps.append(tuple(found))
+        found_sources = tuple(sorted(srcs))
+        sources.append(s.inputs if found_sources == s.inputs else found_sources)  # one tuple
+        named.append(_name_files(s, inputs.listed) if _OWN_FILES.search(s.cmd) else s)
+    return deps, sources, named
+
+
+def _named_deps(
+    manifest: Manifest, index: Mapping[str, int], groups: Mapping[str, list[int]], i: int
+) -> dict[int, None]:
+    """The tasks task ``i``'s ``deps`` entries name (names, groups, globs), in order."""
+    s = manifest.tasks[i]
+    found: dict[int, None] = {}
+    for name in s.deps:
+        for d in _resolve_dep(manifest, index, groups, s, name):
+            if d == i:
+                raise CycleError([s.name, s.name], manifest.source)  # a task needs itself
+            found[d] = None
+    return found
+
+
+def _order(
+    manifest: Manifest, index: Mapping[str, int], producers: Mapping[str, int],
+    deps: list[tuple[int, ...]],
+) -> Sequence[int]:
+    """A topological order (``range(n)`` when the manifest's is one); CycleError naming a
+    cycle, with the files that link its tasks."""
+    specs = manifest.tasks
+    try:
+        order = _toposort(specs, deps, manifest.source)
+    except CycleError as exc:
+        links = _cycle_links(manifest, index, producers, exc.cycle)
+        raise CycleError(exc.cycle, manifest.source, links) from None
+    return range(len(specs)) if order == list(range(len(specs))) else order  # no int per task
 
 
 _OWN_FILES = re.compile(r"(?<!\$)\{(inputs|outputs)\}")
@@ -369,171 +383,6 @@ def _name_files(spec: TaskSpec, inputs: Iterable[str]) -> TaskSpec:
         return shellwords.words(paths, quoting[m.start()])
 
     return spec._replace(cmd=_OWN_FILES.sub(replace, spec.cmd))
-
-
-def _gone(rx: re.Pattern[str], path: str) -> bool:
-    """Whether an input exclusion's regex matches ``path`` or a folder it lies in."""
-    while path:
-        if rx.match(path):
-            return True
-        path = path.rpartition("/")[0]
-    return False
-
-
-class _Inputs:
-    """Turns a task's inputs into dependencies (on their producers) and hashed source files.
-
-    An input produced by a task, or lying under a produced folder, is that task's
-    dependency; a folder input stands for every file in its tree, and depends on
-    every task that produces something inside it; a glob depends on every task
-    with an output it matches or an output folder it could match files in.
-    """
-
-    def __init__(self, manifest: Manifest, producers: dict[str, int], scanned: dict[str, int]):
-        self.manifest = manifest
-        self.producers = producers
-        self.scanned = scanned
-        self.outputs = list(producers)
-        self.prefix = manifest.root.rstrip("/") + "/"
-        self.subdirs: dict[str, frozenset[str]] = {}  # folder -> its subfolders' names
-        self.real_root = os.path.realpath(manifest.root)
-        self.real_dirs: dict[str, str] = {}  # a folder an input names -> the one it leads to
-        # for the task being compiled: each dependency's files, and every input in order
-        self.via: dict[int, list[str]] = {}
-        self.listed: dict[str, None] = {}
-        self.dead: frozenset[str] = frozenset()  # never matched (compile's exclude)
-
-    def real(self, pattern: str) -> str:
-        """``pattern`` with a symlink to a folder inside the project, in its fixed part, replaced
-        by that folder: ``src/gen/*.txt`` with ``src/gen -> ../gen`` reads ``gen/*.txt``, and
-        so meets the task that writes ``gen/x.txt`` (one realpath per folder named)."""
-        if pattern.startswith("/"):
-            return pattern
-        lit = globs.literal_prefix(pattern)
-        if lit != pattern:
-            folder = lit.rpartition("/")[0]  # the folders before the first wildcard
-        elif self.is_dir(self.prefix + pattern):
-            folder = pattern  # a folder input: it may be the link itself
-        else:
-            folder = pattern.rpartition("/")[0]
-        if not folder:
-            return pattern
-        real = self.real_dirs.get(folder)
-        if real is None:
-            real = self.real_dirs[folder] = self._real_dir(folder)
-        return pattern if real == folder else real + pattern[len(folder) :]
-
-    def real_outputs(self) -> None:
-        """Each output written through a symlinked folder is also known by the folder it leads
-        to (``src/gen/x.txt`` as ``gen/x.txt``), so every spelling of an input meets it."""
-        real_dirs = self.real_dirs
-        for out, i in list(self.producers.items()):
-            folder = out.rpartition("/")[0]
-            if not folder or out.startswith("/"):
-                continue
-            real = real_dirs.get(folder)
-            if real is None:
-                real = real_dirs[folder] = self._real_dir(folder)
-            if real != folder and self.producers.setdefault(real + out[len(folder) :], i) == i:
-                self.outputs.append(real + out[len(folder) :])
-
-    def _real_dir(self, folder: str) -> str:
-        full = os.path.realpath(self.prefix + folder)
-        base = self.real_root.rstrip("/") + "/"
-        if full == base + folder or not full.startswith(base):
-            return folder  # no link on the way, or one that leads out of the project
-        return full[len(base) :]
-
-    def need(self, producer: int, path: str, found: dict[int, None]) -> None:
-        found[producer] = None
-        self.via.setdefault(producer, []).append(path)
-
-    def exclude(
-        self, pattern: str, found: dict[int, None], explicit: set[int], srcs: dict[str, None]
-    ) -> None:
-        """``!pattern``: its matches (and what lies below them) leave the inputs before it."""
-        rx = globs.translate(pattern)
-        for files in (srcs, self.listed):
-            for p in [p for p in files if _gone(rx, p)]:
-                del files[p]
-        for d, paths in self.via.items():
-            paths[:] = [p for p in paths if not _gone(rx, p)]
-            if not paths and d not in explicit:
-                found.pop(d, None)
-
-    def is_dir(self, path: str) -> bool:
-        """Whether ``path`` (absolute) is a folder: one listing per parent, not a stat per input."""
-        parent, _, name = path.rpartition("/")
-        names = self.subdirs.get(parent)
-        if names is None:
-            names = self.subdirs[parent] = _subdirs(parent or "/")
-        return name in names or name in ("", ".", "..")
-
-    def glob(self, i: int, pattern: str, found: dict[int, None], srcs: dict[str, None]) -> None:
-        spec = self.manifest.tasks[i]
-        rx = _glob_regex(self.manifest, spec, pattern)
-        lit = globs.literal_prefix(pattern)  # a cheap first test of every output
-        matches: set[str] = set()
-        for out in self.outputs:
-            if not out.startswith(lit) and not lit.startswith(out + "/"):
-                continue
-            if self.producers[out] != i and (rx.match(out) or globs.may_match_below(pattern, out)):
-                self.need(self.producers[out], out, found)
-                if rx.match(out):
-                    matches.add(out)
-        for path in globs.expand(pattern, self.manifest.root, self.scanned):
-            if path in self.dead:
-                continue
-            if self.producer(path) is None:
-                srcs[path] = None
-            matches.add(path)
-        self.listed.update(dict.fromkeys(sorted(matches)))
-
-    def path(self, i: int, path: str, found: dict[int, None], srcs: dict[str, None]) -> None:
-        self.listed[path] = None
-        p = self.producer(path)
-        if p is not None:
-            if p == i:
-                raise self._error(i, f"'{path}' is both an input and an output of this task")
-            self.need(p, path, found)
-            return
-        if not self.is_dir(path if path.startswith("/") else self.prefix + path):
-            srcs[path] = None
-            return
-        below = "" if path == "." else path + "/"
-        for out in self.outputs:
-            if out.startswith(below) and self.producers[out] != i:
-                self.need(self.producers[out], out, found)
-        for f in globs.tree(path, self.manifest.root, self.scanned):
-            if self.producer(f) is None and f not in self.dead:
-                srcs[f] = None
-
-    def producer(self, path: str) -> int | None:
-        """The task that outputs ``path`` or a folder it lies in, or None."""
-        producers = self.producers
-        p = producers.get(path)
-        end = len(path)
-        while p is None and end > 0:
-            end = path.rfind("/", 0, end)
-            if end <= 0:
-                return None
-            p = producers.get(path[:end])
-        return p
-
-    def _error(self, i: int, message: str) -> ManifestError:
-        m = self.manifest
-        spec = m.tasks[i]
-        return ManifestError(
-            message, source=m.source, task=spec.name, key="inputs", line=m.line_of(spec, "inputs")
-        )
-
-
-def _subdirs(folder: str) -> frozenset[str]:
-    try:
-        with os.scandir(folder) as it:
-            return frozenset(e.name for e in it if e.is_dir())
-    except (OSError, ValueError):
-        return frozenset()
 
 
 def _cycle_links(
@@ -582,21 +431,6 @@ def _file_between(
 
 def _at(line: int | None, before: str = ", line ", after: str = "") -> str:
     return f"{before}{line}{after}" if line is not None else ""
-
-
-def _glob_regex(manifest: Manifest, spec: TaskSpec, pattern: str) -> re.Pattern[str]:
-    """An input glob's regex; a glob ``re`` refuses (or warns about: ``[[``, ``&&``) is an error."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", FutureWarning)
-            return globs.translate(pattern)
-    except (re.error, FutureWarning) as exc:
-        why = exc.msg if isinstance(exc, re.error) else str(exc)
-        raise ManifestError(
-            f"input '{pattern}' is not a valid glob ({why[:1].lower() + why[1:]})",
-            source=manifest.source, task=spec.name, key="inputs",
-            line=manifest.line_of(spec, "inputs"),
-        ) from None
 
 
 def _check_default(graph: BuildGraph) -> None:

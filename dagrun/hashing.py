@@ -19,31 +19,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from .digest import digest_bytes as digest_bytes  # re-exported: callers take it from here
 from .errors import ManifestError
 from .fs import FileSystem
 from .graph import BuildGraph
+from .pycode import code_digest
 
 KEY_FORMAT = "dagrun-key/1"
 RACY_NS = 50_000_000
-DIGEST_BYTES = 16
-
-_blake3: Any = None
-
-
-def _hasher() -> Any:
-    global _blake3
-    if _blake3 is None:
-        from blake3 import blake3
-
-        _blake3 = blake3
-    return _blake3()
-
-
-def digest_bytes(*chunks: bytes) -> str:
-    h = _hasher()
-    for c in chunks:
-        h.update(c)
-    return str(h.hexdigest(length=DIGEST_BYTES))
 
 
 # path -> (mtime_ns, ctime_ns, size, ino, digest, trusted)
@@ -171,9 +154,7 @@ def _key_env_names(graph: BuildGraph) -> list[str]:
 
 
 def _function_parts(graph: BuildGraph, i: int) -> dict[str, str]:
-    """A function task's code digest (not its whole module's: see pycall.py) and args digest."""
-    from .pycall import code_digest
-
+    """A function task's code digest (not its whole module's: see pycode.py) and args digest."""
     spec = graph.specs[i]
     path = spec.code_file
     if path and not path.startswith("/"):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ExecutorError
-from .manifest import TaskSpec
+from .records import TaskSpec
 
 SYSFS_NODES = "/sys/devices/system/node"
 

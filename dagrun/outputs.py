@@ -24,10 +24,9 @@ import os
 import stat
 from collections.abc import Iterable
 
-from .hashing import _hasher, digest_bytes
+from .digest import DIGEST_BYTES, _hasher, digest_bytes
 
 CHUNK = 1 << 20
-DIGEST_BYTES = 16
 
 
 def digest(path: str) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .graph import BuildGraph
 from .hashing import MISSING, KeyParts
-from .manifest import TaskSpec
+from .records import TaskSpec
 
 Identity = tuple[int, int, int, int]  # an output's size, ctime_ns, inode, kind (completion_log)
 

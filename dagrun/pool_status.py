@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .events import Event, TaskFinished, TaskPlaced, TaskStarted
 from .fs import open_regular
-from .manifest import Manifest
+from .records import Manifest
 
 if TYPE_CHECKING:  # numa: imported where a core pool is configured
     from .numa import CorePool, NodeUsage

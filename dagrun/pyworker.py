@@ -383,48 +383,59 @@ def _writer(fd: int) -> Any:
 def io_loop(requests: int, replies: int) -> None:
     import asyncio
     import contextvars
-    import functools
 
     global _CURRENT
     _CURRENT = contextvars.ContextVar("dagrun_job_files", default=None)
     sys.stdout = _Routed(0, sys.__stdout__)
     sys.stderr = _Routed(1, sys.__stderr__)
-    outbox = _writer(replies)
+    asyncio.run(_io_main(requests, _writer(replies)))
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        tasks: dict[int, asyncio.Task[None]] = {}
-        buf = bytearray()
 
-        def forget(job_id: int, _task: object) -> None:
-            tasks.pop(job_id, None)
+async def _io_main(requests: int, outbox: Any) -> None:
+    """The io worker's event loop: every "run" a task on it, until "stop" or the request pipe's
+    end; the tasks still running then are cancelled."""
+    import asyncio
 
-        def readable() -> None:
-            data = os.read(requests, 1 << 16)
-            if not data:
-                loop.remove_reader(requests)
-                if not done.done():
-                    done.set_result(None)
-                return
-            buf.extend(data)
-            for message in decode_frames(buf):
-                if message[0] == "run":
-                    _, job_id, req = message
-                    task = asyncio.ensure_future(_run_io(job_id, req, outbox))
-                    tasks[job_id] = task
-                    task.add_done_callback(functools.partial(forget, job_id))
-                elif message[0] == "cancel" and message[1] in tasks:
-                    tasks[message[1]].cancel()
-                elif message[0] == "stop" and not done.done():
-                    done.set_result(None)
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    tasks: dict[int, asyncio.Task[None]] = {}
+    buf = bytearray()
 
-        loop.add_reader(requests, readable)
-        await done
-        for task in tasks.values():
-            task.cancel()
+    def readable() -> None:
+        data = os.read(requests, 1 << 16)
+        if not data:
+            loop.remove_reader(requests)
+            if not done.done():
+                done.set_result(None)
+            return
+        buf.extend(data)
+        for message in decode_frames(buf):
+            _io_message(message, tasks, outbox, done)
 
-    asyncio.run(main())
+    loop.add_reader(requests, readable)
+    await done
+    for task in tasks.values():
+        task.cancel()
+
+
+def _io_message(message: Any, tasks: dict[int, Any], outbox: Any, done: Any) -> None:
+    """One request to the io worker: "run" (a job as a task), "cancel" (one), or "stop"."""
+    import asyncio
+    import functools
+
+    if message[0] == "run":
+        _, job_id, req = message
+        task = asyncio.ensure_future(_run_io(job_id, req, outbox))
+        tasks[job_id] = task
+        task.add_done_callback(functools.partial(_forget, tasks, job_id))
+    elif message[0] == "cancel" and message[1] in tasks:
+        tasks[message[1]].cancel()
+    elif message[0] == "stop" and not done.done():
+        done.set_result(None)
+
+
+def _forget(tasks: dict[int, Any], job_id: int, _task: object) -> None:
+    tasks.pop(job_id, None)
 
 
 # ---------------------------------------------------------------- start

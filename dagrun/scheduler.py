@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import heapq
 import os
-import re
 import select
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -46,10 +45,11 @@ from .events import (
     TaskSkipped,
     TaskStarted,
 )
-from .executors import Executor, Job, Outcome
+from .executors import Executor, Job, Outcome, cancel_all
 from .graph import BuildGraph
-from .manifest import TaskSpec
 from .plan import Plan
+from .records import FUNCTION_POOL, TaskSpec
+from .runs import run_dir_name as run_dir_name  # its home is runs.py; imported from here too
 
 if TYPE_CHECKING:
     import random
@@ -133,32 +133,16 @@ class BuildResult:
         return 0 if self.ok else 1
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+@\[\]-]")
-_LONGEST = 120  # characters of a task name kept in its run folder's name
-
-
-FUNCTION_POOL = "python"  # where function tasks of the local executor run (executors/pyfunc.py)
 
 
 def executor_of(spec: TaskSpec) -> str:
-    """The executor that runs a task: a function task of the local executor, the function pool."""
-    return FUNCTION_POOL if spec.call and spec.executor == "local" else spec.executor
+    """The executor that runs a task (decided once: TaskSpec.runs_on)."""
+    return spec.runs_on
 
 
 def _pool(executor: str) -> str:
     """The slots an executor's jobs take: the function pool's are the local ones."""
     return "local" if executor == FUNCTION_POOL else executor
-
-
-def run_dir_name(task: str) -> str:
-    """A file-system-safe folder name for a task, unique per task name."""
-    safe = _UNSAFE.sub("_", task)
-    if safe != task or safe in (".", "..") or len(safe) > _LONGEST:
-        import zlib
-
-        crc = zlib.crc32(task.encode(errors="surrogateescape"))
-        safe = f"{safe[:_LONGEST]}-{crc:08x}"  # names are at most 255 bytes
-    return safe
 
 
 # on_success(i, outcome) -> None, or a reason that turns the success into a failure
@@ -476,8 +460,10 @@ class Scheduler:
         waited: list[Waitable] = list({id(e): e for e in self.executors.values()}.values())
         if self.hooks.cache is not None:
             waited.append(self.hooks.cache)
+        force = False
         for ex in waited:
-            for outcome in ex.cancel_all():
+            outcomes, force = cancel_all(ex, force)
+            for outcome in outcomes:
                 if outcome.job_id in self.running:
                     self._finished(outcome, cancelled=why, interrupted=interrupted)
 

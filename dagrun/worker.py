@@ -35,10 +35,10 @@ from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from .executors import Job, Outcome
+from .executors import Job, Outcome, cancel_all
 from .executors.local import LocalExecutor
 from .guard import Guard
-from .scheduler import run_dir_name
+from .runs import run_dir_name
 
 SHOWN = 256 * 1024  # bytes of each stream sent back; the whole file stays here
 EXIT_DONE, EXIT_GONE, EXIT_REFUSED = 0, 1, 2
@@ -294,7 +294,7 @@ class Worker:
             self.say("dagrun worker: interrupted; killing its tasks (their leases will expire)")
             self.exit_code = 130
         self.stopping.set()
-        self.local.cancel_all(force=self.exit_code != 130)
+        cancel_all(self.local, force=self.exit_code != 130)  # a second Ctrl-C: no more grace
         self.local.close()
         return self.exit_code
 
@@ -412,16 +412,7 @@ class Worker:
         if outcome.ok and wire.get("stage") == "http":
             problem = self._upload_outputs(wire)
             if problem is not None:
-                outcome = Outcome(
-                    outcome.job_id,
-                    None,
-                    outcome.duration,
-                    outcome.stdout,
-                    outcome.stderr,
-                    False,
-                    outcome.maxrss_kb,
-                    problem,
-                )
+                outcome = outcome.failed(problem)
         self._report(outcome.job_id, outcome)
 
     def _upload_outputs(self, wire: dict[str, Any]) -> str | None:
@@ -537,5 +528,5 @@ def main(
         token = read_token(token_file)
         worker = Worker(url, token, jobs=jobs, cafile=cafile, directory=directory, grace=grace)
     except (OSError, ValueError, ssl.SSLError) as exc:
-        raise DagrunError(f"worker: {exc}") from None
+        raise DagrunError(f"worker: {exc}") from exc
     return worker.run()  # SIGTERM, SIGHUP, Ctrl-C: cli.cmd_worker runs it under interrupts.raised

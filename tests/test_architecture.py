@@ -23,18 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dagrun"
 TABLE = ROOT / "docs" / "architecture.md"
 
-# to be removed by the redesign (issue 21): what main still has, allowed here until the merge of
-# its four parts; the lead engineer empties both after updating docs/architecture.md
-ALLOWED_CYCLES: set[frozenset[str]] = {
-    # manifest -> pycall -> hashing -> graph -> manifest (r-manifest: the digest and call
-    # targets go to small modules at the bottom)
-    frozenset({"dagrun/graph.py", "dagrun/hashing.py", "dagrun/manifest.py", "dagrun/pycall.py"}),
-}
-ALLOWED_UPWARD: set[tuple[str, str]] = {
-    # pycall (the manifest's call targets) takes digest_bytes from hashing (the keys): the
-    # digest moves below both (r-manifest)
-    ("dagrun/pycall.py", "dagrun/hashing.py"),
-}
+# known breaches, each named with its reason and its way out; empty since the redesign (issue 21)
+ALLOWED_CYCLES: set[frozenset[str]] = set()
+ALLOWED_UPWARD: set[tuple[str, str]] = set()
 
 
 class Import(NamedTuple):

@@ -299,7 +299,8 @@ executor = "cluster"
     assert (root / "after.out").read_text() == "second\n"
     assert len((root / "attempts").read_text().split()) == 2
     assert logged_tasks(root) == ["slow", "after"]
-    assert out.count("] slow") == 1  # reported once too
+    assert out.count("/2] slow") == 1  # reported done once too
+    assert "RETRY: [lost: its Dask worker died] slow" in out  # the scheduler's lost rule
     assert_groups_gone({first})  # the orphaned first attempt was killed
 
 

@@ -87,6 +87,21 @@ def test_success_captures_output_in_the_outcome_and_the_run_folder(executor, tmp
         assert "echo out" in (Path(j.run_dir) / "command.txt").read_text()
 
 
+def test_a_silent_success_keeps_no_run_folder_and_a_failure_keeps_one(executor, tmp_path):
+    """One rule for every executor (runs.py, docs/state.md): kept only when it printed or failed;
+    a silent success also removes its previous run's files."""
+    silent = job(tmp_path, "true")
+    Path(silent.run_dir).mkdir(parents=True)
+    (Path(silent.run_dir) / "stdout.txt").write_text("an earlier run's\n")
+    failing = job(tmp_path, "exit 3")
+    assert run(executor, silent).ok and not run(executor, failing).ok
+    if not isinstance(executor, _fake_type()):
+        assert not Path(silent.run_dir).exists()
+        command = (Path(failing.run_dir) / "command.txt").read_text()
+        assert command.startswith("exit 3\n\n# task: ")
+        assert (Path(failing.run_dir) / "stdout.txt").read_text() == ""
+
+
 def test_failure_gives_the_exit_code_and_output(executor, tmp_path):
     o = run(executor, job(tmp_path, "echo partial; echo broken >&2; exit 3"))
     assert not o.ok and o.exit_code == 3

@@ -254,6 +254,31 @@ def test_interrupt_cancels_and_raises(fake_clock, recorder):
     assert all(e.error == "interrupted" for e in recorder.of(TaskFinished))
 
 
+def test_a_second_interrupt_while_cancelling_forces_the_cancel(fake_clock, recorder):
+    """The scheduler owns "a second Ctrl-C means force": an executor's cancel_all interrupted
+    during its grace period is called again with force=True, and no outcome is lost."""
+
+    class Slow(FakeExecutor):
+        forces: list[bool] = []
+
+        def collect(self):
+            if self.started == ["a", "b"]:
+                raise KeyboardInterrupt
+            return super().collect()
+
+        def cancel_all(self, *, force=False):
+            self.forces.append(force)
+            if not force:
+                raise KeyboardInterrupt  # the second Ctrl-C, during the grace period
+            return super().cancel_all(force=force)
+
+    ex = Slow(clock=fake_clock)
+    with pytest.raises(Interrupted) as info:
+        schedule(tasks(t("a"), t("b"), t("c", ["a"])), ex, recorder)
+    assert ex.forces == [False, True]
+    assert sorted(info.value.result.failed) == ["a", "b"]
+
+
 def test_a_system_exit_inside_a_build_is_an_interrupt_not_a_success(fake_clock, recorder):
     """A library's ``sys.exit()`` (dask_jobqueue's SIGINT handler) ended builds with 0."""
 

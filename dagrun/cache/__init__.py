@@ -37,7 +37,7 @@ from ..executors import Outcome
 from ..executors.threaded import Completions
 from ..graph import BuildGraph
 from ..hashing import MISSING, Keys, digest_bytes, key_of
-from ..manifest import CacheSettings, TaskSpec
+from ..records import CacheSettings, TaskSpec
 from . import entry as entries
 from .restore import Damaged, restore
 from .store import FolderStore, Store, StoreError, open_store

@@ -17,8 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..hashing import _hasher, digest_bytes
-from ..outputs import DIGEST_BYTES
+from ..digest import DIGEST_BYTES, _hasher, digest_bytes
 from .entry import INLINE, Blob, Entry, Output, sha256_bytes
 from .store import CHUNK, Store
 

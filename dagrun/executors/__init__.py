@@ -23,7 +23,16 @@ The contract, which ``tests/test_executor_contract.py`` checks on every executor
 - ``cancel(job_id)`` kills one job (its whole process group, also on a remote
   host); its Outcome still comes through ``collect()``.  ``cancel_all()`` kills
   every job and returns their outcomes (Ctrl-C); ``force`` skips the grace
-  period.  ``close()`` releases connections, clusters and threads.
+  period.  The loop decides force (a second Ctrl-C while it waits is one,
+  ``cancel_all(executor)`` below): a ``cancel_all`` interrupted by
+  KeyboardInterrupt keeps the outcomes it has not returned, and is called
+  again with ``force=True``.
+  ``close()`` releases connections, clusters and threads.
+- There is no blocking ``wait()`` in the contract: the scheduler never blocks on
+  one executor, it waits on every executor's ``fileno()`` and ``deadline()`` in
+  one epoll.  Executors that have a ``wait(timeout)`` keep it for a single
+  caller (a test, a benchmark), built on ``fileno``/``collect``
+  (``threaded.wait_on``).
 - Optional: ``job_ref(job_id)`` names a submitted job in the executor's own terms (a Slurm
   job id); the scheduler passes it on as a TaskPlaced event (status, show, events, JUnit).
 
@@ -94,6 +103,12 @@ class Outcome:
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out and not self.lost
 
+    def failed(self, error: str) -> Outcome:
+        """This outcome as a failure with dagrun's own reason (the command may have exited 0:
+        a missing output, a run folder that cannot be written)."""
+        return Outcome(self.job_id, None, self.duration, self.stdout, self.stderr,
+                       self.timed_out, self.maxrss_kb, error, self.lost)
+
 
 class Executor(Protocol):
     """Where jobs run; see the module docstring for the contract."""
@@ -119,9 +134,6 @@ class Executor(Protocol):
     def collect(self) -> list[Outcome]:
         """The outcomes of jobs that ended since the last call; never blocks."""
 
-    def wait(self, timeout: float | None = None) -> list[Outcome]:
-        """Block until at least one job ends (or ``timeout``); the outcomes seen (one executor)."""
-
     def cancel(self, job_id: int) -> None:
         """Kill one job; its outcome comes through ``collect()``."""
 
@@ -129,6 +141,22 @@ class Executor(Protocol):
         """Kill every job (``force``: at once, no grace) and return their outcomes."""
 
     def close(self) -> None: ...
+
+
+class Cancellable(Protocol):
+    def cancel_all(self, *, force: bool = False) -> list[Outcome]: ...
+
+
+def cancel_all(executor: Cancellable, force: bool = False) -> tuple[list[Outcome], bool]:
+    """``executor.cancel_all``, and whether to force from now on, for the loop that owns
+    Ctrl-C (the scheduler, ``dagrun worker``): a second Ctrl-C while jobs get their grace
+    period means no more grace, there and in every executor cancelled after.  (An executor
+    keeps the outcomes it has not returned yet, so the call can start over.)"""
+    while True:
+        try:
+            return executor.cancel_all(force=force), force
+        except KeyboardInterrupt:
+            force = True
 
 
 class Context(NamedTuple):  # not a dataclass: ~0.7 ms less per start (bench/IMPORTS.md)

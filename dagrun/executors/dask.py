@@ -30,11 +30,12 @@ every worker lost, or none ever started) fails the jobs waiting on it, with a
 message, instead of waiting for ever.
 
 A worker that dies mid-task: its command is killed (it would otherwise keep
-running, orphaned) and the job is submitted again, at most ``MAX_LOST`` times;
-it is logged once, when it ends.  Dask must not rerun it by itself meanwhile,
-so the clusters dagrun starts have ``allowed-failures = 0``; an external
-scheduler keeps its own setting (a rerun there kills an earlier attempt on the
-same machine before it starts).  Cancelling kills the job's process group on
+running, orphaned) and the job ends *lost*: the scheduler runs it again, as a
+new job, by its rule for lost jobs (at most ``max_lost`` times); it is logged
+once, when it ends.  Dask must not rerun it by itself meanwhile, so the
+clusters dagrun starts have ``allowed-failures = 0``; an external scheduler
+keeps its own setting (the lost attempt's cancel file stops a rerun there
+before it starts).  Cancelling kills the job's process group on
 its worker (``client.cancel`` alone would leave the command running).
 """
 
@@ -43,19 +44,22 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import pickle
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from .. import remote_run
+from .. import pyworker, remote_run, runs
 from ..errors import ExecutorError
+from ..executor_options import effective
+from ..pycall import load_result
 from . import Context, Job, Outcome
 from .threaded import ThreadedExecutor
 
 INSTALL_HINT = "pip install 'dagrun[dask]'"
-MAX_LOST = 3  # submissions of one job whose worker died, before the job fails
 CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler
 WORKERS_AGE = 2.0  # seconds a look at the scheduler's workers stays good
 KILL_WAIT = 5.0  # seconds to wait for the workers to kill a job's command
@@ -102,37 +106,42 @@ class DaskExecutor(ThreadedExecutor):
         self.state_dir = state_dir
         self.connect_timeout = connect_timeout
         self.worker_timeout = worker_timeout
-        self._empty_since: float | None = None  # when the cluster was last seen with no worker
         self.default_slots = default_slots  # when max_jobs is unset and no worker is up yet
+        self._not_connected(scheduler or "", cluster == "local")
+
+    def _not_connected(self, address: str, local: bool) -> None:
+        """What start() fills in: the client, the cluster, what is known of its workers."""
         self.token = uuid.uuid4().hex  # names this build's markers on the workers
         self.client: Any = None
         self.cluster: Any = None
-        self.address = scheduler or ""
-        self.use_resources: bool | None = True if cluster == "local" else None
+        self.address = address
+        self.use_resources: bool | None = True if local else None
         self._lock = threading.Lock()
+        self._empty_since: float | None = None  # when the cluster was last seen with no worker
         self._described: tuple[float, dict[str, Any]] | None = None
         self._workers_seen: tuple[float, list[dict[str, Any]]] | None = None
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> DaskExecutor:
-        adapt = options.get("adapt")
+        opts = effective("dask", options)  # checked when the manifest was read
+        adapt = opts.get("adapt")
         return cls(
             name,
-            scheduler=options.get("scheduler"),
-            cluster=options.get("cluster"),
-            options=options.get("options"),
-            scale=options.get("scale"),
+            scheduler=opts.get("scheduler"),
+            cluster=opts.get("cluster"),
+            options=opts.get("options"),
+            scale=opts.get("scale"),
             adapt=dict(adapt) if adapt is not None else None,
-            workers=int(options.get("workers", 2)),
-            threads_per_worker=int(options.get("threads_per_worker", 1)),
-            max_jobs=options.get("max_jobs"),
-            grace=float(options.get("grace_period", 3.0)),
-            env_inherit=bool(options.get("env_inherit", False)),
+            workers=opts["workers"],
+            threads_per_worker=opts["threads_per_worker"],
+            max_jobs=opts.get("max_jobs"),
+            grace=opts["grace_period"],
+            env_inherit=opts["env_inherit"],
             environ=context.environ,
             state_dir=context.state_dir,
-            connect_timeout=float(options.get("connect_timeout", CONNECT_TIMEOUT)),
+            connect_timeout=opts["connect_timeout"],
             default_slots=context.jobs,
-            worker_timeout=float(options.get("worker_timeout", WORKER_TIMEOUT)),
+            worker_timeout=opts["worker_timeout"],
         )
 
     # -- starting and stopping
@@ -162,7 +171,7 @@ class DaskExecutor(ThreadedExecutor):
             resolve_address(address)
         except (ValueError, OSError) as exc:
             message = f"executor '{self.name}': bad Dask scheduler address {address!r}: {exc}"
-            raise ExecutorError(message) from None
+            raise ExecutorError(message) from exc
         self._check_listening(address)
 
     def _check_listening(self, address: str) -> None:
@@ -196,7 +205,7 @@ class DaskExecutor(ThreadedExecutor):
             raise ExecutorError(
                 f"executor '{self.name}': cannot reach the Dask scheduler at "
                 f"{self.address or target}: {exc}"
-            ) from None
+            ) from exc
 
     def _make_cluster(self, distributed: Any) -> Any:
         import dask
@@ -226,7 +235,7 @@ class DaskExecutor(ThreadedExecutor):
             )
         except Exception as exc:  # noqa: BLE001 - any failure to start is the executor's error
             message = f"executor '{self.name}': cannot start a LocalCluster: {exc}"
-            raise ExecutorError(message) from None
+            raise ExecutorError(message) from exc
 
     def _class_cluster(self) -> Any:
         module, _, cls_name = str(self.cluster_kind).rpartition(".")
@@ -237,7 +246,7 @@ class DaskExecutor(ThreadedExecutor):
             raise ExecutorError(
                 f"executor '{self.name}': cannot import cluster class {self.cluster_kind!r}: "
                 f"{exc}{hint}"
-            ) from None
+            ) from exc
         cluster = None
         try:
             cluster = cls(**self.options)
@@ -250,7 +259,7 @@ class DaskExecutor(ThreadedExecutor):
                 cluster.close()
             raise ExecutorError(
                 f"executor '{self.name}': {self.cluster_kind}(...) failed: {exc}"
-            ) from None
+            ) from exc
         return cluster
 
     def close(self) -> None:
@@ -273,42 +282,41 @@ class DaskExecutor(ThreadedExecutor):
     def run(self, job: Job, cancel: threading.Event) -> Outcome:
         self._prepare(job)
         if job.call is not None:
-            return self._run_function(job, cancel)
+            outcome = self._run_function(job, cancel)
+        else:
+            outcome = self._run_command(job, cancel)
+        return self._settle(job, outcome)
+
+    def _run_command(self, job: Job, cancel: threading.Event) -> Outcome:
+        """The command on a worker (remote_run.run_command).  A worker that died under it: its
+        orphaned command is killed wherever it still runs and the job ends *lost*, so that the
+        scheduler decides whether it runs again (its rule for lost jobs)."""
         use = self._resources()
         problem = self._too_big(job) if use else None
         if problem is not None:
             return Outcome(job.id, None, 0.0, error=problem)
+        if cancel.is_set():
+            return Outcome(job.id, None, 0.0, error="cancelled")
         env = dict(self.environ) if self.env_inherit else {}
         env.update(job.env)
         args = (self.token, job.id, job.cmd, job.local_cwd, env, not self.env_inherit,
                 job.timeout, self.grace)
-        for _ in range(MAX_LOST):
-            if cancel.is_set():
-                break
-            future = self.client.submit(
-                remote_run.run_command, *args, pure=False, retries=0,
-                key=f"dagrun-{job.task}-{job.id}-{uuid.uuid4().hex[:8]}",
-                resources={"threads": job.threads} if use and self._multi() else None,
-            )
-            outcome = self._await(job, future, cancel)
-            if outcome is not None:
-                self._write_output(job, outcome)
-                return outcome
-            # the worker died: kill the orphaned command wherever it still runs, then again
-            self._kill([job.id], force=True, cancel=cancel.is_set())
+        future = self.client.submit(
+            remote_run.run_command, *args, pure=False, retries=0,
+            key=f"dagrun-{job.task}-{job.id}-{uuid.uuid4().hex[:8]}",
+            resources={"threads": job.threads} if use and self._multi() else None,
+        )
+        outcome = self._await(job, future, cancel)
+        if outcome is not None:
+            return outcome
+        self._kill([job.id], force=True, cancel=True)  # this attempt never starts again
         if cancel.is_set():
             return Outcome(job.id, None, 0.0, error="cancelled")
-        return Outcome(job.id, None, 0.0, error=f"its Dask worker died {MAX_LOST} times")
+        return Outcome(job.id, None, 0.0, error="its Dask worker died", lost=True)
 
     def _run_function(self, job: Job, cancel: threading.Event) -> Outcome:
         """A function task: the function itself is submitted (no shell), with its upstream
         results; its return value comes back and is stored in the results folder here."""
-        import pickle
-        import traceback
-
-        from .. import pyworker
-        from ..pycall import load_result
-
         call = job.call
         assert call is not None
         started = time.monotonic()
@@ -323,26 +331,16 @@ class DaskExecutor(ThreadedExecutor):
             pyworker.apply, call, values, pure=False, retries=0,
             key=f"dagrun-{job.task}-{job.id}-{uuid.uuid4().hex[:8]}",
         )
-        done = threading.Event()
-        future.add_done_callback(lambda _: done.set())
-        while not done.wait(0.05):
-            late = job.timeout is not None and time.monotonic() - started > job.timeout
-            if cancel.is_set() or late:
-                future.cancel()  # a function running on a worker thread cannot be killed
-                why = "timeout" if late else "cancelled"
-                return Outcome(job.id, None, time.monotonic() - started, timed_out=late,
-                               error=why)
+        stopped = _wait_function(job, future, cancel, started)
+        if stopped is not None:
+            return stopped
         duration = time.monotonic() - started
         try:
             value = future.result()
         except Exception as exc:  # noqa: BLE001 - the user's exception fails the task
-            text = "".join(traceback.format_exception(exc))
-            outcome = Outcome(job.id, 1, duration, stderr=text)
-        else:
-            problem = pyworker.store(value, os.path.join(call.results_dir, call.key))
-            outcome = Outcome(job.id, 1 if problem else 0, duration, error=problem)
-        self._write_output(job, outcome)
-        return outcome
+            return Outcome(job.id, 1, duration, stderr="".join(traceback.format_exception(exc)))
+        problem = pyworker.store(value, os.path.join(call.results_dir, call.key))
+        return Outcome(job.id, 1 if problem else 0, duration, error=problem)
 
     def _await(self, job: Job, future: Any, cancel: threading.Event) -> Outcome | None:
         """The job's outcome, or None when its worker died."""
@@ -477,21 +475,18 @@ class DaskExecutor(ThreadedExecutor):
         workers = self._workers()
         return len(workers), sum(int(w.get("nthreads", 0)) for w in workers)
 
-    # -- run files, like a local task's
-
-    def _prepare(self, job: Job) -> None:
-        os.makedirs(job.run_dir, exist_ok=True)
-        for path in job.outputs:
-            os.makedirs(os.path.dirname(job.local_path(path)), exist_ok=True)
-        where = self.scheduler or self.cluster_kind
-        lines = [job.cmd, "", f"# task: {job.task}", f"# cwd: {job.local_cwd}",
-                 f"# executor: {self.name} (dask, {where})"]
-        _write(os.path.join(job.run_dir, "command.txt"), "\n".join(lines) + "\n")
+    # -- the outputs' folders, the run folder (runs.py)
 
     @staticmethod
-    def _write_output(job: Job, outcome: Outcome) -> None:
-        _write(os.path.join(job.run_dir, "stdout.txt"), outcome.stdout)
-        _write(os.path.join(job.run_dir, "stderr.txt"), outcome.stderr)
+    def _prepare(job: Job) -> None:
+        for path in job.outputs:
+            os.makedirs(os.path.dirname(job.local_path(path)), exist_ok=True)
+
+    def _settle(self, job: Job, outcome: Outcome) -> Outcome:
+        where = self.scheduler or self.cluster_kind
+        first = f"call {job.call.target}" if job.call is not None else None
+        return runs.settle(job, outcome, lambda: runs.command_text(
+            job, [f"executor: {self.name} (dask, {where})"], first=first))
 
     # -- status
 
@@ -521,16 +516,26 @@ class DaskExecutor(ThreadedExecutor):
         return dict(data)
 
 
+def _wait_function(job: Job, future: Any, cancel: threading.Event,
+                   started: float) -> Outcome | None:
+    """Wait for a function task's future; its outcome if it was cancelled or timed out (the
+    future is cancelled: a function running on a worker thread cannot be killed)."""
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    while not done.wait(0.05):
+        late = job.timeout is not None and time.monotonic() - started > job.timeout
+        if cancel.is_set() or late:
+            future.cancel()
+            why = "timeout" if late else "cancelled"
+            return Outcome(job.id, None, time.monotonic() - started, timed_out=late, error=why)
+    return None
+
+
 def _import_distributed(name: str) -> Any:
     try:
         import distributed
-    except ImportError:
+    except ImportError as exc:
         raise ExecutorError(
             f"executor '{name}' (type dask) needs dask.distributed: {INSTALL_HINT}"
-        ) from None
+        ) from exc
     return distributed
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
-        f.write(text)

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 
 class Broker(Protocol):
-    """What the fleet reads of the HTTP executor's broker (http_pull.Broker), declared here so
+    """What the fleet reads of the HTTP executor's broker (http_broker.Broker), declared here so
     that this module does not import the one that imports it."""
 
     jobs: Any

@@ -13,7 +13,7 @@ still gets in.  The soft descriptor limit is raised to the hard one at start,
 and ``accept`` out of descriptors (asyncio waits a second and tries again) is
 not reported.
 
-The application (``http_pull.App``) is synchronous and fast; a long poll comes
+The application (``http_routes.Routes``) is synchronous and fast; a long poll comes
 back as a ``Pending`` that this server parks until the broker signals news or
 the wait ends.  Everything here runs on one thread: the server's event loop.
 """

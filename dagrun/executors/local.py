@@ -31,9 +31,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .. import remote_run, runs
 from ..errors import ExecutorError
+from ..executor_options import effective
 from ..interrupts import HOLD
-from . import Context, Job, Outcome, sweep
+from ..runs import make_dir, read_back, reason, write_text
+from . import Context, Job, Outcome, cancel_all, sweep
 
 _SIMPLE = re.compile(r"[A-Za-z0-9_./+-][A-Za-z0-9_./:,+@%=-]*(?: +[A-Za-z0-9_./:,+@%=-]+)*")
 _SHELL_WORDS = frozenset(
@@ -42,7 +45,6 @@ _SHELL_WORDS = frozenset(
     "ulimit umask unalias unset wait echo if then else elif fi for while until do done case esac "
     "in function select time".split()
 )
-MAX_SHOWN = 1 << 20  # bytes of a stream kept in an Outcome; the file has all of it
 MAX_ARG = 100_000  # bytes of a command passed as an argument; a longer one runs from a file
 MAX_POLL = 3600.0  # seconds one epoll wait may last (epoll takes at most ~24.8 days in ms)
 _DEFAULT_SIGNALS = tuple(
@@ -64,18 +66,19 @@ class _Proc:
     """A running job's process.  Not a dataclass: ~0.7 ms less per start (bench/IMPORTS.md)."""
 
     __slots__ = ("job", "pid", "pidfd", "out", "err", "started", "deadline", "kill_at",
-                 "timed_out", "signals", "lazy_argv")
+                 "timed_out", "signals", "argv", "unnamed")
 
     def __init__(
         self, job: Job, pid: int, pidfd: int, out: int, err: int, started: float,
-        deadline: float | None, *, lazy_argv: list[str] | None = None,
+        deadline: float | None, argv: list[str], unnamed: bool,
     ) -> None:
         self.job, self.pid, self.pidfd, self.out, self.err = job, pid, pidfd, out, err
         self.started, self.deadline = started, deadline
         self.kill_at: float | None = None
         self.timed_out = False
         self.signals: list[int] = []
-        self.lazy_argv = lazy_argv  # unnamed streams: the argv for a kept command.txt
+        self.argv = argv  # for a kept command.txt
+        self.unnamed = unnamed  # the streams are unnamed files, named only if kept
 
 
 class LocalExecutor:
@@ -116,10 +119,11 @@ class LocalExecutor:
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> LocalExecutor:
-        slots = min(context.jobs, int(options.get("max_jobs", context.jobs)))
-        grace = float(options.get("grace_period", 3.0))
-        numactl = find_numactl() if "core_pool" in options else None  # else sched_setaffinity
-        return cls(grace=grace, numactl=numactl, environ=context.environ, slots=slots)
+        opts = effective("local", options)  # checked when the manifest was read
+        slots = min(context.jobs, opts.get("max_jobs", context.jobs))
+        numactl = find_numactl() if "core_pool" in opts else None  # else sched_setaffinity
+        return cls(grace=opts["grace_period"], numactl=numactl, environ=context.environ,
+                   slots=slots)
 
     @property
     def running(self) -> int:
@@ -154,7 +158,7 @@ class LocalExecutor:
         """SIGKILL one job's group at once, no grace; its outcome comes through ``collect()``."""
         for p in self._procs.values():
             if p.job.id == job_id:
-                self._signal(p, signal.SIGKILL)  # killed by a signal: swept when reaped
+                remote_run.killpg(p.pid, signal.SIGKILL)  # killed by a signal: swept when reaped
     # -- what `dagrun status`, `tail` and the stall check ask (steering.py)
 
     def _proc_of(self, job_id: int) -> _Proc | None:
@@ -205,8 +209,7 @@ class LocalExecutor:
                 return
             pidfd = os.pidfd_open(pid)
             deadline = started + job.timeout if job.timeout else None
-            lazy = argv if unnamed else None
-            self._procs[pidfd] = _Proc(job, pid, pidfd, out, err, started, deadline, lazy_argv=lazy)
+            self._procs[pidfd] = _Proc(job, pid, pidfd, out, err, started, deadline, argv, unnamed)
             self._epoll.register(pidfd, select.EPOLLIN)
 
     def _prepare(self, job: Job, argv: list[str]) -> tuple[int, int, bool] | str:
@@ -218,9 +221,9 @@ class LocalExecutor:
             streams = self._open_unnamed(job)
         if streams is None:
             try:
-                _make_dir(job.run_dir)
+                make_dir(job.run_dir)
             except OSError as exc:
-                return _why(f"cannot make the run folder {job.run_dir}", exc)
+                return reason(f"cannot make the run folder {job.run_dir}", exc)
         for path in job.outputs:  # like Ninja and Snakemake: output folders exist
             parent = os.path.dirname(job.local_path(path))
             if parent not in self._made:
@@ -230,7 +233,7 @@ class LocalExecutor:
                     if streams is not None:
                         os.close(streams[0])
                         os.close(streams[1])
-                    return _why(f"cannot make the folder of output {path}", exc)
+                    return reason(f"cannot make the folder of output {path}", exc)
                 self._made.add(parent)
         if streams is not None:
             return streams[0], streams[1], True
@@ -257,42 +260,30 @@ class LocalExecutor:
             return None  # the named path says what is wrong, if anything
         return fds[0], fds[1]
 
-    def _settle(self, p: _Proc, code: int, stdout: str, stderr: str) -> str | None:
-        """A job with unnamed streams ended: keep its run folder if it printed or failed, else
-        remove its previous run's files.  Why keeping failed, or None."""
-        argv = p.lazy_argv
-        if argv is None:
-            return None
-        run = p.job.run_dir + "/"
-        if code == 0 and not p.timed_out and not stdout and not stderr:
-            _remove_run_files(p.job.run_dir)
-            return None
-        name = run + "command.txt"
-        try:
-            _make_dir(p.job.run_dir)
-            _write_text(name, self._describe(p.job, argv))
-            for fd, name in ((p.out, run + "stdout.txt"), (p.err, run + "stderr.txt")):
-                _link_fd(fd, name)
-        except OSError as exc:
-            return _why(f"cannot write {name}", exc)
-        return None
+    def _settle(self, p: _Proc, outcome: Outcome) -> Outcome:
+        """A job ended: keep its run folder if it printed or failed, else remove it (and its
+        previous run's files); the outcome, failed if the folder could not be kept."""
+        if not p.unnamed:  # named files, in the run folder from the start
+            return runs.settle(p.job, outcome, None, written=True)
+        return runs.settle(p.job, outcome, lambda: self._describe(p.job, p.argv),
+                           streams=(p.out, p.err))
 
     def _open_run_files(self, job: Job, argv: list[str]) -> tuple[int, int] | str:
         run = job.run_dir + "/"  # plain concatenation and os.open: this runs once per task
         name = run + "command.txt"
         fds: list[int] = []
         try:
-            _write_text(name, self._describe(job, argv))
+            write_text(name, self._describe(job, argv))
             if argv[-1] == run + "command.sh":
                 name = argv[-1]
-                _write_text(name, job.cmd + "\n")
+                write_text(name, job.cmd + "\n")
             flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
             for name in (run + "stdout.txt", run + "stderr.txt"):
                 fds.append(os.open(name, flags, 0o644))
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
-            return _why(f"cannot write {name}", exc)
+            return reason(f"cannot write {name}", exc)
         return fds[0], fds[1]
 
     def _env(self, job: Job) -> dict[str, str]:
@@ -319,14 +310,14 @@ class LocalExecutor:
 
     @staticmethod
     def _describe(job: Job, argv: list[str]) -> str:
-        lines = [job.cmd, "", f"# task: {job.task}", f"# cwd: {job.local_cwd}"]
+        details = []
         if argv[:2] != ["/bin/sh", "-c"]:
-            lines.append("# argv: " + " ".join(argv))
+            details.append("argv: " + " ".join(argv))
         if job.cores:
-            lines.append("# cores: " + ",".join(map(str, job.cores)))
+            details.append("cores: " + ",".join(map(str, job.cores)))
         if job.numa_node is not None:
-            lines.append(f"# numa node: {job.numa_node}")
-        return "\n".join(lines) + "\n"
+            details.append(f"numa node: {job.numa_node}")
+        return runs.command_text(job, details)
 
     def _spawn(self, job: Job, argv: list[str], env: Mapping[str, str], out: int, err: int) -> int:
         actions = [
@@ -343,40 +334,30 @@ class LocalExecutor:
             if self._all_cores is None:
                 self._all_cores = os.sched_getaffinity(0)
             os.sched_setaffinity(0, job.cores)  # this thread only; the child inherits it
-        program = self._program(argv[0], env)
         try:
-            try:
-                if program is not None:  # found once: the child does not search the PATH again
-                    return os.posix_spawn(
-                        program, argv, env, file_actions=actions, setpgroup=0,
-                        setsigdef=_DEFAULT_SIGNALS,
-                    )
-                return os.posix_spawnp(
-                    argv[0],
-                    argv,
-                    env,
-                    file_actions=actions,
-                    setpgroup=0,
-                    setsigdef=_DEFAULT_SIGNALS,
-                )
-            except FileNotFoundError:
-                if argv[0] == "/bin/sh" or argv[0] == self.numactl:
-                    raise
-                # let the shell report "not found" (exit 127) exactly as it would have
-                sh = ["/bin/sh", "-c", job.cmd]
-                return os.posix_spawn(
-                    sh[0],
-                    sh,
-                    env,
-                    file_actions=actions,
-                    setpgroup=0,
-                    setsigdef=_DEFAULT_SIGNALS,
-                )
+            return self._exec(job, argv, env, actions)
         finally:
             if pinned and self._all_cores is not None:
                 os.sched_setaffinity(0, self._all_cores)
             if moved:
                 os.chdir(self._cwd)
+
+    def _exec(self, job: Job, argv: list[str], env: Mapping[str, str], actions: list[Any]) -> int:
+        """posix_spawn ``argv`` (its program found on the PATH once per build); a program that
+        is not there gets the shell's own "not found" (exit 127), as ``sh -c`` would give."""
+        program = self._program(argv[0], env)
+        try:
+            if program is not None:  # found once: the child does not search the PATH again
+                return os.posix_spawn(program, argv, env, file_actions=actions, setpgroup=0,
+                                      setsigdef=_DEFAULT_SIGNALS)
+            return os.posix_spawnp(argv[0], argv, env, file_actions=actions, setpgroup=0,
+                                   setsigdef=_DEFAULT_SIGNALS)
+        except FileNotFoundError:
+            if argv[0] == "/bin/sh" or argv[0] == self.numactl:
+                raise
+            sh = ["/bin/sh", "-c", job.cmd]
+            return os.posix_spawn(sh[0], sh, env, file_actions=actions, setpgroup=0,
+                                  setsigdef=_DEFAULT_SIGNALS)
 
     def _program(self, name: str, env: Mapping[str, str]) -> str | None:
         """The file ``name`` runs, searched on the PATH once per build (None: let posix_spawnp
@@ -399,25 +380,28 @@ class LocalExecutor:
     # -- waiting
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
-        if self._done:
-            done, self._done = self._done, []
-            return done
+        """Block until a job ends (or ``timeout``): the outcomes.  Not the scheduler's way (it
+        waits on ``fileno()`` with every other executor), but a single caller's."""
         end = None if timeout is None else time.monotonic() + timeout
-        while True:
-            now = time.monotonic()
-            wake = self._next_deadline()
-            if end is not None:
-                wake = end if wake is None else min(wake, end)
-            if not self._procs:
-                return []
-            events = self._epoll.poll(-1 if wake is None else min(max(0.0, wake - now), MAX_POLL))
-            with HOLD:  # nor lose an end already reaped
-                for fd, _ in events:
-                    self._reap(fd)
-            self._enforce_deadlines(time.monotonic())
-            if self._done or (end is not None and time.monotonic() >= end):
-                done, self._done = self._done, []
-                return done
+        while self._procs and not self._done:
+            self._poll(end)
+            if end is not None and time.monotonic() >= end:
+                break
+        done, self._done = self._done, []
+        return done
+
+    def _poll(self, end: float | None) -> None:
+        """One wait on the pidfds, until ``end`` or the next deadline at the latest: what ended
+        is reaped into ``_done``, what is due is signalled."""
+        wake = self._next_deadline()
+        if end is not None:
+            wake = end if wake is None else min(wake, end)
+        now = time.monotonic()
+        events = self._epoll.poll(-1 if wake is None else min(max(0.0, wake - now), MAX_POLL))
+        with HOLD:  # nor lose an end already reaped
+            for fd, _ in events:
+                self._reap(fd)
+        self._enforce_deadlines(time.monotonic())
 
     def _next_deadline(self) -> float | None:
         best = None
@@ -430,23 +414,16 @@ class LocalExecutor:
     def _enforce_deadlines(self, now: float) -> None:
         for p in list(self._procs.values()):
             if p.kill_at is not None and now >= p.kill_at:
-                self._signal(p, signal.SIGKILL)
+                remote_run.killpg(p.pid, signal.SIGKILL)
                 p.kill_at = None
             elif p.deadline is not None and now >= p.deadline and not p.timed_out:
                 p.timed_out = True
                 self._terminate(p, now)
 
     def _terminate(self, p: _Proc, now: float) -> None:
-        self._signal(p, signal.SIGINT)
-        self._signal(p, signal.SIGTERM)
+        """remote_run.stop_group's steps, as deadlines: SIGKILL comes at ``kill_at``."""
+        remote_run.ask_to_stop(p.pid)
         p.kill_at = now + self.grace
-
-    @staticmethod
-    def _signal(p: _Proc, sig: int) -> None:
-        try:
-            os.killpg(p.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def _reap(self, pidfd: int) -> None:
         p = self._procs.pop(pidfd)
@@ -456,50 +433,37 @@ class LocalExecutor:
         duration = time.monotonic() - p.started
         code = os.waitstatus_to_exitcode(status)
         if p.timed_out or p.kill_at is not None:
-            self._signal(p, signal.SIGKILL)  # background children left in the group
+            remote_run.killpg(p.pid, signal.SIGKILL)  # background children left in the group
         if p.timed_out or p.kill_at is not None or code < 0:
             sweep.sweep(sweep.job_mark(self._build, p.job.id))  # and those that left it
-        stdout, stderr = _read_back(p.out), _read_back(p.err)
-        kept = self._settle(p, code, stdout, stderr)
+        stdout, stderr = read_back(p.out), read_back(p.err)
+        outcome = Outcome(p.job.id, code, duration, stdout, stderr, p.timed_out,
+                          int(usage.ru_maxrss))
+        outcome = self._settle(p, outcome)
         os.close(p.out)
         os.close(p.err)
-        self._done.append(
-            Outcome(
-                p.job.id,
-                code if kept is None else None,  # the run files could not be kept: it failed
-                duration,
-                stdout,
-                stderr,
-                p.timed_out,
-                int(usage.ru_maxrss),
-                error=kept,
-            )
-        )
+        self._done.append(outcome)
 
     # -- stopping
 
     def cancel_all(self, *, force: bool = False) -> list[Outcome]:
-        """Kill every job's group: SIGINT+SIGTERM, SIGKILL after the grace period (or at once)."""
+        """Kill every job's group: SIGINT+SIGTERM, SIGKILL after the grace period (``force``: at
+        once).  Interrupted, it keeps what ended for the next call (the scheduler's, forced)."""
         now = time.monotonic()
         for p in self._procs.values():
             if force:
-                self._signal(p, signal.SIGKILL)
+                remote_run.killpg(p.pid, signal.SIGKILL)
             elif p.kill_at is None:
                 self._terminate(p, now)
-        outcomes = list(self._done)
-        self._done = []
         while self._procs:
-            try:
-                outcomes.extend(self.wait(timeout=0.5))
-            except KeyboardInterrupt:
-                for p in self._procs.values():  # a second Ctrl-C: no more grace
-                    self._signal(p, signal.SIGKILL)
+            self._poll(time.monotonic() + 0.5)
         self._sweep()
-        return outcomes
+        done, self._done = self._done, []
+        return done
 
     def close(self) -> None:
         if self._procs:
-            self.cancel_all(force=True)
+            cancel_all(self, force=True)  # a Ctrl-C meanwhile: it goes on
         self._sweep()
         self._epoll.close()
 
@@ -510,88 +474,6 @@ class LocalExecutor:
 
 
 _INSTANCES = itertools.count(1)
-
-
-def _why(what: str, exc: OSError) -> str:
-    """``what`` failed, and why, in words a user can act on."""
-    why = exc.strerror or str(exc)
-    if isinstance(exc, (FileExistsError, NotADirectoryError)):
-        why = "a file is in the way of a folder"
-    return f"{what}: {why}"
-
-
-def _make_dir(path: str) -> None:
-    """``os.makedirs(path, exist_ok=True)`` in one system call when the parent exists."""
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise
-    except FileNotFoundError:
-        os.makedirs(path, exist_ok=True)
-
-
-def _remove_run_files(run_dir: str) -> None:
-    """A previous run's files, which no longer tell what the task printed (one stat if none)."""
-    try:
-        names = os.listdir(run_dir)
-    except OSError:
-        return
-    for name in names:
-        try:
-            os.unlink(os.path.join(run_dir, name))
-        except OSError:
-            pass
-    try:
-        os.rmdir(run_dir)
-    except OSError:
-        pass
-
-
-def _link_fd(fd: int, path: str) -> None:
-    """Give the unnamed file open at fd the name path (replacing a previous run's file)."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    try:
-        os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
-        return
-    except OSError:
-        pass  # no /proc: copy it
-    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        size, offset = os.fstat(fd).st_size, 0
-        while offset < size:
-            sent = os.sendfile(out, fd, offset, size - offset)
-            if sent == 0:
-                break
-            offset += sent
-    finally:
-        os.close(out)
-
-
-def _write_text(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        data = text.encode("utf-8", "surrogateescape")  # a file name need not be UTF-8
-        while data:
-            data = data[os.write(fd, data) :]
-    finally:
-        os.close(fd)
-
-
-def _read_back(fd: int) -> str:
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return ""
-    data = os.pread(fd, min(size, MAX_SHOWN), 0)
-    text = data.decode("utf-8", "replace")
-    if size > MAX_SHOWN:
-        text += (
-            f"\n[dagrun: output cut at {MAX_SHOWN} of {size} bytes; the run folder has all of it]\n"
-        )
-    return text
 
 
 _CPU_SCAN: list[Any] = [0.0, {}]  # (when, {process group: CPU seconds}): one scan per check

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ManifestError
-from ..manifest import Manifest, TaskSpec
+from ..records import Manifest, TaskSpec
 
 if TYPE_CHECKING:  # numa is imported where a core pool is configured: ~2.8 ms without one
     from ..numa import CorePool, Topology
@@ -32,7 +32,7 @@ def core_pool(manifest: Manifest, topology: Topology) -> CorePool | None:
         return None
     from ..numa import CorePool
 
-    where = _Where(manifest.source)
+    where = _Where(manifest)
     cores = _pool_cores(opts["core_pool"], topology, where)
     nodes = _nodes(opts.get("numa_nodes", "auto"), topology, where)
     groups: list[tuple[int | None, tuple[int, ...]]] = []
@@ -144,19 +144,19 @@ def check_fits(manifest: Manifest, pool: CorePool | None) -> None:
             problem = _never_fits(spec, pool)
             if problem is not None:
                 message, key, hint = problem
-                raise _Where(manifest.source).task_error(spec, message, key, hint)
+                raise _Where(manifest).task_error(spec, message, key, hint)
 
 
 def _check_resources(manifest: Manifest, spec: TaskSpec, pools: Mapping[str, int]) -> None:
     for name, count in spec.resources:
         if name not in pools:
             known = ", ".join(sorted(pools)) or "none"
-            raise _Where(manifest.source).task_error(
+            raise _Where(manifest).task_error(
                 spec, f"resource '{name}' is not declared in [dagrun] resources", "resources",
                 f"declared: {known}",
             )
         if count > pools[name]:
-            raise _Where(manifest.source).task_error(
+            raise _Where(manifest).task_error(
                 spec, f"needs {count} of resource '{name}', but the pool has {pools[name]}",
                 "resources", None,
             )
@@ -186,26 +186,17 @@ def _never_fits(spec: TaskSpec, pool: CorePool) -> tuple[str, str, str | None] |
 
 
 class _Where:
-    """Builds ManifestErrors that point at the manifest, finding the line when the file exists."""
+    """Builds ManifestErrors that point at the manifest's lines (Manifest.line_in)."""
 
-    def __init__(self, source: str) -> None:
-        self.source = source
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.source = manifest.source
 
     def error(self, message: str, key: str, hint: str | None = None) -> ManifestError:
         return ManifestError(message, source=self.source, key=key,
-                             line=self._line(_LOCAL, key), hint=hint)
+                             line=self.manifest.line_in(_LOCAL, key), hint=hint)
 
     def task_error(self, spec: TaskSpec, message: str, key: str, hint: str | None) -> ManifestError:
-        line = self._line(("tasks", spec.group or spec.name), key) or spec.line
+        line = self.manifest.line_in(("tasks", spec.group or spec.name), key) or spec.line
         return ManifestError(message, source=self.source, task=spec.name, key=key, line=line,
                              hint=hint)
-
-    def _line(self, table: tuple[str, ...], key: str) -> int | None:
-        from ..manifest import _LineIndex
-
-        try:
-            with open(self.source, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError):
-            return None
-        return _LineIndex(text).find(table, key)

@@ -26,10 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import runs
 from ..interrupts import HOLD
 from ..pyworker import Request, decode_frames, encode, write_all
 from . import Context, Job, Outcome
-from .local import _make_dir, _read_back, _remove_run_files, _why, _write_text
 
 # The worker imports this very dagrun package (wherever it is, whatever sys.path a fresh
 # interpreter has), without putting its folder on sys.path ahead of the standard library.
@@ -139,8 +139,8 @@ class FunctionPool:
         try:
             run = self._prepare(job)
         except OSError as exc:  # this task's own files: it fails, the build goes on (as local)
-            error = _why(f"cannot prepare the run folder {os.path.relpath(job.run_dir, job.root)}",
-                         exc)
+            error = runs.reason(
+                f"cannot prepare the run folder {os.path.relpath(job.run_dir, job.root)}", exc)
             self._done.append(Outcome(job.id, None, 0.0, error=error))
             return
         req = Request(
@@ -174,11 +174,11 @@ class FunctionPool:
     @staticmethod
     def _prepare(job: Job) -> str:
         """The run folder (its path, with a slash), its command.txt, the outputs' folders."""
-        _make_dir(job.run_dir)
+        runs.make_dir(job.run_dir)
         for path in job.outputs:
             os.makedirs(os.path.dirname(job.local_path(path)), exist_ok=True)
         run = job.run_dir + "/"
-        _write_text(run + "command.txt", describe(job))  # the worker truncates the output files
+        runs.write_text(run + "command.txt", describe(job))  # the worker truncates the others
         return run
 
     def _send_frame(self, worker: _Worker, frame: bytes) -> None:
@@ -232,13 +232,12 @@ class FunctionPool:
     def _outcome(
         self, r: _Running, code: int | None, error: str | None, *, timed_out: bool = False
     ) -> Outcome:
-        stdout, stderr = _read_file(r.out), _read_file(r.err)
-        if code == 0 and error is None and not (timed_out or r.timed_out or stdout or stderr):
-            _remove_run_files(r.job.run_dir)  # as a local task's: kept when it printed or failed
-        return Outcome(
+        stdout, stderr = runs.read_file(r.out), runs.read_file(r.err)
+        outcome = Outcome(
             r.job.id, code, time.monotonic() - r.started, stdout, stderr,
             timed_out=timed_out or r.timed_out, error=error,
         )
+        return runs.settle(r.job, outcome, None, written=True)  # kept if it printed or failed
 
     def _died(self, worker: _Worker) -> None:
         """The worker's reply pipe closed: it is gone; fail its jobs, forget it."""
@@ -328,25 +327,15 @@ class FunctionPool:
 
 
 def describe(job: Job) -> str:
+    """command.txt of a function task (runs.py)."""
     call = job.call
     assert call is not None
-    lines = [f"call {call.target}", "", f"# task: {job.task}", f"# cwd: {job.local_cwd}"]
+    details = []
     if call.io_bound:
-        lines.append("# io_bound: runs on the io worker's event loop")
+        details.append("io_bound: runs on the io worker's event loop")
     if job.cores:
-        lines.append("# cores: " + ",".join(map(str, job.cores)))
-    return "\n".join(lines) + "\n"
-
-
-def _read_file(path: str) -> str:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return ""
-    try:
-        return _read_back(fd)
-    finally:
-        os.close(fd)
+        details.append("cores: " + ",".join(map(str, job.cores)))
+    return runs.command_text(job, details, first=f"call {call.target}")
 
 
 def _kill(worker: _Worker, sig: int) -> None:

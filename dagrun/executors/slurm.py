@@ -28,8 +28,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import runs
 from ..errors import ExecutorError
-from . import Context, Job, Outcome
+from ..executor_options import effective
+from . import Context, Job, Outcome, cancel_all
 from .slurm_job import (
     ACTIVE,
     CMD_FILE,
@@ -38,7 +40,6 @@ from .slurm_job import (
     SBATCH_KEYS,
     SCRIPT,
     SLURM_OUT,
-    WRAPPER,
     Report,
     merged,
     parse_sacct,
@@ -47,6 +48,7 @@ from .slurm_job import (
     sbatch_argv,
     script_text,
     time_limit,
+    wrapper_text,
 )
 from .threaded import Completions
 
@@ -92,18 +94,20 @@ class SlurmExecutor:
         self._next_look = 0.0
         self._next_squeue = 0.0
         self._sacct: bool | None = None  # whether sacct answers (accounting on); None: not asked
+        self._stopped: list[Outcome] = []  # ended while cancel_all waited, not returned yet
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> SlurmExecutor:
-        sbatch = {k: options[k] for k in (*SBATCH_KEYS, "sbatch_options") if k in options}
+        opts = effective("slurm", options)  # checked when the manifest was read
+        sbatch = {k: opts[k] for k in (*SBATCH_KEYS, "sbatch_options") if k in opts}
         return cls(
             name,
             state_dir=context.state_dir,
             environ=context.environ,
-            max_jobs=int(options.get("max_jobs", 256)),
+            max_jobs=opts["max_jobs"],
             sbatch=sbatch,
-            python=str(options.get("python", "python3")),
-            grace=float(options.get("grace_period", 3.0)),
+            python=opts["python"],
+            grace=opts["grace_period"],
         )
 
     @property
@@ -121,7 +125,7 @@ class SlurmExecutor:
         os.makedirs(os.path.dirname(self.wrapper), exist_ok=True)
         tmp = self.wrapper + f".{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(WRAPPER)
+            f.write(wrapper_text())
         os.replace(tmp, self.wrapper)
 
     def fileno(self) -> int:
@@ -158,8 +162,6 @@ class SlurmExecutor:
         for stale in (REPORT, "stdout.txt", "stderr.txt", SLURM_OUT):
             _remove(os.path.join(run, stale))
         _write(os.path.join(run, CMD_FILE), job.cmd)
-        _write(os.path.join(run, "command.txt"),
-               f"{job.cmd}\n\n# task: {job.task}\n# cwd: {job.cwd}\n# executor: {self.name}\n")
         script = os.path.join(run, SCRIPT)
         _write(script, script_text(self.python, self.wrapper, run, job.timeout, self.grace))
         argv = sbatch_argv(
@@ -171,7 +173,8 @@ class SlurmExecutor:
         slurm_id = done.stdout.strip().split(";")[0]
         if done.returncode != 0 or not slurm_id.isdigit():
             why = done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}"
-            self.completions.post(Outcome(job.id, None, 0.0, error=f"sbatch refused: {why}"))
+            refused = Outcome(job.id, None, 0.0, error=f"sbatch refused: {why}")
+            self.completions.post(self._settle(job, refused))
             return
         self.jobs[job.id] = _Submitted(job, slurm_id)
         self._soon()
@@ -213,9 +216,15 @@ class SlurmExecutor:
                 if outcome is not None:
                     ended.append(outcome)
             self._next_squeue = now + min(SQUEUE_MAX, POLL_MIN + 0.01 * len(self.jobs))
-        for outcome in ended:
-            self.jobs.pop(outcome.job_id, None)
-        return ended
+        return [self._settle(self.jobs.pop(o.job_id), o) for o in ended]
+
+    def _settle(self, sub: _Submitted | Job, outcome: Outcome) -> Outcome:
+        """The run folder, which the job wrote its output into: kept or removed (runs.py)."""
+        job = sub.job if isinstance(sub, _Submitted) else sub
+        details = [f"executor: {self.name} (slurm)"]
+        if isinstance(sub, _Submitted):
+            details.append(f"job: {sub.slurm_id}")
+        return runs.settle(job, outcome, lambda: runs.command_text(job, details), written=True)
 
     def _states(self, ids: Sequence[str]) -> dict[str, str] | None:
         """Slurm's state of each job it still knows (one squeue for all of them); None when
@@ -275,8 +284,8 @@ class SlurmExecutor:
     # -- outcomes
 
     def _output(self, sub: _Submitted) -> tuple[str, str]:
-        run = sub.job.run_dir
-        return _read(os.path.join(run, "stdout.txt")), _read(os.path.join(run, "stderr.txt"))
+        run = sub.job.run_dir + "/"
+        return runs.read_file(run + "stdout.txt"), runs.read_file(run + "stderr.txt")
 
     def _from_report(self, sub: _Submitted, report: Report) -> Outcome:
         out, err = self._output(sub)
@@ -331,34 +340,31 @@ class SlurmExecutor:
             self._soon()
 
     def cancel_all(self, *, force: bool = False) -> list[Outcome]:
-        """scancel every job; wait until Slurm lists none of them as active."""
-        outcomes = self.completions.take()
-        if not self.jobs:
-            return outcomes
-        for sub in self.jobs.values():
-            sub.cancelled = True
-        ids = [sub.slurm_id for sub in self.jobs.values()]
-        self._slurm(["scancel", *ids], timeout=30)
-        if force:
-            self._slurm(["scancel", "--full", "--signal=KILL", *ids], timeout=30)
+        """scancel every job (``force``: SIGKILL too); wait until Slurm lists none of them as
+        active.  Interrupted, what ended is kept for the next call (the scheduler's, forced)."""
+        self._stopped.extend(self.completions.take())
+        if self.jobs:
+            for sub in self.jobs.values():
+                sub.cancelled = True
+            ids = [sub.slurm_id for sub in self.jobs.values()]
+            self._slurm(["scancel", *ids], timeout=30)
+            if force:
+                self._slurm(["scancel", "--full", "--signal=KILL", *ids], timeout=30)
         end = time.monotonic() + self.grace + 30.0
         while self.jobs and time.monotonic() < end:
-            try:
-                time.sleep(POLL_MIN)
-                self._next_squeue = 0.0
-                outcomes.extend(self._look(time.monotonic()))
-            except KeyboardInterrupt:  # a second Ctrl-C: no more grace
-                ids = [sub.slurm_id for sub in self.jobs.values()]
-                self._slurm(["scancel", "--full", "--signal=KILL", *ids], timeout=30)
+            time.sleep(POLL_MIN)
+            self._next_squeue = 0.0
+            self._stopped.extend(self._look(time.monotonic()))
         for sub in list(self.jobs.values()):  # Slurm never let go of them: say so
-            outcomes.append(self._failed(sub, None, f"cancelled; Slurm job {sub.slurm_id} "
-                                                    "was still listed as active"))
+            why = f"cancelled; Slurm job {sub.slurm_id} was still listed as active"
+            self._stopped.append(self._settle(sub, self._failed(sub, None, why)))
         self.jobs.clear()
-        return outcomes
+        stopped, self._stopped = self._stopped, []
+        return stopped
 
     def close(self) -> None:
         if self.jobs:
-            self.cancel_all(force=True)
+            cancel_all(self, force=True)  # a Ctrl-C meanwhile: it goes on
         self.completions.close()
 
     def _slurm(self, argv: list[str], *, env: Mapping[str, str] | None = None,

@@ -1,16 +1,16 @@
 """What one Slurm batch job of dagrun is: its sbatch line, its script, its report, its state.
 
-The job's script runs a small python3 wrapper (``WRAPPER``, written once to
-``.dagrun/slurm/wrapper.py``) in the task's cwd: it starts ``sh -c CMD`` as the
-leader of a new session with stdout and stderr going straight to the run
-folder, enforces the task's ``timeout`` itself (Slurm's ``--time`` has minute
-steps; it is set a little above, as a backstop), turns Slurm's SIGTERM
-(``scancel``, a time limit, preemption) into INT+TERM to the whole group and
-KILL after the grace period, and writes ``slurm-report.json`` (exit status,
-max RSS, duration, whether it timed out or was killed) with a rename, so a
-report is either whole or absent.  That report is the exit code and RSS when
-Slurm's accounting is off (as on a single node); ``sacct`` is asked only for
-jobs that ended without one.
+The job's script runs dagrun's runner (``remote_run.slurm_main``; remote_run.py's
+text is written once to ``.dagrun/slurm/wrapper.py``) in the task's cwd: it
+starts ``sh -c CMD`` as the leader of a new session with stdout and stderr going
+straight to the run folder, enforces the task's ``timeout`` itself (Slurm's
+``--time`` has minute steps; it is set a little above, as a backstop), turns
+Slurm's SIGTERM (``scancel``, a time limit, preemption) into INT+TERM to the
+whole group and KILL after the grace period (``remote_run.stop_group``), and
+writes ``slurm-report.json`` (exit status, max RSS, duration, whether it timed
+out or was killed) with a rename, so a report is either whole or absent.  That
+report is the exit code and RSS when Slurm's accounting is off (as on a single
+node); ``sacct`` is asked only for jobs that ended without one.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
+
+from .. import remote_run
 
 REPORT = "slurm-report.json"
 SCRIPT = "slurm-job.sh"
@@ -37,54 +39,11 @@ LOST = frozenset({"NODE_FAIL", "PREEMPTED", "BOOT_FAIL"})  # Slurm lost it: run 
 # keys of the executor table and of a task's ``slurm = {...}`` that become sbatch options
 SBATCH_KEYS = ("partition", "account", "qos", "mem")
 
-WRAPPER = r'''
-import json, os, signal, sys, time
-run, timeout, grace = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-with open(os.path.join(run, "slurm-cmd.sh")) as f:
-    cmd = f.read()
-t0 = time.time()
-out = os.open(os.path.join(run, "stdout.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-err = os.open(os.path.join(run, "stderr.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-pid = os.fork()
-if pid == 0:
-    os.setsid()
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(out, 1)
-    os.dup2(err, 2)
-    os.execv("/bin/sh", ["/bin/sh", "-c", cmd])
-state = {"timed_out": False, "killed": False, "phase": 0}
-def group(sig):
-    try:
-        os.killpg(pid, sig)
-    except OSError:
-        pass
-def stop(why):
-    if state["phase"] == 0:
-        state["phase"] = 1
-        state[why] = True
-        group(signal.SIGINT)
-        group(signal.SIGTERM)
-        signal.setitimer(signal.ITIMER_REAL, grace)
-    else:
-        group(signal.SIGKILL)
-signal.signal(signal.SIGALRM, lambda s, f: stop("timed_out"))
-signal.signal(signal.SIGTERM, lambda s, f: stop("killed"))
-signal.signal(signal.SIGINT, lambda s, f: stop("killed"))
-if timeout > 0:
-    signal.setitimer(signal.ITIMER_REAL, timeout)
-_, status, usage = os.wait4(pid, 0)
-signal.setitimer(signal.ITIMER_REAL, 0)
-code = os.waitstatus_to_exitcode(status)
-group(signal.SIGKILL)
-report = {"job": os.environ.get("SLURM_JOB_ID"), "exit_code": code,
-          "maxrss_kb": usage.ru_maxrss, "duration": time.time() - t0,
-          "timed_out": state["timed_out"], "killed": state["killed"]}
-tmp = os.path.join(run, ".slurm-report.tmp")
-with open(tmp, "w") as f:
-    json.dump(report, f)
-os.rename(tmp, os.path.join(run, "slurm-report.json"))
-'''
+def wrapper_text() -> str:
+    """``.dagrun/slurm/wrapper.py``: remote_run.py's own text, then its ``slurm_main``, so that
+    a Slurm job runs the same runner as an SSH host or a Dask worker, not a copy."""
+    with open(remote_run.__file__, encoding="utf-8") as f:
+        return f.read() + "\nslurm_main(sys.argv[1:])\n"
 
 
 class Report(NamedTuple):

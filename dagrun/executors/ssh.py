@@ -7,18 +7,20 @@ path is too long for a unix socket) and checks that the host runs
 handshake.  At most ``max_sessions - 1`` job channels are open at once (sshd's
 MaxSessions, 10 by default; one channel stays free to kill a job).
 
-On the host, a small python3 wrapper runs ``sh -c CMD`` in ``workspace``/cwd
-as the leader of a new session, with the job's environment and DAGRUN_*.  It
-prints the group id first and, at the end, the exit status, max RSS and
-duration (on stderr, stripped here).  It watches its stdin: a cancel (timeout,
-Ctrl-C) says "c" and closes the channel, and the wrapper kills the whole
-process group, SIGINT+SIGTERM, then SIGKILL after ``grace_period``; a channel
-that closes without a word is a dropped connection, and the group gets SIGKILL
-at once, since the job will run again.  A wrapper whose connection is gone
-before the command starts never starts it.  A ``force`` cancel sends ``kill
--KILL -PGID`` on a second channel.  A job whose end record never came back,
-and that was not cancelled, is *lost*: its group is killed over a new
-connection too (if the host can be reached) before it runs again.
+On the host, python3 runs ``dagrun/remote_run.py``'s own text (``WRAPPER``:
+the one runner that also runs a Dask worker's commands), which runs ``sh -c
+CMD`` in ``workspace``/cwd as the leader of a new session, with the job's
+environment and DAGRUN_*.  It prints the group id first and, at the end, the
+exit status, max RSS and duration (on stderr, stripped here).  It watches its
+stdin: a cancel (timeout, Ctrl-C) says "c" and closes the channel, and the
+runner stops the whole process group (``remote_run.stop_group``: SIGINT and
+SIGTERM, then SIGKILL after ``grace_period``); a channel that closes without a
+word is a dropped connection, and the group gets SIGKILL at once, since the job
+will run again.  A runner whose connection is gone before the command starts
+never starts it.  A ``force`` cancel sends ``kill -KILL -PGID`` on a second
+channel.  A job whose end record never came back, and that was not cancelled,
+is *lost*: its group is killed over a new connection too (if the host can be
+reached) before it runs again.
 
 ``stage = "rsync"`` copies the job's declared inputs to the workspace before it
 runs, and its declared outputs back after, with ``tar`` over the same
@@ -41,77 +43,28 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .. import remote_run, runs
 from ..errors import ExecutorError
+from ..executor_options import effective
 from ..fs import unlink_quietly as _unlink
+from ..remote_run import END_MARK, PGID_MARK
 from . import Context, Job, Outcome, fetched
 from .threaded import ThreadedExecutor
 
-PGID_MARK = "@@dagrun-pgid "
-END_MARK = "\n@@dagrun-end "
 _SOCKET_MAX = 100  # sun_path is 108 bytes; ssh appends a temporary suffix while binding
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9/._+-]+")
 PERSIST = 120  # seconds an idle master stays (not "yes": none may outlive a build for long)
 RECONNECT = 15.0  # seconds to keep trying to reopen a dropped master (an sshd restarting)
 
-# Runs on the host (any python3): CMD in its own session; the end record; kill on stdin EOF.
-# At most one attempt alive: the child starts CMD only when the wrapper says "x" (a wrapper
-# whose connection is gone before that never starts it); "c" on stdin is a cancel (grace, then
-# SIGKILL), a bare EOF a lost connection (SIGKILL at once: the task will run again elsewhere).
-WRAPPER = r"""
-import os, select, signal, sys, threading, time
-cmd, grace = sys.argv[1], float(sys.argv[2])
-t0 = time.time()
-r, w = os.pipe()
-pid = os.fork()
-if pid == 0:
-    os.setsid()
-    os.close(w)
-    if os.read(r, 1) != b"x":
-        os._exit(111)
-    fd = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(fd, 0)
-    os.execv("/bin/sh", ["/bin/sh", "-c", cmd])
-os.close(r)
-sys.stderr.write("@@dagrun-pgid %d\n" % pid)
-sys.stderr.flush()
-if select.select([0], [], [], 0)[0]:
-    sys.exit(0)
-os.write(w, b"x")
-state = {"killed": False}
-def kill(sig):
-    try:
-        os.killpg(pid, sig)
-    except OSError:
-        pass
-def watch():
-    data = b""
-    while True:
-        try:
-            chunk = os.read(0, 4096)
-        except OSError:
-            chunk = b""
-        if not chunk:
-            break
-        data += chunk
-    state["killed"] = True
-    if b"c" not in data:
-        kill(signal.SIGKILL)
-    kill(signal.SIGINT)
-    kill(signal.SIGTERM)
-    time.sleep(grace)
-    kill(signal.SIGKILL)
-threading.Thread(target=watch, daemon=True).start()
-_, status, usage = os.wait4(pid, 0)
-code = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else (
-    -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
-if state["killed"]:
-    kill(signal.SIGKILL)
-try:
-    sys.stderr.write("\n@@dagrun-end %d %d %.6f\n" % (code, usage.ru_maxrss, time.time() - t0))
-    sys.stderr.flush()
-except OSError:
-    pass
-"""
+
+def _wrapper() -> str:
+    """What the host runs for a job (``python3 -c``): remote_run.py's own text, then its
+    ``ssh_main``, so that the host runs the same code as a Dask worker, not a copy."""
+    with open(remote_run.__file__, encoding="utf-8") as f:
+        return f.read() + "\nssh_main(sys.argv[1:])\n"
+
+
+WRAPPER = _wrapper()
 
 
 class SshExecutor(ThreadedExecutor):
@@ -155,31 +108,24 @@ class SshExecutor(ThreadedExecutor):
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> SshExecutor:
-        stage = str(options.get("stage", "shared"))
-        if stage not in ("shared", "rsync"):
-            raise ExecutorError(
-                f"executor '{name}': stage must be \"shared\" or \"rsync\", not {stage!r}"
-            )
-        workspace = options.get("workspace")
-        if stage == "rsync" and not workspace:
-            raise ExecutorError(f"executor '{name}': stage = \"rsync\" needs a workspace")
-        identity = options.get("identity_file")
+        opts = effective("ssh", options)  # checked when the manifest was read
+        identity = opts.get("identity_file")
         if identity:
-            identity = os.path.join(context.root, os.path.expanduser(str(identity)))
+            identity = os.path.join(context.root, os.path.expanduser(identity))
         return cls(
             name,
-            str(options["host"]),
+            opts["host"],
             state_dir=context.state_dir,
-            user=options.get("user") or None,
-            port=options.get("port"),
+            user=opts.get("user") or None,
+            port=opts.get("port"),
             identity_file=identity,
-            ssh_options=tuple(options.get("ssh_options", ())),
-            workspace=workspace,
-            max_jobs=int(options.get("max_jobs", 4)),
-            max_sessions=int(options.get("max_sessions", 10)),
-            stage=stage,
-            environ=context.environ if options.get("env_inherit") else None,
-            grace=float(options.get("grace_period", 3.0)),
+            ssh_options=tuple(opts["ssh_options"]),
+            workspace=opts.get("workspace"),
+            max_jobs=opts["max_jobs"],
+            max_sessions=opts["max_sessions"],
+            stage=opts["stage"],
+            environ=context.environ if opts["env_inherit"] else None,
+            grace=opts["grace_period"],
         )
 
     # -- the connection
@@ -258,7 +204,7 @@ class SshExecutor(ThreadedExecutor):
         again with back-off for ``RECONNECT`` seconds (an sshd restarting); jobs never
         handshake alone."""
         with self._master_lock:
-            if self.master_pid is not None and _alive(self.master_pid):
+            if self.master_pid is not None and remote_run.alive(self.master_pid):
                 return
             end, pause = time.monotonic() + RECONNECT, 0.1
             while True:
@@ -297,20 +243,27 @@ class SshExecutor(ThreadedExecutor):
     # -- one job, in its own thread
 
     def run(self, job: Job, cancel: threading.Event) -> Outcome:
-        os.makedirs(job.run_dir, exist_ok=True)
+        runs.make_dir(job.run_dir)  # the output comes into it as the job runs (dagrun tail)
         self._ensure_master()
         started = time.monotonic()
         with self.channels:
             if self.stage == "rsync":
                 error = self._send_inputs(job)
                 if error is not None:
-                    return Outcome(job.id, None, time.monotonic() - started, error=error)
+                    outcome = Outcome(job.id, None, time.monotonic() - started, error=error)
+                    return runs.settle(job, outcome, lambda: self._command_text(job))
             outcome = self._execute(job, cancel, started)
             if outcome.ok and self.stage == "rsync":
                 error = self._fetch_outputs(job)
                 if error is not None:
-                    return _replace_error(outcome, error)
-        return outcome
+                    outcome = outcome.failed(error)
+        return runs.settle(job, outcome, lambda: self._command_text(job), written=True)
+
+    def _command_text(self, job: Job) -> str:
+        """The job's command.txt (runs.py)."""
+        cwd = f"{self.workspace or job.root}/{job.cwd}"
+        return runs.command_text(job, [f"executor: {self.name} (ssh)", f"host: {self.where}"],
+                                 cwd=cwd)
 
     def _remote_dir(self, job: Job) -> str:
         """The workspace (default: the same folder as here), as a shell word."""
@@ -335,9 +288,6 @@ class SshExecutor(ThreadedExecutor):
     def _execute(self, job: Job, cancel: threading.Event, started: float) -> Outcome:
         run = job.run_dir + "/"
         script = self.script(job)
-        with open(run + "command.txt", "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(f"{job.cmd}\n\n# task: {job.task}\n# host: {self.where} ({self.name})\n"
-                    f"# cwd: {self.workspace or job.root}/{job.cwd}\n")
         raw = run + "stderr.raw"
         with open(run + "stdout.txt", "wb") as out, open(raw, "wb") as err:
             proc = subprocess.Popen(
@@ -353,9 +303,11 @@ class SshExecutor(ThreadedExecutor):
         self._procs.pop(job.id, None)
         _close(proc)
         self._pgids.pop(job.id, None)
-        stdout = _read_text(run + "stdout.txt")
+        stdout = runs.read_file(run + "stdout.txt")
         stderr, end = _strip_marks(_read_text(raw))
         _write(run + "stderr.txt", stderr)
+        if len(stderr) > runs.MAX_SHOWN // 4:  # maybe over MAX_SHOWN bytes: cut, as stdout
+            stderr = runs.read_file(run + "stderr.txt")
         pgid = _pgid(raw) if end is None else None
         _unlink(raw)
         cancelled = job.id in self._cancelled
@@ -432,10 +384,6 @@ class SshExecutor(ThreadedExecutor):
         proc = self._procs.get(job_id)
         if proc is not None and proc.poll() is None:
             proc.kill()
-
-    def forced(self) -> None:
-        for job_id in list(self._procs):
-            self._kill_now(job_id)
 
     def cancel_all(self, *, force: bool = False) -> list[Outcome]:
         if force:
@@ -603,20 +551,6 @@ def _pgid(raw_path: str) -> int | None:
     return int(word) if word.isdigit() else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is gone for our purposes
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().split(b") ", 1)[1][:1] != b"Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _is_master(pid: int, control_path: str) -> bool:
     """Whether ``pid`` is still our master (an ssh with our socket), not a recycled pid."""
     try:
@@ -657,12 +591,3 @@ def _write(path: str, text: str) -> None:
 def _last(data: bytes) -> str:
     lines = data.decode(errors="replace").strip().splitlines()
     return lines[-1] if lines else "no message"
-
-
-def _replace_error(outcome: Outcome, error: str) -> Outcome:
-    """The outcome as a failure with dagrun's own reason (the command itself exited 0)."""
-    return Outcome(
-        outcome.job_id, None, outcome.duration, outcome.stdout, outcome.stderr,
-        outcome.timed_out, outcome.maxrss_kb, error=error,
-    )
-

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 import signal
 
+from ..remote_run import alive
+
 MARK = "DAGRUN_JOB"
 
 
@@ -59,19 +61,9 @@ def _wait_dead(pids: set[int], timeout: float = 1.0) -> None:
     end = time.monotonic() + timeout
     left = set(pids)
     while left and time.monotonic() < end:
-        left = {pid for pid in left if _alive(pid)}
+        left = {pid for pid in left if alive(pid)}
         if left:
             time.sleep(0.002)
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` still runs (not gone, not a zombie waiting for its parent)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
 
 
 def _pids() -> list[int]:

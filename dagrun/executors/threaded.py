@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from . import Executor, Job, Outcome
+from . import Executor, Job, Outcome, cancel_all
 
 
 class Completions:
@@ -40,6 +40,10 @@ class Completions:
             self._queue.append(outcome)
         if first:  # one wake-up per batch: the reader takes the whole queue
             os.eventfd_write(self._fd, 1)
+
+    def __len__(self) -> int:
+        """How many outcomes are waiting to be taken."""
+        return len(self._queue)
 
     def take(self) -> list[Outcome]:
         """Everything posted so far; never blocks."""
@@ -77,7 +81,8 @@ class ThreadedExecutor:
     """A thread per running job; subclasses implement ``run(job, cancel) -> Outcome``.
 
     ``cancel`` is set when the job must stop (``cancel``, ``cancel_all``, close);
-    ``run`` must then kill what it started and return soon.  An exception
+    ``run`` must then kill what it started and return soon (at once when ``force``
+    is set: ``cancel_all(force=True)``).  An exception
     escaping ``run`` ends the job as lost (the scheduler retries it a bounded
     number of times), with the exception as its error.
     """
@@ -99,9 +104,6 @@ class ThreadedExecutor:
 
     def start(self) -> None:
         """Check the backend; subclasses raise ExecutorError when it cannot be used."""
-
-    def forced(self) -> None:
-        """A second Ctrl-C while cancelling: subclasses kill what is left at once."""
 
     # -- the protocol
 
@@ -145,6 +147,7 @@ class ThreadedExecutor:
         return outcomes
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
+        """Block until a job ends (or ``timeout``); a single caller's way (see wait_on)."""
         return wait_on(self, lambda: bool(self._threads), timeout)
 
     def cancel(self, job_id: int) -> None:
@@ -153,22 +156,18 @@ class ThreadedExecutor:
             event.set()
 
     def cancel_all(self, *, force: bool = False) -> list[Outcome]:
+        """Set every job's cancel (``force``: ``run`` kills at once, no grace) and wait for the
+        threads.  Interrupted, the outcomes stay queued for the next call (forced)."""
         if force:
             self.force.set()
         for event in self._cancels.values():
             event.set()
-        outcomes: list[Outcome] = []
-        while self._threads:
-            try:
-                for thread in list(self._threads.values()):
-                    thread.join(timeout=0.1)
-            except KeyboardInterrupt:  # a second Ctrl-C: no more grace
-                self.force.set()
-                self.forced()
-            outcomes.extend(self.collect())
-        return outcomes
+        while any(thread.is_alive() for thread in self._threads.values()):
+            for thread in list(self._threads.values()):
+                thread.join(timeout=0.1)
+        return self.collect()
 
     def close(self) -> None:
         if self._threads:
-            self.cancel_all(force=True)
+            cancel_all(self, force=True)  # a Ctrl-C meanwhile: it goes on
         self.completions.close()
