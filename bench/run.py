@@ -4,6 +4,7 @@
     python bench/run.py --setup    # venvs: bench/.venv/peers (doit, snakemake), bench/.venv/dagrun
     python bench/run.py                    # the full run (~30 min); writes bench/RESULTS.md tables
     python bench/run.py --smoke            # N=50, one repetition: keeps the benchmark working (CI)
+    python bench/run.py --server           # the build server against ninja (bench/server.py)
 
 For each shape and size it generates one equivalent build per tool (bench/gen.py)
 and times, tools alternating A B A B within each repetition:
@@ -797,6 +798,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--watch", default="1,10000",
                     help="task counts for the watch latency ('' = none)")
     ap.add_argument("--no-install", action="store_true", help="use bench/.venv/dagrun as it is")
+    ap.add_argument("--server", action="store_true",
+                    help="only the build server against ninja (bench/server.py; --sizes, --reps)")
     ap.add_argument("--work", default=os.path.join(HERE, "work"), help="where builds are generated")
     ap.add_argument("--keep-work", action="store_true", help="keep the generated builds")
     ap.add_argument("--report-only", metavar="JSON", help="only print (and --results-md) a report")
@@ -818,6 +821,11 @@ def main(argv: list[str] | None = None) -> int:
             write_results_md(a.results_md, text)
         say(text)
         return 0
+    if a.server:  # bench/server.py: no-op and edit through the server, beside ninja
+        import server
+
+        words = ["--sizes", *a.sizes.split(","), "--reps", str(max(a.reps, 10))]
+        return server.main(words + ["--no-install"] * a.no_install)
     if a.smoke:
         a.sizes, a.reps, a.noops, a.series = "50", 1, 1, "50,100"
         a.stream, a.watch = "0,2000000,4000000", "1"

@@ -135,6 +135,8 @@ def _build_records(b: argparse.ArgumentParser) -> None:
         help="the shared cache ([cache]): a failure of it is a warning (auto), an error "
         "(required); read-only: look up, never send (untrusted jobs); off: not used",
     )
+    b.add_argument("--no-server", action="store_true",
+                   help="build in this process, not through the build server (dagrun server)")
 
 
 def _graph(command: Command) -> None:
@@ -235,10 +237,15 @@ def _worker(command: Command) -> None:
                     help="exit once the server has not answered for S seconds (default 60)")
 
 
+def _server(command: Command) -> None:
+    sv = command("server", "the project's build server: start, stop or show it")
+    sv.add_argument("action", choices=("start", "stop", "status"))
+
+
 # each command's arguments, in the order `dagrun --help` lists the commands
 _COMMAND_ARGUMENTS: tuple[Callable[[Command], None], ...] = (
     _build, _graph, _tree, _list, _show, _clean, _watch, _status,
-    _report, _tail, _cancel, _trace, _completion, _worker,
+    _report, _tail, _cancel, _trace, _completion, _worker, _server,
 )
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # them is a build, so `dagrun`, `dagrun -q` and `dagrun TARGET` all build
 COMMANDS = (
     "build", "watch", "graph", "list", "show", "clean", "status", "trace", "completion", "worker",
-    "tree", "tail", "cancel", "report",
+    "tree", "tail", "cancel", "report", "server",
 )
 
 # the global options: accepted before or after the command; what is unset takes these values
@@ -93,7 +93,7 @@ def _global_option(argv: Sequence[str], i: int, values: dict[str, str], flags: s
 def _build_option(argv: Sequence[str], i: int) -> int:
     """How many words the neutral build option at ``argv[i]`` takes (0: not one we know)."""
     word = argv[i]
-    if word in ("-k", "--keep-going"):
+    if word in ("-k", "--keep-going", "--no-server"):
         return 1
     if word in ("-j", "--jobs", "--failures-allowed"):
         ok = i + 1 < len(argv) and _number(argv[i + 1], 0 if word == "--failures-allowed" else 1)
@@ -128,7 +128,7 @@ _PLAIN_VALUES = {
 }
 _PLAIN_FLAGS = {
     "-q": "quiet", "--quiet": "quiet", "-v": "verbose", "--verbose": "verbose",
-    "-k": "keep_going", "--keep-going": "keep_going",
+    "-k": "keep_going", "--keep-going": "keep_going", "--no-server": "no_server",
 }
 _NUMBERS = ("jobs", "failures_allowed")
 # what argparse gives a build's options that a plain build does not set
@@ -136,6 +136,7 @@ _BUILD_DEFAULTS: dict[str, Any] = {
     "command": "build", "jobs": None, "keep_going": False, "failures_allowed": None,
     "dry_run": False, "explain": False, "junit": None, "events": None, "trace": None,
     "force": False, "touch": False, "overrides": {}, "html": None, "cache": "auto",
+    "no_server": False,
 }
 
 

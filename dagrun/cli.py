@@ -89,6 +89,9 @@ def manifest_path(args: argparse.Namespace) -> str:
     return path
 
 
+RESIDENT: Any = None  # set by the build server (server.py) while it runs a request
+
+
 def _session(args: argparse.Namespace) -> Any:
     from .session import Session
 
@@ -99,6 +102,8 @@ def _session(args: argparse.Namespace) -> Any:
         sys.stderr.flush()
 
     overrides = getattr(args, "overrides", None)
+    if RESIDENT is not None:  # in the build server: its kept Session (server.py)
+        return RESIDENT.session(path, overrides, on_wait, args)
     return Session(manifest_path=path, on_wait=on_wait, overrides=overrides, cwd=os.getcwd())
 
 
@@ -124,6 +129,7 @@ _NOOP_NEUTRAL = frozenset(
         "verbose",
         "implicit",
         "cache",  # up to date is up to date, whatever the shared cache says
+        "no_server",
     }
 )
 
@@ -495,6 +501,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watcher.run()
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    from .client import command
+
+    return command(args.action, manifest_path(args))
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from . import interrupts
     from .worker import main as worker_main
@@ -519,4 +531,5 @@ _COMMANDS = {
     "trace": cmd_trace,
     "tree": cmd_tree,
     "completion": cmd_completion,
+    "server": cmd_server,
 }

@@ -79,6 +79,15 @@ def run() -> None:
 def _main(argv: Sequence[str] | None) -> int:
     global _answered
     args = list(sys.argv[1:] if argv is None else argv)
+    server = os.environ.get("DAGRUN_SERVER")  # "0": never; "1": also under CI
+    if server != "0" and (server == "1" or "CI" not in os.environ) and "--no-server" not in args:
+        from .client import forward  # the build server (client.py), if one serves this project
+
+        code = forward(args)
+        if code is not None:
+            signals.honoured()  # a signal meanwhile went to the server's build, which acted
+            _answered = True
+            return code
     plain = plain_build(args)
     delta = None
     if plain is not None:

@@ -114,6 +114,8 @@ DAGRUN_KEYS: dict[str, Check] = {
     "resources": count_table,
     "watch_debounce_ms": integer(0),
     "stall_warning": seconds_or_zero,
+    "server": lambda v: None if v == "auto" or v is False else 'must be "auto" or false',
+    "server_idle": number_positive,  # both read by the build server (server.py), not a Manifest
 }
 
 TASK_KEYS: dict[str, Check] = {

@@ -40,6 +40,13 @@ def interrupt_early(signum: int, frame: object) -> None:
     raise SignalInterrupt
 
 
+def honoured() -> None:
+    """An early signal was passed on and acted upon (the build server's build was interrupted):
+    entry.main need not raise it again."""
+    global _pending
+    _pending = False
+
+
 def pending() -> bool:
     """Whether an early signal came (interrupts.raised honours it when the build starts)."""
     return _pending

@@ -490,3 +490,80 @@ History.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestHistory = History.TestCase
+
+
+class ServedHistory(History):
+    """The same histories with every build through the build server (DAGRUN_SERVER=1: the
+    first build starts one, the next ones go through it), plus what can happen to a server:
+    killed (-9, with its tasks) while idle or in the middle of a build, inputs edited while it
+    is down (the rules above, between), a build run in-process beside it.  ``clean`` is always
+    in-process, beside it.  Its answers must be the from-scratch build's, always."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._saved = os.environ.get("DAGRUN_SERVER")
+        os.environ["DAGRUN_SERVER"] = "1"  # run_cli and the killed builds pass os.environ on
+        self.server_kills = 0
+
+    def server_pid(self) -> int | None:
+        from dagrun import client
+
+        found = client.ask(self.path(".dagrun"), client.STATUS)
+        return None if found is None else int(found["pid"])
+
+    def teardown(self) -> None:
+        if self._saved is None:
+            os.environ.pop("DAGRUN_SERVER", None)
+        else:
+            os.environ["DAGRUN_SERVER"] = self._saved
+        from dagrun import client
+
+        found = client.ask(self.path(".dagrun"), client.STATUS)
+        if REPORT:
+            with open(REPORT, "a") as f:
+                served = found["builds"] if found else "-"
+                f.write(f"server: kills {self.server_kills}, last one served {served}\n")
+        if found is not None:
+            kill_tree(int(found["pid"]))
+        super().teardown()
+
+    @rule(delay=st.one_of(st.floats(0.0, 0.3), st.just(None)))
+    def kill_9_the_server(self, delay: float | None) -> None:
+        """SIGKILL the server and its tasks, idle (None) or while a build runs through it."""
+        self.steps += 1
+        pid = self.server_pid()
+        if pid is None:
+            return
+        if delay is None:
+            kill_tree(pid)
+            self.server_kills += 1
+            return
+        self.builds += 1
+        p = subprocess.Popen(
+            [sys.executable, "-m", "dagrun", "--progress", "plain", "build"], cwd=self.root,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        )
+        time.sleep(delay)
+        kill_tree(pid)
+        self.server_kills += 1
+        out, err = p.communicate(timeout=30)
+        self.amnesia = True  # as kill_9_a_build: a task killed before its record
+        if "went away during the build" not in err:  # else: exit 1, nothing to compare
+            self.check(p.returncode, out, err)
+
+    @rule()
+    def build_in_process_beside_it(self) -> None:
+        self.steps += 1
+        self.builds += 1
+        code, out, err = run_cli(self.root, "build", "--no-server", seed=self.builds)
+        self.check(code, out, err)
+
+
+TestServedHistory = ServedHistory.TestCase
+TestServedHistory.settings = settings(
+    max_examples=max(1, EXAMPLES // 2),
+    stateful_step_count=STEPS,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
