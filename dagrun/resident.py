@@ -31,7 +31,7 @@ Session, read from disk as an in-process build reads it:
 
 The Session itself checks the rest as it does for watch: ``key_env`` values
 (the keys are computed again when they differ) and, under the build lock,
-that the proof it built from is still the state's (``fresh.stamp``).
+that the proof it built from is still the state's (``state.proof.stamp``).
 """
 
 from __future__ import annotations
@@ -44,12 +44,13 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from . import fresh, inotify
+from . import inotify
 from .errors import DagrunError
 from .graph import BuildGraph
 from .hashing import key_env_names
 from .plan import Plan
-from .session import STATE_DIR, Session
+from .session import Session
+from .state import STATE_DIR, proof
 from .watchset import Change, Kind, WatchSet, manifest_set, matrix_globs, watch_set
 
 SYNC = "server-sync"  # in the state folder: touched after each build (Resident.finished)
@@ -407,7 +408,7 @@ class Resident:
     def _state_id(self) -> tuple[int, ...]:
         """The identity of the log, the cache, its journal and the proof now."""
         found: list[int] = []
-        for name in ("log", "cache", "cache.journal", fresh.FILE):
+        for name in ("log", "cache", "cache.journal", proof.FILE):
             try:
                 st = os.stat(os.path.join(self.state_dir, name))
                 found += (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -363,7 +363,7 @@ class Server:
         """A provable no-op is answered here, as the no-op fast path would (entry.py); every
         other build is the CLI's."""
         from .argv import plain_build
-        from .fresh import no_work_line
+        from .state.proof import no_work_line
 
         resident = self.resident
         assert resident is not None
@@ -493,8 +493,7 @@ class _Kept:
             return Session(manifest_path=path, on_wait=on_wait, overrides=overrides, cwd=cwd)
         session = self.resident.session
         session.changed = self.changed
-        session.on_wait, session.cwd = on_wait, cwd
-        session.manifest_name = os.path.normpath(path)
+        session.ask_from(cwd, os.path.normpath(path), on_wait)
         session.warnings.clear()
         self.used = True
         return session

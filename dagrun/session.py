@@ -86,6 +86,14 @@ class Session:
         self._proof: proof.Delta | None = None  # the proof this session wrote last (no changes)
         self._last: Prepared | None = None
 
+    def ask_from(self, cwd: str | None, manifest_name: str,
+                 on_wait: Callable[[str], None] | None) -> None:
+        """The same project asked again from another folder, naming the manifest another way,
+        by another client (the build server keeps one Session for every build)."""
+        p = self.project = self.project._replace(cwd=cwd, manifest_name=manifest_name)
+        self.manifest_name, self.cwd, self.on_wait = p.manifest_name, p.cwd, on_wait
+        self._planner.project, self._planner.on_wait, self._lock.on_wait = p, on_wait, on_wait
+
     @property
     def read_only(self) -> str | None:
         """Why .dagrun cannot be written (found when the lock was taken), else None."""
