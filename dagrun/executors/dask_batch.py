@@ -32,17 +32,37 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .. import remote_run
 from . import Job, Outcome
 
-if TYPE_CHECKING:
-    from .dask import DaskExecutor
-
 COALESCE = 0.02  # seconds the collector lets ends gather while every worker thread has a queue
 LOOK_EVERY = 1.0  # seconds between two looks for workers while jobs are out
 STOP_POLL = 0.05  # seconds between two looks at stopping jobs (a second Ctrl-C)
+
+
+class Owner(Protocol):
+    """What Batches uses of its DaskExecutor (dask.py): declared here, so that this module
+    need not import the one that imports it."""
+
+    name: str
+    client: Any
+    force: threading.Event
+    grace: float
+    worker_timeout: float
+    token: str
+    env_inherit: Any
+    environ: dict[str, str]
+
+    def _info(self) -> tuple[int, int]: ...
+    def _kill(self, job_ids: list[int], *, force: bool, cancel: bool) -> None: ...
+    def _multi(self) -> bool: ...
+    def _prepare(self, job: Job) -> None: ...
+    def _resources(self) -> bool: ...
+    def _settle(self, job: Job, outcome: Outcome) -> Outcome: ...
+    def _too_big(self, job: Job) -> str | None: ...
+    def _without_workers(self) -> float: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -57,7 +77,7 @@ class _Entry:
 class Batches:
     """The command jobs of one DaskExecutor; see the module docstring."""
 
-    def __init__(self, executor: DaskExecutor, post: Callable[[Outcome], None]) -> None:
+    def __init__(self, executor: Owner, post: Callable[[Outcome], None]) -> None:
         self.ex = executor
         self._post = post
         self._lock = threading.Lock()
