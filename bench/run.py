@@ -821,11 +821,10 @@ def main(argv: list[str] | None = None) -> int:
             write_results_md(a.results_md, text)
         say(text)
         return 0
-    if a.server:  # bench/server.py: no-op and edit through the server, beside ninja
-        import server
-
+    if a.server:  # bench/server.py (which imports this file): the server beside ninja
         words = ["--sizes", *a.sizes.split(","), "--reps", str(max(a.reps, 10))]
-        return server.main(words + ["--no-install"] * a.no_install)
+        words += ["--no-install"] * a.no_install
+        return subprocess.run([sys.executable, os.path.join(HERE, "server.py"), *words]).returncode
     if a.smoke:
         a.sizes, a.reps, a.noops, a.series = "50", 1, 1, "50,100"
         a.stream, a.watch = "0,2000000,4000000", "1"
