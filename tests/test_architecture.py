@@ -237,6 +237,33 @@ def test_the_allowlists_hold_only_what_is_still_there() -> None:
 # ---------------------------------------------------------------- the reader itself
 
 
+LONGEST_FILE = 700  # lines
+LONG_FUNCTION = 40  # lines: a function longer than this reads as several steps
+LONG_FUNCTIONS_ALLOWED = 8
+
+
+def _long_functions() -> list[str]:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > LONG_FUNCTION:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    return found
+
+
+@pytest.mark.slow
+def test_no_file_is_longer_than_700_lines_and_few_functions_longer_than_40() -> None:
+    """Issue 21's sizes, kept: a file over 700 lines holds more than one concept, and more than
+    eight functions over 40 lines mean steps were not named."""
+    big = [f"{p.relative_to(ROOT)} ({n} lines)" for p in sorted(PACKAGE.rglob("*.py"))
+           if (n := len(p.read_text().splitlines())) > LONGEST_FILE]
+    assert not big, "files over 700 lines: split them by concept:\n" + "\n".join(big)
+    long = _long_functions()
+    assert len(long) <= LONG_FUNCTIONS_ALLOWED, "functions over 40 lines:\n" + "\n".join(long)
+
+
 def test_the_reader_counts_imports_inside_functions_and_resolves_relative_ones() -> None:
     source = (
         "from __future__ import annotations\n"
