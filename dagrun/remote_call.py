@@ -39,6 +39,7 @@ HEADER = b"dagrun-call 1 "
 REQUEST, RESULT = "call.in", "call.out"  # in the task's run folder
 NO_DAGRUN = 121  # the host's exit status when it cannot import dagrun
 NO_DAGRUN_SAYS = "dagrun: cannot import dagrun on this host: "
+PICKLING = "dagrun: the result ("  # the line a result that cannot be pickled ends stderr with
 ENTRY = (
     "import os, sys\n"
     "home = os.environ.get('DAGRUN_HOME')\n"
@@ -127,7 +128,7 @@ def finish(job: Job, outcome: Outcome, where: str) -> Outcome:
             return outcome.failed(f"{where}: cannot import dagrun ({why}): install it there, "
                                   "or set python = \"...\" to a Python that has it")
         if not outcome.ok:
-            return outcome
+            return _named(outcome)
         return _store(job, outcome, result, where)
     finally:
         for path in (request, result):
@@ -136,6 +137,19 @@ def finish(job: Job, outcome: Outcome, where: str) -> Outcome:
             os.rmdir(job.run_dir)  # only when empty: a task that never started (runs.py)
         except OSError:
             pass
+
+
+def _named(outcome: Outcome) -> Outcome:
+    """A failure named as on the local pool (``FAILED: [ValueError: bad row 7]``): the last
+    line the host wrote, when it is the exception's or the pickling problem's."""
+    if outcome.exit_code != 1 or outcome.error:
+        return outcome
+    last = outcome.stderr.rstrip().rpartition("\n")[2]
+    if last.startswith(PICKLING):
+        return replace(outcome, error=last[len("dagrun: "):])
+    if "Traceback (most recent call last):" in outcome.stderr and last[:1].isalpha():
+        return replace(outcome, error=last)
+    return outcome
 
 
 def _store(job: Job, outcome: Outcome, result: str, where: str) -> Outcome:
@@ -237,7 +251,7 @@ def _call(req: dict[str, Any], root: str) -> bytes | int:
     try:
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # noqa: BLE001 - pickling raises many kinds
-        sys.stderr.write(f"dagrun: the result ({type(value).__name__}) cannot be pickled: {exc}\n")
+        sys.stderr.write(f"{PICKLING}{type(value).__name__}) cannot be pickled: {exc}\n")
         return 1
 
 

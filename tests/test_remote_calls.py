@@ -44,6 +44,9 @@ STEPS = """
 
     def boom(n):
         raise ValueError(f"bad row {n}")
+
+    def unpicklable():
+        return lambda: 1
 """
 HOST_PATH = f'env = {{ PYTHONPATH = "{ROOT}" }}\n'  # dagrun on the host (the test user's python3)
 
@@ -143,10 +146,14 @@ def test_a_raising_function_on_ssh_fails_with_its_traceback(root, sshd, project)
         call = "steps:boom"
         args = [7]
         executor = "lab"
+        [tasks.lambda]
+        call = "steps:unpicklable"
+        executor = "lab"
     """)
-    r = project.run("build")
+    r = project.run("build", "-k")
     assert r.code == 1
-    assert "FAILED: [code=1] bad" in r.out + r.err
+    assert "FAILED: [the result (function) cannot be pickled: " in r.out + r.err
+    assert "FAILED: [ValueError: bad row 7] bad" in r.out + r.err  # as on the local pool
     stderr = (root / ".dagrun" / "runs" / "bad" / "stderr.txt").read_text()
     assert stderr.startswith("Traceback") and "ValueError: bad row 7" in stderr
     assert 'steps.py", line' in stderr and "remote_call" not in stderr  # the user's frames only
