@@ -22,6 +22,10 @@ channel.  A job whose end record never came back, and that was not cancelled,
 is *lost*: its group is killed over a new connection too (if the host can be
 reached) before it runs again.
 
+A function task (``job.call``) becomes a command run by the host's ``python``
+with dagrun (``remote_call.py``): its request goes as one more input, its result
+comes back as one more output and is checked by digest before it is stored.
+
 ``stage = "rsync"`` copies the job's declared inputs to the workspace before it
 runs, and its declared outputs back after, with ``tar`` over the same
 connection (no rsync needed on either side); a missing output fails the job.
