@@ -213,7 +213,7 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"dagrun: {problem}\n")
         return 2
     req = pickle.loads(data)
-    sys.path.insert(0, root)  # the manifest's folder first, as on the local executor
+    sys.path[:] = [root] + [p for p in sys.path if p not in ("", root)]  # as on the local pool
     code = _call(req, root)
     if isinstance(code, int):
         return code
