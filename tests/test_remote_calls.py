@@ -243,3 +243,14 @@ def test_a_raising_function_on_an_http_worker_fails_with_its_traceback(root, ssh
     stderr = (root / ".dagrun" / "runs" / "bad" / "stderr.txt").read_text()
     assert 'steps.py", line' in stderr
     assert not (root / "web.count").exists()  # stage = "http": it ran in the worker's workspace
+
+
+def test_a_frame_is_refused_when_damaged_cut_short_or_replaced():
+    from dagrun.remote_call import frame, unframe
+
+    blob = frame(b"\x80\x05result")
+    assert unframe(blob) == b"\x80\x05result"
+    assert unframe(blob + b"x") is None
+    assert unframe(blob[:-1]) is None
+    assert unframe(b"\x80\x05result") is None
+    assert unframe(blob.replace(b"dagrun-call 1", b"dagrun-call 2")) is None
