@@ -156,9 +156,11 @@ TYPES: dict[str, ExecutorType] = {
         Option("max_sessions", "integer", integer(2), 10, "the host's sshd MaxSessions"),
         Option("stage", "string", one_of("shared", "rsync"), "shared", "how files get there"),
         Option("env_inherit", "boolean", boolean, False, "jobs get dagrun's environment"),
+        Option("python", "string", nonempty_str, "python3",
+               "the Python that runs function tasks there (dagrun importable)"),
         _GRACE,
         _ENV,
-    ), rules=(_has_host, _rsync_workspace)),
+    ), rules=(_has_host, _rsync_workspace), runs_functions=True),
     "http": ExecutorType((
         _TYPE,
         Option("provisioner", "string", string, help="a command that starts workers"),
@@ -174,7 +176,7 @@ TYPES: dict[str, ExecutorType] = {
                "seconds between the interrupt and the kill of a cancelled job"),
         Option("worker_timeout", SECONDS, number_positive, 300.0, "a job waits for a worker"),
         _ENV,
-    ), rules=(_tls_pair,)),
+    ), rules=(_tls_pair,), runs_functions=True),
     "dask": ExecutorType((
         _TYPE,
         Option("scheduler", "string", string, help="a running scheduler's address"),

@@ -43,6 +43,7 @@ from .runs import run_dir_name
 SHOWN = 256 * 1024  # bytes of each stream sent back; the whole file stays here
 EXIT_DONE, EXIT_GONE, EXIT_REFUSED = 0, 1, 2
 FENCE = 0.8  # of the lease timeout: a lease unconfirmed for that long is killed here
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))  # function tasks import this dagrun
 REFUSED_GRACE = 2.0  # seconds a connection refused on first contact may last (a restart)
 
 
@@ -369,6 +370,7 @@ class Worker:
         lease = str(w["lease"])
         env = {str(k): str(v) for k, v in dict(w["env"]).items()}
         env["DAGRUN_WORKER"] = self.id
+        env["DAGRUN_PYTHON"], env["DAGRUN_HOME"] = sys.executable, _PACKAGE  # remote_call.py
         timeout = w.get("timeout")
         return Job(
             id=job_id,

@@ -34,7 +34,7 @@ def test_tls_cert_without_tls_key_is_a_manifest_error_with_its_line():
 def test_effective_options_fill_in_the_defaults():
     assert effective("ssh", {"type": "ssh", "host": "h", "grace_period": 1}) == {
         "host": "h", "ssh_options": (), "max_jobs": 4, "max_sessions": 10, "stage": "shared",
-        "env_inherit": False, "grace_period": 1.0,
+        "env_inherit": False, "grace_period": 1.0, "python": "python3",
     }
     assert effective("local", {}) == {"numa_nodes": "auto", "numa_strict": True,
                                       "grace_period": 3.0}

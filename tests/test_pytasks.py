@@ -573,8 +573,7 @@ def test_api_refuses_lambdas_and_nested_functions(tmp_path: Path) -> None:
         ('call = "bad:f"', "cannot import 'bad': syntax error in"),
         ('call = "m:one"\ncmd = "true"', "a task has either 'cmd' (a shell command) or 'call'"),
         ('cmd = "true"\nio_bound = true', "'io_bound' is for Python function tasks"),
-        ('call = "m:one"\nexecutor = "far"', "executor 'far' (type ssh) cannot run Python"),
-        ('call = "m:one"\nexecutor = "pool"', "executor 'pool' (type http) cannot run Python"),
+        ('call = "m:one"\nexecutor = "hpc"', "executor 'hpc' (type slurm) cannot run Python"),
     ],
 )
 def test_a_bad_call_is_a_manifest_error_naming_the_line(
@@ -582,8 +581,8 @@ def test_a_bad_call_is_a_manifest_error_naming_the_line(
 ) -> None:
     write(tmp_path, "m.py", "def one():\n    return 1\n")
     write(tmp_path, "bad.py", "def f(:\n")
-    write(tmp_path, "dagrun.toml", '[executors.far]\ntype = "ssh"\nhost = "x"\n'
-          f'[executors.pool]\ntype = "http"\n\n[tasks.t]\n{body}\n')
+    write(tmp_path, "dagrun.toml", '[executors.hpc]\ntype = "slurm"\n'
+          f'\n[tasks.t]\n{body}\n')
     with pytest.raises(ManifestError) as info:
         dagrun.load(tmp_path / "dagrun.toml")
     text = str(info.value)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from .. import runs
+from .. import remote_call, runs
 from ..errors import ExecutorError
 from ..executor_options import effective
 from . import Context, Job, Outcome, cancel_all
@@ -37,6 +37,7 @@ from .threaded import Completions, wait_on
 
 __all__ = ["HttpExecutor", "Options", "Routes"]
 
+PYTHON = '"${DAGRUN_PYTHON:-python3}"'  # function tasks: the worker's Python (worker.py)
 SWITCH_INTERVAL = 0.0005  # seconds a thread holds the GIL while another waits for it
 
 
@@ -85,6 +86,7 @@ class HttpExecutor:
         self.url = ""
         self.token_file = os.path.join(context.state_dir, "http", f"{name}.token")
         self._out: set[int] = set()
+        self._calls: dict[int, Job] = {}  # function jobs out, as submitted (remote_call.py)
         self._say: Callable[[str], None] = context.say or _stderr
         self.fleet = Fleet(name, self.broker, options, context.root, context.environ, self._say)
 
@@ -188,6 +190,13 @@ class HttpExecutor:
 
     def submit(self, job: Job) -> None:
         self._out.add(job.id)
+        if job.call is not None:  # a function task: a command run by the worker's own dagrun
+            command = remote_call.prepare(job, PYTHON)
+            if isinstance(command, Outcome):
+                self.completions.post(command)
+                return
+            self._calls[job.id] = job
+            job = command
         self.broker.add(job)
 
     def collect(self) -> list[Outcome]:
@@ -196,8 +205,12 @@ class HttpExecutor:
             self._out.discard(o.job_id)
             with self.broker.lock:
                 files = self.broker.run_files.pop(o.job_id, None)
+            call = self._calls.pop(o.job_id, None)
+            if call is not None:  # its result checked and stored (remote_call.py)
+                o = remote_call.finish(call, o, f"worker {files[1]}" if files else self.name)
             if files is not None:  # here, on the scheduler's thread: the server stays quick
                 job, worker, run_dir = files
+                job = call or job
                 o = runs.settle(job, o, partial(_describe, job, self.name, worker, run_dir))
             settled.append(o)
         return settled

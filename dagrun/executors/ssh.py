@@ -22,6 +22,10 @@ channel.  A job whose end record never came back, and that was not cancelled,
 is *lost*: its group is killed over a new connection too (if the host can be
 reached) before it runs again.
 
+A function task (``job.call``) becomes a command run by the host's ``python``
+with dagrun (``remote_call.py``): its request goes as one more input, its result
+comes back as one more output and is checked by digest before it is stored.
+
 ``stage = "rsync"`` copies the job's declared inputs to the workspace before it
 runs, and its declared outputs back after, with ``tar`` over the same
 connection (no rsync needed on either side); a missing output fails the job.
@@ -43,7 +47,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import remote_run, runs
+from .. import remote_call, remote_run, runs
 from ..errors import ExecutorError
 from ..executor_options import effective
 from ..fs import unlink_quietly as _unlink
@@ -87,8 +91,10 @@ class SshExecutor(ThreadedExecutor):
         stage: str = "shared",
         environ: Mapping[str, str] | None = None,
         grace: float = 3.0,
+        python: str = "python3",
     ) -> None:
         super().__init__(name, max_jobs)
+        self.python = python  # runs function tasks (remote_call.py)
         self.host = host
         self.user = user
         self.port = port
@@ -127,6 +133,7 @@ class SshExecutor(ThreadedExecutor):
             stage=opts["stage"],
             environ=context.environ if opts["env_inherit"] else None,
             grace=opts["grace_period"],
+            python=opts["python"],
         )
 
     # -- the connection
@@ -245,20 +252,35 @@ class SshExecutor(ThreadedExecutor):
 
     def run(self, job: Job, cancel: threading.Event) -> Outcome:
         runs.make_dir(job.run_dir)  # the output comes into it as the job runs (dagrun tail)
+        if job.call is not None:
+            outcome, written = self._run_call(job, cancel)
+        else:
+            outcome, written = self._attempt(job, cancel)
+        return runs.settle(job, outcome, lambda: self._command_text(job), written=written)
+
+    def _attempt(self, job: Job, cancel: threading.Event) -> tuple[Outcome, bool]:
+        """The job's outcome, and whether its output files are written in its run folder."""
         self._ensure_master()
         started = time.monotonic()
         with self.channels:
             if self.stage == "rsync":
                 error = self._send_inputs(job)
                 if error is not None:
-                    outcome = Outcome(job.id, None, time.monotonic() - started, error=error)
-                    return runs.settle(job, outcome, lambda: self._command_text(job))
+                    return Outcome(job.id, None, time.monotonic() - started, error=error), False
             outcome = self._execute(job, cancel, started)
             if outcome.ok and self.stage == "rsync":
                 error = self._fetch_outputs(job)
                 if error is not None:
                     outcome = outcome.failed(error)
-        return runs.settle(job, outcome, lambda: self._command_text(job), written=True)
+        return outcome, True
+
+    def _run_call(self, job: Job, cancel: threading.Event) -> tuple[Outcome, bool]:
+        """A function task: a command that runs it with the host's dagrun (remote_call.py)."""
+        command = remote_call.prepare(job, shlex.quote(self.python))
+        if isinstance(command, Outcome):
+            return command, False
+        outcome, written = self._attempt(command, cancel)
+        return remote_call.finish(job, outcome, f"host {self.where}"), written
 
     def _command_text(self, job: Job) -> str:
         """The job's command.txt (runs.py)."""
