@@ -129,23 +129,29 @@ def test_http_workers_killed_at_random_never_leave_two_attempts_running(tmp_path
 # -- SSH
 
 
-def test_the_ssh_wrapper_never_starts_a_command_once_its_connection_is_gone(tmp_path):
-    """The wrapper's connection is its stdin and stderr: at EOF, or unwritable, before the
-    command starts, the command never starts (nor does the child forked to run it)."""
-    from dagrun.executors.ssh import WRAPPER
+def test_the_ssh_runner_never_starts_a_command_once_its_connection_is_gone(tmp_path):
+    """The runner's connection is its stdin and stdout: a job that comes with the end of
+    stdin, or whose runner cannot write to stdout, never starts (and no child runs it)."""
+    import json
 
-    for stdin, stderr in ((subprocess.DEVNULL, subprocess.PIPE), (subprocess.PIPE, "closed")):
-        ran = tmp_path / "ran"
+    from dagrun.executors.ssh_resident import PROGRAM
+
+    ran = tmp_path / "ran"
+    request = {"op": "run", "id": 1, "cmd": f"touch {ran}", "ws": str(tmp_path), "cwd": ".",
+               "mk": [], "env": {}, "grace": 1}
+    line = (json.dumps(request) + "\n").encode()
+    for stdout in ("piped", "closed"):
         r, w = os.pipe()
-        os.close(r)  # a stderr nobody reads any more: the first write fails
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WRAPPER, f"touch {ran}", "1"], stdin=stdin,
-            stdout=subprocess.DEVNULL, stderr=w if stderr == "closed" else stderr,
-        )
+        if stdout == "closed":
+            os.close(r)  # a stdout nobody reads any more: the first write fails
+        proc = subprocess.Popen([sys.executable, "-c", PROGRAM], stdin=subprocess.PIPE,
+                                stdout=w, stderr=subprocess.DEVNULL)
         os.close(w)
-        proc.communicate(timeout=30)
+        proc.communicate(line, timeout=30)  # the request, then the end of stdin
+        if stdout == "piped":
+            os.close(r)
         time.sleep(0.3)  # a child left to itself would have run by now
-        assert not ran.exists(), (stdin, stderr)
+        assert not ran.exists(), stdout
 
 
 def ssh_executor(sshd, root: Path, **options: object):
