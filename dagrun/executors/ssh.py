@@ -3,24 +3,26 @@
 ``start()`` opens one ControlMaster connection per executor (``ssh -N -f``,
 its socket under ``.dagrun/ssh/``, or under a private folder in /tmp when that
 path is too long for a unix socket) and checks that the host runs
-``python3``; every job then costs a channel on that connection, not a
-handshake.  At most ``max_sessions - 1`` job channels are open at once (sshd's
-MaxSessions, 10 by default; one channel stays free to kill a job).
+``python3``; no job then costs a handshake.
 
-On the host, python3 runs ``dagrun/remote_run.py``'s own text (``WRAPPER``:
-the one runner that also runs a Dask worker's commands), which runs ``sh -c
-CMD`` in ``workspace``/cwd as the leader of a new session, with the job's
-environment and DAGRUN_*.  It prints the group id first and, at the end, the
-exit status, max RSS and duration (on stderr, stripped here).  It watches its
-stdin: a cancel (timeout, Ctrl-C) says "c" and closes the channel, and the
-runner stops the whole process group (``remote_run.stop_group``: SIGINT and
-SIGTERM, then SIGKILL after ``grace_period``); a channel that closes without a
-word is a dropped connection, and the group gets SIGKILL at once, since the job
-will run again.  A runner whose connection is gone before the command starts
-never starts it.  A ``force`` cancel sends ``kill -KILL -PGID`` on a second
-channel.  A job whose end record never came back, and that was not cancelled,
-is *lost*: its group is killed over a new connection too (if the host can be
-reached) before it runs again.
+At the first job, one channel on that connection starts dagrun's runner on the
+host (``ssh_resident.Resident``: ``python3 -c`` with remote_run.py's own text
+and its ``resident_main``, the one runner that also runs Dask workers' and
+Slurm jobs' commands); it stays for the build, and every job is a request to
+it: it runs ``sh -c CMD`` in ``workspace``/cwd as the leader of a new session,
+with the job's environment and DAGRUN_*, and streams back its group id, its
+output (into the run folder here, as it comes) and its exit status, max RSS and
+duration.  A cancel (timeout, Ctrl-C, ``dagrun cancel``) asks it to stop the
+job's whole group (``remote_run.stop_group``'s steps: SIGINT and SIGTERM, then
+SIGKILL after ``grace_period``; a ``force`` cancel: SIGKILL at once).  Its
+stdin is the connection: when it ends (a dropped connection, a build gone) the
+runner SIGKILLs every job's group at once, since they will run again, and a job
+that came with that end never starts.  A job whose end never came back, and
+that was not cancelled, is *lost*: its group is killed over a new connection
+too (if the host can be reached) before it runs again, and the next job starts
+a new runner.  Copies (``stage = "rsync"``) and kills that bypass the runner
+take channels of their own, at most ``max_sessions - 2`` at once (sshd's
+MaxSessions, 10 by default: one channel is the runner's, one stays free).
 
 ``stage = "rsync"`` copies the job's declared inputs to the workspace before it
 runs, and its declared outputs back after, with ``tar`` over the same
