@@ -242,3 +242,27 @@ def test_an_ssh_task_whose_connection_dies_is_killed_within_2_s(sshd, shared_dir
         assert lost.lost, lost
     finally:
         ex.close()
+
+
+def test_a_killed_ssh_runner_loses_its_jobs_kills_them_and_is_started_again(sshd, shared_dir):
+    """The resident runner on the host dies (kill -9): its job ends lost, the job's group is
+    killed over the connection before the outcome comes, and the next job gets a new runner."""
+    import psutil
+
+    root = shared_dir
+    ex = ssh_executor(sshd, root)
+    try:
+        ex.submit(job(root, 1, "trap '' INT TERM; echo $$ > pid; sleep 103 & sleep 104"))
+        wait_for(lambda: (root / "pid").exists() and marked("sleep 104"), what="the task")
+        pgid = int((root / "pid").read_text())
+        runner = ex._runner.host_pid
+        psutil.Process(runner).kill()
+        (lost,) = ex.wait(timeout=30)
+        assert lost.lost and "lost" in (lost.error or ""), lost
+        assert not group_alive(pgid)
+        ex.submit(job(root, 2, "echo again"))
+        (again,) = ex.wait(timeout=30)
+        assert again.ok and again.stdout == "again\n", again
+        assert ex._runner.host_pid != runner
+    finally:
+        ex.close()
