@@ -56,8 +56,8 @@ from .threaded import ThreadedExecutor
 _SOCKET_MAX = 100  # sun_path is 108 bytes; ssh appends a temporary suffix while binding
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9/._+-]+")
 PERSIST = 120  # seconds an idle master stays (not "yes": none may outlive a build for long)
-_WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 RECONNECT = 15.0  # seconds to keep trying to reopen a dropped master (an sshd restarting)
+_WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC  # a job's output files here
 
 
 class SshExecutor(ThreadedExecutor):
