@@ -2,10 +2,10 @@
 
 The one runner for every place a task runs away from the local executor's
 epoll: a Dask worker imports this module by name, an SSH host runs this file's
-own text (``python3 -I -S -c``, see ``ssh.WRAPPER``), and so does a Slurm job
-(``.dagrun/slurm/wrapper.py``, see ``slurm_job.wrapper_text``).  So it needs only
-the standard library, imports nothing of dagrun, and imports at the top only
-what the SSH side needs (a host pays for its imports on every job).
+own text (``python3 -I -S -c``, once per connection, see ``ssh_resident.PROGRAM``),
+and so does a Slurm job (``.dagrun/slurm/wrapper.py``, see
+``slurm_job.wrapper_text``).  So it needs only the standard library, imports
+nothing of dagrun, and imports at the top only what every side needs.
 
 Stopping a task's group is one sequence, ``stop_group``: SIGINT and SIGTERM to
 the whole group, then SIGKILL once ``grace`` seconds have passed or the leader
@@ -13,12 +13,13 @@ has ended (what it left in the group gets no more time).  The local executor
 runs the same steps as deadlines on its epoll (``ask_to_stop``, then ``killpg``
 SIGKILL at its kill time), since it cannot block on one job.
 
-On an SSH host (``ssh_main``): the command starts only when the runner says so
-(a runner whose connection is gone before that never starts it), the group id
-is printed first (``PGID_MARK``) and the end last (``END_MARK``: exit status,
-max RSS, duration), both on stderr.  stdin is the connection: "c" then EOF is a
-cancel (the group is stopped with grace), a bare EOF a lost connection (SIGKILL
-at once: the task will run again elsewhere).
+On an SSH host (``resident_main``): one runner per connection runs every job
+the executor sends it (JSON lines on stdin), each in a session of its own, and
+streams back its group id, its output and its end in frames on stdout
+(``FRAME``).  stdin is the connection: a cancel stops one group with grace, a
+kill at once; at the end of stdin (a lost connection) every group gets SIGKILL
+at once (the tasks will run again elsewhere), and a job that came with that end
+never starts.
 
 In a Slurm job (``slurm_main``): the command's output goes straight to the run
 folder, the timeout and Slurm's SIGTERM stop the group, and a report file says
@@ -39,7 +40,7 @@ at once (the marker names the worker process).
 import os
 import select
 import signal
-import sys
+import sys  # noqa: F401 - the Slurm job's wrapper text ends with slurm_main(sys.argv[1:])
 import threading
 import time
 
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
 
 MAX_OUTPUT = 1 << 20  # bytes of a stream sent back; a longer one is cut
 POLL = 0.2  # seconds between looks for a cancel file while a command runs
-PGID_MARK = "@@dagrun-pgid "
-END_MARK = "\n@@dagrun-end "
 
 
 # -- a task's process group
@@ -105,69 +104,191 @@ def exit_code(status: int) -> int:
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-# -- on an SSH host
+# -- on an SSH host, resident: one runner for every job of a connection
 
 
-def ssh_main(argv: "list[str]") -> None:
-    """``CMD GRACE``: run CMD in its own session, reporting on stderr; stdin is the channel."""
-    cmd, grace = argv[0], float(argv[1])
-    started = time.time()
-    pid, go = _fork_held(cmd)
-    sys.stderr.write(f"{PGID_MARK}{pid}\n")
-    sys.stderr.flush()
-    if select.select([0], [], [], 0)[0]:
-        sys.exit(0)  # the channel ended before the command started: it never starts
-    os.write(go, b"x")
-    reaped = threading.Event()
-    stopped = threading.Event()
-    threading.Thread(target=_watch_channel, args=(pid, grace, reaped, stopped),
-                     daemon=True).start()
-    _, status, usage = os.wait4(pid, 0)
-    reaped.set()
-    if stopped.is_set():
-        killpg(pid, signal.SIGKILL)  # what the command left in its group
+FRAME = ">cII"  # a frame to the executor: kind, job id, payload length; then the payload
+
+
+def resident_main() -> None:
+    """Run jobs as the executor asks (JSON lines on stdin: ``run``, ``cancel``, ``kill``),
+    reporting in ``FRAME``s on stdout: "r" ready (this pid), "s" started (the group id), "o"
+    and "e" output, "f" could not start (why), "x" ended ("CODE MAXRSS DURATION", once the
+    leader is reaped and its output has ended).  stdin is the connection: at its end, or
+    when stdout cannot be written, every job's group gets SIGKILL at once and the runner
+    exits (the jobs will run again elsewhere)."""
+    import json
+    import struct
+
+    runner = _Resident(json.loads, struct.Struct(FRAME).pack)
     try:
-        sys.stderr.write(f"{END_MARK}{exit_code(status)} {usage.ru_maxrss} "
-                         f"{time.time() - started:.6f}\n")
-        sys.stderr.flush()
-    except OSError:
+        runner.loop()
+    except (OSError, ValueError):
         pass
+    runner.abandon()
 
 
-def _fork_held(cmd: str) -> "tuple[int, int]":
-    """A child leading a new session that runs ``sh -c cmd`` once "x" comes down the returned
-    pipe (and never if the pipe closes first): (its pid, the pipe's write end)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.setsid()
-        os.close(w)
-        if os.read(r, 1) != b"x":
-            os._exit(111)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.execv("/bin/sh", ["/bin/sh", "-c", cmd])
-    os.close(r)
-    return pid, w
+class _Job(object):
+    __slots__ = ("id", "proc", "fds", "grace", "kill_at", "stopping", "status", "started")
+
+    def __init__(self, job_id: int, proc: "Any", fds: "list[int]", grace: float) -> None:
+        self.id, self.proc, self.fds, self.grace = job_id, proc, fds, grace
+        self.kill_at = None  # type: Any
+        self.stopping = False
+        self.status = None  # type: Any
+        self.started = time.time()
 
 
-def _watch_channel(pid: int, grace: float, reaped: "threading.Event",
-                   stopped: "threading.Event") -> None:
-    """Read the channel to its end: "c" stops the group with grace, a bare end at once."""
-    data = b""
-    while True:
+class _Resident(object):
+    """resident_main's state: the running jobs, and one poll over stdin, SIGCHLD and the
+    jobs' output pipes."""
+
+    def __init__(self, loads: "Any", pack: "Any") -> None:
+        self.loads, self.pack = loads, pack
+        self.jobs = {}  # type: dict[int, _Job]
+        self.by_pid = {}  # type: dict[int, _Job]
+        self.by_fd = {}  # type: dict[int, tuple[_Job, bytes]]
+        self.pending = b""
+        self.poll = select.poll()
+        self.wake, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.signal(signal.SIGCHLD, lambda s, f: None)
+        signal.set_wakeup_fd(w)
+        self.poll.register(0, select.POLLIN)
+        self.poll_stdin = select.poll()
+        self.poll_stdin.register(0, select.POLLIN)
+        self.poll.register(self.wake, select.POLLIN)
+
+    def send(self, kind: bytes, job_id: int, data: bytes) -> None:
+        out = self.pack(kind, job_id, len(data)) + data
+        while out:
+            out = out[os.write(1, out):]
+
+    def loop(self) -> None:
+        self.send(b"r", 0, str(os.getpid()).encode())
+        while True:
+            due = [j.kill_at for j in self.jobs.values() if j.kill_at is not None]
+            wait = None if not due else max(0, int((min(due) - time.monotonic()) * 1000) + 1)
+            for fd, _ in self.poll.poll(wait):
+                if fd == 0:
+                    if not self.requests():
+                        return
+                elif fd == self.wake:
+                    os.read(self.wake, 512)
+                    self.reap()
+                else:
+                    self.output(fd)
+            now = time.monotonic()
+            for job in list(self.jobs.values()):
+                if job.kill_at is not None and now >= job.kill_at:
+                    killpg(job.proc.pid, signal.SIGKILL)
+                    job.kill_at = None
+
+    def requests(self) -> bool:
+        data = os.read(0, 1 << 16)
+        while data and self.poll_stdin.poll(0):  # all there is: a job that came with the
+            more = os.read(0, 1 << 16)          # connection's end never starts
+            if not more:
+                return False
+            data += more
+        if not data:
+            return False
+        lines = (self.pending + data).split(b"\n")
+        self.pending = lines.pop()
+        for line in lines:
+            req = self.loads(line.decode())
+            job = self.jobs.get(req["id"])
+            if req["op"] == "run":
+                self.start(req)
+            elif job is not None and req["op"] == "cancel":
+                self.stop(job, job.grace)
+            elif job is not None:
+                self.stop(job, 0.0)
+        return True
+
+    def start(self, req: "dict[str, Any]") -> None:
+        import subprocess
+
+        base = req["ws"]
+        if base == "~" or base.startswith("~/"):
+            base = os.environ.get("HOME", "/") + base[1:]
+        cwd = base if req["cwd"] == "." else base + "/" + req["cwd"]
+        env = dict(os.environ)
+        env.update(req["env"])
+        env["PWD"] = cwd
+        pipes = [os.pipe(), os.pipe()]
         try:
-            chunk = os.read(0, 4096)
-        except OSError:
-            chunk = b""
-        if not chunk:
-            break
-        data += chunk
-    stopped.set()
-    if b"c" in data:
-        stop_group(pid, grace, reaped.wait)
-    else:
-        killpg(pid, signal.SIGKILL)  # a lost connection: the task will run again elsewhere
+            for folder in [cwd] + [base + "/" + p for p in req["mk"]]:
+                os.makedirs(folder, exist_ok=True)
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", req["cmd"]], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                stdout=pipes[0][1], stderr=pipes[1][1], start_new_session=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            for fd in pipes[0] + pipes[1]:
+                os.close(fd)
+            self.send(b"f", req["id"], str(exc).encode("utf-8", "replace"))
+            return
+        job = _Job(req["id"], proc, [pipes[0][0], pipes[1][0]], float(req["grace"]))
+        for n, kind in enumerate((b"o", b"e")):  # no zip(strict=): python 3.6
+            os.close(pipes[n][1])
+            self.by_fd[pipes[n][0]] = (job, kind)
+            self.poll.register(pipes[n][0], select.POLLIN)
+        self.jobs[job.id] = job
+        self.by_pid[proc.pid] = job
+        self.send(b"s", job.id, str(proc.pid).encode())
+
+    def stop(self, job: "_Job", grace: float) -> None:
+        """remote_run.stop_group's steps as a deadline: SIGKILL when the leader has ended or
+        ``grace`` has passed (at once: ``kill``)."""
+        if grace <= 0 or job.status is not None:
+            killpg(job.proc.pid, signal.SIGKILL)
+            job.kill_at = None
+        elif not job.stopping:
+            ask_to_stop(job.proc.pid)
+            job.kill_at = time.monotonic() + grace
+        job.stopping = True
+
+    def reap(self) -> None:
+        while self.by_pid:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            job = self.by_pid.pop(pid, None)
+            if job is None:
+                continue
+            job.proc.returncode = exit_code(status)  # reaped here, not by Popen
+            job.status = (job.proc.returncode, usage.ru_maxrss)
+            if job.stopping:
+                killpg(pid, signal.SIGKILL)  # what the command left in its group
+                job.kill_at = None
+            self.ended(job)
+
+    def output(self, fd: int) -> None:
+        job, kind = self.by_fd[fd]
+        data = os.read(fd, 1 << 16)
+        if data:
+            self.send(kind, job.id, data)
+            return
+        self.poll.unregister(fd)
+        os.close(fd)
+        del self.by_fd[fd]
+        job.fds.remove(fd)
+        self.ended(job)
+
+    def ended(self, job: "_Job") -> None:
+        if job.status is None or job.fds:
+            return
+        del self.jobs[job.id]
+        code, rss = job.status
+        self.send(b"x", job.id, "{} {} {:.6f}".format(
+            code, rss, time.time() - job.started).encode())
+
+    def abandon(self) -> None:
+        for job in self.jobs.values():
+            killpg(job.proc.pid, signal.SIGKILL)
 
 
 # -- in a Slurm job

@@ -129,23 +129,29 @@ def test_http_workers_killed_at_random_never_leave_two_attempts_running(tmp_path
 # -- SSH
 
 
-def test_the_ssh_wrapper_never_starts_a_command_once_its_connection_is_gone(tmp_path):
-    """The wrapper's connection is its stdin and stderr: at EOF, or unwritable, before the
-    command starts, the command never starts (nor does the child forked to run it)."""
-    from dagrun.executors.ssh import WRAPPER
+def test_the_ssh_runner_never_starts_a_command_once_its_connection_is_gone(tmp_path):
+    """The runner's connection is its stdin and stdout: a job that comes with the end of
+    stdin, or whose runner cannot write to stdout, never starts (and no child runs it)."""
+    import json
 
-    for stdin, stderr in ((subprocess.DEVNULL, subprocess.PIPE), (subprocess.PIPE, "closed")):
-        ran = tmp_path / "ran"
+    from dagrun.executors.ssh_resident import PROGRAM
+
+    ran = tmp_path / "ran"
+    request = {"op": "run", "id": 1, "cmd": f"touch {ran}", "ws": str(tmp_path), "cwd": ".",
+               "mk": [], "env": {}, "grace": 1}
+    line = (json.dumps(request) + "\n").encode()
+    for stdout in ("piped", "closed"):
         r, w = os.pipe()
-        os.close(r)  # a stderr nobody reads any more: the first write fails
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WRAPPER, f"touch {ran}", "1"], stdin=stdin,
-            stdout=subprocess.DEVNULL, stderr=w if stderr == "closed" else stderr,
-        )
+        if stdout == "closed":
+            os.close(r)  # a stdout nobody reads any more: the first write fails
+        proc = subprocess.Popen([sys.executable, "-c", PROGRAM], stdin=subprocess.PIPE,
+                                stdout=w, stderr=subprocess.DEVNULL)
         os.close(w)
-        proc.communicate(timeout=30)
+        proc.communicate(line, timeout=30)  # the request, then the end of stdin
+        if stdout == "piped":
+            os.close(r)
         time.sleep(0.3)  # a child left to itself would have run by now
-        assert not ran.exists(), (stdin, stderr)
+        assert not ran.exists(), stdout
 
 
 def ssh_executor(sshd, root: Path, **options: object):
@@ -234,5 +240,29 @@ def test_an_ssh_task_whose_connection_dies_is_killed_within_2_s(sshd, shared_dir
         assert time.monotonic() - dropped < 2.0
         (lost,) = ex.wait(timeout=30)
         assert lost.lost, lost
+    finally:
+        ex.close()
+
+
+def test_a_killed_ssh_runner_loses_its_jobs_kills_them_and_is_started_again(sshd, shared_dir):
+    """The resident runner on the host dies (kill -9): its job ends lost, the job's group is
+    killed over the connection before the outcome comes, and the next job gets a new runner."""
+    import psutil
+
+    root = shared_dir
+    ex = ssh_executor(sshd, root)
+    try:
+        ex.submit(job(root, 1, "trap '' INT TERM; echo $$ > pid; sleep 103 & sleep 104"))
+        wait_for(lambda: (root / "pid").exists() and marked("sleep 104"), what="the task")
+        pgid = int((root / "pid").read_text())
+        runner = ex._runner.host_pid
+        psutil.Process(runner).kill()
+        (lost,) = ex.wait(timeout=30)
+        assert lost.lost and "lost" in (lost.error or ""), lost
+        assert not group_alive(pgid)
+        ex.submit(job(root, 2, "echo again"))
+        (again,) = ex.wait(timeout=30)
+        assert again.ok and again.stdout == "again\n", again
+        assert ex._runner.host_pid != runner
     finally:
         ex.close()

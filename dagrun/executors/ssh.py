@@ -3,24 +3,26 @@
 ``start()`` opens one ControlMaster connection per executor (``ssh -N -f``,
 its socket under ``.dagrun/ssh/``, or under a private folder in /tmp when that
 path is too long for a unix socket) and checks that the host runs
-``python3``; every job then costs a channel on that connection, not a
-handshake.  At most ``max_sessions - 1`` job channels are open at once (sshd's
-MaxSessions, 10 by default; one channel stays free to kill a job).
+``python3``; no job then costs a handshake.
 
-On the host, python3 runs ``dagrun/remote_run.py``'s own text (``WRAPPER``:
-the one runner that also runs a Dask worker's commands), which runs ``sh -c
-CMD`` in ``workspace``/cwd as the leader of a new session, with the job's
-environment and DAGRUN_*.  It prints the group id first and, at the end, the
-exit status, max RSS and duration (on stderr, stripped here).  It watches its
-stdin: a cancel (timeout, Ctrl-C) says "c" and closes the channel, and the
-runner stops the whole process group (``remote_run.stop_group``: SIGINT and
-SIGTERM, then SIGKILL after ``grace_period``); a channel that closes without a
-word is a dropped connection, and the group gets SIGKILL at once, since the job
-will run again.  A runner whose connection is gone before the command starts
-never starts it.  A ``force`` cancel sends ``kill -KILL -PGID`` on a second
-channel.  A job whose end record never came back, and that was not cancelled,
-is *lost*: its group is killed over a new connection too (if the host can be
-reached) before it runs again.
+At the first job, one channel on that connection starts dagrun's runner on the
+host (``ssh_resident.Resident``: ``python3 -c`` with remote_run.py's own text
+and its ``resident_main``, the one runner that also runs Dask workers' and
+Slurm jobs' commands); it stays for the build, and every job is a request to
+it: it runs ``sh -c CMD`` in ``workspace``/cwd as the leader of a new session,
+with the job's environment and DAGRUN_*, and streams back its group id, its
+output (into the run folder here, as it comes) and its exit status, max RSS and
+duration.  A cancel (timeout, Ctrl-C, ``dagrun cancel``) asks it to stop the
+job's whole group (``remote_run.stop_group``'s steps: SIGINT and SIGTERM, then
+SIGKILL after ``grace_period``; a ``force`` cancel: SIGKILL at once).  Its
+stdin is the connection: when it ends (a dropped connection, a build gone) the
+runner SIGKILLs every job's group at once, since they will run again, and a job
+that came with that end never starts.  A job whose end never came back, and
+that was not cancelled, is *lost*: its group is killed over a new connection
+too (if the host can be reached) before it runs again, and the next job starts
+a new runner.  Copies (``stage = "rsync"``) and kills that bypass the runner
+take channels of their own, at most ``max_sessions - 2`` at once (sshd's
+MaxSessions, 10 by default: one channel is the runner's, one stays free).
 
 A function task (``job.call``) becomes a command run by the host's ``python``
 with dagrun (``remote_call.py``): its request goes as one more input, its result
@@ -36,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import select
 import shlex
 import shutil
 import signal
@@ -51,25 +52,16 @@ from .. import remote_call, remote_run, runs
 from ..errors import ExecutorError
 from ..executor_options import effective
 from ..fs import unlink_quietly as _unlink
-from ..remote_run import END_MARK, PGID_MARK
 from ..state import STATE_DIR
 from . import Context, Job, Outcome, fetched
+from .ssh_resident import PROGRAM, Resident, Slot
 from .threaded import ThreadedExecutor
 
 _SOCKET_MAX = 100  # sun_path is 108 bytes; ssh appends a temporary suffix while binding
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9/._+-]+")
 PERSIST = 120  # seconds an idle master stays (not "yes": none may outlive a build for long)
 RECONNECT = 15.0  # seconds to keep trying to reopen a dropped master (an sshd restarting)
-
-
-def _wrapper() -> str:
-    """What the host runs for a job (``python3 -c``): remote_run.py's own text, then its
-    ``ssh_main``, so that the host runs the same code as a Dask worker, not a copy."""
-    with open(remote_run.__file__, encoding="utf-8") as f:
-        return f.read() + "\nssh_main(sys.argv[1:])\n"
-
-
-WRAPPER = _wrapper()
+_WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC  # a job's output files here
 
 
 class SshExecutor(ThreadedExecutor):
@@ -105,12 +97,14 @@ class SshExecutor(ThreadedExecutor):
         self.environ = dict(environ) if environ is not None else None  # env_inherit
         self.grace = grace
         self.control_path = control_path(state_dir, name, host)
-        self.channels = threading.BoundedSemaphore(max(1, max_sessions - 1))
+        # channels of stage = "rsync" copies: one stays for the runner, one to kill a job
+        self.channels = threading.BoundedSemaphore(max(1, max_sessions - 2))
         self.master_pid: int | None = None
         self.reachable = False
         self._master_lock = threading.Lock()
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}
-        self._pgids: dict[int, str] = {}  # job id -> the file its wrapper's stderr goes to
+        self._runner: Resident | None = None
+        self._resident_lock = threading.Lock()
+        self._slots: dict[int, tuple[Resident, Slot, str]] = {}  # job id -> its runner, run/
         self._cancelled: set[int] = set()
 
     @classmethod
@@ -235,6 +229,9 @@ class SshExecutor(ThreadedExecutor):
         """Stop the master: ``-O exit`` through its socket, or by its pid when the socket is
         gone (removed by a task, a tmp cleaner): no authenticated connection outlives a build."""
         super().close()
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
         if self.master_pid is not None or os.path.exists(self.control_path):
             subprocess.run(
                 self.ssh_argv("-O", "exit"), stdin=subprocess.DEVNULL, capture_output=True,
@@ -260,18 +257,19 @@ class SshExecutor(ThreadedExecutor):
 
     def _attempt(self, job: Job, cancel: threading.Event) -> tuple[Outcome, bool]:
         """The job's outcome, and whether its output files are written in its run folder."""
-        self._ensure_master()
         started = time.monotonic()
-        with self.channels:
-            if self.stage == "rsync":
+        if self.stage == "rsync":
+            self._ensure_master()
+            with self.channels:
                 error = self._send_inputs(job)
-                if error is not None:
-                    return Outcome(job.id, None, time.monotonic() - started, error=error), False
-            outcome = self._execute(job, cancel, started)
-            if outcome.ok and self.stage == "rsync":
+            if error is not None:
+                return Outcome(job.id, None, time.monotonic() - started, error=error), False
+        outcome = self._execute(job, cancel, started)
+        if outcome.ok and self.stage == "rsync":
+            with self.channels:
                 error = self._fetch_outputs(job)
-                if error is not None:
-                    outcome = outcome.failed(error)
+            if error is not None:
+                outcome = outcome.failed(error)
         return outcome, True
 
     def _run_call(self, job: Job, cancel: threading.Event) -> tuple[Outcome, bool]:
@@ -293,120 +291,119 @@ class SshExecutor(ThreadedExecutor):
         base = self.workspace or job.root
         return _path_word(base)
 
-    def script(self, job: Job) -> str:
-        """The shell script the host runs for ``job``."""
+    def request(self, job: Job) -> dict[str, Any]:
+        """What the runner on the host needs to start ``job`` (remote_run.resident_main)."""
         env = dict(self.environ or {})
         env.update(job.env)
-        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if _name_ok(k))
-        ws = self._remote_dir(job)
-        cwd = ws if job.cwd == "." else f"{ws}/{shlex.quote(job.cwd)}"
         parents = sorted({os.path.dirname(o) for o in job.outputs if not o.startswith("/")} - {""})
-        mk = " ".join([cwd] + [f"{ws}/{shlex.quote(p)}" for p in parents])
-        wrapper = shlex.quote(WRAPPER)
-        return (
-            f"mkdir -p {mk} && cd {cwd} && {'export ' + exports + ' && ' if exports else ''}"
-            f"exec python3 -I -S -c {wrapper} {shlex.quote(job.cmd)} {self.grace}"
-        )
+        return {"cmd": job.cmd, "ws": self.workspace or job.root, "cwd": job.cwd, "mk": parents,
+                "env": {k: v for k, v in env.items() if _name_ok(k)}, "grace": self.grace}
+
+    def _resident(self) -> Resident:
+        """The runner on the host, started (over a live master) if there is none or it ended."""
+        with self._resident_lock:
+            if self._runner is not None and self._runner.alive:
+                return self._runner
+            if self._runner is not None:
+                self._runner.close()  # it ended: its jobs are lost
+                self._runner = None
+            self._ensure_master()
+            runner = Resident(self.ssh_argv() + [_sh(
+                "exec python3 -I -S -c " + shlex.quote(PROGRAM))])
+            why = runner.wait_ready()
+            if why is not None:
+                raise ExecutorError(f"executor '{self.name}': cannot start dagrun's runner on "
+                                    f"{self.where}: {why}")
+            self._runner = runner
+            return runner
 
     def _execute(self, job: Job, cancel: threading.Event, started: float) -> Outcome:
         run = job.run_dir + "/"
-        script = self.script(job)
-        raw = run + "stderr.raw"
-        with open(run + "stdout.txt", "wb") as out, open(raw, "wb") as err:
-            proc = subprocess.Popen(
-                self.ssh_argv() + [_sh(script)], stdin=subprocess.PIPE, stdout=out, stderr=err,
-                start_new_session=True,
-            )
-        self._procs[job.id] = proc
-        self._pgids[job.id] = raw
-        if cancel.is_set():
-            self.cancel(job.id)
-        timed_out = self._wait(proc, job, cancel)
-        duration = time.monotonic() - started
-        self._procs.pop(job.id, None)
-        _close(proc)
-        self._pgids.pop(job.id, None)
-        stdout = runs.read_file(run + "stdout.txt")
-        stderr, end = _strip_marks(_read_text(raw))
-        _write(run + "stderr.txt", stderr)
-        if len(stderr) > runs.MAX_SHOWN // 4:  # maybe over MAX_SHOWN bytes: cut, as stdout
-            stderr = runs.read_file(run + "stderr.txt")
-        pgid = _pgid(raw) if end is None else None
-        _unlink(raw)
+        runner = self._resident()
+        out = os.open(run + "stdout.txt", _WRITE, 0o644)
+        err = os.open(run + "stderr.txt", _WRITE, 0o644)
+        slot = Slot(out, err)
+        try:
+            self._slots[job.id] = (runner, slot, run)
+            runner.run(job.id, self.request(job), slot)
+            if cancel.is_set():
+                self.cancel(job.id)
+            timed_out = self._wait(runner, slot, job)
+        finally:
+            runner.forget(job.id)
+            self._slots.pop(job.id, None)
+            os.close(out)
+            os.close(err)
+        return self._outcome(job, slot, timed_out, time.monotonic() - started)
+
+    def _outcome(self, job: Job, slot: Slot, timed_out: bool, duration: float) -> Outcome:
+        run = job.run_dir + "/"
+        stdout, stderr = runs.read_file(run + "stdout.txt"), runs.read_file(run + "stderr.txt")
         cancelled = job.id in self._cancelled
         self._cancelled.discard(job.id)
-        if end is None:
-            if cancelled or timed_out:
-                return Outcome(job.id, -15, duration, stdout, stderr, timed_out)
-            why = _last(stderr.encode()) if stderr.strip() else f"ssh exit {proc.returncode}"
-            if proc.returncode != 255:  # the host answered: it could not start the command
-                error = f"cannot start on {self.where}: {why}"
-                return Outcome(job.id, None, duration, stdout, stderr, error=error)
-            if pgid is not None:
-                self._kill_orphan(pgid)
-            error = f"connection to {self.where} lost: {why}"
-            return Outcome(job.id, None, duration, stdout, stderr, error=error, lost=True)
-        code, rss, _remote_duration = end
-        return Outcome(job.id, code, duration, stdout, stderr, timed_out, rss)
+        if slot.end is not None:
+            code, rss, _remote_duration = slot.end
+            return Outcome(job.id, code, duration, stdout, stderr, timed_out, rss)
+        if cancelled or timed_out:
+            return Outcome(job.id, -15, duration, stdout, stderr, timed_out)
+        if slot.error is not None:  # the host answered: it could not start the command
+            error = f"cannot start on {self.where}: {slot.error}"
+            return Outcome(job.id, None, duration, stdout, stderr, error=error)
+        if slot.pgid is not None:
+            self._kill_orphan(slot.pgid)
+        error = f"connection to {self.where} lost: {slot.lost or 'no answer'}"
+        return Outcome(job.id, None, duration, stdout, stderr, error=error, lost=True)
 
-    def _wait(self, proc: subprocess.Popen[bytes], job: Job, cancel: threading.Event) -> bool:
-        """Wait for the ssh client; past the job's timeout, cancel it.  True if it timed out."""
-        pidfd = os.pidfd_open(proc.pid)
-        try:
-            if select.select([pidfd], [], [], job.timeout)[0]:
-                proc.wait()
-                return False
-            self.cancel(job.id)  # the timeout: the wrapper kills the group
-            if not select.select([pidfd], [], [], self.grace + 5)[0]:
-                self._kill_now(job.id)  # the host did not answer: kill it from here
-            proc.wait()
-            return True
-        finally:
-            os.close(pidfd)
+    def _wait(self, runner: Resident, slot: Slot, job: Job) -> bool:
+        """Wait for the job's end; past its timeout, cancel it.  True if it timed out."""
+        if slot.done.wait(job.timeout):
+            return False
+        self.cancel(job.id)  # the timeout: the runner stops the group
+        if not slot.done.wait(self.grace + 5):
+            self._kill_now(job.id)  # the runner did not answer: kill it over another channel
+            slot.done.wait(5)
+        return True
 
     def _kill_orphan(self, pgid: int) -> None:
         """A lost job's group, killed over a new connection before the job runs again: its
-        wrapper does so itself when its channel closes, unless the host never noticed (a
+        runner does so itself when its channel closes, unless the host never noticed (a
         network split); if the host cannot be reached either, it will notice when it can."""
         try:
             self._ensure_master()
             self._run_remote(f"kill -KILL -{pgid} 2>/dev/null; true", timeout=15)
         except (ExecutorError, OSError, subprocess.TimeoutExpired):
             pass
+
     def job_where(self, job_id: int) -> str:
         return f"ssh {self.where}"
 
     def job_output(self, job_id: int) -> tuple[str, str] | None:
-        """The files the job's output comes into as it runs (None before its command starts);
-        the stderr one holds dagrun's ``@@dagrun-`` lines too."""
-        raw = self._pgids.get(job_id)
-        if raw is None:
+        """The files the job's output comes into as it runs (None before it is sent)."""
+        held = self._slots.get(job_id)
+        if held is None:
             return None
-        return os.path.join(os.path.dirname(raw), "stdout.txt"), raw
+        return held[2] + "stdout.txt", held[2] + "stderr.txt"
 
     def cancel(self, job_id: int) -> None:
-        """Say "c" and close the job's channel: the wrapper on the host kills the job's process
-        group (SIGINT+SIGTERM, SIGKILL after the grace period)."""
+        """Ask the runner on the host to stop the job's process group (SIGINT+SIGTERM, SIGKILL
+        after the grace period; at once when forced)."""
         super().cancel(job_id)
         self._cancelled.add(job_id)
-        proc = self._procs.get(job_id)
-        if proc is not None:
-            _close(proc, b"c")
-        if self.force.is_set():
-            self._kill_now(job_id)
+        held = self._slots.get(job_id)
+        if held is not None:
+            held[0].cancel(job_id, now=self.force.is_set())
 
     def _kill_now(self, job_id: int) -> None:
-        """SIGKILL the job's group on the host over a second channel, and drop the client."""
-        raw = self._pgids.get(job_id)
-        pgid = _pgid(raw) if raw else None
+        """SIGKILL the job's group on the host over a second channel (the runner is stuck)."""
+        held = self._slots.get(job_id)
+        pgid = held[1].pgid if held is not None else None
+        if held is not None:
+            held[0].cancel(job_id, now=True)
         if pgid is not None:
             try:
                 self._run_remote(f"kill -KILL -{pgid} 2>/dev/null; true")  # dash: no "--"
             except (OSError, subprocess.TimeoutExpired):
                 pass
-        proc = self._procs.get(job_id)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
 
     def cancel_all(self, *, force: bool = False) -> list[Outcome]:
         if force:
@@ -544,36 +541,6 @@ def _name_ok(name: str) -> bool:
     return name.replace("_", "a").isalnum() and not name[:1].isdigit()
 
 
-def _strip_marks(raw: str) -> tuple[str, tuple[int, int, float] | None]:
-    """The command's own stderr, and (exit code, max RSS kB, duration) if the end came back."""
-    at = raw.find(PGID_MARK)
-    if at >= 0:
-        nl = raw.find("\n", at)
-        raw = raw[:at] + (raw[nl + 1 :] if nl >= 0 else "")
-    end = raw.rfind(END_MARK)
-    if end < 0:
-        return raw, None
-    fields = raw[end + len(END_MARK) :].split()
-    try:
-        record = (int(fields[0]), int(fields[1]), float(fields[2]))
-    except (IndexError, ValueError):
-        return raw, None
-    return raw[:end], record
-
-
-def _pgid(raw_path: str) -> int | None:
-    try:
-        with open(raw_path, "rb") as f:
-            head = f.read(4096).decode(errors="replace")
-    except OSError:
-        return None
-    at = head.find(PGID_MARK)
-    if at < 0:
-        return None
-    word = head[at + len(PGID_MARK) :].split("\n", 1)[0].strip()
-    return int(word) if word.isdigit() else None
-
-
 def _is_master(pid: int, control_path: str) -> bool:
     """Whether ``pid`` is still our master (an ssh with our socket), not a recycled pid."""
     try:
@@ -581,36 +548,3 @@ def _is_master(pid: int, control_path: str) -> bool:
             return f"ControlPath={control_path}".encode() in f.read().split(b"\0")
     except OSError:
         return False
-
-
-def _close(proc: subprocess.Popen[bytes], say: bytes = b"") -> None:
-    if proc.stdin is not None:
-        try:
-            if say and not proc.stdin.closed:
-                proc.stdin.write(say)
-                proc.stdin.flush()
-        except OSError:
-            pass
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
-
-def _last(data: bytes) -> str:
-    lines = data.decode(errors="replace").strip().splitlines()
-    return lines[-1] if lines else "no message"
