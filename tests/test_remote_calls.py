@@ -246,7 +246,7 @@ def test_a_raising_function_on_an_http_worker_fails_with_its_traceback(root, ssh
 
 
 def test_a_frame_is_refused_when_damaged_cut_short_or_replaced():
-    from dagrun.remote_call import frame, unframe
+    from dagrun.executors.remote_call import frame, unframe
 
     blob = frame(b"\x80\x05result")
     assert unframe(blob) == b"\x80\x05result"

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from .. import remote_call, runs
+from .. import runs
 from ..errors import ExecutorError
 from ..executor_options import effective
-from . import Context, Job, Outcome, cancel_all
+from . import Context, Job, Outcome, cancel_all, remote_call
 from .http_broker import DEFAULT_LEASE_TIMEOUT, Broker
 from .http_fleet import Fleet
 from .http_routes import STATUS_EVERY, Routes

@@ -48,12 +48,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import remote_call, remote_run, runs
+from .. import remote_run, runs
 from ..errors import ExecutorError
 from ..executor_options import effective
 from ..fs import unlink_quietly as _unlink
 from ..state import STATE_DIR
-from . import Context, Job, Outcome, fetched
+from . import Context, Job, Outcome, fetched, remote_call
 from .ssh_resident import PROGRAM, Resident, Slot
 from .threaded import ThreadedExecutor
 

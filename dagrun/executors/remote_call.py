@@ -32,8 +32,8 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from .digest import digest_bytes
-from .executors import Job, Outcome
+from ..digest import digest_bytes
+from . import Job, Outcome
 
 HEADER = b"dagrun-call 1 "
 REQUEST, RESULT = "call.in", "call.out"  # in the task's run folder
@@ -50,7 +50,7 @@ ENTRY = (
     " submodule_search_locations=[home])\n"
     "        m = sys.modules['dagrun'] = u.module_from_spec(s)\n"
     "        s.loader.exec_module(m)\n"
-    "    from dagrun.remote_call import main\n"
+    "    from dagrun.executors.remote_call import main\n"
     "except Exception as e:\n"
     f"    sys.stderr.write({NO_DAGRUN_SAYS!r} + '%s: %s\\n' % (type(e).__name__, e))\n"
     f"    sys.exit({NO_DAGRUN})\n"
@@ -228,7 +228,7 @@ def _call(req: dict[str, Any], root: str) -> bytes | int:
     import inspect
     import pickle
 
-    from . import pyworker
+    from .. import pyworker
 
     code_file = req["code_file"]
     if code_file and not code_file.startswith("/"):
