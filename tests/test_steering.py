@@ -230,7 +230,7 @@ def test_a_stalled_task_gets_one_warning_a_busy_or_talking_one_none(dagrun_proc:
         jobs = 4
         stall_warning = 0.6
         [tasks.idle]
-        cmd = "sleep 30 & {GATED.format(name='idle')}"
+        cmd = "sleep 30 & {GATED.format(name='idle').replace('sleep 0.05', 'sleep 1')}"
         [tasks.spin]
         cmd = "echo $$ > pids/spin; {spin}"
         [tasks.talk]
@@ -239,6 +239,8 @@ def test_a_stalled_task_gets_one_warning_a_busy_or_talking_one_none(dagrun_proc:
         cmd = "{gated('quiet')}"
         stall_warning = 0
     """)
+    # idle polls its gate once a second: the fork of each `sleep` is CPU its group used, and
+    # under load twenty forks a second moved its CPU time on within every 0.6 s window
     p = dagrun_proc.start("build", "-j4", "--events", "events.jsonl",
                           stderr=root / "build.err")
     for name in ("idle", "spin", "talk", "quiet"):
