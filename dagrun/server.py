@@ -21,6 +21,10 @@ without a request (``[dagrun] server_idle``, default 10800), the project
 folder or the socket gone, ``stop``, SIGTERM, or ``[dagrun] server = false``.
 A request from another dagrun version is answered ``v`` and the server exits
 (the client builds in-process; the next build may start a current server).
+
+For measuring: a server started with ``DAGRUN_SERVER_PROFILE=FOLDER`` in its
+environment (``DAGRUN_SERVER_PROFILE=/tmp/p dagrun server start``) writes each
+build's cProfile to ``FOLDER/build-N.prof`` (bench/RESULTS.md, issue 22).
 """
 
 from __future__ import annotations
