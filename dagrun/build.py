@@ -298,8 +298,10 @@ def run_prepared(
             from .cache import CacheError  # only where [cache] is configured
 
             raise CacheError(f"the shared cache failed (--cache=required): {shared.problems[0]}")
-    done = {*result.succeeded, *result.restored, *result.up_to_date}
-    values = {t: p for t, p in results.items() if t in done}
+    values = {}
+    if results:  # function tasks' values: of those that ran or were up to date
+        done = {*result.succeeded, *result.restored, *result.up_to_date}
+        values = {t: p for t, p in results.items() if t in done}
     return dataclasses.replace(result, values=Results(values, log.result))
 
 

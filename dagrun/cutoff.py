@@ -85,10 +85,12 @@ def pending(graph: BuildGraph, plan: Plan, by_outputs: list[bool]) -> dict[int, 
     to date wait: the task may make something else with the same key (a download, a
     timestamp), and then they run too (outputs.py: fingerprints).
     """
-    selected = set(plan.selected)
-    fresh = set(plan.up_to_date)
     out: dict[int, str] = {}
     dependents = graph.dependents
+    if not any(dependents[i] for i in plan.to_run):  # no task below one that runs
+        return out
+    selected = set(plan.selected)
+    fresh = set(plan.up_to_date)
     for i in plan.to_run:
         within = selected if by_outputs[i] else fresh
         stack = [j for j in dependents[i] if j in within]
@@ -102,7 +104,7 @@ def pending(graph: BuildGraph, plan: Plan, by_outputs: list[bool]) -> dict[int, 
 
 def with_pending(plan: Plan, waits: Mapping[int, str]) -> Plan:
     """``plan`` with the pending up-to-date tasks moved to ``to_run``: "may run: depends on X"."""
-    moving = [i for i in plan.up_to_date if i in waits]
+    moving = [i for i in plan.up_to_date if i in waits] if waits else []
     if not moving:
         return plan
     reasons = dict(plan.reasons)

@@ -197,11 +197,10 @@ class Planner:
             forced=forced,
         )
         if decide is not selected:
-            run = set(plan.to_run)
-            plan = Plan(
-                tuple(selected), plan.to_run, tuple(i for i in selected if i not in run),
-                plan.reasons,
-            )
+            full = len(selected) == len(graph.specs)  # then ``selected`` is ``graph.order``
+            place = graph.position.__getitem__ if full else selected.index
+            plan = Plan(tuple(selected), plan.to_run, _without(selected, plan.to_run, place),
+                        plan.reasons)
         waits = cutoff.pending(graph, plan, keys.by_outputs)
         ledger.awaits(waits)
         return replace(prep, plan=cutoff.with_pending(plan, waits), waits=waits, delta=delta,
@@ -247,13 +246,16 @@ class Planner:
         touched = self._touched(graph, keys, delta.sources)
         last = self.seed
         keys.seed(last[1] if last is not None and last[0] is graph else None)
+        # every task (the default targets of most graphs), or a set to look tasks up in
+        chosen = None if len(selected) == len(graph.specs) else set(selected)
         if touched:
-            order = [i for i in graph.order if i in touched]
-            chosen = set(selected)
-            keys.compute([i for i in order if i in chosen])
-            self._compute_quietly(keys, [i for i in order if i not in chosen])
+            order = sorted(touched, key=graph.position.__getitem__)
+            keys.compute([i for i in order if chosen is None or i in chosen])
+            if chosen is not None:
+                self._compute_quietly(keys, [i for i in order if i not in chosen])
         decide = touched | {producers[o] for o in delta.outputs}
-        return [i for i in selected if i in decide]
+        return [i for i in sorted(decide, key=graph.position.__getitem__)
+                if chosen is None or i in chosen]
 
     def _touched(self, graph: BuildGraph, keys: Keys, changed: set[str]) -> set[int]:
         """The tasks reading a changed source (their depfiles' files too), and every task
@@ -265,11 +267,12 @@ class Planner:
                 for p in changed.intersection(paths):
                     readers.setdefault(p, []).append(i)
         touched = {i for p in changed for i in readers.get(p, ())}
-        if touched:  # and every task below them: one pass in topological order
-            deps = graph.deps
-            for i in graph.order:
-                if deps[i] and i not in touched and not touched.isdisjoint(deps[i]):
-                    touched.add(i)
+        dependents, stack = graph.dependents, list(touched)
+        while stack:  # and every task below them
+            for j in dependents[stack.pop()]:
+                if j not in touched:
+                    touched.add(j)
+                    stack.append(j)
         return touched
 
     def _readers(self, graph: BuildGraph, changed: set[str]) -> dict[str, list[int]]:
@@ -408,19 +411,18 @@ class Planner:
     def core_pool(self, graph: BuildGraph) -> CorePool | None:
         """The checked core pool (ManifestError if a task can never fit), or None."""
         m = graph.manifest
-        pool = None
         if "core_pool" in m.executors["local"].options:
             pool = local_pool.core_pool(m, self.topology)
-        local_pool.check_fits(m, pool)
-        if pool is None:
-            pinned = [s.name for s in graph.specs if s.numa_node is not None]
-            if pinned:
-                more = f" (and {len(pinned) - 1} more)" if len(pinned) > 1 else ""
-                self.warnings.append(
-                    f"task '{pinned[0]}'{more} sets numa_node, but [executors.local] has no "
-                    "core_pool: it is not pinned"
-                )
-        return pool
+            local_pool.check_fits(m, pool)
+            return pool
+        pinned = graph.derived("fits", _fits)  # made once per graph (a server's builds)
+        if pinned:
+            more = f" (and {len(pinned) - 1} more)" if len(pinned) > 1 else ""
+            self.warnings.append(
+                f"task '{pinned[0]}'{more} sets numa_node, but [executors.local] has no "
+                "core_pool: it is not pinned"
+            )
+        return None
 
     @property
     def topology(self) -> Topology:
@@ -429,6 +431,29 @@ class Planner:
 
             self._topology = Topology.machine()
         return self._topology
+
+
+def _fits(graph: BuildGraph) -> list[str]:
+    """With no core pool: check that every task can ever start (ManifestError), and name the
+    tasks that set ``numa_node`` (they are not pinned)."""
+    local_pool.check_fits(graph.manifest, None)
+    return [s.name for s in graph.specs if s.numa_node is not None]
+
+
+def _without(selected: list[int], tasks: tuple[int, ...], place: Callable[[int], int]
+             ) -> tuple[int, ...]:
+    """``selected`` without ``tasks`` (some of them), in its order: when they are few, their
+    places (``place``) found and the runs between them copied at C speed, not a test per task."""
+    if len(tasks) > 16:
+        run = set(tasks)
+        return tuple(i for i in selected if i not in run)
+    out: list[int] = []
+    start = 0
+    for at in sorted(map(place, tasks)):
+        out += selected[start:at]
+        start = at + 1
+    out += selected[start:]
+    return tuple(out)
 
 
 def _settle(scanned: Mapping[str, int]) -> None:

@@ -665,7 +665,7 @@ class Scheduler:
         succeeded, restored, failed = (named(TaskState.SUCCEEDED), named(TaskState.RESTORED),
                                        named(TaskState.FAILED))
         cut = [i for i in to_run if status.get(i) is TaskState.UP_TO_DATE]
-        up_to_date = tuple(specs[i].name for i in (*self.plan.up_to_date, *cut))
+        up_to_date = self.graph.names_of((*self.plan.up_to_date, *cut))
         not_run = self._not_run()
         self.reporter.handle(BuildFinished(len(succeeded), len(up_to_date), len(failed),
                                            len(not_run), elapsed, interrupted, len(restored)))

@@ -21,6 +21,10 @@ without a request (``[dagrun] server_idle``, default 10800), the project
 folder or the socket gone, ``stop``, SIGTERM, or ``[dagrun] server = false``.
 A request from another dagrun version is answered ``v`` and the server exits
 (the client builds in-process; the next build may start a current server).
+
+For measuring: a server started with ``DAGRUN_SERVER_PROFILE=FOLDER`` in its
+environment (``DAGRUN_SERVER_PROFILE=/tmp/p dagrun server start``) writes each
+build's cProfile to ``FOLDER/build-N.prof`` (bench/RESULTS.md, issue 22).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ if TYPE_CHECKING:
 IDLE_DEFAULT = 10800.0
 _CHECK = 1.0  # seconds between the idle loop's looks at the folder, the socket, the clock
 _VERSION_ENV = "DAGRUN_TEST_SERVER_VERSION"  # tests: the version this server claims
+_PROFILE_ENV = "DAGRUN_SERVER_PROFILE"  # a folder: each build's cProfile is dumped there
 
 
 def version() -> str:
@@ -346,7 +351,7 @@ class Server:
         self.building = True
         t0 = time.perf_counter()
         try:
-            code = self._answer(argv, cwd, environ, size, out, err, done)
+            code = self._profiled(argv, cwd, environ, size, out, err, done)
         finally:
             done.set()
             self.building = False
@@ -357,6 +362,20 @@ class Server:
             send(conn, EXIT, str(code).encode())
         except OSError:
             pass
+
+    def _profiled(self, *args: Any) -> int:
+        """``_answer``; under ``DAGRUN_SERVER_PROFILE=FOLDER`` (the server's environment, for
+        measuring), with cProfile, dumped to FOLDER/build-N.prof."""
+        folder = os.environ.get(_PROFILE_ENV)
+        if not folder:
+            return self._answer(*args)
+        import cProfile
+
+        profile = cProfile.Profile()
+        try:
+            return profile.runcall(self._answer, *args)
+        finally:
+            profile.dump_stats(os.path.join(folder, f"build-{self.served + 1}.prof"))
 
     def _answer(self, argv: list[str], cwd: str, environ: dict[str, str], size: Any,
                 out: _Stream, err: _Stream, done: threading.Event) -> int:

@@ -86,12 +86,13 @@ class Rows:
     output's Identity), kept as one array: loading 10k rows is one string split and one copy,
     not 10k tuples unmarshalled."""
 
-    __slots__ = ("paths", "numbers", "_where")
+    __slots__ = ("paths", "numbers", "_where", "_joined")
 
-    def __init__(self, paths: list[str], numbers: array[int]) -> None:
+    def __init__(self, paths: list[str], numbers: array[int], joined: str | None = None) -> None:
         self.paths = paths
         self.numbers = numbers
         self._where: dict[str, int] | None = None
+        self._joined = joined  # the paths as pack() writes them, while they are the same
 
     @classmethod
     def of(cls, rows: Mapping[str, tuple[int, int, int, int]]) -> Rows:
@@ -104,10 +105,12 @@ class Rows:
     def unpack(cls, paths: str, numbers: bytes) -> Rows:
         found = array("q")
         found.frombytes(numbers)
-        return cls(paths.split("\0") if paths else [], found)
+        return cls(paths.split("\0") if paths else [], found, paths)
 
     def pack(self) -> tuple[str, bytes]:
-        return "\0".join(self.paths), self.numbers.tobytes()
+        if self._joined is None:  # kept: the rows of a server's next build have the same paths
+            self._joined = "\0".join(self.paths)
+        return self._joined, self.numbers.tobytes()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -136,6 +139,7 @@ class Rows:
                 where[p] = len(paths)
                 paths.append(p)
                 numbers.extend(four)
+                self._joined = None
             else:
                 numbers[4 * i : 4 * i + 4] = array("q", four)
         gone = {p for p in drop if p not in rows and find(p) is not None}
@@ -143,7 +147,7 @@ class Rows:
             kept = [i for i, p in enumerate(paths) if p not in gone]
             self.paths = [paths[i] for i in kept]
             self.numbers = array("q", [n for i in kept for n in numbers[4 * i : 4 * i + 4]])
-            self._where = None
+            self._where = self._joined = None
 
 
 def record(
