@@ -227,8 +227,9 @@ def test_a_lost_event_queue_makes_the_next_build_check_everything(
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     os.kill(s.pid, signal.SIGSTOP)
     try:
+        _wait_stopped(s.pid)  # a thread still running could drain the queue as it fills
         flood = root / "flood"
-        for i in range(limit // 2 + 100):  # create + close_write: two events each
+        for i in range(limit + 100):  # create + close_write: two events each, twice the queue
             (root / f"junk{i}").write_bytes(b"")
         (root / "in.txt").write_text("edited\n")
         del flood
@@ -518,3 +519,18 @@ def test_a_symlinked_source_is_never_trusted_to_events(
     code, out, _ = dagrun(root, "build")
     assert code == 0 and (root / "out" / "b.txt").read_text() == "two\ntwo\n", out
     assert "a symbolic link" in s.log()
+
+
+def _wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Until every thread of ``pid`` is stopped (SIGSTOP is delivered to each in its turn)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/stat", "rb") as f:
+                stat = f.read()
+            states.append(stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3])
+        if all(state in (b"T", b"t") for state in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop")
