@@ -375,18 +375,9 @@ def spawn(manifest: str, state_dir: str, after: int = 0) -> int | None:
 
 def server_lock(state_dir: str) -> int | None:
     """The server lock (one server per project), taken; None when another holds it."""
-    import fcntl
+    from .state.lock import try_flock
 
-    try:
-        fd = os.open(os.path.join(state_dir, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
+    return try_flock(os.path.join(state_dir, LOCK), os.O_RDWR | os.O_CREAT)
 
 
 def _starting(state_dir: str) -> bool:

@@ -29,7 +29,6 @@ build's cProfile to ``FOLDER/build-N.prof`` (bench/RESULTS.md, issue 22).
 
 from __future__ import annotations
 
-import fcntl
 import io
 import marshal
 import os
@@ -48,7 +47,6 @@ from .client import (
     HELLO,
     INCOMPATIBLE,
     INTERRUPT,
-    LOCK,
     OUT,
     PROTOCOL,
     REFUSED,
@@ -58,6 +56,8 @@ from .client import (
     receive,
     send,
 )
+from .state.lock import LOCK as STATE_LOCK
+from .state.lock import try_flock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -149,14 +149,7 @@ class Server:
 
     def _take_lock(self) -> int | None:
         os.makedirs(self.state_dir, exist_ok=True)
-        fd = os.open(os.path.join(self.state_dir, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        return fd
+        return client.server_lock(self.state_dir)
 
     def _listen(self) -> None:
         where, fd = client.address(self.state_dir)
@@ -405,16 +398,7 @@ class Server:
     def _try_lock(self) -> int | None:
         """The build lock, if no build holds it (a build beside the server may be changing
         what the no-op answer rests on: the build decides then)."""
-        try:
-            fd = os.open(os.path.join(self.state_dir, "lock"), os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        return fd
+        return try_flock(os.path.join(self.state_dir, STATE_LOCK))
 
     def _run_cli(self, argv: list[str], cwd: str, environ: dict[str, str], size: Any,
                  out: _Stream, err: _Stream, kept: _Kept, done: threading.Event) -> int:

@@ -31,13 +31,17 @@ def try_exclusive(state_dir: str) -> int | None:
     cannot be written: a no-op writes nothing): its descriptor, to close to release it;
     None when there is no lock file or another dagrun holds it."""
     path = os.path.join(state_dir, LOCK)
+    return try_flock(path) or try_flock(path, os.O_RDONLY)
+
+
+def try_flock(path: str, flags: int = os.O_RDWR) -> int | None:
+    """``path`` opened with ``flags`` and locked exclusively at once: its descriptor, to close
+    to release it; None when it cannot be opened or another process holds it.  The one way
+    dagrun takes a lock without waiting (the build lock, the build server's lock)."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
     except OSError:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
