@@ -51,7 +51,16 @@ from .hashing import key_env_names
 from .plan import Plan
 from .session import Session
 from .state import STATE_DIR, proof
-from .watchset import Change, Kind, WatchSet, manifest_set, matrix_globs, watch_set
+from .watchset import (
+    Change,
+    ChangeSet,
+    Feed,
+    Kind,
+    WatchSet,
+    manifest_set,
+    matrix_globs,
+    watch_set,
+)
 
 SYNC = "server-sync"  # in the state folder: touched after each build (Resident.finished)
 COOKIE = "server-cookie."  # + a number: made before each answer; once any event of it is read,
@@ -136,40 +145,17 @@ class ResidentSession(Session):
         return super().build(targets, **kw)
 
 
-class _Feed:
-    """One watcher thread: inotify change sets of ``folders`` into ``sink`` until closed."""
+class _Feed(Feed):
+    """The server's watcher thread: inotify change sets of ``folders``, ready once armed."""
 
     def __init__(self, folders: Sequence[str], marks: Collection[str],
-                 sink: Callable[[set[tuple[int, str]]], None]) -> None:
+                 sink: Callable[[ChangeSet], None]) -> None:
         self.folders = tuple(folders)
-        self.stop = threading.Event()
-        self.ready = threading.Event()
-        self.failed: str | None = None
-        self._marks = marks
-        self._sink = sink
-        self.thread = threading.Thread(target=self._pump, name="dagrun-resident", daemon=True)
-        self.thread.start()
+        super().__init__(
+            lambda stop: inotify.watch(self.folders, stop, marks=marks, tick_ms=_TICK_MS),
+            sink, "dagrun-resident",
+        )
         self.ready.wait(timeout=10.0)
-
-    def _pump(self) -> None:
-        try:
-            for changes in inotify.watch(self.folders, self.stop, marks=self._marks,
-                                         tick_ms=_TICK_MS):
-                self.ready.set()
-                if changes:
-                    self._sink(changes)
-        except Exception as exc:  # a folder went away, the watch limit, ...
-            self.failed = f"{type(exc).__name__}: {exc}"
-        finally:
-            self.ready.set()
-
-    @property
-    def broken(self) -> bool:
-        return self.failed is not None or (not self.thread.is_alive() and not self.stop.is_set())
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=2.0)
 
 
 class Resident:
@@ -364,7 +350,7 @@ class Resident:
             self._matrix = (stamp, matrix_globs(self.manifest_path))
         return self._matrix[1]
 
-    def _sink(self, changes: set[tuple[int, str]]) -> None:
+    def _sink(self, changes: ChangeSet) -> None:
         """In the feed thread: note the relevant changes, or the doubt they cast."""
         ws, mark = self._ws, os.path.join(self.state_dir, SYNC)
         cookie = os.path.join(self.state_dir, COOKIE)

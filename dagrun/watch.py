@@ -50,6 +50,7 @@ from .state import STATE_DIR
 from .watchset import (  # noqa: F401  # also dagrun.watch's names, as before watchset.py
     Change,
     ChangeSet,
+    Feed,
     Kind,
     WatchSet,
     manifest_set,
@@ -98,38 +99,13 @@ class Round:
     delta: tuple[str, ...] | None = None  # the paths the build was told changed; None: all checked
 
 
-class _Feed:
-    """One watcher thread: pumps change sets from ``watch_fn`` into ``sink``."""
+class _Feed(Feed):
+    """The watcher thread of one watch set (``ws``, and its folders' inodes when it started)."""
 
     def __init__(self, watch_fn: WatchFn, ws: WatchSet, sink: Callable[[ChangeSet], None]) -> None:
         self.ws = ws
-        self.stop = threading.Event()
-        self.ready = threading.Event()
-        self.failed: str | None = None
         self.inodes = _inodes(ws.folders)
-        self._watch_fn = watch_fn
-        self._sink = sink
-        self.thread = threading.Thread(target=self._pump, name="dagrun-watch", daemon=True)
-        self.thread.start()
-
-    def _pump(self) -> None:
-        try:
-            for changes in self._watch_fn(self.ws.folders, self.stop):
-                self.ready.set()
-                if changes:
-                    self._sink(changes)
-        except Exception as exc:  # a folder vanished under the watcher, inotify limits, ...
-            self.failed = f"{type(exc).__name__}: {exc}"
-        finally:
-            self.ready.set()
-
-    @property
-    def broken(self) -> bool:
-        return self.failed is not None or (not self.thread.is_alive() and not self.stop.is_set())
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=2.0)
+        super().__init__(lambda stop: watch_fn(ws.folders, stop), sink, "dagrun-watch")
 
 
 def _inodes(folders: Sequence[str]) -> tuple[int, ...]:

@@ -16,7 +16,8 @@ import enum
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping, Set
+import threading
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 
 from . import globs
@@ -186,3 +187,37 @@ def _existing(folder: str) -> str:
             break
         folder = parent
     return folder
+
+
+class Feed:
+    """One watcher thread: the change sets ``changes(stop)`` yields, handed to ``sink`` as they
+    come, until ``close``; ``dagrun watch`` and the build server each keep one."""
+
+    def __init__(self, changes: Callable[[threading.Event], Iterable[ChangeSet]],
+                 sink: Callable[[ChangeSet], None], name: str) -> None:
+        self.stop = threading.Event()
+        self.ready = threading.Event()  # set once the watches are in place (the first yield)
+        self.failed: str | None = None
+        self._changes = changes
+        self._sink = sink
+        self.thread = threading.Thread(target=self._pump, name=name, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        try:
+            for changes in self._changes(self.stop):
+                self.ready.set()
+                if changes:
+                    self._sink(changes)
+        except Exception as exc:  # a folder vanished under the watcher, inotify limits, ...
+            self.failed = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.ready.set()
+
+    @property
+    def broken(self) -> bool:
+        return self.failed is not None or (not self.thread.is_alive() and not self.stop.is_set())
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=2.0)
