@@ -462,25 +462,14 @@ def _stop(state_dir: str) -> int:
         return 0
     import time
 
+    from .remote_run import alive  # the one test of a process still running
+
     end = time.monotonic() + 10.0
-    while time.monotonic() < end and _alive(found["pid"]):
+    while time.monotonic() < end and alive(found["pid"]):
         time.sleep(0.02)
     print(f"dagrun: stopped the build server (pid {found['pid']})")
     return 0
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (our own child, not reaped yet) is gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _status(state_dir: str) -> int:

@@ -90,6 +90,12 @@ def load_result(path: str, digest: str, task: str) -> Any:
     record's); LookupError saying why otherwise (a missing, damaged or planted file)."""
     import pickle
 
+    return pickle.loads(checked_bytes(path, digest, task, "not loaded"))
+
+
+def checked_bytes(path: str, digest: str, task: str, otherwise: str) -> bytes:
+    """The bytes of ``task``'s cached result in ``path``, if they have ``digest``; else
+    LookupError saying why, and ``otherwise`` (what is not done with them)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -98,9 +104,9 @@ def load_result(path: str, digest: str, task: str) -> Any:
     if not digest or digest_bytes(data) != digest:
         raise LookupError(
             f"the cached result of task '{task}' ({path}) is not the one its run left "
-            "(damaged or replaced): not loaded"
+            f"(damaged or replaced): {otherwise}"
         )
-    return pickle.loads(data)
+    return data
 
 
 class Results(Mapping[str, Any]):

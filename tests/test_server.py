@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dagrun import argv, client, resident
+from dagrun import argv, client, remote_run, resident
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,7 @@ class Running:
         return int(found["builds"])  # type: ignore[call-overload]
 
     def alive(self) -> bool:
-        return client._alive(self.pid)
+        return remote_run.alive(self.pid)
 
     def wait_gone(self, seconds: float) -> bool:
         end = time.monotonic() + seconds

@@ -32,7 +32,6 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from ..digest import digest_bytes
 from . import Job, Outcome
 
 HEADER = b"dagrun-call 1 "
@@ -104,16 +103,9 @@ def prepare(job: Job, python: str) -> Job | Outcome:
 
 
 def _upstream_bytes(results_dir: str, key: str, digest: str, task: str) -> bytes:
-    path = os.path.join(results_dir, key)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise LookupError(f"the cached result of task '{task}' is missing ({path})") from None
-    if not digest or digest_bytes(data) != digest:
-        raise LookupError(f"the cached result of task '{task}' ({path}) is not the one its run "
-                          "left (damaged or replaced): not sent")
-    return data
+    from ..pycall import checked_bytes  # only the build's side needs it, never a host's
+
+    return checked_bytes(os.path.join(results_dir, key), digest, task, "not sent")
 
 
 def finish(job: Job, outcome: Outcome, where: str) -> Outcome:
