@@ -128,12 +128,9 @@ def _no_slurm() -> str | None:
 
 def _down_slurm_node(executor: Executor) -> None:
     """The node fails under the running job (NODE_FAIL), and comes back at once."""
-    import socket
+    from slurm import fail_node_and_resume  # noqa: PLC0415  (the Slurm kit's helpers)
 
-    node = socket.gethostname().split(".")[0]
-    for state in ("down reason=dagrun-test", "resume"):
-        subprocess.run(["scontrol", "update", f"nodename={node}", *f"state={state}".split()],
-                       check=True, capture_output=True)
+    fail_node_and_resume()
 
 
 KITS: dict[str, Kit] = {

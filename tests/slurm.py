@@ -127,3 +127,21 @@ def slurm_up(d: Path, scheduler_parameters: str = "") -> Iterator[dict[str, str]
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = old
+
+
+def fail_node_and_resume(timeout: float = 20.0) -> None:
+    """This machine's node fails (``down``: its jobs end NODE_FAIL) and comes back.  Slurm
+    refuses ``resume`` for a moment while the node's jobs are still being torn down
+    ("Invalid node state transition"): asked again until it takes."""
+    node = socket.gethostname().split(".")[0]
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=down",
+                    "reason=dagrun-test"], check=True, capture_output=True)
+    end = time.monotonic() + timeout
+    while True:
+        r = subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+        if time.monotonic() > end:
+            raise AssertionError(f"scontrol could not resume {node}: {r.stderr.strip()}")
+        time.sleep(0.2)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from realproc import wait_for
+from slurm import fail_node_and_resume
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -180,10 +180,7 @@ executor = "hpc"
     p = dagrun_proc.start("build", "--events", "events.jsonl")
     wait_for(lambda: (root / "first.pid").exists(), "the first attempt running", timeout=60)
     first = job_ids(root)["survivor"]
-    node = socket.gethostname().split(".")[0]
-    for state in ("down reason=dagrun-test", "resume"):
-        subprocess.run(["scontrol", "update", f"nodename={node}", *f"state={state}".split()],
-                       check=True)
+    fail_node_and_resume()
     out, err = p.communicate(timeout=90)
     assert p.returncode == 0, out + err
     ends = [e for e in events(root) if e["event"] == "finished"]
