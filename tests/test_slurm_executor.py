@@ -117,7 +117,9 @@ timeout = 1
     assert time.monotonic() - started < 30
     [end] = [e for e in events(project.root) if e["event"] == "finished"]
     assert end["timed_out"] is True
-    assert active(list(job_ids(project.root).values())) == ""
+    ids = list(job_ids(project.root).values())
+    assert "RUNNING" not in active(ids)  # scancelled; Slurm may still be tearing it down
+    wait_for(lambda: active(ids) == "", "the job gone from squeue", timeout=15)
 
 
 def test_status_cancel_and_ctrl_c_of_slurm_jobs(dagrun_proc, slurm_cluster):
@@ -148,7 +150,8 @@ executor = "hpc"
     os.killpg(p.pid, signal.SIGINT)
     p.communicate(timeout=60)
     assert p.returncode == 130
-    assert active(list(ids.values())) == ""
+    assert "RUNNING" not in active(list(ids.values()))  # scancelled (maybe still COMPLETING)
+    wait_for(lambda: active(list(ids.values())) == "", "the jobs gone from squeue", timeout=15)
 
 
 def test_a_job_cancelled_outside_dagrun_is_reported(dagrun_proc, slurm_cluster):
