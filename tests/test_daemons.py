@@ -110,13 +110,9 @@ def test_item16_sweep_finds_only_its_own_mark() -> None:
         other.wait()
 
 
-def _wait_environ(pid: int, entry: str, timeout: float = 10.0) -> None:
-    import time
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
+def _wait_environ(pid: int, entry: str) -> None:
+    def readable() -> bool:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            if entry.encode() in f.read().split(b"\0"):
-                return
-        time.sleep(0.005)
-    raise AssertionError(f"{entry} never appeared in the environment of {pid}")
+            return entry.encode() in f.read().split(b"\0")
+
+    wait_for(readable, f"{entry} in the environment of {pid}", timeout=10)

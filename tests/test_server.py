@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from realproc import wait_for
 
 from dagrun import argv, client, remote_run, resident
 
@@ -373,10 +374,8 @@ def test_two_clients_at_once_queue_like_two_builds(
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     procs = [client_build()]
-    end = time.monotonic() + 15
-    while not (root / "trace.txt").exists():  # the first one's task runs: the second waits
-        assert time.monotonic() < end
-        time.sleep(0.02)
+    # the first one's task runs: the second waits
+    wait_for(lambda: (root / "trace.txt").exists(), "the first build's task", timeout=15)
     procs.append(client_build())
     results = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
@@ -396,10 +395,8 @@ def test_ctrl_c_in_the_client_interrupts_the_build_in_the_server(
     p = subprocess.Popen([sys.executable, "-m", "dagrun", "build"], cwd=root, env=_env(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
-    end = time.monotonic() + 15
-    while not (root / "pid.txt").exists() or not (root / "pid.txt").read_text().strip():
-        assert time.monotonic() < end
-        time.sleep(0.05)
+    wait_for(lambda: (root / "pid.txt").exists() and (root / "pid.txt").read_text().strip() != "",
+             "the task's pid", timeout=15)
     task = int((root / "pid.txt").read_text())
     os.killpg(p.pid, signal.SIGINT)
     out, err = p.communicate(timeout=20)
@@ -448,10 +445,7 @@ def test_auto_start_needs_a_terminal_or_dagrun_server_1(
     s = Running.__new__(Running)
     s.root, s.pid = root, pid
     servers.append(s)
-    end = time.monotonic() + 15
-    while s.status() is None:
-        assert time.monotonic() < end
-        time.sleep(0.05)
+    wait_for(lambda: s.status() is not None, "the server's status", timeout=15)
     code, out, err = dagrun(root, "build", server=None, CI="true")  # CI: in-process, server or not
     assert code == 0 and err == "" and s.builds() == 0
     assert dagrun(root, "build")[0] == 0 and s.builds() == 1
@@ -521,16 +515,13 @@ def test_a_symlinked_source_is_never_trusted_to_events(
     assert "a symbolic link" in s.log()
 
 
-def _wait_stopped(pid: int, timeout: float = 10.0) -> None:
+def _wait_stopped(pid: int) -> None:
     """Until every thread of ``pid`` is stopped (SIGSTOP is delivered to each in its turn)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        states = []
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/stat", "rb") as f:
-                stat = f.read()
-            states.append(stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3])
-        if all(state in (b"T", b"t") for state in states):
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"process {pid} did not stop")
+
+    def state(task: str) -> bytes:
+        with open(f"/proc/{pid}/task/{task}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3]
+
+    wait_for(lambda: all(state(t) in (b"T", b"t") for t in os.listdir(f"/proc/{pid}/task")),
+             f"every thread of {pid} stopped", timeout=10)
