@@ -12,11 +12,12 @@ The worker exits by itself when the build is over (the server says so) or when t
 server has been gone for ``grace`` seconds; SIGTERM or Ctrl-C kill its tasks first.
 
 At most one attempt of a task is alive at a time, so a worker's tasks never
-outlive their lease: a ``guard`` process kills them when the worker dies
-(``kill -9``), and a worker that has not had a lease confirmed for 80 % of the
-server's ``lease_timeout`` (a network split, a server too busy to answer) kills
-that task itself, before the server gives it to another worker, and does not
-report it (the server ends it as lost, which costs no retry).
+outlive their lease.  A ``guard`` process (guard.py) kills them when the worker
+dies (``kill -9``), and kills a task whose lease has gone unconfirmed for 80 % of
+the server's ``lease_timeout`` (a network split, a server too busy to answer, a
+worker stopped by SIGSTOP or Ctrl-Z), before the server gives it to another
+worker.  The worker does not report such a task (the server ends it as lost,
+which costs no retry).
 """
 
 from __future__ import annotations
@@ -170,6 +171,8 @@ class Worker:
         self.leases: dict[str, int] = {}  # lease -> local job id (read by the heartbeater)
         self.confirmed: dict[str, float] = {}  # lease -> when the last request that renewed it
         self.fenced: set[int] = set()  # local job ids killed unconfirmed: never reported
+        self.fences: dict[int, float] = {}  # local job id -> the fence the guard has for it
+        self.guard: Guard | None = None
         self.lease_timeout: float | None = None  # the server's, once it said
         self.wire: dict[int, dict[str, Any]] = {}  # local job id -> the job as served
         self.next_id = 0
@@ -199,11 +202,11 @@ class Worker:
                 continue
             sent = time.monotonic()  # a long poll: granted at its end, not when asked
             jobs = reply.get("jobs") or []
+            self._news(reply)  # first: the lease timeout the jobs' fences need
             with self.cond:
                 self.free -= sum(self._need(job) for job in jobs)
             for job in jobs:
                 self.inbox.put("job", (job, sent))
-            self._news(reply)
 
     def _heartbeater(self) -> None:
         client = self._client()
@@ -279,11 +282,11 @@ class Worker:
 
     def run(self) -> int:
         os.makedirs(self.dir, exist_ok=True)
-        guard = Guard(self.local.mark_prefix)  # before any thread or task: a plain fork
+        self.guard = Guard(self.local.mark_prefix)  # before any thread or task: a plain fork
         try:
             return self._run()
         finally:
-            guard.close()
+            self.guard.close()
 
     def _run(self) -> int:
         for target in (self._leaser, self._heartbeater):
@@ -304,41 +307,58 @@ class Worker:
         timeout = min(self.heartbeat, 1.0)
         if deadline is not None:
             timeout = max(0.0, min(timeout, deadline - time.monotonic()))
-        select.select([self.local.fileno(), self.inbox.fd], [], [], timeout)
+        assert self.guard is not None
+        select.select([self.local.fileno(), self.inbox.fd, self.guard.fd], [], [], timeout)
+        self._fenced()
         for kind, item in self.inbox.take():
             if kind == "job":
                 self._start(*item)
             elif kind == "cancel":
                 self._cancel(item)
-        for outcome in self.local.collect():
+        outcomes = self.local.collect()
+        self._fenced()  # after collecting: the guard names a job before it kills it
+        for outcome in outcomes:
             if outcome.job_id in self.fenced:
                 self._forget(outcome.job_id)
             else:
                 self._finish(outcome)
-        self._fence(time.monotonic())  # after collecting: a task that ended is reported
+        self._renew()
         gone = time.monotonic() - max(c.last_ok for c in self.clients)
         if gone > self.grace:
             self._stop(EXIT_GONE, f"the server has not answered for {self.grace:g} s")
 
-    def _fence(self, now: float) -> None:
-        """Kill the tasks whose lease the server may be about to give to another worker."""
-        if self.lease_timeout is None:
+    def _renew(self) -> None:
+        """Tell the guard each running job's fence: when its lease has been unconfirmed for
+        FENCE of the lease timeout, and the server may be about to give it to another worker."""
+        if self.lease_timeout is None or self.guard is None:
             return
         with self.cond:
-            late = [
-                lease for lease, since in self.confirmed.items()
-                if now - since > FENCE * self.lease_timeout
-            ]
-            for lease in late:
-                del self.confirmed[lease]
-                self.fenced.add(self.leases.pop(lease))
-        for lease in late:
+            since = {self.leases[lease]: t for lease, t in self.confirmed.items()}
+        for job_id, t in since.items():
+            fence = t + FENCE * self.lease_timeout
+            if self.fences.get(job_id) != fence:
+                self.fences[job_id] = fence
+                self.guard.renew(job_id, fence)
+
+    def _fenced(self) -> None:
+        """The jobs the guard killed at their fence: never reported, their slots freed."""
+        assert self.guard is not None
+        for job_id in self.guard.killed():
+            if job_id not in self.wire or job_id in self.fenced:
+                continue  # it ended and was reported first
+            with self.cond:
+                lease = str(self.wire[job_id].get("lease"))
+                self.leases.pop(lease, None)
+                self.confirmed.pop(lease, None)
+            self.fences.pop(job_id, None)
+            self.fenced.add(job_id)
+            self.local.kill(job_id)  # the guard swept its mark; this is its group too
+            limit = FENCE * (self.lease_timeout or 0)
             self.say(
-                f"dagrun worker: lease {lease} not confirmed for {FENCE * self.lease_timeout:g} s "
-                "(the server is out of reach); killing its task before it runs elsewhere"
+                f"dagrun worker: lease {lease} not confirmed for {limit:g} s (the server is out "
+                "of reach, or this worker was stopped); its task was killed before it runs "
+                "elsewhere"
             )
-        for job_id in self.fenced:
-            self.local.kill(job_id)
 
     def _forget(self, job_id: int) -> None:
         """A fenced job ended: no report (its lease expires on the server as lost)."""
@@ -352,10 +372,19 @@ class Worker:
         self.next_id += 1
         job_id = self.next_id
         self.wire[job_id] = wire
+        limit = self.lease_timeout
+        if limit is not None and time.monotonic() - sent > FENCE * limit:
+            self.say(  # granted before this worker stopped: the server may give it away now
+                f"dagrun worker: lease {wire.get('lease')} is {FENCE * limit:g} s old "
+                "(this worker was stopped?); not starting its task"
+            )
+            self._forget(job_id)
+            return
         with self.cond:
             self.leases[str(wire.get("lease"))] = job_id
             self.confirmed[str(wire.get("lease"))] = sent
             self.cond.notify_all()
+        self._renew()  # the guard has its fence before it starts
         try:
             job = self._job(job_id, wire)
             if wire.get("stage") == "http":
@@ -473,11 +502,16 @@ class Worker:
                 f"dagrun worker: report for task {wire.get('task')} failed: {status} "
                 f"{reply.get('error', '')}"
             )
+        self._unfence(job_id)
         with self.cond:
             self.leases.pop(lease, None)
             self.confirmed.pop(lease, None)
             self.free += self._need(wire)
             self.cond.notify_all()
+
+    def _unfence(self, job_id: int) -> None:
+        if self.fences.pop(job_id, None) is not None and self.guard is not None:
+            self.guard.drop(job_id)
 
     def _need(self, wire: dict[str, Any]) -> int:
         """The slots a job takes here: its threads, at most all of them."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from http_workers import collect, job, make_executor, start_worker, stop, wait_for
+from http_workers import collect, job, make_executor, start_worker, status, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +55,14 @@ def group_alive(pgid: int) -> list[int]:
     return left
 
 
+def _resume(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 def marked(word: str) -> list[int]:
     import psutil
 
@@ -81,18 +90,29 @@ def test_kill_9_of_a_worker_kills_its_tasks_within_2_s(tmp_path):
 
 
 def test_http_workers_killed_at_random_never_leave_two_attempts_running(tmp_path):
-    """20 kill -9 of workers at random moments; lost tasks run again, never alongside."""
+    """20 kill -9 or SIGSTOP of workers at random moments (a stopped one resumes later); lost
+    tasks run again, never alongside."""
     ex, _ = make_executor(tmp_path, lease_timeout=1.0, max_jobs=3)
     root = Path(ex.context.root)
     (root / "stamps").mkdir()
     workers = [start_worker(ex, directory=tmp_path / f"w{n}") for n in range(3)]
     rng = random.Random(24)
 
+    stopped: list[subprocess.Popen[bytes]] = []
+
     def killer() -> None:
         for n in range(20):
             time.sleep(rng.uniform(0.2, 0.6))
             victim = workers.pop(rng.randrange(len(workers)))
-            os.kill(victim.pid, signal.SIGKILL)
+            if rng.random() < 0.5:
+                os.kill(victim.pid, signal.SIGKILL)
+            else:
+                os.kill(victim.pid, signal.SIGSTOP)
+                stopped.append(victim)
+            if len(stopped) > 2:  # resumed after 1-3 rounds: it comes back to work
+                resumed = stopped.pop(0)
+                os.kill(resumed.pid, signal.SIGCONT)
+                workers.append(resumed)
             workers.append(start_worker(ex, directory=tmp_path / f"w{n + 3}"))
 
     tasks = [f"t{n}" for n in range(6)]
@@ -117,13 +137,54 @@ def test_http_workers_killed_at_random_never_leave_two_attempts_running(tmp_path
     finally:
         thread.join()
         ex.close()
-        for w in workers:
+        for w in workers + stopped:
+            _resume(w)
             stop(w)
     assert overlaps(root / "stamps") == []
     runs = attempts(root / "stamps")
     assert sorted(runs) == tasks
     assert all(any(n == 60 for _, _, n in r) for r in runs.values())  # one whole attempt each
     assert sum(len(r) for r in runs.values()) > len(tasks)  # some attempts were killed
+
+
+def test_a_stopped_worker_s_task_dies_at_its_fence_and_runs_once_elsewhere(tmp_path):
+    """SIGSTOP a worker mid-task: its guard kills the task before the server gives the task
+    away; resumed, the worker says so, reports nothing, and goes on taking work."""
+    ex, _ = make_executor(tmp_path, lease_timeout=2.0)  # fence: 1.6 s without a confirmation
+    root = Path(ex.context.root)
+    (root / "stamps").mkdir()
+    log = tmp_path / "stopped.log"
+    first = start_worker(ex, directory=tmp_path / "w1", log=log)
+    second = None
+    try:
+        ex.submit(job(root, 1, STAMPS, task="t", env={"DAGRUN_TASK": "t"}))
+        wait_for(lambda: any((root / "stamps").iterdir()), what="the task to start")
+        os.kill(first.pid, signal.SIGSTOP)
+        stopped = time.time()
+        (lost,) = collect(ex, 1, timeout=15)
+        assert lost.lost and "went silent" in (lost.error or "")
+        ((_, killed_at, n),) = attempts(root / "stamps")["t"]
+        assert n < 60 and killed_at < time.time() - 0.1  # it stopped before the lease ended
+        assert killed_at - stopped < 2.0
+        ex.submit(job(root, 2, STAMPS, task="t", env={"DAGRUN_TASK": "t"}))
+        second = start_worker(ex, directory=tmp_path / "w2")
+        (done,) = collect(ex, 1, timeout=30)
+        assert done.ok
+        os.kill(first.pid, signal.SIGCONT)
+        wait_for(lambda: "its task was killed" in log.read_text(), what="the worker to say so")
+        stop(second)
+        time.sleep(0.3)  # the server sees its connections close: no job goes to a dead poll
+        ex.submit(job(root, 3, "echo $DAGRUN_WORKER"))  # the resumed worker takes new work
+        (again,) = collect(ex, 1, timeout=30)
+        assert again.ok and again.stdout.startswith(f"{socket.gethostname()}-{first.pid}-")
+        assert status(ex)["refused"] == 0  # the killed task was never reported
+    finally:
+        ex.close()
+        for w in (first, second):
+            if w is not None:
+                _resume(w)
+                stop(w)
+    assert overlaps(root / "stamps") == []
 
 
 # -- SSH

@@ -116,7 +116,10 @@ class Server:
         self.port = port
         self.tls = tls
         self.loop = asyncio.new_event_loop()
-        self._lease_waiters: deque[tuple[Pending, asyncio.Future[Response | None]]] = deque()
+        # long polls for jobs, with a test of whether the worker closed the connection meanwhile
+        self._lease_waiters: deque[
+            tuple[Pending, asyncio.Future[Response | None], Callable[[], bool]]
+        ] = deque()
         self._news_waiters: dict[str, list[tuple[Pending, asyncio.Future[Response | None]]]] = {}
         self._connections: set[asyncio.StreamWriter] = set()
         # connections that have not yet sent a request with the token, oldest first
@@ -215,9 +218,13 @@ class Server:
     def _dispatch_ready(self) -> None:
         waiters = self._lease_waiters
         while waiters:
-            pending, fut = waiters[0]
+            pending, fut, gone = waiters[0]
             if fut.done():
                 waiters.popleft()
+                continue
+            if gone():  # a killed worker's poll: jobs leased to it would sit out a lease timeout
+                waiters.popleft()
+                fut.set_result(_CLOSED)
                 continue
             response = pending.poll(False)
             if response is None:
@@ -234,15 +241,17 @@ class Server:
         self._dispatch_ready()
         for worker in list(self._news_waiters):
             self._dispatch_news(worker)
-        for pending, fut in self._lease_waiters:
+        for pending, fut, _ in self._lease_waiters:
             if not fut.done():
                 fut.set_result(pending.poll(True))
         self._lease_waiters.clear()
 
-    async def _park(self, pending: Pending) -> Response:
+    async def _park(self, pending: Pending, reader: asyncio.StreamReader) -> Response:
         fut: asyncio.Future[Response | None] = self.loop.create_future()
         if pending.awaits is Awaits.JOBS:
-            self._lease_waiters.append((pending, fut))
+            self._lease_waiters.append(
+                (pending, fut, lambda: reader.at_eof() or reader.exception() is not None)
+            )
         else:
             self._news_waiters.setdefault(pending.worker, []).append((pending, fut))
         timer = self.loop.call_later(pending.wait, _time_up, fut)  # cheaper than wait_for
@@ -342,7 +351,7 @@ class Server:
             timer.cancel()
         r = request
         result = self.app.handle(Request(r.method, r.path, r.query, r.headers, body))
-        return await self._park(result) if isinstance(result, Pending) else result
+        return await self._park(result, reader) if isinstance(result, Pending) else result
 
     async def _upload(
         self, reader: asyncio.StreamReader, request: Request, length: int
@@ -462,3 +471,6 @@ def tls_context(cert: str, key: str) -> Any:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     return context
+
+
+_CLOSED = _error(499, "the client closed the connection")  # written to no one
