@@ -144,8 +144,14 @@ def forward(argv: Sequence[str]) -> int | None:
         _maybe_start(manifest, state_dir)
         return None
     except Refused as exc:
-        _warn(f"the build server {exc}; building in-process")
-        if "stale" in str(exc):
+        stopped = _stopped_mid_build(state_dir) if "did not answer" in str(exc) else None
+        if stopped is not None:  # it holds the build lock, and would hold it forever
+            _warn(f"the build server (pid {stopped}) is stopped (SIGSTOP) in the middle of a "
+                  "build; killed it and its tasks; building in-process")
+            _kill_server(stopped)
+        else:
+            _warn(f"the build server {exc}; building in-process")
+        if "stale" in str(exc) or stopped is not None:
             _remove_stale(state_dir)
             _maybe_start(manifest, state_dir)
         return None
@@ -270,6 +276,52 @@ def _remove_stale(state_dir: str) -> None:
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _stopped_mid_build(state_dir: str) -> int | None:
+    """The pid of the project's server when it is stopped (SIGSTOP, a debugger) while it
+    holds the build lock; else None.  Only our own background server: a stopped ``dagrun
+    build`` in a terminal is the user's to resume, and the build waits for it as usual."""
+    from .state.lock import LOCK as BUILD_LOCK
+    from .state.lock import try_flock
+
+    try:
+        with open(os.path.join(state_dir, LOCK), "rb") as f:
+            pid = int(f.read(32).strip() or 0)
+        with open(os.path.join(state_dir, BUILD_LOCK), "rb") as f:
+            holder = int(f.read(32).strip() or 0)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid <= 0 or holder != pid or state not in (b"T", b"t"):
+        return None
+    for path in (os.path.join(state_dir, LOCK), os.path.join(state_dir, BUILD_LOCK)):
+        fd = try_flock(path)  # both still held (by it: the pid in each is its own)
+        if fd is not None:
+            os.close(fd)
+            return None
+    return pid
+
+
+def _kill_server(pid: int) -> None:
+    """SIGKILL a stopped server and its build's local tasks (marked ``PID.``, sweep.py), then
+    wait (a moment) for it to be gone, which frees the build lock: its log is as safe as after
+    any crash, and the build that follows runs again what was running."""
+    import select
+
+    from .executors import sweep
+
+    try:
+        fd = os.pidfd_open(pid)
+        os.kill(pid, 9)
+    except OSError:
+        return
+    try:
+        sweep.sweep(f"{pid}.")
+        select.select([fd], [], [], 2.0)
+    finally:
+        os.close(fd)
 
 
 def _build_location(argv: Sequence[str]) -> tuple[str, str | None] | None:

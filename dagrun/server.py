@@ -57,7 +57,7 @@ from .client import (
     send,
 )
 from .state.lock import LOCK as STATE_LOCK
-from .state.lock import try_flock
+from .state.lock import try_flock, write_pid
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -131,6 +131,7 @@ class Server:
         lock = lock if lock is not None else self._take_lock()
         if lock is None:
             return 0  # another server runs (or starts) for this project
+        write_pid(lock)  # who holds it: a client that finds it stopped mid-build kills it
         os.chdir(self.state_dir)  # never keep a user's folder busy
         try:
             self._listen()
@@ -409,8 +410,7 @@ class Server:
         saved_env = dict(os.environ)
         saved_streams = sys.stdout, sys.stderr
         size_fn = os.get_terminal_size
-        os.environ.clear()
-        os.environ.update(environ)
+        _set_environ(environ)
         if size is not None:
             os.get_terminal_size = lambda *_: os.terminal_size(size)
         sys.stdout, sys.stderr = out, err
@@ -442,8 +442,7 @@ class Server:
                 pass
             sys.stdout, sys.stderr = saved_streams
             os.get_terminal_size = size_fn
-            os.environ.clear()
-            os.environ.update(saved_env)
+            _set_environ(saved_env)
             os.chdir(self.state_dir)
             kept.after(code)
             signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -515,6 +514,17 @@ def _rss() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _set_environ(environ: dict[str, str]) -> None:
+    """Make ``os.environ`` equal ``environ``, changing only what differs: a client's
+    environment is mostly the server's, and each variable set or unset is a libc call."""
+    current = os.environ
+    for name in [n for n in current if n not in environ]:
+        del current[name]
+    for name, value in environ.items():
+        if current.get(name) != value:
+            current[name] = value
 
 
 def serve() -> None:

@@ -349,6 +349,51 @@ def test_a_stopped_server_is_given_up_within_a_second(
     assert s.builds() == 1
 
 
+def test_a_server_stopped_in_the_middle_of_a_build_is_killed_and_the_build_runs_here(
+    tmp_path: Path, servers: list[Running]
+) -> None:
+    """SIGSTOP the server while it builds: it holds the build lock, so a build that waited for
+    it would wait forever.  The next build kills it and its tasks, and builds in-process."""
+    root = _project(tmp_path / "p", """
+        [tasks.slow]
+        cmd = "echo $$ > slow.pid; sleep 30; echo done > slow.txt"
+        outputs = ["slow.txt"]
+    """)
+    s = start(servers, root)
+    first = subprocess.Popen([sys.executable, "-m", "dagrun", "build"], cwd=root,
+                             env=_env("1"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (root / "slow.pid").exists() and (root / "slow.pid").read_text(),
+                 what="the server's build to start the task")
+        task = int((root / "slow.pid").read_text())
+        os.kill(s.pid, signal.SIGSTOP)
+        _wait_stopped(s.pid)
+        (root / "dagrun.toml").write_text(textwrap.dedent("""
+            [tasks.slow]
+            cmd = "echo done > slow.txt"
+            outputs = ["slow.txt"]
+        """))
+        t0 = time.monotonic()
+        code, out, err = dagrun(root, "build", timeout=30)
+        took = time.monotonic() - t0
+        # the first client, whose server went away before it printed anything, builds in-process
+        # too: one of the two runs the task, the other finds no work
+        assert code == 0 and ("1 succeeded" in out or "no work to do" in out), (out, err)
+        assert err.count("warning") == 1 and "is stopped (SIGSTOP)" in err, err
+        assert took < 10, took  # not the 30 s task, nor a wait for the lock
+        assert (root / "slow.txt").read_text() == "done\n"
+        assert s.wait_gone(5)
+        assert not remote_run.alive(task)  # the stopped server's task died with it
+        _, err1 = first.communicate(timeout=10)  # it had printed nothing: it builds here too
+        assert first.returncode == 0 and "went away; building in-process" in err1, err1
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+        dagrun(root, "server", "stop")  # the one the build started for the next builds
+
+
 def test_a_server_of_another_version_steps_aside(tmp_path: Path, servers: list[Running]) -> None:
     root = _project(tmp_path / "p")
     s = start(servers, root, DAGRUN_TEST_SERVER_VERSION="0.0.0-old")

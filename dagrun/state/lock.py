@@ -50,6 +50,17 @@ def try_flock(path: str, flags: int = os.O_RDWR) -> int | None:
     return fd
 
 
+def write_pid(fd: int) -> None:
+    """Write this process's pid into the lock file ``fd`` holds, as 16 bytes (padded with
+    spaces): rewritten in place, never truncated.  Truncating a file on ext4 writes its old
+    blocks out first (~0.2 ms, each build); readers strip what they read."""
+    mine = f"{os.getpid():<15}\n".encode()
+    if os.pread(fd, 17, 0) != mine:
+        os.pwrite(fd, mine, 0)
+        if os.fstat(fd).st_size > len(mine):
+            os.ftruncate(fd, len(mine))
+
+
 class StateLock:
     """The build lock of one state folder, as a context manager (``with lock: ...``).
 
@@ -104,8 +115,7 @@ class StateLock:
             if self.on_wait is not None:
                 self.on_wait(msg + "; waiting for it to finish")
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        write_pid(fd)
 
     def _open(self, path: str) -> int | None:
         """The lock file, open to write; None (``read_only`` says why) if .dagrun is read-only."""
