@@ -198,9 +198,12 @@ class JsonLines:
 
     A small thread flushes the buffer while the build waits on its tasks, so ``dagrun
     status`` sees a running build at most that late, and a record costs no system call.
+    The first ``WRITE_THROUGH`` records are written at once instead: a small build (an
+    edit, through the build server) pays a few writes, not a thread's start.
     """
 
     FLUSH_EVERY = 0.2
+    WRITE_THROUGH = 32
 
     def __init__(
         self, path: str, *, wants_fresh: bool, only_if_work: bool, tolerant: bool = False
@@ -213,6 +216,7 @@ class JsonLines:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.dirty = False
+        self.written = 0
 
     def add(self, record: Record) -> None:
         try:
@@ -227,10 +231,16 @@ class JsonLines:
         line = _ENCODE(record) + "\n"
         with self.lock:
             if self.file is None:
-                self.file = open(_open_writing(self.path), "w", encoding="utf-8")  # noqa: SIM115
-                threading.Thread(target=self._flusher, name="dagrun-records", daemon=True).start()
+                fd = _open_writing(self.path, anew=self.tolerant)
+                self.file = open(fd, "w", encoding="utf-8")  # noqa: SIM115
             self.file.write(line)
-            self.dirty = True
+            self.written += 1
+            if self.written < self.WRITE_THROUGH:
+                self.file.flush()
+            elif self.written == self.WRITE_THROUGH:
+                threading.Thread(target=self._flusher, name="dagrun-records", daemon=True).start()
+            else:
+                self.dirty = True
 
     def _flusher(self) -> None:
         while not self.stop.wait(self.FLUSH_EVERY):
@@ -321,9 +331,17 @@ def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _open_writing(path: str) -> int:
+def _open_writing(path: str, anew: bool = False) -> int:
     """A descriptor to write ``path`` from its start; a FIFO without a reader is an OSError
-    (ENXIO) at once, not a wait for one."""
+    (ENXIO) at once, not a wait for one.  ``anew`` (dagrun's own last-build.jsonl): a regular
+    file is removed and created again, since truncating one makes ext4 write its old blocks
+    out first (~0.2 ms, each build); a user's ``--events FILE`` is truncated in place."""
+    if anew:
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.unlink(path)
+        except OSError:
+            pass
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     os.set_blocking(fd, True)
     return fd

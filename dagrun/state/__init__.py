@@ -56,13 +56,24 @@ class Sealer:
 
 def write_sealed(path: str, blob: bytes) -> None:
     """Write ``blob`` and its crc32 to ``path`` whole or not at all (a temporary file,
-    renamed; removed on failure).  ``unseal`` reads it back."""
+    renamed; removed on failure).  ``unseal`` reads it back.
+
+    The old file is removed before the rename.  A rename over an existing file makes ext4
+    (``auto_da_alloc``) write the new file's blocks out at once: ~0.3 ms, twice in every
+    build (the proof, the cache journal), against ~15 us this way.  What that flush buys, a
+    file never seen empty after a power cut, the seal already gives: a torn or missing file
+    is no proof and no journal, which costs time, never a wrong answer; and nothing reads
+    them without the build lock the writer holds."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
             sealer = Sealer(f)
             sealer.write(blob)  # no copy of the blob
             sealer.close()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
         os.replace(tmp, path)
     except OSError:
         try:
