@@ -16,6 +16,14 @@ missed), when the kernel dropped events, or when an output changed that the
 build did not write: the build touches ``.dagrun/watch-sync`` when it ends,
 and inotify yields what came before that mark apart from what came after.
 
+When a round that succeeded moves the watches to folders not watched before
+(the build made them, a depfile named a file there), a change made there before
+the new watches were armed raised no event: once they are armed, the no-op
+proof the build wrote (state/proof.py) is checked, and a source in those
+folders that differs from it makes a round as if it had been seen.  Without a
+proof to check (an ``always`` task, targets from a subfolder, ...) one round
+checks everything; a round made so does not make another (no loop).
+
 Seams: file changes come from ``watch_fn(folders, stop) -> iterable of change
 sets`` (on Linux ``inotify.watch``, no polling; else ``watch_folders`` on
 watchfiles, whose unordered sets never let a round be told ``changed=``; a
@@ -47,6 +55,7 @@ from .plan import Plan
 from .scheduler import BuildResult, Reporter, StopFlag
 from .session import Session
 from .state import STATE_DIR
+from .state.proof import Delta, examine
 from .watchset import (  # noqa: F401  # also dagrun.watch's names, as before watchset.py
     Change,
     ChangeSet,
@@ -67,6 +76,7 @@ _SHOWN = 5  # names listed in a round header before "and N more"
 _SYNC = "watch-sync"  # in the state folder: touched after each build (Watcher._sync)
 _RESTARTING = frozenset({Kind.MANIFEST, Kind.INPUT, Kind.LISTING, Kind.LOST})  # not a folder alone
 _LOST_PATH = "*"  # how a Kind.LOST change is named among the changed paths
+_GAP_PATH = "?"  # ... and the doubt cast by watches that moved (Watcher._gap): also Kind.LOST
 
 
 def watch_folders(
@@ -91,7 +101,8 @@ class Round:
     """One build of the watch loop, as the caller (or a test) sees it."""
 
     number: int
-    changed: tuple[str, ...]  # paths relative to the manifest folder; () for the first build
+    changed: tuple[str, ...]  # paths relative to the manifest folder; () for the first build;
+    # "*": events were lost; "?": the watches moved and there was no proof to check (_gap)
     to_run: tuple[str, ...]  # what the plan said would run
     result: BuildResult | None  # None when the build could not start or was interrupted
     error: str | None = None  # the manifest (or other dagrun) error that stopped it
@@ -106,6 +117,12 @@ class _Feed(Feed):
         self.ws = ws
         self.inodes = _inodes(ws.folders)
         super().__init__(lambda stop: watch_fn(ws.folders, stop), sink, "dagrun-watch")
+
+
+def _new_folders(before: _Feed, after: _Feed) -> set[str]:
+    """The folders ``after`` watches that ``before`` did not (or that are other folders now)."""
+    was = dict(zip(before.ws.folders, before.inodes, strict=True))
+    return {f for f, ino in zip(after.ws.folders, after.inodes, strict=True) if was.get(f) != ino}
 
 
 def _inodes(folders: Sequence[str]) -> tuple[int, ...]:
@@ -173,6 +190,7 @@ class Watcher:
         # the next build may be told exactly what changed (Session.build's changed=): only
         # after a build that succeeded, with the same watches, no events lost, no output touched
         self._exact = False
+        self._succeeded = False  # the last round's build succeeded (checked when watches move)
         self._moved = False  # the watch set changed during this round
         self._outputs_changed = False  # an output changed that the build did not write
         self._owned: frozenset[str] = frozenset()  # outputs the build may write, until _SYNC
@@ -206,9 +224,11 @@ class Watcher:
         while changed is not None:
             if self._round(changed) is not None:
                 return EXIT_INTERRUPTED
+            before = self._feeds[0] if self._feeds else None
             self._refresh(self._graph if self._planned is not None else None)
+            missed = self._gap(before, doubted=_GAP_PATH in changed)
             self._say(f"watching {self._ws.describe()}; Ctrl-C to stop")
-            changed = self._next_batch()
+            changed = self._next_batch(missed)
         return EXIT_IDLE
 
     def _round(self, changed: dict[str, tuple[Kind, int]]) -> int | None:
@@ -234,7 +254,8 @@ class Watcher:
         if built is None:
             return EXIT_INTERRUPTED
         result, error, restarted = built
-        self._exact = synced and not self._moved and result is not None and result.ok
+        self._succeeded = result is not None and result.ok
+        self._exact = synced and not self._moved and self._succeeded
         self.out.flush()
         if self.on_round is not None:
             planned = self._planned or ()
@@ -292,9 +313,12 @@ class Watcher:
 
     # ------------------------------------------------------------ waiting for changes
 
-    def _next_batch(self) -> dict[str, tuple[Kind, int]] | None:
-        """The next burst of relevant changes once it settles; None when told to stop."""
-        batch: dict[str, tuple[Kind, int]] = {}
+    def _next_batch(
+        self, seed: dict[str, tuple[Kind, int]] | None = None
+    ) -> dict[str, tuple[Kind, int]] | None:
+        """The next burst of relevant changes once it settles (starting with ``seed``, changes
+        known already); None when told to stop."""
+        batch: dict[str, tuple[Kind, int]] = dict(seed or {})
         while not batch:
             changes = self._get(None)
             if changes is None:
@@ -372,6 +396,36 @@ class Watcher:
         if new.files != old.files or new.outputs != old.outputs:
             return True
         return any(f.startswith(p + os.sep) for p in paths for f in new.files)
+
+    def _gap(self, before: _Feed | None, doubted: bool) -> dict[str, tuple[Kind, int]]:
+        """After a round that succeeded and moved the watches from ``before``: the changes the
+        new watches may have missed, found against the build's no-op proof (module docstring).
+        ``doubted``: the round was made by this doubt, which it does not cast again."""
+        after = self._feeds[0] if self._feeds else None
+        if not self._succeeded or before is None or after is None or after is before:
+            return {}
+        ws, new = self._ws, _new_folders(before, after)
+        files = {f for f in ws.files - ws.outputs if os.path.dirname(f) in new}
+        if not files and not new & ws.listed and not any(
+                m.startswith(f + os.sep) for m in ws.missing for f in new):
+            return {}  # only outputs' folders: changes there are no trigger (and _exact is off)
+        found = self._examine()
+        if isinstance(found, int) or (found is None and doubted):
+            return {}
+        if found is None:
+            return {_GAP_PATH: (Kind.LOST, Change.LOST)}
+        paths = sorted(p for p in (os.path.normpath(os.path.join(ws.root, s))
+                                   for s in found.sources) if p in files)
+        return {os.path.relpath(p, ws.root): (Kind.INPUT, Change.MODIFIED if os.path.lexists(p)
+                                              else Change.DELETED) for p in paths}
+
+    def _examine(self) -> int | Delta | None:
+        """proof.examine of the last build (the tasks up to date, what changed since, or None
+        when there is no proof to check: its targets are not the proof's from a subfolder)."""
+        s = self.session
+        if s.manifest_path is None or (self.targets and s.cwd != s.root):
+            return None
+        return examine(s.manifest_path, self.targets, s.environ)
 
     def _sink(self, changes: ChangeSet) -> None:
         """Runs in a watcher thread: queue the changes; with --restart, cancel the build."""
@@ -536,6 +590,8 @@ def _step_ms(debounce_ms: int) -> int:
 
 
 def _describe(path: str, kind: Kind, change: int) -> str:
+    if kind is Kind.LOST and path == _GAP_PATH:
+        return "(files may have changed while the watches moved: checking everything)"
     if kind is Kind.LOST:
         return "(changes may have been missed: checking everything)"
     if kind is Kind.FOLDER:

@@ -17,7 +17,7 @@ import subprocess
 import textwrap
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -88,18 +88,29 @@ def make_project(root: Path, manifest: str, files: dict[str, str]) -> Path:
 class Watching:
     """A Watcher running in a thread; ``next_round()`` waits for its next round."""
 
-    def __init__(self, manifest: Path, *, restart: bool = False, debounce: int = 50) -> None:
+    def __init__(
+        self, manifest: Path, *, restart: bool = False, debounce: int = 50,
+        hook: Callable[[Round], None] | None = None,
+    ) -> None:
+        """``hook`` runs in the watcher's thread after each round's build, before the round
+        is handed out (and before the watcher watches again)."""
         self.out = io.StringIO()
         self.rounds: queue.Queue[Round] = queue.Queue()
         self.stop = StopFlag()  # also stops a running build at once
+        self.hook = hook
         self.watcher = Watcher(
             str(manifest), restart=restart, debounce_ms=debounce, progress="plain",
-            out=self.out, err=self.out, on_round=self.rounds.put,
+            out=self.out, err=self.out, on_round=self._on_round,
         )
         self.code: int | None = None
         self.done = 0  # rounds handed out
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+
+    def _on_round(self, r: Round) -> None:
+        if self.hook is not None:
+            self.hook(r)
+        self.rounds.put(r)
 
     def _run(self) -> None:
         self.code = self.watcher.run(self.stop)

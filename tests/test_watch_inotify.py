@@ -1,16 +1,20 @@
-"""dagrun.inotify: change sets from Linux inotify, over real folders and files."""
+"""dagrun.inotify: change sets from Linux inotify, over real folders and files; and dagrun watch
+when its watches move to new folders after a round (changes made before they are armed)."""
 
 from __future__ import annotations
 
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_watch import Watching, make_project
 
 from dagrun import inotify
+from dagrun.watch import Round
 
 pytestmark = pytest.mark.skipif(not inotify.available(), reason="inotify is Linux only")
 
@@ -129,3 +133,92 @@ def test_a_mark_ends_its_change_set(tmp_path: Path, listen: list[Listening]) -> 
     if seen == {(inotify.ADDED, f"{tmp_path}/b.txt")}:  # read before a.txt was closed
         seen |= w.next()  # type: ignore[arg-type]
     assert seen == after
+
+
+# ---------------------------------------------------------------- dagrun watch: watches that move
+
+# c's depfile names inc/x.h: inc/ is watched only once the first build has read the depfile
+DEPFILE = """
+    [tasks.c]
+    cmd = "cat src/main.c inc/x.h > out.txt && echo 'out.txt: src/main.c inc/x.h' > c.d"
+    inputs = ["src/main.c"]
+    outputs = ["out.txt"]
+    depfile = "c.d"
+"""
+
+
+@pytest.fixture
+def watching() -> Iterator[list[Watching]]:
+    started: list[Watching] = []
+    yield started
+    for w in started:
+        w.close()
+
+
+def rounds_within(w: Watching, seconds: float) -> list[Round]:
+    """The rounds that come within ``seconds``."""
+    got: list[Round] = []
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        try:
+            got.append(w.next_round(timeout=left))
+        except AssertionError:
+            break
+    return got
+
+
+@pytest.mark.slow
+def test_a_source_changed_in_a_new_folder_before_it_is_watched_is_rebuilt(
+    tmp_path: Path, watching: list[Watching]
+) -> None:
+    manifest = make_project(tmp_path, DEPFILE, {"src/main.c": "main\n", "inc/x.h": "x1\n"})
+    inc = str(tmp_path / "inc")
+    watched: list[tuple[str, ...]] = []
+
+    def edit_before_the_new_watch(r: Round) -> None:  # the build ended; inc/ is not watched
+        if r.number == 1:
+            watched.extend(f.ws.folders for f in w.watcher._feeds)
+            (tmp_path / "inc/x.h").write_text("x2 edited\n")
+
+    w = Watching(manifest, hook=edit_before_the_new_watch)
+    watching.append(w)
+    first = w.next_round()
+    assert first.result is not None and first.result.succeeded == ("c",)
+    assert watched and all(inc not in folders for folders in watched)
+    assert inc in w.watcher._ws.folders  # watched from now on: the edit came before
+
+    second = w.next_round(timeout=5)  # without a check after the move: no round, ever
+    assert second.changed == ("inc/x.h",) and second.delta is None
+    assert second.result is not None and second.result.succeeded == ("c",)
+    assert (tmp_path / "out.txt").read_text() == "main\nx2 edited\n"
+    assert rounds_within(w, 1.5) == []  # and that is all
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["inc", "gen/$(date +%s%N)"], ids=["same", "new-each-build"])
+def test_an_always_task_whose_watches_move_does_not_rebuild_forever(
+    tmp_path: Path, watching: list[Watching], where: str
+) -> None:
+    # no proof is written after a build with an ``always`` task, so what changed before the new
+    # watches were armed cannot be checked: one round checks everything, and no more (even when
+    # each build names a folder never watched before)
+    manifest = make_project(
+        tmp_path,
+        f"""
+        [tasks.t]
+        always = true
+        cmd = '''d={where}; mkdir -p $d gen; [ -e $d/x.h ] || echo x > $d/x.h
+          echo t: $d/x.h > t.d; touch gen/t'''
+        outputs = ["gen/t"]
+        depfile = "t.d"
+        """,
+        {"inc/x.h": "x"},  # not written by t: a task that writes what it reads rebuilds forever
+    )
+    w = Watching(manifest)
+    watching.append(w)
+    rounds = [w.next_round(), *rounds_within(w, 3.0)]
+    assert [r.number for r in rounds] == [1, 2]
+    assert rounds[1].delta is None and all(r.result and r.result.ok for r in rounds)
+    assert "changed: (files may have changed while the watches moved: checking everything)" in (
+        w.out.getvalue()
+    )
