@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import gen  # noqa: E402
 import run  # noqa: E402
 
-from dagrun import client  # noqa: E402
+from dagrun import client, remote_run  # noqa: E402
 
 
 def env(server: str) -> dict[str, str]:
@@ -60,7 +60,7 @@ def stop_server(folder: str) -> None:
     found = client.ask(os.path.join(folder, ".dagrun"), client.STOP)
     if found is not None:
         end = time.monotonic() + 10
-        while time.monotonic() < end and client._alive(int(found["pid"])):
+        while time.monotonic() < end and remote_run.alive(int(found["pid"])):
             time.sleep(0.02)
 
 

@@ -175,7 +175,7 @@ def _run(sock: Any, argv: Sequence[str], hello: tuple[Any, ...]) -> int | None:
     request = (
         PROTOCOL, (__version__, fingerprint()), list(argv), os.getcwd(), dict(os.environ), ttys,
         size,
-        tuple((getattr(s, "encoding", "utf-8"), getattr(s, "errors", "strict"))
+        tuple((getattr(s, "encoding", None) or "utf-8", getattr(s, "errors", None) or "strict")
               for s in (out, err)),
     )
     try:

@@ -206,6 +206,12 @@ class Server:
                 self._serve(conn, request)
             except KeyboardInterrupt:
                 pass
+            except Exception:  # noqa: BLE001 - a fault of ours: the client builds in-process
+                import traceback
+
+                self._log("a build failed in the server; exiting:\n" + traceback.format_exc())
+                self.stopping.set()  # what it holds may be half changed: a new one starts
+                return
             finally:
                 try:
                     conn.shutdown(socket.SHUT_RDWR)  # wakes its interrupt listener
@@ -291,6 +297,14 @@ class Server:
             conn.close()
         elif tag == REQUEST:
             request = marshal.loads(body)
+            problem = _malformed(request)
+            if problem is not None:  # not from a dagrun client: say so, and serve on
+                self._log(f"a malformed request: {problem}")
+                send(conn, ERR, f"dagrun: error: the build server refused the request: "
+                                f"{problem}\n".encode())
+                send(conn, EXIT, b"2")
+                conn.close()
+                return
             if request[0] != PROTOCOL or request[1] != (version(), self.code):
                 what = version() if request[1][0] != version() else f"{version()} (other files)"
                 send(conn, INCOMPATIBLE, what.encode())
@@ -505,6 +519,37 @@ class _Kept:
             self.resident.finished(code == 0, self.plain, self.environ)
         else:  # the changes it was told are lost with this request: check everything next
             self.resident.forget()
+
+
+def _malformed(request: Any) -> str | None:
+    """What is wrong with a build request (client.py's ``_run`` makes them), or None."""
+    import codecs
+
+    if not isinstance(request, tuple) or len(request) != 8:
+        return "not a tuple of 8"
+    protocol, fingerprint, argv, cwd, environ, ttys, size, streams = request
+    if not isinstance(fingerprint, tuple) or len(fingerprint) != 2:
+        return "no version"
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        return "argv is not a list of strings"
+    if not isinstance(cwd, str) or not isinstance(environ, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in environ.items()):
+        return "no folder or environment"
+    if not (isinstance(ttys, tuple) and len(ttys) == 2 and all(type(t) is bool for t in ttys)):
+        return "no terminal flags"
+    if size is not None and not (isinstance(size, tuple) and len(size) == 2
+                                 and all(type(n) is int and n >= 0 for n in size)):
+        return "a bad terminal size"
+    if not (isinstance(streams, tuple) and len(streams) == 2):
+        return "no stream encodings"
+    for pair in streams:
+        try:
+            encoding, errors = pair
+            codecs.lookup(encoding)
+            codecs.lookup_error(errors)
+        except (TypeError, ValueError, LookupError):
+            return f"a bad stream encoding {pair!r}"
+    return None
 
 
 def _rss() -> int:

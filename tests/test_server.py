@@ -394,6 +394,55 @@ def test_a_server_stopped_in_the_middle_of_a_build_is_killed_and_the_build_runs_
         dagrun(root, "server", "stop")  # the one the build started for the next builds
 
 
+def test_a_malformed_request_gets_a_clear_refusal_and_the_server_serves_on(
+    tmp_path: Path, servers: list[Running], capfd: pytest.CaptureFixture[str]
+) -> None:
+    import io
+    import marshal
+
+    from dagrun import __version__
+
+    root = _project(tmp_path / "p")
+    s = start(servers, root)
+    hello_fingerprint = (__version__, client.fingerprint())
+    good = (client.PROTOCOL, hello_fingerprint, ["build"], str(root), dict(os.environ),
+            (False, False), None, (("utf-8", "strict"), ("utf-8", "strict")))
+    bad = [
+        good[:7] + (((None, None), ("utf-8", "strict")),),  # a stream without an encoding
+        good[:7] + ((("no-such-codec", "strict"), ("utf-8", "strict")),),
+        good[:2] + (["build", 3],) + good[3:],
+        good[:4] + ({"A": 1},) + good[5:],
+        good[:6] + ((80, -1),) + good[7:],
+        ("a", "tuple"),
+    ]
+    for request in bad:
+        sock, _ = client.connect(str(root / ".dagrun"))
+        try:
+            client.send(sock, client.REQUEST, marshal.dumps(request))
+            tag, body = client.receive(sock)
+            assert tag == client.ERR and b"refused the request" in body, (request, body)
+            assert client.receive(sock) == (client.EXIT, b"2")
+        finally:
+            sock.close()
+    # a client whose sys.stdout is a StringIO (no encoding: a program calling dagrun's entry;
+    # the client writes to descriptor 1 itself)
+    capfd.readouterr()
+    saved = sys.stdout
+    sys.stdout = io.StringIO()
+    try:
+        old = os.getcwd()
+        os.chdir(root)
+        try:
+            code = client.forward(["build"])
+        finally:
+            os.chdir(old)
+    finally:
+        sys.stdout = saved
+    shown = capfd.readouterr().out
+    assert code == 0 and "3 succeeded" in shown, shown
+    assert s.builds() == 1 and "malformed request" in s.log()
+
+
 def test_a_server_of_another_version_steps_aside(tmp_path: Path, servers: list[Running]) -> None:
     root = _project(tmp_path / "p")
     s = start(servers, root, DAGRUN_TEST_SERVER_VERSION="0.0.0-old")
