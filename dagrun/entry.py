@@ -21,7 +21,6 @@ import sys
 
 from . import signals
 from .argv import COMMANDS, plain_build  # noqa: F401  # COMMANDS: tests/test_entry.py
-from .noop import answer_noop
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -91,6 +90,8 @@ def _main(argv: Sequence[str] | None) -> int:
     plain = plain_build(args)
     delta = None
     if plain is not None:
+        from .noop import answer_noop  # after the server's turn: a served build needs it not
+
         answered = answer_noop(*plain)
         if isinstance(answered, int):
             _answered = True

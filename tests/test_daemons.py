@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -116,3 +117,21 @@ def _wait_environ(pid: int, entry: str) -> None:
             return entry.encode() in f.read().split(b"\0")
 
     wait_for(readable, f"{entry} in the environment of {pid}", timeout=10)
+
+
+def test_a_sweep_since_a_pid_reads_only_newer_processes_until_pids_wrap() -> None:
+    """sweep.py's ``since``: the kernel hands out pids in increasing order until they wrap."""
+    from dagrun.executors import sweep
+
+    every = set(sweep._pids())
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        newer = sweep._pids(since=child.pid)
+        assert child.pid in newer and os.getpid() not in newer
+        assert all(pid >= child.pid for pid in newer)
+        # a ``since`` above the last pid handed out: they wrapped since, so all are read
+        wrapped = set(sweep._pids(since=(sweep._last_pid() or 0) + 1))
+        assert child.pid in wrapped and os.getpid() in wrapped and len(wrapped) >= len(every) - 5
+    finally:
+        child.kill()
+        child.wait()

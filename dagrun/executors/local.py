@@ -116,6 +116,7 @@ class LocalExecutor:
         # executors in one process (API builds, watch rounds) never sweep each other's jobs
         self._build = f"{os.getpid()}.{next(_INSTANCES)}"
         self._submitted = False
+        self._first_pid: int | None = None  # of this executor's first job: sweeps start there
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any], context: Context) -> LocalExecutor:
@@ -208,6 +209,8 @@ class LocalExecutor:
                 self._done.append(Outcome(job.id, None, 0.0, error=f"cannot start: {why}"))
                 return
             pidfd = os.pidfd_open(pid)
+            if self._first_pid is None:
+                self._first_pid = pid
             deadline = started + job.timeout if job.timeout else None
             self._procs[pidfd] = _Proc(job, pid, pidfd, out, err, started, deadline, argv, unnamed)
             self._epoll.register(pidfd, select.EPOLLIN)
@@ -435,7 +438,7 @@ class LocalExecutor:
         if p.timed_out or p.kill_at is not None:
             remote_run.killpg(p.pid, signal.SIGKILL)  # background children left in the group
         if p.timed_out or p.kill_at is not None or code < 0:
-            sweep.sweep(sweep.job_mark(self._build, p.job.id))  # and those that left it
+            sweep.sweep(sweep.job_mark(self._build, p.job.id), since=p.pid)  # those that left
         stdout, stderr = read_back(p.out), read_back(p.err)
         outcome = Outcome(p.job.id, code, duration, stdout, stderr, p.timed_out,
                           int(usage.ru_maxrss))
@@ -470,7 +473,7 @@ class LocalExecutor:
     def _sweep(self) -> None:
         """Kill what any job of this build left running outside its group (see sweep.py)."""
         if self._submitted:
-            sweep.sweep(f"{self._build}.")
+            sweep.sweep(f"{self._build}.", since=self._first_pid)
 
 
 _INSTANCES = itertools.count(1)

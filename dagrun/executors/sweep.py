@@ -29,18 +29,23 @@ def job_mark(build: int | str, job: int) -> str:
     return f"{build}.{job}"
 
 
-def sweep(value_prefix: str, rounds: int = 3) -> int:
+def sweep(value_prefix: str, rounds: int = 3, since: int | None = None) -> int:
     """SIGKILL every other process whose MARK starts with ``value_prefix``; how many were found.
 
     A value prefix ending in ``.`` names a whole build; ``job_mark(...)`` one job
     (matched exactly).  Repeated while any is found, for a process forking meanwhile.
+    ``since``: the pid of the first process that may carry the mark (the job's, or the
+    build's first job's).  The kernel hands out pids in increasing order until they wrap, so
+    while the last pid handed out (``/proc/loadavg``) is not below it, only processes from
+    ``since`` up are read: a server's build reads a few environments instead of every one
+    (~0.8 ms).  After a wrap, all are read.
     """
     exact = not value_prefix.endswith(".")
     needle = f"\0{MARK}={value_prefix}".encode() + (b"\0" if exact else b"")
     me = os.getpid()
     killed: set[int] = set()
     for _ in range(rounds):
-        found = [pid for pid in _pids() if pid != me and _marked(pid, needle)]
+        found = [pid for pid in _pids(since) if pid != me and _marked(pid, needle)]
         for pid in found:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -66,11 +71,25 @@ def _wait_dead(pids: set[int], timeout: float = 1.0) -> None:
             time.sleep(0.002)
 
 
-def _pids() -> list[int]:
+def _pids(since: int | None = None) -> list[int]:
     try:
-        return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
     except OSError:  # no /proc: nothing can be found this way
         return []
+    if since is not None:
+        last = _last_pid()
+        if last is not None and last >= since:  # no wrap since ``since`` was handed out
+            return [pid for pid in pids if pid >= since]
+    return pids
+
+
+def _last_pid() -> int | None:
+    """The pid the kernel handed out last in this pid namespace (``/proc/loadavg``)."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            return int(f.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _marked(pid: int, needle: bytes) -> bool:
