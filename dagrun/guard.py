@@ -45,6 +45,7 @@ class Guard:
         self.fd, back = os.pipe()  # guard -> worker: the ids of the jobs it killed
         os.set_inheritable(self._write, False)  # tasks must not hold it: only the worker
         os.set_blocking(self.fd, False)
+        os.set_blocking(self._write, False)
         self._mark_prefix = mark_prefix
         self._partial = b""
         self.pid = os.fork()
@@ -54,17 +55,25 @@ class Guard:
         os.close(read)
         os.close(back)
 
-    def renew(self, job_id: int, fence: float) -> None:
-        """Kill job ``job_id`` at ``fence`` (``time.monotonic()``) unless renewed before."""
-        self._send(f"{job_id} {fence!r}\n")
+    def renew(self, job_id: int, fence: float) -> bool:
+        """Kill job ``job_id`` at ``fence`` (``time.monotonic()``) unless renewed before; False
+        when the pipe is full (a guard that cannot run: send it again later)."""
+        return self._send(f"{job_id} {fence!r}\n")
 
     def drop(self, job_id: int) -> None:
-        """Job ``job_id`` ended: no fence."""
+        """Job ``job_id`` ended: no fence (if the pipe is full, the guard kills nothing of it:
+        the job's mark is gone with its processes)."""
         self._send(f"{job_id} -\n")
 
-    def _send(self, line: str) -> None:
-        if self._write >= 0:
-            os.write(self._write, line.encode())  # < PIPE_BUF: one write, never interleaved
+    def _send(self, line: str) -> bool:
+        """One line, in one write (< PIPE_BUF: never interleaved), never blocking the worker."""
+        if self._write < 0:
+            return False
+        try:
+            os.write(self._write, line.encode())
+        except BlockingIOError:
+            return False  # an older fence stands: a job killed early ends lost, never twice
+        return True
 
     def killed(self) -> list[int]:
         """The jobs the guard killed (or is killing) at their fence since the last call."""

@@ -336,9 +336,8 @@ class Worker:
             since = {self.leases[lease]: t for lease, t in self.confirmed.items()}
         for job_id, t in since.items():
             fence = t + FENCE * self.lease_timeout
-            if self.fences.get(job_id) != fence:
+            if self.fences.get(job_id) != fence and self.guard.renew(job_id, fence):
                 self.fences[job_id] = fence
-                self.guard.renew(job_id, fence)
 
     def _fenced(self) -> None:
         """The jobs the guard killed at their fence: never reported, their slots freed."""
