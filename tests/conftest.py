@@ -7,6 +7,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dask_cluster import dask_scheduler  # noqa: F401  (a session fixture: a real LocalCluster)
@@ -27,6 +28,15 @@ os.environ.pop("FORCE_COLOR", None)
 @pytest.fixture
 def mem_fs() -> MemoryFileSystem:
     return MemoryFileSystem()
+
+
+@pytest.fixture
+def watching() -> Iterator[list[Any]]:
+    """The test_watch*.py ``Watching`` watchers a test started, each stopped at its end."""
+    started: list[Any] = []
+    yield started
+    for w in started:
+        w.close()
 
 
 @pytest.fixture

@@ -140,12 +140,6 @@ class Watching:
         return self.code
 
 
-@pytest.fixture
-def watching() -> Iterator[list[Watching]]:
-    started: list[Watching] = []
-    yield started
-    for w in started:
-        w.close()
 
 
 def start(started: list[Watching], manifest: Path, **kw: object) -> Watching:

@@ -32,14 +32,6 @@ THREE = "\n".join(
 SOURCES = {f"src/t{n}.txt": f"{n}\n" for n in (1, 2, 3)} | {"out/.keep": ""}
 
 
-@pytest.fixture
-def watching() -> Iterator[list[Watching]]:
-    started: list[Watching] = []
-    yield started
-    for w in started:
-        w.close()
-
-
 def start(started: list[Watching], root: Path) -> Watching:
     w = Watching(make_project(root, THREE, SOURCES))
     started.append(w)

@@ -147,14 +147,6 @@ DEPFILE = """
 """
 
 
-@pytest.fixture
-def watching() -> Iterator[list[Watching]]:
-    started: list[Watching] = []
-    yield started
-    for w in started:
-        w.close()
-
-
 def rounds_within(w: Watching, seconds: float) -> list[Round]:
     """The rounds that come within ``seconds``."""
     got: list[Round] = []
