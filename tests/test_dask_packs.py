@@ -21,9 +21,11 @@ pytest.importorskip("distributed")
 pytestmark = [pytest.mark.dask, pytest.mark.slow]
 
 
-def _job(tmp_path: Path, job_id: int, cmd: str) -> Job:
-    return Job(job_id, f"t{job_id}", cmd, str(tmp_path), ".", {"DAGRUN_TASK": f"t{job_id}"},
-               str(tmp_path / ".dagrun" / "runs" / f"t{job_id}"))
+def _job(tmp_path: Path, job_id: int, cmd: str, task: str = "t") -> Job:
+    """One job of the matrix ``task`` (only the jobs of a task seen to be short are packed)."""
+    name = f"{task}[i={job_id}]"
+    return Job(job_id, name, cmd, str(tmp_path), ".", {"DAGRUN_TASK": name},
+               str(tmp_path / ".dagrun" / "runs" / f"{task}{job_id}"))
 
 
 def _started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[list[int]]]:
@@ -176,13 +178,16 @@ class _Owner:
         return 1, self.threads
 
 
-def _split(n: int, *, threads: int = 2, out: int = 0, recent: float | None = 0.001) -> list[Any]:
+def _split(n: int, *, threads: int = 2, out: int = 0, recent: float | None = 0.001,
+           other: int = 0) -> list[Any]:
+    """How ``n`` jobs of task ``t`` (then ``other`` jobs of task ``u``, never seen) go."""
     from dagrun.executors.dask_batch import Batches, _Entry
 
     b = Batches(_Owner(threads), lambda o: None)  # type: ignore[arg-type]
-    b._recent = recent
+    b._recent = {} if recent is None else {"t": recent}
     b._by_key = {str(k): [] for k in range(out)}
     group = [_Entry(_job(Path("/x"), i, "true"), 0.0) for i in range(n)]
+    group += [_Entry(_job(Path("/x"), n + i, "true", "u"), 0.0) for i in range(other)]
     return [[len(u) for u in units] for units in b._packs(group)]
 
 
@@ -194,3 +199,5 @@ def test_how_a_batch_is_split_into_singles_and_packs():
     assert _split(1, out=10) == [[1]]
     assert _split(20, recent=None) == [[1] * 20]  # no job has ended yet
     assert _split(20, recent=0.5) == [[1] * 20]  # the jobs are not short
+    assert _split(20, other=3) == [[1, 1, 1, 1], [7, 6, 6]]  # a task not seen yet: singles
+    assert _split(0, other=20) == [[1] * 20]

@@ -26,15 +26,16 @@ cluster is saturated with short jobs, the submitting thread sends the jobs a
 round has beyond what keeps every worker thread busy with a future queued
 behind it as *packs* of at most PACK jobs, one future each
 (``remote_run.run_commands``: the jobs one after another on the worker, a
-result each); see ``_packs`` for when.  Each job of a pack keeps its own
+result each); see ``_packs`` for when (only the jobs of a task, or matrix, whose
+jobs ended lately took under PACK_SHORT on average).  Each job of a pack keeps its own
 outcome, timeout, cancel file and process group: cancelling one kills only it
 (one not started never starts), and it ends "cancelled" when its pack ends or
 its grace has passed, its pack going on; a pack's future is cancelled only
 once none of its jobs is left.  A worker that dies under a pack makes every
 job of it that has not ended *lost*, as a single job's.  The price: a pack's
 jobs wait for one another, so a job that turns out long holds back at most
-PACK - 1 others (packing stops while the jobs ended lately took PACK_SHORT or
-more on average).
+PACK - 1 others (its task's jobs stop being packed once their average is not
+short).
 
 A job ends exactly once: whichever thread ends it takes it out of ``_entries``
 (and of its future's list in ``_by_key``) under the lock, and posts its outcome
@@ -55,8 +56,8 @@ from . import Job, Outcome
 
 COALESCE = 0.02  # seconds the collector lets ends gather while every worker thread has a queue
 PACK = 8  # at most this many jobs in one Dask future (a pack)
-PACK_SHORT = 0.2  # seconds: jobs are packed only while those ended lately ran shorter (on average)
-RECENT = 0.2  # the weight of a job's duration in that average
+PACK_SHORT = 0.2  # seconds: a task's jobs are packed only while its jobs ended lately ran shorter
+RECENT = 0.2  # the weight of a job's duration in that average (per task, matrix included)
 LOOK_EVERY = 1.0  # seconds between two looks for workers while jobs are out
 STOP_POLL = 0.05  # seconds between two looks at stopping jobs (a second Ctrl-C)
 
@@ -112,7 +113,7 @@ class Batches:
         self._next_look = 0.0
         self._ends: Any = None  # distributed.as_completed, made with the threads
         self._threads: list[threading.Thread] = []
-        self._recent: float | None = None  # the jobs' recent durations (averaged); None: none yet
+        self._recent: dict[str, float] = {}  # by task (a matrix's as one): durations, averaged
         self.packs = self.packed = 0  # packs sent, and the jobs in them (tests, debugging)
 
     # -- from the scheduler's thread
@@ -303,34 +304,37 @@ class Batches:
 
     def _packs(self, group: list[_Entry]) -> list[list[list[_Entry]]]:
         """The group as futures: ``[singles]``, or ``[singles, packs]`` while the cluster is
-        saturated with short jobs.  Singles first, as many as keep every worker thread busy
-        with one future queued behind it (counting the futures out already); the rest in
-        packs of at most PACK, as even as can be.  Nothing is packed before a job has ended,
-        while the jobs ended lately took PACK_SHORT or more on average (a pack runs its jobs
-        one after another: a long one would hold its pack-mates back), or when fewer than 2
-        jobs are left over."""
-        singles = [[[e] for e in group]]
+        saturated with short jobs.  Only a short task's jobs are packed: one whose jobs (all of
+        a matrix's, as one task) ended lately in under PACK_SHORT on average; a task none of
+        whose jobs has ended yet is not (a pack runs its jobs one after another: a long one
+        would hold its pack-mates back).  Singles first: the other jobs, and as many short ones
+        as keep every worker thread busy with one future queued behind it (counting the
+        futures out already); the rest in packs of at most PACK, as even as can be, unless
+        fewer than 2 are left over."""
         recent = self._recent
-        if len(group) < 2 or recent is None or recent >= PACK_SHORT:
-            return singles
+        short = [e for e in group if recent.get(_rule(e.job), PACK_SHORT) < PACK_SHORT]
+        if len(short) < 2:
+            return [[[e] for e in group]]
         try:
             threads = self.ex._info()[1]
         except Exception:  # noqa: BLE001 - no answer: no packs
-            return singles
+            threads = 0
         with self._lock:
             out = len(self._by_key)
-        lone = min(len(group), max(0, 2 * threads - out)) if threads else len(group)
-        rest = len(group) - lone
-        if rest < 2:
-            return singles
-        count = -(-rest // PACK)
-        size, more = divmod(rest, count)
-        packs, start = [], lone
+        lone = max(0, 2 * threads - out - (len(group) - len(short))) if threads else len(short)
+        rest = short[lone:]
+        if len(rest) < 2:
+            return [[[e] for e in group]]
+        count = -(-len(rest) // PACK)
+        size, more = divmod(len(rest), count)
+        packs, start = [], 0
         for n in range(count):
             end = start + size + (n < more)
-            packs.append(group[start:end])
+            packs.append(rest[start:end])
             start = end
-        return [[[e] for e in group[:lone]], packs] if lone else [packs]
+        packed = {id(e) for e in rest}
+        singles = [[e] for e in group if id(e) not in packed]
+        return [singles, packs] if singles else [packs]
 
     def _map(self, units: list[list[_Entry]], threads: int | None) -> list[Any]:
         """One ``client.map``: of ``run_command`` for singles, of ``run_commands`` for packs."""
@@ -448,8 +452,9 @@ class Batches:
                 lost.append(e)
                 continue
             if outcome.exit_code is not None:
-                d, recent = outcome.duration, self._recent
-                self._recent = d if recent is None else recent + RECENT * (d - recent)
+                d, rule = outcome.duration, _rule(e.job)
+                recent = self._recent.get(rule, d)
+                self._recent[rule] = recent + RECENT * (d - recent)
             self._end(e, outcome)
         if lost:
             self._lost(lost)
@@ -505,6 +510,12 @@ def _args(job: Job, env: dict[str, str], inherit: bool, grace: float) -> tuple[A
     """A job's ``run_command`` arguments after the token, for a pack."""
     return (job.id, job.cmd, job.local_cwd, {**env, **job.env} if env else dict(job.env),
             not inherit, job.timeout, grace)
+
+
+def _rule(job: Job) -> str:
+    """The task a job's duration is averaged under: a matrix's tasks (``name[var=value]``) as
+    one."""
+    return job.task.partition("[")[0]
 
 
 def _lost(e: _Entry, exc: BaseException) -> Outcome:
