@@ -417,6 +417,21 @@ def run_command(
         }
 
 
+def run_commands(token: str, jobs: "list[tuple[Any, ...]]") -> "list[dict[str, Any]]":
+    """A pack (dask_batch.py): each job's ``run_command`` arguments after ``token``, run one
+    after another; one result each, as ``run_command``'s.  Each job keeps its own cancel file,
+    timeout and process group: a cancelled one (killed, or never started) does not stop the
+    others; a job that raises has that error as its result."""
+    results: "list[dict[str, Any]]" = []
+    for args in jobs:
+        try:
+            results.append(run_command(token, *args))
+        except Exception as exc:  # noqa: BLE001 - as a future's own exception: that job's
+            results.append({"code": None, "duration": 0.0,
+                            "error": f"{type(exc).__name__}: {exc}"})
+    return results
+
+
 def _start(cmd: str, cwd: str, env: "Mapping[str, str]", out: "IO[bytes]",
            err: "IO[bytes]") -> "subprocess.Popen[bytes]":
     import subprocess  # see marker_dir

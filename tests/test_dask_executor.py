@@ -374,7 +374,7 @@ executor = "cluster"
     block = out[out.index("cluster (dask)"):]
     assert block.startswith(
         f"cluster (dask)\n  cluster       external at {dask_scheduler}\n"
-        "  workers       2 (2 threads)\n  running jobs  1 of 16 slots (build pid "
+        "  workers       2 (2 threads)\n  running jobs  1 of 32 slots (build pid "
     ), block
     assert "\n    hold " in block
 
@@ -548,7 +548,7 @@ def test_max_jobs_defaults_to_a_queue_behind_each_worker_thread(tmp_path, dask_s
     ex = DaskExecutor("c", scheduler=dask_scheduler, state_dir=str(tmp_path))
     try:
         ex.start()
-        assert ex.slots == 16  # 2 workers x 1 thread, x 8
+        assert ex.slots == 32  # 2 workers x 1 thread, x 16 (two packs of 8)
     finally:
         ex.close()
-    assert DaskExecutor("l", cluster="local", workers=3, threads_per_worker=2).slots == 48
+    assert DaskExecutor("l", cluster="local", workers=3, threads_per_worker=2).slots == 96

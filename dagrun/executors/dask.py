@@ -26,7 +26,13 @@ one Dask thread whatever its ``threads``.  ``max_jobs`` defaults to QUEUE times
 the workers' threads: a queue behind each thread, so that the workers never wait
 for dagrun's round trip between two jobs, and jobs come back in batches (one
 job per thread left the workers idle between jobs; two per thread, ends one by
-one, each a round trip of its own).
+one, each a round trip of its own).  QUEUE is 16: two packs of short jobs per
+thread (dask_batch.py), one running while the next waits; at 8, two threads
+had room for one pack each and idled for the round trip between packs (2,000
+``true`` on 2 workers: ~370 tasks/s at 8, ~500 at 16, ~580 at 32, plain
+``client.map`` ~490; bench/RESULTS.md).  A deeper queue hands jobs to Dask
+earlier, in the order they became ready; while the jobs are long (not packed)
+it buys nothing.
 
 A cluster with no worker at all for ``worker_timeout`` seconds (default 300:
 every worker lost, or none ever started) fails the jobs waiting on it, with a
@@ -60,7 +66,7 @@ from ..errors import ExecutorError
 from ..executor_options import effective
 from ..pycall import load_result
 from . import Context, Job, Outcome, cancel_all
-from .dask_batch import Batches
+from .dask_batch import PACK, Batches
 from .threaded import ThreadedExecutor, wait_on
 
 INSTALL_HINT = "pip install 'dagrun[dask]'"
@@ -68,7 +74,7 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler
 WORKERS_AGE = 2.0  # seconds a look at the scheduler's workers stays good
 KILL_WAIT = 5.0  # seconds to wait for the workers to kill a job's command
 WORKER_TIMEOUT = 300.0  # seconds a job waits while the cluster has no worker at all
-QUEUE = 8  # default max_jobs: this many jobs per worker thread (one runs, the rest queue)
+QUEUE = 2 * PACK  # default max_jobs: jobs per worker thread (a pack runs, one more queues)
 
 
 class DaskExecutor(ThreadedExecutor):

@@ -20,9 +20,26 @@ CPU per trivial task and ran at ~0.3x plain ``client.map``.  Here
   ends *lost* once its orphaned command is killed (and told never to start):
   the scheduler decides whether it runs again.
 
+Packs: on 2 shared cores, Dask's own cost per future (the client's, the
+scheduler's, the worker's bookkeeping) is taken from the workers.  So while the
+cluster is saturated with short jobs, the submitting thread sends the jobs a
+round has beyond what keeps every worker thread busy with a future queued
+behind it as *packs* of at most PACK jobs, one future each
+(``remote_run.run_commands``: the jobs one after another on the worker, a
+result each); see ``_packs`` for when (only the jobs of a task, or matrix, whose
+jobs ended lately took under PACK_SHORT on average).  Each job of a pack keeps its own
+outcome, timeout, cancel file and process group: cancelling one kills only it
+(one not started never starts), and it ends "cancelled" when its pack ends or
+its grace has passed, its pack going on; a pack's future is cancelled only
+once none of its jobs is left.  A worker that dies under a pack makes every
+job of it that has not ended *lost*, as a single job's.  The price: a pack's
+jobs wait for one another, so a job that turns out long holds back at most
+PACK - 1 others (its task's jobs stop being packed once their average is not
+short).
+
 A job ends exactly once: whichever thread ends it takes it out of ``_entries``
-under the lock, and posts its outcome under the same lock.  No thread here
-touches the log or the reporters.
+(and of its future's list in ``_by_key``) under the lock, and posts its outcome
+under the same lock.  No thread here touches the log or the reporters.
 """
 
 from __future__ import annotations
@@ -38,6 +55,9 @@ from .. import remote_run
 from . import Job, Outcome
 
 COALESCE = 0.02  # seconds the collector lets ends gather while every worker thread has a queue
+PACK = 8  # at most this many jobs in one Dask future (a pack)
+PACK_SHORT = 0.2  # seconds: a task's jobs are packed only while its jobs ended lately ran shorter
+RECENT = 0.2  # the weight of a job's duration in that average (per task, matrix included)
 LOOK_EVERY = 1.0  # seconds between two looks for workers while jobs are out
 STOP_POLL = 0.05  # seconds between two looks at stopping jobs (a second Ctrl-C)
 
@@ -72,6 +92,7 @@ class _Entry:
     future: Any = None  # its Dask future, while submitted
     stop_at: float | None = None  # cancelled: when its future is given up
     forced: bool = False  # killed without grace already
+    slot: int = -1  # its place in its pack's results; -1: a future of its own
 
 
 class Batches:
@@ -84,7 +105,7 @@ class Batches:
         self._work = threading.Condition(self._lock)  # the submitting thread waits on it
         self._out = threading.Condition(self._lock)  # the collecting thread: futures given out
         self._entries: dict[int, _Entry] = {}  # every job whose outcome is not posted yet
-        self._by_key: dict[str, _Entry] = {}  # the submitted ones, by their future's key
+        self._by_key: dict[str, list[_Entry]] = {}  # the submitted ones, by their future's key
         self._queued: list[_Entry] = []  # for the submitting thread
         self._cancels: list[int] = []
         self._stopping: dict[int, _Entry] = {}  # cancelled and killed, not ended yet
@@ -92,6 +113,8 @@ class Batches:
         self._next_look = 0.0
         self._ends: Any = None  # distributed.as_completed, made with the threads
         self._threads: list[threading.Thread] = []
+        self._recent: dict[str, float] = {}  # by task (a matrix's as one): durations, averaged
+        self.packs = self.packed = 0  # packs sent, and the jobs in them (tests, debugging)
 
     # -- from the scheduler's thread
 
@@ -165,8 +188,11 @@ class Batches:
                 return False
             del self._entries[e.job.id]
             self._stopping.pop(e.job.id, None)
-            if e.future is not None:
-                self._by_key.pop(e.future.key, None)
+            mates = self._by_key.get(e.future.key) if e.future is not None else None
+            if mates is not None and e in mates:
+                mates.remove(e)
+                if not mates:
+                    del self._by_key[e.future.key]
             self._post(outcome)
         return True
 
@@ -252,25 +278,78 @@ class Batches:
                 continue
             groups.setdefault(e.job.threads if multi else None, []).append(e)
         for threads, group in groups.items():
-            try:
-                futures = self._map(group, threads)
-            except Exception as exc:  # noqa: BLE001
-                for e in group:
-                    self._end(e, _lost(e, exc))
-                continue
-            with self._lock:
-                idle = not self._by_key
-                for e, future in zip(group, futures, strict=True):
-                    e.future = future
-                    self._by_key[future.key] = e
-                self._ends.update(futures)
-                if idle:
-                    self._out.notify()
+            for units in self._packs(group):
+                try:
+                    futures = self._map(units, threads)
+                except Exception as exc:  # noqa: BLE001
+                    for unit in units:
+                        for e in unit:
+                            self._end(e, _lost(e, exc))
+                    continue
+                self._given(units, futures)
 
-    def _map(self, group: list[_Entry], threads: int | None) -> list[Any]:
+    def _given(self, units: list[list[_Entry]], futures: list[Any]) -> None:
+        with self._lock:
+            idle = not self._by_key
+            for unit, future in zip(units, futures, strict=True):
+                for slot, e in enumerate(unit):
+                    e.future, e.slot = future, slot if len(unit) > 1 else -1
+                self._by_key[future.key] = list(unit)
+                if len(unit) > 1:
+                    self.packs += 1
+                    self.packed += len(unit)
+            self._ends.update(futures)
+            if idle:
+                self._out.notify()
+
+    def _packs(self, group: list[_Entry]) -> list[list[list[_Entry]]]:
+        """The group as futures: ``[singles]``, or ``[singles, packs]`` while the cluster is
+        saturated with short jobs.  Only a short task's jobs are packed: one whose jobs (all of
+        a matrix's, as one task) ended lately in under PACK_SHORT on average; a task none of
+        whose jobs has ended yet is not (a pack runs its jobs one after another: a long one
+        would hold its pack-mates back).  Singles first: the other jobs, and as many short ones
+        as keep every worker thread busy with one future queued behind it (counting the
+        futures out already); the rest in packs of at most PACK, as even as can be, unless
+        fewer than 2 are left over."""
+        recent = self._recent
+        short = [e for e in group if recent.get(_rule(e.job), PACK_SHORT) < PACK_SHORT]
+        if len(short) < 2:
+            return [[[e] for e in group]]
+        try:
+            threads = self.ex._info()[1]
+        except Exception:  # noqa: BLE001 - no answer: no packs
+            threads = 0
+        with self._lock:
+            out = len(self._by_key)
+        lone = max(0, 2 * threads - out - (len(group) - len(short))) if threads else len(short)
+        rest = short[lone:]
+        if len(rest) < 2:
+            return [[[e] for e in group]]
+        count = -(-len(rest) // PACK)
+        size, more = divmod(len(rest), count)
+        packs, start = [], 0
+        for n in range(count):
+            end = start + size + (n < more)
+            packs.append(rest[start:end])
+            start = end
+        packed = {id(e) for e in rest}
+        singles = [[e] for e in group if id(e) not in packed]
+        return [singles, packs] if singles else [packs]
+
+    def _map(self, units: list[list[_Entry]], threads: int | None) -> list[Any]:
+        """One ``client.map``: of ``run_command`` for singles, of ``run_commands`` for packs."""
         ex = self.ex
         env = dict(ex.environ) if ex.env_inherit else {}
-        jobs = [e.job for e in group]
+        resources = {"threads": threads} if threads is not None else None
+        if len(units[0]) > 1:
+            packs = [[_args(e.job, env, ex.env_inherit, ex.grace) for e in u] for u in units]
+            return list(ex.client.map(
+                remote_run.run_commands, [ex.token] * len(units), packs,
+                key=[f"dagrun-pack-{u[0].job.task}-{u[0].job.id}-{len(u)}-{uuid.uuid4().hex[:8]}"
+                     for u in units],
+                pure=False, retries=0, resources=resources,
+            ))
+        jobs = [u[0].job for u in units]
         envs = [{**env, **j.env} for j in jobs] if env else [dict(j.env) for j in jobs]
         n = len(jobs)
         return list(ex.client.map(
@@ -279,8 +358,7 @@ class Batches:
             [j.local_cwd for j in jobs], envs, [not ex.env_inherit] * n,
             [j.timeout for j in jobs], [ex.grace] * n,
             key=[f"dagrun-{j.task}-{j.id}-{uuid.uuid4().hex[:8]}" for j in jobs],
-            pure=False, retries=0,
-            resources={"threads": threads} if threads is not None else None,
+            pure=False, retries=0, resources=resources,
         ))
 
     def _look(self) -> None:
@@ -309,11 +387,18 @@ class Batches:
             ))
 
     def _give_up(self, entries: list[_Entry], why: str) -> None:
-        futures = [e.future for e in entries if e.future is not None]
-        if not futures:
+        """End these submitted jobs; cancel their futures, but not a pack that still runs a
+        job not given up (that one ends when its pack does)."""
+        entries = [e for e in entries if e.future is not None]
+        if not entries:
             return
+        leaving = set(entries)
+        with self._lock:
+            futures = {e.future.key: e.future for e in entries
+                       if all(m in leaving for m in self._by_key.get(e.future.key, ()))}
         try:
-            self.ex.client.cancel(futures)
+            if futures:
+                self.ex.client.cancel(list(futures.values()))
         except Exception:  # noqa: BLE001, S110 - the connection is gone: so are they
             pass
         now = time.monotonic()
@@ -357,8 +442,8 @@ class Batches:
         now = time.monotonic()
         with self._lock:
             current = [(e, f) for f in futures
-                       if (e := self._by_key.get(f.key)) is not None and e.future is f]
-        finished = [f for _, f in current if f.status == "finished"]
+                       for e in self._by_key.get(f.key, ()) if e.future is f]
+        finished = list({f.key: f for _, f in current if f.status == "finished"}.values())
         results = self._gather(finished)
         lost: list[_Entry] = []
         for e, f in current:
@@ -366,6 +451,10 @@ class Batches:
             if outcome is None:
                 lost.append(e)
                 continue
+            if outcome.exit_code is not None:
+                d, rule = outcome.duration, _rule(e.job)
+                recent = self._recent.get(rule, d)
+                self._recent[rule] = recent + RECENT * (d - recent)
             self._end(e, outcome)
         if lost:
             self._lost(lost)
@@ -387,6 +476,8 @@ class Batches:
         try:
             if r is None and future.status == "finished":
                 r = future.result()
+            if r is not None and e.slot >= 0:
+                r = r[e.slot]  # a pack's results: one per job
             if future.status == "error":
                 exc = future.exception()
                 if isinstance(exc, KilledWorker):
@@ -413,6 +504,18 @@ class Batches:
             else:
                 self._end(e, Outcome(e.job.id, None, 0.0, error="its Dask worker died",
                                      lost=True))
+
+
+def _args(job: Job, env: dict[str, str], inherit: bool, grace: float) -> tuple[Any, ...]:
+    """A job's ``run_command`` arguments after the token, for a pack."""
+    return (job.id, job.cmd, job.local_cwd, {**env, **job.env} if env else dict(job.env),
+            not inherit, job.timeout, grace)
+
+
+def _rule(job: Job) -> str:
+    """The task a job's duration is averaged under: a matrix's tasks (``name[var=value]``) as
+    one."""
+    return job.task.partition("[")[0]
 
 
 def _lost(e: _Entry, exc: BaseException) -> Outcome:
