@@ -121,6 +121,7 @@ class Server:
         self._requests: queue.Queue[tuple[Any, tuple[Any, ...]]] = queue.Queue()
         self._settings: tuple[tuple[int, ...], bool, float] = ((), True, IDLE_DEFAULT)
         self._listener: Any = None
+        self._listener_args: tuple[Any, ...] = ()  # (conn, done, err) of the build being served
         self._socket_id: tuple[int, int] | None = None
         self._root_id = os.stat(self.root).st_ino
 
@@ -354,8 +355,7 @@ class Server:
         out = _Stream(conn, OUT, ttys[0], *codecs[0])
         err = _Stream(conn, ERR, ttys[1], *codecs[1])
         done = threading.Event()
-        threading.Thread(target=self._listen_for_interrupts, args=(conn, done, err),
-                         daemon=True).start()
+        self._listener_args = (conn, done, err)  # started for a build, not for a no-op answer
         self.building = True
         t0 = time.perf_counter()
         try:
@@ -408,6 +408,8 @@ class Server:
                 finally:
                     os.close(lock)
         kept = _Kept(resident, changed, request if plain is not None else None, environ)
+        threading.Thread(target=self._listen_for_interrupts, args=self._listener_args,
+                         daemon=True).start()  # Ctrl-C in the client, or the client gone
         return self._run_cli(argv, cwd, environ, size, out, err, kept, done)
 
     def _try_lock(self) -> int | None:
