@@ -22,7 +22,10 @@ the new watches were armed raised no event: once they are armed, the no-op
 proof the build wrote (state/proof.py) is checked, and a source in those
 folders that differs from it makes a round as if it had been seen.  Without a
 proof to check (an ``always`` task, targets from a subfolder, ...) one round
-checks everything; a round made so does not make another (no loop).
+checks everything; a round made so does not make another (no loop).  A watcher
+that dies (its folder went away, an inotify limit) is started again, and what
+changed while none ran raised no event either: after a round that succeeded,
+one round checks everything.
 
 Seams: file changes come from ``watch_fn(folders, stop) -> iterable of change
 sets`` (on Linux ``inotify.watch``, no polling; else ``watch_folders`` on
@@ -76,7 +79,8 @@ _SHOWN = 5  # names listed in a round header before "and N more"
 _SYNC = "watch-sync"  # in the state folder: touched after each build (Watcher._sync)
 _RESTARTING = frozenset({Kind.MANIFEST, Kind.INPUT, Kind.LISTING, Kind.LOST})  # not a folder alone
 _LOST_PATH = "*"  # how a Kind.LOST change is named among the changed paths
-_GAP_PATH = "?"  # ... and the doubt cast by watches that moved (Watcher._gap): also Kind.LOST
+_GAP_PATH = "?"  # ... and the doubt cast by watches that moved (Watcher._gap) or a watcher that
+# died and was started again (_next_batch): also Kind.LOST
 
 
 def watch_folders(
@@ -191,6 +195,7 @@ class Watcher:
         # after a build that succeeded, with the same watches, no events lost, no output touched
         self._exact = False
         self._succeeded = False  # the last round's build succeeded (checked when watches move)
+        self._doubted = False  # the last round was made by such a doubt (_GAP_PATH)
         self._moved = False  # the watch set changed during this round
         self._outputs_changed = False  # an output changed that the build did not write
         self._owned: frozenset[str] = frozenset()  # outputs the build may write, until _SYNC
@@ -226,7 +231,8 @@ class Watcher:
                 return EXIT_INTERRUPTED
             before = self._feeds[0] if self._feeds else None
             self._refresh(self._graph if self._planned is not None else None)
-            missed = self._gap(before, doubted=_GAP_PATH in changed)
+            self._doubted = _GAP_PATH in changed  # this round was made by a doubt: cast no other
+            missed = self._gap(before, doubted=self._doubted)
             self._say(f"watching {self._ws.describe()}; Ctrl-C to stop")
             changed = self._next_batch(missed)
         return EXIT_IDLE
@@ -326,6 +332,8 @@ class Watcher:
             if not changes:  # a watcher died (its folder went away, ...): watch again
                 self._refresh(None)
                 self._stop.wait(0.5)  # do not spin if it keeps failing
+                if self._succeeded and not self._doubted:  # what changed while no watcher ran
+                    batch[_GAP_PATH] = (Kind.LOST, Change.LOST)  # raised no event: check all
             self._add(batch, changes)
         debounce = self._debounce()
         quiet = max(0, debounce - self._lag_ms) / 1000.0  # the watcher may have waited already

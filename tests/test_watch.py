@@ -263,6 +263,52 @@ def test_scripted_change_sets_make_one_round_and_the_event_stops_it(tmp_path: Pa
     assert "changed: a.txt -> nothing to run (3 up to date)" in text
 
 
+def test_a_watcher_that_died_and_came_back_makes_one_round_that_checks_everything(
+    tmp_path: Path,
+) -> None:
+    """An edit made while the watcher thread was dead raised no event: once it is started
+    again, one round checks everything (and that round makes no other)."""
+    manifest = make_project(tmp_path, ABC, {"a.txt": "a", "b.txt": "b"})
+    die = threading.Event()
+    calls: list[int] = []
+
+    def fake_watch(folders: Sequence[str], stop: threading.Event) -> Iterator[ChangeSet]:
+        calls.append(1)
+        yield set()  # watching now
+        while not stop.wait(0.01):
+            if len(calls) == 2 and die.is_set():  # the watcher armed after round 1 (the 2nd)
+                raise OSError("the watched folder went away")
+            yield set()
+
+    rounds: queue.Queue[Round] = queue.Queue()
+
+    def on_round(r: Round) -> None:
+        rounds.put(r)
+        if r.number == 1:
+            (tmp_path / "a.txt").write_text("a2")  # no watcher will tell
+            die.set()
+
+    stop = threading.Event()
+    out = io.StringIO()
+    w = Watcher(str(manifest), debounce_ms=0, progress="plain", out=out, err=out,
+                watch_fn=fake_watch, on_round=on_round)
+    thread = threading.Thread(target=lambda: w.run(stop), daemon=True)
+    thread.start()
+    try:
+        assert rounds.get(timeout=30).number == 1
+        second = rounds.get(timeout=30)
+        assert second.changed == ("?",) and second.result is not None
+        assert second.result.succeeded == ("a", "c")
+        assert (tmp_path / "out/c").read_text() == "a2"
+        with pytest.raises(queue.Empty):
+            rounds.get(timeout=1.5)  # no round of its own doubt
+        assert len(calls) == 3
+        assert "files may have changed while the watches moved" in out.getvalue()
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
 # ---------------------------------------------------------------- real watcher
 
 
