@@ -294,7 +294,7 @@ def _stopped_mid_build(state_dir: str) -> int | None:
             state = f.read().rsplit(b")", 1)[1].split()[0]
     except (OSError, ValueError, IndexError):
         return None
-    if pid <= 0 or holder != pid or state not in (b"T", b"t"):
+    if pid <= 0 or holder != pid or state != b"T":  # not "t": a tracer's stop is brief
         return None
     for path in (os.path.join(state_dir, LOCK), os.path.join(state_dir, BUILD_LOCK)):
         fd = try_flock(path)  # both still held (by it: the pid in each is its own)
@@ -309,13 +309,21 @@ def _kill_server(pid: int) -> None:
     wait (a moment) for it to be gone, which frees the build lock: its log is as safe as after
     any crash, and the build that follows runs again what was running."""
     import select
+    import signal
 
     from .executors import sweep
 
     try:
-        fd = os.pidfd_open(pid)
-        os.kill(pid, 9)
+        fd = os.pidfd_open(pid)  # from here, this process and no other that takes its pid
     except OSError:
+        return
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:  # still the stopped one (looked at before)
+            if f.read().rsplit(b")", 1)[1].split()[0] != b"T":
+                raise OSError("not stopped any more")
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except OSError:
+        os.close(fd)
         return
     try:
         sweep.sweep(f"{pid}.")

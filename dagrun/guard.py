@@ -15,12 +15,16 @@ its own with two pipes to the worker.
 - **The worker's silence.**  Each running job has a *fence*: the moment its lease
   has gone unconfirmed for 80 % of the server's ``lease_timeout``, after which the
   server may give the task to another worker.  The worker sends each job's fence
-  down the same pipe (``renew``) as the heartbeats confirm its lease, and takes it
-  back (``drop``) when the job ends.  When a fence passes, the guard writes the
-  job's id on the second pipe, then kills the job.  So a job dies on time whether
-  the worker is cut off from the server (a network split) or cannot run at all
-  (stopped); the worker reads the id, and never reports that job (its lease ends
-  on the server as lost, which costs no retry).
+  (and, once it runs, its process group) down the same pipe (``renew``) as the
+  heartbeats confirm its lease, and takes it back (``drop``) when the job ends.
+  When a fence passes, the guard writes the job's id on the second pipe, then kills
+  the job's group and every process with its mark, and again every RESWEEP seconds
+  until the worker drops it (a job the worker was about to start when its fence
+  passed).  So a job dies on time whether the worker is cut off from the server (a
+  network split) or cannot run at all (stopped); the worker reads the id, and never
+  reports that job (its lease ends on the server as lost, which costs no retry).
+- **The guard's death.**  Either pipe breaking tells the worker (``dead``): it
+  kills its tasks and exits, since nothing would fence them any more.
 
 A worker that ends normally has killed its tasks already; the guard then finds
 nothing.  What it cannot catch is what ``sweep`` cannot: a process started with
@@ -36,6 +40,8 @@ import time
 
 from .executors import sweep
 
+RESWEEP = 0.5  # seconds between two kills of a job whose fence passed, until it is dropped
+
 
 class Guard:
     """The worker's side: the two pipes' ends and the guard's pid."""
@@ -48,6 +54,7 @@ class Guard:
         os.set_blocking(self._write, False)
         self._mark_prefix = mark_prefix
         self._partial = b""
+        self.dead = False  # a pipe broke: the guard is gone
         self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - the child; covered by tests/test_one_attempt.py
             os.close(self.fd)
@@ -55,10 +62,11 @@ class Guard:
         os.close(read)
         os.close(back)
 
-    def renew(self, job_id: int, fence: float) -> bool:
-        """Kill job ``job_id`` at ``fence`` (``time.monotonic()``) unless renewed before; False
-        when the pipe is full (a guard that cannot run: send it again later)."""
-        return self._send(f"{job_id} {fence!r}\n")
+    def renew(self, job_id: int, fence: float, group: int | None = None) -> bool:
+        """Kill job ``job_id`` (its process group ``group`` once it runs, and its mark) at
+        ``fence`` (``time.monotonic()``) unless renewed before; False when the message could
+        not be sent (a full pipe: a guard that cannot run; or ``dead``)."""
+        return self._send(f"{job_id} {fence!r} {group or 0}\n")
 
     def drop(self, job_id: int) -> None:
         """Job ``job_id`` ended: no fence (if the pipe is full, the guard kills nothing of it:
@@ -73,6 +81,9 @@ class Guard:
             os.write(self._write, line.encode())
         except BlockingIOError:
             return False  # an older fence stands: a job killed early ends lost, never twice
+        except OSError:  # EPIPE: the guard is gone
+            self.dead = True
+            return False
         return True
 
     def killed(self) -> list[int]:
@@ -83,7 +94,8 @@ class Guard:
                 data = os.read(self.fd, 65536)
             except BlockingIOError:
                 break
-            if not data:
+            if not data:  # the guard is gone (it holds the write end)
+                self.dead = True
                 break
             chunks.append(data)
         *lines, self._partial = b"".join(chunks).split(b"\n")
@@ -116,28 +128,75 @@ def _guard(read: int, write: int, back: int, mark_prefix: str) -> None:  # pragm
         os.closerange(low + 1, high)
         os.closerange(high + 1, 1 << 16)
         os.set_blocking(read, False)
-        fences: dict[int, float] = {}
+        os.set_blocking(back, False)  # a stopped worker never stops its guard
+        jobs = _Jobs()
         partial = b""
         while True:
-            timeout = max(0.0, min(fences.values()) - time.monotonic()) if fences else None
             try:
-                select.select([read], [], [], timeout)
+                select.select([read], [], [], jobs.timeout())
             except InterruptedError:
                 continue
-            partial, ended = _read_fences(read, partial, fences)
+            partial, ended = _read_fences(read, partial, jobs)
             if ended:
                 break
-            now = time.monotonic()
-            for job_id in [j for j, fence in fences.items() if fence <= now]:
-                del fences[job_id]
-                os.write(back, f"{job_id}\n".encode())  # first: the worker must not report it
-                sweep.sweep(f"{mark_prefix}{job_id}")
+            jobs.fire(back, mark_prefix)
+        for group in jobs.groups.values():
+            _killpg(group)
         sweep.sweep(mark_prefix)
     finally:
         os._exit(0)
 
 
-def _read_fences(read: int, partial: bytes, fences: dict[int, float]) -> tuple[bytes, bool]:
+class _Jobs:  # pragma: no cover - the guard's; covered by tests/test_one_attempt.py
+    """The guard's view of the running jobs: their fences, groups, and the ones it killed."""
+
+    def __init__(self) -> None:
+        self.fences: dict[int, float] = {}
+        self.groups: dict[int, int] = {}
+        self.fired: dict[int, float] = {}  # killed at their fence -> when to kill them again
+
+    def timeout(self) -> float | None:
+        times = list(self.fences.values()) + list(self.fired.values())
+        return max(0.0, min(times) - time.monotonic()) if times else None
+
+    def fire(self, back: int, mark_prefix: str) -> None:
+        now = time.monotonic()
+        for job_id in [j for j, fence in self.fences.items() if fence <= now]:
+            del self.fences[job_id]
+            try:
+                os.write(back, f"{job_id}\n".encode())  # first: the worker must not report it
+            except OSError:
+                pass  # the worker is gone: its end is read next
+            self.fired[job_id] = now
+        for job_id in [j for j, when in self.fired.items() if when <= now]:
+            if job_id in self.groups:
+                _killpg(self.groups[job_id])
+            sweep.sweep(f"{mark_prefix}{job_id}")
+            self.fired[job_id] = now + RESWEEP  # until the worker drops it
+
+    def apply(self, line: bytes) -> None:
+        job, _, rest = line.decode().partition(" ")
+        job_id = int(job)
+        if rest == "-":
+            self.fences.pop(job_id, None)
+            self.groups.pop(job_id, None)
+            self.fired.pop(job_id, None)
+            return
+        fence, _, group = rest.partition(" ")
+        if job_id not in self.fired:  # once killed, killed until dropped
+            self.fences[job_id] = float(fence)
+        if group and int(group) > 0:
+            self.groups[job_id] = int(group)
+
+
+def _killpg(group: int) -> None:  # pragma: no cover - the guard's
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _read_fences(read: int, partial: bytes, jobs: _Jobs) -> tuple[bytes, bool]:
     """Apply every message waiting on ``read``; whether the worker has ended (EOF)."""
     chunks = [partial]
     ended = False
@@ -154,9 +213,6 @@ def _read_fences(read: int, partial: bytes, fences: dict[int, float]) -> tuple[b
         chunks.append(data)
     *lines, rest = b"".join(chunks).split(b"\n")
     for line in lines:
-        job, _, fence = line.decode().partition(" ")
-        if fence == "-":
-            fences.pop(int(job), None)
-        elif fence:
-            fences[int(job)] = float(fence)
+        if line:
+            jobs.apply(line)
     return rest, ended

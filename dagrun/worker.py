@@ -171,7 +171,10 @@ class Worker:
         self.leases: dict[str, int] = {}  # lease -> local job id (read by the heartbeater)
         self.confirmed: dict[str, float] = {}  # lease -> when the last request that renewed it
         self.fenced: set[int] = set()  # local job ids killed unconfirmed: never reported
-        self.fences: dict[int, float] = {}  # local job id -> the fence the guard has for it
+        # local job id -> the fence and group the guard has for it
+        self.fences: dict[int, tuple[float, int | None]] = {}
+        self.groups: dict[int, int] = {}  # local job id -> its process group, once it runs
+        self.fence_lock = threading.Lock()  # fences, groups and the guard's pipe: two threads
         self.guard: Guard | None = None
         self.lease_timeout: float | None = None  # the server's, once it said
         self.wire: dict[int, dict[str, Any]] = {}  # local job id -> the job as served
@@ -197,10 +200,10 @@ class Worker:
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
             }
+            sent = time.monotonic()  # granted at some point of the long poll: count from here
             reply = self._post(client, "/lease", body)
             if reply is None:
                 continue
-            sent = time.monotonic()  # a long poll: granted at its end, not when asked
             jobs = reply.get("jobs") or []
             self._news(reply)  # first: the lease timeout the jobs' fences need
             with self.cond:
@@ -226,9 +229,12 @@ class Worker:
                 for lease in leases:
                     if lease in self.confirmed and lease not in unknown:
                         self.confirmed[lease] = max(self.confirmed[lease], sent)
-            for lease in (reply.get("cancel") or []) + unknown:
-                self.inbox.put("cancel", lease)
             self._news(reply)
+            self._renew()  # from here: a main thread busy uploading must not let fences lapse
+            for lease in reply.get("cancel") or []:
+                self.inbox.put("cancel", lease)
+            for lease in unknown:  # the server ended it (expired): it may run elsewhere now
+                self.inbox.put("lost", lease)
 
     def _client(self) -> Client:
         client = Client(self.url, self.token, self.cafile, timeout=self.heartbeat + 60)
@@ -310,11 +316,16 @@ class Worker:
         assert self.guard is not None
         select.select([self.local.fileno(), self.inbox.fd, self.guard.fd], [], [], timeout)
         self._fenced()
+        if self.guard.dead:  # nothing would kill a task whose lease moves on: stop them all
+            self._stop(EXIT_GONE, "its guard process is gone; killing its tasks")
+            return
         for kind, item in self.inbox.take():
             if kind == "job":
                 self._start(*item)
             elif kind == "cancel":
                 self._cancel(item)
+            elif kind == "lost":
+                self._lost(item)
         outcomes = self.local.collect()
         self._fenced()  # after collecting: the guard names a job before it kills it
         for outcome in outcomes:
@@ -327,17 +338,39 @@ class Worker:
         if gone > self.grace:
             self._stop(EXIT_GONE, f"the server has not answered for {self.grace:g} s")
 
-    def _renew(self) -> None:
-        """Tell the guard each running job's fence: when its lease has been unconfirmed for
-        FENCE of the lease timeout, and the server may be about to give it to another worker."""
-        if self.lease_timeout is None or self.guard is None:
-            return
+    def _renew(self) -> bool:
+        """Tell the guard each running job's fence (when its lease has been unconfirmed for
+        FENCE of the lease timeout, and the server may be about to give it to another worker)
+        and group.  The main thread and the heartbeater both call it.  False if a message
+        could not be sent (that job's older fence stands: it may be killed early, never late)."""
+        limit, guard = self.lease_timeout, self.guard
+        if limit is None or guard is None:  # the server has not said (every answer says it)
+            return True
         with self.cond:
             since = {self.leases[lease]: t for lease, t in self.confirmed.items()}
-        for job_id, t in since.items():
-            fence = t + FENCE * self.lease_timeout
-            if self.fences.get(job_id) != fence and self.guard.renew(job_id, fence):
-                self.fences[job_id] = fence
+        sent = True
+        with self.fence_lock:
+            for job_id, t in since.items():
+                fence, group = t + FENCE * limit, self.groups.get(job_id)
+                if self.fences.get(job_id) != (fence, group):
+                    if guard.renew(job_id, fence, group):
+                        self.fences[job_id] = (fence, group)
+                    else:
+                        sent = False
+        return sent
+
+    def _lost(self, lease: str) -> None:
+        """The server no longer knows the lease (it expired: the task may run elsewhere now):
+        kill its job at once, and report nothing."""
+        job_id = self.leases.get(lease)
+        if job_id is None or job_id in self.fenced:
+            return
+        with self.cond:
+            self.leases.pop(lease, None)
+            self.confirmed.pop(lease, None)
+        self.fenced.add(job_id)
+        self.local.kill(job_id)
+        self.say(f"dagrun worker: lease {lease} ended on the server; its task was killed")
 
     def _fenced(self) -> None:
         """The jobs the guard killed at their fence: never reported, their slots freed."""
@@ -349,7 +382,6 @@ class Worker:
                 lease = str(self.wire[job_id].get("lease"))
                 self.leases.pop(lease, None)
                 self.confirmed.pop(lease, None)
-            self.fences.pop(job_id, None)
             self.fenced.add(job_id)
             self.local.kill(job_id)  # the guard swept its mark; this is its group too
             limit = FENCE * (self.lease_timeout or 0)
@@ -362,6 +394,7 @@ class Worker:
     def _forget(self, job_id: int) -> None:
         """A fenced job ended: no report (its lease expires on the server as lost)."""
         self.fenced.discard(job_id)
+        self._unfence(job_id)
         wire = self.wire.pop(job_id)
         with self.cond:
             self.free += self._need(wire)
@@ -383,7 +416,14 @@ class Worker:
             self.leases[str(wire.get("lease"))] = job_id
             self.confirmed[str(wire.get("lease"))] = sent
             self.cond.notify_all()
-        self._renew()  # the guard has its fence before it starts
+        if not self._renew():  # no fence, no start: it would not be killed on time
+            self.say(f"dagrun worker: cannot tell its guard about lease {wire.get('lease')}; "
+                     "not starting its task")
+            with self.cond:
+                self.leases.pop(str(wire.get("lease")), None)
+                self.confirmed.pop(str(wire.get("lease")), None)
+            self._forget(job_id)  # its lease ends on the server as lost
+            return
         try:
             job = self._job(job_id, wire)
             if wire.get("stage") == "http":
@@ -392,6 +432,12 @@ class Worker:
             self._report(job_id, Outcome(job_id, None, 0.0, error=f"worker {self.id}: {exc}"))
             return
         self.local.submit(job)
+        group = self.local.group_of(job_id)
+        if group is not None:
+            with self.fence_lock:
+                self.groups[job_id] = group
+            self._renew()  # the guard kills the group too, not only what carries the mark
+        self._fenced()  # its fence may have passed while it was being started
 
     def _job(self, job_id: int, w: dict[str, Any]) -> Job:
         root = str(w["root"]) if w.get("stage") != "http" else os.path.join(self.dir, "workspace")
@@ -509,8 +555,11 @@ class Worker:
             self.cond.notify_all()
 
     def _unfence(self, job_id: int) -> None:
-        if self.fences.pop(job_id, None) is not None and self.guard is not None:
-            self.guard.drop(job_id)
+        with self.fence_lock:
+            self.fences.pop(job_id, None)
+            self.groups.pop(job_id, None)
+            if self.guard is not None:
+                self.guard.drop(job_id)  # also ends the guard's kills of a fenced job
 
     def _need(self, wire: dict[str, Any]) -> int:
         """The slots a job takes here: its threads, at most all of them."""

@@ -187,6 +187,64 @@ def test_a_stopped_worker_s_task_dies_at_its_fence_and_runs_once_elsewhere(tmp_p
     assert overlaps(root / "stamps") == []
 
 
+def test_a_lease_granted_to_a_stopped_worker_s_poll_is_not_started_when_it_resumes(tmp_path):
+    """A worker stopped while its /lease long poll was parked: the server grants it a job, which
+    expires and runs elsewhere; resumed, the worker must not start it (it counts the lease's age
+    from when it asked, not from when the answer was read)."""
+    ex, _ = make_executor(tmp_path, lease_timeout=2.0)
+    root = Path(ex.context.root)
+    (root / "stamps").mkdir()
+    log = tmp_path / "stopped.log"
+    first = start_worker(ex, directory=tmp_path / "w1", log=log)
+    second = None
+    try:
+        wait_for(lambda: status(ex)["workers"], what="the worker to poll")
+        time.sleep(0.3)
+        os.kill(first.pid, signal.SIGSTOP)
+        ex.submit(job(root, 1, STAMPS, task="t", env={"DAGRUN_TASK": "t"}))
+        (lost,) = collect(ex, 1, timeout=15)  # granted to the parked poll, then silent
+        assert lost.lost, lost
+        ex.submit(job(root, 2, STAMPS, task="t", env={"DAGRUN_TASK": "t"}))
+        second = start_worker(ex, directory=tmp_path / "w2")
+        wait_for(lambda: any((root / "stamps").iterdir()), what="the second attempt to start")
+        os.kill(first.pid, signal.SIGCONT)
+        (done,) = collect(ex, 1, timeout=30)
+        assert done.ok
+        wait_for(lambda: "not starting its task" in log.read_text(), what="the worker to say so")
+    finally:
+        ex.close()
+        for w in (first, second):
+            if w is not None:
+                _resume(w)
+                stop(w)
+    assert overlaps(root / "stamps") == []
+    assert len(attempts(root / "stamps")["t"]) == 1
+
+
+def test_a_worker_whose_guard_dies_kills_its_tasks_and_exits(tmp_path):
+    """Nothing would fence the tasks of a worker without its guard: it stops them and exits 1."""
+    import psutil
+
+    ex, _ = make_executor(tmp_path, lease_timeout=30.0)
+    root = Path(ex.context.root)
+    log = tmp_path / "w.log"
+    worker = start_worker(ex, directory=tmp_path / "w", log=log)
+    try:
+        ex.submit(job(root, 1, "echo $$ > pid; sleep 100"))
+        wait_for(lambda: (root / "pid").exists() and (root / "pid").read_text(), what="the task")
+        pgid = int((root / "pid").read_text())
+        me = psutil.Process(worker.pid)
+        guards = [c for c in me.children() if c.pid != pgid and c.cmdline() == me.cmdline()]
+        assert len(guards) == 1, [c.cmdline() for c in me.children()]
+        os.kill(guards[0].pid, signal.SIGKILL)
+        assert worker.wait(timeout=15) == 1
+        assert "its guard process is gone" in log.read_text()
+        wait_for(lambda: not group_alive(pgid), timeout=5, what="the task to die")
+    finally:
+        stop(worker)
+        ex.close()
+
+
 # -- SSH
 
 

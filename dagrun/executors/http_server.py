@@ -248,15 +248,19 @@ class Server:
 
     async def _park(self, pending: Pending, reader: asyncio.StreamReader) -> Response:
         fut: asyncio.Future[Response | None] = self.loop.create_future()
+
+        def gone() -> bool:
+            return reader.at_eof() or reader.exception() is not None
+
         if pending.awaits is Awaits.JOBS:
-            self._lease_waiters.append(
-                (pending, fut, lambda: reader.at_eof() or reader.exception() is not None)
-            )
+            self._lease_waiters.append((pending, fut, gone))
         else:
             self._news_waiters.setdefault(pending.worker, []).append((pending, fut))
         timer = self.loop.call_later(pending.wait, _time_up, fut)  # cheaper than wait_for
         response = await fut
         timer.cancel()
+        if response is None and pending.awaits is Awaits.JOBS and gone():
+            return _CLOSED  # its time is up, and so is its worker: no job for it
         if response is None:
             response = pending.poll(True)
             assert response is not None

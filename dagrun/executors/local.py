@@ -160,6 +160,11 @@ class LocalExecutor:
         for p in self._procs.values():
             if p.job.id == job_id:
                 remote_run.killpg(p.pid, signal.SIGKILL)  # killed by a signal: swept when reaped
+    def group_of(self, job_id: int) -> int | None:
+        """The process group a running job leads (its pid), or None."""
+        p = self._proc_of(job_id)
+        return p.pid if p is not None else None
+
     # -- what `dagrun status`, `tail` and the stall check ask (steering.py)
 
     def _proc_of(self, job_id: int) -> _Proc | None:
