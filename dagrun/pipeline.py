@@ -122,6 +122,7 @@ class Planner:
         self._made: tuple[Any, BuildGraph | None] | None = None  # (cache["graph"], its graph)
         self._index: tuple[BuildGraph, dict[str, list[int]]] | None = None  # path -> readers
         self._again = False  # the graph in hand served a previous build of this session
+        self._scanned: BuildGraph | None = None  # the graph the last partial build scanned
         self.keys_after: tuple[BuildGraph, list[str | None]] | None = None  # the last keys
         self.seed: tuple[BuildGraph, list[str | None]] | None = None  # those, for this build
         self._loaded: Manifest | None = None  # the manifest the graph in hand was compiled from
@@ -277,13 +278,14 @@ class Planner:
 
     def _readers(self, graph: BuildGraph, changed: set[str]) -> dict[str, list[int]]:
         """The tasks whose source inputs include each changed path.  The first partial build of
-        a session scans every task's sources; the next ones (a watch's rounds) use an index of
-        them, made once per graph."""
+        a session scans every task's sources; the next ones (a watch's rounds, a build server's
+        builds) use an index of them, made once per graph."""
         if self._index is not None and self._index[0] is graph:
             by_path = self._index[1]
             return {p: list(by_path[p]) for p in changed if p in by_path}
         readers: dict[str, list[int]] = {}
-        if self._again:  # a watch's next round: worth an index
+        again, self._scanned = self._again or self._scanned is graph, graph
+        if again:  # a watch's next round, a server's next build: worth an index
             self._index = (graph, by_path := {})
             for i, srcs in enumerate(graph.sources):
                 for p in srcs:
