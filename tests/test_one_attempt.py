@@ -55,6 +55,15 @@ def group_alive(pgid: int) -> list[int]:
     return left
 
 
+def _end(ex, *workers: subprocess.Popen[bytes] | None) -> None:
+    """Close the executor, then resume (if stopped) and kill each worker."""
+    ex.close()
+    for w in workers:
+        if w is not None:
+            _resume(w)
+            stop(w)
+
+
 def _resume(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         try:
@@ -179,11 +188,7 @@ def test_a_stopped_worker_s_task_dies_at_its_fence_and_runs_once_elsewhere(tmp_p
         assert again.ok and again.stdout.startswith(f"{socket.gethostname()}-{first.pid}-")
         assert status(ex)["refused"] == 0  # the killed task was never reported
     finally:
-        ex.close()
-        for w in (first, second):
-            if w is not None:
-                _resume(w)
-                stop(w)
+        _end(ex, first, second)
     assert overlaps(root / "stamps") == []
 
 
@@ -212,11 +217,7 @@ def test_a_lease_granted_to_a_stopped_worker_s_poll_is_not_started_when_it_resum
         assert done.ok
         wait_for(lambda: "not starting its task" in log.read_text(), what="the worker to say so")
     finally:
-        ex.close()
-        for w in (first, second):
-            if w is not None:
-                _resume(w)
-                stop(w)
+        _end(ex, first, second)
     assert overlaps(root / "stamps") == []
     assert len(attempts(root / "stamps")["t"]) == 1
 
