@@ -174,6 +174,7 @@ class Worker:
         # local job id -> the fence and group the guard has for it
         self.fences: dict[int, tuple[float, int | None]] = {}
         self.groups: dict[int, int] = {}  # local job id -> its process group, once it runs
+        self.active: set[int] = set()  # jobs the guard may be told of: none once dropped
         self.fence_lock = threading.Lock()  # fences, groups and the guard's pipe: two threads
         self.guard: Guard | None = None
         self.lease_timeout: float | None = None  # the server's, once it said
@@ -351,6 +352,8 @@ class Worker:
         sent = True
         with self.fence_lock:
             for job_id, t in since.items():
+                if job_id not in self.active:  # dropped meanwhile (its group may be reused)
+                    continue
                 fence, group = t + FENCE * limit, self.groups.get(job_id)
                 if self.fences.get(job_id) != (fence, group):
                     if guard.renew(job_id, fence, group):
@@ -412,6 +415,8 @@ class Worker:
             )
             self._forget(job_id)
             return
+        with self.fence_lock:
+            self.active.add(job_id)
         with self.cond:
             self.leases[str(wire.get("lease"))] = job_id
             self.confirmed[str(wire.get("lease"))] = sent
@@ -555,7 +560,8 @@ class Worker:
             self.cond.notify_all()
 
     def _unfence(self, job_id: int) -> None:
-        with self.fence_lock:
+        with self.fence_lock:  # after this, no renew of it reaches the guard (_renew)
+            self.active.discard(job_id)
             self.fences.pop(job_id, None)
             self.groups.pop(job_id, None)
             if self.guard is not None:
