@@ -88,17 +88,9 @@ class Guard:
 
     def killed(self) -> list[int]:
         """The jobs the guard killed (or is killing) at their fence since the last call."""
-        chunks = [self._partial]
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                break
-            if not data:  # the guard is gone (it holds the write end)
-                self.dead = True
-                break
-            chunks.append(data)
-        *lines, self._partial = b"".join(chunks).split(b"\n")
+        lines, self._partial, ended = _lines(self.fd, self._partial)
+        if ended:  # the guard is gone (it holds the write end)
+            self.dead = True
         return [int(x) for x in lines if x]
 
     def close(self) -> None:
@@ -136,7 +128,10 @@ def _guard(read: int, write: int, back: int, mark_prefix: str) -> None:  # pragm
                 select.select([read], [], [], jobs.timeout())
             except InterruptedError:
                 continue
-            partial, ended = _read_fences(read, partial, jobs)
+            lines, partial, ended = _lines(read, partial)
+            for line in lines:
+                if line:
+                    jobs.apply(line)
             if ended:
                 break
             jobs.fire(back, mark_prefix)
@@ -196,13 +191,14 @@ def _killpg(group: int) -> None:  # pragma: no cover - the guard's
         pass
 
 
-def _read_fences(read: int, partial: bytes, jobs: _Jobs) -> tuple[bytes, bool]:
-    """Apply every message waiting on ``read``; whether the worker has ended (EOF)."""
+def _lines(fd: int, partial: bytes) -> tuple[list[bytes], bytes, bool]:
+    """The whole lines waiting on the non-blocking pipe ``fd`` (after ``partial``, the start
+    of a line read before), the start of the next one, and whether the other end has closed."""
     chunks = [partial]
     ended = False
     while True:
         try:
-            data = os.read(read, 65536)
+            data = os.read(fd, 65536)
         except BlockingIOError:
             break
         except InterruptedError:
@@ -212,7 +208,4 @@ def _read_fences(read: int, partial: bytes, jobs: _Jobs) -> tuple[bytes, bool]:
             break
         chunks.append(data)
     *lines, rest = b"".join(chunks).split(b"\n")
-    for line in lines:
-        if line:
-            jobs.apply(line)
-    return rest, ended
+    return lines, rest, ended

@@ -368,12 +368,7 @@ class Worker:
         job_id = self.leases.get(lease)
         if job_id is None or job_id in self.fenced:
             return
-        with self.cond:
-            self.leases.pop(lease, None)
-            self.confirmed.pop(lease, None)
-        self.fenced.add(job_id)
-        self.local.kill(job_id)
-        self.say(f"dagrun worker: lease {lease} ended on the server; its task was killed")
+        self._kill_unreported(job_id, lease, "ended on the server; its task was killed")
 
     def _fenced(self) -> None:
         """The jobs the guard killed at their fence: never reported, their slots freed."""
@@ -381,18 +376,26 @@ class Worker:
         for job_id in self.guard.killed():
             if job_id not in self.wire or job_id in self.fenced:
                 continue  # it ended and was reported first
-            with self.cond:
-                lease = str(self.wire[job_id].get("lease"))
-                self.leases.pop(lease, None)
-                self.confirmed.pop(lease, None)
-            self.fenced.add(job_id)
-            self.local.kill(job_id)  # the guard swept its mark; this is its group too
             limit = FENCE * (self.lease_timeout or 0)
-            self.say(
-                f"dagrun worker: lease {lease} not confirmed for {limit:g} s (the server is out "
-                "of reach, or this worker was stopped); its task was killed before it runs "
-                "elsewhere"
+            self._kill_unreported(
+                job_id, str(self.wire[job_id].get("lease")),
+                f"not confirmed for {limit:g} s (the server is out of reach, or this worker was "
+                "stopped); its task was killed before it runs elsewhere",
             )
+
+    def _kill_unreported(self, job_id: int, lease: str, why: str) -> None:
+        """Kill a job whose task may run elsewhere now (its group; the guard kills by its mark
+        too), and never report it: its lease ends on the server as lost."""
+        self._let_go(lease)
+        self.fenced.add(job_id)
+        self.local.kill(job_id)
+        self.say(f"dagrun worker: lease {lease} {why}")
+
+    def _let_go(self, lease: str) -> None:
+        """Stop renewing ``lease`` (the heartbeater reads these)."""
+        with self.cond:
+            self.leases.pop(lease, None)
+            self.confirmed.pop(lease, None)
 
     def _forget(self, job_id: int) -> None:
         """A fenced job ended: no report (its lease expires on the server as lost)."""
@@ -424,9 +427,7 @@ class Worker:
         if not self._renew():  # no fence, no start: it would not be killed on time
             self.say(f"dagrun worker: cannot tell its guard about lease {wire.get('lease')}; "
                      "not starting its task")
-            with self.cond:
-                self.leases.pop(str(wire.get("lease")), None)
-                self.confirmed.pop(str(wire.get("lease")), None)
+            self._let_go(str(wire.get("lease")))
             self._forget(job_id)  # its lease ends on the server as lost
             return
         try:
