@@ -282,21 +282,16 @@ def _stopped_mid_build(state_dir: str) -> int | None:
     """The pid of the project's server when it is stopped (SIGSTOP, a debugger) while it
     holds the build lock; else None.  Only our own background server: a stopped ``dagrun
     build`` in a terminal is the user's to resume, and the build waits for it as usual."""
+    from .remote_run import state
     from .state.lock import LOCK as BUILD_LOCK
-    from .state.lock import try_flock
+    from .state.lock import read_pid, try_flock
 
-    try:
-        with open(os.path.join(state_dir, LOCK), "rb") as f:
-            pid = int(f.read(32).strip() or 0)
-        with open(os.path.join(state_dir, BUILD_LOCK), "rb") as f:
-            holder = int(f.read(32).strip() or 0)
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, ValueError, IndexError):
+    paths = (os.path.join(state_dir, LOCK), os.path.join(state_dir, BUILD_LOCK))
+    pid = read_pid(paths[0])
+    # "T" only, not "t": a tracer's stop is brief
+    if pid is None or read_pid(paths[1]) != pid or state(pid) != b"T":
         return None
-    if pid <= 0 or holder != pid or state != b"T":  # not "t": a tracer's stop is brief
-        return None
-    for path in (os.path.join(state_dir, LOCK), os.path.join(state_dir, BUILD_LOCK)):
+    for path in paths:
         fd = try_flock(path)  # both still held (by it: the pid in each is its own)
         if fd is not None:
             os.close(fd)
@@ -312,15 +307,15 @@ def _kill_server(pid: int) -> None:
     import signal
 
     from .executors import sweep
+    from .remote_run import state
 
     try:
         fd = os.pidfd_open(pid)  # from here, this process and no other that takes its pid
     except OSError:
         return
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:  # still the stopped one (looked at before)
-            if f.read().rsplit(b")", 1)[1].split()[0] != b"T":
-                raise OSError("not stopped any more")
+        if state(pid) != b"T":  # still the stopped one (looked at before the pidfd)
+            raise OSError("not stopped any more")
         signal.pidfd_send_signal(fd, signal.SIGKILL)
     except OSError:
         os.close(fd)

@@ -88,13 +88,19 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return state(pid) not in (b"Z", b"X")  # None: no /proc, and kill() said it is there
+
+
+def state(pid: int) -> "bytes | None":
+    """The state letter ``/proc/PID/stat`` gives (b"R", b"S", b"T" stopped, b"Z", ...), or
+    None when it cannot be read."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open("/proc/%d/stat" % pid, "rb") as f:
             stat = f.read()
     except OSError:
-        return True  # no /proc: kill() said it is there
-    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-    return state not in (b"Z", b"X")
+        return None
+    end = stat.rfind(b")")
+    return stat[end + 2 : end + 3] or None
 
 
 def exit_code(status: int) -> int:

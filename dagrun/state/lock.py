@@ -61,6 +61,16 @@ def write_pid(fd: int) -> None:
             os.ftruncate(fd, len(mine))
 
 
+def read_pid(path: str) -> int | None:
+    """The pid ``write_pid`` left in the lock file ``path``, or None."""
+    try:
+        with open(path, "rb") as f:
+            pid = int(f.read(32).strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 else None
+
+
 class StateLock:
     """The build lock of one state folder, as a context manager (``with lock: ...``).
 
