@@ -268,7 +268,7 @@ def loads(raw: bytes) -> tuple[dict[str, Any] | None, GraphBlob | None]:
     kept = memoryview(whole)
     graph = [kept[a - at[0] : b - at[0]] for a, b in zip(at[:ng], at[1 : ng + 1], strict=True)]
     others = [view[a:b] for a, b in zip(at[ng:-1], at[ng + 1 :], strict=True)]
-    with _gc_paused():  # only new objects, no cycles: a collection while loading finds nothing
+    with gc_paused():  # only new objects, no cycles: a collection while loading finds nothing
         data = marshal.loads(others[-1])
         if not isinstance(data, dict):
             return None, None
@@ -281,9 +281,10 @@ def loads(raw: bytes) -> tuple[dict[str, Any] | None, GraphBlob | None]:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic GC off while loading many objects (as graph.gc_paused, without importing
-    the graph): there is nothing to collect, and its passes cost ~1.5 ms of a 10k load."""
+def gc_paused() -> Iterator[None]:
+    """The cyclic GC off while loading many objects (the cache here, its graph in
+    graph.BuildGraph.from_cache): there is nothing to collect, and its passes cost ~1.5 ms of
+    a 10k load."""
     enabled = gc.isenabled()
     gc.disable()
     try:
