@@ -67,15 +67,17 @@ class CliRun:
     err: str
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    """A folder with a manifest; ``project.run("build", ...)`` runs the CLI in-process there."""
+def cli_project(folder: Path, monkeypatch: pytest.MonkeyPatch,
+                capsys: pytest.CaptureFixture[str]) -> Any:
+    """A folder with a manifest; ``project.run("build", ...)`` runs the CLI in-process there
+    (the ``project`` fixture's, in ``tmp_path``; test_ssh.py's and test_remote_calls.py's, in
+    the folder the ssh test user shares)."""
 
     class Project:
-        root = tmp_path
+        root = folder
 
         def write(self, path: str, text: str) -> Path:
-            p = tmp_path / path
+            p = folder / path
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(textwrap.dedent(text))
             return p
@@ -84,18 +86,24 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
             return self.write("dagrun.toml", text)
 
         def read(self, path: str) -> str:
-            return (tmp_path / path).read_text()
+            return (folder / path).read_text()
 
         def run(self, *args: str) -> CliRun:
             from dagrun.cli import main
 
-            monkeypatch.chdir(tmp_path)
+            monkeypatch.chdir(folder)
             capsys.readouterr()
             code = main(["--progress", "plain", *args])
             captured = capsys.readouterr()
             return CliRun(code, captured.out, captured.err)
 
     return Project()
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """A folder with a manifest; ``project.run("build", ...)`` runs the CLI in-process there."""
+    return cli_project(tmp_path, monkeypatch, capsys)
 
 
 Runner = Callable[..., CliRun]

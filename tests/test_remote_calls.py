@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import CliRun
+from conftest import cli_project
 from http_workers import ROOT, worker_env
 from sshd import SshServer
 
@@ -68,20 +68,7 @@ def open_umask():
 @pytest.fixture
 def project(root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
             open_umask: None):
-    class Project:
-        def manifest(self, text: str) -> None:
-            (root / "dagrun.toml").write_text(textwrap.dedent(text))
-
-        def run(self, *args: str) -> CliRun:
-            from dagrun.cli import main
-
-            monkeypatch.chdir(root)
-            capsys.readouterr()
-            code = main(["--progress", "plain", *args])
-            captured = capsys.readouterr()
-            return CliRun(code, captured.out, captured.err)
-
-    return Project()
+    return cli_project(root, monkeypatch, capsys)
 
 
 def _count(root: Path, name: str) -> int:

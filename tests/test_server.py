@@ -19,6 +19,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -61,6 +62,12 @@ def dagrun(root: Path, *args: str, server: str | None = "1", timeout: float = 60
         env=_env(server, **env), stdin=subprocess.DEVNULL, timeout=timeout,
     )
     return p.returncode, p.stdout, p.stderr
+
+
+def _background_build(root: Path, **popen: Any) -> subprocess.Popen[str]:
+    """``dagrun build`` through the server as a process of its own, its output piped."""
+    return subprocess.Popen([sys.executable, "-m", "dagrun", "build"], cwd=root, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def _plain(text: str) -> str:
@@ -360,9 +367,7 @@ def test_a_server_stopped_in_the_middle_of_a_build_is_killed_and_the_build_runs_
         outputs = ["slow.txt"]
     """)
     s = start(servers, root)
-    first = subprocess.Popen([sys.executable, "-m", "dagrun", "build"], cwd=root,
-                             env=_env("1"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    first = _background_build(root, stdin=subprocess.DEVNULL)
     try:
         wait_for(lambda: (root / "slow.pid").exists() and (root / "slow.pid").read_text(),
                  what="the server's build to start the task")
@@ -463,14 +468,10 @@ def test_two_clients_at_once_queue_like_two_builds(
     """)
     start(servers, root)
 
-    def client_build() -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "dagrun", "build"], cwd=root, env=_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    procs = [client_build()]
+    procs = [_background_build(root)]
     # the first one's task runs: the second waits
     wait_for(lambda: (root / "trace.txt").exists(), "the first build's task", timeout=15)
-    procs.append(client_build())
+    procs.append(_background_build(root))
     results = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     assert (root / "trace.txt").read_text() == "start\nend\nstart\nend\n"
@@ -486,9 +487,7 @@ def test_ctrl_c_in_the_client_interrupts_the_build_in_the_server(
         outputs = ["never.txt"]
     """)
     s = start(servers, root)
-    p = subprocess.Popen([sys.executable, "-m", "dagrun", "build"], cwd=root, env=_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = _background_build(root, start_new_session=True)
     wait_for(lambda: (root / "pid.txt").exists() and (root / "pid.txt").read_text().strip() != "",
              "the task's pid", timeout=15)
     task = int((root / "pid.txt").read_text())

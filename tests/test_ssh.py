@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import CliRun
+from conftest import cli_project
 from realproc import DagrunProcs, dagrun_procs, wait_for
 from sshd import SshServer, user_processes
 
@@ -32,21 +32,7 @@ def root(shared_dir: Path, sshd: SshServer) -> Path:
 @pytest.fixture
 def project(root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     """``project.run("build", ...)`` runs the CLI in-process in ``root``."""
-
-    class Project:
-        def manifest(self, text: str) -> None:
-            write(root, text)
-
-        def run(self, *args: str) -> CliRun:
-            from dagrun.cli import main
-
-            monkeypatch.chdir(root)
-            capsys.readouterr()
-            code = main(["--progress", "plain", *args])
-            captured = capsys.readouterr()
-            return CliRun(code, captured.out, captured.err)
-
-    return Project()
+    return cli_project(root, monkeypatch, capsys)
 
 
 @pytest.fixture
