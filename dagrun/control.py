@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 SOCKET = "control.sock"
 FOLLOW_EVERY = 0.1  # seconds between two reads of a followed task's output
 FIRST_BYTES = 1 << 16  # read from the end of each stream for ``tail -n N``
+CLIENTS_GRACE = 2.0  # seconds a closing build waits for its clients' last words
 _SUN_PATH = 100  # sun_path holds 108 bytes
 END_MARK = "@@dagrun-end "  # the end record of an SSH job's wrapper (executors/ssh.py), after "\n"
 
@@ -62,6 +63,7 @@ class ControlServer:
         self.stall_every = stall_every
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._inode: int | None = None
+        self._clients: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._run, name="dagrun-control", daemon=True)
         self._thread.start()
 
@@ -106,10 +108,12 @@ class ControlServer:
                     return
                 if sock.fileno() in ready:
                     conn, _ = sock.accept()
-                    threading.Thread(
+                    client = threading.Thread(
                         target=self._answer, args=(conn,), name="dagrun-control-client",
                         daemon=True,
-                    ).start()
+                    )
+                    client.start()
+                    self._clients = [t for t in self._clients if t.is_alive()] + [client]
                 if tick is not None and every is not None and time.monotonic() >= tick:
                     self.mailbox.ask("stall", timeout=0)  # not waited for
                     tick = time.monotonic() + every
@@ -126,8 +130,14 @@ class ControlServer:
                 pass  # a client gone or talking nonsense: nothing to say
 
     def close(self) -> None:
+        """Stop serving; the mailbox is closed first, so each client's thread sends its last
+        words (a `tail`'s end record) and is waited for, up to CLIENTS_GRACE in all: the build's
+        process must not exit under a thread still writing to a client."""
         os.write(self._stop_w, b"x")
         self._thread.join(timeout=5.0)
+        deadline = time.monotonic() + CLIENTS_GRACE
+        for client in self._clients:
+            client.join(timeout=max(0.0, deadline - time.monotonic()))
         os.close(self._stop_r)
         os.close(self._stop_w)
         try:

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,6 +196,31 @@ def test_tail_shows_the_last_lines_then_follows_until_the_task_ends(dagrun_proc:
     assert out == "more out\n"
     assert err == "err 1\nerr 2\nmore err\ndagrun: t: failed\n"
     assert finish(p) == 1
+
+
+def test_tail_gets_the_whole_last_burst_and_the_end_though_the_build_exits_at_once(
+        dagrun_proc: DagrunProcs):
+    # The task's last 14 MB come after tail's last read, and tail's reader is slow (here: it
+    # waits half a second), so they are still being sent when the build ends: the build must
+    # not exit under its control thread while it still sends them and the end record.
+    root = dagrun_proc.root
+    dagrun_proc.manifest(f'[tasks.t]\ncmd = "{gated("t", "echo ready; ", "seq 1 2000000")}"\n')
+    p = dagrun_proc.start("build")
+    dagrun_proc.task_pid("t")
+    tail = subprocess.Popen([sys.executable, "-m", "dagrun", "tail", "t"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert tail.stdout is not None
+    assert tail.stdout.readline() == "ready\n"  # following
+    ended: list[int] = []
+    build = threading.Thread(target=lambda: ended.append(finish(p)))  # reads the build's output
+    build.start()
+    go(root, "t")
+    time.sleep(0.5)  # the pipes fill; the task and the build end meanwhile
+    out, err = tail.communicate(timeout=DEADLINE)
+    assert (tail.returncode, err) == (0, "dagrun: t: succeeded\n")
+    assert out.endswith("1999999\n2000000\n") and out.count("\n") == 2000000
+    build.join(DEADLINE)
+    assert ended == [0]
 
 
 def test_tail_waits_for_a_queued_task(dagrun_proc: DagrunProcs):
