@@ -32,7 +32,10 @@ On a Dask worker (``run_command``): the command's group is recorded in a
 cancel file for each job (so one that has not started its command yet never
 will) and signals the marked groups.  A worker that died mid-task leaves its
 command running with no one waiting for it; ``kill_jobs`` kills such orphans
-at once (the marker names the worker process).
+at once (the marker names the worker process).  A worker that died between
+starting a command and writing its marker leaves one no marker names: each
+command's environment carries ``DAGRUN_JOB=<token>.<job id>`` (``MARK``), and
+a forced kill of a job without a marker kills the processes that carry it.
 """
 
 # No ``from __future__ import annotations``: a host's python3 may be 3.6 (RHEL 8's platform
@@ -101,6 +104,118 @@ def state(pid: int) -> "bytes | None":
         return None
     end = stat.rfind(b")")
     return stat[end + 2 : end + 3] or None
+
+
+MARK = "DAGRUN_JOB"  # the environment variable that marks a job's processes (executors/sweep.py)
+PF_KTHREAD = 0x00200000  # /proc/PID/stat's flags: a kernel thread
+EXEC_WAIT = 0.25  # seconds a process showing an empty environment is read again (mid-exec)
+_EMPTY = set()  # type: set[tuple[int, bytes]]  # (pid, start time) truly without environment
+
+
+def marked(needles: "list[bytes]", since: "int | None" = None) -> "list[int]":
+    """Every process but this one whose environment (``/proc/PID/environ``: what it was
+    started or last exec'd with) holds one of ``needles`` (each ``\\0NAME=VALUE``, and a
+    trailing ``\\0`` to match a whole value).
+
+    ``since``: the pid of the first process that may be marked.  The kernel hands out pids
+    in increasing order until they wrap, so while the last pid handed out
+    (``/proc/loadavg``) is not below it, only processes from ``since`` up are read.  A
+    process in the middle of an exec shows an empty environment for a moment (its new
+    memory has none yet, or its old one is gone): such a process, unless a zombie or a
+    kernel thread, is read again for up to EXEC_WAIT seconds.
+    """
+    me = os.getpid()
+    found = []
+    unsure = []
+    for pid in _pids(since):
+        if pid == me:
+            continue
+        env = _environ(pid)
+        if env:
+            if _holds(env, needles):
+                found.append(pid)
+        elif env is not None and _may_exec(pid):
+            unsure.append(pid)
+    end = time.monotonic() + EXEC_WAIT
+    pause = 0.0005
+    while unsure and time.monotonic() < end:
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
+        still = []
+        for pid in unsure:
+            env = _environ(pid)
+            if env and _holds(env, needles):
+                found.append(pid)
+            elif env == b"" and _may_exec(pid):
+                still.append(pid)
+        unsure = still
+    for pid in unsure:  # not an exec: a process started without any environment
+        _EMPTY.add((pid, _stat(pid)[1]))
+    return found
+
+
+def _holds(env: bytes, needles: "list[bytes]") -> bool:
+    env = b"\0" + env + b"\0"
+    return any(needle in env for needle in needles)
+
+
+def _pids(since: "int | None") -> "list[int]":
+    try:
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:  # no /proc: nothing can be found this way
+        return []
+    if since is not None:
+        last = _last_pid()
+        if last is not None and last >= since:  # no wrap since ``since`` was handed out
+            return [pid for pid in pids if pid >= since]
+    return pids
+
+
+def _last_pid() -> "int | None":
+    """The pid the kernel handed out last in this pid namespace (``/proc/loadavg``)."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            return int(f.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _environ(pid: int) -> "bytes | None":
+    """A process's environment block (None: gone, or another user's).  ``os.open`` and
+    ``os.read``: a sweep reads many of them."""
+    try:
+        fd = os.open("/proc/%d/environ" % pid, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        chunk = os.read(fd, 65536)
+        while chunk:
+            chunks.append(chunk)
+            chunk = os.read(fd, 65536)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _stat(pid: int) -> "tuple[bytes, bytes, int]":
+    """(state letter, start time, flags) from ``/proc/PID/stat``; (b"", b"", 0) when gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        return fields[0], fields[19], int(fields[6])
+    except (OSError, IndexError, ValueError):
+        return b"", b"", 0
+
+
+def _may_exec(pid: int) -> bool:
+    """Whether a process that showed an empty environment may be in the middle of an exec:
+    not gone, a zombie or a kernel thread, and not known to have none."""
+    letter, started, flags = _stat(pid)
+    return letter not in (b"", b"Z", b"X") and not flags & PF_KTHREAD \
+        and (pid, started) not in _EMPTY
 
 
 def exit_code(status: int) -> int:
@@ -404,6 +519,7 @@ def run_command(
     _kill_marked(base, signal.SIGKILL)  # an earlier attempt whose worker died
     full = dict(os.environ) if inherit else {}
     full.update(env)
+    full[MARK] = "%s.%d" % (token, job_id)  # its orphan is found by it before its marker exists
     with tempfile.TemporaryFile(dir=folder) as out, tempfile.TemporaryFile(dir=folder) as err:
         started = time.monotonic()
         try:
@@ -489,12 +605,23 @@ def kill_jobs(
     folder = marker_dir(token)
     os.makedirs(folder, exist_ok=True)
     found = []
+    unmarked = []
     for job_id in job_ids:
         base = os.path.join(folder, str(job_id))
         if cancel:
             _write(base + ".cancel", "")
         if _kill_marked(base, signal.SIGKILL if force else signal.SIGTERM):
             found.append(job_id)
+        elif force:
+            unmarked.append(job_id)
+    if unmarked:  # started a moment ago (no marker written yet), or not at all: by their mark
+        needles = [("\0%s=%s.%d\0" % (MARK, token, i)).encode() for i in unmarked]
+        for pid in marked(needles):
+            killpg(pid, signal.SIGKILL)  # each command leads its own group
+            try:
+                os.kill(pid, signal.SIGKILL)  # and a child that left it, marked too
+            except (ProcessLookupError, PermissionError):
+                pass
     return found
 
 

@@ -167,6 +167,37 @@ def test_a_worker_killed_under_a_pack_loses_its_jobs_once(tmp_path, dask_schedul
             client.wait_for_workers(2, timeout=30)  # the nanny restarts it, for the tests after
 
 
+def test_an_orphan_started_before_its_marker_is_killed_by_its_mark():
+    """A worker killed between starting a command and writing its marker (``.pgid``) left the
+    command running with nothing naming it (CI: the test above, once).  The command's
+    environment names it: a forced kill of a job that has no marker finds it there."""
+    import shutil
+    import subprocess
+    import uuid
+
+    from dagrun import remote_run
+
+    token = uuid.uuid4().hex
+
+    def command(job_id: int, cmd: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, remote_run.MARK: f"{token}.{job_id}"}
+        return subprocess.Popen(["sh", "-c", cmd], env=env, start_new_session=True)
+
+    orphan = command(5, "sleep 30 & sleep 30")
+    other = command(50, "sleep 30")  # job 50's mark starts like job 5's
+    try:
+        assert remote_run.kill_jobs(token, [5], force=True) == []  # no marker names it
+        assert orphan.wait(timeout=DEADLINE) == -signal.SIGKILL
+        assert_groups_gone({orphan.pid})
+        assert other.poll() is None
+        assert os.path.exists(os.path.join(remote_run.marker_dir(token), "5.cancel"))
+    finally:
+        for p in (orphan, other):
+            p.kill()
+            p.wait()
+        shutil.rmtree(remote_run.marker_dir(token), ignore_errors=True)
+
+
 # -- how a batch is split (no cluster)
 
 

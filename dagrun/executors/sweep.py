@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import signal
 
-from ..remote_run import alive
+from ..remote_run import MARK, alive, marked
 
-MARK = "DAGRUN_JOB"
+__all__ = ["MARK", "job_mark", "sweep"]
 
 
 def job_mark(build: int | str, job: int) -> str:
@@ -35,17 +35,16 @@ def sweep(value_prefix: str, rounds: int = 3, since: int | None = None) -> int:
     A value prefix ending in ``.`` names a whole build; ``job_mark(...)`` one job
     (matched exactly).  Repeated while any is found, for a process forking meanwhile.
     ``since``: the pid of the first process that may carry the mark (the job's, or the
-    build's first job's).  The kernel hands out pids in increasing order until they wrap, so
-    while the last pid handed out (``/proc/loadavg``) is not below it, only processes from
-    ``since`` up are read: a server's build reads a few environments instead of every one
-    (~0.8 ms).  After a wrap, all are read.
+    build's first job's): only processes from there up are read while pids have not wrapped
+    (``remote_run.marked``), so a server's build reads a few environments instead of every one
+    (~0.8 ms).  A process caught in the middle of an exec is read again until its new
+    environment shows.
     """
     exact = not value_prefix.endswith(".")
     needle = f"\0{MARK}={value_prefix}".encode() + (b"\0" if exact else b"")
-    me = os.getpid()
     killed: set[int] = set()
     for _ in range(rounds):
-        found = [pid for pid in _pids(since) if pid != me and _marked(pid, needle)]
+        found = marked([needle], since)
         for pid in found:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -69,40 +68,3 @@ def _wait_dead(pids: set[int], timeout: float = 1.0) -> None:
         left = {pid for pid in left if alive(pid)}
         if left:
             time.sleep(0.002)
-
-
-def _pids(since: int | None = None) -> list[int]:
-    try:
-        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
-    except OSError:  # no /proc: nothing can be found this way
-        return []
-    if since is not None:
-        last = _last_pid()
-        if last is not None and last >= since:  # no wrap since ``since`` was handed out
-            return [pid for pid in pids if pid >= since]
-    return pids
-
-
-def _last_pid() -> int | None:
-    """The pid the kernel handed out last in this pid namespace (``/proc/loadavg``)."""
-    try:
-        with open("/proc/loadavg", "rb") as f:
-            return int(f.read().split()[-1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _marked(pid: int, needle: bytes) -> bool:
-    try:  # os.open and os.read: a sweep reads every process's environment, at every build's end
-        fd = os.open(f"/proc/{pid}/environ", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:  # gone, or another user's
-        return False
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return needle in b"\0" + b"".join(chunks) + b"\0"
