@@ -338,6 +338,11 @@ def test_the_ssh_example_builds_against_two_hosts(root, sshd, project, elsewhere
         "scratch_box", workspace=str(elsewhere), stage="rsync", max_jobs=4) + "\n", text,
         flags=re.S)
     project.manifest(text)
+    # Here the shared host's user is not the build's (root), unlike a real shared folder:
+    # `build/`, made by whichever task comes first, must be theirs to write in, as `root` is.
+    # (When the fetch of `count` made it first, as root 0755, `where` failed: CI, once.)
+    (root / "build").mkdir(mode=0o777)
+    (root / "build").chmod(0o777)
     r = project.run("build")
     assert r.code == 0, r.out + r.err
     summary = (root / "build" / "summary.txt").read_text().split()
