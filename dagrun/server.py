@@ -139,10 +139,12 @@ class Server:
             self._log(f"serving {self.manifest_path} (pid {os.getpid()}, dagrun {version()})")
             signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            # greet from the start: a client waits for the project's load (seconds at 100k
+            # tasks) queued like a build, not for a hello it gives up on after HELLO_TIMEOUT
+            threading.Thread(target=self._accept, name="dagrun-accept", daemon=True).start()
             from .resident import Resident  # not before the build that started it is done
 
             self.resident = Resident(self.manifest_path, on_doubt=self._log_doubt)
-            threading.Thread(target=self._accept, name="dagrun-accept", daemon=True).start()
             self._loop()
         finally:
             self._close()

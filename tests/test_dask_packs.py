@@ -56,6 +56,12 @@ def _all(ex: Any, n: int) -> list[Outcome]:
     return outcomes
 
 
+def _pid_in(path: Path) -> int:
+    """The pid a job wrote to ``path`` (``echo $$ > path`` makes the file before writing it)."""
+    wait_for(lambda: path.exists() and path.read_text().endswith("\n"), f"{path.name} written")
+    return int(path.read_text())
+
+
 def _gated(i: int) -> str:
     """Waits for the file ``gate``, marks that it started, sleeps while ``hold<i>`` exists."""
     return (f"while [ ! -e gate ]; do sleep 0.02; done; echo $$ > g{i}; "
@@ -117,8 +123,7 @@ def test_a_cancelled_job_in_a_pack_ends_alone(tmp_path, dask_scheduler, monkeypa
         (tmp_path / f"hold{first}").touch()
         ex.cancel(second)  # not started: its pack waits for the gate, or has not started
         (tmp_path / "gate").touch()
-        wait_for(lambda: (tmp_path / f"g{first}").exists(), "the pack's first job started")
-        group = int((tmp_path / f"g{first}").read_text())
+        group = _pid_in(tmp_path / f"g{first}")  # the pack's first job started
         ex.cancel(first)
         by_id = {o.job_id: o for o in _all(ex, n)}
         for i in (first, second):
@@ -148,8 +153,7 @@ def test_a_worker_killed_under_a_pack_loses_its_jobs_once(tmp_path, dask_schedul
         pack = _a_pack(units, 2)
         (tmp_path / f"hold{pack[0]}").touch()
         (tmp_path / "gate").touch()
-        wait_for(lambda: (tmp_path / f"g{pack[0]}").exists(), "the pack's first job started")
-        group = int((tmp_path / f"g{pack[0]}").read_text())
+        group = _pid_in(tmp_path / f"g{pack[0]}")  # the pack's first job started
         os.kill(psutil.Process(group).ppid(), signal.SIGKILL)  # its worker
         by_id = {o.job_id: o for o in _all(ex, n)}
         for i in pack:

@@ -173,8 +173,9 @@ def test_a_group_over_two_ssh_hosts_and_an_http_pool(shared_dir, tmp_path, monke
 
 
 N = 24
-# each task records where it runs, then its interval (the member, start, end)
-CMD = ("echo $DAGRUN_EXECUTOR > iv/{n}.run; s=$(date +%s.%N); sleep 0.6; "
+# each task records where it runs, then its interval (the member, start, end); umask 0: a
+# task run again elsewhere may be another user (the pool's root, the hosts' ssh user)
+CMD = ("umask 0; echo $DAGRUN_EXECUTOR > iv/{n}.run; s=$(date +%s.%N); sleep 0.6; "
        "echo $DAGRUN_EXECUTOR $s $(date +%s.%N) > iv/{n}.txt")
 
 

@@ -125,7 +125,7 @@ def group_alive(pgid: int) -> list[psutil.Process]:
 
 @pytest.mark.slow
 def test_timeout_kills_the_whole_group(ex, tmp_path):
-    ex.submit(job(tmp_path, "sleep 30 & echo $! > bg; sleep 30", 1, timeout=0.3))
+    ex.submit(job(tmp_path, "sleep 30 & echo $! > bg; sleep 30", 1, timeout=1.0))  # bg written
     t0 = time.monotonic()
     outs = wait_all(ex, 1)
     assert time.monotonic() - t0 < 5
@@ -139,7 +139,7 @@ def test_timeout_kills_the_whole_group(ex, tmp_path):
 def test_timeout_escalates_to_sigkill(tmp_path):
     ex = LocalExecutor(grace=0.3)
     try:
-        ex.submit(job(tmp_path, "trap '' INT TERM; sleep 30", 1, timeout=0.2))
+        ex.submit(job(tmp_path, "trap '' INT TERM; sleep 30", 1, timeout=1.0))  # trap set by then
         t0 = time.monotonic()
         outs = wait_all(ex, 1)
         assert outs[1].timed_out and outs[1].exit_code == -9

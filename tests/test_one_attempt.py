@@ -101,7 +101,7 @@ def test_kill_9_of_a_worker_kills_its_tasks_within_2_s(tmp_path):
 def test_http_workers_killed_at_random_never_leave_two_attempts_running(tmp_path):
     """20 kill -9 or SIGSTOP of workers at random moments (a stopped one resumes later); lost
     tasks run again, never alongside."""
-    ex, _ = make_executor(tmp_path, lease_timeout=1.0, max_jobs=3)
+    ex, _ = make_executor(tmp_path, lease_timeout=2.0, max_jobs=3)  # fence margin 0.4 s
     root = Path(ex.context.root)
     (root / "stamps").mkdir()
     workers = [start_worker(ex, directory=tmp_path / f"w{n}") for n in range(3)]

@@ -164,7 +164,7 @@ def test_timeout_kills_the_whole_group_and_fails_the_build(
 
         [tasks.slow]
         cmd = "{cmd}"
-        timeout = 0.5
+        timeout = 1.5
 
         [tasks.next]
         cmd = "echo next"

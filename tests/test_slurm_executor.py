@@ -285,7 +285,8 @@ executor = "hpc"
     first = watching[0][watching[0].index("-j") + 1].split(",")
     assert sorted(first) == sorted(job_ids(project.root).values())  # every job in one call
     times = [float(c[0]) for c in watching]
-    assert all(b - a >= 0.19 for a, b in zip(times, times[1:], strict=False)), times
+    # stamped by a shell each call starts (its start-up varies): 0.15, not 0.2
+    assert all(b - a >= 0.15 for a, b in zip(times, times[1:], strict=False)), times
     assert len(watching) <= took / 0.2 + 1
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from realproc import wait_for
 
 from dagrun.executors.ssh_resident import PROGRAM, Resident, Slot
 
@@ -51,8 +52,8 @@ def test_the_runner_runs_stops_and_abandons_jobs(python: str, tmp_path: Path) ->
         assert (tmp_path / "o").read_text() == f"x y {tmp_path}/sub\n"
         assert (tmp_path / "e").read_text() == "e\n" and (tmp_path / "a" / "b").is_dir()
         stubborn = Slot(out, err)
-        runner.run(2, request(tmp_path, "trap '' INT TERM; sleep 105"), stubborn)
-        time.sleep(0.3)
+        runner.run(2, request(tmp_path, "trap '' INT TERM; touch armed; sleep 105"), stubborn)
+        wait_for(lambda: (tmp_path / "armed").exists(), "the trap set")
         runner.cancel(2)  # SIGKILL after the grace period
         assert stubborn.done.wait(10) and stubborn.end is not None and stubborn.end[0] == -9
         failed = Slot(out, err)

@@ -361,7 +361,8 @@ def test_commands_answer_quickly_while_a_1000_task_build_runs(tmp_path: Path):
         median, worst = times[len(times) // 2], times[-1]
         print(f"status: {len(times)} answers, median {median * 1000:.1f} ms, "
               f"worst {worst * 1000:.1f} ms")
-        assert median < 0.2 and worst < 1.0  # a loaded machine: generous margins
+        assert median < 0.2 and worst < 3.0  # a loaded machine (the build and this loop fill both
+        # cores): the median is the measure, the worst only a bound on a hang
     finally:
         if build.poll() is None:
             build.kill()

@@ -391,7 +391,7 @@ def test_outputs_and_their_folders_made_by_the_build_trigger_nothing(
 @pytest.mark.slow
 def test_a_burst_of_writes_makes_one_round(tmp_path: Path, watching: list[Watching]) -> None:
     manifest = make_project(tmp_path, ABC, {"a.txt": "a", "b.txt": "b"})
-    w = start(watching, manifest, debounce=200)
+    w = start(watching, manifest, debounce=1000)  # a stall of this thread must not split it
     w.next_round()
 
     for n in range(50):  # 50 saves spread over ~0.25 s, each closer to the last than the debounce
