@@ -131,7 +131,8 @@ LOSSY = [name for name in sorted(KITS) if KITS[name].lose is not None]
 
 @pytest.mark.parametrize("kit", PROCESSES, indirect=True)
 def test_timeout_kills_the_whole_process_group(kit, executor, tmp_path):
-    j = job(tmp_path, "sleep 60 & echo $! > bg.pid; sleep 60", timeout=0.5)
+    # 2 s: the shell writes bg.pid first (on ssh the clock starts when the request is sent)
+    j = job(tmp_path, "sleep 60 & echo $! > bg.pid; sleep 60", timeout=2.0)
     o = run(executor, j)
     assert o.timed_out and not o.ok
     background = int((tmp_path / "bg.pid").read_text())

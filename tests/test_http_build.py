@@ -101,7 +101,7 @@ cmd = "echo $$ >> pids; sleep 1; echo done > slow.txt"
 outputs = ["slow.txt"]
 executor = "pool"
 """
-    project = _project(tmp_path, "lease_timeout = 2", tasks)
+    project = _project(tmp_path, "lease_timeout = 4", tasks)  # see test_http_executor's twin
     proc = _build(project)
     url, _, token_file = _worker_command(project)
     first = start_worker(url, token_file)

@@ -25,6 +25,8 @@ from http_workers import (
     wait_for,
 )
 
+from dagrun.executors import http_routes
+
 pytestmark = pytest.mark.slow
 
 
@@ -145,7 +147,7 @@ def test_garbage_oversized_and_wrong_bodies_are_refused_and_the_build_goes_on(tm
 
 
 def test_status_counts_at_each_stage(tmp_path):
-    ex, _ = make_executor(tmp_path)
+    ex, _ = make_executor(tmp_path, lease_timeout=10.0)  # job 1 is held: a fence far off
     root = Path(ex.context.root)
     try:
         ex.submit(job(root, 1, "while [ ! -e go ]; do sleep 0.05; done"))
@@ -171,7 +173,8 @@ def test_status_counts_at_each_stage(tmp_path):
         ex.close()
 
 
-def test_status_is_encoded_again_only_when_something_changed(tmp_path):
+def test_status_is_encoded_again_only_when_something_changed(tmp_path, monkeypatch):
+    monkeypatch.setattr(http_routes, "STATUS_EVERY", 3600.0)  # not its age: only a change
     ex, _ = make_executor(tmp_path)
     root = Path(ex.context.root)
     built: list[int] = []
@@ -229,7 +232,7 @@ def _alive(pid: int) -> bool:
 def test_a_long_poll_whose_worker_hung_up_is_given_no_job(tmp_path):
     """A worker killed while it waits for work: the job goes to a live worker at once, not
     to the dead connection (where it would wait out the 30 s lease timeout)."""
-    ex, _ = make_executor(tmp_path)  # lease_timeout 30 s
+    ex, _ = make_executor(tmp_path, lease_timeout=30.0)
     root = Path(ex.context.root)
     host, port = ex.url.split("//")[1].rsplit(":", 1)
     body = b'{"worker": "gone", "slots": 1, "wait": 20}'
@@ -239,7 +242,10 @@ def test_a_long_poll_whose_worker_hung_up_is_given_no_job(tmp_path):
         with socket.create_connection((host, int(port)), timeout=5) as s:
             s.sendall(head + body)
             wait_for(lambda: status(ex)["workers"], what="the poll to be parked")
-        time.sleep(0.3)  # the server reads the hang-up
+        server = ex.server
+        assert server is not None
+        wait_for(lambda: all(gone() for _, _, gone in list(server._lease_waiters)),
+                 what="the server to read the hang-up")
         ex.submit(job(root, 1, "echo here"))
         start_worker(ex)
         (done,) = collect(ex, 1, timeout=20)
@@ -249,7 +255,9 @@ def test_a_long_poll_whose_worker_hung_up_is_given_no_job(tmp_path):
 
 
 def test_a_killed_worker_loses_its_job_to_another_worker(tmp_path):
-    ex, _ = make_executor(tmp_path, lease_timeout=2.0)  # a loaded machine delays heartbeats
+    # 4 s: a loaded machine delays heartbeats (the fence kills at 0.8 of it, and a renewal
+    # lands up to a long poll's 0.5 s late), and the lost one is found 4 s after the kill
+    ex, _ = make_executor(tmp_path, lease_timeout=4.0)
     root = Path(ex.context.root)
     try:
         first = start_worker(ex)
@@ -396,7 +404,7 @@ def test_the_worker_stays_light(module):
 
 
 def test_a_job_takes_as_many_worker_slots_as_it_has_threads(tmp_path):
-    ex, _ = make_executor(tmp_path)
+    ex, _ = make_executor(tmp_path, lease_timeout=10.0)  # job 1 is held: a fence far off
     root = Path(ex.context.root)
     try:
         start_worker(ex, jobs=2)
