@@ -427,15 +427,14 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from . import live as live_status
 
-    if not args.json and not args.executors:  # a running build answers: nothing else to load
-        running = live_status.running(_state_dir(args))
-        if running is not None:
-            sys.stdout.write(live_status.running_text(running))
-            return EXIT_OK
-    return _status_in_full(args)
+    running = live_status.running(_state_dir(args))  # asked once: a build starting makes
+    if running is not None and not args.json and not args.executors:  # it wait (control.py)
+        sys.stdout.write(live_status.running_text(running))  # a running build answers:
+        return EXIT_OK  # nothing else to load
+    return _status_in_full(args, running)
 
 
-def _status_in_full(args: argparse.Namespace) -> int:
+def _status_in_full(args: argparse.Namespace, running: dict[str, Any] | None) -> int:
     from . import live as live_status
     from . import record, views
 
@@ -449,7 +448,6 @@ def _status_in_full(args: argparse.Namespace) -> int:
         graph = session.load_graph()
     except DagrunError:
         graph = None
-    running = live_status.running(session.state_dir)
     live = running is not None or any(p.build_pid for p in pools)
     records = _last_build(session, record)
     build = views.build_status(graph, records, live)

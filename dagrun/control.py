@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 SOCKET = "control.sock"
 FOLLOW_EVERY = 0.1  # seconds between two reads of a followed task's output
 FIRST_BYTES = 1 << 16  # read from the end of each stream for ``tail -n N``
+CONNECT_WAIT = 1.0  # seconds a client tries again while a build holds the lock but no socket
 CLIENTS_GRACE = 2.0  # seconds a closing build waits for its clients' last words
 _SUN_PATH = 100  # sun_path holds 108 bytes
 END_MARK = "@@dagrun-end "  # the end record of an SSH job's wrapper (executors/ssh.py), after "\n"
@@ -284,6 +285,29 @@ def _open(path: str) -> int:
 
 
 def _connect(state_dir: str, timeout: float) -> socket.socket:
+    """A connection to the running build's control socket; NoBuild when none answers.
+
+    A build binds its socket from a thread of its own as its first task starts, so a client
+    that comes in the first moments finds no socket yet: while a build holds the project's
+    lock (``_building``), it is tried again for up to CONNECT_WAIT seconds.  So it is while
+    the socket's queue is full."""
+    deadline = time.monotonic() + min(timeout, CONNECT_WAIT)
+    while True:
+        try:
+            return _connect_once(state_dir, timeout)
+        except BlockingIOError:  # a full queue of connections: it is there, and busy
+            pass
+        except (FileNotFoundError, ConnectionRefusedError):
+            if not _building(state_dir):
+                raise NoBuild("no build is running here") from None
+        except OSError:
+            raise NoBuild("no build is running here") from None
+        if time.monotonic() >= deadline:
+            raise NoBuild("no build is running here")
+        time.sleep(0.01)
+
+
+def _connect_once(state_dir: str, timeout: float) -> socket.socket:
     import socket
 
     path = os.path.join(state_dir, SOCKET)
@@ -294,11 +318,31 @@ def _connect(state_dir: str, timeout: float) -> socket.socket:
         sock.connect(address)
     except OSError:
         sock.close()
-        raise NoBuild("no build is running here") from None
+        raise
     finally:
         if folder is not None:
             os.close(folder)
     return sock
+
+
+def _building(state_dir: str) -> bool:
+    """Whether a process holds the project's build lock exclusively (``/proc/locks``: taking
+    the lock to find out would make a build starting meanwhile wait for us)."""
+    from .state.lock import LOCK
+
+    try:
+        st = os.stat(os.path.join(state_dir, LOCK))
+        with open("/proc/locks") as f:
+            held = f.read()
+    except OSError:
+        return False
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in held.splitlines():
+        fields = line.split()  # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE" \
+                and fields[5] == where:
+            return True
+    return False
 
 
 def ask(state_dir: str, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:

@@ -177,6 +177,44 @@ def test_cancel_and_tail_without_a_build_or_with_an_unknown_task(dagrun_proc: Da
     assert finish(p) == 0  # nothing was cancelled
 
 
+def test_a_command_in_a_build_s_first_moments_waits_for_its_control_socket(tmp_path: Path):
+    """A build binds its control socket from a thread as its first task starts: `status`,
+    `tail` or `cancel` right then found no socket and said no build is running (CI, once).
+    While a build holds the project's lock, the client tries again for up to a second."""
+    import fcntl
+
+    from dagrun import control
+    from dagrun.steering import Mailbox
+
+    state = tmp_path / ".dagrun"
+    state.mkdir()
+    (state / "lock").touch()
+    t0 = time.monotonic()
+    with pytest.raises(control.NoBuild):  # no build: said at once
+        control.ask(str(state), {"op": "hello"})
+    assert time.monotonic() - t0 < 0.5
+    fd = os.open(state / "lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a build holds it
+    servers: list[control.ControlServer] = []
+    binder = threading.Timer(0.3, lambda: servers.append(
+        control.ControlServer(str(state), Mailbox(), None)))
+    try:
+        binder.start()
+        answer = control.ask(str(state), {"op": "hello"})  # before the socket is there
+        assert answer == {"error": "unknown request 'hello'"}
+        binder.join()
+        servers.pop().close()
+        t0 = time.monotonic()
+        with pytest.raises(control.NoBuild):  # a lock and never a socket: a second, then no
+            control.ask(str(state), {"op": "hello"})
+        assert control.CONNECT_WAIT <= time.monotonic() - t0 < control.CONNECT_WAIT + 2
+    finally:
+        binder.cancel()
+        for server in servers:
+            server.close()
+        os.close(fd)
+
+
 def test_tail_shows_the_last_lines_then_follows_until_the_task_ends(dagrun_proc: DagrunProcs):
     root = dagrun_proc.root
     body = "for i in 1 2 3 4 5; do echo out $i; done; echo err 1 >&2; echo err 2 >&2; " \
