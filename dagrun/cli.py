@@ -427,9 +427,10 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from . import live as live_status
 
-    running = live_status.running(_state_dir(args))  # asked once: a build starting makes
-    if running is not None and not args.json and not args.executors:  # it wait (control.py)
-        sys.stdout.write(live_status.running_text(running))  # a running build answers:
+    # asked once: in a build's first moments the question waits for its socket (control.py)
+    running = live_status.running(_state_dir(args))
+    if running is not None and not args.json and not args.executors:
+        sys.stdout.write(live_status.running_text(running))  # a running build answered:
         return EXIT_OK  # nothing else to load
     return _status_in_full(args, running)
 

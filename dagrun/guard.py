@@ -39,6 +39,7 @@ import signal
 import time
 
 from .executors import sweep
+from .remote_run import killpg
 
 RESWEEP = 0.5  # seconds between two kills of a job whose fence passed, until it is dropped
 
@@ -136,7 +137,7 @@ def _guard(read: int, write: int, back: int, mark_prefix: str) -> None:  # pragm
                 break
             jobs.fire(back, mark_prefix)
         for group in jobs.groups.values():
-            _killpg(group)
+            killpg(group, signal.SIGKILL)
         sweep.sweep(mark_prefix)
     finally:
         os._exit(0)
@@ -165,7 +166,7 @@ class _Jobs:  # pragma: no cover - the guard's; covered by tests/test_one_attemp
             self.fired[job_id] = now
         for job_id in [j for j, when in self.fired.items() if when <= now]:
             if job_id in self.groups:
-                _killpg(self.groups[job_id])
+                killpg(self.groups[job_id], signal.SIGKILL)
             sweep.sweep(f"{mark_prefix}{job_id}")
             self.fired[job_id] = now + RESWEEP  # until the worker drops it
 
@@ -182,13 +183,6 @@ class _Jobs:  # pragma: no cover - the guard's; covered by tests/test_one_attemp
             self.fences[job_id] = float(fence)
         if group and int(group) > 0:
             self.groups[job_id] = int(group)
-
-
-def _killpg(group: int) -> None:  # pragma: no cover - the guard's
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def _lines(fd: int, partial: bytes) -> tuple[list[bytes], bytes, bool]:

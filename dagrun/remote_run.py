@@ -97,13 +97,7 @@ def alive(pid: int) -> bool:
 def state(pid: int) -> "bytes | None":
     """The state letter ``/proc/PID/stat`` gives (b"R", b"S", b"T" stopped, b"Z", ...), or
     None when it cannot be read."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    end = stat.rfind(b")")
-    return stat[end + 2 : end + 3] or None
+    return _stat(pid)[0] or None
 
 
 MARK = "DAGRUN_JOB"  # the environment variable that marks a job's processes (executors/sweep.py)
@@ -201,7 +195,8 @@ def _environ(pid: int) -> "bytes | None":
 
 
 def _stat(pid: int) -> "tuple[bytes, bytes, int]":
-    """(state letter, start time, flags) from ``/proc/PID/stat``; (b"", b"", 0) when gone."""
+    """(state letter, start time, flags) from ``/proc/PID/stat`` (the one reader of it: ``state``
+    and the sweep's ``_may_exec``); (b"", b"", 0) when it cannot be read."""
     try:
         with open("/proc/%d/stat" % pid, "rb") as f:
             fields = f.read().rpartition(b")")[2].split()

@@ -121,18 +121,19 @@ def _wait_environ(pid: int, entry: str) -> None:
 
 
 def test_a_sweep_since_a_pid_reads_only_newer_processes_until_pids_wrap() -> None:
-    """sweep.py's ``since``: the kernel hands out pids in increasing order until they wrap."""
-    from dagrun import remote_run as sweep
+    """The sweep's ``since`` (remote_run._pids): the kernel hands out pids in increasing order
+    until they wrap."""
+    from dagrun import remote_run
 
-    every = set(sweep._pids(None))
+    every = set(remote_run._pids(None))
     child = subprocess.Popen(["sleep", "5"])
     try:
-        newer = sweep._pids(since=child.pid)
+        newer = remote_run._pids(since=child.pid)
         # pid 1 is older than any child (this process may not be: pids wrap in a long run)
         assert child.pid in newer and 1 not in newer
         assert all(pid >= child.pid for pid in newer)
         # a ``since`` above the last pid handed out: they wrapped since, so all are read
-        wrapped = set(sweep._pids(since=(sweep._last_pid() or 0) + 1))
+        wrapped = set(remote_run._pids(since=(remote_run._last_pid() or 0) + 1))
         assert child.pid in wrapped and 1 in wrapped and len(wrapped) >= len(every) - 5
     finally:
         child.kill()

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from http_workers import collect, job, make_executor, start_worker, status, stop, wait_for
@@ -156,14 +157,22 @@ def test_http_workers_killed_at_random_never_leave_two_attempts_running(tmp_path
     assert sum(len(r) for r in runs.values()) > len(tasks)  # some attempts were killed
 
 
-def test_a_stopped_worker_s_task_dies_at_its_fence_and_runs_once_elsewhere(tmp_path):
-    """SIGSTOP a worker mid-task: its guard kills the task before the server gives the task
-    away; resumed, the worker says so, reports nothing, and goes on taking work."""
-    ex, _ = make_executor(tmp_path, lease_timeout=2.0)  # fence: 1.6 s without a confirmation
+def _stamping_pool_and_a_logged_worker(
+    tmp_path: Path,
+) -> tuple[Any, Path, Path, subprocess.Popen[bytes]]:
+    """An HTTP pool with a 2 s lease (a fence at 1.6 s), its root's ``stamps`` folder, and a
+    first worker whose log is ``stopped.log``."""
+    ex, _ = make_executor(tmp_path, lease_timeout=2.0)
     root = Path(ex.context.root)
     (root / "stamps").mkdir()
     log = tmp_path / "stopped.log"
-    first = start_worker(ex, directory=tmp_path / "w1", log=log)
+    return ex, root, log, start_worker(ex, directory=tmp_path / "w1", log=log)
+
+
+def test_a_stopped_worker_s_task_dies_at_its_fence_and_runs_once_elsewhere(tmp_path):
+    """SIGSTOP a worker mid-task: its guard kills the task before the server gives the task
+    away; resumed, the worker says so, reports nothing, and goes on taking work."""
+    ex, root, log, first = _stamping_pool_and_a_logged_worker(tmp_path)  # fence: 1.6 s
     second = None
     try:
         ex.submit(job(root, 1, STAMPS, task="t", env={"DAGRUN_TASK": "t"}))
@@ -196,11 +205,7 @@ def test_a_lease_granted_to_a_stopped_worker_s_poll_is_not_started_when_it_resum
     """A worker stopped while its /lease long poll was parked: the server grants it a job, which
     expires and runs elsewhere; resumed, the worker must not start it (it counts the lease's age
     from when it asked, not from when the answer was read)."""
-    ex, _ = make_executor(tmp_path, lease_timeout=2.0)
-    root = Path(ex.context.root)
-    (root / "stamps").mkdir()
-    log = tmp_path / "stopped.log"
-    first = start_worker(ex, directory=tmp_path / "w1", log=log)
+    ex, root, log, first = _stamping_pool_and_a_logged_worker(tmp_path)
     second = None
     try:
         wait_for(lambda: status(ex)["workers"], what="the worker to poll")
